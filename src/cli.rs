@@ -1,0 +1,46 @@
+//! The command line: global flags and subcommands. Parsing only; `main.rs` acts on the result.
+
+use clap::{Parser, Subcommand};
+
+use crate::telemetry::LogFormat;
+
+/// Makes Bitbucket account integrations declarative: BitbucketIntegration and Subscription
+/// resources, validated and kept in sync against Bitbucket Cloud or Data Center.
+#[derive(Debug, Parser)]
+#[command(name = "bitbucket-operator", version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t, env = "LOG_FORMAT", global = true)]
+    pub log_format: LogFormat,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the operator's version and, when a cluster is reachable through the usual
+    /// kubeconfig resolution, the Kubernetes API server's version.
+    Version,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn log_format_defaults_to_text_and_accepts_json() {
+        let cli = Cli::try_parse_from(["bitbucket-operator", "version"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Text);
+        let cli =
+            Cli::try_parse_from(["bitbucket-operator", "--log-format", "json", "version"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+    }
+}

@@ -1,0 +1,6 @@
+//! bitbucket-operator: a Kubernetes operator that makes Bitbucket account integrations
+//! declarative. This file is the module tree only; `main.rs` wires it into a binary.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod telemetry;

@@ -1,0 +1,98 @@
+//! Shared helpers for the integration tests that run against a real Kubernetes API server.
+//!
+//! The server is the one `KUBECONFIG` names: `make test` starts a control plane built from source
+//! and sets it. Every test gets its own namespace, so tests run in parallel against one plane.
+//! Tests fail (never skip) when no cluster is configured.
+#![allow(dead_code)] // each test binary uses a different subset of these helpers
+
+use std::{future::Future, time::Duration};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::{
+    Api, Client, Config,
+    api::{DeleteParams, ObjectMeta, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+
+/// How long a test waits for the cluster to do something (a watch event, the garbage collector,
+/// namespace finalization) before failing. Generous: these machines have 2 cores.
+pub const PATIENCE: Duration = Duration::from_secs(90);
+
+/// Label put on every namespace a test creates, to find leftovers after an aborted run.
+pub const TEST_NAMESPACE_LABEL: &str = "bitbucket-operator.test/owned";
+
+/// A client for the cluster `KUBECONFIG` points at. Panics with instructions when unset, so a
+/// run without a cluster fails loudly instead of passing by skipping.
+pub async fn client() -> Client {
+    let path = std::env::var_os("KUBECONFIG").expect(
+        "KUBECONFIG is not set: run the tests with `make test`, which starts a control plane, \
+         or point KUBECONFIG at an existing cluster",
+    );
+    let kubeconfig = Kubeconfig::read_from(&path)
+        .unwrap_or_else(|e| panic!("reading KUBECONFIG {}: {e}", path.to_string_lossy()));
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("building a client configuration from KUBECONFIG");
+    Client::try_from(config).expect("building a Kubernetes client")
+}
+
+/// Waits for `future`, failing the test with `what` if it takes longer than [`PATIENCE`].
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {PATIENCE:?} waiting for {what}"))
+}
+
+/// A namespace that belongs to one test. Created with a server-generated unique name; deleted
+/// when dropped, even when the test panics.
+pub struct TestNamespace {
+    pub name: String,
+}
+
+impl TestNamespace {
+    /// Creates `<prefix>-<random>`; `prefix` should say which test owns it.
+    pub async fn create(client: &Client, prefix: &str) -> Self {
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let namespace = Namespace {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{prefix}-")),
+                labels: Some([(TEST_NAMESPACE_LABEL.to_owned(), "true".to_owned())].into()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        let created = namespaces
+            .create(&PostParams::default(), &namespace)
+            .await
+            .expect("creating the test namespace");
+        Self {
+            name: created.metadata.name.expect("the server names generated namespaces"),
+        }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // Drop cannot await, and the test's runtime may be single-threaded and busy dropping
+        // us, so the delete runs on a runtime and client of its own.
+        let name = std::mem::take(&mut self.name);
+        let deleted = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("building a runtime to delete the test namespace");
+            runtime.block_on(async {
+                let namespaces: Api<Namespace> = Api::all(client().await);
+                match namespaces.delete(&name, &DeleteParams::background()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(status)) if status.is_not_found() => {}
+                    Err(e) => eprintln!("could not delete test namespace {name}: {e}"),
+                }
+            })
+        })
+        .join();
+        if deleted.is_err() && !std::thread::panicking() {
+            panic!("deleting the test namespace panicked");
+        }
+    }
+}
