@@ -19,6 +19,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Print the CustomResourceDefinitions as YAML (what `crds/` holds; `make crds` rewrites it).
+    Crds,
     /// Print the operator's version and, when a cluster is reachable through the usual
     /// kubeconfig resolution, the Kubernetes API server's version.
     Version,

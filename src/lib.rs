@@ -2,5 +2,6 @@
 //! declarative. This file is the module tree only; `main.rs` wires it into a binary.
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod cli;
 pub mod telemetry;

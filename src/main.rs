@@ -13,6 +13,10 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init(cli.log_format)?;
     match cli.command {
+        Command::Crds => {
+            print!("{}", bitbucket_operator::api::crds_yaml());
+            Ok(())
+        }
         Command::Version => version().await,
     }
 }

@@ -59,7 +59,10 @@ async fn a_watcher_sees_a_config_map_created_and_then_changed() {
         .applied_objects()
         .boxed();
     config_maps
-        .create(&PostParams::default(), &config_map("settings", &[("colour", "blue")]))
+        .create(
+            &PostParams::default(),
+            &config_map("settings", &[("colour", "blue")]),
+        )
         .await
         .unwrap();
     let created = within("the watcher to deliver the new ConfigMap", seen.try_next())
@@ -114,13 +117,21 @@ async fn deleting_an_owner_lets_the_garbage_collector_delete_its_dependent() {
     let uid = dependent.uid().unwrap();
     within(
         "the garbage collector to delete the dependent",
-        await_condition(config_maps.clone(), "dependent", conditions::is_deleted(&uid)),
+        await_condition(
+            config_maps.clone(),
+            "dependent",
+            conditions::is_deleted(&uid),
+        ),
     )
     .await
     .unwrap();
 
     let still_there = config_maps.get("unrelated").await.unwrap();
-    assert_eq!(still_there.uid(), unrelated.uid(), "GC must not touch unowned objects");
+    assert_eq!(
+        still_there.uid(),
+        unrelated.uid(),
+        "GC must not touch unowned objects"
+    );
 }
 
 #[tokio::test]

@@ -66,7 +66,10 @@ impl TestNamespace {
             .await
             .expect("creating the test namespace");
         Self {
-            name: created.metadata.name.expect("the server names generated namespaces"),
+            name: created
+                .metadata
+                .name
+                .expect("the server names generated namespaces"),
         }
     }
 }

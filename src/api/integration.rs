@@ -1,0 +1,262 @@
+//! `BitbucketIntegration`: a Bitbucket credential (held in a Secret) that the operator proves
+//! works, showing who it authenticates as. Types and admission rules only.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::common::{
+    Interval, SecretKeyReference, SecretReference, forbidden, interval_format_rule,
+    interval_minimum_rule, required, workspace_rule,
+};
+
+/// The Bitbucket Cloud REST API base URL.
+pub const CLOUD_API_URL: &str = "https://api.bitbucket.org/2.0";
+
+/// A Bitbucket credential and the Bitbucket it is for. The operator validates it against
+/// Bitbucket and reports the account it authenticates as in `status`.
+#[derive(CustomResource, kube::KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "scm.shippable.io",
+    version = "v1alpha1",
+    kind = "BitbucketIntegration",
+    namespaced,
+    status = "BitbucketIntegrationStatus",
+    shortname = "bbi",
+    category = "shippable",
+    category = "scm",
+    printcolumn(
+        name = "Display Name",
+        type_ = "string",
+        json_path = ".spec.displayName"
+    ),
+    printcolumn(name = "Type", type_ = "string", json_path = ".spec.server.type"),
+    printcolumn(
+        name = "Account",
+        type_ = "string",
+        json_path = ".status.account.username"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = r#".status.conditions[?(@.type=="Ready")].status"#
+    ),
+    printcolumn(
+        name = "In Use",
+        type_ = "integer",
+        json_path = ".status.subscriptions"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new(
+    "self.credentials.type != 'Basic' || (has(self.server) && self.server.type == 'DataCenter')"
+).field_path(".credentials.type").message(
+    "Basic is for Bitbucket Data Center only (server.type: DataCenter); Bitbucket Cloud accepts ApiToken, AccessToken or OAuthConsumer"
+))]
+#[x_kube(validation = Rule::new(
+    "!(self.credentials.type in ['ApiToken', 'OAuthConsumer']) || !has(self.server) || self.server.type == 'Cloud'"
+).field_path(".credentials.type").message(
+    "ApiToken and OAuthConsumer are for Bitbucket Cloud only; Bitbucket Data Center accepts AccessToken or Basic"
+))]
+#[x_kube(validation = required(Rule::new(
+    "self.credentials.type != 'AccessToken' || (has(self.server) && self.server.type == 'DataCenter') || has(self.workspace)"
+).field_path(".workspace").message(
+    "a Bitbucket Cloud AccessToken belongs to one workspace: set workspace to its slug"
+)))]
+#[x_kube(validation = forbidden(Rule::new(
+    "!has(self.workspace) || !has(self.server) || self.server.type == 'Cloud'"
+).field_path(".workspace").message(
+    "workspace applies to Bitbucket Cloud only; remove it when server.type is DataCenter"
+)))]
+#[serde(rename_all = "camelCase")]
+pub struct BitbucketIntegrationSpec {
+    /// A friendly name for people, shown by `kubectl get` (1-128 characters).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub display_name: Option<String>,
+
+    /// Which Bitbucket the credential is for. Omitted: Bitbucket Cloud.
+    #[serde(default)]
+    pub server: Server,
+
+    /// The credential: its type and the Secret holding it.
+    pub credentials: Credentials,
+
+    /// Bitbucket Cloud only. The workspace (slug or `{uuid}`) an AccessToken belongs to: required
+    /// for AccessToken, optional otherwise. When set, Subscriptions using this integration may
+    /// only use this workspace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 100))]
+    #[x_kube(validation = workspace_rule())]
+    pub workspace: Option<String>,
+
+    /// How often a credential that works is checked again (a Go duration: 30m, 1h; at least 1m).
+    /// A change to the spec or the Secret, or the sync annotation, checks it at once.
+    #[serde(default = "default_validation_interval")]
+    #[schemars(length(min = 2, max = 32))]
+    #[x_kube(validation = interval_format_rule())]
+    #[x_kube(validation = interval_minimum_rule("1m"))]
+    pub validation_interval: Interval,
+}
+
+fn default_validation_interval() -> Interval {
+    "30m".into()
+}
+
+/// Which Bitbucket to talk to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, kube::KubeSchema)]
+#[x_kube(validation = required(Rule::new("self.type != 'DataCenter' || has(self.url)")
+    .field_path(".url")
+    .message("Bitbucket Data Center needs url: the base URL of the instance, e.g. https://bitbucket.example.com")))]
+#[x_kube(validation = Rule::new(
+    "self.type != 'DataCenter' || !has(self.url) || !isURL(self.url) || !url(self.url).getEscapedPath().matches('(^|/)rest(/|$)')"
+).field_path(".url").message(
+    "for Bitbucket Data Center, url is the base URL of the instance without /rest (e.g. https://bitbucket.example.com)"
+))]
+#[serde(rename_all = "camelCase")]
+pub struct Server {
+    /// `Cloud` (bitbucket.org) or `DataCenter` (a self-hosted instance; also Bitbucket Server).
+    #[serde(rename = "type", default)]
+    pub server_type: ServerType,
+
+    /// Cloud: the REST API base URL (default https://api.bitbucket.org/2.0; override it only for
+    /// a proxy or simulator, and the OAuth token endpoint moves to the same scheme://host:port).
+    /// DataCenter: required; the base URL of the instance, without /rest. https only; plain http
+    /// is accepted for loopback hosts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new(
+        "(self.startsWith('https://') || self.startsWith('http://')) && isURL(self) && url(self).getHostname() != ''"
+    ).message("must be an absolute http(s) URL such as https://bitbucket.example.com"))]
+    #[x_kube(validation = Rule::new(
+        "!isURL(self) || url(self).getScheme() != 'http' || url(self).getHostname() == 'localhost' || (isIP(url(self).getHostname()) && ip(url(self).getHostname()).isLoopback())"
+    ).message("must use https: plain http is only accepted for loopback hosts (localhost, 127.0.0.1, ::1)"))]
+    #[x_kube(validation = Rule::new("!self.matches('^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@')")
+        .message("must not contain credentials (user:password@): they belong in the Secret named by credentials.secretRef"))]
+    #[x_kube(validation = Rule::new("!self.contains('?') && !self.contains('#')")
+        .message("must not have a query (?) or fragment (#)"))]
+    pub url: Option<String>,
+
+    /// A Secret key holding a PEM bundle of the certificate authorities to trust for `url`, for
+    /// instances behind a private CA. Replaces the system roots for this integration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle_secret_ref: Option<SecretKeyReference>,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self {
+            server_type: ServerType::Cloud,
+            url: Some(CLOUD_API_URL.to_owned()),
+            ca_bundle_secret_ref: None,
+        }
+    }
+}
+
+/// The kind of Bitbucket.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ServerType {
+    /// Bitbucket Cloud (bitbucket.org).
+    #[default]
+    Cloud,
+    /// Bitbucket Data Center (or Server), self-hosted.
+    DataCenter,
+}
+
+/// A credential: its type and where it is kept.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Credentials {
+    /// `ApiToken` (Cloud; Secret keys `email`, `token`), `AccessToken` (Cloud workspace, project
+    /// or repository access token, or a Data Center HTTP access token; key `token`),
+    /// `OAuthConsumer` (Cloud; keys `clientId`, `clientSecret`) or `Basic` (Data Center; keys
+    /// `username`, `password`). Cloud app passwords were removed by Atlassian in 2026.
+    #[serde(rename = "type")]
+    pub credential_type: CredentialType,
+
+    /// The Secret holding the credential, in the same namespace. The operator only reads it.
+    pub secret_ref: SecretReference,
+}
+
+/// The kind of credential, which decides the Secret keys and how it is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum CredentialType {
+    /// Cloud API token with the account's email: Secret keys `email` and `token`.
+    ApiToken,
+    /// Bearer token: Cloud workspace/project/repository access token, or Data Center HTTP access
+    /// token. Secret key `token`.
+    AccessToken,
+    /// Cloud OAuth consumer (client-credentials grant): Secret keys `clientId`, `clientSecret`.
+    OAuthConsumer,
+    /// Data Center username with password or personal token: Secret keys `username`, `password`.
+    Basic,
+}
+
+/// What the operator last observed about the integration.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BitbucketIntegrationStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Ready, Reconciling, Stalled and DeletionBlocked, one entry per type.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+
+    /// Who the credential authenticates as; kept while Bitbucket is temporarily unreachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<Account>,
+
+    /// The OAuth scopes Bitbucket reports for the credential, when it reports them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+
+    /// How many Subscriptions reference this integration now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscriptions: Option<i32>,
+
+    /// The last value of the `scm.shippable.io/sync-requested-at` annotation acted upon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_sync_request: Option<String>,
+}
+
+/// The identity behind a credential.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Account {
+    /// `User` (Cloud user), `AccessToken` (Cloud access token: not a user), `OAuthConsumer`
+    /// (Cloud OAuth consumer) or `DataCenterUser`.
+    pub kind: AccountKind,
+    /// The username, when Bitbucket reports one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    /// The account's display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    /// Cloud: the account UUID, in braces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    /// Cloud: the Atlassian account ID.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_id: Option<String>,
+}
+
+/// What kind of identity a credential is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum AccountKind {
+    /// A Bitbucket Cloud user (API token or OAuth on behalf of a user).
+    User,
+    /// A Bitbucket Cloud workspace, project or repository access token.
+    AccessToken,
+    /// A Bitbucket Cloud OAuth consumer acting as itself.
+    OAuthConsumer,
+    /// A Bitbucket Data Center user.
+    DataCenterUser,
+}
