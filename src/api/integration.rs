@@ -16,6 +16,8 @@ pub const CLOUD_API_URL: &str = "https://api.bitbucket.org/2.0";
 
 /// A Bitbucket credential and the Bitbucket it is for. The operator validates it against
 /// Bitbucket and reports the account it authenticates as in `status`.
+// Each printcolumn(...) repeats `type_ = "string"`, which clippy mistakes for a duplicate.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, kube::KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "scm.shippable.io",

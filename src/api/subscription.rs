@@ -23,6 +23,8 @@ const PROJECT_KEY_PATTERN: &str = r"^([A-Za-z][A-Za-z0-9_]*|~[A-Za-z0-9_.@-]+)$"
 const GLOB_PATTERN: &str = r"^([A-Za-z0-9._-]|[*]|[?]|\[!?[A-Za-z0-9._-]+\])+$";
 
 /// Repositories of one Bitbucket workspace or set of projects, seen through an integration.
+// Each printcolumn(...) repeats `type_ = "string"`, which clippy mistakes for a duplicate.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, kube::KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "scm.shippable.io",
