@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PLANE := hack/control-plane.sh
 
-.PHONY: all build test check fmt fmt-check clippy plane cluster-up cluster-down cluster-status run clean
+.PHONY: all build crds test check fmt fmt-check clippy plane cluster-up cluster-down cluster-status run clean
 
 all: build
 
@@ -14,6 +14,11 @@ build:
 ## (built from source on first use, started for the run, stopped afterwards even on failure).
 test: fmt-check clippy plane
 	$(PLANE) exec -- $(CARGO) test --locked --all-targets
+
+## Regenerate crds/ from the Rust types in src/api (a test fails when they drift).
+crds:
+	@mkdir -p crds
+	$(CARGO) run --quiet --locked -- crds --output-dir crds
 
 fmt:
 	$(CARGO) fmt --all

@@ -19,8 +19,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Print the CustomResourceDefinitions as YAML (what `crds/` holds; `make crds` rewrites it).
-    Crds,
+    /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into a directory
+    /// (`make crds` rewrites `crds/` this way).
+    Crds {
+        /// Write `<plural>.<group>.yaml` files here instead of printing.
+        #[arg(long, value_name = "DIR")]
+        output_dir: Option<std::path::PathBuf>,
+    },
     /// Print the operator's version and, when a cluster is reachable through the usual
     /// kubeconfig resolution, the Kubernetes API server's version.
     Version,

@@ -3,6 +3,7 @@
 
 use anyhow::Context as _;
 use bitbucket_operator::{
+    api,
     cli::{Cli, Command},
     telemetry,
 };
@@ -13,12 +14,22 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init(cli.log_format)?;
     match cli.command {
-        Command::Crds => {
-            print!("{}", bitbucket_operator::api::crds_yaml());
-            Ok(())
-        }
+        Command::Crds { output_dir } => crds(output_dir.as_deref()),
         Command::Version => version().await,
     }
+}
+
+fn crds(output_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let Some(dir) = output_dir else {
+        print!("{}", api::crds_yaml());
+        return Ok(());
+    };
+    for (file, yaml) in api::crd_files() {
+        let path = dir.join(file);
+        std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 async fn version() -> anyhow::Result<()> {

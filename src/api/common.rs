@@ -29,11 +29,12 @@ pub(crate) const WORKSPACE_PATTERN: &str = r"^([A-Za-z0-9][A-Za-z0-9_-]*|[{][0-9
 pub struct Interval(pub String);
 
 impl Interval {
-    /// Parses the interval; `None` when it is not a valid duration (admission rejects those,
-    /// so this only happens for objects stored before a rule existed).
+    /// Parses the interval; `None` when it is not a positive duration (admission rejects
+    /// those, so this only happens for objects stored before a rule existed).
     pub fn duration(&self) -> Option<Duration> {
         let parsed: kube::core::Duration = self.0.parse().ok()?;
-        (!parsed.is_negative()).then(|| parsed.into())
+        let duration = Duration::from(parsed);
+        (!parsed.is_negative() && !duration.is_zero()).then_some(duration)
     }
 }
 
@@ -125,3 +126,31 @@ pub(crate) fn forbidden(rule: Rule) -> Rule {
 
 /// The `conditions` list of a status: standard `metav1.Condition`s, one per `type`.
 pub type Conditions = Vec<Condition>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_parse_as_go_durations() {
+        assert_eq!(
+            Interval::from("30m").duration(),
+            Some(Duration::from_secs(1800))
+        );
+        assert_eq!(
+            Interval::from("1h30m").duration(),
+            Some(Duration::from_secs(5400))
+        );
+        assert_eq!(
+            Interval::from("90s").duration(),
+            Some(Duration::from_secs(90))
+        );
+    }
+
+    #[test]
+    fn malformed_or_negative_intervals_have_no_duration() {
+        assert_eq!(Interval::from("30 minutes").duration(), None);
+        assert_eq!(Interval::from("-5m").duration(), None);
+        assert_eq!(Interval::from("").duration(), None);
+    }
+}

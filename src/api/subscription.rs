@@ -19,8 +19,8 @@ pub const MAX_LISTED_REPOSITORIES: usize = 1000;
 const PROJECT_KEY_PATTERN: &str = r"^([A-Za-z][A-Za-z0-9_]*|~[A-Za-z0-9_.@-]+)$";
 
 /// A glob on repository slugs: slug characters with `*`, `?` and `[...]` classes (`[!...]`
-/// negates).
-const GLOB_PATTERN: &str = r"^([A-Za-z0-9._-]|[*]|[?]|\[!?[A-Za-z0-9._-]+\])+$";
+/// negates). Brackets are written as `[[]` and `[]]`: CEL strings have no `\[` escape.
+const GLOB_PATTERN: &str = r"^([A-Za-z0-9._-]|[*]|[?]|[[]!?[A-Za-z0-9._-]+[]])+$";
 
 /// Repositories of one Bitbucket workspace or set of projects, seen through an integration.
 // Each printcolumn(...) repeats `type_ = "string"`, which clippy mistakes for a duplicate.
@@ -31,6 +31,7 @@ const GLOB_PATTERN: &str = r"^([A-Za-z0-9._-]|[*]|[?]|\[!?[A-Za-z0-9._-]+\])+$";
     version = "v1alpha1",
     kind = "Subscription",
     namespaced,
+    doc = "The repositories a BitbucketIntegration can see in a Bitbucket Cloud workspace or in Data Center projects, kept in status and refreshed on an interval or on demand.",
     status = "SubscriptionStatus",
     shortname = "bbsub",
     category = "shippable",

@@ -99,3 +99,71 @@ impl Drop for TestNamespace {
         }
     }
 }
+
+/// Installs (or updates) the operator's CRDs with server-side apply and waits until the server
+/// serves them. Idempotent, so every test that needs them may call it.
+pub async fn install_crds(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::{
+        api::{Patch, PatchParams},
+        runtime::{conditions, wait::await_condition},
+    };
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply("bitbucket-operator-tests").force();
+    for crd in bitbucket_operator::api::crds() {
+        let name = crd.metadata.name.clone().expect("generated CRDs are named");
+        crds.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .unwrap_or_else(|e| panic!("installing CRD {name}: {e}"));
+        within(
+            &format!("CRD {name} to become Established"),
+            await_condition(crds.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+/// The documents of a multi-document YAML stream, as JSON values (empty documents dropped).
+pub fn yaml_documents(yaml: &str) -> Vec<serde_json::Value> {
+    serde_saphyr::from_multiple::<serde_json::Value>(yaml)
+        .expect("parsing YAML")
+        .into_iter()
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+/// An `Api` for the kind a manifest names, found through the server's discovery.
+pub async fn api_for(
+    client: &Client,
+    namespace: &str,
+    manifest: &serde_json::Value,
+) -> Api<kube::api::DynamicObject> {
+    let types: kube::api::TypeMeta =
+        serde_json::from_value(manifest.clone()).expect("a manifest has apiVersion and kind");
+    let gvk = kube::api::GroupVersionKind::try_from(&types).expect("a valid apiVersion");
+    let (resource, _) = kube::discovery::pinned_kind(client, &gvk)
+        .await
+        .unwrap_or_else(|e| panic!("the server does not serve {gvk:?}: {e}"));
+    Api::namespaced_with(client.clone(), namespace, &resource)
+}
+
+/// Applies each manifest into `namespace` with server-side apply, as `kubectl apply
+/// --server-side` would; returns the server's answer for each.
+pub async fn apply_manifests(
+    client: &Client,
+    namespace: &str,
+    manifests: &[serde_json::Value],
+) -> Vec<Result<kube::api::DynamicObject, kube::Error>> {
+    use kube::api::{Patch, PatchParams};
+    let params = PatchParams::apply("bitbucket-operator-tests");
+    let mut results = Vec::new();
+    for manifest in manifests {
+        let api = api_for(client, namespace, manifest).await;
+        let name = manifest["metadata"]["name"]
+            .as_str()
+            .expect("manifests are named");
+        results.push(api.patch(name, &params, &Patch::Apply(manifest)).await);
+    }
+    results
+}

@@ -1,0 +1,39 @@
+//! The committed CRD files in `crds/` must be exactly what the Rust types generate: users and
+//! GitOps tools install those files, so a stale one would silently ship an old schema.
+
+use std::path::Path;
+
+#[test]
+fn the_committed_crds_match_the_rust_types() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    let mut stale = Vec::new();
+    for (file, generated) in bitbucket_operator::api::crd_files() {
+        let committed = std::fs::read_to_string(dir.join(&file)).unwrap_or_default();
+        if committed != generated {
+            stale.push(file);
+        }
+    }
+    assert!(
+        stale.is_empty(),
+        "crds/{} differ from the types in src/api: run `make crds` and commit the result",
+        stale.join(", crds/")
+    );
+}
+
+#[test]
+fn crds_holds_no_file_the_types_do_not_generate() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
+    let generated: Vec<String> = bitbucket_operator::api::crd_files()
+        .into_iter()
+        .map(|(file, _)| file)
+        .collect();
+    let extra: Vec<String> = std::fs::read_dir(&dir)
+        .expect("crds/ exists")
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|file| !generated.contains(file))
+        .collect();
+    assert!(
+        extra.is_empty(),
+        "crds/ holds files no type generates (a renamed or removed kind?): {extra:?}; delete them and run `make crds`"
+    );
+}
