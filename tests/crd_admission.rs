@@ -502,7 +502,7 @@ async fn the_server_fills_in_the_documented_defaults() {
         .unwrap();
     assert_eq!(subscription.spec.sync_interval.0, "10m");
     assert_eq!(
-        serde_json::to_value(&subscription.spec.repositories.visibility).unwrap(),
+        serde_json::to_value(subscription.spec.repositories.visibility).unwrap(),
         "All"
     );
     assert!(!subscription.spec.suspend);
