@@ -3,5 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod bitbucket;
 pub mod cli;
+pub mod sim;
 pub mod telemetry;
