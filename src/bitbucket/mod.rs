@@ -1,2 +1,227 @@
-//! Bitbucket client (Cloud 2.0 and Data Center 1.0): credentials, identity, repository listing,
-//! errors. No kube imports.
+//! The Bitbucket client: proves a credential works (who it is, its scopes) and lists the
+//! repositories it can see, on Bitbucket Cloud (REST 2.0) and Data Center (REST 1.0).
+//!
+//! No kube imports: the controllers translate between this module's plain types and the CRDs.
+//! Facts about Bitbucket's behaviour are cited from `testdata/bitbucket/API-FACTS.md`
+//! (api-facts §…). Does network I/O.
+
+mod cloud;
+pub mod credentials;
+mod datacenter;
+pub mod error;
+pub mod model;
+mod oauth;
+mod paging;
+pub mod transport;
+
+use secrecy::{ExposeSecret, SecretString};
+use url::Url;
+
+pub use credentials::Credentials;
+pub use error::{Error, ErrorClass};
+pub use model::{Identity, IdentityKind, ListScope, Repository};
+pub use transport::{RequestObserver, RetryPolicy, TransportConfig};
+
+use oauth::OAuthConsumer;
+use transport::{Redactor, Response, Transport};
+
+/// Which Bitbucket to talk to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Server {
+    /// Bitbucket Cloud; `api_url` is the REST base, `https://api.bitbucket.org/2.0` normally.
+    Cloud { api_url: Url },
+    /// Bitbucket Data Center; `base_url` is the instance's base URL, without `/rest`.
+    DataCenter { base_url: Url },
+}
+
+impl Server {
+    /// Bitbucket Cloud at its public address.
+    pub fn cloud() -> Self {
+        Self::Cloud {
+            api_url: Url::parse("https://api.bitbucket.org/2.0").expect("a valid URL"),
+        }
+    }
+}
+
+/// A client for one credential on one Bitbucket. Cheap to share (`Arc`); reuses connections.
+pub struct Client {
+    server: Server,
+    credentials: Credentials,
+    transport: Transport,
+    oauth: Option<OAuthConsumer>,
+    redact: Redactor,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("server", &self.server)
+            .field("credentials", &self.credentials)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Builds a client. Fails when the credential kind does not fit the server (e.g. Basic on
+    /// Cloud) or the CA bundle is unusable.
+    pub fn new(
+        server: Server,
+        credentials: Credentials,
+        config: TransportConfig,
+    ) -> Result<Self, Error> {
+        if credentials.is_cloud() != matches!(server, Server::Cloud { .. }) {
+            return Err(Error::Config {
+                message: format!(
+                    "a {} cannot be used with Bitbucket {}",
+                    credentials.kind(),
+                    if credentials.is_cloud() {
+                        "Data Center"
+                    } else {
+                        "Cloud"
+                    }
+                ),
+            });
+        }
+        let oauth = match (&server, &credentials) {
+            (
+                Server::Cloud { api_url },
+                Credentials::CloudOAuthConsumer {
+                    client_id,
+                    client_secret,
+                },
+            ) => Some(OAuthConsumer::new(api_url, client_id, client_secret)?),
+            _ => None,
+        };
+        let redact = Redactor::new(secrets_of(&credentials));
+        Ok(Self {
+            server,
+            transport: Transport::new(config)?,
+            credentials,
+            oauth,
+            redact,
+        })
+    }
+
+    /// The server this client talks to.
+    pub fn server(&self) -> &Server {
+        &self.server
+    }
+
+    /// Proves the credential works and says who it is. `workspace` is required for Cloud access
+    /// tokens, which are not users and can only be checked against their workspace
+    /// (api-facts §B.6).
+    pub async fn whoami(&self, workspace: Option<&str>) -> Result<Identity, Error> {
+        match &self.server {
+            Server::Cloud { .. } => cloud::whoami(self, workspace).await,
+            Server::DataCenter { .. } => datacenter::whoami(self).await,
+        }
+    }
+
+    /// Every repository in `scope` the credential can see, sorted by full name.
+    pub async fn list_repositories(&self, scope: &ListScope) -> Result<Vec<Repository>, Error> {
+        let mut repositories = match (&self.server, scope) {
+            (
+                Server::Cloud { .. },
+                ListScope::CloudWorkspace {
+                    workspace,
+                    projects,
+                },
+            ) => cloud::list(self, workspace, projects).await?,
+            (Server::DataCenter { .. }, ListScope::DataCenter { projects }) => {
+                datacenter::list(self, projects).await?
+            }
+            _ => {
+                return Err(Error::Config {
+                    message:
+                        "a workspace applies to Bitbucket Cloud, projects alone to Data Center"
+                            .into(),
+                });
+            }
+        };
+        repositories.sort_by(|a, b| a.full_name.cmp(&b.full_name));
+        repositories.dedup_by(|a, b| a.full_name == b.full_name);
+        Ok(repositories)
+    }
+
+    /// A URL under the server's API base: `segments` are appended (and percent-encoded).
+    fn url(&self, segments: &[&str], query: &[(&str, &str)]) -> Url {
+        let mut url = match &self.server {
+            Server::Cloud { api_url } => api_url.clone(),
+            Server::DataCenter { base_url } => base_url.clone(),
+        };
+        url.path_segments_mut()
+            .expect("http(s) URLs have a path")
+            .pop_if_empty()
+            .extend(segments);
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
+        url
+    }
+
+    /// GETs `url` with the credential. An OAuth token Bitbucket refuses is renewed once.
+    async fn get(&self, operation: &'static str, url: &Url) -> Result<Response, Error> {
+        let authorization = self.authorization().await?;
+        let redact = self.redact.with(&authorization);
+        let result = self
+            .transport
+            .get(operation, url, Some(&authorization), &redact)
+            .await;
+        match (&self.oauth, result) {
+            (Some(oauth), Err(Error::Unauthorized { .. })) => {
+                oauth.invalidate().await;
+                let authorization = self.authorization().await?;
+                let redact = self.redact.with(&authorization);
+                self.transport
+                    .get(operation, url, Some(&authorization), &redact)
+                    .await
+            }
+            (_, result) => result,
+        }
+    }
+
+    async fn authorization(&self) -> Result<SecretString, Error> {
+        match (&self.oauth, self.credentials.static_authorization()) {
+            (_, Some(authorization)) => Ok(authorization),
+            (Some(oauth), None) => oauth.authorization(&self.transport, &self.redact).await,
+            (None, None) => unreachable!("OAuth consumers always have a token source"),
+        }
+    }
+}
+
+fn secrets_of(credentials: &Credentials) -> Vec<SecretString> {
+    let mut secrets = Vec::new();
+    match credentials {
+        Credentials::CloudApiToken { token, .. }
+        | Credentials::CloudAccessToken { token }
+        | Credentials::DataCenterAccessToken { token } => secrets.push(token.clone()),
+        Credentials::CloudOAuthConsumer { client_secret, .. } => {
+            secrets.push(client_secret.clone())
+        }
+        Credentials::DataCenterBasic { password, .. } => secrets.push(password.clone()),
+    }
+    if let Some(header) = credentials.static_authorization() {
+        // The encoded form too: "Basic <base64>" would not contain the raw secret.
+        if let Some((_, value)) = header.expose_secret().split_once(' ') {
+            secrets.push(value.to_owned().into());
+        }
+    }
+    secrets
+}
+
+/// The scopes of an `X-OAuth-Scopes` header (`a, b, c`), sorted.
+fn scopes(response: &Response) -> Vec<String> {
+    let mut scopes: Vec<String> = response
+        .header("x-oauth-scopes")
+        .map(|value| {
+            value
+                .split([',', ' '])
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    scopes.sort();
+    scopes.dedup();
+    scopes
+}

@@ -1,0 +1,536 @@
+//! HTTP for the Bitbucket client: one `reqwest` client per integration (its own CA roots,
+//! timeouts, connection pool and proxy settings from the standard environment variables), GET
+//! with authorization, bounded retries of transient failures, and the mapping of Bitbucket's
+//! error answers (Cloud JSON, Data Center JSON, `text/plain`) to [`Error`]. Does network I/O.
+
+use std::{sync::Arc, time::Duration};
+
+use http::{HeaderMap, StatusCode, header};
+use rustls_pki_types::{CertificateDer, pem::PemObject};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::Url;
+
+use super::error::Error;
+
+/// How often and how long a request is retried when Bitbucket is overloaded or failing.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (0 disables retrying).
+    pub max_retries: u32,
+    /// The first backoff; it doubles with each retry, with jitter.
+    pub base_delay: Duration,
+    /// The longest the client waits in one go. A `Retry-After` longer than this is not waited
+    /// out here: the error is returned so the caller can requeue instead of holding a worker.
+    pub max_delay: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_retries: 2,
+            base_delay: Duration::from_millis(250),
+            max_delay: Duration::from_secs(5),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `attempt` (0-based): exponential with "equal jitter", so
+    /// clients that failed together do not retry together.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let ceiling = self
+            .base_delay
+            .saturating_mul(2u32.saturating_pow(attempt))
+            .min(self.max_delay);
+        let half = ceiling / 2;
+        half + half.mul_f64(fastrand::f64())
+    }
+}
+
+/// Called once per HTTP attempt with the operation and the status (`None` when no answer came),
+/// e.g. to count requests in metrics. Never sees URLs or headers.
+pub type RequestObserver = Arc<dyn Fn(&'static str, Option<u16>) + Send + Sync>;
+
+/// Settings of the HTTP layer.
+#[derive(Clone)]
+pub struct TransportConfig {
+    /// PEM bundle of the CAs to trust instead of the public web roots.
+    pub ca_bundle_pem: Option<Vec<u8>>,
+    /// Whole-request timeout.
+    pub timeout: Duration,
+    /// Retry policy for transient failures.
+    pub retry: RetryPolicy,
+    /// Metrics hook.
+    pub observer: Option<RequestObserver>,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        Self {
+            ca_bundle_pem: None,
+            timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+            observer: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for TransportConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransportConfig")
+            .field(
+                "ca_bundle_pem",
+                &self.ca_bundle_pem.as_ref().map(|b| b.len()),
+            )
+            .field("timeout", &self.timeout)
+            .field("retry", &self.retry)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A successful (2xx) answer.
+pub(crate) struct Response {
+    pub headers: HeaderMap,
+    pub status: u16,
+    pub body: bytes::Bytes,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Parses the body as JSON, or says (without secrets) why it is not what was expected.
+    pub fn json<T: serde::de::DeserializeOwned>(&self, redact: &Redactor) -> Result<T, Error> {
+        serde_json::from_slice(&self.body).map_err(|e| Error::Decode {
+            status: self.status,
+            message: format!("{} in the JSON body", e.classify_name()),
+            excerpt: redact.excerpt(&self.body),
+        })
+    }
+}
+
+trait ClassifyName {
+    fn classify_name(&self) -> &'static str;
+}
+
+impl ClassifyName for serde_json::Error {
+    fn classify_name(&self) -> &'static str {
+        match self.classify() {
+            serde_json::error::Category::Io => "an I/O error",
+            serde_json::error::Category::Syntax => "a syntax error",
+            serde_json::error::Category::Data => "an unexpected value",
+            serde_json::error::Category::Eof => "a truncated body",
+        }
+    }
+}
+
+/// Removes the integration's secrets from text taken out of responses, in case a server (or a
+/// proxy) echoes them back.
+#[derive(Clone, Default)]
+pub(crate) struct Redactor {
+    secrets: Vec<SecretString>,
+}
+
+impl Redactor {
+    pub fn new(secrets: impl IntoIterator<Item = SecretString>) -> Self {
+        Self {
+            secrets: secrets
+                .into_iter()
+                .filter(|s| !s.expose_secret().is_empty())
+                .collect(),
+        }
+    }
+
+    pub fn with(&self, secret: &SecretString) -> Self {
+        let mut secrets = self.secrets.clone();
+        secrets.push(secret.clone());
+        Self { secrets }
+    }
+
+    /// The start of a body as one line of at most 200 characters, secrets replaced.
+    pub fn excerpt(&self, body: &[u8]) -> String {
+        let text = String::from_utf8_lossy(body);
+        let mut line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        line = self.scrub(line);
+        if line.chars().count() > 200 {
+            line = line.chars().take(200).collect::<String>() + "…";
+        }
+        line
+    }
+
+    pub fn scrub(&self, mut text: String) -> String {
+        for secret in &self.secrets {
+            let secret = secret.expose_secret();
+            if text.contains(secret) {
+                text = text.replace(secret, "<redacted>");
+            }
+        }
+        text
+    }
+}
+
+/// The HTTP client of one integration.
+pub(crate) struct Transport {
+    http: reqwest::Client,
+    config: TransportConfig,
+}
+
+impl Transport {
+    pub fn new(config: TransportConfig) -> Result<Self, Error> {
+        let tls = tls_config(config.ca_bundle_pem.as_deref())?;
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .timeout(config.timeout)
+            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+            .pool_idle_timeout(Duration::from_secs(90))
+            // Never follow redirects: a redirect to another host would carry the credential
+            // there, and Bitbucket's API does not redirect the calls we make.
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("bitbucket-operator/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::Config {
+                message: format!("building the HTTP client: {e}"),
+            })?;
+        Ok(Self { http, config })
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    /// GETs `url`, retrying transient failures as the policy allows; returns the 2xx answer or
+    /// the classified error of the last attempt.
+    pub async fn get(
+        &self,
+        operation: &'static str,
+        url: &Url,
+        authorization: Option<&SecretString>,
+        redact: &Redactor,
+    ) -> Result<Response, Error> {
+        let policy = self.config.retry;
+        let mut attempt = 0;
+        loop {
+            let result = self.get_once(operation, url, authorization, redact).await;
+            let wait = match &result {
+                Err(Error::RateLimited {
+                    retry_after: Some(after),
+                }) if *after > policy.max_delay => None,
+                Err(Error::RateLimited {
+                    retry_after: Some(after),
+                }) => Some(*after),
+                Err(Error::RateLimited { retry_after: None })
+                | Err(Error::Unavailable { .. })
+                | Err(Error::Timeout { .. })
+                | Err(Error::Transport { .. }) => Some(policy.backoff(attempt)),
+                _ => None,
+            };
+            match wait {
+                Some(wait) if attempt < policy.max_retries => {
+                    tracing::debug!(operation, attempt, ?wait, error = %result.as_ref().err().unwrap(), "retrying Bitbucket request");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                _ => return result,
+            }
+        }
+    }
+
+    async fn get_once(
+        &self,
+        operation: &'static str,
+        url: &Url,
+        authorization: Option<&SecretString>,
+        redact: &Redactor,
+    ) -> Result<Response, Error> {
+        let mut request = self
+            .http
+            .get(url.clone())
+            .header(header::ACCEPT, "application/json");
+        if let Some(value) = authorization {
+            let mut value =
+                http::HeaderValue::from_str(value.expose_secret()).map_err(|_| Error::Config {
+                    message: "the credential contains characters not allowed in an HTTP header"
+                        .into(),
+                })?;
+            value.set_sensitive(true);
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        let sent = request.send().await;
+        let response = match sent {
+            Ok(response) => response,
+            Err(e) => {
+                self.observe(operation, None);
+                return Err(self.transport_error(&e, redact));
+            }
+        };
+        let status = response.status();
+        self.observe(operation, Some(status.as_u16()));
+        let headers = response.headers().clone();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(&e, redact))?;
+        if status.is_success() {
+            return Ok(Response {
+                headers,
+                status: status.as_u16(),
+                body,
+            });
+        }
+        Err(classify(status, &headers, &body, url, redact))
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.config.timeout
+    }
+
+    pub fn observe(&self, operation: &'static str, status: Option<u16>) {
+        if let Some(observer) = &self.config.observer {
+            observer(operation, status);
+        }
+    }
+
+    fn transport_error(&self, error: &reqwest::Error, redact: &Redactor) -> Error {
+        if error.is_timeout() {
+            return Error::Timeout {
+                timeout: self.config.timeout,
+            };
+        }
+        // reqwest's message names the URL (which never carries credentials) and the cause.
+        let mut message = error.without_url_ref().to_string();
+        let mut source = std::error::Error::source(error);
+        while let Some(cause) = source {
+            message = format!("{message}: {cause}");
+            source = cause.source();
+        }
+        Error::Transport {
+            message: redact.scrub(message),
+        }
+    }
+}
+
+trait WithoutUrlRef {
+    fn without_url_ref(&self) -> String;
+}
+
+impl WithoutUrlRef for reqwest::Error {
+    fn without_url_ref(&self) -> String {
+        let mut text = self.to_string();
+        if let Some(url) = self.url() {
+            text = text.replace(&format!(" ({url})"), "");
+        }
+        text
+    }
+}
+
+fn tls_config(ca_bundle_pem: Option<&[u8]>) -> Result<rustls::ClientConfig, Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_bundle_pem {
+        Some(pem) => {
+            for certificate in CertificateDer::pem_slice_iter(pem) {
+                let certificate = certificate.map_err(|e| Error::Config {
+                    message: format!("the CA bundle is not valid PEM: {e}"),
+                })?;
+                roots.add(certificate).map_err(|e| Error::Config {
+                    message: format!("the CA bundle holds an unusable certificate: {e}"),
+                })?;
+            }
+            if roots.is_empty() {
+                return Err(Error::Config {
+                    message: "the CA bundle holds no certificate".into(),
+                });
+            }
+        }
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Config {
+            message: format!("TLS set-up: {e}"),
+        })?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// Bitbucket's error bodies: Cloud `{"type":"error","error":{...}}`, Data Center
+/// `{"errors":[{...}]}`; anything else (e.g. Cloud's `text/plain` 401 and 429) is read as text.
+#[derive(Deserialize, Default)]
+struct ErrorBody {
+    error: Option<CloudError>,
+    #[serde(default)]
+    errors: Vec<DataCenterError>,
+}
+
+#[derive(Deserialize, Default)]
+struct CloudError {
+    #[serde(default)]
+    message: String,
+    // A string in most errors, an object with required/granted scopes in the 403 for missing
+    // scopes (api-facts §C.1): parse leniently.
+    #[serde(default)]
+    detail: serde_json::Value,
+}
+
+#[derive(Deserialize, Default)]
+struct DataCenterError {
+    #[serde(default)]
+    message: String,
+    #[serde(default, rename = "exceptionName")]
+    exception_name: Option<String>,
+}
+
+fn classify(
+    status: StatusCode,
+    headers: &HeaderMap,
+    body: &[u8],
+    url: &Url,
+    redact: &Redactor,
+) -> Error {
+    let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
+    let message = parsed
+        .error
+        .as_ref()
+        .map(|e| e.message.clone())
+        .filter(|m| !m.is_empty())
+        .or_else(|| parsed.errors.first().map(|e| e.message.clone()))
+        .filter(|m| !m.is_empty())
+        .map(|m| redact.scrub(m))
+        .unwrap_or_else(|| redact.excerpt(body));
+    let excerpt = redact.excerpt(body);
+    match status.as_u16() {
+        401 => {
+            // Data Center answers 401 also when it knows the caller but the caller lacks
+            // permission (api-facts §D.7).
+            let permission = parsed.errors.iter().any(|e| {
+                e.exception_name
+                    .as_deref()
+                    .is_some_and(|n| n.ends_with("AuthorisationException"))
+            });
+            if permission {
+                Error::Forbidden { message }
+            } else {
+                Error::Unauthorized { message }
+            }
+        }
+        403 => match parsed.error.as_ref().map(|e| &e.detail) {
+            Some(detail) if detail.get("required").is_some() => Error::InsufficientScopes {
+                required: strings(&detail["required"]),
+                granted: strings(&detail["granted"]),
+            },
+            _ => Error::Forbidden { message },
+        },
+        404 => Error::NotFound { message },
+        410 => Error::Gone {
+            endpoint: url.path().to_owned(),
+            message,
+        },
+        429 => Error::RateLimited {
+            retry_after: headers
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after),
+        },
+        500..=599 => Error::Unavailable {
+            status: status.as_u16(),
+            excerpt,
+        },
+        other => Error::UnexpectedStatus {
+            status: other,
+            excerpt,
+        },
+    }
+}
+
+fn strings(value: &serde_json::Value) -> Vec<String> {
+    value
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `Retry-After` is either delta-seconds or an HTTP date (RFC 9110 §10.2.3).
+pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let when = jiff::fmt::rfc2822::parse(value).ok()?.timestamp();
+    let now = jiff::Timestamp::now();
+    Some(
+        when.duration_since(now)
+            .try_into()
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classify_body(status: u16, body: &str) -> Error {
+        classify(
+            StatusCode::from_u16(status).unwrap(),
+            &HeaderMap::new(),
+            body.as_bytes(),
+            &Url::parse("https://api.bitbucket.org/2.0/workspaces").unwrap(),
+            &Redactor::new([SecretString::from("tok3n")]),
+        )
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        assert_eq!(
+            parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(Duration::ZERO),
+            "a date in the past means now"
+        );
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn backoff_grows_and_stays_within_the_ceiling() {
+        let policy = RetryPolicy {
+            max_retries: 5,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(350),
+        };
+        for attempt in 0..6 {
+            let ceiling = (Duration::from_millis(100) * 2u32.pow(attempt)).min(policy.max_delay);
+            let wait = policy.backoff(attempt);
+            assert!(
+                wait >= ceiling / 2 && wait <= ceiling,
+                "{attempt}: {wait:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_text_plain_401_is_unauthorized_with_its_text() {
+        match classify_body(401, "Invalid credentials\n") {
+            Error::Unauthorized { message } => assert_eq!(message, "Invalid credentials"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_data_center_permission_401_is_forbidden() {
+        let body = r#"{"errors":[{"context":null,"message":"You are not permitted to access this resource","exceptionName":"com.atlassian.bitbucket.AuthorisationException"}]}"#;
+        assert!(matches!(classify_body(401, body), Error::Forbidden { .. }));
+    }
+
+    #[test]
+    fn an_echoed_secret_is_redacted_from_error_text() {
+        let error = classify_body(502, "<html>bad gateway for Bearer tok3n</html>");
+        assert!(!error.to_string().contains("tok3n"), "{error}");
+        assert!(error.to_string().contains("<redacted>"));
+    }
+}
