@@ -6,4 +6,5 @@ pub mod api;
 pub mod bitbucket;
 pub mod cli;
 pub mod sim;
+pub mod status;
 pub mod telemetry;
