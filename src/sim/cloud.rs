@@ -66,14 +66,14 @@ const READ_REPOSITORY: Needs = Needs {
 
 impl Needs {
     fn check(&self, caller: &CloudCaller) -> Result<(), CloudError> {
-        let classic_ok = match self.classic {
+        let granted = match self.classic {
             Some(classic) => caller.has_scope(self.granular, classic),
             None => {
                 caller.scopes.iter().any(|s| s == self.granular)
                     || caller.scopes.iter().any(|s| !s.ends_with(":bitbucket"))
             }
         };
-        if classic_ok {
+        if granted {
             Ok(())
         } else {
             Err(CloudError::MissingScope {
