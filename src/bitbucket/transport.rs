@@ -143,9 +143,13 @@ impl Redactor {
         }
     }
 
-    pub fn with(&self, secret: &SecretString) -> Self {
+    /// Also redacts `authorization` (an `Authorization` header value) and its token part.
+    pub fn with(&self, authorization: &SecretString) -> Self {
         let mut secrets = self.secrets.clone();
-        secrets.push(secret.clone());
+        if let Some((_, token)) = authorization.expose_secret().split_once(' ') {
+            secrets.push(token.to_owned().into());
+        }
+        secrets.push(authorization.clone());
         Self { secrets }
     }
 
