@@ -5,10 +5,11 @@
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use http::{HeaderMap, header::AUTHORIZATION};
+use jiff::Timestamp;
 
 use super::{
     fixture::{CloudCredentialKind, DcCredentialKind},
-    timestamp::Timestamp,
+    timestamp,
     world::World,
 };
 
@@ -204,7 +205,7 @@ fn presented(headers: &HeaderMap) -> Presented {
 
 fn expired(expires_at: Option<&str>, now: Timestamp) -> bool {
     expires_at
-        .and_then(Timestamp::parse)
+        .and_then(timestamp::parse)
         .is_some_and(|at| at <= now)
 }
 

@@ -4,9 +4,10 @@
 
 use std::cmp::Ordering;
 
+use jiff::Timestamp;
 use serde_json::{Map, Value};
 
-use super::timestamp::Timestamp;
+use super::timestamp;
 
 /// A parsed `fields=` value.
 #[derive(Debug, PartialEq)]
@@ -368,7 +369,7 @@ impl Parser {
                 _ => {
                     if let Some(time) = word
                         .contains('-')
-                        .then(|| Timestamp::parse(&word))
+                        .then(|| timestamp::parse(&word))
                         .flatten()
                     {
                         Ok(Literal::Time(time))
@@ -435,7 +436,7 @@ fn compare(actual: &Value, op: Op, expected: &Literal) -> bool {
         (_, Literal::Null) | (Value::Null, _) => None,
         (Value::Bool(a), Literal::Bool(b)) => Some(a.cmp(b)),
         (Value::Number(a), Literal::Number(b)) => a.as_f64().and_then(|a| a.partial_cmp(b)),
-        (Value::String(a), Literal::Time(b)) => Timestamp::parse(a).map(|a| a.cmp(b)),
+        (Value::String(a), Literal::Time(b)) => timestamp::parse(a).map(|a| a.cmp(b)),
         (Value::String(a), Literal::Text(b)) => {
             match op {
                 Op::Contains => return a.to_lowercase().contains(&b.to_lowercase()),
@@ -443,7 +444,7 @@ fn compare(actual: &Value, op: Op, expected: &Literal) -> bool {
                 _ => {}
             }
             // Quoted datetimes compare as times.
-            match (Timestamp::parse(a), Timestamp::parse(b)) {
+            match (timestamp::parse(a), timestamp::parse(b)) {
                 (Some(a), Some(b)) => Some(a.cmp(&b)),
                 _ => Some(a.as_str().cmp(b.as_str())),
             }
@@ -491,7 +492,7 @@ impl Sort {
 /// Orders two field values: times chronologically, numbers numerically, the rest as text.
 pub(crate) fn order(a: &Value, b: &Value) -> Ordering {
     match (a, b) {
-        (Value::String(a), Value::String(b)) => match (Timestamp::parse(a), Timestamp::parse(b)) {
+        (Value::String(a), Value::String(b)) => match (timestamp::parse(a), timestamp::parse(b)) {
             (Some(a), Some(b)) => a.cmp(&b),
             _ => a.cmp(b),
         },

@@ -18,6 +18,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use http::{HeaderMap, HeaderValue, StatusCode, header};
+use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -25,7 +26,6 @@ use super::{
     auth::{Authentication, Caller, CloudIdentity, Realm},
     fixture::{CloudRepository, DcRepository, Fixture},
     templates::{self, recorded},
-    timestamp::Timestamp,
     world::{CloudRepositoryChange, DcRepositoryChange, StateError},
 };
 
@@ -356,7 +356,7 @@ impl Control {
 
     /// Makes every OAuth access token issued so far expired (refresh tokens stay usable).
     pub fn expire_oauth_tokens(&self) {
-        let past = Timestamp::now().plus_seconds(-1);
+        let past = Timestamp::now() - SignedDuration::from_secs(1);
         let mut world = lock(&self.shared.world);
         for token in world.oauth.access_tokens.values_mut() {
             token.expires_at = past;

@@ -8,9 +8,10 @@
 
 use std::collections::BTreeSet;
 
+use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use super::timestamp::Timestamp;
+use super::timestamp;
 
 /// Everything the simulator serves. The two halves are independent.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -1091,7 +1092,9 @@ fn expand_cloud(workspace: &mut Workspace) {
     let Some(generator) = workspace.generate.take() else {
         return;
     };
-    let base = Timestamp::parse("2025-01-01T00:00:00+00:00").expect("a valid constant");
+    let base: Timestamp = "2025-01-01T00:00:00+00:00"
+        .parse()
+        .expect("a valid constant");
     let width = digits(generator.count);
     let project = if generator.project.is_empty() {
         workspace
@@ -1105,14 +1108,14 @@ fn expand_cloud(workspace: &mut Workspace) {
     workspace.repositories.reserve(generator.count);
     for n in 1..=generator.count {
         // Minutes apart, so `sort=-updated_on` and `q=updated_on>…` have something to bite on.
-        let updated = base.plus_seconds(60 * n as i64);
+        let updated = base + SignedDuration::from_secs(60 * n as i64);
         workspace.repositories.push(CloudRepository {
             slug: format!("{}-{n:0width$}", generator.prefix),
             name: None,
             project: project.clone(),
             private: generator.private,
             main_branch: Some("main".to_owned()),
-            updated_on: Some(updated.to_string()),
+            updated_on: Some(timestamp::format(updated)),
             created_on: None,
             description: String::new(),
             uuid: None,
@@ -1149,7 +1152,7 @@ fn unknown(what: String, kind: &'static str, name: &str) -> FixtureError {
 }
 
 fn check_timestamp(text: &str) -> Result<(), FixtureError> {
-    Timestamp::parse(text)
+    timestamp::parse(text)
         .map(drop)
         .ok_or_else(|| FixtureError::BadTimestamp(text.to_owned()))
 }

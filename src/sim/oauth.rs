@@ -15,11 +15,11 @@ use axum::{
 };
 use base64::{Engine, engine::general_purpose::STANDARD};
 use http::{HeaderMap, StatusCode, header};
+use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 
 use super::{
-    Shared, control::lock, fixture::CloudCredentialKind, templates, timestamp::Timestamp,
-    world::IssuedToken,
+    Shared, control::lock, fixture::CloudCredentialKind, templates, timestamp, world::IssuedToken,
 };
 
 /// The token endpoint's route.
@@ -101,7 +101,7 @@ async fn access_token(
     let now = Timestamp::now();
     if expires_at
         .as_deref()
-        .and_then(Timestamp::parse)
+        .and_then(timestamp::parse)
         .is_some_and(|at| at <= now)
     {
         return error("unauthorized_client", "Invalid OAuth client credentials");
@@ -124,13 +124,18 @@ async fn access_token(
         }
     }
     let lifetime = world.oauth.lifetime_override.unwrap_or(lifetime);
+    // A lifetime past jiff's last representable instant (year 9999) means "never expires".
+    let token_expires_at = i64::try_from(lifetime)
+        .ok()
+        .and_then(|seconds| now.checked_add(SignedDuration::from_secs(seconds)).ok())
+        .unwrap_or(Timestamp::MAX);
     let access = random_token(64);
     let refresh = random_token(24);
     world.oauth.access_tokens.insert(
         access.clone(),
         IssuedToken {
             consumer_id: consumer_id.clone(),
-            expires_at: now.plus_seconds(i64::try_from(lifetime).unwrap_or(i64::MAX)),
+            expires_at: token_expires_at,
         },
     );
     world

@@ -4,13 +4,14 @@
 
 use std::collections::HashMap;
 
+use jiff::Timestamp;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::{
     fixture::{
         CloudCredential, CloudCredentialKind, CloudRepository, DcRepository, Fixture, FixtureError,
     },
-    timestamp::Timestamp,
+    timestamp,
 };
 
 /// Everything the HTTP handlers read.
@@ -133,8 +134,8 @@ fn not_found(kind: &'static str, name: &str) -> StateError {
 
 fn timestamp_or_now(text: Option<&str>) -> Result<String, StateError> {
     match text {
-        None => Ok(Timestamp::now().to_string()),
-        Some(text) => Timestamp::parse(text)
+        None => Ok(timestamp::format(Timestamp::now())),
+        Some(text) => timestamp::parse(text)
             .map(|_| text.to_owned())
             .ok_or_else(|| FixtureError::BadTimestamp(text.to_owned()).into()),
     }
@@ -365,8 +366,8 @@ mod tests {
         assert_eq!(after.slug, "api-v2");
         assert_eq!(after.uuid("acme"), before.uuid("acme"));
         assert!(
-            Timestamp::parse(after.updated_on()).unwrap()
-                > Timestamp::parse(before.updated_on()).unwrap()
+            timestamp::parse(after.updated_on()).unwrap()
+                > timestamp::parse(before.updated_on()).unwrap()
         );
     }
 
