@@ -5,6 +5,8 @@
 pub mod api;
 pub mod bitbucket;
 pub mod cli;
+pub mod controller;
+pub mod metrics;
 pub mod sim;
 pub mod status;
 pub mod telemetry;

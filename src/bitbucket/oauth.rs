@@ -91,11 +91,10 @@ impl OAuthConsumer {
     }
 
     async fn grant(&self, transport: &Transport, redact: &Redactor) -> Result<CachedToken, Error> {
-        let send = |request: HttpRequest| send(transport, request);
         let response = self
             .client
             .exchange_client_credentials()
-            .request_async(&send)
+            .request_async(&GrantClient(transport))
             .await
             .map_err(|e| grant_error(e, transport.timeout(), redact))?;
         let lifetime = response.expires_in().unwrap_or(DEFAULT_LIFETIME);
@@ -105,6 +104,19 @@ impl OAuthConsumer {
             authorization: super::credentials::bearer(response.access_token().secret()),
             refresh_at: Instant::now() + lifetime - margin,
         })
+    }
+}
+
+/// `oauth2`'s HTTP hook, over the integration's own HTTP client. A named type rather than a
+/// closure: a closure here makes the future's `Send` unprovable (rust-lang/rust#102211).
+struct GrantClient<'t>(&'t Transport);
+
+impl<'c> oauth2::AsyncHttpClient<'c> for GrantClient<'_> {
+    type Error = GrantHttpError;
+    type Future = futures::future::BoxFuture<'c, Result<HttpResponse, GrantHttpError>>;
+
+    fn call(&'c self, request: HttpRequest) -> Self::Future {
+        Box::pin(send(self.0, request))
     }
 }
 

@@ -1,0 +1,303 @@
+//! From a BitbucketIntegration and its Secrets to a ready [`bitbucket::Client`]: reads the
+//! credential Secret (and the CA bundle Secret) from the API server, checks the keys the
+//! credential type needs, and reuses the client — with its connection pool and OAuth token —
+//! until the spec or a Secret changes. Shared by both controllers. Does API-server I/O.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use k8s_openapi::{ByteString, api::core::v1::Secret};
+use kube::{Api, ResourceExt};
+use url::Url;
+
+use crate::{
+    api::{BitbucketIntegration, CLOUD_API_URL, CredentialType, ServerType, conditions::reasons},
+    bitbucket::{self, Credentials, Server, TransportConfig},
+};
+
+/// Why no client could be made: a problem only the user can fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("Secret {0} not found")]
+    SecretNotFound(String),
+    #[error("Secret {secret} has no key {key}: {kind} credentials need the keys {needed}")]
+    SecretKeyMissing {
+        secret: String,
+        key: String,
+        kind: &'static str,
+        needed: String,
+    },
+    #[error("Secret {secret} key {key} is not UTF-8 text")]
+    NotText { secret: String, key: String },
+    #[error("{0}")]
+    InvalidSpec(String),
+    #[error("reading Secret {secret}: {source}")]
+    Kube {
+        secret: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+impl ResolveError {
+    /// The condition reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::SecretNotFound(_) => reasons::SECRET_NOT_FOUND,
+            Self::SecretKeyMissing { .. } | Self::NotText { .. } => reasons::SECRET_KEY_MISSING,
+            Self::InvalidSpec(_) => reasons::INVALID_SPEC,
+            Self::Kube { .. } => reasons::PROGRESSING,
+        }
+    }
+
+    /// Whether retrying can help without a change by the user (only API-server trouble).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Kube { .. })
+    }
+}
+
+/// A client and what it was built from.
+#[derive(Clone)]
+pub struct Resolved {
+    pub client: Arc<bitbucket::Client>,
+    /// Changes whenever the spec or a referenced Secret changes.
+    pub fingerprint: String,
+}
+
+/// Clients per integration UID, rebuilt when the fingerprint changes.
+#[derive(Default)]
+pub struct ClientCache {
+    clients: std::sync::Mutex<BTreeMap<String, Resolved>>,
+}
+
+impl ClientCache {
+    /// The client for `integration`, reading its Secrets now (so rotation is seen at once).
+    pub async fn resolve(
+        &self,
+        kube: &kube::Client,
+        integration: &BitbucketIntegration,
+        transport: TransportConfig,
+    ) -> Result<Resolved, ResolveError> {
+        let namespace = integration.namespace().unwrap_or_default();
+        let secrets: Api<Secret> = Api::namespaced(kube.clone(), &namespace);
+        let spec = &integration.spec;
+        let secret_name = &spec.credentials.secret_ref.name;
+        let secret = read(&secrets, secret_name).await?;
+        let ca = match &spec.server.ca_bundle_secret_ref {
+            Some(reference) => {
+                let ca_secret = read(&secrets, &reference.name).await?;
+                let pem = key(&ca_secret, &reference.name, &reference.key, "CA bundle", "the bundle's key")?;
+                Some((pem.into_bytes(), ca_secret.resource_version().unwrap_or_default()))
+            }
+            None => None,
+        };
+        let fingerprint = format!(
+            "{}/{}/{}",
+            integration.metadata.generation.unwrap_or_default(),
+            secret.resource_version().unwrap_or_default(),
+            ca.as_ref().map(|(_, rv)| rv.as_str()).unwrap_or("-")
+        );
+        let uid = integration.uid().unwrap_or_default();
+        if let Some(cached) = self.get(&uid).filter(|c| c.fingerprint == fingerprint) {
+            return Ok(cached);
+        }
+        let credentials = credentials(
+            spec.credentials.credential_type,
+            spec.server.server_type,
+            &secret,
+            secret_name,
+        )?;
+        let server = server(integration)?;
+        let transport = TransportConfig {
+            ca_bundle_pem: ca.map(|(pem, _)| pem),
+            ..transport
+        };
+        let client = bitbucket::Client::new(server, credentials, transport)
+            .map_err(|e| ResolveError::InvalidSpec(e.to_string()))?;
+        let resolved = Resolved {
+            client: Arc::new(client),
+            fingerprint,
+        };
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(uid, resolved.clone());
+        Ok(resolved)
+    }
+
+    fn get(&self, uid: &str) -> Option<Resolved> {
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(uid)
+            .cloned()
+    }
+
+    /// Drops the client of a deleted integration.
+    pub fn forget(&self, uid: &str) {
+        self.clients
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(uid);
+    }
+}
+
+async fn read(secrets: &Api<Secret>, name: &str) -> Result<Secret, ResolveError> {
+    secrets
+        .get_opt(name)
+        .await
+        .map_err(|source| ResolveError::Kube {
+            secret: name.to_owned(),
+            source,
+        })?
+        .ok_or_else(|| ResolveError::SecretNotFound(name.to_owned()))
+}
+
+/// Where the integration's Bitbucket is.
+pub fn server(integration: &BitbucketIntegration) -> Result<Server, ResolveError> {
+    let server = &integration.spec.server;
+    let url = server.url.as_deref();
+    let parse = |url: &str| {
+        Url::parse(url).map_err(|e| ResolveError::InvalidSpec(format!("server.url {url:?}: {e}")))
+    };
+    Ok(match server.server_type {
+        ServerType::Cloud => Server::Cloud {
+            api_url: parse(url.unwrap_or(CLOUD_API_URL))?,
+        },
+        ServerType::DataCenter => Server::DataCenter {
+            base_url: parse(url.ok_or_else(|| {
+                ResolveError::InvalidSpec("server.url is required for DataCenter".into())
+            })?)?,
+        },
+    })
+}
+
+/// The credential in `secret`, for the declared type and server.
+pub fn credentials(
+    kind: CredentialType,
+    server: ServerType,
+    secret: &Secret,
+    secret_name: &str,
+) -> Result<Credentials, ResolveError> {
+    let (label, needed) = match kind {
+        CredentialType::ApiToken => ("ApiToken", "email, token"),
+        CredentialType::AccessToken => ("AccessToken", "token"),
+        CredentialType::OAuthConsumer => ("OAuthConsumer", "clientId, clientSecret"),
+        CredentialType::Basic => ("Basic", "username, password"),
+    };
+    let get = |name: &str| key(secret, secret_name, name, label, needed);
+    Ok(match kind {
+        CredentialType::ApiToken => Credentials::CloudApiToken {
+            email: get("email")?,
+            token: get("token")?.into(),
+        },
+        CredentialType::AccessToken => match server {
+            ServerType::Cloud => Credentials::CloudAccessToken {
+                token: get("token")?.into(),
+            },
+            ServerType::DataCenter => Credentials::DataCenterAccessToken {
+                token: get("token")?.into(),
+            },
+        },
+        CredentialType::OAuthConsumer => Credentials::CloudOAuthConsumer {
+            client_id: get("clientId")?,
+            client_secret: get("clientSecret")?.into(),
+        },
+        CredentialType::Basic => Credentials::DataCenterBasic {
+            username: get("username")?,
+            password: get("password")?.into(),
+        },
+    })
+}
+
+/// One key of a Secret as text, without the trailing newline files usually end with.
+fn key(
+    secret: &Secret,
+    secret_name: &str,
+    key: &str,
+    kind: &'static str,
+    needed: &str,
+) -> Result<String, ResolveError> {
+    let missing = || ResolveError::SecretKeyMissing {
+        secret: secret_name.to_owned(),
+        key: key.to_owned(),
+        kind,
+        needed: needed.to_owned(),
+    };
+    let value = value_of(secret, key).ok_or_else(missing)?;
+    let text = String::from_utf8(value).map_err(|_| ResolveError::NotText {
+        secret: secret_name.to_owned(),
+        key: key.to_owned(),
+    })?;
+    let text = text.trim_end_matches(['\n', '\r']).to_owned();
+    if text.is_empty() { Err(missing()) } else { Ok(text) }
+}
+
+fn value_of(secret: &Secret, key: &str) -> Option<Vec<u8>> {
+    secret
+        .data
+        .as_ref()
+        .and_then(|data| data.get(key))
+        .map(|ByteString(bytes)| bytes.clone())
+        .or_else(|| {
+            secret
+                .string_data
+                .as_ref()
+                .and_then(|data| data.get(key))
+                .map(|text| text.clone().into_bytes())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(data: &[(&str, &str)]) -> Secret {
+        Secret {
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
+            ..Secret::default()
+        }
+    }
+
+    #[test]
+    fn each_type_reads_its_keys_and_drops_a_trailing_newline() {
+        let api = credentials(
+            CredentialType::ApiToken,
+            ServerType::Cloud,
+            &secret(&[("email", "jane@example.com"), ("token", "t0k\n")]),
+            "s",
+        )
+        .unwrap();
+        assert_eq!(
+            format!("{api:?}"),
+            r#"CloudApiToken { email: "jane@example.com", token: "<redacted>" }"#
+        );
+        let dc = credentials(
+            CredentialType::AccessToken,
+            ServerType::DataCenter,
+            &secret(&[("token", "t")]),
+            "s",
+        )
+        .unwrap();
+        assert!(matches!(dc, Credentials::DataCenterAccessToken { .. }));
+    }
+
+    #[test]
+    fn a_missing_or_empty_key_is_named_with_the_keys_the_type_needs() {
+        let error = credentials(
+            CredentialType::OAuthConsumer,
+            ServerType::Cloud,
+            &secret(&[("clientId", "id"), ("clientSecret", "")]),
+            "acme-oauth",
+        )
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "Secret acme-oauth has no key clientSecret: OAuthConsumer credentials need the keys clientId, clientSecret"
+        );
+        assert_eq!(error.reason(), "SecretKeyMissing");
+    }
+}

@@ -1,0 +1,433 @@
+//! The BitbucketIntegration controller: holds the `in-use` finalizer, validates the credential
+//! against Bitbucket (only when due: spec or Secret changed, sync requested, interval passed),
+//! reports the account, scopes and users in status, and blocks deletion while Subscriptions
+//! reference the integration. Does API-server and Bitbucket I/O.
+
+mod cleanup;
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, ResourceExt,
+    core::PartialObjectMeta,
+    runtime::{
+        Controller,
+        controller::Action,
+        events::EventType,
+        finalizer::{Event as FinalizerEvent, finalizer},
+        reflector::ObjectRef,
+        WatchStreamExt, watcher,
+    },
+};
+
+use super::{Context, INTEGRATION_MANAGER, api, integration_of, lock};
+use crate::{
+    api::{
+        Account, AccountKind, BitbucketIntegration, BitbucketIntegrationStatus, IN_USE_FINALIZER,
+        SYNC_REQUESTED_AT_ANNOTATION, Subscription,
+        conditions::{DELETION_BLOCKED, READY, RECONCILING, STALLED, reasons},
+    },
+    bitbucket::{self, ErrorClass, Identity, IdentityKind},
+    metrics::{ControllerLabels, ErrorLabels},
+    status::{
+        apply::apply_status,
+        conditions::{self, Desired, Status},
+    },
+};
+
+const CONTROLLER: &str = "integration";
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(30 * 60);
+
+/// Errors that end a reconcile without a status describing them.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Cleanup found Subscriptions still using the integration; the finalizer stays.
+    #[error("deletion blocked: {0}")]
+    DeletionBlocked(String),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+}
+
+impl Error {
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::DeletionBlocked(_) => reasons::DELETION_BLOCKED,
+            Self::Kube(_) | Self::Finalizer(_) => "KubernetesError",
+        }
+    }
+}
+
+/// The outcome of the last validation, remembered so Bitbucket is called only when it is due.
+#[derive(Clone, Debug)]
+pub struct Validation {
+    fingerprint: String,
+    sync_request: Option<String>,
+    at: Instant,
+    class: Option<ErrorClass>,
+}
+
+/// Adds the watches that trigger an integration: its Secrets (metadata only: Secret data never
+/// enters the operator's memory) and the Subscriptions that use it.
+pub fn wire(
+    controller: Controller<BitbucketIntegration>,
+    context: &Arc<Context>,
+    namespace: &Option<String>,
+    config: watcher::Config,
+) -> Controller<BitbucketIntegration> {
+    let client = &context.shared.kube;
+    let secrets = watcher(
+        api::<PartialObjectMeta<Secret>>(client, namespace),
+        watcher::Config::default(),
+    )
+    .touched_objects();
+    let integrations = context.integrations.clone();
+    let shared = Arc::clone(&context.shared);
+    controller
+        .watches_stream(secrets, move |secret| {
+            let name = secret.name_any();
+            let namespace = secret.namespace();
+            integrations
+                .state()
+                .into_iter()
+                .filter(|i| i.namespace() == namespace && uses_secret(i, &name))
+                .map(|i| ObjectRef::from_obj(&*i))
+                .collect::<Vec<_>>()
+        })
+        .watches(api::<Subscription>(client, namespace), config, move |subscription| {
+            let now = integration_of(&subscription);
+            let before = lock(&shared.last_integration)
+                .insert(ObjectRef::from_obj(&subscription), now.name.clone());
+            let left = before
+                .filter(|name| *name != now.name)
+                .map(|name| ObjectRef::new(&name).within(now.namespace.as_deref().unwrap_or_default()));
+            std::iter::once(now).chain(left)
+        })
+}
+
+fn uses_secret(integration: &BitbucketIntegration, name: &str) -> bool {
+    integration.spec.credentials.secret_ref.name == name
+        || integration
+            .spec
+            .server
+            .ca_bundle_secret_ref
+            .as_ref()
+            .is_some_and(|r| r.name == name)
+}
+
+/// Reconciles one integration: finalizer first, then validation or deletion handling.
+pub async fn reconcile(
+    integration: Arc<BitbucketIntegration>,
+    context: Arc<Context>,
+) -> Result<Action, Error> {
+    let metrics = &context.shared.metrics;
+    let labels = ControllerLabels { controller: CONTROLLER };
+    metrics.reconciles.get_or_create(&labels).inc();
+    let started = Instant::now();
+    let namespace = integration.namespace().unwrap_or_default();
+    let api: Api<BitbucketIntegration> = Api::namespaced(context.shared.kube.clone(), &namespace);
+    let result = finalizer(&api, IN_USE_FINALIZER, integration, |event| async {
+        match event {
+            FinalizerEvent::Apply(integration) => apply(&integration, &context, &api).await,
+            FinalizerEvent::Cleanup(integration) => {
+                cleanup::cleanup(&integration, &context, &api).await
+            }
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e)
+        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        kube::runtime::finalizer::Error::AddFinalizer(e)
+        | kube::runtime::finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
+        other => Error::Finalizer(other.to_string()),
+    });
+    metrics
+        .reconcile_duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// After an error the reconcile could not describe in status: blocked deletions re-check soon,
+/// anything else backs off.
+pub fn error_policy(
+    integration: Arc<BitbucketIntegration>,
+    error: &Error,
+    context: Arc<Context>,
+) -> Action {
+    let shared = &context.shared;
+    shared
+        .metrics
+        .reconcile_errors
+        .get_or_create(&ErrorLabels {
+            controller: CONTROLLER,
+            reason: error.reason(),
+        })
+        .inc();
+    match error {
+        Error::DeletionBlocked(_) => Action::requeue(shared.settings.blocked_recheck),
+        _ => {
+            tracing::warn!(integration = %integration.name_any(), error = %error, "reconcile failed");
+            Action::requeue(
+                shared
+                    .backoff
+                    .next(&integration.uid().unwrap_or_default(), None),
+            )
+        }
+    }
+}
+
+async fn apply(
+    integration: &BitbucketIntegration,
+    context: &Context,
+    api: &Api<BitbucketIntegration>,
+) -> Result<Action, Error> {
+    let shared = &context.shared;
+    let uid = integration.uid().unwrap_or_default();
+    let generation = integration.metadata.generation;
+    let requested = integration
+        .annotations()
+        .get(SYNC_REQUESTED_AT_ANNOTATION)
+        .cloned();
+    let interval = integration
+        .spec
+        .validation_interval
+        .duration()
+        .unwrap_or(DEFAULT_INTERVAL);
+    let previous = integration.status.clone().unwrap_or_default();
+    let mut status = previous.clone();
+    status.observed_generation = generation;
+    status.subscriptions = Some(users(context, integration));
+    if requested.is_some() {
+        status.last_handled_sync_request = requested.clone();
+    }
+    conditions::remove(&mut status.conditions, DELETION_BLOCKED);
+    conditions::remove(&mut status.conditions, RECONCILING);
+    let now = conditions::now();
+
+    let action = match shared
+        .clients
+        .resolve(&shared.kube, integration, shared.settings.transport.clone())
+        .await
+    {
+        Err(super::credentials::ResolveError::Kube { source, .. }) => {
+            return Err(Error::Kube(source));
+        }
+        Err(e) => {
+            // A missing Secret or key: no Bitbucket call until the user fixes it; the Secret
+            // watch brings the fix.
+            lock(&shared.validations).remove(&uid);
+            stalled(&mut status, e.reason(), &e.to_string(), generation, &now);
+            Action::await_change()
+        }
+        Ok(resolved) => {
+            let last = lock(&shared.validations).get(&uid).cloned();
+            let due = last.as_ref().is_none_or(|last| {
+                last.fingerprint != resolved.fingerprint
+                    || last.sync_request != requested
+                    || matches!(last.class, Some(ErrorClass::Transient))
+                    || (last.class.is_none() && last.at.elapsed() >= interval)
+            });
+            if due {
+                let result = resolved
+                    .client
+                    .whoami(integration.spec.workspace.as_deref())
+                    .await;
+                let class = result.as_ref().err().map(bitbucket::Error::class);
+                lock(&shared.validations).insert(
+                    uid.clone(),
+                    Validation {
+                        fingerprint: resolved.fingerprint.clone(),
+                        sync_request: requested.clone(),
+                        at: Instant::now(),
+                        class,
+                    },
+                );
+                observe(&mut status, integration, result, generation, &now, context, &uid, interval)
+            } else {
+                // Nothing to call: the status already says what the last validation found.
+                match last.and_then(|l| l.class.is_none().then_some(l.at)) {
+                    Some(at) => Action::requeue(interval.saturating_sub(at.elapsed()).max(Duration::from_secs(1))),
+                    None => Action::await_change(),
+                }
+            }
+        }
+    };
+
+    let written = apply_status(api, integration, Some(&previous), &status, INTEGRATION_MANAGER).await?;
+    if written {
+        shared
+            .metrics
+            .status_writes
+            .get_or_create(&ControllerLabels { controller: CONTROLLER })
+            .inc();
+        announce(context, integration, &previous, &status).await;
+    }
+    Ok(action)
+}
+
+/// Records a validation's result in `status` and says when to look again.
+#[allow(clippy::too_many_arguments)]
+fn observe(
+    status: &mut BitbucketIntegrationStatus,
+    integration: &BitbucketIntegration,
+    result: Result<Identity, bitbucket::Error>,
+    generation: Option<i64>,
+    now: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+    context: &Context,
+    uid: &str,
+    interval: Duration,
+) -> Action {
+    let backoff = &context.shared.backoff;
+    match result {
+        Ok(identity) => {
+            backoff.reset(uid);
+            let message = validated_message(&identity, integration.spec.workspace.as_deref());
+            status.scopes = identity.scopes.clone();
+            status.account = Some(account(identity));
+            conditions::set(
+                &mut status.conditions,
+                Desired::new(READY, Status::True, reasons::VALIDATED, message),
+                generation,
+                now,
+            );
+            conditions::remove(&mut status.conditions, STALLED);
+            Action::requeue(interval)
+        }
+        Err(error) => {
+            let reason = bitbucket_reason(&error);
+            match error.class() {
+                ErrorClass::Credentials | ErrorClass::Request => {
+                    // 401/403 are not retried until the Secret or spec changes: repeated bad
+                    // logins lock Data Center accounts.
+                    stalled(status, reason, &error.to_string(), generation, now);
+                    Action::await_change()
+                }
+                ErrorClass::Transient => {
+                    // The last good account stays; Ready says what is wrong.
+                    conditions::set(
+                        &mut status.conditions,
+                        Desired::new(READY, Status::False, reason, error.to_string()),
+                        generation,
+                        now,
+                    );
+                    conditions::remove(&mut status.conditions, STALLED);
+                    Action::requeue(backoff.next(uid, error.retry_after()))
+                }
+            }
+        }
+    }
+}
+
+fn stalled(
+    status: &mut BitbucketIntegrationStatus,
+    reason: &'static str,
+    message: &str,
+    generation: Option<i64>,
+    now: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+) {
+    for type_ in [READY, STALLED] {
+        let value = if type_ == READY { Status::False } else { Status::True };
+        conditions::set(
+            &mut status.conditions,
+            Desired::new(type_, value, reason, message),
+            generation,
+            now,
+        );
+    }
+}
+
+/// The condition reason for a Bitbucket error.
+pub fn bitbucket_reason(error: &bitbucket::Error) -> &'static str {
+    use bitbucket::Error as E;
+    match error {
+        E::Unauthorized { .. } => reasons::INVALID_CREDENTIALS,
+        E::InsufficientScopes { .. } => reasons::INSUFFICIENT_SCOPES,
+        E::Forbidden { .. } => reasons::FORBIDDEN,
+        E::NotFound { .. } => reasons::WORKSPACE_NOT_FOUND,
+        E::RateLimited { .. } => reasons::RATE_LIMITED,
+        E::Gone { .. } | E::Config { .. } => reasons::INVALID_SPEC,
+        E::Unavailable { .. }
+        | E::Timeout { .. }
+        | E::Transport { .. }
+        | E::Decode { .. }
+        | E::UnexpectedStatus { .. }
+        | E::PagingLoop { .. } => reasons::BITBUCKET_UNAVAILABLE,
+    }
+}
+
+fn validated_message(identity: &Identity, workspace: Option<&str>) -> String {
+    match (identity.kind, &identity.username, &identity.display_name) {
+        (IdentityKind::AccessToken, _, _) => format!(
+            "access token accepted for workspace {}",
+            workspace.unwrap_or_default()
+        ),
+        (_, Some(username), Some(display)) if display != username => {
+            format!("authenticated as {username} ({display})")
+        }
+        (_, Some(username), _) => format!("authenticated as {username}"),
+        (_, None, Some(display)) => format!("authenticated as {display}"),
+        (_, None, None) => "authenticated".to_owned(),
+    }
+}
+
+fn account(identity: Identity) -> Account {
+    Account {
+        kind: match identity.kind {
+            IdentityKind::User => AccountKind::User,
+            IdentityKind::AccessToken => AccountKind::AccessToken,
+            IdentityKind::OAuthConsumer => AccountKind::OAuthConsumer,
+            IdentityKind::DataCenterUser => AccountKind::DataCenterUser,
+        },
+        username: identity.username,
+        display_name: identity.display_name,
+        uuid: identity.uuid,
+        account_id: identity.account_id,
+    }
+}
+
+/// How many Subscriptions (from the cache) reference `integration`.
+fn users(context: &Context, integration: &BitbucketIntegration) -> i32 {
+    let name = integration.name_any();
+    let namespace = integration.namespace();
+    let count = context
+        .subscriptions
+        .state()
+        .iter()
+        .filter(|s| s.namespace() == namespace && s.spec.integration_ref.name == name)
+        .count();
+    i32::try_from(count).unwrap_or(i32::MAX)
+}
+
+/// Publishes an Event when the Ready condition changed (status or reason): transitions only,
+/// so a restart or a steady state publishes nothing.
+async fn announce(
+    context: &Context,
+    integration: &BitbucketIntegration,
+    previous: &BitbucketIntegrationStatus,
+    status: &BitbucketIntegrationStatus,
+) {
+    let before = conditions::get(&previous.conditions, READY);
+    let Some(after) = conditions::get(&status.conditions, READY) else {
+        return;
+    };
+    if before.is_some_and(|b| b.status == after.status && b.reason == after.reason) {
+        return;
+    }
+    let type_ = if after.status == "True" {
+        EventType::Normal
+    } else {
+        EventType::Warning
+    };
+    let reason = after.reason.clone();
+    context
+        .shared
+        .event(integration, type_, &reason, "Validate", after.message.clone())
+        .await;
+}

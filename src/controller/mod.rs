@@ -1,0 +1,223 @@
+//! The two controllers and what they share. [`run`] starts both for every watched namespace (or
+//! the whole cluster) and returns when they have shut down. Does API-server and Bitbucket I/O.
+
+pub mod backoff;
+pub mod credentials;
+pub mod integration;
+pub mod subscription;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::{StreamExt, future::join_all};
+use kube::{
+    Api, Resource, ResourceExt,
+    runtime::{
+        Controller,
+        events::{Event, EventType, Recorder, Reporter},
+        reflector::{ObjectRef, Store},
+        watcher,
+    },
+};
+
+use crate::{
+    api::{BitbucketIntegration, Subscription},
+    bitbucket::TransportConfig,
+    metrics::Metrics,
+};
+use backoff::Backoff;
+use credentials::ClientCache;
+
+/// The Kubernetes field manager of each controller's status writes.
+pub const INTEGRATION_MANAGER: &str = "bitbucket-operator/integration";
+pub const SUBSCRIPTION_MANAGER: &str = "bitbucket-operator/subscription";
+
+/// Operator-wide settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Namespaces to watch; the whole cluster when empty.
+    pub namespaces: Vec<String>,
+    /// Reconciles run at once, per controller and namespace.
+    pub concurrency: u16,
+    /// HTTP settings of the Bitbucket clients.
+    pub transport: TransportConfig,
+    /// First backoff after a transient failure (doubling, with jitter).
+    pub backoff_base: Duration,
+    /// Longest backoff.
+    pub backoff_max: Duration,
+    /// How often a blocked deletion re-checks the Subscriptions in the way, in case an update
+    /// that released it was missed.
+    pub blocked_recheck: Duration,
+    /// Name reported in Events (`reportingInstance`), e.g. the pod name.
+    pub instance: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            namespaces: Vec::new(),
+            concurrency: 8,
+            transport: TransportConfig::default(),
+            backoff_base: Duration::from_secs(2),
+            backoff_max: Duration::from_secs(300),
+            blocked_recheck: Duration::from_secs(10),
+            instance: "bitbucket-operator".into(),
+        }
+    }
+}
+
+/// What both controllers share across namespaces.
+pub struct Shared {
+    pub kube: kube::Client,
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    pub clients: ClientCache,
+    pub backoff: Backoff,
+    pub listings: subscription::listing::ListingCache,
+    pub recorder: Recorder,
+    /// Which integration each Subscription pointed at when last seen, so re-pointing one wakes
+    /// the integration it left (whose deletion may be waiting for it).
+    pub last_integration: Mutex<HashMap<ObjectRef<Subscription>, String>>,
+    /// The last validation of each integration (by UID), to call Bitbucket only when due.
+    pub validations: Mutex<HashMap<String, integration::Validation>>,
+}
+
+impl Shared {
+    pub fn new(kube: kube::Client, mut settings: Settings, metrics: Arc<Metrics>) -> Arc<Self> {
+        settings.transport.observer = Some(metrics.bitbucket_observer());
+        let reporter = Reporter {
+            controller: "bitbucket-operator".into(),
+            instance: Some(settings.instance.clone()),
+        };
+        Arc::new(Self {
+            recorder: Recorder::new(kube.clone(), reporter),
+            backoff: Backoff::new(settings.backoff_base, settings.backoff_max),
+            kube,
+            settings,
+            metrics,
+            clients: ClientCache::default(),
+            listings: Default::default(),
+            last_integration: Mutex::new(HashMap::new()),
+            validations: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Publishes an Event about `object`; failures are logged, never fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(truncate(note, 1000)),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "could not publish an Event");
+        }
+    }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
+/// One watched scope (a namespace, or the cluster): the stores both controllers read.
+pub struct Context {
+    pub shared: Arc<Shared>,
+    pub integrations: Store<BitbucketIntegration>,
+    pub subscriptions: Store<Subscription>,
+}
+
+/// Runs both controllers in every watched scope until `shutdown` resolves.
+pub async fn run(
+    shared: Arc<Shared>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let shutdown = futures::FutureExt::shared(shutdown);
+    let scopes: Vec<Option<String>> = if shared.settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        shared.settings.namespaces.iter().cloned().map(Some).collect()
+    };
+    let runs = scopes
+        .into_iter()
+        .map(|namespace| run_scope(Arc::clone(&shared), namespace, shutdown.clone()));
+    join_all(runs).await;
+}
+
+fn api<K>(client: &kube::Client, namespace: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn run_scope(
+    shared: Arc<Shared>,
+    namespace: Option<String>,
+    shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
+) {
+    let client = &shared.kube;
+    let config = watcher::Config::default().any_semantic();
+    let controller_config =
+        kube::runtime::controller::Config::default().concurrency(shared.settings.concurrency);
+    let integrations = Controller::new(api::<BitbucketIntegration>(client, &namespace), config.clone())
+        .with_config(controller_config.clone());
+    let subscriptions = Controller::new(api::<Subscription>(client, &namespace), config.clone())
+        .with_config(controller_config);
+    let context = Arc::new(Context {
+        shared: Arc::clone(&shared),
+        integrations: integrations.store(),
+        subscriptions: subscriptions.store(),
+    });
+
+    let integrations = integration::wire(integrations, &context, &namespace, config.clone())
+        .graceful_shutdown_on(shutdown.clone())
+        .run(integration::reconcile, integration::error_policy, Arc::clone(&context))
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "integration reconcile failed");
+            }
+        });
+    let subscriptions = subscription::wire(subscriptions, &context, &namespace, config)
+        .graceful_shutdown_on(shutdown)
+        .run(subscription::reconcile, subscription::error_policy, Arc::clone(&context))
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "subscription reconcile failed");
+            }
+        });
+    tracing::info!(namespace = namespace.as_deref().unwrap_or("(all)"), "controllers started");
+    futures::join!(integrations, subscriptions);
+}
+
+/// The object reference of the integration a Subscription points at.
+pub fn integration_of(subscription: &Subscription) -> ObjectRef<BitbucketIntegration> {
+    ObjectRef::new(&subscription.spec.integration_ref.name)
+        .within(&subscription.namespace().unwrap_or_default())
+}

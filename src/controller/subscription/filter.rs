@@ -1,0 +1,160 @@
+//! The repository filters of a Subscription: include/exclude globs on the slug and visibility.
+//! Pure; no I/O.
+
+use crate::{
+    api::{RepositoryFilter, Visibility},
+    bitbucket::Repository,
+};
+
+/// Whether `repository` passes `filter`: included (by any include glob, or all when there are
+/// none), not excluded by any exclude glob, and of the wanted visibility.
+pub fn keeps(filter: &RepositoryFilter, repository: &Repository) -> bool {
+    let visible = match filter.visibility {
+        Visibility::All => true,
+        Visibility::Private => repository.private,
+        Visibility::Public => !repository.private,
+    };
+    let slug = repository.slug.to_ascii_lowercase();
+    visible
+        && (filter.include.is_empty() || filter.include.iter().any(|g| glob(g, &slug)))
+        && !filter.exclude.iter().any(|g| glob(g, &slug))
+}
+
+/// Matches `text` against a glob of `*` (any run), `?` (one character) and `[abc]`/`[!abc]`
+/// classes with `a-z` ranges, case-insensitively (Bitbucket slugs are lowercase). Admission
+/// only lets well-formed globs through; a malformed class matches nothing.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let pattern: Vec<char> = pattern.to_ascii_lowercase().chars().collect();
+    let text: Vec<char> = text.chars().collect();
+    matches(&pattern, &text)
+}
+
+fn matches(pattern: &[char], text: &[char]) -> bool {
+    // Iterative matching with backtracking to the last `*` only: linear in practice, no
+    // exponential blow-up on patterns such as `*a*a*a*b`.
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some('*') => {
+                star = Some((p, t));
+                p += 1;
+                continue;
+            }
+            Some('?') => {
+                p += 1;
+                t += 1;
+                continue;
+            }
+            Some('[') => {
+                if let Some((matched, next)) = class(pattern, p, text[t]) {
+                    if matched {
+                        p = next;
+                        t += 1;
+                        continue;
+                    }
+                }
+            }
+            Some(c) if *c == text[t] => {
+                p += 1;
+                t += 1;
+                continue;
+            }
+            _ => {}
+        }
+        match star {
+            Some((star_p, star_t)) => {
+                p = star_p + 1;
+                t = star_t + 1;
+                star = Some((star_p, star_t + 1));
+            }
+            None => return false,
+        }
+    }
+    pattern[p..].iter().all(|c| *c == '*')
+}
+
+/// Evaluates the class starting at `pattern[open]` against `c`: whether it matched and where
+/// the pattern continues. `None` for an unterminated class.
+fn class(pattern: &[char], open: usize, c: char) -> Option<(bool, usize)> {
+    let mut i = open + 1;
+    let negated = pattern.get(i) == Some(&'!');
+    if negated {
+        i += 1;
+    }
+    let mut matched = false;
+    let start = i;
+    while let Some(&p) = pattern.get(i) {
+        if p == ']' && i > start {
+            return Some((matched != negated, i + 1));
+        }
+        if pattern.get(i + 1) == Some(&'-') && pattern.get(i + 2).is_some_and(|e| *e != ']') {
+            matched |= (p..=pattern[i + 2]).contains(&c);
+            i += 3;
+        } else {
+            matched |= p == c;
+            i += 1;
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repository(slug: &str, private: bool) -> Repository {
+        Repository {
+            full_name: format!("acme/{slug}"),
+            slug: slug.into(),
+            name: slug.into(),
+            project: None,
+            private,
+            main_branch: None,
+            clone_https: None,
+            clone_ssh: None,
+            html_url: None,
+            updated_at: None,
+        }
+    }
+
+    #[test]
+    fn globs_match_like_a_shell() {
+        for (pattern, text) in [
+            ("api-*", "api-gateway"),
+            ("*-archive", "web-archive"),
+            ("svc-?", "svc-1"),
+            ("[!x]*", "api"),
+            ("[a-c]pi", "api"),
+            ("*", ""),
+            ("API-*", "api-x"),
+            ("*a*a*b", "aaaaaaaaaaaaaaaaaaaab"),
+        ] {
+            assert!(glob(pattern, text), "{pattern} should match {text}");
+        }
+        for (pattern, text) in [
+            ("api-*", "web-api"),
+            ("svc-?", "svc-10"),
+            ("[!x]*", "xray"),
+            ("[a-c]pi", "dpi"),
+            ("api-[", "api-["),
+            ("*a*a*b", "aaaaaaaaaaaaaaaaaaaaa"),
+        ] {
+            assert!(!glob(pattern, text), "{pattern} should not match {text}");
+        }
+    }
+
+    #[test]
+    fn excludes_win_over_includes_and_visibility_filters() {
+        let filter = RepositoryFilter {
+            include: vec!["api-*".into()],
+            exclude: vec!["*-archive".into()],
+            visibility: Visibility::Private,
+        };
+        assert!(keeps(&filter, &repository("api-gateway", true)));
+        assert!(!keeps(&filter, &repository("api-archive", true)));
+        assert!(!keeps(&filter, &repository("api-docs", false)));
+        assert!(!keeps(&filter, &repository("web", true)));
+        assert!(keeps(&RepositoryFilter::default(), &repository("anything", false)));
+    }
+}

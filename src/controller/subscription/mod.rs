@@ -1,0 +1,410 @@
+//! The Subscription controller: checks the Subscription against its integration, lists the
+//! repositories it can see (sharing listings between Subscriptions of one scope), applies the
+//! filters and keeps the sorted, bounded list in status. Failures keep the last list. Does
+//! API-server and Bitbucket I/O.
+
+pub mod filter;
+pub mod listing;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::{
+    Api, ResourceExt,
+    runtime::{
+        Controller, controller::Action, events::EventType, reflector::ObjectRef, watcher,
+    },
+};
+
+use super::{Context, SUBSCRIPTION_MANAGER, api, integration::bitbucket_reason, integration_of, lock};
+use crate::{
+    api::{
+        BitbucketIntegration, CloneUrls, IntegrationSummary, MAX_LISTED_REPOSITORIES, Repository,
+        SYNC_REQUESTED_AT_ANNOTATION, ServerType, Subscription, SubscriptionStatus,
+        conditions::{READY, RECONCILING, STALLED, reasons},
+    },
+    bitbucket::{self, ErrorClass, ListScope},
+    metrics::{ControllerLabels, ErrorLabels},
+    status::{
+        apply::apply_status,
+        conditions::{self, Desired, Status},
+    },
+};
+
+const CONTROLLER: &str = "subscription";
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(10 * 60);
+
+/// Errors that end a reconcile without a status describing them.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+/// When each Subscription (by UID) last synced, and from what.
+#[derive(Clone, Debug)]
+struct Sync {
+    generation: Option<i64>,
+    sync_request: Option<String>,
+    fingerprint: String,
+    at: Instant,
+    transient_failure: bool,
+}
+
+/// The last sync of every Subscription; shared by the namespaces' controllers.
+fn syncs() -> &'static Mutex<HashMap<String, Sync>> {
+    static SYNCS: std::sync::OnceLock<Mutex<HashMap<String, Sync>>> = std::sync::OnceLock::new();
+    SYNCS.get_or_init(Default::default)
+}
+
+/// Adds the watch that re-syncs Subscriptions when their integration changes (e.g. becomes
+/// Ready, or its credential rotates).
+pub fn wire(
+    controller: Controller<Subscription>,
+    context: &Arc<Context>,
+    namespace: &Option<String>,
+    config: watcher::Config,
+) -> Controller<Subscription> {
+    let subscriptions = context.subscriptions.clone();
+    controller.watches(
+        api::<BitbucketIntegration>(&context.shared.kube, namespace),
+        config,
+        move |integration| {
+            let name = integration.name_any();
+            let namespace = integration.namespace();
+            subscriptions
+                .state()
+                .into_iter()
+                .filter(|s| s.namespace() == namespace && s.spec.integration_ref.name == name)
+                .map(|s| ObjectRef::from_obj(&*s))
+                .collect::<Vec<_>>()
+        },
+    )
+}
+
+/// Reconciles one Subscription.
+pub async fn reconcile(subscription: Arc<Subscription>, context: Arc<Context>) -> Result<Action, Error> {
+    let metrics = &context.shared.metrics;
+    let labels = ControllerLabels { controller: CONTROLLER };
+    metrics.reconciles.get_or_create(&labels).inc();
+    let started = Instant::now();
+    let result = sync(&subscription, &context).await;
+    metrics
+        .reconcile_duration
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// After an error the reconcile could not describe in status: back off.
+pub fn error_policy(subscription: Arc<Subscription>, error: &Error, context: Arc<Context>) -> Action {
+    let shared = &context.shared;
+    shared
+        .metrics
+        .reconcile_errors
+        .get_or_create(&ErrorLabels {
+            controller: CONTROLLER,
+            reason: "KubernetesError",
+        })
+        .inc();
+    tracing::warn!(subscription = %subscription.name_any(), error = %error, "reconcile failed");
+    Action::requeue(shared.backoff.next(&subscription.uid().unwrap_or_default(), None))
+}
+
+/// What a reconcile decided, before status is written.
+enum Next {
+    Requeue(Duration),
+    AwaitChange,
+}
+
+async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, Error> {
+    let shared = &context.shared;
+    if subscription.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let uid = subscription.uid().unwrap_or_default();
+    let generation = subscription.metadata.generation;
+    let requested = subscription
+        .annotations()
+        .get(SYNC_REQUESTED_AT_ANNOTATION)
+        .cloned();
+    let interval = subscription
+        .spec
+        .sync_interval
+        .duration()
+        .unwrap_or(DEFAULT_INTERVAL);
+    let previous = subscription.status.clone().unwrap_or_default();
+    let mut status = previous.clone();
+    status.observed_generation = generation;
+    if requested.is_some() {
+        status.last_handled_sync_request = requested.clone();
+    }
+    conditions::remove(&mut status.conditions, RECONCILING);
+    let now = conditions::now();
+    let next = 'next: {
+        if subscription.spec.suspend {
+            set_ready(&mut status, Status::False, reasons::SUSPENDED, "suspended: the repository list is not refreshed".into(), false, generation, &now);
+            break 'next Next::AwaitChange;
+        }
+        let reference = integration_of(subscription);
+        let Some(integration) = context.integrations.get(&reference) else {
+            set_ready(
+                &mut status,
+                Status::False,
+                reasons::INTEGRATION_NOT_FOUND,
+                format!("BitbucketIntegration {} not found", reference.name),
+                false,
+                generation,
+                &now,
+            );
+            break 'next Next::AwaitChange;
+        };
+        let integration_status = integration.status.clone().unwrap_or_default();
+        if !conditions::is_true(&integration_status.conditions, READY) {
+            let why = conditions::get(&integration_status.conditions, READY)
+                .map(|c| format!(": {}", c.message))
+                .unwrap_or_default();
+            set_ready(
+                &mut status,
+                Status::False,
+                reasons::INTEGRATION_NOT_READY,
+                format!("BitbucketIntegration {} is not ready{why}", reference.name),
+                false,
+                generation,
+                &now,
+            );
+            break 'next Next::AwaitChange;
+        }
+        let scope = match scope(subscription, &integration) {
+            Ok(scope) => scope,
+            Err(message) => {
+                set_ready(&mut status, Status::False, reasons::INVALID_SPEC, message, true, generation, &now);
+                break 'next Next::AwaitChange;
+            }
+        };
+        let resolved = match shared
+            .clients
+            .resolve(&shared.kube, &integration, shared.settings.transport.clone())
+            .await
+        {
+            Ok(resolved) => resolved,
+            Err(e) => {
+                set_ready(
+                    &mut status,
+                    Status::False,
+                    reasons::INTEGRATION_NOT_READY,
+                    format!("BitbucketIntegration {}: {e}", reference.name),
+                    false,
+                    generation,
+                    &now,
+                );
+                break 'next Next::AwaitChange;
+            }
+        };
+
+        let last = lock(syncs()).get(&uid).cloned();
+        let forced = last.as_ref().is_none_or(|l| {
+            l.generation != generation || l.sync_request != requested || l.fingerprint != resolved.fingerprint
+        });
+        let due = forced
+            || last
+                .as_ref()
+                .is_some_and(|l| l.transient_failure || l.at.elapsed() >= interval);
+        if !due {
+            let at = last.map(|l| l.at).unwrap_or_else(Instant::now);
+            break 'next Next::Requeue(interval.saturating_sub(at.elapsed()).max(Duration::from_secs(1)));
+        }
+
+        let key = format!("{}|{scope:?}", integration.uid().unwrap_or_default());
+        let client = Arc::clone(&resolved.client);
+        let listed = shared
+            .listings
+            .get(key, &resolved.fingerprint, interval, forced, async move {
+                client.list_repositories(&scope).await
+            })
+            .await;
+        let transient = matches!(&listed, Err(e) if e.class() == ErrorClass::Transient);
+        lock(syncs()).insert(
+            uid.clone(),
+            Sync {
+                generation,
+                sync_request: requested.clone(),
+                fingerprint: resolved.fingerprint.clone(),
+                at: Instant::now(),
+                transient_failure: transient,
+            },
+        );
+        status.integration = Some(IntegrationSummary {
+            name: reference.name.clone(),
+            account: integration_status
+                .account
+                .as_ref()
+                .and_then(|a| a.username.clone().or_else(|| a.display_name.clone())),
+        });
+        match listed {
+            Ok(listed) => {
+                shared.backoff.reset(&uid);
+                let kept: Vec<Repository> = listed
+                    .iter()
+                    .filter(|r| filter::keeps(&subscription.spec.repositories, r))
+                    .map(to_status)
+                    .collect();
+                let count = kept.len();
+                let mut shown = kept;
+                shown.truncate(MAX_LISTED_REPOSITORIES);
+                status.repositories_truncated = count > MAX_LISTED_REPOSITORIES;
+                status.repository_count = Some(i32::try_from(count).unwrap_or(i32::MAX));
+                if shown != previous.repositories || previous.repository_count.is_none() {
+                    status.last_change_time = Some(now.clone());
+                }
+                status.repositories = shown;
+                set_ready(&mut status, Status::True, reasons::SYNCED, format!("{count} repositories"), false, generation, &now);
+                Next::Requeue(interval)
+            }
+            Err(error) => {
+                // The last good list stays in status; Ready says what went wrong.
+                let reason = bitbucket_reason(&error);
+                match error.class() {
+                    ErrorClass::Transient => {
+                        set_ready(&mut status, Status::False, reason, error.to_string(), false, generation, &now);
+                        Next::Requeue(shared.backoff.next(&uid, error.retry_after()))
+                    }
+                    ErrorClass::Credentials | ErrorClass::Request => {
+                        set_ready(&mut status, Status::False, reason, error.to_string(), true, generation, &now);
+                        Next::AwaitChange
+                    }
+                }
+            }
+        }
+    };
+
+    let namespace = subscription.namespace().unwrap_or_default();
+    let api: Api<Subscription> = Api::namespaced(shared.kube.clone(), &namespace);
+    if apply_status(&api, subscription, Some(&previous), &status, SUBSCRIPTION_MANAGER).await? {
+        shared
+            .metrics
+            .status_writes
+            .get_or_create(&ControllerLabels { controller: CONTROLLER })
+            .inc();
+        announce(context, subscription, &previous, &status).await;
+    }
+    Ok(match next {
+        Next::Requeue(after) => Action::requeue(after),
+        Next::AwaitChange => Action::await_change(),
+    })
+}
+
+/// Sets Ready (and Stalled when the user must act; removes it otherwise).
+fn set_ready(
+    status: &mut SubscriptionStatus,
+    ready: Status,
+    reason: &'static str,
+    message: String,
+    stalled: bool,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    conditions::set(
+        &mut status.conditions,
+        Desired::new(READY, ready, reason, message.clone()),
+        generation,
+        now,
+    );
+    if stalled {
+        conditions::set(
+            &mut status.conditions,
+            Desired::new(STALLED, Status::True, reason, message),
+            generation,
+            now,
+        );
+    } else {
+        conditions::remove(&mut status.conditions, STALLED);
+    }
+}
+
+/// Where to list, or why this Subscription cannot work with its integration.
+fn scope(subscription: &Subscription, integration: &BitbucketIntegration) -> Result<ListScope, String> {
+    let spec = &subscription.spec;
+    let name = integration.name_any();
+    match (integration.spec.server.server_type, &spec.workspace) {
+        (ServerType::DataCenter, Some(_)) => Err(format!(
+            "workspace applies to Bitbucket Cloud only, and BitbucketIntegration {name} is Data Center: remove workspace and list projects instead"
+        )),
+        (ServerType::DataCenter, None) => Ok(ListScope::DataCenter {
+            projects: spec.projects.clone(),
+        }),
+        (ServerType::Cloud, None) => Err(format!(
+            "BitbucketIntegration {name} is Bitbucket Cloud: set workspace"
+        )),
+        (ServerType::Cloud, Some(workspace)) => match &integration.spec.workspace {
+            Some(allowed) if allowed != workspace => Err(format!(
+                "BitbucketIntegration {name} is limited to workspace {allowed}, not {workspace}"
+            )),
+            _ => Ok(ListScope::CloudWorkspace {
+                workspace: workspace.clone(),
+                projects: spec.projects.clone(),
+            }),
+        },
+    }
+}
+
+fn to_status(repository: &bitbucket::Repository) -> Repository {
+    Repository {
+        full_name: repository.full_name.clone(),
+        name: repository.slug.clone(),
+        display_name: (repository.name != repository.slug).then(|| repository.name.clone()),
+        project: repository.project.clone(),
+        private: repository.private,
+        main_branch: repository.main_branch.clone(),
+        clone_urls: CloneUrls {
+            https: repository.clone_https.clone(),
+            ssh: repository.clone_ssh.clone(),
+        },
+        html_url: repository.html_url.clone(),
+        updated_at: repository.updated_at.map(Time),
+    }
+}
+
+/// Events for transitions of Ready, and for changes of the repository list.
+async fn announce(
+    context: &Context,
+    subscription: &Subscription,
+    previous: &SubscriptionStatus,
+    status: &SubscriptionStatus,
+) {
+    let before = conditions::get(&previous.conditions, READY);
+    if let Some(after) = conditions::get(&status.conditions, READY) {
+        let transitioned = before.is_none_or(|b| b.status != after.status || b.reason != after.reason);
+        if transitioned && after.status != "True" {
+            context
+                .shared
+                .event(subscription, EventType::Warning, &after.reason, "Sync", after.message.clone())
+                .await;
+        }
+    }
+    if status.last_change_time != previous.last_change_time {
+        let old: std::collections::BTreeSet<&str> =
+            previous.repositories.iter().map(|r| r.full_name.as_str()).collect();
+        let new: std::collections::BTreeSet<&str> =
+            status.repositories.iter().map(|r| r.full_name.as_str()).collect();
+        let added = new.difference(&old).count();
+        let removed = old.difference(&new).count();
+        context
+            .shared
+            .event(
+                subscription,
+                EventType::Normal,
+                reasons::SYNCED,
+                "Sync",
+                format!(
+                    "{} repositories ({added} added, {removed} removed)",
+                    status.repository_count.unwrap_or_default()
+                ),
+            )
+            .await;
+    }
+}

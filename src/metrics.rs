@@ -1,0 +1,135 @@
+//! Prometheus metrics, with label sets bounded by construction: controller names, condition
+//! reasons, Bitbucket operation names and HTTP status codes — never object names, URLs or
+//! anything a user controls. No I/O (the HTTP server in `http.rs` serves the text).
+
+use std::sync::Arc;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ControllerLabels {
+    pub controller: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub controller: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub operation: &'static str,
+    /// The HTTP status, or `none` when no answer came (timeout, connection failure).
+    pub status: String,
+}
+
+/// All the operator's metrics.
+pub struct Metrics {
+    registry: Registry,
+    pub reconciles: Family<ControllerLabels, Counter>,
+    pub reconcile_errors: Family<ErrorLabels, Counter>,
+    pub reconcile_duration: Family<ControllerLabels, Histogram>,
+    pub status_writes: Family<ControllerLabels, Counter>,
+    pub bitbucket_requests: Family<RequestLabels, Counter>,
+    pub blocked_deletions: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("bitbucket_operator");
+        let reconciles = Family::<ControllerLabels, Counter>::default();
+        registry.register("reconciles", "Reconciles run, by controller", reconciles.clone());
+        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
+        registry.register(
+            "reconcile_errors",
+            "Reconciles that ended in an error, by controller and condition reason",
+            reconcile_errors.clone(),
+        );
+        let reconcile_duration = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+        });
+        registry.register(
+            "reconcile_duration_seconds",
+            "How long reconciles take, by controller",
+            reconcile_duration.clone(),
+        );
+        let status_writes = Family::<ControllerLabels, Counter>::default();
+        registry.register(
+            "status_writes",
+            "Status patches sent to the API server, by controller",
+            status_writes.clone(),
+        );
+        let bitbucket_requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "bitbucket_requests",
+            "HTTP requests to Bitbucket, by operation and status code",
+            bitbucket_requests.clone(),
+        );
+        let blocked_deletions = Gauge::default();
+        registry.register(
+            "blocked_deletions",
+            "Integrations whose deletion waits for Subscriptions",
+            blocked_deletions.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            status_writes,
+            bitbucket_requests,
+            blocked_deletions,
+        }
+    }
+}
+
+impl Metrics {
+    /// The OpenMetrics text of every metric.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+
+    /// A hook for the Bitbucket client that counts its requests.
+    pub fn bitbucket_observer(self: &Arc<Self>) -> crate::bitbucket::RequestObserver {
+        let metrics = Arc::clone(self);
+        Arc::new(move |operation, status| {
+            metrics
+                .bitbucket_requests
+                .get_or_create(&RequestLabels {
+                    operation,
+                    status: status.map_or_else(|| "none".to_owned(), |s| s.to_string()),
+                })
+                .inc();
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_counted_by_operation_and_status() {
+        let metrics = Arc::new(Metrics::default());
+        let observe = metrics.bitbucket_observer();
+        observe("whoami", Some(200));
+        observe("whoami", Some(200));
+        observe("list_repositories", None);
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"bitbucket_operator_bitbucket_requests_total{operation="whoami",status="200"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"bitbucket_operator_bitbucket_requests_total{operation="list_repositories",status="none"} 1"#),
+            "{text}"
+        );
+    }
+}
