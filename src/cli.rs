@@ -19,6 +19,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the operator: watch BitbucketIntegrations and Subscriptions and reconcile them.
+    Run(crate::config::RunArgs),
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into a directory
     /// (`make crds` rewrites `crds/` this way).
     Crds {

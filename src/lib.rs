@@ -5,7 +5,9 @@
 pub mod api;
 pub mod bitbucket;
 pub mod cli;
+pub mod config;
 pub mod controller;
+pub mod http;
 pub mod metrics;
 pub mod sim;
 pub mod status;

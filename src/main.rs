@@ -1,22 +1,102 @@
 //! The `bitbucket-operator` binary: parse the command line, set up logging, dispatch.
 #![forbid(unsafe_code)]
 
+use std::sync::{Arc, atomic::AtomicBool};
+
 use anyhow::Context as _;
 use bitbucket_operator::{
     api,
     cli::{Cli, Command},
+    config::RunArgs,
+    controller::{self, Shared},
+    http,
+    metrics::Metrics,
     telemetry,
 };
 use clap::Parser;
+use futures::FutureExt;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init(cli.log_format)?;
     match cli.command {
+        Command::Run(args) => run(args).await,
         Command::Crds { output_dir } => crds(output_dir.as_deref()),
         Command::Version => version().await,
     }
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let settings = args.settings();
+    let client = kube::Client::try_default()
+        .await
+        .context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(false));
+    let shutdown = shutdown_signal().shared();
+
+    let probe = http::Probe {
+        metrics: Arc::clone(&metrics),
+        ready: Arc::clone(&ready),
+    };
+    let mut servers = vec![tokio::spawn(http::serve(
+        args.metrics_address,
+        http::router(probe.clone()),
+        shutdown.clone(),
+    ))];
+    if args.health_address != args.metrics_address {
+        servers.push(tokio::spawn(http::serve(
+            args.health_address,
+            http::router(probe),
+            shutdown.clone(),
+        )));
+    }
+
+    tracing::info!(
+        namespaces = ?settings.namespaces,
+        concurrency = settings.concurrency,
+        "starting bitbucket-operator {}",
+        env!("CARGO_PKG_VERSION")
+    );
+    tokio::select! {
+        () = controller::wait_for_crds(&client, &settings) => {}
+        () = shutdown.clone() => return Ok(()),
+    }
+    ready.store(true, std::sync::atomic::Ordering::Relaxed);
+    controller::run(Shared::new(client, settings, metrics), shutdown).await;
+    for server in servers {
+        server
+            .await
+            .context("HTTP server task")?
+            .context("HTTP server")?;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Resolves on Ctrl-C or SIGTERM (what Kubernetes sends before killing a pod).
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
 }
 
 fn crds(output_dir: Option<&std::path::Path>) -> anyhow::Result<()> {

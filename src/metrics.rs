@@ -43,16 +43,21 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("bitbucket_operator");
         let reconciles = Family::<ControllerLabels, Counter>::default();
-        registry.register("reconciles", "Reconciles run, by controller", reconciles.clone());
+        registry.register(
+            "reconciles",
+            "Reconciles run, by controller",
+            reconciles.clone(),
+        );
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
         registry.register(
             "reconcile_errors",
             "Reconciles that ended in an error, by controller and condition reason",
             reconcile_errors.clone(),
         );
-        let reconcile_duration = Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
-            Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
-        });
+        let reconcile_duration =
+            Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+            });
         registry.register(
             "reconcile_duration_seconds",
             "How long reconciles take, by controller",
@@ -124,7 +129,9 @@ mod tests {
         observe("list_repositories", None);
         let text = metrics.render();
         assert!(
-            text.contains(r#"bitbucket_operator_bitbucket_requests_total{operation="whoami",status="200"} 2"#),
+            text.contains(
+                r#"bitbucket_operator_bitbucket_requests_total{operation="whoami",status="200"} 2"#
+            ),
             "{text}"
         );
         assert!(

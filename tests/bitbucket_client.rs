@@ -2,10 +2,9 @@
 //! kind, every error class, paging in both envelopes, retries with backoff, OAuth token reuse,
 //! and that no secret reaches error text or logs.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::{Duration, Instant},
-};
+mod support;
+
+use std::time::{Duration, Instant};
 
 use bitbucket_operator::{
     bitbucket::{
@@ -712,31 +711,6 @@ async fn a_next_link_that_repeats_a_page_is_refused() {
 
 // --- secrets ----------------------------------------------------------------------------------
 
-/// Captures everything logged (at every level) while `body` runs.
-async fn logs_of<F: std::future::Future>(body: F) -> (F::Output, String) {
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-    impl std::io::Write for Buffer {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let buffer = Buffer::default();
-    let writer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-    let output = body.await;
-    let logs = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
-    (output, logs)
-}
-
 #[tokio::test]
 async fn no_secret_appears_in_errors_debug_output_or_logs() {
     let sim = demo().await;
@@ -754,7 +728,7 @@ async fn no_secret_appears_in_errors_debug_output_or_logs() {
         );
     }
     let secrets = [API_TOKEN, ACCESS_TOKEN, OAUTH_SECRET, DC_PASSWORD, DC_TOKEN];
-    let (texts, logs) = logs_of(async {
+    let (texts, logs) = support::logs_of(async {
         let mut texts = Vec::new();
         for (credentials, workspace) in [
             (access_token(ACCESS_TOKEN), Some("acme")),

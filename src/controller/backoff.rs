@@ -66,6 +66,9 @@ mod tests {
         backoff.next("a", None);
         backoff.reset("a");
         assert!(backoff.next("a", None) <= Duration::from_secs(1));
-        assert!(backoff.next("b", None) <= Duration::from_secs(1), "objects are independent");
+        assert!(
+            backoff.next("b", None) <= Duration::from_secs(1),
+            "objects are independent"
+        );
     }
 }

@@ -85,8 +85,17 @@ impl ClientCache {
         let ca = match &spec.server.ca_bundle_secret_ref {
             Some(reference) => {
                 let ca_secret = read(&secrets, &reference.name).await?;
-                let pem = key(&ca_secret, &reference.name, &reference.key, "CA bundle", "the bundle's key")?;
-                Some((pem.into_bytes(), ca_secret.resource_version().unwrap_or_default()))
+                let pem = key(
+                    &ca_secret,
+                    &reference.name,
+                    &reference.key,
+                    "CA bundle",
+                    "the bundle's key",
+                )?;
+                Some((
+                    pem.into_bytes(),
+                    ca_secret.resource_version().unwrap_or_default(),
+                ))
             }
             None => None,
         };
@@ -229,7 +238,11 @@ fn key(
         key: key.to_owned(),
     })?;
     let text = text.trim_end_matches(['\n', '\r']).to_owned();
-    if text.is_empty() { Err(missing()) } else { Ok(text) }
+    if text.is_empty() {
+        Err(missing())
+    } else {
+        Ok(text)
+    }
 }
 
 fn value_of(secret: &Secret, key: &str) -> Option<Vec<u8>> {

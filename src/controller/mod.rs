@@ -16,9 +16,9 @@ use futures::{StreamExt, future::join_all};
 use kube::{
     Api, Resource, ResourceExt,
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         events::{Event, EventType, Recorder, Reporter},
-        reflector::{ObjectRef, Store},
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
@@ -48,11 +48,15 @@ pub struct Settings {
     pub backoff_base: Duration,
     /// Longest backoff.
     pub backoff_max: Duration,
-    /// How often a blocked deletion re-checks the Subscriptions in the way, in case an update
-    /// that released it was missed.
-    pub blocked_recheck: Duration,
+    /// How often a state that waits on another object (a blocked deletion, a missing Secret or
+    /// integration) looks again, in case the watch event that ends the wait was missed. These
+    /// checks read the API server only; they never call Bitbucket.
+    pub recheck: Duration,
     /// Name reported in Events (`reportingInstance`), e.g. the pod name.
     pub instance: String,
+    /// Replaces every `validationInterval` and `syncInterval` (whose minimum is a minute), so
+    /// tests and benchmarks can watch many intervals pass. Never set in production.
+    pub interval_override: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -63,8 +67,9 @@ impl Default for Settings {
             transport: TransportConfig::default(),
             backoff_base: Duration::from_secs(2),
             backoff_max: Duration::from_secs(300),
-            blocked_recheck: Duration::from_secs(10),
+            recheck: Duration::from_secs(30),
             instance: "bitbucket-operator".into(),
+            interval_override: None,
         }
     }
 }
@@ -83,6 +88,8 @@ pub struct Shared {
     pub last_integration: Mutex<HashMap<ObjectRef<Subscription>, String>>,
     /// The last validation of each integration (by UID), to call Bitbucket only when due.
     pub validations: Mutex<HashMap<String, integration::Validation>>,
+    /// The last sync of each Subscription (by UID), to list only when due.
+    pub syncs: Mutex<HashMap<String, subscription::Sync>>,
 }
 
 impl Shared {
@@ -102,6 +109,7 @@ impl Shared {
             listings: Default::default(),
             last_integration: Mutex::new(HashMap::new()),
             validations: Mutex::new(HashMap::new()),
+            syncs: Mutex::new(HashMap::new()),
         })
     }
 
@@ -146,7 +154,9 @@ fn truncate(mut text: String, max: usize) -> String {
 /// One watched scope (a namespace, or the cluster): the stores both controllers read.
 pub struct Context {
     pub shared: Arc<Shared>,
+    /// Integrations as the Subscription controller's trigger stream saw them.
     pub integrations: Store<BitbucketIntegration>,
+    /// Subscriptions as the integration controller's trigger stream saw them.
     pub subscriptions: Store<Subscription>,
 }
 
@@ -159,7 +169,13 @@ pub async fn run(
     let scopes: Vec<Option<String>> = if shared.settings.namespaces.is_empty() {
         vec![None]
     } else {
-        shared.settings.namespaces.iter().cloned().map(Some).collect()
+        shared
+            .settings
+            .namespaces
+            .iter()
+            .cloned()
+            .map(Some)
+            .collect()
     };
     let runs = scopes
         .into_iter()
@@ -186,33 +202,70 @@ async fn run_scope(
     let config = watcher::Config::default().any_semantic();
     let controller_config =
         kube::runtime::controller::Config::default().concurrency(shared.settings.concurrency);
-    let integrations = Controller::new(api::<BitbucketIntegration>(client, &namespace), config.clone())
-        .with_config(controller_config.clone());
+    let integrations = Controller::new(
+        api::<BitbucketIntegration>(client, &namespace),
+        config.clone(),
+    )
+    .with_config(controller_config.clone());
     let subscriptions = Controller::new(api::<Subscription>(client, &namespace), config.clone())
         .with_config(controller_config);
+    // Each controller reads the other kind from the very stream that triggers it: the store is
+    // updated before the event is delivered, so a reconcile never sees an older state than the
+    // change that woke it (two independent watches could disagree for a moment, and a
+    // Subscription woken by its integration turning Ready could still read it as not Ready).
+    let (integrations_seen, writer) = reflector::store();
+    let integration_events = reflector::reflector(
+        writer,
+        watcher(
+            api::<BitbucketIntegration>(client, &namespace),
+            config.clone(),
+        ),
+    )
+    .default_backoff()
+    .touched_objects();
+    let (subscriptions_seen, writer) = reflector::store();
+    let subscription_events = reflector::reflector(
+        writer,
+        watcher(api::<Subscription>(client, &namespace), config.clone()),
+    )
+    .default_backoff()
+    .touched_objects();
     let context = Arc::new(Context {
         shared: Arc::clone(&shared),
-        integrations: integrations.store(),
-        subscriptions: subscriptions.store(),
+        integrations: integrations_seen,
+        subscriptions: subscriptions_seen,
     });
+    let subscriptions_primary = subscriptions.store();
 
-    let integrations = integration::wire(integrations, &context, &namespace, config.clone())
+    let integrations = integration::wire(integrations, &context, &namespace, subscription_events)
         .graceful_shutdown_on(shutdown.clone())
-        .run(integration::reconcile, integration::error_policy, Arc::clone(&context))
+        .run(
+            integration::reconcile,
+            integration::error_policy,
+            Arc::clone(&context),
+        )
         .for_each(|result| async move {
             if let Err(e) = result {
                 tracing::debug!(error = %e, "integration reconcile failed");
             }
         });
-    let subscriptions = subscription::wire(subscriptions, &context, &namespace, config)
-        .graceful_shutdown_on(shutdown)
-        .run(subscription::reconcile, subscription::error_policy, Arc::clone(&context))
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "subscription reconcile failed");
-            }
-        });
-    tracing::info!(namespace = namespace.as_deref().unwrap_or("(all)"), "controllers started");
+    let subscriptions =
+        subscription::wire(subscriptions, subscriptions_primary, integration_events)
+            .graceful_shutdown_on(shutdown)
+            .run(
+                subscription::reconcile,
+                subscription::error_policy,
+                Arc::clone(&context),
+            )
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "subscription reconcile failed");
+                }
+            });
+    tracing::info!(
+        namespace = namespace.as_deref().unwrap_or("(all)"),
+        "controllers started"
+    );
     futures::join!(integrations, subscriptions);
 }
 
@@ -220,4 +273,36 @@ async fn run_scope(
 pub fn integration_of(subscription: &Subscription) -> ObjectRef<BitbucketIntegration> {
     ObjectRef::new(&subscription.spec.integration_ref.name)
         .within(&subscription.namespace().unwrap_or_default())
+}
+
+/// Waits until the API server serves both CRDs (in each watched scope), so an operator
+/// installed before its CRDs waits instead of crash-looping. Returns early on `shutdown`.
+pub async fn wait_for_crds(client: &kube::Client, settings: &Settings) {
+    let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings.namespaces.iter().cloned().map(Some).collect()
+    };
+    let params = kube::api::ListParams::default().limit(1);
+    let mut waited = Duration::ZERO;
+    let step = Duration::from_secs(2);
+    loop {
+        let mut missing = None;
+        for scope in &scopes {
+            let integrations = api::<BitbucketIntegration>(client, scope)
+                .list(&params)
+                .await;
+            let subscriptions = api::<Subscription>(client, scope).list(&params).await;
+            if let Some(e) = integrations.err().or(subscriptions.err()) {
+                missing = Some(e);
+                break;
+            }
+        }
+        let Some(error) = missing else { return };
+        if waited.as_secs().is_multiple_of(30) {
+            tracing::warn!(error = %error, "waiting for the scm.shippable.io CRDs to be installed and served");
+        }
+        tokio::time::sleep(step).await;
+        waited += step;
+    }
 }

@@ -85,7 +85,9 @@ impl Drop for TestNamespace {
                 .build()
                 .expect("building a runtime to delete the test namespace");
             runtime.block_on(async {
-                let namespaces: Api<Namespace> = Api::all(client().await);
+                let client = client().await;
+                release_finalizers(&client, &name).await;
+                let namespaces: Api<Namespace> = Api::all(client);
                 match namespaces.delete(&name, &DeleteParams::background()).await {
                     Ok(_) => {}
                     Err(kube::Error::Api(status)) if status.is_not_found() => {}
@@ -97,6 +99,25 @@ impl Drop for TestNamespace {
         if deleted.is_err() && !std::thread::panicking() {
             panic!("deleting the test namespace panicked");
         }
+    }
+}
+
+/// Removes the operator's finalizer from every integration in `namespace`: the test's operator
+/// is gone by now, and a held finalizer would leave the namespace Terminating forever (and keep
+/// the namespace controller busy retrying it while other tests wait).
+async fn release_finalizers(client: &Client, namespace: &str) {
+    use kube::api::{ListParams, Patch, PatchParams};
+    let integrations: Api<bitbucket_operator::api::BitbucketIntegration> =
+        Api::namespaced(client.clone(), namespace);
+    let Ok(list) = integrations.list(&ListParams::default()).await else {
+        return; // the CRDs are not installed: nothing to release
+    };
+    let patch = serde_json::json!({"metadata": {"finalizers": null}});
+    for integration in list {
+        let name = integration.metadata.name.unwrap_or_default();
+        let _ = integrations
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await;
     }
 }
 
@@ -166,4 +187,31 @@ pub async fn apply_manifests(
         results.push(api.patch(name, &params, &Patch::Apply(manifest)).await);
     }
     results
+}
+
+pub mod operator;
+
+/// Captures everything logged (at every level) while `body` runs.
+pub async fn logs_of<F: std::future::Future>(body: F) -> (F::Output, String) {
+    #[derive(Clone, Default)]
+    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let output = body.await;
+    let logs = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    (output, logs)
 }

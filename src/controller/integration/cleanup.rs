@@ -68,17 +68,32 @@ pub(super) async fn cleanup(
     status.subscriptions = Some(i32::try_from(names.len()).unwrap_or(i32::MAX));
     conditions::set(
         &mut status.conditions,
-        Desired::new(DELETION_BLOCKED, Status::True, reasons::DELETION_BLOCKED, &message),
+        Desired::new(
+            DELETION_BLOCKED,
+            Status::True,
+            reasons::DELETION_BLOCKED,
+            &message,
+        ),
         integration.metadata.generation,
         &conditions::now(),
     );
     let changed = conditions::get(&previous.conditions, DELETION_BLOCKED)
         .is_none_or(|c| c.status != "True" || c.message != message);
-    if apply_status(api, integration, Some(&previous), &status, INTEGRATION_MANAGER).await? {
+    if apply_status(
+        api,
+        integration,
+        Some(&previous),
+        &status,
+        INTEGRATION_MANAGER,
+    )
+    .await?
+    {
         shared
             .metrics
             .status_writes
-            .get_or_create(&ControllerLabels { controller: CONTROLLER })
+            .get_or_create(&ControllerLabels {
+                controller: CONTROLLER,
+            })
             .inc();
     }
     if !was_blocked {
@@ -91,7 +106,9 @@ pub(super) async fn cleanup(
                 EventType::Warning,
                 reasons::DELETION_BLOCKED,
                 "Delete",
-                format!("deletion waits: {message}; delete them or point them at another integration"),
+                format!(
+                    "deletion waits: {message}; delete them or point them at another integration"
+                ),
             )
             .await;
     }
@@ -100,7 +117,11 @@ pub(super) async fn cleanup(
 
 /// "in use by Subscriptions a, b and 3 more" (names sorted by the caller).
 pub fn in_use_message(names: &[String]) -> String {
-    let noun = if names.len() == 1 { "Subscription" } else { "Subscriptions" };
+    let noun = if names.len() == 1 {
+        "Subscription"
+    } else {
+        "Subscriptions"
+    };
     let shown = names.iter().take(NAMED).cloned().collect::<Vec<_>>();
     let rest = names.len().saturating_sub(NAMED);
     let list = match (shown.as_slice(), rest) {
@@ -121,7 +142,10 @@ mod tests {
 
     #[test]
     fn the_message_names_the_first_users_and_counts_the_rest() {
-        assert_eq!(in_use_message(&names(&["api-ci"])), "in use by Subscription api-ci");
+        assert_eq!(
+            in_use_message(&names(&["api-ci"])),
+            "in use by Subscription api-ci"
+        );
         assert_eq!(
             in_use_message(&names(&["api-ci", "web-ci"])),
             "in use by Subscriptions api-ci and web-ci"

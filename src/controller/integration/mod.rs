@@ -15,12 +15,12 @@ use kube::{
     Api, ResourceExt,
     core::PartialObjectMeta,
     runtime::{
-        Controller,
+        Controller, WatchStreamExt,
         controller::Action,
         events::EventType,
         finalizer::{Event as FinalizerEvent, finalizer},
         reflector::ObjectRef,
-        WatchStreamExt, watcher,
+        watcher,
     },
 };
 
@@ -70,23 +70,33 @@ pub struct Validation {
     sync_request: Option<String>,
     at: Instant,
     class: Option<ErrorClass>,
+    /// The status written after it. A reconcile that calls nothing starts from this rather than
+    /// from the object it was given, which may predate that write (the cache lags our own
+    /// writes): re-applying an older status would undo the validation.
+    status: Option<BitbucketIntegrationStatus>,
 }
 
 /// Adds the watches that trigger an integration: its Secrets (metadata only: Secret data never
-/// enters the operator's memory) and the Subscriptions that use it.
+/// enters the operator's memory) and the Subscriptions that use it (`subscription_events`, the
+/// stream feeding `context.subscriptions`).
 pub fn wire(
     controller: Controller<BitbucketIntegration>,
     context: &Arc<Context>,
     namespace: &Option<String>,
-    config: watcher::Config,
+    subscription_events: impl futures::Stream<Item = Result<Subscription, watcher::Error>>
+    + Send
+    + 'static,
 ) -> Controller<BitbucketIntegration> {
     let client = &context.shared.kube;
     let secrets = watcher(
         api::<PartialObjectMeta<Secret>>(client, namespace),
         watcher::Config::default(),
     )
+    .default_backoff()
     .touched_objects();
-    let integrations = context.integrations.clone();
+    // This controller's own store: an integration it has reconciled is surely in it, so a
+    // Secret created after the integration always finds it.
+    let integrations = controller.store();
     let shared = Arc::clone(&context.shared);
     controller
         .watches_stream(secrets, move |secret| {
@@ -99,13 +109,13 @@ pub fn wire(
                 .map(|i| ObjectRef::from_obj(&*i))
                 .collect::<Vec<_>>()
         })
-        .watches(api::<Subscription>(client, namespace), config, move |subscription| {
+        .watches_stream(subscription_events, move |subscription| {
             let now = integration_of(&subscription);
             let before = lock(&shared.last_integration)
                 .insert(ObjectRef::from_obj(&subscription), now.name.clone());
-            let left = before
-                .filter(|name| *name != now.name)
-                .map(|name| ObjectRef::new(&name).within(now.namespace.as_deref().unwrap_or_default()));
+            let left = before.filter(|name| *name != now.name).map(|name| {
+                ObjectRef::new(&name).within(now.namespace.as_deref().unwrap_or_default())
+            });
             std::iter::once(now).chain(left)
         })
 }
@@ -126,7 +136,9 @@ pub async fn reconcile(
     context: Arc<Context>,
 ) -> Result<Action, Error> {
     let metrics = &context.shared.metrics;
-    let labels = ControllerLabels { controller: CONTROLLER };
+    let labels = ControllerLabels {
+        controller: CONTROLLER,
+    };
     metrics.reconciles.get_or_create(&labels).inc();
     let started = Instant::now();
     let namespace = integration.namespace().unwrap_or_default();
@@ -171,7 +183,7 @@ pub fn error_policy(
         })
         .inc();
     match error {
-        Error::DeletionBlocked(_) => Action::requeue(shared.settings.blocked_recheck),
+        Error::DeletionBlocked(_) => Action::requeue(shared.settings.recheck),
         _ => {
             tracing::warn!(integration = %integration.name_any(), error = %error, "reconcile failed");
             Action::requeue(
@@ -195,15 +207,17 @@ async fn apply(
         .annotations()
         .get(SYNC_REQUESTED_AT_ANNOTATION)
         .cloned();
-    let interval = integration
-        .spec
-        .validation_interval
-        .duration()
-        .unwrap_or(DEFAULT_INTERVAL);
+    let interval = shared.settings.interval_override.unwrap_or_else(|| {
+        integration
+            .spec
+            .validation_interval
+            .duration()
+            .unwrap_or(DEFAULT_INTERVAL)
+    });
     let previous = integration.status.clone().unwrap_or_default();
     let mut status = previous.clone();
     status.observed_generation = generation;
-    status.subscriptions = Some(users(context, integration));
+    status.subscriptions = users(context, integration).or(previous.subscriptions);
     if requested.is_some() {
         status.last_handled_sync_request = requested.clone();
     }
@@ -224,7 +238,7 @@ async fn apply(
             // watch brings the fix.
             lock(&shared.validations).remove(&uid);
             stalled(&mut status, e.reason(), &e.to_string(), generation, &now);
-            Action::await_change()
+            Action::requeue(shared.settings.recheck)
         }
         Ok(resolved) => {
             let last = lock(&shared.validations).get(&uid).cloned();
@@ -247,25 +261,56 @@ async fn apply(
                         sync_request: requested.clone(),
                         at: Instant::now(),
                         class,
+                        status: None,
                     },
                 );
-                observe(&mut status, integration, result, generation, &now, context, &uid, interval)
+                observe(
+                    &mut status,
+                    integration,
+                    result,
+                    generation,
+                    &now,
+                    context,
+                    &uid,
+                    interval,
+                )
             } else {
-                // Nothing to call: the status already says what the last validation found.
+                // Nothing to call: the last validation's status stands.
+                if let Some(written) = last.as_ref().and_then(|l| l.status.as_ref()) {
+                    status.account = written.account.clone();
+                    status.scopes = written.scopes.clone();
+                    status.conditions = written.conditions.clone();
+                }
                 match last.and_then(|l| l.class.is_none().then_some(l.at)) {
-                    Some(at) => Action::requeue(interval.saturating_sub(at.elapsed()).max(Duration::from_secs(1))),
+                    Some(at) => Action::requeue(
+                        interval
+                            .saturating_sub(at.elapsed())
+                            .max(Duration::from_secs(1)),
+                    ),
                     None => Action::await_change(),
                 }
             }
         }
     };
 
-    let written = apply_status(api, integration, Some(&previous), &status, INTEGRATION_MANAGER).await?;
+    let written = apply_status(
+        api,
+        integration,
+        Some(&previous),
+        &status,
+        INTEGRATION_MANAGER,
+    )
+    .await?;
+    if let Some(validation) = lock(&shared.validations).get_mut(&uid) {
+        validation.status = Some(status.clone());
+    }
     if written {
         shared
             .metrics
             .status_writes
-            .get_or_create(&ControllerLabels { controller: CONTROLLER })
+            .get_or_create(&ControllerLabels {
+                controller: CONTROLLER,
+            })
             .inc();
         announce(context, integration, &previous, &status).await;
     }
@@ -333,7 +378,11 @@ fn stalled(
     now: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
 ) {
     for type_ in [READY, STALLED] {
-        let value = if type_ == READY { Status::False } else { Status::True };
+        let value = if type_ == READY {
+            Status::False
+        } else {
+            Status::True
+        };
         conditions::set(
             &mut status.conditions,
             Desired::new(type_, value, reason, message),
@@ -392,8 +441,12 @@ fn account(identity: Identity) -> Account {
     }
 }
 
-/// How many Subscriptions (from the cache) reference `integration`.
-fn users(context: &Context, integration: &BitbucketIntegration) -> i32 {
+/// How many Subscriptions (from the cache) reference `integration`; `None` right after
+/// start-up, before the Subscriptions are listed (a count of 0 would be written, then fixed).
+fn users(context: &Context, integration: &BitbucketIntegration) -> Option<i32> {
+    if !super::subscription::is_ready(&context.subscriptions) {
+        return None;
+    }
     let name = integration.name_any();
     let namespace = integration.namespace();
     let count = context
@@ -402,7 +455,7 @@ fn users(context: &Context, integration: &BitbucketIntegration) -> i32 {
         .iter()
         .filter(|s| s.namespace() == namespace && s.spec.integration_ref.name == name)
         .count();
-    i32::try_from(count).unwrap_or(i32::MAX)
+    Some(i32::try_from(count).unwrap_or(i32::MAX))
 }
 
 /// Publishes an Event when the Ready condition changed (status or reason): transitions only,
@@ -428,6 +481,12 @@ async fn announce(
     let reason = after.reason.clone();
     context
         .shared
-        .event(integration, type_, &reason, "Validate", after.message.clone())
+        .event(
+            integration,
+            type_,
+            &reason,
+            "Validate",
+            after.message.clone(),
+        )
         .await;
 }

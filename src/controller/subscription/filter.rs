@@ -47,12 +47,10 @@ fn matches(pattern: &[char], text: &[char]) -> bool {
                 continue;
             }
             Some('[') => {
-                if let Some((matched, next)) = class(pattern, p, text[t]) {
-                    if matched {
-                        p = next;
-                        t += 1;
-                        continue;
-                    }
+                if let Some((true, next)) = class(pattern, p, text[t]) {
+                    p = next;
+                    t += 1;
+                    continue;
                 }
             }
             Some(c) if *c == text[t] => {
@@ -155,6 +153,9 @@ mod tests {
         assert!(!keeps(&filter, &repository("api-archive", true)));
         assert!(!keeps(&filter, &repository("api-docs", false)));
         assert!(!keeps(&filter, &repository("web", true)));
-        assert!(keeps(&RepositoryFilter::default(), &repository("anything", false)));
+        assert!(keeps(
+            &RepositoryFilter::default(),
+            &repository("anything", false)
+        ));
     }
 }

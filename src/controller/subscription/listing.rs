@@ -87,10 +87,19 @@ mod tests {
         let cache = ListingCache::default();
         let calls = AtomicUsize::new(0);
         let hour = Duration::from_secs(3600);
-        cache.get("k".into(), "f", hour, false, fetch(&calls)).await.unwrap();
-        cache.get("k".into(), "f", hour, false, fetch(&calls)).await.unwrap();
+        cache
+            .get("k".into(), "f", hour, false, fetch(&calls))
+            .await
+            .unwrap();
+        cache
+            .get("k".into(), "f", hour, false, fetch(&calls))
+            .await
+            .unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 1);
-        cache.get("k".into(), "f", Duration::ZERO, false, fetch(&calls)).await.unwrap();
+        cache
+            .get("k".into(), "f", Duration::ZERO, false, fetch(&calls))
+            .await
+            .unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 
@@ -99,9 +108,18 @@ mod tests {
         let cache = ListingCache::default();
         let calls = AtomicUsize::new(0);
         let hour = Duration::from_secs(3600);
-        cache.get("k".into(), "f", hour, false, fetch(&calls)).await.unwrap();
-        cache.get("k".into(), "g", hour, false, fetch(&calls)).await.unwrap();
-        cache.get("k".into(), "g", hour, true, fetch(&calls)).await.unwrap();
+        cache
+            .get("k".into(), "f", hour, false, fetch(&calls))
+            .await
+            .unwrap();
+        cache
+            .get("k".into(), "g", hour, false, fetch(&calls))
+            .await
+            .unwrap();
+        cache
+            .get("k".into(), "g", hour, true, fetch(&calls))
+            .await
+            .unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 

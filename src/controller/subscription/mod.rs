@@ -7,8 +7,7 @@ pub mod filter;
 pub mod listing;
 
 use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -16,11 +15,15 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
     Api, ResourceExt,
     runtime::{
-        Controller, controller::Action, events::EventType, reflector::ObjectRef, watcher,
+        Controller,
+        controller::Action,
+        events::EventType,
+        reflector::{ObjectRef, Store},
+        watcher,
     },
 };
 
-use super::{Context, SUBSCRIPTION_MANAGER, api, integration::bitbucket_reason, integration_of, lock};
+use super::{Context, SUBSCRIPTION_MANAGER, integration::bitbucket_reason, integration_of, lock};
 use crate::{
     api::{
         BitbucketIntegration, CloneUrls, IntegrationSummary, MAX_LISTED_REPOSITORIES, Repository,
@@ -45,51 +48,50 @@ pub enum Error {
     Kube(#[from] kube::Error),
 }
 
-/// When each Subscription (by UID) last synced, and from what.
+/// When a Subscription last synced, and from what.
 #[derive(Clone, Debug)]
-struct Sync {
+pub struct Sync {
     generation: Option<i64>,
     sync_request: Option<String>,
     fingerprint: String,
     at: Instant,
     transient_failure: bool,
-}
-
-/// The last sync of every Subscription; shared by the namespaces' controllers.
-fn syncs() -> &'static Mutex<HashMap<String, Sync>> {
-    static SYNCS: std::sync::OnceLock<Mutex<HashMap<String, Sync>>> = std::sync::OnceLock::new();
-    SYNCS.get_or_init(Default::default)
+    /// The status written after it: a reconcile that lists nothing re-states this, never the
+    /// (possibly older) status of the object it was given.
+    status: Option<SubscriptionStatus>,
 }
 
 /// Adds the watch that re-syncs Subscriptions when their integration changes (e.g. becomes
-/// Ready, or its credential rotates).
+/// Ready, or its credential rotates). `integration_events` is the stream feeding
+/// `context.integrations`; `subscriptions` is this controller's own store.
 pub fn wire(
     controller: Controller<Subscription>,
-    context: &Arc<Context>,
-    namespace: &Option<String>,
-    config: watcher::Config,
+    subscriptions: Store<Subscription>,
+    integration_events: impl futures::Stream<Item = Result<BitbucketIntegration, watcher::Error>>
+    + Send
+    + 'static,
 ) -> Controller<Subscription> {
-    let subscriptions = context.subscriptions.clone();
-    controller.watches(
-        api::<BitbucketIntegration>(&context.shared.kube, namespace),
-        config,
-        move |integration| {
-            let name = integration.name_any();
-            let namespace = integration.namespace();
-            subscriptions
-                .state()
-                .into_iter()
-                .filter(|s| s.namespace() == namespace && s.spec.integration_ref.name == name)
-                .map(|s| ObjectRef::from_obj(&*s))
-                .collect::<Vec<_>>()
-        },
-    )
+    controller.watches_stream(integration_events, move |integration| {
+        let name = integration.name_any();
+        let namespace = integration.namespace();
+        subscriptions
+            .state()
+            .into_iter()
+            .filter(|s| s.namespace() == namespace && s.spec.integration_ref.name == name)
+            .map(|s| ObjectRef::from_obj(&*s))
+            .collect::<Vec<_>>()
+    })
 }
 
 /// Reconciles one Subscription.
-pub async fn reconcile(subscription: Arc<Subscription>, context: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(
+    subscription: Arc<Subscription>,
+    context: Arc<Context>,
+) -> Result<Action, Error> {
     let metrics = &context.shared.metrics;
-    let labels = ControllerLabels { controller: CONTROLLER };
+    let labels = ControllerLabels {
+        controller: CONTROLLER,
+    };
     metrics.reconciles.get_or_create(&labels).inc();
     let started = Instant::now();
     let result = sync(&subscription, &context).await;
@@ -101,7 +103,11 @@ pub async fn reconcile(subscription: Arc<Subscription>, context: Arc<Context>) -
 }
 
 /// After an error the reconcile could not describe in status: back off.
-pub fn error_policy(subscription: Arc<Subscription>, error: &Error, context: Arc<Context>) -> Action {
+pub fn error_policy(
+    subscription: Arc<Subscription>,
+    error: &Error,
+    context: Arc<Context>,
+) -> Action {
     let shared = &context.shared;
     shared
         .metrics
@@ -112,7 +118,11 @@ pub fn error_policy(subscription: Arc<Subscription>, error: &Error, context: Arc
         })
         .inc();
     tracing::warn!(subscription = %subscription.name_any(), error = %error, "reconcile failed");
-    Action::requeue(shared.backoff.next(&subscription.uid().unwrap_or_default(), None))
+    Action::requeue(
+        shared
+            .backoff
+            .next(&subscription.uid().unwrap_or_default(), None),
+    )
 }
 
 /// What a reconcile decided, before status is written.
@@ -132,11 +142,13 @@ async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, 
         .annotations()
         .get(SYNC_REQUESTED_AT_ANNOTATION)
         .cloned();
-    let interval = subscription
-        .spec
-        .sync_interval
-        .duration()
-        .unwrap_or(DEFAULT_INTERVAL);
+    let interval = shared.settings.interval_override.unwrap_or_else(|| {
+        subscription
+            .spec
+            .sync_interval
+            .duration()
+            .unwrap_or(DEFAULT_INTERVAL)
+    });
     let previous = subscription.status.clone().unwrap_or_default();
     let mut status = previous.clone();
     status.observed_generation = generation;
@@ -147,10 +159,24 @@ async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, 
     let now = conditions::now();
     let next = 'next: {
         if subscription.spec.suspend {
-            set_ready(&mut status, Status::False, reasons::SUSPENDED, "suspended: the repository list is not refreshed".into(), false, generation, &now);
-            break 'next Next::AwaitChange;
+            set_ready(
+                &mut status,
+                Status::False,
+                reasons::SUSPENDED,
+                "suspended: the repository list is not refreshed".into(),
+                false,
+                generation,
+                &now,
+            );
+            break 'next waiting(&shared.syncs, &uid);
         }
         let reference = integration_of(subscription);
+        if !is_ready(&context.integrations) {
+            // Right after start-up the integrations may not be listed yet: look again shortly
+            // rather than report a missing integration. (Not awaited here: the stream that
+            // fills the store is polled by this controller, which may be busy with us.)
+            return Ok(Action::requeue(Duration::from_millis(500)));
+        }
         let Some(integration) = context.integrations.get(&reference) else {
             set_ready(
                 &mut status,
@@ -161,7 +187,7 @@ async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, 
                 generation,
                 &now,
             );
-            break 'next Next::AwaitChange;
+            break 'next waiting(&shared.syncs, &uid);
         };
         let integration_status = integration.status.clone().unwrap_or_default();
         if !conditions::is_true(&integration_status.conditions, READY) {
@@ -177,18 +203,30 @@ async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, 
                 generation,
                 &now,
             );
-            break 'next Next::AwaitChange;
+            break 'next waiting(&shared.syncs, &uid);
         }
         let scope = match scope(subscription, &integration) {
             Ok(scope) => scope,
             Err(message) => {
-                set_ready(&mut status, Status::False, reasons::INVALID_SPEC, message, true, generation, &now);
-                break 'next Next::AwaitChange;
+                set_ready(
+                    &mut status,
+                    Status::False,
+                    reasons::INVALID_SPEC,
+                    message,
+                    true,
+                    generation,
+                    &now,
+                );
+                break 'next waiting(&shared.syncs, &uid);
             }
         };
         let resolved = match shared
             .clients
-            .resolve(&shared.kube, &integration, shared.settings.transport.clone())
+            .resolve(
+                &shared.kube,
+                &integration,
+                shared.settings.transport.clone(),
+            )
             .await
         {
             Ok(resolved) => resolved,
@@ -202,33 +240,44 @@ async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, 
                     generation,
                     &now,
                 );
-                break 'next Next::AwaitChange;
+                break 'next waiting(&shared.syncs, &uid);
             }
         };
 
-        let last = lock(syncs()).get(&uid).cloned();
-        let forced = last.as_ref().is_none_or(|l| {
-            l.generation != generation || l.sync_request != requested || l.fingerprint != resolved.fingerprint
-        });
-        let due = forced
-            || last
-                .as_ref()
-                .is_some_and(|l| l.transient_failure || l.at.elapsed() >= interval);
+        let last = lock(&shared.syncs).get(&uid).cloned();
+        // A sync request must see Bitbucket as it is now; anything else may use a listing
+        // another Subscription of the same scope made within the interval.
+        let fresh =
+            requested.is_some() && last.as_ref().is_none_or(|l| l.sync_request != requested);
+        let due = fresh
+            || last.as_ref().is_none_or(|l| {
+                l.generation != generation
+                    || l.fingerprint != resolved.fingerprint
+                    || l.transient_failure
+                    || l.at.elapsed() >= interval
+            });
         if !due {
+            if let Some(written) = last.as_ref().and_then(|l| l.status.clone()) {
+                status = written;
+            }
             let at = last.map(|l| l.at).unwrap_or_else(Instant::now);
-            break 'next Next::Requeue(interval.saturating_sub(at.elapsed()).max(Duration::from_secs(1)));
+            break 'next Next::Requeue(
+                interval
+                    .saturating_sub(at.elapsed())
+                    .max(Duration::from_secs(1)),
+            );
         }
 
         let key = format!("{}|{scope:?}", integration.uid().unwrap_or_default());
         let client = Arc::clone(&resolved.client);
         let listed = shared
             .listings
-            .get(key, &resolved.fingerprint, interval, forced, async move {
+            .get(key, &resolved.fingerprint, interval, fresh, async move {
                 client.list_repositories(&scope).await
             })
             .await;
         let transient = matches!(&listed, Err(e) if e.class() == ErrorClass::Transient);
-        lock(syncs()).insert(
+        lock(&shared.syncs).insert(
             uid.clone(),
             Sync {
                 generation,
@@ -236,6 +285,7 @@ async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, 
                 fingerprint: resolved.fingerprint.clone(),
                 at: Instant::now(),
                 transient_failure: transient,
+                status: None,
             },
         );
         status.integration = Some(IntegrationSummary {
@@ -262,7 +312,15 @@ async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, 
                     status.last_change_time = Some(now.clone());
                 }
                 status.repositories = shown;
-                set_ready(&mut status, Status::True, reasons::SYNCED, format!("{count} repositories"), false, generation, &now);
+                set_ready(
+                    &mut status,
+                    Status::True,
+                    reasons::SYNCED,
+                    format!("{count} repositories"),
+                    false,
+                    generation,
+                    &now,
+                );
                 Next::Requeue(interval)
             }
             Err(error) => {
@@ -270,11 +328,27 @@ async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, 
                 let reason = bitbucket_reason(&error);
                 match error.class() {
                     ErrorClass::Transient => {
-                        set_ready(&mut status, Status::False, reason, error.to_string(), false, generation, &now);
+                        set_ready(
+                            &mut status,
+                            Status::False,
+                            reason,
+                            error.to_string(),
+                            false,
+                            generation,
+                            &now,
+                        );
                         Next::Requeue(shared.backoff.next(&uid, error.retry_after()))
                     }
                     ErrorClass::Credentials | ErrorClass::Request => {
-                        set_ready(&mut status, Status::False, reason, error.to_string(), true, generation, &now);
+                        set_ready(
+                            &mut status,
+                            Status::False,
+                            reason,
+                            error.to_string(),
+                            true,
+                            generation,
+                            &now,
+                        );
                         Next::AwaitChange
                     }
                 }
@@ -284,18 +358,48 @@ async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, 
 
     let namespace = subscription.namespace().unwrap_or_default();
     let api: Api<Subscription> = Api::namespaced(shared.kube.clone(), &namespace);
-    if apply_status(&api, subscription, Some(&previous), &status, SUBSCRIPTION_MANAGER).await? {
+    let written = apply_status(
+        &api,
+        subscription,
+        Some(&previous),
+        &status,
+        SUBSCRIPTION_MANAGER,
+    )
+    .await?;
+    if let Some(sync) = lock(&shared.syncs).get_mut(&uid) {
+        sync.status = Some(status.clone());
+    }
+    if written {
         shared
             .metrics
             .status_writes
-            .get_or_create(&ControllerLabels { controller: CONTROLLER })
+            .get_or_create(&ControllerLabels {
+                controller: CONTROLLER,
+            })
             .inc();
         announce(context, subscription, &previous, &status).await;
     }
     Ok(match next {
         Next::Requeue(after) => Action::requeue(after),
-        Next::AwaitChange => Action::await_change(),
+        // Waiting on another object: look again now and then in case its event was missed.
+        Next::AwaitChange => Action::requeue(shared.settings.recheck),
     })
+}
+
+/// A Subscription waiting for something other than Bitbucket: forget its last sync, so the
+/// reconcile after the wait lists again and never re-states a status from before it.
+fn waiting(syncs: &std::sync::Mutex<std::collections::HashMap<String, Sync>>, uid: &str) -> Next {
+    lock(syncs).remove(uid);
+    Next::AwaitChange
+}
+
+/// Whether a store has seen its first complete listing.
+pub(crate) fn is_ready<K>(store: &Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: std::hash::Hash + Eq + Clone,
+{
+    futures::FutureExt::now_or_never(store.wait_until_ready()).is_some()
 }
 
 /// Sets Ready (and Stalled when the user must act; removes it otherwise).
@@ -327,7 +431,10 @@ fn set_ready(
 }
 
 /// Where to list, or why this Subscription cannot work with its integration.
-fn scope(subscription: &Subscription, integration: &BitbucketIntegration) -> Result<ListScope, String> {
+fn scope(
+    subscription: &Subscription,
+    integration: &BitbucketIntegration,
+) -> Result<ListScope, String> {
     let spec = &subscription.spec;
     let name = integration.name_any();
     match (integration.spec.server.server_type, &spec.workspace) {
@@ -378,19 +485,32 @@ async fn announce(
 ) {
     let before = conditions::get(&previous.conditions, READY);
     if let Some(after) = conditions::get(&status.conditions, READY) {
-        let transitioned = before.is_none_or(|b| b.status != after.status || b.reason != after.reason);
+        let transitioned =
+            before.is_none_or(|b| b.status != after.status || b.reason != after.reason);
         if transitioned && after.status != "True" {
             context
                 .shared
-                .event(subscription, EventType::Warning, &after.reason, "Sync", after.message.clone())
+                .event(
+                    subscription,
+                    EventType::Warning,
+                    &after.reason,
+                    "Sync",
+                    after.message.clone(),
+                )
                 .await;
         }
     }
     if status.last_change_time != previous.last_change_time {
-        let old: std::collections::BTreeSet<&str> =
-            previous.repositories.iter().map(|r| r.full_name.as_str()).collect();
-        let new: std::collections::BTreeSet<&str> =
-            status.repositories.iter().map(|r| r.full_name.as_str()).collect();
+        let old: std::collections::BTreeSet<&str> = previous
+            .repositories
+            .iter()
+            .map(|r| r.full_name.as_str())
+            .collect();
+        let new: std::collections::BTreeSet<&str> = status
+            .repositories
+            .iter()
+            .map(|r| r.full_name.as_str())
+            .collect();
         let added = new.difference(&old).count();
         let removed = old.difference(&new).count();
         context

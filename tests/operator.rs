@@ -1,0 +1,1073 @@
+//! The operator end to end: a real kube-apiserver (+ controller manager), the Bitbucket
+//! simulator, and the operator's controllers running in-process against the test's namespace.
+
+mod support;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use bitbucket_operator::{
+    api::{
+        BitbucketIntegration, BitbucketIntegrationSpec, CredentialType, Credentials,
+        IN_USE_FINALIZER, LocalObjectReference, RepositoryFilter, SYNC_REQUESTED_AT_ANNOTATION,
+        SecretReference, Server, ServerType, Subscription, SubscriptionSpec, Visibility,
+        conditions::{DELETION_BLOCKED, READY, STALLED},
+    },
+    sim::{CloudRepositoryChange, FaultRule, Fixture, Simulator},
+};
+use k8s_openapi::api::{
+    core::v1::{Namespace, Secret},
+    events::v1::Event,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    runtime::{conditions::is_deleted, wait::await_condition},
+};
+use serde_json::json;
+use support::{
+    TestNamespace, client, install_crds,
+    operator::{Operator, condition, eventually, test_settings},
+    within,
+};
+
+const API_TOKEN: &str = "FAKE-cloud-api-token-for-jdoe";
+const ACCESS_TOKEN: &str = "FAKE-cloud-workspace-access-token-acme";
+const OAUTH_SECRET: &str = "FAKE-oauth-client-secret-acme";
+const DC_PASSWORD: &str = "FAKE-dc-password-jdoe";
+const DC_TOKEN: &str = "FAKE-dc-personal-access-token-jdoe";
+
+struct Env {
+    client: Client,
+    ns: TestNamespace,
+    sim: Simulator,
+    operator: Option<Operator>,
+}
+
+impl Env {
+    async fn start(prefix: &str) -> Self {
+        Self::start_with(prefix, Fixture::demo(), |_| {}).await
+    }
+
+    async fn start_with(
+        prefix: &str,
+        fixture: Fixture,
+        tune: impl FnOnce(&mut bitbucket_operator::controller::Settings),
+    ) -> Self {
+        // The operator's logs go to the test's output, shown when a test fails.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "info,bitbucket_operator=debug".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let client = client().await;
+        install_crds(&client).await;
+        let ns = TestNamespace::create(&client, prefix).await;
+        let sim = Simulator::start(fixture).await.unwrap();
+        let mut settings = test_settings(&ns.name);
+        tune(&mut settings);
+        let operator = Some(Operator::start(client.clone(), settings));
+        Self {
+            client,
+            ns,
+            sim,
+            operator,
+        }
+    }
+
+    fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.ns.name)
+    }
+
+    fn operator(&self) -> &Operator {
+        self.operator.as_ref().expect("the operator runs")
+    }
+
+    async fn secret(&self, name: &str, data: &[(&str, &str)]) {
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.to_owned()),
+                ..Default::default()
+            },
+            string_data: Some(
+                data.iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+            ..Secret::default()
+        };
+        let params = PatchParams::apply("tests").force();
+        self.api::<Secret>()
+            .patch(name, &params, &Patch::Apply(&secret))
+            .await
+            .unwrap();
+    }
+
+    fn cloud(
+        &self,
+        name: &str,
+        kind: CredentialType,
+        secret: &str,
+        workspace: Option<&str>,
+    ) -> BitbucketIntegration {
+        integration(
+            name,
+            ServerType::Cloud,
+            &self.sim.cloud_api_url(),
+            kind,
+            secret,
+            workspace,
+        )
+    }
+
+    fn data_center(&self, name: &str, kind: CredentialType, secret: &str) -> BitbucketIntegration {
+        integration(
+            name,
+            ServerType::DataCenter,
+            &self.sim.base_url(),
+            kind,
+            secret,
+            None,
+        )
+    }
+
+    async fn create<K>(&self, object: &K) -> K
+    where
+        K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::Serialize
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        self.api::<K>()
+            .create(&PostParams::default(), object)
+            .await
+            .unwrap()
+    }
+
+    /// The standard Cloud API token integration `acme`, Ready.
+    async fn ready_cloud_integration(&self) -> BitbucketIntegration {
+        self.secret(
+            "acme-token",
+            &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
+        )
+        .await;
+        self.create(&self.cloud("acme", CredentialType::ApiToken, "acme-token", None))
+            .await;
+        eventually(
+            &self.api(),
+            "acme",
+            "integration acme to be Ready",
+            is_ready_integration,
+        )
+        .await
+    }
+
+    /// Waits until Events with these (object, reason) pairs exist, and returns all Events.
+    async fn wait_for_events(&self, expected: &[(&str, &str)]) -> Vec<Event> {
+        within("the expected Events", async {
+            loop {
+                let events = self.events().await;
+                let found = |(name, reason): &(&str, &str)| {
+                    events.iter().any(|e| {
+                        e.reason.as_deref() == Some(*reason)
+                            && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(*name)
+                    })
+                };
+                if expected.iter().all(found) {
+                    return events;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await
+    }
+
+    async fn events(&self) -> Vec<Event> {
+        self.api::<Event>()
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+    }
+}
+
+fn integration(
+    name: &str,
+    server_type: ServerType,
+    url: &str,
+    kind: CredentialType,
+    secret: &str,
+    workspace: Option<&str>,
+) -> BitbucketIntegration {
+    BitbucketIntegration::new(
+        name,
+        BitbucketIntegrationSpec {
+            display_name: Some(format!("{name} integration")),
+            server: Server {
+                server_type,
+                url: Some(url.to_owned()),
+                ca_bundle_secret_ref: None,
+            },
+            credentials: Credentials {
+                credential_type: kind,
+                secret_ref: SecretReference {
+                    name: secret.to_owned(),
+                },
+            },
+            workspace: workspace.map(str::to_owned),
+            validation_interval: "30m".into(),
+        },
+    )
+}
+
+fn subscription(
+    name: &str,
+    integration: &str,
+    workspace: Option<&str>,
+    projects: &[&str],
+) -> Subscription {
+    Subscription::new(
+        name,
+        SubscriptionSpec {
+            integration_ref: LocalObjectReference {
+                name: integration.to_owned(),
+            },
+            workspace: workspace.map(str::to_owned),
+            projects: projects.iter().map(|p| (*p).to_owned()).collect(),
+            repositories: RepositoryFilter::default(),
+            sync_interval: "10m".into(),
+            suspend: false,
+        },
+    )
+}
+
+fn ready_status(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+) -> Option<(&str, &str)> {
+    condition(conditions, READY).map(|c| (c.status.as_str(), c.reason.as_str()))
+}
+
+fn is_ready_integration(i: &BitbucketIntegration) -> bool {
+    i.status
+        .as_ref()
+        .is_some_and(|s| ready_status(&s.conditions) == Some(("True", "Validated")))
+}
+
+fn is_synced(s: &Subscription) -> bool {
+    s.status
+        .as_ref()
+        .is_some_and(|s| ready_status(&s.conditions) == Some(("True", "Synced")))
+}
+
+fn reason_is(reason: &'static str) -> impl Fn(&BitbucketIntegration) -> bool {
+    move |i| {
+        i.status
+            .as_ref()
+            .and_then(|s| condition(&s.conditions, READY))
+            .is_some_and(|c| c.reason == reason)
+    }
+}
+
+fn subscription_reason_is(reason: &'static str) -> impl Fn(&Subscription) -> bool {
+    move |s| {
+        s.status
+            .as_ref()
+            .and_then(|s| condition(&s.conditions, READY))
+            .is_some_and(|c| c.reason == reason)
+    }
+}
+
+// --- integrations -----------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_credential_kind_becomes_ready_with_its_identity() {
+    let env = Env::start("kinds").await;
+    env.secret(
+        "api",
+        &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
+    )
+    .await;
+    env.secret("wat", &[("token", ACCESS_TOKEN)]).await;
+    env.secret(
+        "oauth",
+        &[
+            ("clientId", "FAKEclientid4acme"),
+            ("clientSecret", OAUTH_SECRET),
+        ],
+    )
+    .await;
+    env.secret(
+        "dc-basic",
+        &[("username", "jdoe"), ("password", DC_PASSWORD)],
+    )
+    .await;
+    env.secret("dc-token", &[("token", DC_TOKEN)]).await;
+    env.create(&env.cloud("api", CredentialType::ApiToken, "api", None))
+        .await;
+    env.create(&env.cloud("wat", CredentialType::AccessToken, "wat", Some("acme")))
+        .await;
+    env.create(&env.cloud("oauth", CredentialType::OAuthConsumer, "oauth", None))
+        .await;
+    env.create(&env.data_center("dc-basic", CredentialType::Basic, "dc-basic"))
+        .await;
+    env.create(&env.data_center("dc-token", CredentialType::AccessToken, "dc-token"))
+        .await;
+
+    let api = env.api::<BitbucketIntegration>();
+    for (name, kind, username) in [
+        ("api", "User", Some("jdoe")),
+        ("wat", "AccessToken", None),
+        ("oauth", "OAuthConsumer", Some("jdoe")),
+        ("dc-basic", "DataCenterUser", Some("jdoe")),
+        ("dc-token", "DataCenterUser", Some("jdoe")),
+    ] {
+        let ready = eventually(
+            &api,
+            name,
+            &format!("{name} to be Ready"),
+            is_ready_integration,
+        )
+        .await;
+        let status = ready.status.clone().unwrap();
+        let account = status.account.expect("an account");
+        assert_eq!(serde_json::to_value(account.kind).unwrap(), kind, "{name}");
+        assert_eq!(account.username.as_deref(), username, "{name}");
+        assert!(
+            ready.finalizers().iter().any(|f| f == IN_USE_FINALIZER),
+            "{name}"
+        );
+        assert_eq!(
+            status.observed_generation, ready.metadata.generation,
+            "{name}"
+        );
+        assert!(condition(&status.conditions, STALLED).is_none(), "{name}");
+    }
+    let api_status = api.get("api").await.unwrap().status.unwrap();
+    assert!(
+        api_status
+            .scopes
+            .contains(&"read:repository:bitbucket".to_owned())
+    );
+    assert_eq!(
+        api_status.account.unwrap().display_name.as_deref(),
+        Some("Jane Doe")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_stalls_and_fixing_the_secret_makes_it_ready_without_a_restart() {
+    let env = Env::start("rotate").await;
+    env.secret(
+        "acme-token",
+        &[("email", "jdoe@example.com"), ("token", "FAKE-wrong")],
+    )
+    .await;
+    env.create(&env.cloud("acme", CredentialType::ApiToken, "acme-token", None))
+        .await;
+    let api = env.api::<BitbucketIntegration>();
+    let stalled = eventually(
+        &api,
+        "acme",
+        "acme to stall",
+        reason_is("InvalidCredentials"),
+    )
+    .await;
+    let status = stalled.status.unwrap();
+    let stall = condition(&status.conditions, STALLED).expect("Stalled is set");
+    assert_eq!(
+        (stall.status.as_str(), stall.reason.as_str()),
+        ("True", "InvalidCredentials")
+    );
+    assert!(
+        stall.message.contains("rejected the credential"),
+        "{}",
+        stall.message
+    );
+    assert_eq!(env.sim.control().counters().credential("invalid"), 1);
+
+    // Another reconcile (a label change) must not try the rejected credential again.
+    let reconciles = || {
+        env.operator()
+            .metrics
+            .render()
+            .lines()
+            .find(|l| {
+                l.starts_with("bitbucket_operator_reconciles_total{controller=\"integration\"}")
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let before = reconciles();
+    api.patch(
+        "acme",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"touched": "yes"}}})),
+    )
+    .await
+    .unwrap();
+    within("the operator to reconcile the label change", async {
+        while reconciles() == before {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        env.sim.control().counters().credential("invalid"),
+        1,
+        "401 is not retried"
+    );
+
+    env.secret(
+        "acme-token",
+        &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
+    )
+    .await;
+    let ready = eventually(
+        &api,
+        "acme",
+        "acme to be Ready after the rotation",
+        is_ready_integration,
+    )
+    .await;
+    assert!(condition(&ready.status.unwrap().conditions, STALLED).is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_secret_or_key_stalls_without_calling_bitbucket() {
+    let env = Env::start("secret").await;
+    env.create(&env.cloud("acme", CredentialType::ApiToken, "acme-token", None))
+        .await;
+    let api = env.api::<BitbucketIntegration>();
+    let stalled = eventually(&api, "acme", "SecretNotFound", reason_is("SecretNotFound")).await;
+    let ready = condition(&stalled.status.as_ref().unwrap().conditions, READY)
+        .unwrap()
+        .clone();
+    assert_eq!(ready.message, "Secret acme-token not found");
+
+    env.secret("acme-token", &[("email", "jdoe@example.com")])
+        .await;
+    let stalled = eventually(
+        &api,
+        "acme",
+        "SecretKeyMissing",
+        reason_is("SecretKeyMissing"),
+    )
+    .await;
+    let message = condition(&stalled.status.unwrap().conditions, STALLED)
+        .unwrap()
+        .message
+        .clone();
+    assert_eq!(
+        message,
+        "Secret acme-token has no key token: ApiToken credentials need the keys email, token"
+    );
+    assert_eq!(
+        env.sim.control().counters().total,
+        0,
+        "no Bitbucket call without a credential"
+    );
+
+    env.secret(
+        "acme-token",
+        &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
+    )
+    .await;
+    eventually(&api, "acme", "acme to be Ready", is_ready_integration).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_request_revalidates_once_and_is_echoed() {
+    let env = Env::start("request").await;
+    env.ready_cloud_integration().await;
+    let api = env.api::<BitbucketIntegration>();
+    let calls = || env.sim.control().counters().endpoint("GET /2.0/user");
+    assert_eq!(calls(), 1);
+    let annotate =
+        |value: &str| json!({"metadata": {"annotations": {SYNC_REQUESTED_AT_ANNOTATION: value}}});
+    api.patch(
+        "acme",
+        &PatchParams::default(),
+        &Patch::Merge(annotate("first")),
+    )
+    .await
+    .unwrap();
+    eventually(&api, "acme", "the request to be echoed", |i| {
+        i.status
+            .as_ref()
+            .and_then(|s| s.last_handled_sync_request.as_deref())
+            == Some("first")
+    })
+    .await;
+    assert_eq!(calls(), 2);
+}
+
+// --- subscriptions ----------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_lists_the_filtered_repositories_of_its_workspace() {
+    let env = Env::start("list").await;
+    env.ready_cloud_integration().await;
+    let mut filtered = subscription("api-ci", "acme", Some("acme"), &["API", "WEB"]);
+    filtered.spec.repositories = RepositoryFilter {
+        include: vec!["api*".into(), "docs".into(), "web-*".into()],
+        exclude: vec!["web-*".into()],
+        visibility: Visibility::Private,
+    };
+    env.create(&filtered).await;
+    let synced = eventually(&env.api(), "api-ci", "api-ci to sync", is_synced).await;
+    let status = synced.status.unwrap();
+    let names: Vec<_> = status
+        .repositories
+        .iter()
+        .map(|r| r.full_name.as_str())
+        .collect();
+    // docs is public, web-app excluded, billing not included, OPS not subscribed.
+    assert_eq!(names, ["acme/api", "acme/api-gateway"]);
+    assert_eq!(status.repository_count, Some(2));
+    assert!(!status.repositories_truncated);
+    let gateway = &status.repositories[1];
+    assert_eq!(gateway.name, "api-gateway");
+    assert_eq!(gateway.display_name.as_deref(), Some("API Gateway"));
+    assert_eq!(gateway.project.as_deref(), Some("API"));
+    assert_eq!(gateway.main_branch.as_deref(), Some("main"));
+    assert_eq!(
+        gateway.clone_urls.https.as_deref(),
+        Some("https://bitbucket.org/acme/api-gateway.git")
+    );
+    let integration = status.integration.unwrap();
+    assert_eq!(
+        (integration.name.as_str(), integration.account.as_deref()),
+        ("acme", Some("jdoe"))
+    );
+    assert!(status.last_change_time.is_some());
+    let count = eventually(
+        &env.api::<BitbucketIntegration>(),
+        "acme",
+        "acme to count its user",
+        |i| i.status.as_ref().and_then(|s| s.subscriptions) == Some(1),
+    )
+    .await;
+    assert_eq!(count.status.unwrap().subscriptions, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_center_subscription_lists_its_projects() {
+    let env = Env::start("dclist").await;
+    env.secret("dc", &[("token", DC_TOKEN)]).await;
+    env.create(&env.data_center("dc", CredentialType::AccessToken, "dc"))
+        .await;
+    env.create(&subscription("platform", "dc", None, &["PLAT", "~jdoe"]))
+        .await;
+    let synced = eventually(&env.api(), "platform", "platform to sync", is_synced).await;
+    let names: Vec<_> = synced
+        .status
+        .unwrap()
+        .repositories
+        .into_iter()
+        .map(|r| r.full_name)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "PLAT/core",
+            "PLAT/deploy-tools",
+            "PLAT/legacy-build",
+            "PLAT/scratch",
+            "~jdoe/dotfiles"
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_waits_for_its_integration_and_syncs_once_it_is_ready() {
+    let env = Env::start("wait").await;
+    env.create(&subscription("early", "acme", Some("acme"), &[]))
+        .await;
+    let api = env.api::<Subscription>();
+    eventually(
+        &api,
+        "early",
+        "IntegrationNotFound",
+        subscription_reason_is("IntegrationNotFound"),
+    )
+    .await;
+    env.create(&env.cloud("acme", CredentialType::ApiToken, "acme-token", None))
+        .await;
+    let waiting = eventually(
+        &api,
+        "early",
+        "IntegrationNotReady",
+        subscription_reason_is("IntegrationNotReady"),
+    )
+    .await;
+    // Not ready, and saying why: the integration's own reason is passed on.
+    let message = |s: &Subscription| {
+        s.status
+            .as_ref()
+            .and_then(|s| condition(&s.conditions, READY))
+            .map(|c| c.message.clone())
+            .unwrap_or_default()
+    };
+    assert!(message(&waiting).starts_with("BitbucketIntegration acme is not ready"));
+    eventually(
+        &api,
+        "early",
+        "the reason to name the missing Secret",
+        move |s| message(s).contains("Secret acme-token not found"),
+    )
+    .await;
+    env.secret(
+        "acme-token",
+        &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
+    )
+    .await;
+    let synced = eventually(&api, "early", "early to sync", is_synced).await;
+    assert_eq!(synced.status.unwrap().repository_count, Some(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_that_cannot_work_with_its_integration_stalls() {
+    let env = Env::start("mismatch").await;
+    env.secret("dc", &[("token", DC_TOKEN)]).await;
+    env.create(&env.data_center("dc", CredentialType::AccessToken, "dc"))
+        .await;
+    env.create(&subscription("wrong", "dc", Some("acme"), &[]))
+        .await;
+    let api = env.api::<Subscription>();
+    let stalled = eventually(
+        &api,
+        "wrong",
+        "wrong to stall",
+        subscription_reason_is("InvalidSpec"),
+    )
+    .await;
+    let status = stalled.status.unwrap();
+    let stall = condition(&status.conditions, STALLED).expect("Stalled");
+    assert!(
+        stall
+            .message
+            .contains("workspace applies to Bitbucket Cloud only"),
+        "{}",
+        stall.message
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_of_one_workspace_share_one_listing() {
+    let env = Env::start("share").await;
+    env.ready_cloud_integration().await;
+    for name in ["a", "b", "c"] {
+        env.create(&subscription(name, "acme", Some("acme"), &[]))
+            .await;
+    }
+    for name in ["a", "b", "c"] {
+        eventually(&env.api(), name, "each to sync", is_synced).await;
+    }
+    assert_eq!(
+        env.sim
+            .control()
+            .counters()
+            .endpoint("GET /2.0/repositories/{workspace}"),
+        1,
+        "three Subscriptions of one workspace, one listing"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_storm_backs_off_recovers_and_keeps_the_list() {
+    let env = Env::start("storm").await;
+    env.ready_cloud_integration().await;
+    env.create(&subscription("ci", "acme", Some("acme"), &[]))
+        .await;
+    let api = env.api::<Subscription>();
+    eventually(&api, "ci", "ci to sync", is_synced).await;
+
+    let control = env.sim.control();
+    control.add_fault(FaultRule::status(429).on_path("/2.0/repositories"));
+    control.reset_counters();
+    api.patch(
+        "ci",
+        &PatchParams::default(),
+        &Patch::Merge(
+            json!({"metadata": {"annotations": {SYNC_REQUESTED_AT_ANNOTATION: "storm"}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let limited = eventually(
+        &api,
+        "ci",
+        "ci to report the rate limit",
+        subscription_reason_is("RateLimited"),
+    )
+    .await;
+    let status = limited.status.unwrap();
+    assert_eq!(
+        status.repositories.len(),
+        10,
+        "a transient failure keeps the last list"
+    );
+    assert!(
+        condition(&status.conditions, STALLED).is_none(),
+        "rate limits are not the user's to fix"
+    );
+
+    // Let the storm rage for a few seconds: with backoff (0.3 s doubling to 3 s, each attempt
+    // retried once by the client) that is a handful of requests, not hundreds.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let during = control
+        .counters()
+        .endpoint("GET /2.0/repositories/{workspace}");
+    assert!(
+        (2..=16).contains(&during),
+        "{during} requests during the storm"
+    );
+
+    control.clear_faults();
+    let recovered = eventually(&api, "ci", "ci to recover", is_synced).await;
+    assert_eq!(recovered.status.unwrap().repositories.len(), 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_in_bitbucket_show_at_the_next_interval() {
+    let env = Env::start_with("changes", Fixture::demo(), |s| {
+        s.interval_override = Some(Duration::from_secs(1));
+    })
+    .await;
+    env.ready_cloud_integration().await;
+    env.create(&subscription("ci", "acme", Some("acme"), &[]))
+        .await;
+    let api = env.api::<Subscription>();
+    eventually(&api, "ci", "ci to sync", is_synced).await;
+    env.sim
+        .control()
+        .change_cloud_repository(
+            "acme",
+            "docs",
+            CloudRepositoryChange {
+                slug: Some("handbook".into()),
+                ..CloudRepositoryChange::default()
+            },
+        )
+        .unwrap();
+    let renamed = eventually(&api, "ci", "the rename to show", |s| {
+        s.status.as_ref().is_some_and(|s| {
+            s.repositories
+                .iter()
+                .any(|r| r.full_name == "acme/handbook")
+        })
+    })
+    .await;
+    assert!(
+        !renamed
+            .status
+            .unwrap()
+            .repositories
+            .iter()
+            .any(|r| r.full_name == "acme/docs")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_data_over_several_intervals_writes_nothing() {
+    let env = Env::start_with("steady", Fixture::demo(), |s| {
+        s.interval_override = Some(Duration::from_secs(1));
+    })
+    .await;
+    env.ready_cloud_integration().await;
+    env.create(&subscription("ci", "acme", Some("acme"), &[]))
+        .await;
+    let subscriptions = env.api::<Subscription>();
+    eventually(&subscriptions, "ci", "ci to sync", is_synced).await;
+    let integrations = env.api::<BitbucketIntegration>();
+    eventually(&integrations, "acme", "acme to count its user", |i| {
+        i.status.as_ref().and_then(|s| s.subscriptions) == Some(1)
+    })
+    .await;
+    let versions = || async {
+        (
+            integrations.get("acme").await.unwrap().resource_version(),
+            subscriptions.get("ci").await.unwrap().resource_version(),
+        )
+    };
+    let before = versions().await;
+    let listings = || {
+        env.sim
+            .control()
+            .counters()
+            .endpoint("GET /2.0/repositories/{workspace}")
+    };
+    let validations = || env.sim.control().counters().endpoint("GET /2.0/user");
+    let (listed, validated) = (listings(), validations());
+    // Five intervals pass, measured by the re-syncs Bitbucket sees.
+    within("five re-syncs", async {
+        while listings() < listed + 5 || validations() < validated + 5 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        versions().await,
+        before,
+        "a re-sync that finds the same data writes nothing"
+    );
+}
+
+// --- deletion ---------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_an_integration_in_use_is_blocked_and_names_the_subscriptions() {
+    let env = Env::start("block").await;
+    env.ready_cloud_integration().await;
+    for name in ["web-ci", "api-ci", "docs-ci", "ops-ci"] {
+        env.create(&subscription(name, "acme", Some("acme"), &[]))
+            .await;
+    }
+    let integrations = env.api::<BitbucketIntegration>();
+    integrations
+        .delete("acme", &DeleteParams::default())
+        .await
+        .unwrap();
+    let blocked = eventually(&integrations, "acme", "the deletion to be blocked", |i| {
+        i.status
+            .as_ref()
+            .and_then(|s| condition(&s.conditions, DELETION_BLOCKED))
+            .is_some_and(|c| c.status == "True")
+    })
+    .await;
+    let message = condition(&blocked.status.unwrap().conditions, DELETION_BLOCKED)
+        .unwrap()
+        .message
+        .clone();
+    assert_eq!(
+        message,
+        "in use by Subscriptions api-ci, docs-ci and 2 more"
+    );
+    let events = env.wait_for_events(&[("acme", "DeletionBlocked")]).await;
+    let warning = events
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("DeletionBlocked"))
+        .expect("a DeletionBlocked Event");
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    assert!(
+        warning
+            .note
+            .as_deref()
+            .unwrap()
+            .contains("api-ci, docs-ci and 2 more")
+    );
+
+    let subscriptions = env.api::<Subscription>();
+    for name in ["web-ci", "api-ci", "docs-ci"] {
+        subscriptions
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    eventually(&integrations, "acme", "the message to shrink", |i| {
+        i.status
+            .as_ref()
+            .and_then(|s| condition(&s.conditions, DELETION_BLOCKED))
+            .is_some_and(|c| c.message == "in use by Subscription ops-ci")
+    })
+    .await;
+    subscriptions
+        .delete("ops-ci", &DeleteParams::default())
+        .await
+        .unwrap();
+    let uid = blocked.metadata.uid.clone().unwrap();
+    within(
+        "the integration to be deleted",
+        await_condition(integrations.clone(), "acme", is_deleted(&uid)),
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_pointing_the_last_subscription_releases_the_integration() {
+    let env = Env::start("repoint").await;
+    env.ready_cloud_integration().await;
+    env.secret(
+        "other-token",
+        &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
+    )
+    .await;
+    env.create(&env.cloud("other", CredentialType::ApiToken, "other-token", None))
+        .await;
+    env.create(&subscription("ci", "acme", Some("acme"), &[]))
+        .await;
+    let integrations = env.api::<BitbucketIntegration>();
+    integrations
+        .delete("acme", &DeleteParams::default())
+        .await
+        .unwrap();
+    let blocked = eventually(&integrations, "acme", "the deletion to be blocked", |i| {
+        i.status
+            .as_ref()
+            .and_then(|s| condition(&s.conditions, DELETION_BLOCKED))
+            .is_some_and(|c| c.status == "True")
+    })
+    .await;
+    env.api::<Subscription>()
+        .patch(
+            "ci",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"integrationRef": {"name": "other"}}})),
+        )
+        .await
+        .unwrap();
+    let uid = blocked.metadata.uid.clone().unwrap();
+    within(
+        "the integration to be deleted",
+        await_condition(integrations.clone(), "acme", is_deleted(&uid)),
+    )
+    .await
+    .unwrap();
+    eventually(
+        &env.api(),
+        "ci",
+        "ci to sync through the other integration",
+        |s: &Subscription| {
+            is_synced(s)
+                && s.status
+                    .as_ref()
+                    .and_then(|s| s.integration.as_ref())
+                    .is_some_and(|i| i.name == "other")
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_whole_namespace_completes() {
+    let env = Env::start("nsdel").await;
+    env.ready_cloud_integration().await;
+    env.create(&subscription("ci", "acme", Some("acme"), &[]))
+        .await;
+    eventually(&env.api(), "ci", "ci to sync", is_synced).await;
+    let namespaces: Api<Namespace> = Api::all(env.client.clone());
+    let uid = namespaces.get(&env.ns.name).await.unwrap().uid().unwrap();
+    namespaces
+        .delete(&env.ns.name, &DeleteParams::default())
+        .await
+        .unwrap();
+    within(
+        "the namespace to be deleted",
+        await_condition(namespaces, &env.ns.name, is_deleted(&uid)),
+    )
+    .await
+    .unwrap();
+}
+
+// --- resilience and secrecy -------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_operator_converges_without_repeating_events() {
+    let mut env = Env::start("restart").await;
+    env.ready_cloud_integration().await;
+    env.create(&subscription("ci", "acme", Some("acme"), &[]))
+        .await;
+    eventually(&env.api(), "ci", "ci to sync", is_synced).await;
+    env.wait_for_events(&[("acme", "Validated"), ("ci", "Synced")])
+        .await;
+
+    // Kill it mid-way, change things while it is down, start a new one.
+    env.operator.take().unwrap().kill();
+    env.create(&subscription("late", "acme", Some("acme"), &["OPS"]))
+        .await;
+    env.operator = Some(Operator::start(
+        env.client.clone(),
+        test_settings(&env.ns.name),
+    ));
+
+    let late = eventually(
+        &env.api(),
+        "late",
+        "late to sync after the restart",
+        is_synced,
+    )
+    .await;
+    assert_eq!(late.status.unwrap().repository_count, Some(4));
+    eventually(
+        &env.api::<BitbucketIntegration>(),
+        "acme",
+        "acme to count both",
+        |i| i.status.as_ref().and_then(|s| s.subscriptions) == Some(2),
+    )
+    .await;
+    let ci = env.api::<Subscription>().get("ci").await.unwrap();
+    assert!(is_synced(&ci), "nothing lost: {:?}", ci.status);
+    // Only the new Subscription's first sync is news: nothing is announced twice.
+    let events = env
+        .wait_for_events(&[("acme", "Validated"), ("ci", "Synced"), ("late", "Synced")])
+        .await;
+    assert_eq!(events.len(), 3, "{events:#?}");
+}
+
+#[tokio::test]
+async fn no_token_appears_in_events_status_or_logs() {
+    let (env, logs) = support::logs_of(async {
+        let env = Env::start("secrets").await;
+        env.secret(
+            "good",
+            &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
+        )
+        .await;
+        env.secret(
+            "bad",
+            &[
+                ("email", "jdoe@example.com"),
+                ("token", "FAKE-bad-token-value"),
+            ],
+        )
+        .await;
+        env.create(&env.cloud("good", CredentialType::ApiToken, "good", None))
+            .await;
+        env.create(&env.cloud("bad", CredentialType::ApiToken, "bad", None))
+            .await;
+        env.create(&subscription("ci", "good", Some("acme"), &[]))
+            .await;
+        let api = env.api::<BitbucketIntegration>();
+        eventually(&api, "good", "good to be Ready", is_ready_integration).await;
+        eventually(&api, "bad", "bad to stall", reason_is("InvalidCredentials")).await;
+        eventually(&env.api(), "ci", "ci to sync", is_synced).await;
+        env
+    })
+    .await;
+    let mut texts = vec![logs];
+    texts.push(serde_json::to_string(&env.events().await).unwrap());
+    texts.push(
+        serde_json::to_string(
+            &env.api::<BitbucketIntegration>()
+                .list(&ListParams::default())
+                .await
+                .unwrap(),
+        )
+        .unwrap(),
+    );
+    texts.push(
+        serde_json::to_string(
+            &env.api::<Subscription>()
+                .list(&ListParams::default())
+                .await
+                .unwrap(),
+        )
+        .unwrap(),
+    );
+    texts.push(env.operator().metrics.render());
+    assert!(
+        texts[0].contains("controllers started"),
+        "logs were captured"
+    );
+    for secret in [API_TOKEN, "FAKE-bad-token-value"] {
+        for text in &texts {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+    }
+}

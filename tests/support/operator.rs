@@ -1,0 +1,111 @@
+//! The operator, run in-process against the test's namespace, and helpers to wait on what it
+//! writes.
+
+use std::{sync::Arc, time::Duration};
+
+use bitbucket_operator::{
+    bitbucket::{RetryPolicy, TransportConfig},
+    controller::{self, Settings, Shared},
+    metrics::Metrics,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{Api, Client, Resource, runtime::wait::await_condition};
+use serde::de::DeserializeOwned;
+
+use super::within;
+
+/// A running operator watching one namespace.
+pub struct Operator {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Settings that keep tests fast: quick retries and backoff.
+pub fn test_settings(namespace: &str) -> Settings {
+    Settings {
+        namespaces: vec![namespace.to_owned()],
+        concurrency: 4,
+        transport: TransportConfig {
+            timeout: Duration::from_secs(5),
+            retry: RetryPolicy {
+                max_retries: 1,
+                base_delay: Duration::from_millis(50),
+                max_delay: Duration::from_secs(2),
+            },
+            ..TransportConfig::default()
+        },
+        backoff_base: Duration::from_millis(300),
+        backoff_max: Duration::from_secs(3),
+        recheck: Duration::from_secs(2),
+        instance: "test-operator".into(),
+        interval_override: None,
+    }
+}
+
+impl Operator {
+    pub fn start(client: Client, settings: Settings) -> Self {
+        let metrics = Arc::new(Metrics::default());
+        let shared = Shared::new(client, settings, Arc::clone(&metrics));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(controller::run(shared, async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            stop: Some(stop),
+            task,
+            metrics,
+        }
+    }
+
+    /// Graceful shutdown: in-flight reconciles finish.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = within("the operator to stop", &mut self.task).await;
+    }
+
+    /// Like a killed process: everything stops where it is.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The condition of `type_` in a status' conditions.
+pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Condition> {
+    conditions.iter().find(|c| c.type_ == type_)
+}
+
+/// Waits until `test` holds for the object `name`, and returns it.
+pub async fn eventually<K>(
+    api: &Api<K>,
+    name: &str,
+    what: &str,
+    test: impl Fn(&K) -> bool + Send + 'static,
+) -> K
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let wait = await_condition(api.clone(), name, move |object: Option<&K>| {
+        object.is_some_and(|o| test(o))
+    });
+    match tokio::time::timeout(super::PATIENCE, wait).await {
+        Ok(found) => found
+            .unwrap_or_else(|e| panic!("watching for {what}: {e}"))
+            .expect("the condition only holds for an existing object"),
+        Err(_) => {
+            let last = api.get_opt(name).await.ok().flatten();
+            panic!(
+                "timed out after {:?} waiting for {what}; the object is now:\n{last:#?}",
+                super::PATIENCE
+            )
+        }
+    }
+}
