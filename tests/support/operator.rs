@@ -94,7 +94,7 @@ where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + 'static,
 {
     let wait = await_condition(api.clone(), name, move |object: Option<&K>| {
-        object.is_some_and(|o| test(o))
+        object.is_some_and(&test)
     });
     match tokio::time::timeout(super::PATIENCE, wait).await {
         Ok(found) => found
