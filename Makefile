@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PLANE := hack/control-plane.sh
 
-.PHONY: all build crds test check fmt fmt-check clippy plane cluster-up cluster-down cluster-status run clean
+.PHONY: all build crds test check fmt fmt-check clippy plane cluster-up cluster-down cluster-status run run-down clean
 
 all: build
 
@@ -42,14 +42,13 @@ cluster-down:
 cluster-status:
 	$(PLANE) status
 
-## The local demo. For now: a running control plane and how to use it.
-run: plane
-	@$(PLANE) up
-	@echo
-	@echo "The control plane is up. To use it:"
-	@echo "  eval \"\$$($(PLANE) env)\""
-	@echo "  \"\$$($(PLANE) bin-dir 2>/dev/null)/kubectl\" get namespaces"
-	@echo "Stop it with: make cluster-down"
+## The local demo: control plane, CRDs, Bitbucket simulator, operator and example resources,
+## with their status printed; runs until Ctrl-C (or `make run-down`).
+run:
+	hack/demo.sh
+
+run-down:
+	hack/demo.sh down
 
 clean: cluster-down
 	$(CARGO) clean

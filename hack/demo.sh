@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# The one-command local demo (`make run`): a control plane built from source, the CRDs, the
+# Bitbucket simulator, the operator, and demo resources; prints their status, then keeps
+# everything running until Ctrl-C (or `make run-down` from another terminal).
+#
+#   hack/demo.sh        start and wait
+#   hack/demo.sh down   stop what a running demo started
+set -euo pipefail
+
+HACK="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$HACK/.." && pwd)"
+RUN="$REPO/.run/demo"
+NAMESPACE=demo
+say() { printf '\033[1mdemo:\033[0m %s\n' "$*" >&2; }
+
+stop_pid() { # <pidfile>
+  [ -f "$1" ] || return 0
+  local pid; pid="$(cat "$1")"
+  kill -TERM "$pid" 2>/dev/null || true
+  for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$1"
+}
+
+down() {
+  stop_pid "$RUN/operator.pid"
+  stop_pid "$RUN/simulator.pid"
+  local keep_plane=0
+  [ -f "$RUN/plane-was-up" ] && keep_plane=1
+  rm -rf "$RUN"
+  if [ "$keep_plane" = 1 ]; then
+    say "leaving the control plane up: it was up before the demo"
+  else
+    "$HACK/control-plane.sh" down
+  fi
+}
+
+if [ "${1:-}" = down ]; then down; exit 0; fi
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_http() { # <url> <what> <pidfile>
+  for _ in $(seq 1 300); do
+    curl -fsS -o /dev/null --max-time 1 "$1" 2>/dev/null && return 0
+    kill -0 "$(cat "$3")" 2>/dev/null || { say "$2 exited; its log:"; tail -n 20 "$RUN/$2.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  say "$2 did not answer at $1"; exit 1
+}
+
+trap 'echo; say "stopping"; down' EXIT
+trap 'exit 130' INT TERM
+
+"$HACK/control-plane.sh" build
+plane_was_up=0
+"$HACK/control-plane.sh" status >/dev/null 2>&1 && plane_was_up=1
+line="$("$HACK/control-plane.sh" up | tail -n1)"
+export KUBECONFIG="${line#export KUBECONFIG=}"
+KUBECTL="$("$HACK/control-plane.sh" bin-dir 2>/dev/null)/kubectl"
+
+say "building the operator and the simulator"
+(cd "$REPO" && cargo build --locked --quiet --bin bitbucket-operator --bin bitbucket-sim)
+rm -rf "$RUN"; mkdir -p "$RUN"
+[ "$plane_was_up" = 0 ] || touch "$RUN/plane-was-up"
+
+sim_port="$(free_port)"
+setsid "$REPO/target/debug/bitbucket-sim" --listen "127.0.0.1:$sim_port" >"$RUN/simulator.out" 2>"$RUN/simulator.log" </dev/null &
+echo $! >"$RUN/simulator.pid"
+SIM_URL="http://127.0.0.1:$sim_port"
+wait_http "$SIM_URL/rest/api/1.0/application-properties" simulator "$RUN/simulator.pid"
+say "Bitbucket simulator on $SIM_URL (Cloud API $SIM_URL/2.0)"
+
+"$KUBECTL" apply --server-side -f "$REPO/crds/" >/dev/null
+"$KUBECTL" wait --for=condition=Established --timeout=60s crd/bitbucketintegrations.scm.shippable.io crd/subscriptions.scm.shippable.io >/dev/null
+
+ops_port="$(free_port)"
+setsid "$REPO/target/debug/bitbucket-operator" run \
+  --metrics-address "127.0.0.1:$ops_port" --health-address "127.0.0.1:$ops_port" \
+  >"$RUN/operator.log" 2>&1 </dev/null &
+echo $! >"$RUN/operator.pid"
+wait_http "http://127.0.0.1:$ops_port/readyz" operator "$RUN/operator.pid"
+say "operator running (metrics: http://127.0.0.1:$ops_port/metrics, log: $RUN/operator.log)"
+
+"$KUBECTL" create namespace "$NAMESPACE" --dry-run=client -o yaml | "$KUBECTL" apply -f - >/dev/null
+started=$(date +%s.%N)
+sed "s#SIM_URL#$SIM_URL#g" "$HACK/demo/resources.yaml" | "$KUBECTL" apply -n "$NAMESPACE" -f - >/dev/null
+"$KUBECTL" wait -n "$NAMESPACE" --for=condition=Ready --timeout=120s bitbucketintegrations --all >/dev/null
+"$KUBECTL" wait -n "$NAMESPACE" --for=condition=Ready --timeout=120s subscriptions --all >/dev/null
+elapsed=$(python3 -c "import time; print(f'{time.time() - $started:.2f}')")
+say "applied 5 integrations and 3 subscriptions; all Ready ${elapsed}s after kubectl apply"
+
+echo
+"$KUBECTL" get -n "$NAMESPACE" bitbucketintegrations
+echo
+"$KUBECTL" get -n "$NAMESPACE" subscriptions
+echo
+"$KUBECTL" get -n "$NAMESPACE" subscription acme-api \
+  -o jsonpath='{range .status.repositories[*]}{.fullName}{"\t"}{.cloneUrls.https}{"\n"}{end}'
+cat <<EOT
+
+Try it (in another terminal):
+  export KUBECONFIG=$KUBECONFIG
+  alias kubectl=$KUBECTL
+  kubectl get -n $NAMESPACE bbi,bbsub
+  kubectl delete -n $NAMESPACE bbi acme --wait=false     # in use: blocked, and says by whom
+  kubectl get -n $NAMESPACE bbi acme -o jsonpath='{.status.conditions[?(@.type=="DeletionBlocked")].message}'
+  kubectl annotate -n $NAMESPACE bbsub acme-api scm.shippable.io/sync-requested-at="\$(date +%s)"
+
+Press Ctrl-C to stop everything (or run: make run-down).
+EOT
+if [ -n "${DEMO_EXIT_AFTER_START:-}" ]; then exit 0; fi
+while kill -0 "$(cat "$RUN/operator.pid")" 2>/dev/null; do sleep 1; done
+say "the operator exited; its log: $RUN/operator.log"
