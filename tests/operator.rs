@@ -258,6 +258,13 @@ fn is_ready_integration(i: &BitbucketIntegration) -> bool {
         .is_some_and(|s| ready_status(&s.conditions) == Some(("True", "Validated")))
 }
 
+fn is_deletion_blocked(i: &BitbucketIntegration) -> bool {
+    i.status
+        .as_ref()
+        .and_then(|s| condition(&s.conditions, DELETION_BLOCKED))
+        .is_some_and(|c| c.status == "True")
+}
+
 fn is_synced(s: &Subscription) -> bool {
     s.status
         .as_ref()
@@ -833,12 +840,12 @@ async fn deleting_an_integration_in_use_is_blocked_and_names_the_subscriptions()
         .delete("acme", &DeleteParams::default())
         .await
         .unwrap();
-    let blocked = eventually(&integrations, "acme", "the deletion to be blocked", |i| {
-        i.status
-            .as_ref()
-            .and_then(|s| condition(&s.conditions, DELETION_BLOCKED))
-            .is_some_and(|c| c.status == "True")
-    })
+    let blocked = eventually(
+        &integrations,
+        "acme",
+        "the deletion to be blocked",
+        is_deletion_blocked,
+    )
     .await;
     let message = condition(&blocked.status.unwrap().conditions, DELETION_BLOCKED)
         .unwrap()
@@ -907,12 +914,12 @@ async fn re_pointing_the_last_subscription_releases_the_integration() {
         .delete("acme", &DeleteParams::default())
         .await
         .unwrap();
-    let blocked = eventually(&integrations, "acme", "the deletion to be blocked", |i| {
-        i.status
-            .as_ref()
-            .and_then(|s| condition(&s.conditions, DELETION_BLOCKED))
-            .is_some_and(|c| c.status == "True")
-    })
+    let blocked = eventually(
+        &integrations,
+        "acme",
+        "the deletion to be blocked",
+        is_deletion_blocked,
+    )
     .await;
     env.api::<Subscription>()
         .patch(

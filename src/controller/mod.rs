@@ -113,6 +113,37 @@ impl Shared {
         })
     }
 
+    /// Writes `status` as `object`'s whole status unless it already is, counting the write in
+    /// the metrics of `controller`; returns whether it wrote.
+    pub async fn write_status<K, S>(
+        &self,
+        object: &K,
+        previous: &S,
+        status: &S,
+        field_manager: &str,
+        controller: &'static str,
+    ) -> Result<bool, kube::Error>
+    where
+        K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+        S: serde::Serialize + PartialEq,
+    {
+        let namespace = object.meta().namespace.clone().unwrap_or_default();
+        let api: Api<K> = Api::namespaced(self.kube.clone(), &namespace);
+        let written =
+            crate::status::apply::apply_status(&api, object, Some(previous), status, field_manager)
+                .await?;
+        if written {
+            self.metrics
+                .status_writes
+                .get_or_create(&crate::metrics::ControllerLabels { controller })
+                .inc();
+        }
+        Ok(written)
+    }
+
     /// Publishes an Event about `object`; failures are logged, never fatal.
     pub async fn event<K: Resource<DynamicType = ()>>(
         &self,

@@ -16,11 +16,7 @@ use crate::{
         conditions::{DELETION_BLOCKED, reasons},
     },
     controller::{Context, INTEGRATION_MANAGER},
-    metrics::ControllerLabels,
-    status::{
-        apply::apply_status,
-        conditions::{self, Desired, Status},
-    },
+    status::conditions::{self, Desired, Status},
 };
 
 /// How many names a message lists before "and N more".
@@ -29,7 +25,6 @@ const NAMED: usize = 2;
 pub(super) async fn cleanup(
     integration: &BitbucketIntegration,
     context: &Context,
-    api: &Api<BitbucketIntegration>,
 ) -> Result<Action, Error> {
     let shared = &context.shared;
     let name = integration.name_any();
@@ -79,23 +74,15 @@ pub(super) async fn cleanup(
     );
     let changed = conditions::get(&previous.conditions, DELETION_BLOCKED)
         .is_none_or(|c| c.status != "True" || c.message != message);
-    if apply_status(
-        api,
-        integration,
-        Some(&previous),
-        &status,
-        INTEGRATION_MANAGER,
-    )
-    .await?
-    {
-        shared
-            .metrics
-            .status_writes
-            .get_or_create(&ControllerLabels {
-                controller: CONTROLLER,
-            })
-            .inc();
-    }
+    shared
+        .write_status(
+            integration,
+            &previous,
+            &status,
+            INTEGRATION_MANAGER,
+            CONTROLLER,
+        )
+        .await?;
     if !was_blocked {
         shared.metrics.blocked_deletions.inc();
     }

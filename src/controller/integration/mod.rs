@@ -33,10 +33,7 @@ use crate::{
     },
     bitbucket::{self, ErrorClass, Identity, IdentityKind},
     metrics::{ControllerLabels, ErrorLabels},
-    status::{
-        apply::apply_status,
-        conditions::{self, Desired, Status},
-    },
+    status::conditions::{self, Desired, Status},
 };
 
 const CONTROLLER: &str = "integration";
@@ -145,10 +142,8 @@ pub async fn reconcile(
     let api: Api<BitbucketIntegration> = Api::namespaced(context.shared.kube.clone(), &namespace);
     let result = finalizer(&api, IN_USE_FINALIZER, integration, |event| async {
         match event {
-            FinalizerEvent::Apply(integration) => apply(&integration, &context, &api).await,
-            FinalizerEvent::Cleanup(integration) => {
-                cleanup::cleanup(&integration, &context, &api).await
-            }
+            FinalizerEvent::Apply(integration) => apply(&integration, &context).await,
+            FinalizerEvent::Cleanup(integration) => cleanup::cleanup(&integration, &context).await,
         }
     })
     .await
@@ -195,11 +190,7 @@ pub fn error_policy(
     }
 }
 
-async fn apply(
-    integration: &BitbucketIntegration,
-    context: &Context,
-    api: &Api<BitbucketIntegration>,
-) -> Result<Action, Error> {
+async fn apply(integration: &BitbucketIntegration, context: &Context) -> Result<Action, Error> {
     let shared = &context.shared;
     let uid = integration.uid().unwrap_or_default();
     let generation = integration.metadata.generation;
@@ -293,25 +284,19 @@ async fn apply(
         }
     };
 
-    let written = apply_status(
-        api,
-        integration,
-        Some(&previous),
-        &status,
-        INTEGRATION_MANAGER,
-    )
-    .await?;
+    let written = shared
+        .write_status(
+            integration,
+            &previous,
+            &status,
+            INTEGRATION_MANAGER,
+            CONTROLLER,
+        )
+        .await?;
     if let Some(validation) = lock(&shared.validations).get_mut(&uid) {
         validation.status = Some(status.clone());
     }
     if written {
-        shared
-            .metrics
-            .status_writes
-            .get_or_create(&ControllerLabels {
-                controller: CONTROLLER,
-            })
-            .inc();
         announce(context, integration, &previous, &status).await;
     }
     Ok(action)

@@ -13,7 +13,7 @@ use std::{
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
-    Api, ResourceExt,
+    ResourceExt,
     runtime::{
         Controller,
         controller::Action,
@@ -32,10 +32,7 @@ use crate::{
     },
     bitbucket::{self, ErrorClass, ListScope},
     metrics::{ControllerLabels, ErrorLabels},
-    status::{
-        apply::apply_status,
-        conditions::{self, Desired, Status},
-    },
+    status::conditions::{self, Desired, Status},
 };
 
 const CONTROLLER: &str = "subscription";
@@ -356,27 +353,19 @@ async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, 
         }
     };
 
-    let namespace = subscription.namespace().unwrap_or_default();
-    let api: Api<Subscription> = Api::namespaced(shared.kube.clone(), &namespace);
-    let written = apply_status(
-        &api,
-        subscription,
-        Some(&previous),
-        &status,
-        SUBSCRIPTION_MANAGER,
-    )
-    .await?;
+    let written = shared
+        .write_status(
+            subscription,
+            &previous,
+            &status,
+            SUBSCRIPTION_MANAGER,
+            CONTROLLER,
+        )
+        .await?;
     if let Some(sync) = lock(&shared.syncs).get_mut(&uid) {
         sync.status = Some(status.clone());
     }
     if written {
-        shared
-            .metrics
-            .status_writes
-            .get_or_create(&ControllerLabels {
-                controller: CONTROLLER,
-            })
-            .inc();
         announce(context, subscription, &previous, &status).await;
     }
     Ok(match next {
