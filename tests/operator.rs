@@ -1078,3 +1078,95 @@ async fn no_token_appears_in_events_status_or_logs() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_workspace_is_counted_in_full_but_listed_up_to_1000() {
+    let mut fixture = Fixture::demo();
+    fixture.cloud.workspaces[0].generate = Some(bitbucket_operator::sim::Generator {
+        count: 1195,
+        prefix: "svc".into(),
+        project: "OPS".into(),
+        private: true,
+    });
+    let env = Env::start_with("large", fixture, |_| {}).await;
+    env.ready_cloud_integration().await;
+    env.create(&subscription("all", "acme", Some("acme"), &[]))
+        .await;
+    let synced = eventually(&env.api(), "all", "all to sync", is_synced).await;
+    let status = synced.status.unwrap();
+    assert_eq!(status.repository_count, Some(1205));
+    assert_eq!(status.repositories.len(), 1000);
+    assert!(status.repositories_truncated);
+    let names: Vec<_> = status
+        .repositories
+        .iter()
+        .map(|r| r.full_name.clone())
+        .collect();
+    let mut sorted = names.clone();
+    sorted.sort();
+    assert_eq!(names, sorted, "sorted by fullName");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspended_subscription_keeps_its_list_and_stops_listing() {
+    let env = Env::start("suspend").await;
+    env.ready_cloud_integration().await;
+    env.create(&subscription("ci", "acme", Some("acme"), &[]))
+        .await;
+    let api = env.api::<Subscription>();
+    eventually(&api, "ci", "ci to sync", is_synced).await;
+    api.patch(
+        "ci",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"suspend": true}})),
+    )
+    .await
+    .unwrap();
+    let suspended = eventually(
+        &api,
+        "ci",
+        "ci to be suspended",
+        subscription_reason_is("Suspended"),
+    )
+    .await;
+    assert_eq!(
+        suspended.status.unwrap().repositories.len(),
+        10,
+        "the last list stays"
+    );
+    let listings = env
+        .sim
+        .control()
+        .counters()
+        .endpoint("GET /2.0/repositories/{workspace}");
+    api.patch(
+        "ci",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {SYNC_REQUESTED_AT_ANNOTATION: "now"}}})),
+    )
+    .await
+    .unwrap();
+    eventually(&api, "ci", "the request to be echoed", |s| {
+        s.status
+            .as_ref()
+            .and_then(|s| s.last_handled_sync_request.as_deref())
+            == Some("now")
+    })
+    .await;
+    assert_eq!(
+        env.sim
+            .control()
+            .counters()
+            .endpoint("GET /2.0/repositories/{workspace}"),
+        listings,
+        "a suspended Subscription does not list"
+    );
+    api.patch(
+        "ci",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"suspend": false}})),
+    )
+    .await
+    .unwrap();
+    eventually(&api, "ci", "ci to sync again", is_synced).await;
+}
