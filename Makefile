@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PLANE := hack/control-plane.sh
 
-.PHONY: all build crds test check fmt fmt-check clippy plane cluster-up cluster-down cluster-status run run-down clean
+.PHONY: all build bench bench-quick crds test check fmt fmt-check clippy plane cluster-up cluster-down cluster-status run run-down clean
 
 all: build
 
@@ -19,6 +19,13 @@ test: fmt-check clippy plane
 crds:
 	@mkdir -p crds
 	$(CARGO) run --quiet --locked -- crds --output-dir crds
+
+## Benchmarks on the local plane + simulator; prints a table and writes target/bench/report.md.
+bench: plane
+	$(PLANE) exec -- $(CARGO) bench --locked --bench operator
+
+bench-quick: plane
+	$(PLANE) exec -- $(CARGO) bench --locked --bench operator -- --quick
 
 fmt:
 	$(CARGO) fmt --all
