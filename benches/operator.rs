@@ -83,10 +83,7 @@ async fn main() {
         writeln!(
             report,
             "| {} | {} | {} | {} | {met} |",
-            i + 1,
-            row.figure,
-            row.measured,
-            row.target
+            row.number, row.figure, row.measured, row.target
         )
         .unwrap();
     }
