@@ -141,6 +141,26 @@ fn integration(
     )
 }
 
+/// The Secret `cloud`: the demo fixture's API token for jdoe.
+async fn cloud_secret(client: &Client, ns: &str) {
+    let data = [
+        ("email", "jdoe@example.com"),
+        ("token", "FAKE-cloud-api-token-for-jdoe"),
+    ];
+    secret(client, ns, "cloud", &data).await;
+}
+
+/// An API-token integration on the simulator's Cloud, using the Secret `cloud`.
+fn cloud_integration(name: &str, sim: &Simulator) -> BitbucketIntegration {
+    integration(
+        name,
+        ServerType::Cloud,
+        sim.cloud_api_url(),
+        CredentialType::ApiToken,
+        "cloud",
+    )
+}
+
 fn subscription(
     name: &str,
     integration: &str,
@@ -200,16 +220,7 @@ async fn full_sync_calls(client: &Client, n: usize) -> Vec<Row> {
     });
     let sim = Simulator::start(fixture).await.unwrap();
     let _operator = Operator::start(client.clone(), test_settings(&ns.name));
-    secret(
-        client,
-        &ns.name,
-        "cloud",
-        &[
-            ("email", "jdoe@example.com"),
-            ("token", "FAKE-cloud-api-token-for-jdoe"),
-        ],
-    )
-    .await;
+    cloud_secret(client, &ns.name).await;
     secret(
         client,
         &ns.name,
@@ -217,18 +228,7 @@ async fn full_sync_calls(client: &Client, n: usize) -> Vec<Row> {
         &[("token", "FAKE-dc-personal-access-token-jdoe")],
     )
     .await;
-    create(
-        client,
-        &ns.name,
-        &integration(
-            "cloud",
-            ServerType::Cloud,
-            sim.cloud_api_url(),
-            CredentialType::ApiToken,
-            "cloud",
-        ),
-    )
-    .await;
+    create(client, &ns.name, &cloud_integration("cloud", &sim)).await;
     create(
         client,
         &ns.name,
@@ -307,28 +307,8 @@ async fn steady_state_writes(client: &Client, count: usize) -> Row {
     let interval = Duration::from_secs(1);
     settings.interval_override = Some(interval);
     let _operator = Operator::start(client.clone(), settings);
-    secret(
-        client,
-        &ns.name,
-        "cloud",
-        &[
-            ("email", "jdoe@example.com"),
-            ("token", "FAKE-cloud-api-token-for-jdoe"),
-        ],
-    )
-    .await;
-    create(
-        client,
-        &ns.name,
-        &integration(
-            "cloud",
-            ServerType::Cloud,
-            sim.cloud_api_url(),
-            CredentialType::ApiToken,
-            "cloud",
-        ),
-    )
-    .await;
+    cloud_secret(client, &ns.name).await;
+    create(client, &ns.name, &cloud_integration("cloud", &sim)).await;
     for i in 0..count {
         create(
             client,
@@ -385,16 +365,7 @@ async fn apply_to_ready(client: &Client, trials: usize) -> Row {
     let ns = TestNamespace::create(client, "bench-ready").await;
     let sim = Simulator::start(Fixture::demo()).await.unwrap();
     let _operator = Operator::start(client.clone(), test_settings(&ns.name));
-    secret(
-        client,
-        &ns.name,
-        "cloud",
-        &[
-            ("email", "jdoe@example.com"),
-            ("token", "FAKE-cloud-api-token-for-jdoe"),
-        ],
-    )
-    .await;
+    cloud_secret(client, &ns.name).await;
     let integrations: Api<BitbucketIntegration> = Api::namespaced(client.clone(), &ns.name);
     let subscriptions: Api<Subscription> = Api::namespaced(client.clone(), &ns.name);
     let mut operator = Vec::new();
@@ -413,18 +384,7 @@ async fn apply_to_ready(client: &Client, trials: usize) -> Row {
     for i in 0..trials {
         let name = format!("t{i}");
         let started = Instant::now();
-        create(
-            client,
-            &ns.name,
-            &integration(
-                &name,
-                ServerType::Cloud,
-                sim.cloud_api_url(),
-                CredentialType::ApiToken,
-                "cloud",
-            ),
-        )
-        .await;
+        create(client, &ns.name, &cloud_integration(&name, &sim)).await;
         create(
             client,
             &ns.name,
@@ -527,28 +487,8 @@ async fn large_sync_time(client: &Client, n: usize) -> Row {
     let baseline = started.elapsed();
 
     let _operator = Operator::start(client.clone(), test_settings(&ns.name));
-    secret(
-        client,
-        &ns.name,
-        "cloud",
-        &[
-            ("email", "jdoe@example.com"),
-            ("token", "FAKE-cloud-api-token-for-jdoe"),
-        ],
-    )
-    .await;
-    create(
-        client,
-        &ns.name,
-        &integration(
-            "cloud",
-            ServerType::Cloud,
-            sim.cloud_api_url(),
-            CredentialType::ApiToken,
-            "cloud",
-        ),
-    )
-    .await;
+    cloud_secret(client, &ns.name).await;
+    create(client, &ns.name, &cloud_integration("cloud", &sim)).await;
     let integrations: Api<BitbucketIntegration> = Api::namespaced(client.clone(), &ns.name);
     eventually(&integrations, "cloud", "the integration to be Ready", |i| {
         i.status.as_ref().is_some_and(|s| is_ready(&s.conditions))
