@@ -74,6 +74,22 @@ impl Default for Settings {
     }
 }
 
+impl Settings {
+    /// The interval to use for an object: the override, else its spec's, else `default`.
+    pub fn interval(&self, spec: &crate::api::Interval, default: Duration) -> Duration {
+        self.interval_override
+            .unwrap_or_else(|| spec.duration().unwrap_or(default))
+    }
+}
+
+/// The value of the sync annotation on `object`, if any.
+pub fn sync_request<K: ResourceExt>(object: &K) -> Option<String> {
+    object
+        .annotations()
+        .get(crate::api::SYNC_REQUESTED_AT_ANNOTATION)
+        .cloned()
+}
+
 /// What both controllers share across namespaces.
 pub struct Shared {
     pub kube: kube::Client,

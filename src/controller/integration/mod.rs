@@ -28,7 +28,7 @@ use super::{Context, INTEGRATION_MANAGER, api, integration_of, lock};
 use crate::{
     api::{
         Account, AccountKind, BitbucketIntegration, BitbucketIntegrationStatus, IN_USE_FINALIZER,
-        SYNC_REQUESTED_AT_ANNOTATION, Subscription,
+        Subscription,
         conditions::{DELETION_BLOCKED, READY, RECONCILING, STALLED, reasons},
     },
     bitbucket::{self, ErrorClass, Identity, IdentityKind},
@@ -194,17 +194,10 @@ async fn apply(integration: &BitbucketIntegration, context: &Context) -> Result<
     let shared = &context.shared;
     let uid = integration.uid().unwrap_or_default();
     let generation = integration.metadata.generation;
-    let requested = integration
-        .annotations()
-        .get(SYNC_REQUESTED_AT_ANNOTATION)
-        .cloned();
-    let interval = shared.settings.interval_override.unwrap_or_else(|| {
-        integration
-            .spec
-            .validation_interval
-            .duration()
-            .unwrap_or(DEFAULT_INTERVAL)
-    });
+    let requested = super::sync_request(integration);
+    let interval = shared
+        .settings
+        .interval(&integration.spec.validation_interval, DEFAULT_INTERVAL);
     let previous = integration.status.clone().unwrap_or_default();
     let mut status = previous.clone();
     status.observed_generation = generation;

@@ -27,7 +27,7 @@ use super::{Context, SUBSCRIPTION_MANAGER, integration::bitbucket_reason, integr
 use crate::{
     api::{
         BitbucketIntegration, CloneUrls, IntegrationSummary, MAX_LISTED_REPOSITORIES, Repository,
-        SYNC_REQUESTED_AT_ANNOTATION, ServerType, Subscription, SubscriptionStatus,
+        ServerType, Subscription, SubscriptionStatus,
         conditions::{READY, RECONCILING, STALLED, reasons},
     },
     bitbucket::{self, ErrorClass, ListScope},
@@ -135,17 +135,10 @@ async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, 
     }
     let uid = subscription.uid().unwrap_or_default();
     let generation = subscription.metadata.generation;
-    let requested = subscription
-        .annotations()
-        .get(SYNC_REQUESTED_AT_ANNOTATION)
-        .cloned();
-    let interval = shared.settings.interval_override.unwrap_or_else(|| {
-        subscription
-            .spec
-            .sync_interval
-            .duration()
-            .unwrap_or(DEFAULT_INTERVAL)
-    });
+    let requested = super::sync_request(subscription);
+    let interval = shared
+        .settings
+        .interval(&subscription.spec.sync_interval, DEFAULT_INTERVAL);
     let previous = subscription.status.clone().unwrap_or_default();
     let mut status = previous.clone();
     status.observed_generation = generation;
