@@ -68,6 +68,7 @@ async fn main() {
     for &n in sizes {
         rows.extend(full_sync_calls(&client, n).await);
     }
+    rows.push(steady_state_calls(&client, if quick { 2_000 } else { 10_000 }).await);
     rows.push(steady_state_writes(&client, if quick { 20 } else { 100 }).await);
     rows.push(apply_to_ready(&client, if quick { 20 } else { 100 }).await);
     rows.push(large_sync_time(&client, if quick { 2_000 } else { 10_000 }).await);
@@ -286,6 +287,73 @@ async fn full_sync_calls(client: &Client, n: usize) -> Vec<Row> {
             met: Some(dc == dc_pages + 1),
         },
     ]
+}
+
+/// Bitbucket requests the operator made for `operation`, from its metrics.
+fn requests(operator: &Operator, operation: &str) -> u64 {
+    let prefix = format!(
+        "bitbucket_operator_bitbucket_requests_total{{operation=\"{operation}\",status=\"200\"}}"
+    );
+    operator
+        .metrics
+        .render()
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Figure 2: Bitbucket calls per steady-state sync of an unchanged `n`-repository workspace.
+async fn steady_state_calls(client: &Client, n: usize) -> Row {
+    let ns = TestNamespace::create(client, "bench-probe").await;
+    let mut fixture = Fixture::demo();
+    fixture.cloud.workspaces[0].repositories.clear();
+    fixture.cloud.workspaces[0].generate = Some(bitbucket_operator::sim::Generator {
+        count: n,
+        prefix: "gen".into(),
+        project: "API".into(),
+        private: true,
+    });
+    let sim = Simulator::start(fixture).await.unwrap();
+    let mut settings = test_settings(&ns.name);
+    let interval = Duration::from_secs(1);
+    settings.interval_override = Some(interval);
+    let every = settings.summaries_between_listings;
+    let operator = Operator::start(client.clone(), settings);
+    cloud_secret(client, &ns.name).await;
+    create(client, &ns.name, &cloud_integration("cloud", &sim)).await;
+    create(
+        client,
+        &ns.name,
+        &subscription("all", "cloud", Some("acme"), &[]),
+    )
+    .await;
+    let subscriptions: Api<Subscription> = Api::namespaced(client.clone(), &ns.name);
+    eventually(&subscriptions, "all", "the subscription to sync", |s| {
+        s.status.as_ref().is_some_and(|s| is_ready(&s.conditions))
+    })
+    .await;
+    let calls = || sim.control().counters().endpoint(LIST_CLOUD);
+    let (calls_before, summaries_before, lists_before) = (
+        calls(),
+        requests(&operator, "summarize_repositories"),
+        requests(&operator, "list_repositories"),
+    );
+    tokio::time::sleep(interval * 12).await;
+    let summaries = requests(&operator, "summarize_repositories") - summaries_before;
+    let lists = requests(&operator, "list_repositories") - lists_before;
+    let total = calls() - calls_before;
+    let syncs = summaries.max(1);
+    Row {
+        number: 2,
+        figure: "Bitbucket calls per steady-state sync, unchanged Cloud workspace",
+        measured: format!(
+            "N = {n}: {summaries} summary syncs of 1 call each, {lists} full re-list(s) of {} pages in the window ({total} calls in all)",
+            n.div_ceil(100)
+        ),
+        target: format!("≤ 2, with a full re-list every {} intervals", every + 1),
+        met: Some(total <= summaries + lists * n.div_ceil(100) as u64 && syncs >= 1),
+    }
 }
 
 /// The API server's own count of status PATCHes to our kinds.

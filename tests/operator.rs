@@ -740,10 +740,26 @@ async fn a_rate_limit_storm_backs_off_recovers_and_keeps_the_list() {
     assert_eq!(recovered.status.unwrap().repositories.len(), 10);
 }
 
+/// Bitbucket requests the operator made for `operation`, from its metrics.
+fn requests(operator: &Operator, operation: &str) -> u64 {
+    let prefix = format!(
+        "bitbucket_operator_bitbucket_requests_total{{operation=\"{operation}\",status=\"200\"}}"
+    );
+    operator
+        .metrics
+        .render()
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn changes_in_bitbucket_show_at_the_next_interval() {
+async fn the_one_request_summary_notices_every_kind_of_change() {
+    // Only a changed summary can cause a full listing here: none is scheduled for correctness.
     let env = Env::start_with("changes", Fixture::demo(), |s| {
         s.interval_override = Some(Duration::from_secs(1));
+        s.summaries_between_listings = u32::MAX;
     })
     .await;
     env.ready_cloud_integration().await;
@@ -751,32 +767,88 @@ async fn changes_in_bitbucket_show_at_the_next_interval() {
         .await;
     let api = env.api::<Subscription>();
     eventually(&api, "ci", "ci to sync", is_synced).await;
-    env.sim
-        .control()
+    within("steady state to run on summaries", async {
+        while requests(env.operator(), "summarize_repositories") < 2 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        requests(env.operator(), "list_repositories"),
+        1,
+        "unchanged: no listing"
+    );
+
+    let control = env.sim.control();
+    let listed = |name: &'static str, present: bool| {
+        move |s: &Subscription| {
+            s.status
+                .as_ref()
+                .is_some_and(|s| s.repositories.iter().any(|r| r.full_name == name) == present)
+        }
+    };
+    let mut added = control.fixture().cloud.workspaces[0].repositories[0].clone();
+    added.slug = "new-service".into();
+    added.uuid = None;
+    added.updated_on = None;
+    control.add_cloud_repository("acme", added).unwrap();
+    eventually(
+        &api,
+        "ci",
+        "the added repository",
+        listed("acme/new-service", true),
+    )
+    .await;
+
+    control.delete_cloud_repository("acme", "runbooks").unwrap();
+    eventually(
+        &api,
+        "ci",
+        "the deleted repository to go",
+        listed("acme/runbooks", false),
+    )
+    .await;
+
+    control
         .change_cloud_repository(
             "acme",
-            "docs",
+            "billing",
             CloudRepositoryChange {
-                slug: Some("handbook".into()),
+                slug: Some("payments".into()),
                 ..CloudRepositoryChange::default()
             },
         )
         .unwrap();
-    let renamed = eventually(&api, "ci", "the rename to show", |s| {
+    eventually(
+        &api,
+        "ci",
+        "the renamed repository",
+        listed("acme/payments", true),
+    )
+    .await;
+
+    control
+        .change_cloud_repository(
+            "acme",
+            "docs",
+            CloudRepositoryChange {
+                private: Some(true),
+                ..CloudRepositoryChange::default()
+            },
+        )
+        .unwrap();
+    eventually(&api, "ci", "docs to turn private", |s| {
         s.status.as_ref().is_some_and(|s| {
             s.repositories
                 .iter()
-                .any(|r| r.full_name == "acme/handbook")
+                .any(|r| r.full_name == "acme/docs" && r.private)
         })
     })
     .await;
-    assert!(
-        !renamed
-            .status
-            .unwrap()
-            .repositories
-            .iter()
-            .any(|r| r.full_name == "acme/docs")
+    assert_eq!(
+        requests(env.operator(), "list_repositories"),
+        5,
+        "one full listing per change, found by a summary"
     );
 }
 

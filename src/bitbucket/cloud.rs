@@ -5,7 +5,7 @@
 use serde::Deserialize;
 
 use super::{
-    Client, Error, Identity, IdentityKind, Repository, credentials::Credentials,
+    Client, Error, Identity, IdentityKind, ListingSummary, Repository, credentials::Credentials,
     model::strip_userinfo, paging::NextLinks, scopes,
 };
 
@@ -78,6 +78,53 @@ pub(super) async fn list(
             None => return Ok(repositories),
         }
     }
+}
+
+/// One request: the listing's size and its most recently updated repository
+/// (`pagelen=1&sort=-updated_on`, api-facts §A.5–A.7).
+pub(super) async fn summarize(
+    client: &Client,
+    workspace: &str,
+    projects: &[String],
+) -> Result<ListingSummary, Error> {
+    let filter = project_filter(projects);
+    let mut query = vec![
+        ("pagelen", "1"),
+        ("sort", "-updated_on"),
+        ("fields", "size,values.updated_on"),
+    ];
+    if let Some(filter) = &filter {
+        query.push(("q", filter));
+    }
+    let url = client.url(&["repositories", workspace], &query);
+    let page: Summary = client
+        .get("summarize_repositories", &url)
+        .await?
+        .json(&client.redact)?;
+    Ok(ListingSummary {
+        size: page.size.ok_or_else(|| Error::Decode {
+            status: 200,
+            message: "the summary page has no size".into(),
+            excerpt: String::new(),
+        })?,
+        newest: page
+            .values
+            .first()
+            .and_then(|r| r.updated_on.as_deref())
+            .and_then(|t| t.parse().ok()),
+    })
+}
+
+#[derive(Deserialize)]
+struct Summary {
+    size: Option<u64>,
+    #[serde(default)]
+    values: Vec<Updated>,
+}
+
+#[derive(Deserialize)]
+struct Updated {
+    updated_on: Option<String>,
 }
 
 /// `q=project.key IN ("A","B")` (api-facts §A.7), quoting keys safely.

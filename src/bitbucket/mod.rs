@@ -19,7 +19,7 @@ use url::Url;
 
 pub use credentials::Credentials;
 pub use error::{Error, ErrorClass};
-pub use model::{Identity, IdentityKind, ListScope, Repository};
+pub use model::{Identity, IdentityKind, ListScope, ListingSummary, Repository};
 pub use transport::{RequestObserver, RetryPolicy, TransportConfig};
 
 use oauth::OAuthConsumer;
@@ -141,6 +141,22 @@ impl Client {
         repositories.sort_by(|a, b| a.full_name.cmp(&b.full_name));
         repositories.dedup_by(|a, b| a.full_name == b.full_name);
         Ok(repositories)
+    }
+
+    /// A one-request summary of what `list_repositories(scope)` would return, where Bitbucket
+    /// can give one (Cloud: `size` and the newest `updated_on`); `None` on Data Center, whose
+    /// repository JSON carries no change time.
+    pub async fn summarize(&self, scope: &ListScope) -> Result<Option<ListingSummary>, Error> {
+        match (&self.server, scope) {
+            (
+                Server::Cloud { .. },
+                ListScope::CloudWorkspace {
+                    workspace,
+                    projects,
+                },
+            ) => cloud::summarize(self, workspace, projects).await.map(Some),
+            _ => Ok(None),
+        }
     }
 
     /// A URL under the server's API base: `segments` are appended (and percent-encoded).

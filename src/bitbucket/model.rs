@@ -41,6 +41,25 @@ pub enum ListScope {
     DataCenter { projects: Vec<String> },
 }
 
+/// A cheap summary of a listing: how many repositories there are and the newest change. Equal
+/// summaries before and after an interval mean nothing was added, removed, renamed or changed
+/// (Bitbucket moves `updated_on` on each of those), so the full listing can be skipped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListingSummary {
+    pub size: u64,
+    pub newest: Option<jiff::Timestamp>,
+}
+
+impl ListingSummary {
+    /// The summary of a full listing, to compare a later probe with.
+    pub fn of(repositories: &[Repository]) -> Self {
+        Self {
+            size: repositories.len() as u64,
+            newest: repositories.iter().filter_map(|r| r.updated_at).max(),
+        }
+    }
+}
+
 /// One repository, as the operator reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Repository {

@@ -54,6 +54,9 @@ pub struct Settings {
     pub recheck: Duration,
     /// Name reported in Events (`reportingInstance`), e.g. the pod name.
     pub instance: String,
+    /// How many intervals in a row an unchanged one-request summary may stand in for a full
+    /// repository listing (Cloud); then the full listing runs again, whatever the summary says.
+    pub summaries_between_listings: u32,
     /// Replaces every `validationInterval` and `syncInterval` (whose minimum is a minute), so
     /// tests and benchmarks can watch many intervals pass. Never set in production.
     pub interval_override: Option<Duration>,
@@ -69,6 +72,7 @@ impl Default for Settings {
             backoff_max: Duration::from_secs(300),
             recheck: Duration::from_secs(30),
             instance: "bitbucket-operator".into(),
+            summaries_between_listings: 5,
             interval_override: None,
         }
     }

@@ -39,6 +39,7 @@ pub fn test_settings(namespace: &str) -> Settings {
         backoff_max: Duration::from_secs(3),
         recheck: Duration::from_secs(2),
         instance: "test-operator".into(),
+        summaries_between_listings: 5,
         interval_override: None,
     }
 }

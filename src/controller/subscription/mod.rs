@@ -259,12 +259,19 @@ async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, 
         }
 
         let key = format!("{}|{scope:?}", integration.uid().unwrap_or_default());
-        let client = Arc::clone(&resolved.client);
+        let (client, summary_client) = (Arc::clone(&resolved.client), Arc::clone(&resolved.client));
+        let summary_scope = scope.clone();
         let listed = shared
             .listings
-            .get(key, &resolved.fingerprint, interval, fresh, async move {
-                client.list_repositories(&scope).await
-            })
+            .get(
+                key,
+                &resolved.fingerprint,
+                interval,
+                fresh,
+                shared.settings.summaries_between_listings,
+                async move { summary_client.summarize(&summary_scope).await },
+                async move { client.list_repositories(&scope).await },
+            )
             .await;
         let transient = matches!(&listed, Err(e) if e.class() == ErrorClass::Transient);
         lock(&shared.syncs).insert(
