@@ -289,20 +289,6 @@ async fn full_sync_calls(client: &Client, n: usize) -> Vec<Row> {
     ]
 }
 
-/// Bitbucket requests the operator made for `operation`, from its metrics.
-fn requests(operator: &Operator, operation: &str) -> u64 {
-    let prefix = format!(
-        "bitbucket_operator_bitbucket_requests_total{{operation=\"{operation}\",status=\"200\"}}"
-    );
-    operator
-        .metrics
-        .render()
-        .lines()
-        .find(|l| l.starts_with(&prefix))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// Figure 2: Bitbucket calls per steady-state sync of an unchanged `n`-repository workspace.
 async fn steady_state_calls(client: &Client, n: usize) -> Row {
     let ns = TestNamespace::create(client, "bench-probe").await;
@@ -336,12 +322,12 @@ async fn steady_state_calls(client: &Client, n: usize) -> Row {
     let calls = || sim.control().counters().endpoint(LIST_CLOUD);
     let (calls_before, summaries_before, lists_before) = (
         calls(),
-        requests(&operator, "summarize_repositories"),
-        requests(&operator, "list_repositories"),
+        operator.requests("summarize_repositories"),
+        operator.requests("list_repositories"),
     );
     tokio::time::sleep(interval * 12).await;
-    let summaries = requests(&operator, "summarize_repositories") - summaries_before;
-    let lists = requests(&operator, "list_repositories") - lists_before;
+    let summaries = operator.requests("summarize_repositories") - summaries_before;
+    let lists = operator.requests("list_repositories") - lists_before;
     let total = calls() - calls_before;
     let pages = n.div_ceil(100) as u64;
     Row {

@@ -740,20 +740,6 @@ async fn a_rate_limit_storm_backs_off_recovers_and_keeps_the_list() {
     assert_eq!(recovered.status.unwrap().repositories.len(), 10);
 }
 
-/// Bitbucket requests the operator made for `operation`, from its metrics.
-fn requests(operator: &Operator, operation: &str) -> u64 {
-    let prefix = format!(
-        "bitbucket_operator_bitbucket_requests_total{{operation=\"{operation}\",status=\"200\"}}"
-    );
-    operator
-        .metrics
-        .render()
-        .lines()
-        .find(|l| l.starts_with(&prefix))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_one_request_summary_notices_every_kind_of_change() {
     // Only a changed summary can cause a full listing here: none is scheduled for correctness.
@@ -768,13 +754,13 @@ async fn the_one_request_summary_notices_every_kind_of_change() {
     let api = env.api::<Subscription>();
     eventually(&api, "ci", "ci to sync", is_synced).await;
     within("steady state to run on summaries", async {
-        while requests(env.operator(), "summarize_repositories") < 2 {
+        while env.operator().requests("summarize_repositories") < 2 {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     })
     .await;
     assert_eq!(
-        requests(env.operator(), "list_repositories"),
+        env.operator().requests("list_repositories"),
         1,
         "unchanged: no listing"
     );
@@ -846,7 +832,7 @@ async fn the_one_request_summary_notices_every_kind_of_change() {
     })
     .await;
     assert_eq!(
-        requests(env.operator(), "list_repositories"),
+        env.operator().requests("list_repositories"),
         5,
         "one full listing per change, found by a summary"
     );

@@ -67,6 +67,19 @@ impl Operator {
         let _ = within("the operator to stop", &mut self.task).await;
     }
 
+    /// Successful Bitbucket requests this operator made for `operation`, from its metrics.
+    pub fn requests(&self, operation: &str) -> u64 {
+        let prefix = format!(
+            "bitbucket_operator_bitbucket_requests_total{{operation=\"{operation}\",status=\"200\"}}"
+        );
+        self.metrics
+            .render()
+            .lines()
+            .find(|l| l.starts_with(&prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Like a killed process: everything stops where it is.
     pub fn kill(self) {
         self.task.abort();
