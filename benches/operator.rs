@@ -201,25 +201,19 @@ where
         .unwrap();
 }
 
+/// The demo fixture with exactly `n` generated repositories in the Cloud workspace `acme` and
+/// in the Data Center project `PLAT`.
+fn generated(n: usize) -> Fixture {
+    let mut fixture = Fixture::demo_with_generated(n);
+    fixture.cloud.workspaces[0].repositories.clear();
+    fixture.data_center.projects[0].repositories.clear();
+    fixture
+}
+
 /// Figure 1: calls for a full sync of `n` repositories, Cloud and Data Center.
 async fn full_sync_calls(client: &Client, n: usize) -> Vec<Row> {
     let ns = TestNamespace::create(client, "bench-calls").await;
-    let mut fixture = Fixture::demo();
-    fixture.cloud.workspaces[0].repositories.clear();
-    fixture.cloud.workspaces[0].generate = Some(bitbucket_operator::sim::Generator {
-        count: n,
-        prefix: "gen".into(),
-        project: "API".into(),
-        private: true,
-    });
-    fixture.data_center.projects[0].repositories.clear();
-    fixture.data_center.projects[0].generate = Some(bitbucket_operator::sim::Generator {
-        count: n,
-        prefix: "gen".into(),
-        project: String::new(),
-        private: true,
-    });
-    let sim = Simulator::start(fixture).await.unwrap();
+    let sim = Simulator::start(generated(n)).await.unwrap();
     let _operator = Operator::start(client.clone(), test_settings(&ns.name));
     cloud_secret(client, &ns.name).await;
     secret(
@@ -292,15 +286,7 @@ async fn full_sync_calls(client: &Client, n: usize) -> Vec<Row> {
 /// Figure 2: Bitbucket calls per steady-state sync of an unchanged `n`-repository workspace.
 async fn steady_state_calls(client: &Client, n: usize) -> Row {
     let ns = TestNamespace::create(client, "bench-probe").await;
-    let mut fixture = Fixture::demo();
-    fixture.cloud.workspaces[0].repositories.clear();
-    fixture.cloud.workspaces[0].generate = Some(bitbucket_operator::sim::Generator {
-        count: n,
-        prefix: "gen".into(),
-        project: "API".into(),
-        private: true,
-    });
-    let sim = Simulator::start(fixture).await.unwrap();
+    let sim = Simulator::start(generated(n)).await.unwrap();
     let mut settings = test_settings(&ns.name);
     let interval = Duration::from_secs(1);
     settings.interval_override = Some(interval);
@@ -497,15 +483,7 @@ async fn apply_to_ready(client: &Client, trials: usize) -> Row {
 /// Figure 5: a large sync through the operator vs a minimal HTTP loop fetching the same pages.
 async fn large_sync_time(client: &Client, n: usize) -> Row {
     let ns = TestNamespace::create(client, "bench-large").await;
-    let mut fixture = Fixture::demo();
-    fixture.cloud.workspaces[0].repositories.clear();
-    fixture.cloud.workspaces[0].generate = Some(bitbucket_operator::sim::Generator {
-        count: n,
-        prefix: "gen".into(),
-        project: "API".into(),
-        private: true,
-    });
-    let sim = Simulator::start(fixture).await.unwrap();
+    let sim = Simulator::start(generated(n)).await.unwrap();
 
     // Baseline: the same pages, one after another, with a plain HTTP client.
     let http = reqwest::Client::builder()
