@@ -167,6 +167,38 @@ impl Env {
         .await
     }
 
+    /// Deletes integration `name`, which Subscriptions use, and waits for the deletion to be
+    /// reported blocked.
+    async fn delete_blocked(&self, name: &str) -> BitbucketIntegration {
+        let integrations = self.api::<BitbucketIntegration>();
+        integrations
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap();
+        eventually(
+            &integrations,
+            name,
+            "the deletion to be blocked",
+            is_deletion_blocked,
+        )
+        .await
+    }
+
+    /// Waits until `integration` is gone for good.
+    async fn wait_deleted(&self, integration: &BitbucketIntegration) {
+        let uid = integration.uid().unwrap();
+        within(
+            "the integration to be deleted",
+            await_condition(
+                self.api::<BitbucketIntegration>(),
+                &integration.name_any(),
+                is_deleted(&uid),
+            ),
+        )
+        .await
+        .unwrap();
+    }
+
     /// Waits until Events with these (object, reason) pairs exist, and returns all Events.
     async fn wait_for_events(&self, expected: &[(&str, &str)]) -> Vec<Event> {
         within("the expected Events", async {
@@ -893,22 +925,14 @@ async fn deleting_an_integration_in_use_is_blocked_and_names_the_subscriptions()
         env.create(&subscription(name, "acme", Some("acme"), &[]))
             .await;
     }
-    let integrations = env.api::<BitbucketIntegration>();
-    integrations
-        .delete("acme", &DeleteParams::default())
-        .await
-        .unwrap();
-    let blocked = eventually(
-        &integrations,
-        "acme",
-        "the deletion to be blocked",
-        is_deletion_blocked,
+    let blocked = env.delete_blocked("acme").await;
+    let message = condition(
+        &blocked.status.as_ref().unwrap().conditions,
+        DELETION_BLOCKED,
     )
-    .await;
-    let message = condition(&blocked.status.unwrap().conditions, DELETION_BLOCKED)
-        .unwrap()
-        .message
-        .clone();
+    .unwrap()
+    .message
+    .clone();
     assert_eq!(
         message,
         "in use by Subscriptions api-ci, docs-ci and 2 more"
@@ -934,24 +958,23 @@ async fn deleting_an_integration_in_use_is_blocked_and_names_the_subscriptions()
             .await
             .unwrap();
     }
-    eventually(&integrations, "acme", "the message to shrink", |i| {
-        i.status
-            .as_ref()
-            .and_then(|s| condition(&s.conditions, DELETION_BLOCKED))
-            .is_some_and(|c| c.message == "in use by Subscription ops-ci")
-    })
+    eventually(
+        &env.api::<BitbucketIntegration>(),
+        "acme",
+        "the message to shrink",
+        |i| {
+            i.status
+                .as_ref()
+                .and_then(|s| condition(&s.conditions, DELETION_BLOCKED))
+                .is_some_and(|c| c.message == "in use by Subscription ops-ci")
+        },
+    )
     .await;
     subscriptions
         .delete("ops-ci", &DeleteParams::default())
         .await
         .unwrap();
-    let uid = blocked.metadata.uid.clone().unwrap();
-    within(
-        "the integration to be deleted",
-        await_condition(integrations.clone(), "acme", is_deleted(&uid)),
-    )
-    .await
-    .unwrap();
+    env.wait_deleted(&blocked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -967,18 +990,7 @@ async fn re_pointing_the_last_subscription_releases_the_integration() {
         .await;
     env.create(&subscription("ci", "acme", Some("acme"), &[]))
         .await;
-    let integrations = env.api::<BitbucketIntegration>();
-    integrations
-        .delete("acme", &DeleteParams::default())
-        .await
-        .unwrap();
-    let blocked = eventually(
-        &integrations,
-        "acme",
-        "the deletion to be blocked",
-        is_deletion_blocked,
-    )
-    .await;
+    let blocked = env.delete_blocked("acme").await;
     env.api::<Subscription>()
         .patch(
             "ci",
@@ -987,13 +999,7 @@ async fn re_pointing_the_last_subscription_releases_the_integration() {
         )
         .await
         .unwrap();
-    let uid = blocked.metadata.uid.clone().unwrap();
-    within(
-        "the integration to be deleted",
-        await_condition(integrations.clone(), "acme", is_deleted(&uid)),
-    )
-    .await
-    .unwrap();
+    env.wait_deleted(&blocked).await;
     eventually(
         &env.api(),
         "ci",
