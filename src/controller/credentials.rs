@@ -48,11 +48,6 @@ impl ResolveError {
             Self::Kube { .. } => reasons::PROGRESSING,
         }
     }
-
-    /// Whether retrying can help without a change by the user (only API-server trouble).
-    pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Kube { .. })
-    }
 }
 
 /// A client and what it was built from.
