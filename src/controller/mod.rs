@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use futures::{StreamExt, future::join_all};
+use futures::{FutureExt, SinkExt, StreamExt, future::join_all};
 use kube::{
     Api, Resource, ResourceExt,
     runtime::{
@@ -253,39 +253,28 @@ async fn run_scope(
     let config = watcher::Config::default().any_semantic();
     let controller_config =
         kube::runtime::controller::Config::default().concurrency(shared.settings.concurrency);
-    let integrations = Controller::new(
-        api::<BitbucketIntegration>(client, &namespace),
-        config.clone(),
-    )
-    .with_config(controller_config.clone());
-    let subscriptions = Controller::new(api::<Subscription>(client, &namespace), config.clone())
-        .with_config(controller_config);
-    // Each controller reads the other kind from the very stream that triggers it: the store is
-    // updated before the event is delivered, so a reconcile never sees an older state than the
-    // change that woke it (two independent watches could disagree for a moment, and a
-    // Subscription woken by its integration turning Ready could still read it as not Ready).
-    let (integrations_seen, writer) = reflector::store();
-    let integration_events = reflector::reflector(
-        writer,
-        watcher(
-            api::<BitbucketIntegration>(client, &namespace),
-            config.clone(),
-        ),
-    )
-    .default_backoff()
-    .touched_objects();
-    let (subscriptions_seen, writer) = reflector::store();
-    let subscription_events = reflector::reflector(
-        writer,
-        watcher(api::<Subscription>(client, &namespace), config.clone()),
-    )
-    .default_backoff()
-    .touched_objects();
+    // One watch and one store per kind, shared by both controllers: each reads the other kind
+    // from the very stream that triggers it, and the store is updated before the event is
+    // delivered, so a reconcile never sees an older state than the change that woke it (two
+    // independent watches could disagree for a moment: a Subscription woken by its integration
+    // turning Ready could still read it as not Ready). One store also means one copy of each
+    // object in memory.
+    let integration_watch =
+        SharedWatch::new(api::<BitbucketIntegration>(client, &namespace), &config);
+    let subscription_watch = SharedWatch::new(api::<Subscription>(client, &namespace), &config);
+    let integrations =
+        Controller::for_stream(integration_watch.primary, integration_watch.store.clone())
+            .with_config(controller_config.clone());
+    let subscriptions =
+        Controller::for_stream(subscription_watch.primary, subscription_watch.store.clone())
+            .with_config(controller_config);
     let context = Arc::new(Context {
         shared: Arc::clone(&shared),
-        integrations: integrations_seen,
-        subscriptions: subscriptions_seen,
+        integrations: integration_watch.store,
+        subscriptions: subscription_watch.store,
     });
+    let (integration_events, subscription_events) =
+        (integration_watch.trigger, subscription_watch.trigger);
     let subscriptions_primary = subscriptions.store();
 
     let integrations = integration::wire(integrations, &context, &namespace, subscription_events)
@@ -317,7 +306,77 @@ async fn run_scope(
         namespace = namespace.as_deref().unwrap_or("(all)"),
         "controllers started"
     );
-    futures::join!(integrations, subscriptions);
+    tokio::select! {
+        _ = futures::future::join(integrations, subscriptions) => {}
+        () = futures::future::join(integration_watch.feed, subscription_watch.feed).map(drop) => {}
+    }
+}
+
+/// One watch of a kind: it feeds `store` (objects kept without their managedFields and
+/// last-applied-configuration, which the operator never reads), then hands each event to two
+/// consumers: `primary`, the kind's own controller (objects that exist), and `trigger`, the
+/// other controller's watch (deleted objects too). `feed` drives it and must be polled.
+struct SharedWatch<K: Resource<DynamicType = ()> + 'static> {
+    store: Store<K>,
+    primary: futures::channel::mpsc::Receiver<Result<K, watcher::Error>>,
+    trigger: futures::channel::mpsc::Receiver<Result<K, watcher::Error>>,
+    feed: futures::future::BoxFuture<'static, ()>,
+}
+
+impl<K> SharedWatch<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    fn new(api: Api<K>, config: &watcher::Config) -> Self {
+        /// Events waiting for a slow consumer before the watch waits too.
+        const BUFFER: usize = 1024;
+        let (store, writer) = reflector::store();
+        let (mut to_primary, primary) = futures::channel::mpsc::channel(BUFFER);
+        let (mut to_trigger, trigger) = futures::channel::mpsc::channel(BUFFER);
+        let events = reflector::reflector(writer, watcher(api, config.clone()).modify(lean))
+            .default_backoff();
+        let feed = async move {
+            let mut events = std::pin::pin!(events);
+            while let Some(event) = events.next().await {
+                // A closed receiver means its controller has stopped: shutting down.
+                let sent = match event {
+                    Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
+                        to_primary.send(Ok(object.clone())).await.is_ok()
+                            && to_trigger.send(Ok(object)).await.is_ok()
+                    }
+                    Ok(watcher::Event::Delete(object)) => to_trigger.send(Ok(object)).await.is_ok(),
+                    Ok(watcher::Event::Init | watcher::Event::InitDone) => true,
+                    Err(error) => to_primary.send(Err(error)).await.is_ok(),
+                };
+                if !sent {
+                    return;
+                }
+            }
+        }
+        .boxed();
+        Self {
+            store,
+            primary,
+            trigger,
+            feed,
+        }
+    }
+}
+
+/// Drops what the operator never reads from a cached object: its managedFields (often larger
+/// than the object) and kubectl's last-applied-configuration (a copy of the spec).
+fn lean<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
 }
 
 /// The object reference of the integration a Subscription points at.

@@ -105,7 +105,7 @@ impl Drop for TestNamespace {
 /// Removes the operator's finalizer from every integration in `namespace`: the test's operator
 /// is gone by now, and a held finalizer would leave the namespace Terminating forever (and keep
 /// the namespace controller busy retrying it while other tests wait).
-async fn release_finalizers(client: &Client, namespace: &str) {
+pub async fn release_finalizers(client: &Client, namespace: &str) {
     use kube::api::{ListParams, Patch, PatchParams};
     let integrations: Api<bitbucket_operator::api::BitbucketIntegration> =
         Api::namespaced(client.clone(), namespace);

@@ -13,13 +13,10 @@ use std::{
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, ResourceExt,
+    api::{Patch, PatchParams},
     core::PartialObjectMeta,
     runtime::{
-        Controller, WatchStreamExt,
-        controller::Action,
-        events::EventType,
-        finalizer::{Event as FinalizerEvent, finalizer},
-        reflector::ObjectRef,
+        Controller, WatchStreamExt, controller::Action, events::EventType, reflector::ObjectRef,
         watcher,
     },
 };
@@ -47,15 +44,13 @@ pub enum Error {
     DeletionBlocked(String),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("finalizer: {0}")]
-    Finalizer(String),
 }
 
 impl Error {
     fn reason(&self) -> &'static str {
         match self {
             Self::DeletionBlocked(_) => reasons::DELETION_BLOCKED,
-            Self::Kube(_) | Self::Finalizer(_) => "KubernetesError",
+            Self::Kube(_) => "KubernetesError",
         }
     }
 }
@@ -138,27 +133,67 @@ pub async fn reconcile(
     };
     metrics.reconciles.get_or_create(&labels).inc();
     let started = Instant::now();
-    let namespace = integration.namespace().unwrap_or_default();
-    let api: Api<BitbucketIntegration> = Api::namespaced(context.shared.kube.clone(), &namespace);
-    let result = finalizer(&api, IN_USE_FINALIZER, integration, |event| async {
-        match event {
-            FinalizerEvent::Apply(integration) => apply(&integration, &context).await,
-            FinalizerEvent::Cleanup(integration) => cleanup::cleanup(&integration, &context).await,
-        }
-    })
-    .await
-    .map_err(|e| match e {
-        kube::runtime::finalizer::Error::ApplyFailed(e)
-        | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
-        kube::runtime::finalizer::Error::AddFinalizer(e)
-        | kube::runtime::finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
-        other => Error::Finalizer(other.to_string()),
-    });
+    let result = with_finalizer(integration, &context).await;
     metrics
         .reconcile_duration
         .get_or_create(&labels)
         .observe(started.elapsed().as_secs_f64());
     result
+}
+
+/// Holds the `in-use` finalizer around [`apply`] and [`cleanup::cleanup`]. Unlike kube's
+/// `finalizer` helper, adding the finalizer does not end the reconcile: the validation runs on
+/// the object the patch returned, saving a watch round trip before the first status.
+async fn with_finalizer(
+    integration: Arc<BitbucketIntegration>,
+    context: &Context,
+) -> Result<Action, Error> {
+    let namespace = integration.namespace().unwrap_or_default();
+    let api: Api<BitbucketIntegration> = Api::namespaced(context.shared.kube.clone(), &namespace);
+    let name = integration.name_any();
+    let held = integration
+        .finalizers()
+        .iter()
+        .position(|f| f == IN_USE_FINALIZER);
+    match (held, integration.metadata.deletion_timestamp.is_some()) {
+        (Some(_), false) => apply(&integration, context).await,
+        (None, false) => {
+            // `test` makes the patch fail (and the reconcile retry) if another writer changed
+            // the list meanwhile: Kubernetes does not de-duplicate finalizers.
+            let current = integration.finalizers();
+            let patch = if current.is_empty() {
+                serde_json::json!([
+                    {"op": "test", "path": "/metadata/finalizers", "value": null},
+                    {"op": "add", "path": "/metadata/finalizers", "value": [IN_USE_FINALIZER]},
+                ])
+            } else {
+                serde_json::json!([
+                    {"op": "test", "path": "/metadata/finalizers", "value": current},
+                    {"op": "add", "path": "/metadata/finalizers/-", "value": IN_USE_FINALIZER},
+                ])
+            };
+            let patched = api
+                .patch(&name, &PatchParams::default(), &json_patch(patch))
+                .await?;
+            apply(&patched, context).await
+        }
+        (Some(index), true) => {
+            let action = cleanup::cleanup(&integration, context).await?;
+            let path = format!("/metadata/finalizers/{index}");
+            let patch = serde_json::json!([
+                {"op": "test", "path": path, "value": IN_USE_FINALIZER},
+                {"op": "remove", "path": path},
+            ]);
+            api.patch(&name, &PatchParams::default(), &json_patch(patch))
+                .await?;
+            Ok(action)
+        }
+        (None, true) => Ok(Action::await_change()),
+    }
+}
+
+fn json_patch(operations: serde_json::Value) -> Patch<()> {
+    Patch::Json(serde_json::from_value(operations).expect("a JSON patch is a list of operations"))
 }
 
 /// After an error the reconcile could not describe in status: blocked deletions re-check soon,

@@ -122,6 +122,22 @@ pub fn error_policy(
     )
 }
 
+/// How long to wait quietly for an integration that has not finished its first validation (no
+/// Ready condition yet) and is younger than `patience`; `None` once it has, or is older.
+fn first_validation_pending(
+    integration: &BitbucketIntegration,
+    status: &crate::api::BitbucketIntegrationStatus,
+    patience: Duration,
+) -> Option<Duration> {
+    if conditions::get(&status.conditions, READY).is_some() {
+        return None;
+    }
+    let created = integration.metadata.creation_timestamp.as_ref()?;
+    let age = jiff::Timestamp::now().duration_since(created.0);
+    let age = Duration::try_from(age).unwrap_or_default();
+    patience.checked_sub(age).filter(|left| !left.is_zero())
+}
+
 /// What a reconcile decided, before status is written.
 enum Next {
     Requeue(Duration),
@@ -180,6 +196,14 @@ async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, 
             break 'next waiting(&shared.syncs, &uid);
         };
         let integration_status = integration.status.clone().unwrap_or_default();
+        if let Some(wait) =
+            first_validation_pending(&integration, &integration_status, shared.settings.recheck)
+        {
+            // Its first validation is running, and the status it writes will wake us: saying
+            // "not ready" meanwhile would be one more write and a moment later wrong. After
+            // `recheck` (a validation that hangs) the Subscription says what it waits for.
+            return Ok(Action::requeue(wait));
+        }
         if !conditions::is_true(&integration_status.conditions, READY) {
             let why = conditions::get(&integration_status.conditions, READY)
                 .map(|c| format!(": {}", c.message))
