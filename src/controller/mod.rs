@@ -134,7 +134,7 @@ impl Shared {
     }
 
     /// Writes `status` as `object`'s whole status unless it already is, counting the write in
-    /// the metrics of `controller`; returns whether it wrote.
+    /// the metrics of `controller`; returns the resourceVersion written, if it wrote.
     pub async fn write_status<K, S>(
         &self,
         object: &K,
@@ -142,7 +142,7 @@ impl Shared {
         status: &S,
         field_manager: &str,
         controller: &'static str,
-    ) -> Result<bool, kube::Error>
+    ) -> Result<Option<String>, kube::Error>
     where
         K: Resource<DynamicType = (), Scope = kube::core::NamespaceResourceScope>
             + Clone
@@ -155,7 +155,7 @@ impl Shared {
         let written =
             crate::status::apply::apply_status(&api, object, Some(previous), status, field_manager)
                 .await?;
-        if written {
+        if written.is_some() {
             self.metrics
                 .status_writes
                 .get_or_create(&crate::metrics::ControllerLabels { controller })

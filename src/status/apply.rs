@@ -8,7 +8,8 @@ use kube::{
 };
 use serde::{Serialize, de::DeserializeOwned};
 
-/// Applies `desired` as the status of `object` unless it already is; returns whether it wrote.
+/// Applies `desired` as the status of `object` unless it already is; returns the
+/// resourceVersion the write produced, or `None` when it wrote nothing.
 ///
 /// NB: server-side apply drops fields this manager owned but omits, so `desired` must always be
 /// the complete status (e.g. the last good repository list carried forward on a failure).
@@ -18,13 +19,13 @@ pub async fn apply_status<K, S>(
     current: Option<&S>,
     desired: &S,
     field_manager: &str,
-) -> Result<bool, kube::Error>
+) -> Result<Option<String>, kube::Error>
 where
     K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
     S: Serialize + PartialEq,
 {
     if current == Some(desired) {
-        return Ok(false);
+        return Ok(None);
     }
     let name = object.meta().name.as_deref().unwrap_or_default();
     // Apply bodies need apiVersion and kind (kube-rs/kube#1086).
@@ -33,11 +34,14 @@ where
         "kind": K::kind(&()),
         "status": desired,
     });
-    api.patch_status(
-        name,
-        &PatchParams::apply(field_manager).force(),
-        &Patch::Apply(body),
-    )
-    .await?;
-    Ok(true)
+    let written = api
+        .patch_status(
+            name,
+            &PatchParams::apply(field_manager).force(),
+            &Patch::Apply(body),
+        )
+        .await?;
+    Ok(Some(
+        written.meta().resource_version.clone().unwrap_or_default(),
+    ))
 }

@@ -30,7 +30,10 @@ use crate::{
     },
     bitbucket::{self, ErrorClass, Identity, IdentityKind},
     metrics::{ControllerLabels, ErrorLabels},
-    status::conditions::{self, Desired, Status},
+    status::{
+        conditions::{self, Desired, Status},
+        remembered::Remembered,
+    },
 };
 
 const CONTROLLER: &str = "integration";
@@ -62,10 +65,10 @@ pub struct Validation {
     sync_request: Option<String>,
     at: Instant,
     class: Option<ErrorClass>,
-    /// The status written after it. A reconcile that calls nothing starts from this rather than
-    /// from the object it was given, which may predate that write (the cache lags our own
-    /// writes): re-applying an older status would undo the validation.
-    status: Option<BitbucketIntegrationStatus>,
+    /// The status decided since, until the cache shows it. A reconcile that calls nothing
+    /// starts from this rather than from the object it was given, which may predate that write
+    /// (the cache lags our own writes): re-applying an older status would undo the validation.
+    status: Remembered<BitbucketIntegrationStatus>,
 }
 
 /// Adds the watches that trigger an integration: its Secrets (metadata only: Secret data never
@@ -228,6 +231,11 @@ pub fn error_policy(
 async fn apply(integration: &BitbucketIntegration, context: &Context) -> Result<Action, Error> {
     let shared = &context.shared;
     let uid = integration.uid().unwrap_or_default();
+    if let Some(validation) = lock(&shared.validations).get_mut(&uid) {
+        validation
+            .status
+            .observe(integration.metadata.resource_version.as_deref());
+    }
     let generation = integration.metadata.generation;
     let requested = super::sync_request(integration);
     let interval = shared
@@ -273,6 +281,7 @@ async fn apply(integration: &BitbucketIntegration, context: &Context) -> Result<
                     .whoami(integration.spec.workspace.as_deref())
                     .await;
                 let class = result.as_ref().err().map(bitbucket::Error::class);
+                let remembered = last.map(|l| l.status).unwrap_or_default();
                 lock(&shared.validations).insert(
                     uid.clone(),
                     Validation {
@@ -280,7 +289,7 @@ async fn apply(integration: &BitbucketIntegration, context: &Context) -> Result<
                         sync_request: requested.clone(),
                         at: Instant::now(),
                         class,
-                        status: None,
+                        status: remembered,
                     },
                 );
                 observe(
@@ -295,10 +304,10 @@ async fn apply(integration: &BitbucketIntegration, context: &Context) -> Result<
                 )
             } else {
                 // Nothing to call: the last validation's status stands.
-                if let Some(written) = last.as_ref().and_then(|l| l.status.as_ref()) {
-                    status.account = written.account.clone();
-                    status.scopes = written.scopes.clone();
-                    status.conditions = written.conditions.clone();
+                if let Some(decided) = last.as_ref().and_then(|l| l.status.get()) {
+                    status.account = decided.account.clone();
+                    status.scopes = decided.scopes.clone();
+                    status.conditions = decided.conditions.clone();
                 }
                 match last.and_then(|l| l.class.is_none().then_some(l.at)) {
                     Some(at) => Action::requeue(
@@ -322,9 +331,9 @@ async fn apply(integration: &BitbucketIntegration, context: &Context) -> Result<
         )
         .await?;
     if let Some(validation) = lock(&shared.validations).get_mut(&uid) {
-        validation.status = Some(status.clone());
+        validation.status.record(&status, written.clone());
     }
-    if written {
+    if written.is_some() {
         announce(context, integration, &previous, &status).await;
     }
     Ok(action)

@@ -32,7 +32,10 @@ use crate::{
     },
     bitbucket::{self, ErrorClass, ListScope},
     metrics::{ControllerLabels, ErrorLabels},
-    status::conditions::{self, Desired, Status},
+    status::{
+        conditions::{self, Desired, Status},
+        remembered::Remembered,
+    },
 };
 
 const CONTROLLER: &str = "subscription";
@@ -53,9 +56,9 @@ pub struct Sync {
     fingerprint: String,
     at: Instant,
     transient_failure: bool,
-    /// The status written after it: a reconcile that lists nothing re-states this, never the
-    /// (possibly older) status of the object it was given.
-    status: Option<SubscriptionStatus>,
+    /// The status decided since, until the cache shows it: a reconcile that lists nothing
+    /// re-states this, never the (possibly older) status of the object it was given.
+    status: Remembered<SubscriptionStatus>,
 }
 
 /// Adds the watch that re-syncs Subscriptions when their integration changes (e.g. becomes
@@ -150,6 +153,10 @@ async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, 
         return Ok(Action::await_change());
     }
     let uid = subscription.uid().unwrap_or_default();
+    if let Some(sync) = lock(&shared.syncs).get_mut(&uid) {
+        sync.status
+            .observe(subscription.metadata.resource_version.as_deref());
+    }
     let generation = subscription.metadata.generation;
     let requested = super::sync_request(subscription);
     let interval = shared
@@ -271,8 +278,8 @@ async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, 
                     || l.at.elapsed() >= interval
             });
         if !due {
-            if let Some(written) = last.as_ref().and_then(|l| l.status.clone()) {
-                status = written;
+            if let Some(decided) = last.as_ref().and_then(|l| l.status.get()) {
+                status = decided.clone();
             }
             let at = last.map(|l| l.at).unwrap_or_else(Instant::now);
             break 'next Next::Requeue(
@@ -306,7 +313,7 @@ async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, 
                 fingerprint: resolved.fingerprint.clone(),
                 at: Instant::now(),
                 transient_failure: transient,
-                status: None,
+                status: last.map(|l| l.status).unwrap_or_default(),
             },
         );
         status.integration = Some(IntegrationSummary {
@@ -387,9 +394,9 @@ async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, 
         )
         .await?;
     if let Some(sync) = lock(&shared.syncs).get_mut(&uid) {
-        sync.status = Some(status.clone());
+        sync.status.record(&status, written.clone());
     }
-    if written {
+    if written.is_some() {
         announce(context, subscription, &previous, &status).await;
     }
     Ok(match next {
