@@ -92,7 +92,14 @@ async fn main() {
         rows.extend(apply_to_ready(&client, if quick { 20 } else { 100 }).await);
     }
     if wanted(5) {
-        rows.push(large_sync_time(&client, if quick { 2_000 } else { 10_000 }).await);
+        rows.push(
+            large_sync_time(
+                &client,
+                if quick { 2_000 } else { 10_000 },
+                if quick { 3 } else { 7 },
+            )
+            .await,
+        );
     }
     if wanted(6) || wanted(7) {
         let scale = if quick {
@@ -491,17 +498,7 @@ async fn apply_to_ready(client: &Client, trials: usize) -> Vec<Row> {
     let mut operator = Vec::new();
     let mut baseline = Vec::new();
     let mut same_requests = Vec::new();
-    let bare = bitbucket_operator::bitbucket::Client::new(
-        bitbucket_operator::bitbucket::Server::Cloud {
-            api_url: url::Url::parse(&sim.cloud_api_url()).unwrap(),
-        },
-        bitbucket_operator::bitbucket::Credentials::CloudApiToken {
-            email: "jdoe@example.com".into(),
-            token: "FAKE-cloud-api-token-for-jdoe".into(),
-        },
-        Default::default(),
-    )
-    .unwrap();
+    let bare = own_client(&sim);
     // Watches started once, before the trials, so each trial waits only for the event.
     let mut integrations_ready = ready_names(integrations, |i: &BitbucketIntegration| {
         i.status.as_ref().is_some_and(|s| is_ready(&s.conditions))
@@ -622,13 +619,24 @@ async fn apply_to_ready(client: &Client, trials: usize) -> Vec<Row> {
     ]
 }
 
-/// Figure 5: a large sync through the operator vs a minimal HTTP loop fetching the same pages.
-async fn large_sync_time(client: &Client, n: usize) -> Row {
-    let ns = TestNamespace::create(client, "bench-large").await;
-    let sim = Simulator::start(generated(n)).await.unwrap();
+/// The operator's Bitbucket client for the demo's Cloud API token, outside any controller.
+fn own_client(sim: &Simulator) -> bitbucket_operator::bitbucket::Client {
+    bitbucket_operator::bitbucket::Client::new(
+        bitbucket_operator::bitbucket::Server::Cloud {
+            api_url: url::Url::parse(&sim.cloud_api_url()).unwrap(),
+        },
+        bitbucket_operator::bitbucket::Credentials::CloudApiToken {
+            email: "jdoe@example.com".into(),
+            token: "FAKE-cloud-api-token-for-jdoe".into(),
+        },
+        Default::default(),
+    )
+    .unwrap()
+}
 
-    // Baseline: the same pages, one after another, with a plain HTTP client.
-    let http = reqwest::Client::builder()
+/// A plain reqwest client (no retries, no typed decoding) for the baseline loop.
+fn plain_http() -> reqwest::Client {
+    reqwest::Client::builder()
         .tls_backend_preconfigured(
             rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
                 rustls::crypto::ring::default_provider(),
@@ -639,8 +647,12 @@ async fn large_sync_time(client: &Client, n: usize) -> Row {
             .with_no_client_auth(),
         )
         .build()
-        .unwrap();
-    let started = Instant::now();
+        .unwrap()
+}
+
+/// The minimal loop: every page of `acme`, one after another, following `next`; returns the
+/// page count.
+async fn fetch_pages(http: &reqwest::Client, sim: &Simulator) -> usize {
     let mut next = Some(format!(
         "{}/repositories/acme?pagelen=100&fields=next,values.slug,values.name,values.full_name,values.is_private,values.mainbranch.name,values.links.clone,values.links.html.href,values.project.key,values.updated_on",
         sim.cloud_api_url()
@@ -659,40 +671,142 @@ async fn large_sync_time(client: &Client, n: usize) -> Row {
         pages += 1;
         next = page["next"].as_str().map(str::to_owned);
     }
-    let baseline = started.elapsed();
+    pages
+}
 
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    percentile(&samples, 0.5)
+}
+
+/// Figure 5: a large sync through the operator vs a minimal HTTP loop fetching the same pages,
+/// interleaved over `trials` (medians). Each operator sync is asked for with the sync
+/// annotation, which always re-lists; it is timed from the stored request to status showing
+/// it handled (the 1,000-entry list written and seen through a watch).
+async fn large_sync_time(client: &Client, n: usize, trials: usize) -> Row {
+    let ns = TestNamespace::create(client, "bench-large").await;
+    let sim = Simulator::start(generated(n)).await.unwrap();
     let _operator = Operator::start(client.clone(), test_settings(&ns.name));
     cloud_secret(client, &ns.name).await;
     create(client, &ns.name, &cloud_integration("cloud", &sim)).await;
-    let integrations: Api<BitbucketIntegration> = Api::namespaced(client.clone(), &ns.name);
-    eventually(&integrations, "cloud", "the integration to be Ready", |i| {
-        i.status.as_ref().is_some_and(|s| is_ready(&s.conditions))
-    })
-    .await;
-    let subscriptions: Api<Subscription> = Api::namespaced(client.clone(), &ns.name);
-    let mut ready = ready_names(subscriptions, |s: &Subscription| {
-        s.status.as_ref().is_some_and(|s| is_ready(&s.conditions))
-    });
-    let started = Instant::now();
     create(
         client,
         &ns.name,
         &subscription("all", "cloud", Some("acme"), &[]),
     )
     .await;
-    support::within("the large subscription to sync", async {
-        while ready.recv().await.expect("watching subscriptions") != "all" {}
-    })
+    let subscriptions: Api<Subscription> = Api::namespaced(client.clone(), &ns.name);
+    eventually(
+        &subscriptions,
+        "all",
+        "the large subscription to sync",
+        |s| s.status.as_ref().is_some_and(|s| is_ready(&s.conditions)),
+    )
     .await;
-    let operator = started.elapsed();
-    let ratio = operator.as_secs_f64() / baseline.as_secs_f64();
+    let (tx, mut handled) = tokio::sync::mpsc::unbounded_channel();
+    {
+        use futures::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
+        let subscriptions = subscriptions.clone();
+        tokio::spawn(async move {
+            let mut events = std::pin::pin!(
+                watcher(subscriptions, watcher::Config::default()).applied_objects()
+            );
+            while let Some(Ok(s)) = events.next().await {
+                let request = s.status.and_then(|s| s.last_handled_sync_request);
+                if tx.send(request).is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    let http = plain_http();
+    let own = own_client(&sim);
+    let acme = bitbucket_operator::bitbucket::ListScope::CloudWorkspace {
+        workspace: "acme".into(),
+        projects: vec![],
+    };
+    let (mut loops, mut operators, mut alone, mut requests) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut pages = 0;
+    for trial in 0..trials {
+        let started = Instant::now();
+        pages = fetch_pages(&http, &sim).await;
+        loops.push(started.elapsed());
+
+        let started = Instant::now();
+        own.list_repositories(&acme).await.unwrap();
+        alone.push(started.elapsed());
+
+        let token = format!("bench-{trial}");
+        let annotate = serde_json::json!({"metadata": {"annotations": {
+            bitbucket_operator::api::SYNC_REQUESTED_AT_ANNOTATION: token
+        }}});
+        // The sync starts once the request is stored; storing it (the API server handles the
+        // whole 1,000-entry object for an annotation) is timed apart.
+        let started = Instant::now();
+        subscriptions
+            .patch("all", &PatchParams::default(), &Patch::Merge(annotate))
+            .await
+            .unwrap();
+        requests.push(started.elapsed());
+        let started = Instant::now();
+        support::within("the requested sync", async {
+            while handled.recv().await.expect("watching the subscription") != Some(token.clone()) {}
+        })
+        .await;
+        operators.push(started.elapsed());
+    }
+
+    // What the API server takes to store that status: the operator's own list, applied by a
+    // bare client to a copy no operator watches.
+    let status = subscriptions.get("all").await.unwrap().status.unwrap();
+    let bare_ns = TestNamespace::create(client, "bench-large-bare").await;
+    create(
+        client,
+        &bare_ns.name,
+        &subscription("all", "cloud", Some("acme"), &[]),
+    )
+    .await;
+    let copies: Api<Subscription> = Api::namespaced(client.clone(), &bare_ns.name);
+    let mut writes = Vec::new();
+    for trial in 0..trials {
+        let mut status = status.clone();
+        status.last_handled_sync_request = Some(format!("bare-{trial}"));
+        let body = serde_json::json!({
+            "apiVersion": "scm.shippable.io/v1alpha1",
+            "kind": "Subscription",
+            "status": status,
+        });
+        let started = Instant::now();
+        copies
+            .patch_status(
+                "all",
+                &PatchParams::apply("bench").force(),
+                &Patch::Apply(body),
+            )
+            .await
+            .unwrap();
+        writes.push(started.elapsed());
+    }
+    let bytes = serde_json::to_vec(&status).unwrap().len();
+
+    let (operator, baseline) = (median(operators), median(loops));
+    let (alone, write, request) = (median(alone), median(writes), median(requests));
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let ratio = ms(operator) / ms(baseline);
     Row {
         number: 5,
         figure: "large sync wall time vs a minimal HTTP loop over the same pages",
         measured: format!(
-            "N = {n} ({pages} pages): operator {:.0} ms, loop {:.0} ms, ratio {ratio:.2}×",
-            operator.as_secs_f64() * 1e3,
-            baseline.as_secs_f64() * 1e3
+            "N = {n} ({pages} pages), medians of {trials}: operator {:.0} ms, loop {:.0} ms, ratio {ratio:.2}×; of the operator's time, its client's listing alone takes {:.0} ms and one status write of the 1,000 listed ({} KiB) by a bare client {:.0} ms; storing the annotation that asks for the sync (not counted) {:.0} ms",
+            ms(operator),
+            ms(baseline),
+            ms(alone),
+            bytes / 1024,
+            ms(write),
+            ms(request)
         ),
         target: "≤ 1.3×".into(),
         met: Some(ratio <= 1.3),
