@@ -164,6 +164,14 @@ impl Shared {
         Ok(written)
     }
 
+    /// Drops what is remembered about a deleted Subscription.
+    fn forget_subscription(&self, subscription: &Subscription) {
+        let uid = subscription.uid().unwrap_or_default();
+        lock(&self.syncs).remove(&uid);
+        lock(&self.last_integration).remove(&ObjectRef::from_obj(subscription));
+        self.backoff.reset(&uid);
+    }
+
     /// Publishes an Event about `object`; failures are logged, never fatal.
     pub async fn event<K: Resource<DynamicType = ()>>(
         &self,
@@ -259,9 +267,18 @@ async fn run_scope(
     // independent watches could disagree for a moment: a Subscription woken by its integration
     // turning Ready could still read it as not Ready). One store also means one copy of each
     // object in memory.
-    let integration_watch =
-        SharedWatch::new(api::<BitbucketIntegration>(client, &namespace), &config);
-    let subscription_watch = SharedWatch::new(api::<Subscription>(client, &namespace), &config);
+    // (A deleted integration's memory is dropped when its finalizer is released.)
+    let integration_watch = SharedWatch::new(
+        api::<BitbucketIntegration>(client, &namespace),
+        &config,
+        |_| {},
+    );
+    let forget = Arc::clone(&shared);
+    let subscription_watch = SharedWatch::new(
+        api::<Subscription>(client, &namespace),
+        &config,
+        move |subscription| forget.forget_subscription(subscription),
+    );
     let integrations =
         Controller::for_stream(integration_watch.primary, integration_watch.store.clone())
             .with_config(controller_config.clone());
@@ -315,7 +332,8 @@ async fn run_scope(
 /// One watch of a kind: it feeds `store` (objects kept without their managedFields and
 /// last-applied-configuration, which the operator never reads), then hands each event to two
 /// consumers: `primary`, the kind's own controller (objects that exist), and `trigger`, the
-/// other controller's watch (deleted objects too). `feed` drives it and must be polled.
+/// other controller's watch (deleted objects too). Deleted objects are first passed to
+/// `forget`. `feed` drives it and must be polled.
 struct SharedWatch<K: Resource<DynamicType = ()> + 'static> {
     store: Store<K>,
     primary: futures::channel::mpsc::Receiver<Result<K, watcher::Error>>,
@@ -333,7 +351,7 @@ where
         + Sync
         + 'static,
 {
-    fn new(api: Api<K>, config: &watcher::Config) -> Self {
+    fn new(api: Api<K>, config: &watcher::Config, forget: impl Fn(&K) + Send + 'static) -> Self {
         /// Events waiting for a slow consumer before the watch waits too.
         const BUFFER: usize = 1024;
         let (store, writer) = reflector::store();
@@ -350,7 +368,10 @@ where
                         to_primary.send(Ok(object.clone())).await.is_ok()
                             && to_trigger.send(Ok(object)).await.is_ok()
                     }
-                    Ok(watcher::Event::Delete(object)) => to_trigger.send(Ok(object)).await.is_ok(),
+                    Ok(watcher::Event::Delete(object)) => {
+                        forget(&object);
+                        to_trigger.send(Ok(object)).await.is_ok()
+                    }
                     Ok(watcher::Event::Init | watcher::Event::InitDone) => true,
                     Err(error) => to_primary.send(Err(error)).await.is_ok(),
                 };

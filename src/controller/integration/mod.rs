@@ -93,6 +93,7 @@ pub fn wire(
     // Secret created after the integration always finds it.
     let integrations = controller.store();
     let shared = Arc::clone(&context.shared);
+    let subscriptions = context.subscriptions.clone();
     controller
         .watches_stream(secrets, move |secret| {
             let name = secret.name_any();
@@ -106,8 +107,14 @@ pub fn wire(
         })
         .watches_stream(subscription_events, move |subscription| {
             let now = integration_of(&subscription);
-            let before = lock(&shared.last_integration)
-                .insert(ObjectRef::from_obj(&subscription), now.name.clone());
+            let key = ObjectRef::from_obj(&subscription);
+            // A deleted Subscription (missing from the store, which is updated before the
+            // event arrives) is already forgotten; it wakes the integration it used.
+            let before = if subscriptions.get(&key).is_some() {
+                lock(&shared.last_integration).insert(key, now.name.clone())
+            } else {
+                None
+            };
             let left = before.filter(|name| *name != now.name).map(|name| {
                 ObjectRef::new(&name).within(now.namespace.as_deref().unwrap_or_default())
             });
