@@ -20,7 +20,8 @@ crds:
 	@mkdir -p crds
 	$(CARGO) run --quiet --locked -- crds --output-dir crds
 
-## Benchmarks on the local plane + simulator; prints a table and writes target/bench/report.md.
+## Benchmarks on the local plane + simulator (about 4 min; bench-quick about 1 min after the
+## release build); prints a table and writes target/bench/report.md.
 bench: plane
 	$(PLANE) exec -- $(CARGO) bench --locked --bench operator
 

@@ -1,10 +1,10 @@
-//! Benchmarks of what users pay for: Bitbucket calls, API-server writes and latency, each
-//! measured side by side with a baseline in the same run. Prints a Markdown table and writes it
-//! to `target/bench/report.md`. Needs a cluster (`make bench` starts the project's plane).
+//! Benchmarks of what users pay for: Bitbucket calls, API-server writes, latency and memory,
+//! each measured side by side with a baseline in the same run. Prints a Markdown table and
+//! writes it to `target/bench/report.md`. Needs a cluster (`make bench` starts the project's
+//! plane).
 //!
-//!   cargo bench --bench operator            # the full set
-//!   cargo bench --bench operator -- --quick # smaller sizes, under a few minutes
-//!
+//!   cargo bench --bench operator                # the full set (about 4 minutes)
+//!   cargo bench --bench operator -- --quick     # smaller sizes (about 1 minute)
 //!   cargo bench --bench operator -- --only 4,6  # just those figures
 //!
 //! Figures 6 and 7 run the operator binary as its own process, watching the whole cluster as
@@ -118,8 +118,12 @@ async fn main() {
         rows.extend(at_scale(&client, scale).await);
     }
 
-    let mut report =
-        String::from("| # | figure | measured | target | met |\n|---|---|---|---|---|\n");
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mut report = format!(
+        "`cargo bench --bench operator{}` on {}, {cores} cores\n\n| # | figure | measured | target | met |\n|---|---|---|---|---|\n",
+        if quick { " -- --quick" } else { "" },
+        jiff::Zoned::now().strftime("%Y-%m-%d"),
+    );
     for row in &rows {
         let met = match row.met {
             Some(true) => "yes",
@@ -307,7 +311,7 @@ async fn full_sync_calls(client: &Client, n: usize) -> Vec<Row> {
             number: 1,
             figure: "Bitbucket calls, full sync + validation, Cloud",
             measured: format!(
-                "N = {n}: {cloud} ({} pages + {} validation)",
+                "N = {n}: {cloud} ({} page(s) + {} validation)",
                 counters.endpoint(LIST_CLOUD),
                 counters.endpoint("GET /2.0/user")
             ),
@@ -318,7 +322,7 @@ async fn full_sync_calls(client: &Client, n: usize) -> Vec<Row> {
             number: 1,
             figure: "Bitbucket calls, full sync + validation, Data Center",
             measured: format!(
-                "N = {n}: {dc} ({} pages + 2 validation: X-AUSERNAME probe, user details)",
+                "N = {n}: {dc} ({} page(s) + 2 validation: X-AUSERNAME probe, user details)",
                 counters.endpoint(LIST_DC)
             ),
             target: format!("{} (ceil(N/1000) + 1)", dc_pages + 1),
