@@ -10,7 +10,7 @@ use bitbucket_operator::{
         BitbucketIntegration, BitbucketIntegrationSpec, CredentialType, Credentials,
         IN_USE_FINALIZER, LocalObjectReference, RepositoryFilter, SYNC_REQUESTED_AT_ANNOTATION,
         SecretReference, Server, ServerType, Subscription, SubscriptionSpec, Visibility,
-        conditions::{DELETION_BLOCKED, READY, STALLED},
+        conditions::{DELETION_BLOCKED, READY, STALLED, reasons},
     },
     sim::{CloudRepositoryChange, FaultRule, Fixture, Simulator},
 };
@@ -867,6 +867,47 @@ async fn the_one_request_summary_notices_every_kind_of_change() {
         env.operator().requests("list_repositories"),
         5,
         "one full listing per change, found by a summary"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_says_it_waits_when_its_integrations_first_validation_hangs() {
+    // The Subscription stays quiet while the first validation runs (its result will wake it),
+    // but not for ever: after `recheck` it says what it waits for.
+    let env = Env::start_with("hang", Fixture::demo(), |s| {
+        s.transport.timeout = Duration::from_secs(120);
+    })
+    .await;
+    env.sim
+        .control()
+        .add_fault(FaultRule::latency(60_000).on_path("/2.0/user"));
+    env.secret(
+        "acme-token",
+        &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
+    )
+    .await;
+    env.create(&env.cloud("acme", CredentialType::ApiToken, "acme-token", None))
+        .await;
+    env.create(&subscription("ci", "acme", Some("acme"), &[]))
+        .await;
+    let waiting = eventually(
+        &env.api::<Subscription>(),
+        "ci",
+        "ci to say it waits for acme",
+        subscription_reason_is(reasons::INTEGRATION_NOT_READY),
+    )
+    .await;
+    let ready = condition(&waiting.status.as_ref().unwrap().conditions, READY).unwrap();
+    assert_eq!(ready.status, "False");
+    assert_eq!(ready.message, "BitbucketIntegration acme is not ready");
+    let integration = env.api::<BitbucketIntegration>().get("acme").await.unwrap();
+    assert!(
+        integration
+            .status
+            .as_ref()
+            .is_none_or(|s| condition(&s.conditions, READY).is_none()),
+        "the validation is still running: {:?}",
+        integration.status
     );
 }
 
