@@ -267,10 +267,10 @@ async fn run_scope(
     // independent watches could disagree for a moment: a Subscription woken by its integration
     // turning Ready could still read it as not Ready). One store also means one copy of each
     // object in memory.
-    // (A deleted integration's memory is dropped when its finalizer is released.)
     let integration_watch = SharedWatch::new(
         api::<BitbucketIntegration>(client, &namespace),
         &config,
+        // What a deleted integration leaves is dropped when its finalizer is released.
         |_| {},
     );
     let forget = Arc::clone(&shared);
