@@ -22,8 +22,7 @@ use std::{
 use bitbucket_operator::{
     api::{
         BitbucketIntegration, BitbucketIntegrationSpec, CredentialType, Credentials,
-        IN_USE_FINALIZER, LocalObjectReference, RepositoryFilter, SecretReference, Server,
-        ServerType, Subscription, SubscriptionSpec, conditions::READY,
+        IN_USE_FINALIZER, SecretReference, Server, ServerType, Subscription, conditions::READY,
     },
     sim::{Fixture, Simulator},
 };
@@ -34,7 +33,7 @@ use kube::{
 };
 use support::{
     TestNamespace, client, install_crds,
-    operator::{Operator, condition, eventually, test_settings},
+    operator::{Operator, condition, eventually, subscription, test_settings},
 };
 
 const LIST_CLOUD: &str = "GET /2.0/repositories/{workspace}";
@@ -208,27 +207,6 @@ fn cloud_integration(name: &str, sim: &Simulator) -> BitbucketIntegration {
         sim.cloud_api_url(),
         CredentialType::ApiToken,
         "cloud",
-    )
-}
-
-fn subscription(
-    name: &str,
-    integration: &str,
-    workspace: Option<&str>,
-    projects: &[&str],
-) -> Subscription {
-    Subscription::new(
-        name,
-        SubscriptionSpec {
-            integration_ref: LocalObjectReference {
-                name: integration.into(),
-            },
-            workspace: workspace.map(Into::into),
-            projects: projects.iter().map(|p| (*p).into()).collect(),
-            repositories: RepositoryFilter::default(),
-            sync_interval: "10m".into(),
-            suspend: false,
-        },
     )
 }
 
@@ -936,6 +914,44 @@ async fn quiet_cluster(client: &Client) {
     .unwrap_or_else(|_| panic!("test namespaces still present after {patience:?}"));
 }
 
+/// Each object's name and status, as JSON.
+async fn statuses<K>(api: &Api<K>) -> Vec<(String, serde_json::Value)>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let list = api.list(&kube::api::ListParams::default()).await.unwrap();
+    list.items
+        .into_iter()
+        .map(|object| {
+            let name = object.meta().name.clone().unwrap();
+            (name, serde_json::to_value(object).unwrap()["status"].take())
+        })
+        .collect()
+}
+
+/// Writes `count` statuses, 8 at a time, going round `statuses`: each write re-writes one
+/// object's whole status, bumping observedGeneration so that every write reaches etcd.
+async fn rewrite_statuses<K>(api: &Api<K>, statuses: &[(String, serde_json::Value)], count: usize)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    bounded(
+        (0..count).map(|k| {
+            let (name, status) = &statuses[k % statuses.len()];
+            let mut status = status.clone();
+            status["observedGeneration"] = serde_json::json!(100 + k / statuses.len());
+            let patch = Patch::Merge(serde_json::json!({ "status": status }));
+            async move {
+                api.patch_status(name, &PatchParams::default(), &patch)
+                    .await
+                    .unwrap();
+            }
+        }),
+        8,
+    )
+    .await;
+}
+
 /// Runs `futures` at most `limit` at a time.
 async fn bounded<F: std::future::Future<Output = ()>>(
     futures: impl IntoIterator<Item = F>,
@@ -1059,71 +1075,19 @@ async fn at_scale(client: &Client, scale: Scale) -> Vec<Row> {
     let (loaded, peak) = operator.memory();
     operator.stop();
 
-    // The bare client: as many PATCHes, each re-writing an object's whole status as the
-    // operator left it (bumping observedGeneration so every one reaches etcd), with the
-    // operator's parallelism (8 reconciles per controller, two controllers).
-    let list = kube::api::ListParams::default();
-    let integration_statuses: Vec<(String, serde_json::Value)> = integrations
-        .list(&list)
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|i| {
-            (
-                i.metadata.name.unwrap(),
-                serde_json::to_value(i.status).unwrap(),
-            )
-        })
-        .collect();
-    let subscription_statuses: Vec<(String, serde_json::Value)> = subscriptions
-        .list(&list)
-        .await
-        .unwrap()
-        .items
-        .into_iter()
-        .map(|s| {
-            (
-                s.metadata.name.unwrap(),
-                serde_json::to_value(s.status).unwrap(),
-            )
-        })
-        .collect();
+    // The bare client: as many writes, each re-writing an object's whole status as the
+    // operator left it, with the operator's parallelism (8 reconciles per controller, two
+    // controllers).
     let per_kind = written.div_ceil(2) as usize;
-    let bump = |status: &serde_json::Value, round: usize| {
-        let mut status = status.clone();
-        status["observedGeneration"] = serde_json::json!(100 + round);
-        Patch::Merge(serde_json::json!({ "status": status }))
-    };
+    let (integration_statuses, subscription_statuses) = (
+        statuses(&integrations).await,
+        statuses(&subscriptions).await,
+    );
     let started = Instant::now();
-    let integration_writes = bounded(
-        (0..per_kind).map(|k| {
-            let (name, status) = &integration_statuses[k % integration_statuses.len()];
-            let (api, patch) = (&integrations, bump(status, k / integration_statuses.len()));
-            async move {
-                api.patch_status(name, &PatchParams::default(), &patch)
-                    .await
-                    .unwrap();
-            }
-        }),
-        8,
+    futures::join!(
+        rewrite_statuses(&integrations, &integration_statuses, per_kind),
+        rewrite_statuses(&subscriptions, &subscription_statuses, per_kind),
     );
-    let subscription_writes = bounded(
-        (0..per_kind).map(|k| {
-            let (name, status) = &subscription_statuses[k % subscription_statuses.len()];
-            let (api, patch) = (
-                &subscriptions,
-                bump(status, k / subscription_statuses.len()),
-            );
-            async move {
-                api.patch_status(name, &PatchParams::default(), &patch)
-                    .await
-                    .unwrap();
-            }
-        }),
-        8,
-    );
-    futures::join!(integration_writes, subscription_writes);
     let bare = started.elapsed();
     let ratio = converged.as_secs_f64() / bare.as_secs_f64();
     let objects = integration_count + subscription_count;

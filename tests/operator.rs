@@ -8,8 +8,8 @@ use std::{collections::BTreeMap, time::Duration};
 use bitbucket_operator::{
     api::{
         BitbucketIntegration, BitbucketIntegrationSpec, CredentialType, Credentials,
-        IN_USE_FINALIZER, LocalObjectReference, RepositoryFilter, SYNC_REQUESTED_AT_ANNOTATION,
-        SecretReference, Server, ServerType, Subscription, SubscriptionSpec, Visibility,
+        IN_USE_FINALIZER, RepositoryFilter, SYNC_REQUESTED_AT_ANNOTATION, SecretReference, Server,
+        ServerType, Subscription, Visibility,
         conditions::{DELETION_BLOCKED, READY, STALLED, reasons},
     },
     sim::{CloudRepositoryChange, FaultRule, Fixture, Simulator},
@@ -26,7 +26,7 @@ use kube::{
 use serde_json::json;
 use support::{
     TestNamespace, client, install_crds,
-    operator::{Operator, condition, eventually, test_settings},
+    operator::{Operator, condition, eventually, subscription, test_settings},
     within,
 };
 
@@ -253,27 +253,6 @@ fn integration(
             },
             workspace: workspace.map(str::to_owned),
             validation_interval: "30m".into(),
-        },
-    )
-}
-
-fn subscription(
-    name: &str,
-    integration: &str,
-    workspace: Option<&str>,
-    projects: &[&str],
-) -> Subscription {
-    Subscription::new(
-        name,
-        SubscriptionSpec {
-            integration_ref: LocalObjectReference {
-                name: integration.to_owned(),
-            },
-            workspace: workspace.map(str::to_owned),
-            projects: projects.iter().map(|p| (*p).to_owned()).collect(),
-            repositories: RepositoryFilter::default(),
-            sync_interval: "10m".into(),
-            suspend: false,
         },
     )
 }

@@ -4,6 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use bitbucket_operator::{
+    api::{LocalObjectReference, RepositoryFilter, Subscription, SubscriptionSpec},
     bitbucket::{RetryPolicy, TransportConfig},
     controller::{self, Settings, Shared},
     metrics::Metrics,
@@ -122,4 +123,27 @@ where
             )
         }
     }
+}
+
+/// A Subscription of `integration` to `workspace` (Cloud) or `projects`, every repository,
+/// synced every 10 minutes.
+pub fn subscription(
+    name: &str,
+    integration: &str,
+    workspace: Option<&str>,
+    projects: &[&str],
+) -> Subscription {
+    Subscription::new(
+        name,
+        SubscriptionSpec {
+            integration_ref: LocalObjectReference {
+                name: integration.to_owned(),
+            },
+            workspace: workspace.map(str::to_owned),
+            projects: projects.iter().map(|p| (*p).to_owned()).collect(),
+            repositories: RepositoryFilter::default(),
+            sync_interval: "10m".into(),
+            suspend: false,
+        },
+    )
 }
