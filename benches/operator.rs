@@ -210,6 +210,20 @@ fn cloud_integration(name: &str, sim: &Simulator) -> BitbucketIntegration {
     )
 }
 
+/// The Secret `cloud`, the integration `cloud` and the Subscription `all` to the whole of
+/// `acme`, once it has synced.
+async fn synced_workspace(client: &Client, ns: &str, sim: &Simulator) -> Api<Subscription> {
+    cloud_secret(client, ns).await;
+    create(client, ns, &cloud_integration("cloud", sim)).await;
+    create(client, ns, &subscription("all", "cloud", Some("acme"), &[])).await;
+    let subscriptions: Api<Subscription> = Api::namespaced(client.clone(), ns);
+    eventually(&subscriptions, "all", "the subscription to sync", |s| {
+        s.status.as_ref().is_some_and(|s| is_ready(&s.conditions))
+    })
+    .await;
+    subscriptions
+}
+
 fn is_ready(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> bool {
     condition(conditions, READY).is_some_and(|c| c.status == "True")
 }
@@ -319,19 +333,7 @@ async fn steady_state_calls(client: &Client, n: usize) -> Row {
     settings.interval_override = Some(interval);
     let every = settings.summaries_between_listings;
     let operator = Operator::start(client.clone(), settings);
-    cloud_secret(client, &ns.name).await;
-    create(client, &ns.name, &cloud_integration("cloud", &sim)).await;
-    create(
-        client,
-        &ns.name,
-        &subscription("all", "cloud", Some("acme"), &[]),
-    )
-    .await;
-    let subscriptions: Api<Subscription> = Api::namespaced(client.clone(), &ns.name);
-    eventually(&subscriptions, "all", "the subscription to sync", |s| {
-        s.status.as_ref().is_some_and(|s| is_ready(&s.conditions))
-    })
-    .await;
+    synced_workspace(client, &ns.name, &sim).await;
     let calls = || sim.control().counters().endpoint(LIST_CLOUD);
     let (calls_before, summaries_before, lists_before) = (
         calls(),
@@ -669,22 +671,7 @@ async fn large_sync_time(client: &Client, n: usize, trials: usize) -> Row {
     let ns = TestNamespace::create(client, "bench-large").await;
     let sim = Simulator::start(generated(n)).await.unwrap();
     let _operator = Operator::start(client.clone(), test_settings(&ns.name));
-    cloud_secret(client, &ns.name).await;
-    create(client, &ns.name, &cloud_integration("cloud", &sim)).await;
-    create(
-        client,
-        &ns.name,
-        &subscription("all", "cloud", Some("acme"), &[]),
-    )
-    .await;
-    let subscriptions: Api<Subscription> = Api::namespaced(client.clone(), &ns.name);
-    eventually(
-        &subscriptions,
-        "all",
-        "the large subscription to sync",
-        |s| s.status.as_ref().is_some_and(|s| is_ready(&s.conditions)),
-    )
-    .await;
+    let subscriptions = synced_workspace(client, &ns.name, &sim).await;
     let (tx, mut sightings) = tokio::sync::mpsc::unbounded_channel();
     {
         use futures::StreamExt;
