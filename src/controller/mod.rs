@@ -164,11 +164,11 @@ impl Shared {
         Ok(written)
     }
 
-    /// Drops what is remembered about a deleted Subscription.
+    /// Drops what is remembered about a deleted Subscription (its `last_integration` entry
+    /// goes in the integration controller's trigger, which keeps that map).
     fn forget_subscription(&self, subscription: &Subscription) {
         let uid = subscription.uid().unwrap_or_default();
         lock(&self.syncs).remove(&uid);
-        lock(&self.last_integration).remove(&ObjectRef::from_obj(subscription));
         self.backoff.reset(&uid);
     }
 

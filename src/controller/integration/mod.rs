@@ -108,12 +108,12 @@ pub fn wire(
         .watches_stream(subscription_events, move |subscription| {
             let now = integration_of(&subscription);
             let key = ObjectRef::from_obj(&subscription);
-            // A deleted Subscription (missing from the store, which is updated before the
-            // event arrives) is already forgotten; it wakes the integration it used.
+            // A Subscription missing from the store (updated before the event arrives) was
+            // deleted: forget it; it still wakes the integration it used.
             let before = if subscriptions.get(&key).is_some() {
                 lock(&shared.last_integration).insert(key, now.name.clone())
             } else {
-                None
+                lock(&shared.last_integration).remove(&key)
             };
             let left = before.filter(|name| *name != now.name).map(|name| {
                 ObjectRef::new(&name).within(now.namespace.as_deref().unwrap_or_default())
