@@ -144,18 +144,7 @@ async fn main() {
 }
 
 async fn secret(client: &Client, ns: &str, name: &str, data: &[(&str, &str)]) {
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            ..ObjectMeta::default()
-        },
-        string_data: Some(
-            data.iter()
-                .map(|(k, v)| ((*k).into(), (*v).into()))
-                .collect::<BTreeMap<_, _>>(),
-        ),
-        ..Secret::default()
-    };
+    let secret = support::string_secret(name, data);
     Api::<Secret>::namespaced(client.clone(), ns)
         .create(&PostParams::default(), &secret)
         .await

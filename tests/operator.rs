@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::{collections::BTreeMap, time::Duration};
+use std::time::Duration;
 
 use bitbucket_operator::{
     api::{
@@ -27,7 +27,7 @@ use serde_json::json;
 use support::{
     TestNamespace, client, install_crds,
     operator::{Operator, condition, eventually, subscription, test_settings},
-    within,
+    string_secret, within,
 };
 
 const API_TOKEN: &str = "FAKE-cloud-api-token-for-jdoe";
@@ -88,18 +88,7 @@ impl Env {
     }
 
     async fn secret(&self, name: &str, data: &[(&str, &str)]) {
-        let secret = Secret {
-            metadata: kube::api::ObjectMeta {
-                name: Some(name.to_owned()),
-                ..Default::default()
-            },
-            string_data: Some(
-                data.iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                    .collect::<BTreeMap<_, _>>(),
-            ),
-            ..Secret::default()
-        };
+        let secret = string_secret(name, data);
         let params = PatchParams::apply("tests").force();
         self.api::<Secret>()
             .patch(name, &params, &Patch::Apply(&secret))

@@ -3,8 +3,6 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-
 use bitbucket_operator::{
     api::{
         BitbucketIntegration, BitbucketIntegrationSpec, CredentialType, Credentials,
@@ -25,7 +23,7 @@ use serde_json::Value;
 use support::{
     TestNamespace, apply_manifests, client, install_crds,
     operator::{Operator, condition, eventually, test_settings},
-    within, yaml_documents,
+    string_secret, within, yaml_documents,
 };
 
 fn rules_of(path: &str, kind: &str) -> Value {
@@ -99,20 +97,13 @@ async fn the_operator_works_with_only_the_permissions_deploy_grants() {
     let _operator = Operator::start(operator_client, test_settings(&ns.name));
 
     // The whole life of an integration: validate, sync a Subscription, block and release deletion.
-    let secret = Secret {
-        metadata: kube::api::ObjectMeta {
-            name: Some("acme-token".into()),
-            ..Default::default()
-        },
-        string_data: Some(BTreeMap::from([
-            ("email".to_owned(), "jdoe@example.com".to_owned()),
-            (
-                "token".to_owned(),
-                "FAKE-cloud-api-token-for-jdoe".to_owned(),
-            ),
-        ])),
-        ..Secret::default()
-    };
+    let secret = string_secret(
+        "acme-token",
+        &[
+            ("email", "jdoe@example.com"),
+            ("token", "FAKE-cloud-api-token-for-jdoe"),
+        ],
+    );
     let pp = PostParams::default();
     Api::<Secret>::namespaced(admin.clone(), &ns.name)
         .create(&pp, &secret)

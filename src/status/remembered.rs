@@ -40,8 +40,8 @@ impl<S: Clone + PartialEq> Remembered<S> {
     /// Records the status a reconcile decided: `written` is the resourceVersion its write
     /// produced, `None` when nothing was written because the object given already showed it.
     /// In that case a different remembered status is replaced (the object given was older than
-    /// our last write, and what we decided now must win when the newer version arrives), and
-    /// no status stays none.
+    /// our last write, and what we decided now must win when the newer version arrives); when
+    /// nothing is remembered, nothing starts to be.
     pub fn record(&mut self, status: &S, written: Option<String>) {
         match written {
             Some(version) => {

@@ -7,7 +7,7 @@
 
 use std::{future::Future, time::Duration};
 
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::{
     Api, Client, Config,
     api::{DeleteParams, ObjectMeta, PostParams},
@@ -214,4 +214,20 @@ pub async fn logs_of<F: std::future::Future>(body: F) -> (F::Output, String) {
     let output = body.await;
     let logs = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
     (output, logs)
+}
+
+/// A Secret `name` holding `data` as string data.
+pub fn string_secret(name: &str, data: &[(&str, &str)]) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..ObjectMeta::default()
+        },
+        string_data: Some(
+            data.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
 }
