@@ -444,6 +444,11 @@ where
     receiver
 }
 
+/// A duration in milliseconds, for the report.
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -560,7 +565,6 @@ async fn apply_to_ready(client: &Client, trials: usize) -> Vec<Row> {
     baseline.sort();
     same_requests.sort();
     let (p50, p95) = (percentile(&operator, 0.5), percentile(&operator, 0.95));
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let yardstick = percentile(&baseline, 0.5);
     let same = percentile(&same_requests, 0.5);
     let ratio = ms(p50) / ms(yardstick);
@@ -772,7 +776,6 @@ async fn large_sync_time(client: &Client, n: usize, trials: usize) -> Row {
 
     let (operator, baseline) = (median(operators), median(loops));
     let (alone, write, request) = (median(alone), median(writes), median(requests));
-    let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let ratio = ms(operator) / ms(baseline);
     Row {
         number: 5,
@@ -804,7 +807,7 @@ struct Process {
 }
 
 impl Process {
-    async fn start(log: &str) -> Self {
+    fn start(log: &str) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .unwrap()
@@ -953,7 +956,7 @@ async fn at_scale(client: &Client, scale: Scale) -> Vec<Row> {
     let sim = Simulator::start(Fixture::demo()).await.unwrap();
 
     // Idle: the operator up, watching a cluster with none of our objects.
-    let operator = Process::start("scale-idle.log").await;
+    let operator = Process::start("scale-idle.log");
     operator.ready().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (idle, _) = operator.memory();
@@ -1033,7 +1036,7 @@ async fn at_scale(client: &Client, scale: Scale) -> Vec<Row> {
     });
     let writes_before = writes(client).await;
     let started = Instant::now();
-    let operator = Process::start("scale.log").await;
+    let operator = Process::start("scale.log");
     support::within("every object to be Ready", async {
         let mut seen = std::collections::HashSet::new();
         while seen.len() < integration_count {
