@@ -108,7 +108,7 @@ cmd_build() {
     say "built in $((SECONDS - start))s into $dir"
   fi
   "$dir/kube-apiserver" --version >&2
-  "$dir/etcd" --version | head -n1 >&2
+  "$dir/etcd" --version | sed -n 1p >&2 # sed reads to the end: head could SIGPIPE etcd under pipefail
   flock -u 9
 }
 

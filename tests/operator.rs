@@ -9,8 +9,8 @@ use bitbucket_operator::{
     api::{
         BitbucketIntegration, BitbucketIntegrationSpec, CredentialType, Credentials,
         IN_USE_FINALIZER, RepositoryFilter, SYNC_REQUESTED_AT_ANNOTATION, SecretReference, Server,
-        ServerType, Subscription, Visibility,
-        conditions::{DELETION_BLOCKED, READY, STALLED, reasons},
+        ServerType, Subscription, SubscriptionStatus, Visibility,
+        conditions::{DELETION_BLOCKED, READY, RECONCILING, STALLED, reasons},
     },
     sim::{CloudRepositoryChange, FaultRule, Fixture, Simulator},
 };
@@ -738,6 +738,192 @@ async fn a_rate_limit_storm_backs_off_recovers_and_keeps_the_list() {
     control.clear_faults();
     let recovered = eventually(&api, "ci", "ci to recover", is_synced).await;
     assert_eq!(recovered.status.unwrap().repositories.len(), 10);
+}
+
+/// Records every version of object `name` the API server reports, until dropped.
+struct History<K: kube::Resource + 'static> {
+    seen: std::sync::Arc<std::sync::Mutex<Vec<K>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<K> History<K>
+where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    async fn record(api: &Api<K>, name: &str) -> Self {
+        use futures::StreamExt;
+        use kube::runtime::watcher;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (ready, started) = tokio::sync::oneshot::channel();
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let events = watcher(api.clone(), config);
+        let sink = std::sync::Arc::clone(&seen);
+        let task = tokio::spawn(async move {
+            let mut events = std::pin::pin!(events);
+            let mut ready = Some(ready);
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(watcher::Event::InitDone) => {
+                        if let Some(ready) = ready.take() {
+                            let _ = ready.send(());
+                        }
+                    }
+                    Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
+                        sink.lock().unwrap().push(object);
+                    }
+                    _ => {}
+                }
+            }
+        });
+        within("the history's watch to start", started)
+            .await
+            .unwrap();
+        Self { seen, task }
+    }
+
+    fn versions(&self) -> Vec<K> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl<K: kube::Resource + 'static> Drop for History<K> {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn request_sync(value: &str) -> Patch<serde_json::Value> {
+    Patch::Merge(json!({"metadata": {"annotations": {SYNC_REQUESTED_AT_ANNOTATION: value}}}))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_request_that_meets_a_rate_limit_is_answered_only_by_a_listing_made_after_it() {
+    // Issue 10's defect: the retry after the backoff served the listing cached before the
+    // request, and reported it as synced.
+    let env = Env::start("answered").await;
+    env.ready_cloud_integration().await;
+    env.create(&subscription("ci", "acme", Some("acme"), &[]))
+        .await;
+    let api = env.api::<Subscription>();
+    eventually(&api, "ci", "ci to sync", is_synced).await;
+
+    let control = env.sim.control();
+    let mut added = control.fixture().cloud.workspaces[0].repositories[0].clone();
+    added.slug = "new-service".into();
+    added.uuid = None;
+    added.updated_on = None;
+    control.add_cloud_repository("acme", added).unwrap();
+    control.add_fault(FaultRule::status(429).on_path("/2.0/repositories"));
+    let history = History::record(&api, "ci").await;
+    api.patch("ci", &PatchParams::default(), &request_sync("after-add"))
+        .await
+        .unwrap();
+    eventually(
+        &api,
+        "ci",
+        "ci to say the request met a rate limit",
+        |s: &Subscription| {
+            s.status.as_ref().is_some_and(|s| {
+                s.last_handled_sync_request.as_deref() == Some("after-add")
+                    && condition(&s.conditions, READY).is_some_and(|c| c.reason == "RateLimited")
+            })
+        },
+    )
+    .await;
+
+    // Bitbucket keeps being asked while it refuses (each attempt is tried twice by the client).
+    let listings = || {
+        control
+            .counters()
+            .endpoint("GET /2.0/repositories/{workspace}")
+    };
+    let before = listings();
+    within("two more listing attempts", async {
+        while listings() < before + 4 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    control.clear_faults();
+    let has_new = |s: &SubscriptionStatus| {
+        s.repositories
+            .iter()
+            .any(|r| r.full_name == "acme/new-service")
+    };
+    eventually(
+        &api,
+        "ci",
+        "the added repository",
+        move |s: &Subscription| s.status.as_ref().is_some_and(has_new),
+    )
+    .await;
+    for version in history.versions() {
+        let status = version.status.unwrap_or_default();
+        let synced = condition(&status.conditions, READY).is_some_and(|c| c.status == "True");
+        if synced && status.last_handled_sync_request.as_deref() == Some("after-add") {
+            assert!(
+                has_new(&status),
+                "reported synced for the request without the repository added before it: {status:#?}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revalidation_request_that_meets_an_outage_is_retried_until_bitbucket_answers() {
+    let env = Env::start("revalidate").await;
+    env.ready_cloud_integration().await;
+    let api = env.api::<BitbucketIntegration>();
+    let control = env.sim.control();
+    control.add_fault(FaultRule::status(503).on_path("/2.0/user"));
+    api.patch("acme", &PatchParams::default(), &request_sync("outage"))
+        .await
+        .unwrap();
+    let unavailable = eventually(
+        &api,
+        "acme",
+        "acme to say Bitbucket is unavailable",
+        |i: &BitbucketIntegration| {
+            i.status.as_ref().is_some_and(|s| {
+                s.last_handled_sync_request.as_deref() == Some("outage")
+                    && condition(&s.conditions, READY)
+                        .is_some_and(|c| c.reason == "BitbucketUnavailable")
+            })
+        },
+    )
+    .await;
+    let status = unavailable.status.unwrap();
+    assert!(status.account.is_some(), "the last good account stays");
+    let reconciling = condition(&status.conditions, RECONCILING).expect("work in progress");
+    assert_eq!(
+        (reconciling.status.as_str(), reconciling.reason.as_str()),
+        ("True", "ProgressingWithRetry")
+    );
+    let calls = || control.counters().endpoint("GET /2.0/user");
+    let before = calls();
+    within("two more validation attempts", async {
+        while calls() < before + 4 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    control.clear_faults();
+    let cleared = calls();
+    let ready = eventually(&api, "acme", "acme to be Ready again", is_ready_integration).await;
+    assert!(
+        calls() > cleared,
+        "Ready again only after Bitbucket answered"
+    );
+    assert!(
+        condition(&ready.status.unwrap().conditions, RECONCILING).is_none(),
+        "nothing in progress any more"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

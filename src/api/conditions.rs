@@ -42,8 +42,17 @@ pub mod reasons {
     /// The spec combines with another object in a way that cannot work (e.g. a workspace on a
     /// Data Center integration).
     pub const INVALID_SPEC: &str = "InvalidSpec";
-    /// Work is in progress.
+    /// Work is in progress (`Reconciling`): a first validation, a listing asked for.
     pub const PROGRESSING: &str = "Progressing";
+    /// Work failed for now and is retried with backoff (`Reconciling`, after Flux's
+    /// `ProgressingWithRetry`).
+    pub const PROGRESSING_WITH_RETRY: &str = "ProgressingWithRetry";
+    /// The API server failed a request (metrics and logs only: such a failure cannot be written
+    /// to status).
+    pub const KUBERNETES_ERROR: &str = "KubernetesError";
+    /// The last Subscription using an integration being deleted went; the integration goes too
+    /// (an Event).
+    pub const DELETION_RELEASED: &str = "DeletionReleased";
     /// Deletion waits for Subscriptions that still reference the integration.
     pub const DELETION_BLOCKED: &str = "DeletionBlocked";
 }

@@ -30,7 +30,7 @@ pub struct Identity {
 }
 
 /// Where to list repositories.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum ListScope {
     /// A Cloud workspace, optionally only some of its projects (filtered by Bitbucket).
     CloudWorkspace {

@@ -1,14 +1,19 @@
 //! From a BitbucketIntegration and its Secrets to a ready [`bitbucket::Client`]: reads the
 //! credential Secret (and the CA bundle Secret) from the API server, checks the keys the
 //! credential type needs, and reuses the client — with its connection pool and OAuth token —
-//! until the spec or a Secret changes. Shared by both controllers. Does API-server I/O.
+//! until the spec or a Secret changes (the client is kept in the integration's
+//! [`Memory`](super::memory::Memory)). Shared by both controllers. Does API-server I/O.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
 
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{Api, ResourceExt};
 use url::Url;
 
+use super::{
+    error::{Class, Reason},
+    memory::Memory,
+};
 use crate::{
     api::{BitbucketIntegration, CLOUD_API_URL, CredentialType, ServerType, conditions::reasons},
     bitbucket::{self, Credentials, Server, TransportConfig},
@@ -38,14 +43,21 @@ pub enum ResolveError {
     },
 }
 
-impl ResolveError {
-    /// The condition reason.
-    pub fn reason(&self) -> &'static str {
+impl Reason for ResolveError {
+    fn reason(&self) -> &'static str {
         match self {
             Self::SecretNotFound(_) => reasons::SECRET_NOT_FOUND,
             Self::SecretKeyMissing { .. } | Self::NotText { .. } => reasons::SECRET_KEY_MISSING,
             Self::InvalidSpec(_) => reasons::INVALID_SPEC,
-            Self::Kube { .. } => reasons::PROGRESSING,
+            Self::Kube { .. } => reasons::KUBERNETES_ERROR,
+        }
+    }
+
+    /// The Secrets' watch brings the fix of a missing Secret or key.
+    fn class(&self) -> Class {
+        match self {
+            Self::Kube { .. } => Class::Transient,
+            _ => Class::Stalled,
         }
     }
 }
@@ -58,91 +70,66 @@ pub struct Resolved {
     pub fingerprint: String,
 }
 
-/// Clients per integration UID, rebuilt when the fingerprint changes.
-#[derive(Default)]
-pub struct ClientCache {
-    clients: std::sync::Mutex<BTreeMap<String, Resolved>>,
-}
-
-impl ClientCache {
-    /// The client for `integration`, reading its Secrets now (so rotation is seen at once).
-    pub async fn resolve(
-        &self,
-        kube: &kube::Client,
-        integration: &BitbucketIntegration,
-        transport: TransportConfig,
-    ) -> Result<Resolved, ResolveError> {
-        let namespace = integration.namespace().unwrap_or_default();
-        let secrets: Api<Secret> = Api::namespaced(kube.clone(), &namespace);
-        let spec = &integration.spec;
-        let secret_name = &spec.credentials.secret_ref.name;
-        let secret = read(&secrets, secret_name).await?;
-        let ca = match &spec.server.ca_bundle_secret_ref {
-            Some(reference) => {
-                let ca_secret = read(&secrets, &reference.name).await?;
-                let pem = key(
-                    &ca_secret,
-                    &reference.name,
-                    &reference.key,
-                    "CA bundle",
-                    "the bundle's key",
-                )?;
-                Some((
-                    pem.into_bytes(),
-                    ca_secret.resource_version().unwrap_or_default(),
-                ))
-            }
-            None => None,
-        };
-        let fingerprint = format!(
-            "{}/{}/{}",
-            integration.metadata.generation.unwrap_or_default(),
-            secret.resource_version().unwrap_or_default(),
-            ca.as_ref().map(|(_, rv)| rv.as_str()).unwrap_or("-")
-        );
-        let uid = integration.uid().unwrap_or_default();
-        if let Some(cached) = self.get(&uid).filter(|c| c.fingerprint == fingerprint) {
-            return Ok(cached);
+/// The client for `integration`, reading its Secrets now (so rotation is seen at once) and
+/// reusing the client remembered for it while neither the spec nor a Secret changed.
+pub async fn resolve(
+    kube: &kube::Client,
+    memory: &Memory,
+    integration: &BitbucketIntegration,
+    transport: TransportConfig,
+) -> Result<Resolved, ResolveError> {
+    let namespace = integration.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(kube.clone(), &namespace);
+    let spec = &integration.spec;
+    let secret_name = &spec.credentials.secret_ref.name;
+    let secret = read(&secrets, secret_name).await?;
+    let ca = match &spec.server.ca_bundle_secret_ref {
+        Some(reference) => {
+            let ca_secret = read(&secrets, &reference.name).await?;
+            let pem = key(
+                &ca_secret,
+                &reference.name,
+                &reference.key,
+                "CA bundle",
+                "the bundle's key",
+            )?;
+            Some((
+                pem.into_bytes(),
+                ca_secret.resource_version().unwrap_or_default(),
+            ))
         }
-        let credentials = credentials(
-            spec.credentials.credential_type,
-            spec.server.server_type,
-            &secret,
-            secret_name,
-        )?;
-        let server = server(integration)?;
-        let transport = TransportConfig {
-            ca_bundle_pem: ca.map(|(pem, _)| pem),
-            ..transport
-        };
-        let client = bitbucket::Client::new(server, credentials, transport)
-            .map_err(|e| ResolveError::InvalidSpec(e.to_string()))?;
-        let resolved = Resolved {
-            client: Arc::new(client),
-            fingerprint,
-        };
-        self.clients
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(uid, resolved.clone());
-        Ok(resolved)
+        None => None,
+    };
+    let fingerprint = format!(
+        "{}/{}/{}",
+        integration.metadata.generation.unwrap_or_default(),
+        secret.resource_version().unwrap_or_default(),
+        ca.as_ref().map(|(_, rv)| rv.as_str()).unwrap_or("-")
+    );
+    let uid = integration.uid().unwrap_or_default();
+    let cached = memory.integration(&uid, |m| m.client.clone());
+    if let Some(cached) = cached.filter(|c| c.fingerprint == fingerprint) {
+        return Ok(cached);
     }
-
-    fn get(&self, uid: &str) -> Option<Resolved> {
-        self.clients
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(uid)
-            .cloned()
-    }
-
-    /// Drops the client of a deleted integration.
-    pub fn forget(&self, uid: &str) {
-        self.clients
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(uid);
-    }
+    let credentials = credentials(
+        spec.credentials.credential_type,
+        spec.server.server_type,
+        &secret,
+        secret_name,
+    )?;
+    let server = server(integration)?;
+    let transport = TransportConfig {
+        ca_bundle_pem: ca.map(|(pem, _)| pem),
+        ..transport
+    };
+    let client = bitbucket::Client::new(server, credentials, transport)
+        .map_err(|e| ResolveError::InvalidSpec(e.to_string()))?;
+    let resolved = Resolved {
+        client: Arc::new(client),
+        fingerprint,
+    };
+    memory.integration(&uid, |m| m.client = Some(resolved.clone()));
+    Ok(resolved)
 }
 
 async fn read(secrets: &Api<Secret>, name: &str) -> Result<Secret, ResolveError> {

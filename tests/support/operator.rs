@@ -42,6 +42,7 @@ pub fn test_settings(namespace: &str) -> Settings {
         instance: "test-operator".into(),
         summaries_between_listings: 5,
         interval_override: None,
+        sweep: Duration::from_secs(2),
     }
 }
 

@@ -9,19 +9,24 @@ use kube::{
     runtime::{controller::Action, events::EventType},
 };
 
-use super::{CONTROLLER, Error, lock};
+use super::Error;
 use crate::{
     api::{
         BitbucketIntegration, Subscription,
         conditions::{DELETION_BLOCKED, reasons},
     },
-    controller::{Context, INTEGRATION_MANAGER},
+    controller::{
+        Context,
+        finish::{Announcement, Draft, finish},
+    },
     status::conditions::{self, Desired, Status},
 };
 
 /// How many names a message lists before "and N more".
 const NAMED: usize = 2;
 
+/// Allows the deletion (`Ok`) when no Subscription uses the integration; otherwise says who
+/// does, in status and an Event, and returns [`Error::DeletionBlocked`] (the finalizer stays).
 pub(super) async fn cleanup(
     integration: &BitbucketIntegration,
     context: &Context,
@@ -36,30 +41,25 @@ pub(super) async fn cleanup(
     let mut names: Vec<String> = users.items.iter().map(ResourceExt::name_any).collect();
     names.sort();
 
-    let previous = integration.status.clone().unwrap_or_default();
-    let was_blocked = conditions::is_true(&previous.conditions, DELETION_BLOCKED);
+    // What the integration leaves in memory goes when the watch reports it deleted.
+    let draft = Draft::begin(&shared.memory, integration);
+    let was_blocked = conditions::is_true(&draft.shown.conditions, DELETION_BLOCKED);
     if names.is_empty() {
-        let uid = integration.uid().unwrap_or_default();
-        shared.clients.forget(&uid);
-        lock(&shared.validations).remove(&uid);
-        shared.backoff.reset(&uid);
         if was_blocked {
             shared.metrics.blocked_deletions.dec();
-            shared
-                .event(
-                    integration,
-                    EventType::Normal,
-                    "DeletionReleased",
-                    "Delete",
-                    "no Subscription uses the integration any more; deleting it".into(),
-                )
-                .await;
+            let released = Announcement {
+                type_: EventType::Normal,
+                reason: reasons::DELETION_RELEASED.to_owned(),
+                action: "Delete",
+                note: "no Subscription uses the integration any more; deleting it".into(),
+            };
+            shared.announce(integration, released).await;
         }
         return Ok(Action::await_change());
     }
 
     let message = in_use_message(&names);
-    let mut status = previous.clone();
+    let mut status = draft.shown.clone();
     status.subscriptions = Some(i32::try_from(names.len()).unwrap_or(i32::MAX));
     conditions::set(
         &mut status.conditions,
@@ -72,32 +72,9 @@ pub(super) async fn cleanup(
         integration.metadata.generation,
         &conditions::now(),
     );
-    let changed = conditions::get(&previous.conditions, DELETION_BLOCKED)
-        .is_none_or(|c| c.status != "True" || c.message != message);
-    shared
-        .write_status(
-            integration,
-            &previous,
-            &status,
-            INTEGRATION_MANAGER,
-            CONTROLLER,
-        )
-        .await?;
+    finish(shared, integration, &draft, &status).await?;
     if !was_blocked {
         shared.metrics.blocked_deletions.inc();
-    }
-    if changed {
-        shared
-            .event(
-                integration,
-                EventType::Warning,
-                reasons::DELETION_BLOCKED,
-                "Delete",
-                format!(
-                    "deletion waits: {message}; delete them or point them at another integration"
-                ),
-            )
-            .await;
     }
     Err(Error::DeletionBlocked(message))
 }

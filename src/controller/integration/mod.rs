@@ -2,46 +2,53 @@
 //! against Bitbucket (only when due: spec or Secret changed, sync requested, interval passed),
 //! reports the account, scopes and users in status, and blocks deletion while Subscriptions
 //! reference the integration. Does API-server and Bitbucket I/O.
+//!
+//! A reconcile ([`reconcile`] → `finalizer` → [`apply`] or `cleanup`) reads as its steps:
+//! resolve the client from the Secrets (`credentials`), decide whether a validation is due
+//! (`validate::due`), call Bitbucket, build the status (`validate::status`), finish (`finish`).
 
 mod cleanup;
+mod finalizer;
+pub mod validate;
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
-    Api, ResourceExt,
-    api::{Patch, PatchParams},
+    ResourceExt,
     core::PartialObjectMeta,
-    runtime::{
-        Controller, WatchStreamExt, controller::Action, events::EventType, reflector::ObjectRef,
-        watcher,
-    },
+    runtime::{Controller, WatchStreamExt, controller::Action, reflector::ObjectRef, watcher},
 };
 
-use super::{Context, INTEGRATION_MANAGER, api, integration_of, lock};
-use crate::{
-    api::{
-        Account, AccountKind, BitbucketIntegration, BitbucketIntegrationStatus, IN_USE_FINALIZER,
-        Subscription,
-        conditions::{DELETION_BLOCKED, READY, RECONCILING, STALLED, reasons},
-    },
-    bitbucket::{self, ErrorClass, Identity, IdentityKind},
-    metrics::{ControllerLabels, ErrorLabels},
-    status::{
-        conditions::{self, Desired, Status},
-        remembered::Remembered,
-    },
+use super::{
+    Context, INTEGRATION_MANAGER,
+    credentials::{self, ResolveError},
+    error::{self, Class, Reason},
+    finish::{self, Announcement, Draft, Kind, finish},
+    integration_of,
+    memory::{Memory, Validation},
+    run::api,
 };
+use crate::{
+    api::{BitbucketIntegration, BitbucketIntegrationStatus, Subscription, conditions::reasons},
+    bitbucket,
+    metrics::ControllerLabels,
+    status::{conditions, remembered::Remembered},
+};
+use validate::{Ask, Due, Outcome};
 
 const CONTROLLER: &str = "integration";
-const DEFAULT_INTERVAL: Duration = Duration::from_secs(30 * 60);
 
-/// Errors that end a reconcile without a status describing them.
+/// Why an integration is not Ready, or a reconcile could not finish: each variant is a
+/// condition reason (see [`Reason`]).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The Secrets do not give a credential (`SecretNotFound`, `SecretKeyMissing`, ...).
+    #[error(transparent)]
+    Credential(#[from] ResolveError),
+    /// Bitbucket did not accept the credential, or failed (`InvalidCredentials`, ...).
+    #[error(transparent)]
+    Bitbucket(#[from] bitbucket::Error),
     /// Cleanup found Subscriptions still using the integration; the finalizer stays.
     #[error("deletion blocked: {0}")]
     DeletionBlocked(String),
@@ -49,26 +56,59 @@ pub enum Error {
     Kube(#[from] kube::Error),
 }
 
-impl Error {
+impl Reason for Error {
     fn reason(&self) -> &'static str {
         match self {
+            Self::Credential(e) => e.reason(),
+            Self::Bitbucket(e) => Reason::reason(e),
             Self::DeletionBlocked(_) => reasons::DELETION_BLOCKED,
-            Self::Kube(_) => "KubernetesError",
+            Self::Kube(e) => e.reason(),
+        }
+    }
+
+    fn class(&self) -> Class {
+        match self {
+            Self::Credential(e) => e.class(),
+            Self::Bitbucket(e) => Reason::class(e),
+            Self::DeletionBlocked(_) => Class::Waiting,
+            Self::Kube(e) => e.class(),
+        }
+    }
+
+    fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Bitbucket(e) => Reason::retry_after(e),
+            _ => None,
         }
     }
 }
 
-/// The outcome of the last validation, remembered so Bitbucket is called only when it is due.
-#[derive(Clone, Debug)]
-pub struct Validation {
-    fingerprint: String,
-    sync_request: Option<String>,
-    at: Instant,
-    class: Option<ErrorClass>,
-    /// The status decided since, until the cache shows it. A reconcile that calls nothing
-    /// starts from this rather than from the object it was given, which may predate that write
-    /// (the cache lags our own writes): re-applying an older status would undo the validation.
-    status: Remembered<BitbucketIntegrationStatus>,
+impl Kind for BitbucketIntegration {
+    type Status = BitbucketIntegrationStatus;
+    const CONTROLLER: &'static str = CONTROLLER;
+    const MANAGER: &'static str = INTEGRATION_MANAGER;
+
+    fn status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+
+    fn conditions(
+        status: &mut Self::Status,
+    ) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+        &mut status.conditions
+    }
+
+    fn remembered<R>(
+        memory: &Memory,
+        uid: &str,
+        f: impl FnOnce(&mut Remembered<Self::Status>) -> R,
+    ) -> R {
+        memory.integration(uid, |m| f(&mut m.status))
+    }
+
+    fn announcements(before: &Self::Status, after: &Self::Status) -> Vec<Announcement> {
+        validate::announcements(before, after)
+    }
 }
 
 /// Adds the watches that trigger an integration: its Secrets (metadata only: Secret data never
@@ -107,17 +147,20 @@ pub fn wire(
         })
         .watches_stream(subscription_events, move |subscription| {
             let now = integration_of(&subscription);
-            let key = ObjectRef::from_obj(&subscription);
             // A Subscription missing from the store (updated before the event arrives) was
-            // deleted: forget it; it still wakes the integration it used.
-            let before = if subscriptions.get(&key).is_some() {
-                lock(&shared.last_integration).insert(key, now.name.clone())
-            } else {
-                lock(&shared.last_integration).remove(&key)
+            // deleted, and its memory is gone with it; it still wakes the integration it used.
+            let left = match subscriptions.get(&ObjectRef::from_obj(&subscription)) {
+                Some(_) => shared
+                    .memory
+                    .subscription(&finish::uid(&subscription), |m| {
+                        m.integration.replace(now.name.clone())
+                    })
+                    .filter(|name| *name != now.name)
+                    .map(|name| {
+                        ObjectRef::new(&name).within(now.namespace.as_deref().unwrap_or_default())
+                    }),
+                None => None,
             };
-            let left = before.filter(|name| *name != now.name).map(|name| {
-                ObjectRef::new(&name).within(now.namespace.as_deref().unwrap_or_default())
-            });
             std::iter::once(now).chain(left)
         })
 }
@@ -143,7 +186,7 @@ pub async fn reconcile(
     };
     metrics.reconciles.get_or_create(&labels).inc();
     let started = Instant::now();
-    let result = with_finalizer(integration, &context).await;
+    let result = finalizer::with_finalizer(&integration, &context).await;
     metrics
         .reconcile_duration
         .get_or_create(&labels)
@@ -151,329 +194,127 @@ pub async fn reconcile(
     result
 }
 
-/// Holds the `in-use` finalizer around [`apply`] and [`cleanup::cleanup`]. Unlike kube's
-/// `finalizer` helper, adding the finalizer does not end the reconcile: the validation runs on
-/// the object the patch returned, saving a watch round trip before the first status.
-async fn with_finalizer(
-    integration: Arc<BitbucketIntegration>,
-    context: &Context,
-) -> Result<Action, Error> {
-    let namespace = integration.namespace().unwrap_or_default();
-    let api: Api<BitbucketIntegration> = Api::namespaced(context.shared.kube.clone(), &namespace);
-    let name = integration.name_any();
-    let held = integration
-        .finalizers()
-        .iter()
-        .position(|f| f == IN_USE_FINALIZER);
-    match (held, integration.metadata.deletion_timestamp.is_some()) {
-        (Some(_), false) => apply(&integration, context).await,
-        (None, false) => {
-            // `test` makes the patch fail (and the reconcile retry) if another writer changed
-            // the list meanwhile: Kubernetes does not de-duplicate finalizers.
-            let current = integration.finalizers();
-            let patch = if current.is_empty() {
-                serde_json::json!([
-                    {"op": "test", "path": "/metadata/finalizers", "value": null},
-                    {"op": "add", "path": "/metadata/finalizers", "value": [IN_USE_FINALIZER]},
-                ])
-            } else {
-                serde_json::json!([
-                    {"op": "test", "path": "/metadata/finalizers", "value": current},
-                    {"op": "add", "path": "/metadata/finalizers/-", "value": IN_USE_FINALIZER},
-                ])
-            };
-            let patched = api
-                .patch(&name, &PatchParams::default(), &json_patch(patch))
-                .await?;
-            apply(&patched, context).await
-        }
-        (Some(index), true) => {
-            let action = cleanup::cleanup(&integration, context).await?;
-            let path = format!("/metadata/finalizers/{index}");
-            let patch = serde_json::json!([
-                {"op": "test", "path": path, "value": IN_USE_FINALIZER},
-                {"op": "remove", "path": path},
-            ]);
-            api.patch(&name, &PatchParams::default(), &json_patch(patch))
-                .await?;
-            Ok(action)
-        }
-        (None, true) => Ok(Action::await_change()),
-    }
-}
-
-fn json_patch(operations: serde_json::Value) -> Patch<()> {
-    Patch::Json(serde_json::from_value(operations).expect("a JSON patch is a list of operations"))
-}
-
-/// After an error the reconcile could not describe in status: blocked deletions re-check soon,
-/// anything else backs off.
+/// After an error the reconcile could not describe in status.
 pub fn error_policy(
     integration: Arc<BitbucketIntegration>,
     error: &Error,
     context: Arc<Context>,
 ) -> Action {
     let shared = &context.shared;
-    shared
-        .metrics
-        .reconcile_errors
-        .get_or_create(&ErrorLabels {
-            controller: CONTROLLER,
-            reason: error.reason(),
-        })
-        .inc();
-    match error {
-        Error::DeletionBlocked(_) => Action::requeue(shared.settings.recheck),
-        _ => {
-            tracing::warn!(integration = %integration.name_any(), error = %error, "reconcile failed");
-            Action::requeue(
-                shared
-                    .backoff
-                    .next(&integration.uid().unwrap_or_default(), None),
-            )
-        }
+    shared.count_error(CONTROLLER, error.reason());
+    if error.class() != Class::Waiting {
+        tracing::warn!(integration = %integration.name_any(), %error, "reconcile failed");
     }
+    next(&context, &finish::uid(&*integration), error)
 }
 
+/// What to do after `error`: its class decides, transient failures counting towards backoff.
+fn next(context: &Context, uid: &str, error: &Error) -> Action {
+    let shared = &context.shared;
+    error::action(error.class(), shared.settings.recheck, || {
+        let failures = shared.memory.integration(uid, |m| {
+            m.failures = m.failures.saturating_add(1);
+            m.failures - 1
+        });
+        shared.backoff.wait(failures, error.retry_after())
+    })
+}
+
+/// Validates an integration that holds the finalizer, when due, and writes what it found.
 async fn apply(integration: &BitbucketIntegration, context: &Context) -> Result<Action, Error> {
     let shared = &context.shared;
-    let uid = integration.uid().unwrap_or_default();
-    if let Some(validation) = lock(&shared.validations).get_mut(&uid) {
-        validation
-            .status
-            .observe(integration.metadata.resource_version.as_deref());
-    }
-    let generation = integration.metadata.generation;
-    let requested = super::sync_request(integration);
-    let interval = shared
-        .settings
-        .interval(&integration.spec.validation_interval, DEFAULT_INTERVAL);
-    let previous = integration.status.clone().unwrap_or_default();
-    let mut status = previous.clone();
-    status.observed_generation = generation;
-    status.subscriptions = users(context, integration).or(previous.subscriptions);
-    if requested.is_some() {
-        status.last_handled_sync_request = requested.clone();
-    }
-    conditions::remove(&mut status.conditions, DELETION_BLOCKED);
-    conditions::remove(&mut status.conditions, RECONCILING);
-    let now = conditions::now();
-
-    let action = match shared
-        .clients
-        .resolve(&shared.kube, integration, shared.settings.transport.clone())
-        .await
-    {
-        Err(super::credentials::ResolveError::Kube { source, .. }) => {
-            return Err(Error::Kube(source));
-        }
-        Err(e) => {
-            // A missing Secret or key: no Bitbucket call until the user fixes it; the Secret
-            // watch brings the fix.
-            lock(&shared.validations).remove(&uid);
-            stalled(&mut status, e.reason(), &e.to_string(), generation, &now);
-            Action::requeue(shared.settings.recheck)
-        }
-        Ok(resolved) => {
-            let last = lock(&shared.validations).get(&uid).cloned();
-            let due = last.as_ref().is_none_or(|last| {
-                last.fingerprint != resolved.fingerprint
-                    || last.sync_request != requested
-                    || matches!(last.class, Some(ErrorClass::Transient))
-                    || (last.class.is_none() && last.at.elapsed() >= interval)
-            });
-            if due {
-                let result = resolved
-                    .client
-                    .whoami(integration.spec.workspace.as_deref())
-                    .await;
-                let class = result.as_ref().err().map(bitbucket::Error::class);
-                let remembered = last.map(|l| l.status).unwrap_or_default();
-                lock(&shared.validations).insert(
-                    uid.clone(),
-                    Validation {
-                        fingerprint: resolved.fingerprint.clone(),
-                        sync_request: requested.clone(),
-                        at: Instant::now(),
-                        class,
-                        status: remembered,
-                    },
-                );
-                observe(
-                    &mut status,
-                    integration,
-                    result,
-                    generation,
-                    &now,
-                    context,
-                    &uid,
-                    interval,
-                )
-            } else {
-                // Nothing to call: the last validation's status stands.
-                if let Some(decided) = last.as_ref().and_then(|l| l.status.get()) {
-                    status.account = decided.account.clone();
-                    status.scopes = decided.scopes.clone();
-                    status.conditions = decided.conditions.clone();
-                }
-                match last.and_then(|l| l.class.is_none().then_some(l.at)) {
-                    Some(at) => Action::requeue(
-                        interval
-                            .saturating_sub(at.elapsed())
-                            .max(Duration::from_secs(1)),
-                    ),
-                    None => Action::await_change(),
-                }
-            }
+    let mut draft = Draft::begin(&shared.memory, integration);
+    let transport = shared.settings.transport.clone();
+    let resolved =
+        match credentials::resolve(&shared.kube, &shared.memory, integration, transport).await {
+            // A missing Secret or key stalls, and no Bitbucket call is made until the user fixes it.
+            Err(error) if error.class() != Class::Stalled => return Err(error.into()),
+            resolved => resolved,
+        };
+    let ask = Ask::of(integration, &shared.settings, resolved.as_ref().ok());
+    let outcome = match resolved {
+        Ok(resolved) => validate_when_due(context, integration, &mut draft, &resolved, &ask).await,
+        Err(error) => {
+            let uid = finish::uid(integration);
+            shared.memory.integration(&uid, |m| m.validation = None);
+            Outcome::Failed(error.into())
         }
     };
-
-    let written = shared
-        .write_status(
-            integration,
-            &previous,
-            &status,
-            INTEGRATION_MANAGER,
-            CONTROLLER,
-        )
-        .await?;
-    if let Some(validation) = lock(&shared.validations).get_mut(&uid) {
-        validation.status.record(&status, written.clone());
-    }
-    if written.is_some() {
-        announce(context, integration, &previous, &status).await;
-    }
-    Ok(action)
+    let users = users(context, integration);
+    let workspace = integration.spec.workspace.as_deref();
+    let now = conditions::now();
+    let status = validate::status(&draft.shown, &ask, users, workspace, &outcome, &now);
+    finish(shared, integration, &draft, &status).await?;
+    Ok(after(context, integration, &ask, outcome))
 }
 
-/// Records a validation's result in `status` and says when to look again.
-#[allow(clippy::too_many_arguments)]
-fn observe(
-    status: &mut BitbucketIntegrationStatus,
-    integration: &BitbucketIntegration,
-    result: Result<Identity, bitbucket::Error>,
-    generation: Option<i64>,
-    now: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
+/// Calls Bitbucket when a validation is due (saying `Reconciling` meanwhile when the user
+/// changed something), and remembers what it found.
+async fn validate_when_due(
     context: &Context,
-    uid: &str,
-    interval: Duration,
-) -> Action {
-    let backoff = &context.shared.backoff;
+    integration: &BitbucketIntegration,
+    draft: &mut Draft<BitbucketIntegrationStatus>,
+    resolved: &credentials::Resolved,
+    ask: &Ask,
+) -> Outcome {
+    let shared = &context.shared;
+    let uid = finish::uid(integration);
+    let last = shared.memory.integration(&uid, |m| m.validation.clone());
+    let changed = match validate::due(last.as_ref(), ask, Instant::now()) {
+        Due::No { wait } => return Outcome::Unchanged { wait },
+        Due::Yes { changed } => changed,
+    };
+    let call = resolved
+        .client
+        .whoami(integration.spec.workspace.as_deref());
+    let result = if changed {
+        let message = "validating the credential with Bitbucket";
+        let progress = finish::progress(shared, integration, draft, message);
+        futures::future::join(progress, call).await.1
+    } else {
+        call.await
+    };
+    let validation = Validation {
+        fingerprint: resolved.fingerprint.clone(),
+        sync_request: ask.requested.clone(),
+        at: Instant::now(),
+        failure: result.as_ref().err().map(bitbucket::Error::class),
+    };
+    shared
+        .memory
+        .integration(&uid, |m| m.validation = Some(validation));
     match result {
-        Ok(identity) => {
-            backoff.reset(uid);
-            let message = validated_message(&identity, integration.spec.workspace.as_deref());
-            status.scopes = identity.scopes.clone();
-            status.account = Some(account(identity));
-            conditions::set(
-                &mut status.conditions,
-                Desired::new(READY, Status::True, reasons::VALIDATED, message),
-                generation,
-                now,
-            );
-            conditions::remove(&mut status.conditions, STALLED);
-            Action::requeue(interval)
+        Ok(identity) => Outcome::Validated(identity),
+        Err(error) => Outcome::Failed(error.into()),
+    }
+}
+
+/// When to reconcile again after `outcome`.
+fn after(
+    context: &Context,
+    integration: &BitbucketIntegration,
+    ask: &Ask,
+    outcome: Outcome,
+) -> Action {
+    let shared = &context.shared;
+    let uid = finish::uid(integration);
+    match outcome {
+        Outcome::Validated(_) => {
+            shared.memory.integration(&uid, |m| m.failures = 0);
+            Action::requeue(ask.interval)
         }
-        Err(error) => {
-            let reason = bitbucket_reason(&error);
-            match error.class() {
-                ErrorClass::Credentials | ErrorClass::Request => {
-                    // 401/403 are not retried until the Secret or spec changes: repeated bad
-                    // logins lock Data Center accounts.
-                    stalled(status, reason, &error.to_string(), generation, now);
-                    Action::await_change()
-                }
-                ErrorClass::Transient => {
-                    // The last good account stays; Ready says what is wrong.
-                    conditions::set(
-                        &mut status.conditions,
-                        Desired::new(READY, Status::False, reason, error.to_string()),
-                        generation,
-                        now,
-                    );
-                    conditions::remove(&mut status.conditions, STALLED);
-                    Action::requeue(backoff.next(uid, error.retry_after()))
-                }
-            }
+        Outcome::Unchanged { wait } => wait.map_or_else(Action::await_change, Action::requeue),
+        Outcome::Failed(error) => {
+            shared.count_error(CONTROLLER, error.reason());
+            next(context, &uid, &error)
         }
-    }
-}
-
-fn stalled(
-    status: &mut BitbucketIntegrationStatus,
-    reason: &'static str,
-    message: &str,
-    generation: Option<i64>,
-    now: &k8s_openapi::apimachinery::pkg::apis::meta::v1::Time,
-) {
-    for type_ in [READY, STALLED] {
-        let value = if type_ == READY {
-            Status::False
-        } else {
-            Status::True
-        };
-        conditions::set(
-            &mut status.conditions,
-            Desired::new(type_, value, reason, message),
-            generation,
-            now,
-        );
-    }
-}
-
-/// The condition reason for a Bitbucket error.
-pub fn bitbucket_reason(error: &bitbucket::Error) -> &'static str {
-    use bitbucket::Error as E;
-    match error {
-        E::Unauthorized { .. } => reasons::INVALID_CREDENTIALS,
-        E::InsufficientScopes { .. } => reasons::INSUFFICIENT_SCOPES,
-        E::Forbidden { .. } => reasons::FORBIDDEN,
-        E::NotFound { .. } => reasons::WORKSPACE_NOT_FOUND,
-        E::RateLimited { .. } => reasons::RATE_LIMITED,
-        E::Gone { .. } | E::Config { .. } => reasons::INVALID_SPEC,
-        E::Unavailable { .. }
-        | E::Timeout { .. }
-        | E::Transport { .. }
-        | E::Decode { .. }
-        | E::UnexpectedStatus { .. }
-        | E::PagingLoop { .. } => reasons::BITBUCKET_UNAVAILABLE,
-    }
-}
-
-fn validated_message(identity: &Identity, workspace: Option<&str>) -> String {
-    match (identity.kind, &identity.username, &identity.display_name) {
-        (IdentityKind::AccessToken, _, _) => format!(
-            "access token accepted for workspace {}",
-            workspace.unwrap_or_default()
-        ),
-        (_, Some(username), Some(display)) if display != username => {
-            format!("authenticated as {username} ({display})")
-        }
-        (_, Some(username), _) => format!("authenticated as {username}"),
-        (_, None, Some(display)) => format!("authenticated as {display}"),
-        (_, None, None) => "authenticated".to_owned(),
-    }
-}
-
-fn account(identity: Identity) -> Account {
-    Account {
-        kind: match identity.kind {
-            IdentityKind::User => AccountKind::User,
-            IdentityKind::AccessToken => AccountKind::AccessToken,
-            IdentityKind::OAuthConsumer => AccountKind::OAuthConsumer,
-            IdentityKind::DataCenterUser => AccountKind::DataCenterUser,
-        },
-        username: identity.username,
-        display_name: identity.display_name,
-        uuid: identity.uuid,
-        account_id: identity.account_id,
     }
 }
 
 /// How many Subscriptions (from the cache) reference `integration`; `None` right after
 /// start-up, before the Subscriptions are listed (a count of 0 would be written, then fixed).
 fn users(context: &Context, integration: &BitbucketIntegration) -> Option<i32> {
-    if !super::subscription::is_ready(&context.subscriptions) {
+    if !super::is_ready(&context.subscriptions) {
         return None;
     }
     let name = integration.name_any();
@@ -485,37 +326,4 @@ fn users(context: &Context, integration: &BitbucketIntegration) -> Option<i32> {
         .filter(|s| s.namespace() == namespace && s.spec.integration_ref.name == name)
         .count();
     Some(i32::try_from(count).unwrap_or(i32::MAX))
-}
-
-/// Publishes an Event when the Ready condition changed (status or reason): transitions only,
-/// so a restart or a steady state publishes nothing.
-async fn announce(
-    context: &Context,
-    integration: &BitbucketIntegration,
-    previous: &BitbucketIntegrationStatus,
-    status: &BitbucketIntegrationStatus,
-) {
-    let before = conditions::get(&previous.conditions, READY);
-    let Some(after) = conditions::get(&status.conditions, READY) else {
-        return;
-    };
-    if before.is_some_and(|b| b.status == after.status && b.reason == after.reason) {
-        return;
-    }
-    let type_ = if after.status == "True" {
-        EventType::Normal
-    } else {
-        EventType::Warning
-    };
-    let reason = after.reason.clone();
-    context
-        .shared
-        .event(
-            integration,
-            type_,
-            &reason,
-            "Validate",
-            after.message.clone(),
-        )
-        .await;
 }

@@ -5,13 +5,13 @@
 //! of its own (the caller passes the summary and the fetch).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     future::Future,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use crate::bitbucket::{self, ListingSummary, Repository};
+use crate::bitbucket::{self, ListScope, ListingSummary, Repository};
 
 /// A fetched listing.
 struct Listing {
@@ -28,25 +28,42 @@ struct Listing {
 
 type Slot = Arc<tokio::sync::Mutex<Option<Listing>>>;
 
+/// One integration and scope: its listing, and when a Subscription last asked for it.
+struct Entry {
+    slot: Slot,
+    used_at: Instant,
+    max_age: Duration,
+}
+
+/// What a Subscription asks of the cache.
+pub struct Want<'a> {
+    /// The UID of the integration whose credential lists.
+    pub integration: &'a str,
+    pub scope: &'a ListScope,
+    /// What the integration's client was built from: a listing made with another is not used.
+    pub fingerprint: &'a str,
+    /// How old a listing may be (the Subscription's interval).
+    pub max_age: Duration,
+    /// A sync request: only a listing fully fetched after this call began will do.
+    pub fresh: bool,
+    /// How many unchanged summaries in a row may stand in for a full listing.
+    pub confirmations: u32,
+}
+
 /// Listings by integration and scope.
 #[derive(Default)]
 pub struct ListingCache {
-    slots: Mutex<HashMap<String, Slot>>,
+    entries: Mutex<HashMap<(String, ListScope), Entry>>,
 }
 
 impl ListingCache {
-    /// The repositories for `key`: the cached listing when it was made with the same credential
-    /// (`fingerprint`) and checked less than `max_age` ago — or, when `fresh` is asked for, fully
+    /// The repositories `want` asks for: the cached listing when it was made with the same
+    /// credential and checked less than `max_age` ago — or, when `fresh` is asked for, fully
     /// fetched after this call began. An older listing is checked with `summarize` (at most
     /// `confirmations` times in a row) and fetched again with `fetch` when the summary differs.
-    #[allow(clippy::too_many_arguments)]
     pub async fn get<S, F>(
         &self,
-        key: String,
-        fingerprint: &str,
-        max_age: Duration,
-        fresh: bool,
-        confirmations: u32,
+        want: Want<'_>,
         summarize: S,
         fetch: F,
     ) -> Result<Arc<Vec<Repository>>, bitbucket::Error>
@@ -55,22 +72,31 @@ impl ListingCache {
         F: Future<Output = Result<Vec<Repository>, bitbucket::Error>>,
     {
         let asked_at = Instant::now();
-        let slot = Arc::clone(
-            self.slots
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .entry(key)
-                .or_default(),
-        );
+        let slot = {
+            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            let entry = entries
+                .entry((want.integration.to_owned(), want.scope.clone()))
+                .or_insert_with(|| Entry {
+                    slot: Slot::default(),
+                    used_at: asked_at,
+                    max_age: want.max_age,
+                });
+            entry.used_at = asked_at;
+            entry.max_age = want.max_age;
+            Arc::clone(&entry.slot)
+        };
         let mut listing = slot.lock().await;
-        if let Some(cached) = listing.as_mut().filter(|l| l.fingerprint == fingerprint) {
-            if fresh {
+        if let Some(cached) = listing
+            .as_mut()
+            .filter(|l| l.fingerprint == want.fingerprint)
+        {
+            if want.fresh {
                 if cached.fetched_at >= asked_at {
                     return Ok(Arc::clone(&cached.repositories));
                 }
-            } else if cached.checked_at.elapsed() < max_age {
+            } else if cached.checked_at.elapsed() < want.max_age {
                 return Ok(Arc::clone(&cached.repositories));
-            } else if cached.confirmed < confirmations
+            } else if cached.confirmed < want.confirmations
                 && summarize.await?.as_ref() == Some(&cached.summary)
             {
                 cached.checked_at = Instant::now();
@@ -81,7 +107,7 @@ impl ListingCache {
         let repositories = fetch.await?;
         let now = Instant::now();
         *listing = Some(Listing {
-            fingerprint: fingerprint.to_owned(),
+            fingerprint: want.fingerprint.to_owned(),
             fetched_at: now,
             checked_at: now,
             confirmed: 0,
@@ -92,6 +118,31 @@ impl ListingCache {
             &listing.as_ref().expect("just stored").repositories,
         ))
     }
+
+    /// Drops every listing made with the integration `uid`.
+    pub fn forget_integration(&self, uid: &str) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(integration, _), _| integration != uid);
+    }
+
+    /// Drops the listings of integrations that are gone, and those no Subscription asked for in
+    /// twice their interval (a scope no Subscription uses any more); returns how many.
+    pub fn sweep(&self, integrations: &HashSet<String>) -> usize {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let before = entries.len();
+        entries.retain(|(integration, _), entry| {
+            integrations.contains(integration)
+                && entry.used_at.elapsed() < entry.max_age.saturating_mul(2)
+        });
+        before - entries.len()
+    }
+
+    /// How many listings are kept.
+    pub fn count(&self) -> usize {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
 }
 
 #[cfg(test)]
@@ -99,6 +150,21 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+
+    static SCOPE: ListScope = ListScope::DataCenter {
+        projects: Vec::new(),
+    };
+
+    fn want(fingerprint: &str, max_age: Duration, fresh: bool, confirmations: u32) -> Want<'_> {
+        Want {
+            integration: "i",
+            scope: &SCOPE,
+            fingerprint,
+            max_age,
+            fresh,
+            confirmations,
+        }
+    }
 
     async fn fetch(calls: &AtomicUsize) -> Result<Vec<Repository>, bitbucket::Error> {
         calls.fetch_add(1, Ordering::SeqCst);
@@ -124,21 +190,17 @@ mod tests {
         let calls = AtomicUsize::new(0);
         let hour = Duration::from_secs(3600);
         cache
-            .get("k".into(), "f", hour, false, 0, unchanged(), fetch(&calls))
+            .get(want("f", hour, false, 0), unchanged(), fetch(&calls))
             .await
             .unwrap();
         cache
-            .get("k".into(), "f", hour, false, 0, unchanged(), fetch(&calls))
+            .get(want("f", hour, false, 0), unchanged(), fetch(&calls))
             .await
             .unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         cache
             .get(
-                "k".into(),
-                "f",
-                Duration::ZERO,
-                false,
-                0,
+                want("f", Duration::ZERO, false, 0),
                 unchanged(),
                 fetch(&calls),
             )
@@ -153,15 +215,15 @@ mod tests {
         let calls = AtomicUsize::new(0);
         let hour = Duration::from_secs(3600);
         cache
-            .get("k".into(), "f", hour, false, 0, unchanged(), fetch(&calls))
+            .get(want("f", hour, false, 0), unchanged(), fetch(&calls))
             .await
             .unwrap();
         cache
-            .get("k".into(), "g", hour, false, 0, unchanged(), fetch(&calls))
+            .get(want("g", hour, false, 0), unchanged(), fetch(&calls))
             .await
             .unwrap();
         cache
-            .get("k".into(), "g", hour, true, 0, unchanged(), fetch(&calls))
+            .get(want("g", hour, true, 0), unchanged(), fetch(&calls))
             .await
             .unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 3);
@@ -172,8 +234,7 @@ mod tests {
         let cache = ListingCache::default();
         let calls = AtomicUsize::new(0);
         let hour = Duration::from_secs(3600);
-        let all =
-            (0..10).map(|_| cache.get("k".into(), "f", hour, false, 0, unchanged(), fetch(&calls)));
+        let all = (0..10).map(|_| cache.get(want("f", hour, false, 0), unchanged(), fetch(&calls)));
         futures::future::try_join_all(all).await.unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     }
@@ -184,15 +245,15 @@ mod tests {
         let calls = AtomicUsize::new(0);
         let now = Duration::ZERO;
         cache
-            .get("k".into(), "f", now, false, 2, unchanged(), fetch(&calls))
+            .get(want("f", now, false, 2), unchanged(), fetch(&calls))
             .await
             .unwrap();
         cache
-            .get("k".into(), "f", now, false, 2, unchanged(), fetch(&calls))
+            .get(want("f", now, false, 2), unchanged(), fetch(&calls))
             .await
             .unwrap();
         cache
-            .get("k".into(), "f", now, false, 2, unchanged(), fetch(&calls))
+            .get(want("f", now, false, 2), unchanged(), fetch(&calls))
             .await
             .unwrap();
         assert_eq!(
@@ -201,7 +262,7 @@ mod tests {
             "two summaries confirmed the listing"
         );
         cache
-            .get("k".into(), "f", now, false, 2, unchanged(), fetch(&calls))
+            .get(want("f", now, false, 2), unchanged(), fetch(&calls))
             .await
             .unwrap();
         assert_eq!(
@@ -217,13 +278,39 @@ mod tests {
         let calls = AtomicUsize::new(0);
         let now = Duration::ZERO;
         cache
-            .get("k".into(), "f", now, false, 5, unchanged(), fetch(&calls))
+            .get(want("f", now, false, 5), unchanged(), fetch(&calls))
             .await
             .unwrap();
         cache
-            .get("k".into(), "f", now, false, 5, changed(), fetch(&calls))
+            .get(want("f", now, false, 5), changed(), fetch(&calls))
             .await
             .unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_listing_nobody_asked_for_in_twice_its_interval_is_swept() {
+        let cache = ListingCache::default();
+        let calls = AtomicUsize::new(0);
+        let live: HashSet<String> = ["i".to_owned()].into();
+        cache
+            .get(
+                want("f", Duration::ZERO, false, 0),
+                unchanged(),
+                fetch(&calls),
+            )
+            .await
+            .unwrap();
+        assert_eq!(cache.sweep(&live), 1, "unused for longer than 2 x 0 s");
+        cache
+            .get(
+                want("f", Duration::from_secs(3600), false, 0),
+                unchanged(),
+                fetch(&calls),
+            )
+            .await
+            .unwrap();
+        assert_eq!(cache.sweep(&live), 0, "asked for a moment ago");
+        assert_eq!(cache.sweep(&HashSet::new()), 1, "its integration is gone");
     }
 }

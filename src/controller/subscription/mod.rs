@@ -2,63 +2,134 @@
 //! repositories it can see (sharing listings between Subscriptions of one scope), applies the
 //! filters and keeps the sorted, bounded list in status. Failures keep the last list. Does
 //! API-server and Bitbucket I/O.
+//!
+//! A reconcile ([`reconcile`] → `sync`) reads as its steps: dereference the integration and its
+//! client (`dereference`), check they fit (`check`), decide whether a listing is due
+//! (`check::due`), list (`listing`), build the status (`report`), finish (`finish`).
 
+pub mod check;
 pub mod filter;
 pub mod listing;
+pub mod report;
 
 use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{
     ResourceExt,
     runtime::{
         Controller,
         controller::Action,
-        events::EventType,
         reflector::{ObjectRef, Store},
         watcher,
     },
 };
 
-use super::{Context, SUBSCRIPTION_MANAGER, integration::bitbucket_reason, integration_of, lock};
+use super::{
+    Context, SUBSCRIPTION_MANAGER,
+    credentials::{self, ResolveError, Resolved},
+    error::{self, Class, Reason},
+    finish::{self, Announcement, Draft, Kind, finish},
+    integration_of, is_ready,
+    memory::{Memory, Sync},
+};
 use crate::{
     api::{
-        BitbucketIntegration, CloneUrls, IntegrationSummary, MAX_LISTED_REPOSITORIES, Repository,
-        ServerType, Subscription, SubscriptionStatus,
-        conditions::{READY, RECONCILING, STALLED, reasons},
+        BitbucketIntegration, IntegrationSummary, Subscription, SubscriptionStatus,
+        conditions::reasons,
     },
     bitbucket::{self, ErrorClass, ListScope},
-    metrics::{ControllerLabels, ErrorLabels},
-    status::{
-        conditions::{self, Desired, Status},
-        remembered::Remembered,
-    },
+    metrics::ControllerLabels,
+    status::{conditions, remembered::Remembered},
 };
+use check::{Ask, Due};
+use listing::Want;
+use report::Outcome;
 
 const CONTROLLER: &str = "subscription";
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(10 * 60);
 
-/// Errors that end a reconcile without a status describing them.
+/// Why a Subscription is not Ready, or a reconcile could not finish: each variant is a
+/// condition reason (see [`Reason`]).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("BitbucketIntegration {0} not found")]
+    IntegrationNotFound(String),
+    /// `why` is empty, or ": " and the integration's own Ready message.
+    #[error("BitbucketIntegration {name} is not ready{why}")]
+    IntegrationNotReady { name: String, why: String },
+    /// The integration's Secrets give no credential (the integration itself says so).
+    #[error("BitbucketIntegration {name}: {source}")]
+    IntegrationCredential { name: String, source: ResolveError },
+    /// The Subscription cannot work with its integration (e.g. a workspace on Data Center).
+    #[error("{0}")]
+    InvalidSpec(String),
+    #[error(transparent)]
+    Bitbucket(#[from] bitbucket::Error),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
 }
 
-/// When a Subscription last synced, and from what.
-#[derive(Clone, Debug)]
-pub struct Sync {
-    generation: Option<i64>,
-    sync_request: Option<String>,
-    fingerprint: String,
-    at: Instant,
-    transient_failure: bool,
-    /// The status decided since, until the cache shows it: a reconcile that lists nothing
-    /// re-states this, never the (possibly older) status of the object it was given.
-    status: Remembered<SubscriptionStatus>,
+impl Reason for Error {
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::IntegrationNotFound(_) => reasons::INTEGRATION_NOT_FOUND,
+            Self::IntegrationNotReady { .. } | Self::IntegrationCredential { .. } => {
+                reasons::INTEGRATION_NOT_READY
+            }
+            Self::InvalidSpec(_) => reasons::INVALID_SPEC,
+            Self::Bitbucket(e) => Reason::reason(e),
+            Self::Kube(e) => e.reason(),
+        }
+    }
+
+    fn class(&self) -> Class {
+        match self {
+            Self::IntegrationNotFound(_)
+            | Self::IntegrationNotReady { .. }
+            | Self::IntegrationCredential { .. } => Class::Waiting,
+            Self::InvalidSpec(_) => Class::Stalled,
+            Self::Bitbucket(e) => Reason::class(e),
+            Self::Kube(e) => e.class(),
+        }
+    }
+
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Bitbucket(e) => Reason::retry_after(e),
+            _ => None,
+        }
+    }
+}
+
+impl Kind for Subscription {
+    type Status = SubscriptionStatus;
+    const CONTROLLER: &'static str = CONTROLLER;
+    const MANAGER: &'static str = SUBSCRIPTION_MANAGER;
+
+    fn status(&self) -> Option<&Self::Status> {
+        self.status.as_ref()
+    }
+
+    fn conditions(
+        status: &mut Self::Status,
+    ) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+        &mut status.conditions
+    }
+
+    fn remembered<R>(
+        memory: &Memory,
+        uid: &str,
+        f: impl FnOnce(&mut Remembered<Self::Status>) -> R,
+    ) -> R {
+        memory.subscription(uid, |m| f(&mut m.status))
+    }
+
+    fn announcements(before: &Self::Status, after: &Self::Status) -> Vec<Announcement> {
+        report::announcements(before, after)
+    }
 }
 
 /// Adds the watch that re-syncs Subscriptions when their integration changes (e.g. becomes
@@ -102,449 +173,209 @@ pub async fn reconcile(
     result
 }
 
-/// After an error the reconcile could not describe in status: back off.
+/// After an error the reconcile could not describe in status.
 pub fn error_policy(
     subscription: Arc<Subscription>,
     error: &Error,
     context: Arc<Context>,
 ) -> Action {
+    context.shared.count_error(CONTROLLER, error.reason());
+    tracing::warn!(subscription = %subscription.name_any(), %error, "reconcile failed");
+    next(&context, &finish::uid(&*subscription), error)
+}
+
+/// What to do after `error`: its class decides, transient failures counting towards backoff.
+fn next(context: &Context, uid: &str, error: &Error) -> Action {
     let shared = &context.shared;
-    shared
-        .metrics
-        .reconcile_errors
-        .get_or_create(&ErrorLabels {
-            controller: CONTROLLER,
-            reason: "KubernetesError",
-        })
-        .inc();
-    tracing::warn!(subscription = %subscription.name_any(), error = %error, "reconcile failed");
-    Action::requeue(
-        shared
-            .backoff
-            .next(&subscription.uid().unwrap_or_default(), None),
-    )
-}
-
-/// How long to wait quietly for an integration that has not finished its first validation (no
-/// Ready condition yet) and is younger than `patience`; `None` once it has, or is older.
-fn first_validation_pending(
-    integration: &BitbucketIntegration,
-    status: &crate::api::BitbucketIntegrationStatus,
-    patience: Duration,
-) -> Option<Duration> {
-    if conditions::get(&status.conditions, READY).is_some() {
-        return None;
-    }
-    let created = integration.metadata.creation_timestamp.as_ref()?;
-    let age = jiff::Timestamp::now().duration_since(created.0);
-    let age = Duration::try_from(age).unwrap_or_default();
-    patience.checked_sub(age).filter(|left| !left.is_zero())
-}
-
-/// What a reconcile decided, before status is written.
-enum Next {
-    Requeue(Duration),
-    AwaitChange,
-}
-
-async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, Error> {
-    let shared = &context.shared;
-    if subscription.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
-    }
-    let uid = subscription.uid().unwrap_or_default();
-    if let Some(sync) = lock(&shared.syncs).get_mut(&uid) {
-        sync.status
-            .observe(subscription.metadata.resource_version.as_deref());
-    }
-    let generation = subscription.metadata.generation;
-    let requested = super::sync_request(subscription);
-    let interval = shared
-        .settings
-        .interval(&subscription.spec.sync_interval, DEFAULT_INTERVAL);
-    let previous = subscription.status.clone().unwrap_or_default();
-    let mut status = previous.clone();
-    status.observed_generation = generation;
-    if requested.is_some() {
-        status.last_handled_sync_request = requested.clone();
-    }
-    conditions::remove(&mut status.conditions, RECONCILING);
-    let now = conditions::now();
-    let next = 'next: {
-        if subscription.spec.suspend {
-            set_ready(
-                &mut status,
-                Status::False,
-                reasons::SUSPENDED,
-                "suspended: the repository list is not refreshed".into(),
-                false,
-                generation,
-                &now,
-            );
-            break 'next waiting(&shared.syncs, &uid);
-        }
-        let reference = integration_of(subscription);
-        if !is_ready(&context.integrations) {
-            // Right after start-up the integrations may not be listed yet: look again shortly
-            // rather than report a missing integration. (Not awaited here: the stream that
-            // fills the store is polled by this controller, which may be busy with us.)
-            return Ok(Action::requeue(Duration::from_millis(500)));
-        }
-        let Some(integration) = context.integrations.get(&reference) else {
-            set_ready(
-                &mut status,
-                Status::False,
-                reasons::INTEGRATION_NOT_FOUND,
-                format!("BitbucketIntegration {} not found", reference.name),
-                false,
-                generation,
-                &now,
-            );
-            break 'next waiting(&shared.syncs, &uid);
-        };
-        let integration_status = integration.status.clone().unwrap_or_default();
-        if let Some(wait) =
-            first_validation_pending(&integration, &integration_status, shared.settings.recheck)
-        {
-            // Its first validation is running, and the status it writes will wake us: saying
-            // "not ready" meanwhile would be one more write and a moment later wrong. After
-            // `recheck` (a validation that hangs) the Subscription says what it waits for.
-            return Ok(Action::requeue(wait));
-        }
-        if !conditions::is_true(&integration_status.conditions, READY) {
-            let why = conditions::get(&integration_status.conditions, READY)
-                .map(|c| format!(": {}", c.message))
-                .unwrap_or_default();
-            set_ready(
-                &mut status,
-                Status::False,
-                reasons::INTEGRATION_NOT_READY,
-                format!("BitbucketIntegration {} is not ready{why}", reference.name),
-                false,
-                generation,
-                &now,
-            );
-            break 'next waiting(&shared.syncs, &uid);
-        }
-        let scope = match scope(subscription, &integration) {
-            Ok(scope) => scope,
-            Err(message) => {
-                set_ready(
-                    &mut status,
-                    Status::False,
-                    reasons::INVALID_SPEC,
-                    message,
-                    true,
-                    generation,
-                    &now,
-                );
-                break 'next waiting(&shared.syncs, &uid);
-            }
-        };
-        let resolved = match shared
-            .clients
-            .resolve(
-                &shared.kube,
-                &integration,
-                shared.settings.transport.clone(),
-            )
-            .await
-        {
-            Ok(resolved) => resolved,
-            Err(e) => {
-                set_ready(
-                    &mut status,
-                    Status::False,
-                    reasons::INTEGRATION_NOT_READY,
-                    format!("BitbucketIntegration {}: {e}", reference.name),
-                    false,
-                    generation,
-                    &now,
-                );
-                break 'next waiting(&shared.syncs, &uid);
-            }
-        };
-
-        let last = lock(&shared.syncs).get(&uid).cloned();
-        // A sync request must see Bitbucket as it is now; anything else may use a listing
-        // another Subscription of the same scope made within the interval.
-        let fresh =
-            requested.is_some() && last.as_ref().is_none_or(|l| l.sync_request != requested);
-        let due = fresh
-            || last.as_ref().is_none_or(|l| {
-                l.generation != generation
-                    || l.fingerprint != resolved.fingerprint
-                    || l.transient_failure
-                    || l.at.elapsed() >= interval
-            });
-        if !due {
-            if let Some(decided) = last.as_ref().and_then(|l| l.status.get()) {
-                status = decided.clone();
-            }
-            let at = last.map(|l| l.at).unwrap_or_else(Instant::now);
-            break 'next Next::Requeue(
-                interval
-                    .saturating_sub(at.elapsed())
-                    .max(Duration::from_secs(1)),
-            );
-        }
-
-        let key = format!("{}|{scope:?}", integration.uid().unwrap_or_default());
-        let (client, summary_client) = (Arc::clone(&resolved.client), Arc::clone(&resolved.client));
-        let summary_scope = scope.clone();
-        let listed = shared
-            .listings
-            .get(
-                key,
-                &resolved.fingerprint,
-                interval,
-                fresh,
-                shared.settings.summaries_between_listings,
-                async move { summary_client.summarize(&summary_scope).await },
-                async move { client.list_repositories(&scope).await },
-            )
-            .await;
-        let transient = matches!(&listed, Err(e) if e.class() == ErrorClass::Transient);
-        lock(&shared.syncs).insert(
-            uid.clone(),
-            Sync {
-                generation,
-                sync_request: requested.clone(),
-                fingerprint: resolved.fingerprint.clone(),
-                at: Instant::now(),
-                transient_failure: transient,
-                status: last.map(|l| l.status).unwrap_or_default(),
-            },
-        );
-        status.integration = Some(IntegrationSummary {
-            name: reference.name.clone(),
-            account: integration_status
-                .account
-                .as_ref()
-                .and_then(|a| a.username.clone().or_else(|| a.display_name.clone())),
+    error::action(error.class(), shared.settings.recheck, || {
+        let failures = shared.memory.subscription(uid, |m| {
+            m.failures = m.failures.saturating_add(1);
+            m.failures - 1
         });
-        match listed {
-            Ok(listed) => {
-                shared.backoff.reset(&uid);
-                let kept: Vec<Repository> = listed
-                    .iter()
-                    .filter(|r| filter::keeps(&subscription.spec.repositories, r))
-                    .map(to_status)
-                    .collect();
-                let count = kept.len();
-                let mut shown = kept;
-                shown.truncate(MAX_LISTED_REPOSITORIES);
-                status.repositories_truncated = count > MAX_LISTED_REPOSITORIES;
-                status.repository_count = Some(i32::try_from(count).unwrap_or(i32::MAX));
-                if shown != previous.repositories || previous.repository_count.is_none() {
-                    status.last_change_time = Some(now.clone());
-                }
-                status.repositories = shown;
-                set_ready(
-                    &mut status,
-                    Status::True,
-                    reasons::SYNCED,
-                    format!("{count} repositories"),
-                    false,
-                    generation,
-                    &now,
-                );
-                Next::Requeue(interval)
-            }
-            Err(error) => {
-                // The last good list stays in status; Ready says what went wrong.
-                let reason = bitbucket_reason(&error);
-                match error.class() {
-                    ErrorClass::Transient => {
-                        set_ready(
-                            &mut status,
-                            Status::False,
-                            reason,
-                            error.to_string(),
-                            false,
-                            generation,
-                            &now,
-                        );
-                        Next::Requeue(shared.backoff.next(&uid, error.retry_after()))
-                    }
-                    ErrorClass::Credentials | ErrorClass::Request => {
-                        set_ready(
-                            &mut status,
-                            Status::False,
-                            reason,
-                            error.to_string(),
-                            true,
-                            generation,
-                            &now,
-                        );
-                        Next::AwaitChange
-                    }
-                }
-            }
-        }
-    };
-
-    let written = shared
-        .write_status(
-            subscription,
-            &previous,
-            &status,
-            SUBSCRIPTION_MANAGER,
-            CONTROLLER,
-        )
-        .await?;
-    if let Some(sync) = lock(&shared.syncs).get_mut(&uid) {
-        sync.status.record(&status, written.clone());
-    }
-    if written.is_some() {
-        announce(context, subscription, &previous, &status).await;
-    }
-    Ok(match next {
-        Next::Requeue(after) => Action::requeue(after),
-        // Waiting on another object: look again now and then in case its event was missed.
-        Next::AwaitChange => Action::requeue(shared.settings.recheck),
+        shared.backoff.wait(failures, error.retry_after())
     })
 }
 
-/// A Subscription waiting for something other than Bitbucket: forget its last sync, so the
-/// reconcile after the wait lists again and never re-states a status from before it.
-fn waiting(syncs: &std::sync::Mutex<std::collections::HashMap<String, Sync>>, uid: &str) -> Next {
-    lock(syncs).remove(uid);
-    Next::AwaitChange
-}
-
-/// Whether a store has seen its first complete listing.
-pub(crate) fn is_ready<K>(store: &Store<K>) -> bool
-where
-    K: kube::Resource + Clone + 'static,
-    K::DynamicType: std::hash::Hash + Eq + Clone,
-{
-    futures::FutureExt::now_or_never(store.wait_until_ready()).is_some()
-}
-
-/// Sets Ready (and Stalled when the user must act; removes it otherwise).
-fn set_ready(
-    status: &mut SubscriptionStatus,
-    ready: Status,
-    reason: &'static str,
-    message: String,
-    stalled: bool,
-    generation: Option<i64>,
-    now: &Time,
-) {
-    conditions::set(
-        &mut status.conditions,
-        Desired::new(READY, ready, reason, message.clone()),
-        generation,
-        now,
-    );
-    if stalled {
-        conditions::set(
-            &mut status.conditions,
-            Desired::new(STALLED, Status::True, reason, message),
-            generation,
-            now,
-        );
+async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, Error> {
+    if subscription.metadata.deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let shared = &context.shared;
+    let mut draft = Draft::begin(&shared.memory, subscription);
+    let ask = Ask {
+        generation: subscription.metadata.generation,
+        requested: super::sync_request(subscription),
+        interval: (shared.settings).interval(&subscription.spec.sync_interval, DEFAULT_INTERVAL),
+    };
+    let outcome = if subscription.spec.suspend {
+        Outcome::Suspended
     } else {
-        conditions::remove(&mut status.conditions, STALLED);
-    }
+        match dereference(subscription, context).await {
+            Dereferenced::Later(wait) => return Ok(Action::requeue(wait)),
+            Dereferenced::Failed(Error::Kube(e)) => return Err(Error::Kube(e)),
+            Dereferenced::Failed(error) => Outcome::Failed {
+                error,
+                integration: None,
+            },
+            Dereferenced::Found(found) => {
+                list_when_due(context, subscription, &mut draft, &ask, found).await
+            }
+        }
+    };
+    let filter = &subscription.spec.repositories;
+    let status = report::status(&draft.shown, &ask, filter, &outcome, &conditions::now());
+    finish(shared, subscription, &draft, &status).await?;
+    Ok(after(context, subscription, &ask, outcome))
 }
 
-/// Where to list, or why this Subscription cannot work with its integration.
-fn scope(
-    subscription: &Subscription,
-    integration: &BitbucketIntegration,
-) -> Result<ListScope, String> {
-    let spec = &subscription.spec;
-    let name = integration.name_any();
-    match (integration.spec.server.server_type, &spec.workspace) {
-        (ServerType::DataCenter, Some(_)) => Err(format!(
-            "workspace applies to Bitbucket Cloud only, and BitbucketIntegration {name} is Data Center: remove workspace and list projects instead"
-        )),
-        (ServerType::DataCenter, None) => Ok(ListScope::DataCenter {
-            projects: spec.projects.clone(),
+/// The integration a Subscription uses, checked, with its client.
+struct Found {
+    integration: Arc<BitbucketIntegration>,
+    scope: ListScope,
+    resolved: Resolved,
+}
+
+enum Dereferenced {
+    Found(Found),
+    /// Not yet: look again after this long, writing nothing.
+    Later(Duration),
+    Failed(Error),
+}
+
+/// Finds the Subscription's integration in the store, checks it is Ready and fits, and resolves
+/// its client (reading its Secrets).
+async fn dereference(subscription: &Subscription, context: &Context) -> Dereferenced {
+    let shared = &context.shared;
+    if !is_ready(&context.integrations) {
+        // Right after start-up the integrations may not be listed yet: look again shortly
+        // rather than report a missing integration. (Not awaited here: the stream that fills
+        // the store is polled by this controller, which may be busy with us.)
+        return Dereferenced::Later(Duration::from_millis(500));
+    }
+    let reference = integration_of(subscription);
+    let Some(integration) = context.integrations.get(&reference) else {
+        return Dereferenced::Failed(Error::IntegrationNotFound(reference.name));
+    };
+    let patience = shared.settings.recheck;
+    if let Some(wait) =
+        check::first_validation_pending(&integration, patience, jiff::Timestamp::now())
+    {
+        return Dereferenced::Later(wait);
+    }
+    let status = integration.status.clone().unwrap_or_default();
+    let checked = check::integration_ready(&reference.name, &status)
+        .and_then(|()| check::scope(subscription, &integration));
+    let scope = match checked {
+        Ok(scope) => scope,
+        Err(error) => return Dereferenced::Failed(error),
+    };
+    let transport = shared.settings.transport.clone();
+    match credentials::resolve(&shared.kube, &shared.memory, &integration, transport).await {
+        Ok(resolved) => Dereferenced::Found(Found {
+            integration,
+            scope,
+            resolved,
         }),
-        (ServerType::Cloud, None) => Err(format!(
-            "BitbucketIntegration {name} is Bitbucket Cloud: set workspace"
-        )),
-        (ServerType::Cloud, Some(workspace)) => match &integration.spec.workspace {
-            Some(allowed) if allowed != workspace => Err(format!(
-                "BitbucketIntegration {name} is limited to workspace {allowed}, not {workspace}"
-            )),
-            _ => Ok(ListScope::CloudWorkspace {
-                workspace: workspace.clone(),
-                projects: spec.projects.clone(),
-            }),
-        },
+        Err(ResolveError::Kube { source, .. }) => Dereferenced::Failed(Error::Kube(source)),
+        Err(source) => Dereferenced::Failed(Error::IntegrationCredential {
+            name: reference.name,
+            source,
+        }),
     }
 }
 
-fn to_status(repository: &bitbucket::Repository) -> Repository {
-    Repository {
-        full_name: repository.full_name.clone(),
-        name: repository.slug.clone(),
-        display_name: (repository.name != repository.slug).then(|| repository.name.clone()),
-        project: repository.project.clone(),
-        private: repository.private,
-        main_branch: repository.main_branch.clone(),
-        clone_urls: CloneUrls {
-            https: repository.clone_https.clone(),
-            ssh: repository.clone_ssh.clone(),
-        },
-        html_url: repository.html_url.clone(),
-        updated_at: repository.updated_at.map(Time),
-    }
-}
-
-/// Events for transitions of Ready, and for changes of the repository list.
-async fn announce(
+/// Lists when due (saying `Reconciling` meanwhile for a first listing or a sync request), and
+/// remembers it. A sync request is answered only by a listing fetched after it was made, or by
+/// a failure the user must fix: after a transient failure the retry fetches again.
+async fn list_when_due(
     context: &Context,
     subscription: &Subscription,
-    previous: &SubscriptionStatus,
-    status: &SubscriptionStatus,
-) {
-    let before = conditions::get(&previous.conditions, READY);
-    if let Some(after) = conditions::get(&status.conditions, READY) {
-        let transitioned =
-            before.is_none_or(|b| b.status != after.status || b.reason != after.reason);
-        if transitioned && after.status != "True" {
-            context
-                .shared
-                .event(
-                    subscription,
-                    EventType::Warning,
-                    &after.reason,
-                    "Sync",
-                    after.message.clone(),
-                )
-                .await;
-        }
+    draft: &mut Draft<SubscriptionStatus>,
+    ask: &Ask,
+    found: Found,
+) -> Outcome {
+    let shared = &context.shared;
+    let uid = finish::uid(subscription);
+    let last = shared.memory.subscription(&uid, |m| m.sync.clone());
+    let fingerprint = &found.resolved.fingerprint;
+    let (fresh, first) = match check::due(last.as_ref(), ask, fingerprint, Instant::now()) {
+        Due::No { wait } => return Outcome::Unchanged { wait },
+        Due::Yes { fresh, first } => (fresh, first),
+    };
+    let integration_uid = finish::uid(&*found.integration);
+    let want = Want {
+        integration: &integration_uid,
+        scope: &found.scope,
+        fingerprint,
+        max_age: ask.interval,
+        fresh,
+        confirmations: shared.settings.summaries_between_listings,
+    };
+    let client = &found.resolved.client;
+    let listing = shared.memory.listings.get(
+        want,
+        client.summarize(&found.scope),
+        client.list_repositories(&found.scope),
+    );
+    let listed = if fresh || first {
+        let progress = finish::progress(shared, subscription, draft, "listing repositories");
+        futures::future::join(progress, listing).await.1
+    } else {
+        listing.await
+    };
+    let transient = matches!(&listed, Err(e) if e.class() == ErrorClass::Transient);
+    let sync = Sync {
+        generation: ask.generation,
+        fingerprint: fingerprint.clone(),
+        answered: if transient {
+            last.and_then(|l| l.answered)
+        } else {
+            ask.requested.clone()
+        },
+        at: Instant::now(),
+        transient_failure: transient,
+    };
+    shared.memory.subscription(&uid, |m| m.sync = Some(sync));
+    let integration = IntegrationSummary {
+        name: found.integration.name_any(),
+        account: (found.integration.status.as_ref())
+            .and_then(|s| s.account.as_ref())
+            .and_then(|a| a.username.clone().or_else(|| a.display_name.clone())),
+    };
+    match listed {
+        Ok(repositories) => Outcome::Listed {
+            repositories,
+            integration,
+        },
+        Err(error) => Outcome::Failed {
+            error: error.into(),
+            integration: Some(integration),
+        },
     }
-    if status.last_change_time != previous.last_change_time {
-        let old: std::collections::BTreeSet<&str> = previous
-            .repositories
-            .iter()
-            .map(|r| r.full_name.as_str())
-            .collect();
-        let new: std::collections::BTreeSet<&str> = status
-            .repositories
-            .iter()
-            .map(|r| r.full_name.as_str())
-            .collect();
-        let added = new.difference(&old).count();
-        let removed = old.difference(&new).count();
-        context
-            .shared
-            .event(
-                subscription,
-                EventType::Normal,
-                reasons::SYNCED,
-                "Sync",
-                format!(
-                    "{} repositories ({added} added, {removed} removed)",
-                    status.repository_count.unwrap_or_default()
-                ),
-            )
-            .await;
+}
+
+/// When to reconcile again after `outcome`. A Subscription that waits for something other than
+/// Bitbucket forgets its last listing, so it lists again after the wait and never re-states a
+/// status from before it.
+fn after(context: &Context, subscription: &Subscription, ask: &Ask, outcome: Outcome) -> Action {
+    let shared = &context.shared;
+    let uid = finish::uid(subscription);
+    match outcome {
+        Outcome::Listed { .. } => {
+            shared.memory.subscription(&uid, |m| m.failures = 0);
+            Action::requeue(ask.interval)
+        }
+        Outcome::Unchanged { wait } => Action::requeue(wait),
+        Outcome::Suspended => {
+            shared.memory.subscription(&uid, |m| m.sync = None);
+            Action::await_change()
+        }
+        Outcome::Failed { error, integration } => {
+            if integration.is_none() {
+                shared.memory.subscription(&uid, |m| m.sync = None);
+            }
+            shared.count_error(CONTROLLER, error.reason());
+            next(context, &uid, &error)
+        }
     }
 }

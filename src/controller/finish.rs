@@ -1,0 +1,148 @@
+//! How every reconcile of either kind ends (cleanup included): the status decided is written
+//! once, whole, and only when it differs from what the object shows; it is remembered until the
+//! watch shows it; and what changed for the user is announced as Events. Also the one write a
+//! reconcile may make before it ends: `Reconciling=True` while a long call runs. Does API-server
+//! I/O.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{Resource, ResourceExt, core::NamespaceResourceScope, runtime::events::EventType};
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::{Shared, memory::Memory};
+use crate::{
+    api::conditions::{RECONCILING, reasons},
+    status::{
+        conditions::{self, Desired, Status},
+        remembered::Remembered,
+    },
+};
+
+/// A kind the operator reconciles: what [`finish`] needs to know of it.
+pub trait Kind:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope>
+    + Clone
+    + DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+    type Status: Clone + Default + PartialEq + Serialize + Send + Sync;
+    /// The controller's name in metrics and logs.
+    const CONTROLLER: &'static str;
+    /// The field manager of its status writes.
+    const MANAGER: &'static str;
+
+    fn status(&self) -> Option<&Self::Status>;
+    fn conditions(status: &mut Self::Status) -> &mut Vec<Condition>;
+    /// Runs `f` on the status remembered for the object `uid`.
+    fn remembered<R>(
+        memory: &Memory,
+        uid: &str,
+        f: impl FnOnce(&mut Remembered<Self::Status>) -> R,
+    ) -> R;
+    /// The Events a user should see when the status goes from `before` to `after`. Pure.
+    fn announcements(before: &Self::Status, after: &Self::Status) -> Vec<Announcement>;
+}
+
+/// An Event to publish about an object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Announcement {
+    pub type_: EventType,
+    pub reason: String,
+    /// The Event's action (`Validate`, `Sync`, `Delete`).
+    pub action: &'static str,
+    pub note: String,
+}
+
+/// A reconcile's view of an object's status.
+pub struct Draft<S> {
+    /// What the API server holds, as far as this reconcile knows: the object's status, or what
+    /// [`progress`] wrote since.
+    stored: S,
+    /// What the user was last shown: the status this controller last decided when the cache
+    /// may not show it yet (it lags our own writes), else the object's. Announcements compare
+    /// with it, and a reconcile starts from it, so an older cached status is never re-stated.
+    pub shown: S,
+}
+
+impl<S: Clone + Default + PartialEq> Draft<S> {
+    /// Begins a reconcile of `object`: drops the remembered status once the object shows it.
+    pub fn begin<K: Kind<Status = S>>(memory: &Memory, object: &K) -> Self {
+        let stored = object.status().cloned().unwrap_or_default();
+        let version = object.meta().resource_version.as_deref();
+        let remembered = K::remembered(memory, &uid(object), |r| {
+            r.observe(version);
+            r.get().cloned()
+        });
+        Self {
+            shown: remembered.unwrap_or_else(|| stored.clone()),
+            stored,
+        }
+    }
+}
+
+/// Writes `status` as the object's whole status unless the API server already holds it,
+/// remembers it, and publishes the Events its changes call for.
+pub async fn finish<K: Kind>(
+    shared: &Shared,
+    object: &K,
+    draft: &Draft<K::Status>,
+    status: &K::Status,
+) -> Result<(), kube::Error> {
+    let written = shared
+        .write_status(object, &draft.stored, status, K::MANAGER, K::CONTROLLER)
+        .await?;
+    K::remembered(&shared.memory, &uid(object), |r| {
+        r.record(status, written.clone())
+    });
+    if written.is_some() {
+        for announcement in K::announcements(&draft.shown, status) {
+            shared.announce(object, announcement).await;
+        }
+    }
+    Ok(())
+}
+
+/// Says `Reconciling=True` (reason `Progressing`, `message`) before a call that may take a
+/// while, unless the status already says so, so kstatus (Flux) and Argo CD see work in
+/// progress. Run it beside the call: it costs no latency. A failed write is logged and
+/// otherwise ignored: [`finish`] writes the whole status anyway.
+pub async fn progress<K: Kind>(
+    shared: &Shared,
+    object: &K,
+    draft: &mut Draft<K::Status>,
+    message: &str,
+) {
+    let mut status = draft.shown.clone();
+    conditions::set(
+        K::conditions(&mut status),
+        Desired::new(RECONCILING, Status::True, reasons::PROGRESSING, message),
+        object.meta().generation,
+        &conditions::now(),
+    );
+    if status == draft.shown {
+        return;
+    }
+    match shared
+        .write_status(object, &draft.stored, &status, K::MANAGER, K::CONTROLLER)
+        .await
+    {
+        Ok(written) => {
+            K::remembered(&shared.memory, &uid(object), |r| {
+                r.record(&status, written.clone())
+            });
+            if written.is_some() {
+                draft.stored = status;
+            }
+        }
+        Err(error) => {
+            tracing::warn!(object = %object.name_any(), %error, "could not say Reconciling");
+        }
+    }
+}
+
+/// The object's UID (empty for an object not yet stored, which never reaches a reconcile).
+pub fn uid<K: Resource>(object: &K) -> String {
+    object.meta().uid.clone().unwrap_or_default()
+}

@@ -1,0 +1,69 @@
+//! The `in-use` finalizer around validation and cleanup. Unlike kube's `finalizer` helper,
+//! adding the finalizer does not end the reconcile: the validation runs on the object the patch
+//! returned, saving a watch round trip before the first status. Does API-server I/O.
+
+use kube::{
+    Api, ResourceExt,
+    api::{Patch, PatchParams},
+    runtime::controller::Action,
+};
+
+use super::{Error, apply, cleanup};
+use crate::{
+    api::{BitbucketIntegration, IN_USE_FINALIZER},
+    controller::Context,
+};
+
+/// Adds the finalizer (then validates), validates, or — when the integration is being deleted —
+/// runs cleanup and releases the finalizer once cleanup allows it.
+pub(super) async fn with_finalizer(
+    integration: &BitbucketIntegration,
+    context: &Context,
+) -> Result<Action, Error> {
+    let namespace = integration.namespace().unwrap_or_default();
+    let api: Api<BitbucketIntegration> = Api::namespaced(context.shared.kube.clone(), &namespace);
+    let name = integration.name_any();
+    let held = integration
+        .finalizers()
+        .iter()
+        .position(|f| f == IN_USE_FINALIZER);
+    match (held, integration.metadata.deletion_timestamp.is_some()) {
+        (Some(_), false) => apply(integration, context).await,
+        (None, false) => {
+            // `test` makes the patch fail (and the reconcile retry) if another writer changed
+            // the list meanwhile: Kubernetes does not de-duplicate finalizers.
+            let current = integration.finalizers();
+            let patch = if current.is_empty() {
+                serde_json::json!([
+                    {"op": "test", "path": "/metadata/finalizers", "value": null},
+                    {"op": "add", "path": "/metadata/finalizers", "value": [IN_USE_FINALIZER]},
+                ])
+            } else {
+                serde_json::json!([
+                    {"op": "test", "path": "/metadata/finalizers", "value": current},
+                    {"op": "add", "path": "/metadata/finalizers/-", "value": IN_USE_FINALIZER},
+                ])
+            };
+            let patched = api
+                .patch(&name, &PatchParams::default(), &json_patch(patch))
+                .await?;
+            apply(&patched, context).await
+        }
+        (Some(index), true) => {
+            let action = cleanup::cleanup(integration, context).await?;
+            let path = format!("/metadata/finalizers/{index}");
+            let patch = serde_json::json!([
+                {"op": "test", "path": path, "value": IN_USE_FINALIZER},
+                {"op": "remove", "path": path},
+            ]);
+            api.patch(&name, &PatchParams::default(), &json_patch(patch))
+                .await?;
+            Ok(action)
+        }
+        (None, true) => Ok(Action::await_change()),
+    }
+}
+
+fn json_patch(operations: serde_json::Value) -> Patch<()> {
+    Patch::Json(serde_json::from_value(operations).expect("a JSON patch is a list of operations"))
+}

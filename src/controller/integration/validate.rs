@@ -1,0 +1,381 @@
+//! The integration's decisions, as pure functions: whether a validation is due, the status a
+//! validation's outcome leads to, and the Events a status change calls for. No I/O.
+
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::events::EventType;
+
+use super::Error;
+use crate::{
+    api::{
+        Account, AccountKind, BitbucketIntegration, BitbucketIntegrationStatus,
+        conditions::{DELETION_BLOCKED, READY, RECONCILING, STALLED, reasons},
+    },
+    bitbucket::{ErrorClass, Identity, IdentityKind},
+    controller::{
+        Settings, credentials::Resolved, error, finish::Announcement, memory::Validation,
+        sync_request,
+    },
+    status::conditions::{self, Desired, Status},
+};
+
+/// The validation interval when the spec sets none.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(30 * 60);
+
+/// What this reconcile asks about the integration.
+pub struct Ask {
+    pub generation: Option<i64>,
+    /// The sync annotation's value.
+    pub requested: Option<String>,
+    pub interval: Duration,
+    /// The fingerprint of the client resolved now (spec generation and Secret versions); empty
+    /// when none could be.
+    pub fingerprint: String,
+}
+
+impl Ask {
+    pub fn of(
+        integration: &BitbucketIntegration,
+        settings: &Settings,
+        resolved: Option<&Resolved>,
+    ) -> Self {
+        Self {
+            generation: integration.metadata.generation,
+            requested: sync_request(integration),
+            interval: settings.interval(&integration.spec.validation_interval, DEFAULT_INTERVAL),
+            fingerprint: resolved.map(|r| r.fingerprint.clone()).unwrap_or_default(),
+        }
+    }
+}
+
+/// Whether to call Bitbucket.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Due {
+    /// Yes; `changed` when something the user did asks for it (a first validation, a new spec
+    /// or Secret, a sync request), as opposed to an interval or a retry.
+    Yes { changed: bool },
+    /// No: the last validation stands. Look again after `wait`, or only when something changes
+    /// (`None`: the last validation failed in a way only the user can fix).
+    No { wait: Option<Duration> },
+}
+
+/// Whether the last validation (`None` if there was none) still stands.
+pub fn due(last: Option<&Validation>, ask: &Ask, now: Instant) -> Due {
+    let Some(last) = last else {
+        return Due::Yes { changed: true };
+    };
+    if last.fingerprint != ask.fingerprint || last.sync_request != ask.requested {
+        return Due::Yes { changed: true };
+    }
+    let elapsed = now.saturating_duration_since(last.at);
+    match last.failure {
+        Some(ErrorClass::Transient) => Due::Yes { changed: false },
+        Some(_) => Due::No { wait: None },
+        None if elapsed >= ask.interval => Due::Yes { changed: false },
+        None => Due::No {
+            wait: Some(
+                ask.interval
+                    .saturating_sub(elapsed)
+                    .max(Duration::from_secs(1)),
+            ),
+        },
+    }
+}
+
+/// What a reconcile found out.
+#[derive(Debug)]
+pub enum Outcome {
+    Validated(Identity),
+    /// Nothing was due; see [`Due::No`].
+    Unchanged {
+        wait: Option<Duration>,
+    },
+    Failed(Error),
+}
+
+/// The status an outcome leads to, from the status last shown. `users` is the number of
+/// Subscriptions using the integration, `None` while they are not listed yet.
+pub fn status(
+    shown: &BitbucketIntegrationStatus,
+    ask: &Ask,
+    users: Option<i32>,
+    workspace: Option<&str>,
+    outcome: &Outcome,
+    now: &Time,
+) -> BitbucketIntegrationStatus {
+    let mut status = shown.clone();
+    let generation = ask.generation;
+    status.observed_generation = generation;
+    status.subscriptions = users.or(shown.subscriptions);
+    if ask.requested.is_some() {
+        status.last_handled_sync_request = ask.requested.clone();
+    }
+    conditions::remove(&mut status.conditions, DELETION_BLOCKED);
+    match outcome {
+        Outcome::Unchanged { .. } => conditions::remove(&mut status.conditions, RECONCILING),
+        Outcome::Validated(identity) => {
+            conditions::remove(&mut status.conditions, RECONCILING);
+            status.scopes = identity.scopes.clone();
+            status.account = Some(account(identity));
+            conditions::set(
+                &mut status.conditions,
+                Desired::new(
+                    READY,
+                    Status::True,
+                    reasons::VALIDATED,
+                    validated_message(identity, workspace),
+                ),
+                generation,
+                now,
+            );
+            conditions::remove(&mut status.conditions, STALLED);
+        }
+        // The last good account stays; Ready says what is wrong.
+        Outcome::Failed(error) => {
+            error::set_conditions(&mut status.conditions, error, generation, now);
+        }
+    }
+    status
+}
+
+/// Events for the user: each transition of Ready (a change of status or reason), and a
+/// deletion that starts to wait, or waits for other Subscriptions than before.
+pub fn announcements(
+    before: &BitbucketIntegrationStatus,
+    after: &BitbucketIntegrationStatus,
+) -> Vec<Announcement> {
+    let mut announcements = Vec::new();
+    let ready_before = conditions::get(&before.conditions, READY);
+    if let Some(ready) = conditions::get(&after.conditions, READY)
+        && ready_before.is_none_or(|b| b.status != ready.status || b.reason != ready.reason)
+    {
+        announcements.push(Announcement {
+            type_: if ready.status == "True" {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            },
+            reason: ready.reason.clone(),
+            action: "Validate",
+            note: ready.message.clone(),
+        });
+    }
+    let blocked_before = conditions::get(&before.conditions, DELETION_BLOCKED);
+    if let Some(blocked) = conditions::get(&after.conditions, DELETION_BLOCKED)
+        && blocked.status == "True"
+        && blocked_before.is_none_or(|b| b.status != "True" || b.message != blocked.message)
+    {
+        announcements.push(Announcement {
+            type_: EventType::Warning,
+            reason: reasons::DELETION_BLOCKED.to_owned(),
+            action: "Delete",
+            note: format!(
+                "deletion waits: {}; delete them or point them at another integration",
+                blocked.message
+            ),
+        });
+    }
+    announcements
+}
+
+fn validated_message(identity: &Identity, workspace: Option<&str>) -> String {
+    match (identity.kind, &identity.username, &identity.display_name) {
+        (IdentityKind::AccessToken, _, _) => format!(
+            "access token accepted for workspace {}",
+            workspace.unwrap_or_default()
+        ),
+        (_, Some(username), Some(display)) if display != username => {
+            format!("authenticated as {username} ({display})")
+        }
+        (_, Some(username), _) => format!("authenticated as {username}"),
+        (_, None, Some(display)) => format!("authenticated as {display}"),
+        (_, None, None) => "authenticated".to_owned(),
+    }
+}
+
+fn account(identity: &Identity) -> Account {
+    Account {
+        kind: match identity.kind {
+            IdentityKind::User => AccountKind::User,
+            IdentityKind::AccessToken => AccountKind::AccessToken,
+            IdentityKind::OAuthConsumer => AccountKind::OAuthConsumer,
+            IdentityKind::DataCenterUser => AccountKind::DataCenterUser,
+        },
+        username: identity.username.clone(),
+        display_name: identity.display_name.clone(),
+        uuid: identity.uuid.clone(),
+        account_id: identity.account_id.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{bitbucket, controller::error::Reason};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn ask(fingerprint: &str, requested: Option<&str>) -> Ask {
+        Ask {
+            generation: Some(1),
+            requested: requested.map(str::to_owned),
+            interval: HOUR,
+            fingerprint: fingerprint.to_owned(),
+        }
+    }
+
+    fn validation(at: Instant, failure: Option<ErrorClass>) -> Validation {
+        Validation {
+            fingerprint: "f".into(),
+            sync_request: None,
+            at,
+            failure,
+        }
+    }
+
+    fn identity() -> Identity {
+        Identity {
+            kind: IdentityKind::User,
+            username: Some("jdoe".into()),
+            display_name: Some("Jane Doe".into()),
+            uuid: None,
+            account_id: None,
+            scopes: vec!["repository".into()],
+        }
+    }
+
+    fn now() -> Time {
+        Time(jiff::Timestamp::from_second(1_000_000).unwrap())
+    }
+
+    #[test]
+    fn a_validation_is_due_first_on_a_change_a_request_a_retry_or_the_interval() {
+        let now = Instant::now();
+        let ok = validation(now, None);
+        assert_eq!(due(None, &ask("f", None), now), Due::Yes { changed: true });
+        assert_eq!(
+            due(Some(&ok), &ask("g", None), now),
+            Due::Yes { changed: true },
+            "the Secret or spec changed"
+        );
+        assert_eq!(
+            due(Some(&ok), &ask("f", Some("now")), now),
+            Due::Yes { changed: true },
+            "a sync request"
+        );
+        assert_eq!(
+            due(Some(&ok), &ask("f", None), now + HOUR),
+            Due::Yes { changed: false },
+            "the interval passed"
+        );
+        assert_eq!(
+            due(
+                Some(&validation(now, Some(ErrorClass::Transient))),
+                &ask("f", None),
+                now
+            ),
+            Due::Yes { changed: false },
+            "a transient failure is retried"
+        );
+        assert_eq!(
+            due(Some(&ok), &ask("f", None), now + Duration::from_secs(600)),
+            Due::No {
+                wait: Some(Duration::from_secs(3000))
+            }
+        );
+        assert_eq!(
+            due(
+                Some(&validation(now, Some(ErrorClass::Credentials))),
+                &ask("f", None),
+                now + 2 * HOUR
+            ),
+            Due::No { wait: None },
+            "a rejected credential is not tried again until something changes"
+        );
+    }
+
+    #[test]
+    fn a_transient_failure_keeps_the_account_and_says_it_retries() {
+        let validated = status(
+            &BitbucketIntegrationStatus::default(),
+            &ask("f", None),
+            Some(2),
+            None,
+            &Outcome::Validated(identity()),
+            &now(),
+        );
+        let failed = status(
+            &validated,
+            &ask("f", None),
+            Some(2),
+            None,
+            &Outcome::Failed(Error::Bitbucket(bitbucket::Error::RateLimited {
+                retry_after: None,
+            })),
+            &now(),
+        );
+        assert_eq!(failed.account, validated.account, "the last good account");
+        let ready = conditions::get(&failed.conditions, READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "RateLimited")
+        );
+        let reconciling = conditions::get(&failed.conditions, RECONCILING).unwrap();
+        assert_eq!(reconciling.reason, "ProgressingWithRetry");
+        assert!(conditions::get(&failed.conditions, STALLED).is_none());
+    }
+
+    #[test]
+    fn a_rejected_credential_stalls_and_a_missing_secret_too() {
+        for error in [
+            Error::Bitbucket(bitbucket::Error::Unauthorized {
+                message: "bad".into(),
+            }),
+            Error::Credential(
+                crate::controller::credentials::ResolveError::SecretNotFound("s".into()),
+            ),
+        ] {
+            let reason = error.reason();
+            let failed = status(
+                &BitbucketIntegrationStatus::default(),
+                &ask("f", None),
+                None,
+                None,
+                &Outcome::Failed(error),
+                &now(),
+            );
+            let stalled = conditions::get(&failed.conditions, STALLED).unwrap();
+            assert_eq!(
+                (stalled.status.as_str(), stalled.reason.as_str()),
+                ("True", reason)
+            );
+            assert!(conditions::get(&failed.conditions, RECONCILING).is_none());
+        }
+    }
+
+    #[test]
+    fn only_transitions_are_announced() {
+        let first = status(
+            &BitbucketIntegrationStatus::default(),
+            &ask("f", None),
+            None,
+            None,
+            &Outcome::Validated(identity()),
+            &now(),
+        );
+        let announced = announcements(&BitbucketIntegrationStatus::default(), &first);
+        assert_eq!(announced.len(), 1);
+        assert_eq!(announced[0].reason, "Validated");
+        assert_eq!(announced[0].note, "authenticated as jdoe (Jane Doe)");
+        let again = status(
+            &first,
+            &ask("f", Some("x")),
+            None,
+            None,
+            &Outcome::Validated(identity()),
+            &now(),
+        );
+        assert!(announcements(&first, &again).is_empty(), "still Validated");
+    }
+}

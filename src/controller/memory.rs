@@ -1,0 +1,230 @@
+//! Everything the operator remembers about an object between reconciles, in one place with one
+//! way out. No I/O.
+//!
+//! Per integration (by UID): its Bitbucket client and what it was built from, its last
+//! validation, its failures in a row (for backoff) and the status last decided for it. Per
+//! Subscription (by UID): its last sync, its failures in a row, the status last decided and the
+//! integration it pointed at. Per integration and scope: the shared listing ([`ListingCache`]).
+//!
+//! Entries go when the watch reports their object deleted ([`Memory::forget_integration`],
+//! [`Memory::forget_subscription`], called by the watch feed) and, whatever way the object went
+//! (a finalizer released by hand, a delete event lost in a watch restart, a reconcile that
+//! re-created an entry just after the delete), at the next [`Memory::sweep`] against the stores.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Mutex,
+    time::Instant,
+};
+
+use super::{credentials::Resolved, lock, subscription::listing::ListingCache};
+use crate::{
+    api::{BitbucketIntegrationStatus, SubscriptionStatus},
+    bitbucket::ErrorClass,
+    status::remembered::Remembered,
+};
+
+/// What is remembered about one integration.
+#[derive(Default)]
+pub struct IntegrationMemory {
+    /// The client built from its spec and Secrets, reused until either changes.
+    pub client: Option<Resolved>,
+    /// The last call to Bitbucket that validated it, so it is called again only when due.
+    pub validation: Option<Validation>,
+    /// Transient failures in a row, for backoff.
+    pub failures: u32,
+    /// The status decided last, until the cache shows it (see [`Remembered`]).
+    pub status: Remembered<BitbucketIntegrationStatus>,
+}
+
+/// The outcome of the last validation.
+#[derive(Clone, Debug)]
+pub struct Validation {
+    /// What the client was built from (spec generation and Secret versions).
+    pub fingerprint: String,
+    /// The sync request it answered, if any.
+    pub sync_request: Option<String>,
+    pub at: Instant,
+    /// `None` when it succeeded.
+    pub failure: Option<ErrorClass>,
+}
+
+/// What is remembered about one Subscription.
+#[derive(Default)]
+pub struct SubscriptionMemory {
+    /// The last listing it was given, so it lists again only when due.
+    pub sync: Option<Sync>,
+    /// Transient failures in a row, for backoff.
+    pub failures: u32,
+    /// The status decided last, until the cache shows it (see [`Remembered`]).
+    pub status: Remembered<SubscriptionStatus>,
+    /// The integration it pointed at when last seen, so re-pointing it wakes the integration it
+    /// left (whose deletion may be waiting for it).
+    pub integration: Option<String>,
+}
+
+/// When a Subscription last listed, and for what.
+#[derive(Clone, Debug)]
+pub struct Sync {
+    pub generation: Option<i64>,
+    /// The fingerprint of the integration's client it listed with.
+    pub fingerprint: String,
+    /// The last sync request answered by a listing fetched after it was made (a request whose
+    /// listing failed is not answered: the retry must fetch again).
+    pub answered: Option<String>,
+    pub at: Instant,
+    /// Whether that listing failed transiently (so the next reconcile retries at once).
+    pub transient_failure: bool,
+}
+
+/// The operator's memory of every object it reconciles.
+#[derive(Default)]
+pub struct Memory {
+    integrations: Mutex<HashMap<String, IntegrationMemory>>,
+    subscriptions: Mutex<HashMap<String, SubscriptionMemory>>,
+    /// Listings shared between the Subscriptions of one integration and scope.
+    pub listings: ListingCache,
+}
+
+/// How many entries a [`Memory::sweep`] dropped.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Swept {
+    pub integrations: usize,
+    pub subscriptions: usize,
+    pub listings: usize,
+}
+
+impl Memory {
+    /// Runs `f` on the memory of the integration `uid` (created empty when there is none).
+    pub fn integration<R>(&self, uid: &str, f: impl FnOnce(&mut IntegrationMemory) -> R) -> R {
+        f(lock(&self.integrations).entry(uid.to_owned()).or_default())
+    }
+
+    /// Runs `f` on the memory of the Subscription `uid` (created empty when there is none).
+    pub fn subscription<R>(&self, uid: &str, f: impl FnOnce(&mut SubscriptionMemory) -> R) -> R {
+        f(lock(&self.subscriptions).entry(uid.to_owned()).or_default())
+    }
+
+    /// Drops all that is remembered about a deleted integration, its listings included.
+    pub fn forget_integration(&self, uid: &str) {
+        lock(&self.integrations).remove(uid);
+        self.listings.forget_integration(uid);
+    }
+
+    /// Drops all that is remembered about a deleted Subscription.
+    pub fn forget_subscription(&self, uid: &str) {
+        lock(&self.subscriptions).remove(uid);
+    }
+
+    /// Drops the memory of every object not among the live ones (the UIDs in the stores), and
+    /// listings no Subscription has asked for in twice their interval.
+    pub fn sweep(&self, integrations: &HashSet<String>, subscriptions: &HashSet<String>) -> Swept {
+        let mut swept = Swept::default();
+        {
+            let mut memory = lock(&self.integrations);
+            let before = memory.len();
+            memory.retain(|uid, _| integrations.contains(uid));
+            swept.integrations = before - memory.len();
+        }
+        {
+            let mut memory = lock(&self.subscriptions);
+            let before = memory.len();
+            memory.retain(|uid, _| subscriptions.contains(uid));
+            swept.subscriptions = before - memory.len();
+        }
+        swept.listings = self.listings.sweep(integrations);
+        swept
+    }
+
+    /// How many objects have an entry (integrations, Subscriptions), for tests.
+    pub fn count(&self) -> (usize, usize) {
+        (
+            lock(&self.integrations).len(),
+            lock(&self.subscriptions).len(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::{bitbucket::ListScope, controller::subscription::listing::Want};
+
+    fn live(uids: &[&str]) -> HashSet<String> {
+        uids.iter().map(|u| (*u).to_owned()).collect()
+    }
+
+    async fn list(memory: &Memory, integration: &str) {
+        let scope = ListScope::DataCenter {
+            projects: Vec::new(),
+        };
+        let want = Want {
+            integration,
+            scope: &scope,
+            fingerprint: "f",
+            max_age: Duration::from_secs(60),
+            fresh: false,
+            confirmations: 0,
+        };
+        memory
+            .listings
+            .get(want, async { Ok(None) }, async { Ok(Vec::new()) })
+            .await
+            .unwrap();
+    }
+
+    #[test]
+    fn a_deleted_subscription_leaves_nothing_behind() {
+        let memory = Memory::default();
+        memory.subscription("s", |m| {
+            m.failures = 3;
+            m.integration = Some("acme".into());
+        });
+        memory.forget_subscription("s");
+        assert_eq!(memory.count(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_deleted_integration_leaves_neither_its_client_state_nor_its_listings() {
+        let memory = Memory::default();
+        memory.integration("i", |m| m.failures = 1);
+        list(&memory, "i").await;
+        memory.forget_integration("i");
+        assert_eq!(memory.count(), (0, 0));
+        assert_eq!(memory.listings.count(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_integration_released_by_hand_is_swept_with_its_listings() {
+        // Its finalizer patched away, the integration never reached cleanup: only the sweep
+        // sees it is gone from the store.
+        let memory = Memory::default();
+        memory.integration("kept", |m| m.failures = 1);
+        memory.integration("released", |m| m.failures = 1);
+        list(&memory, "kept").await;
+        list(&memory, "released").await;
+        let swept = memory.sweep(&live(&["kept"]), &live(&[]));
+        assert_eq!(
+            swept,
+            Swept {
+                integrations: 1,
+                subscriptions: 0,
+                listings: 1
+            }
+        );
+        assert_eq!(memory.count(), (1, 0));
+        assert_eq!(memory.listings.count(), 1);
+    }
+
+    #[test]
+    fn a_subscription_whose_delete_event_was_missed_is_swept() {
+        let memory = Memory::default();
+        memory.subscription("gone", |m| m.failures = 2);
+        memory.subscription("here", |m| m.failures = 2);
+        let swept = memory.sweep(&live(&[]), &live(&["here"]));
+        assert_eq!(swept.subscriptions, 1);
+        assert_eq!(memory.count(), (0, 1));
+    }
+}

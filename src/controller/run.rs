@@ -1,0 +1,287 @@
+//! Wiring: one watch and one store per kind and scope, shared by both controllers, the
+//! controllers themselves, and the sweep that drops the memory of objects that are gone.
+//! Does API-server I/O.
+
+use std::{
+    collections::HashSet,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use futures::{FutureExt, SinkExt, StreamExt, future::join_all};
+use kube::{
+    Api, Resource, ResourceExt,
+    runtime::{
+        Controller, WatchStreamExt,
+        reflector::{self, Store},
+        watcher,
+    },
+};
+
+use super::{Context, Settings, Shared, integration, is_ready, lock, subscription};
+use crate::api::{BitbucketIntegration, Subscription};
+
+/// The stores of every watched scope, for the sweep.
+type Scopes = Arc<Mutex<Vec<(Store<BitbucketIntegration>, Store<Subscription>)>>>;
+
+/// Runs both controllers in every watched scope until `shutdown` resolves.
+pub async fn run(
+    shared: Arc<Shared>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let shutdown = futures::FutureExt::shared(shutdown);
+    let scopes: Vec<Option<String>> = if shared.settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        shared
+            .settings
+            .namespaces
+            .iter()
+            .cloned()
+            .map(Some)
+            .collect()
+    };
+    let stores = Scopes::default();
+    let expected = scopes.len();
+    let runs = scopes.into_iter().map(|namespace| {
+        run_scope(
+            Arc::clone(&shared),
+            namespace,
+            Arc::clone(&stores),
+            shutdown.clone(),
+        )
+    });
+    tokio::select! {
+        _ = join_all(runs) => {}
+        () = sweep(&shared, &stores, expected) => {}
+    }
+}
+
+/// Every `settings.sweep`, drops the memory of objects no store holds any more, whatever way
+/// they went (see [`super::memory`]). Never returns.
+async fn sweep(shared: &Shared, scopes: &Scopes, expected: usize) {
+    let mut ticks = tokio::time::interval(shared.settings.sweep);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        let (mut integrations, mut subscriptions) = (HashSet::new(), HashSet::new());
+        {
+            let scopes = lock(scopes);
+            // An empty store before its first listing would make everything look gone.
+            if scopes.len() < expected || !scopes.iter().all(|(i, s)| is_ready(i) && is_ready(s)) {
+                continue;
+            }
+            for (i, s) in scopes.iter() {
+                integrations.extend(i.state().iter().filter_map(|o| o.uid()));
+                subscriptions.extend(s.state().iter().filter_map(|o| o.uid()));
+            }
+        }
+        let swept = shared.memory.sweep(&integrations, &subscriptions);
+        if swept != super::memory::Swept::default() {
+            tracing::debug!(?swept, "dropped the memory of objects that are gone");
+        }
+    }
+}
+
+pub(super) fn api<K>(client: &kube::Client, namespace: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    }
+}
+
+async fn run_scope(
+    shared: Arc<Shared>,
+    namespace: Option<String>,
+    scopes: Scopes,
+    shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
+) {
+    let client = &shared.kube;
+    let config = watcher::Config::default().any_semantic();
+    let controller_config =
+        kube::runtime::controller::Config::default().concurrency(shared.settings.concurrency);
+    // One watch and one store per kind, shared by both controllers: each reads the other kind
+    // from the very stream that triggers it, and the store is updated before the event is
+    // delivered, so a reconcile never sees an older state than the change that woke it (two
+    // independent watches could disagree for a moment: a Subscription woken by its integration
+    // turning Ready could still read it as not Ready). One store also means one copy of each
+    // object in memory.
+    let forget = Arc::clone(&shared);
+    let integration_watch = SharedWatch::new(
+        api::<BitbucketIntegration>(client, &namespace),
+        &config,
+        move |integration| {
+            forget
+                .memory
+                .forget_integration(&integration.uid().unwrap_or_default());
+        },
+    );
+    let forget = Arc::clone(&shared);
+    let subscription_watch = SharedWatch::new(
+        api::<Subscription>(client, &namespace),
+        &config,
+        move |subscription| {
+            forget
+                .memory
+                .forget_subscription(&subscription.uid().unwrap_or_default());
+        },
+    );
+    lock(&scopes).push((
+        integration_watch.store.clone(),
+        subscription_watch.store.clone(),
+    ));
+    let integrations =
+        Controller::for_stream(integration_watch.primary, integration_watch.store.clone())
+            .with_config(controller_config.clone());
+    let subscriptions =
+        Controller::for_stream(subscription_watch.primary, subscription_watch.store.clone())
+            .with_config(controller_config);
+    let context = Arc::new(Context {
+        shared: Arc::clone(&shared),
+        integrations: integration_watch.store,
+        subscriptions: subscription_watch.store,
+    });
+    let (integration_events, subscription_events) =
+        (integration_watch.trigger, subscription_watch.trigger);
+    let subscriptions_primary = subscriptions.store();
+
+    let integrations = integration::wire(integrations, &context, &namespace, subscription_events)
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            integration::reconcile,
+            integration::error_policy,
+            Arc::clone(&context),
+        )
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "integration reconcile failed");
+            }
+        });
+    let subscriptions =
+        subscription::wire(subscriptions, subscriptions_primary, integration_events)
+            .graceful_shutdown_on(shutdown)
+            .run(
+                subscription::reconcile,
+                subscription::error_policy,
+                Arc::clone(&context),
+            )
+            .for_each(|result| async move {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "subscription reconcile failed");
+                }
+            });
+    tracing::info!(
+        namespace = namespace.as_deref().unwrap_or("(all)"),
+        "controllers started"
+    );
+    tokio::select! {
+        _ = futures::future::join(integrations, subscriptions) => {}
+        () = futures::future::join(integration_watch.feed, subscription_watch.feed).map(drop) => {}
+    }
+}
+
+/// One watch of a kind: it feeds `store` (objects kept without their managedFields and
+/// last-applied-configuration, which the operator never reads), then hands each event to two
+/// consumers: `primary`, the kind's own controller (objects that exist), and `trigger`, the
+/// other controller's watch (deleted objects too). Deleted objects are first passed to
+/// `forget`. `feed` drives it and must be polled.
+struct SharedWatch<K: Resource<DynamicType = ()> + 'static> {
+    store: Store<K>,
+    primary: futures::channel::mpsc::Receiver<Result<K, watcher::Error>>,
+    trigger: futures::channel::mpsc::Receiver<Result<K, watcher::Error>>,
+    feed: futures::future::BoxFuture<'static, ()>,
+}
+
+impl<K> SharedWatch<K>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    fn new(api: Api<K>, config: &watcher::Config, forget: impl Fn(&K) + Send + 'static) -> Self {
+        /// Events waiting for a slow consumer before the watch waits too.
+        const BUFFER: usize = 1024;
+        let (store, writer) = reflector::store();
+        let (mut to_primary, primary) = futures::channel::mpsc::channel(BUFFER);
+        let (mut to_trigger, trigger) = futures::channel::mpsc::channel(BUFFER);
+        let events = reflector::reflector(writer, watcher(api, config.clone()).modify(lean))
+            .default_backoff();
+        let feed = async move {
+            let mut events = std::pin::pin!(events);
+            while let Some(event) = events.next().await {
+                // A closed receiver means its controller has stopped: shutting down.
+                let sent = match event {
+                    Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
+                        to_primary.send(Ok(object.clone())).await.is_ok()
+                            && to_trigger.send(Ok(object)).await.is_ok()
+                    }
+                    Ok(watcher::Event::Delete(object)) => {
+                        forget(&object);
+                        to_trigger.send(Ok(object)).await.is_ok()
+                    }
+                    Ok(watcher::Event::Init | watcher::Event::InitDone) => true,
+                    Err(error) => to_primary.send(Err(error)).await.is_ok(),
+                };
+                if !sent {
+                    return;
+                }
+            }
+        }
+        .boxed();
+        Self {
+            store,
+            primary,
+            trigger,
+            feed,
+        }
+    }
+}
+
+/// Drops what the operator never reads from a cached object: its managedFields (often larger
+/// than the object) and kubectl's last-applied-configuration (a copy of the spec).
+fn lean<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+}
+
+/// Waits until the API server serves both CRDs (in each watched scope), so an operator
+/// installed before its CRDs waits instead of crash-looping. Returns early on `shutdown`.
+pub async fn wait_for_crds(client: &kube::Client, settings: &Settings) {
+    let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
+        vec![None]
+    } else {
+        settings.namespaces.iter().cloned().map(Some).collect()
+    };
+    let params = kube::api::ListParams::default().limit(1);
+    let mut waited = Duration::ZERO;
+    let step = Duration::from_secs(2);
+    loop {
+        let mut missing = None;
+        for scope in &scopes {
+            let integrations = api::<BitbucketIntegration>(client, scope)
+                .list(&params)
+                .await;
+            let subscriptions = api::<Subscription>(client, scope).list(&params).await;
+            if let Some(e) = integrations.err().or(subscriptions.err()) {
+                missing = Some(e);
+                break;
+            }
+        }
+        let Some(error) = missing else { return };
+        if waited.as_secs().is_multiple_of(30) {
+            tracing::warn!(error = %error, "waiting for the scm.shippable.io CRDs to be installed and served");
+        }
+        tokio::time::sleep(step).await;
+        waited += step;
+    }
+}

@@ -1,0 +1,312 @@
+//! The Subscription's checks against its integration, and whether a listing is due: pure
+//! functions, no I/O.
+
+use std::time::{Duration, Instant};
+
+use super::Error;
+use crate::{
+    api::{
+        BitbucketIntegration, BitbucketIntegrationStatus, ServerType, Subscription,
+        conditions::READY,
+    },
+    bitbucket::ListScope,
+    controller::memory::Sync,
+    status::conditions,
+};
+
+/// How long to wait quietly for an integration that has not finished its first validation (no
+/// Ready condition yet) and is younger than `patience`; `None` once it has, or is older. Its
+/// first status will wake the Subscription; saying "not ready" meanwhile would be one more
+/// write and a moment later wrong.
+pub fn first_validation_pending(
+    integration: &BitbucketIntegration,
+    patience: Duration,
+    now: jiff::Timestamp,
+) -> Option<Duration> {
+    let status = integration.status.as_ref();
+    if status.is_some_and(|s| conditions::get(&s.conditions, READY).is_some()) {
+        return None;
+    }
+    let created = integration.metadata.creation_timestamp.as_ref()?;
+    let age = Duration::try_from(now.duration_since(created.0)).unwrap_or_default();
+    patience.checked_sub(age).filter(|left| !left.is_zero())
+}
+
+/// `Err` when the integration is not Ready, saying why.
+pub fn integration_ready(name: &str, status: &BitbucketIntegrationStatus) -> Result<(), Error> {
+    if conditions::is_true(&status.conditions, READY) {
+        return Ok(());
+    }
+    Err(Error::IntegrationNotReady {
+        name: name.to_owned(),
+        why: conditions::get(&status.conditions, READY)
+            .map(|c| format!(": {}", c.message))
+            .unwrap_or_default(),
+    })
+}
+
+/// Where to list, or why this Subscription cannot work with its integration.
+pub fn scope(
+    subscription: &Subscription,
+    integration: &BitbucketIntegration,
+) -> Result<ListScope, Error> {
+    let spec = &subscription.spec;
+    let name = integration.metadata.name.as_deref().unwrap_or_default();
+    match (integration.spec.server.server_type, &spec.workspace) {
+        (ServerType::DataCenter, Some(_)) => Err(Error::InvalidSpec(format!(
+            "workspace applies to Bitbucket Cloud only, and BitbucketIntegration {name} is Data Center: remove workspace and list projects instead"
+        ))),
+        (ServerType::DataCenter, None) => Ok(ListScope::DataCenter {
+            projects: spec.projects.clone(),
+        }),
+        (ServerType::Cloud, None) => Err(Error::InvalidSpec(format!(
+            "BitbucketIntegration {name} is Bitbucket Cloud: set workspace"
+        ))),
+        (ServerType::Cloud, Some(workspace)) => match &integration.spec.workspace {
+            Some(allowed) if allowed != workspace => Err(Error::InvalidSpec(format!(
+                "BitbucketIntegration {name} is limited to workspace {allowed}, not {workspace}"
+            ))),
+            _ => Ok(ListScope::CloudWorkspace {
+                workspace: workspace.clone(),
+                projects: spec.projects.clone(),
+            }),
+        },
+    }
+}
+
+/// What this reconcile asks of the Subscription.
+pub struct Ask {
+    pub generation: Option<i64>,
+    /// The sync annotation's value.
+    pub requested: Option<String>,
+    pub interval: Duration,
+}
+
+/// Whether to list.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Due {
+    /// Yes. `fresh`: a sync request not answered yet, which only a listing fetched after it
+    /// answers. `first`: nothing was listed for this Subscription yet.
+    Yes { fresh: bool, first: bool },
+    /// No: the last listing stands; look again after `wait`.
+    No { wait: Duration },
+}
+
+/// Whether the last listing (`None` if there was none) still stands for a client built from
+/// `fingerprint`.
+pub fn due(last: Option<&Sync>, ask: &Ask, fingerprint: &str, now: Instant) -> Due {
+    let fresh = ask.requested.is_some() && last.is_none_or(|l| l.answered != ask.requested);
+    let Some(last) = last else {
+        return Due::Yes { fresh, first: true };
+    };
+    let elapsed = now.saturating_duration_since(last.at);
+    if fresh
+        || last.generation != ask.generation
+        || last.fingerprint != fingerprint
+        || last.transient_failure
+        || elapsed >= ask.interval
+    {
+        return Due::Yes {
+            fresh,
+            first: false,
+        };
+    }
+    Due::No {
+        wait: ask
+            .interval
+            .saturating_sub(elapsed)
+            .max(Duration::from_secs(1)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::api::ObjectMeta;
+
+    use super::*;
+    use crate::api::{BitbucketIntegrationSpec, SubscriptionSpec};
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn integration(yaml: &str) -> BitbucketIntegration {
+        let spec: BitbucketIntegrationSpec = serde_saphyr::from_str(yaml).unwrap();
+        let mut integration = BitbucketIntegration::new("acme", spec);
+        integration.metadata = ObjectMeta {
+            name: Some("acme".into()),
+            creation_timestamp: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                jiff::Timestamp::from_second(1_000).unwrap(),
+            )),
+            ..ObjectMeta::default()
+        };
+        integration
+    }
+
+    fn subscription(yaml: &str) -> Subscription {
+        let spec: SubscriptionSpec = serde_saphyr::from_str(yaml).unwrap();
+        Subscription::new("ci", spec)
+    }
+
+    fn ask(requested: Option<&str>) -> Ask {
+        Ask {
+            generation: Some(1),
+            requested: requested.map(str::to_owned),
+            interval: HOUR,
+        }
+    }
+
+    fn synced(at: Instant, answered: Option<&str>, transient_failure: bool) -> Sync {
+        Sync {
+            generation: Some(1),
+            fingerprint: "f".into(),
+            answered: answered.map(str::to_owned),
+            at,
+            transient_failure,
+        }
+    }
+
+    #[test]
+    fn a_subscription_must_fit_its_integrations_server_and_workspace() {
+        let cloud = integration("credentials: {type: ApiToken, secretRef: {name: s}}");
+        let limited =
+            integration("credentials: {type: AccessToken, secretRef: {name: s}}\nworkspace: acme");
+        let dc = integration(
+            "server: {type: DataCenter, url: 'https://bb.example.com'}\ncredentials: {type: Basic, secretRef: {name: s}}",
+        );
+        let in_acme = subscription("integrationRef: {name: acme}\nworkspace: acme");
+        let in_other = subscription("integrationRef: {name: acme}\nworkspace: other");
+        let projects = subscription("integrationRef: {name: acme}\nprojects: [API]");
+
+        assert!(matches!(
+            scope(&in_acme, &cloud),
+            Ok(ListScope::CloudWorkspace { .. })
+        ));
+        assert_eq!(
+            scope(&in_other, &limited).unwrap_err().to_string(),
+            "BitbucketIntegration acme is limited to workspace acme, not other"
+        );
+        assert_eq!(
+            scope(&projects, &cloud).unwrap_err().to_string(),
+            "BitbucketIntegration acme is Bitbucket Cloud: set workspace"
+        );
+        assert!(
+            scope(&in_acme, &dc)
+                .unwrap_err()
+                .to_string()
+                .starts_with("workspace applies to Bitbucket Cloud only")
+        );
+        assert_eq!(
+            scope(&projects, &dc).unwrap(),
+            ListScope::DataCenter {
+                projects: vec!["API".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn a_young_integration_without_a_first_validation_is_waited_for_quietly() {
+        let acme = integration("credentials: {type: ApiToken, secretRef: {name: s}}");
+        let created = jiff::Timestamp::from_second(1_000).unwrap();
+        let patience = Duration::from_secs(30);
+        assert_eq!(
+            first_validation_pending(
+                &acme,
+                patience,
+                created + jiff::SignedDuration::from_secs(10)
+            ),
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(
+            first_validation_pending(
+                &acme,
+                patience,
+                created + jiff::SignedDuration::from_secs(31)
+            ),
+            None,
+            "a validation that hangs: say what we wait for"
+        );
+        let mut validated = acme.clone();
+        validated.status = Some(BitbucketIntegrationStatus {
+            conditions: vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: READY.into(),
+                status: "False".into(),
+                reason: "InvalidCredentials".into(),
+                message: "bad".into(),
+                observed_generation: None,
+                last_transition_time: k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(created),
+            }],
+            ..BitbucketIntegrationStatus::default()
+        });
+        assert_eq!(
+            first_validation_pending(&validated, patience, created),
+            None
+        );
+        assert_eq!(
+            integration_ready("acme", validated.status.as_ref().unwrap())
+                .unwrap_err()
+                .to_string(),
+            "BitbucketIntegration acme is not ready: bad"
+        );
+    }
+
+    #[test]
+    fn a_listing_is_due_first_on_a_change_a_new_request_a_retry_or_the_interval() {
+        let now = Instant::now();
+        let ok = synced(now, Some("a"), false);
+        assert_eq!(
+            due(None, &ask(None), "f", now),
+            Due::Yes {
+                fresh: false,
+                first: true
+            }
+        );
+        assert_eq!(
+            due(
+                Some(&ok),
+                &ask(Some("a")),
+                "f",
+                now + Duration::from_secs(60)
+            ),
+            Due::No {
+                wait: Duration::from_secs(3540)
+            },
+            "the request was answered"
+        );
+        assert_eq!(
+            due(Some(&ok), &ask(Some("b")), "f", now),
+            Due::Yes {
+                fresh: true,
+                first: false
+            }
+        );
+        assert_eq!(
+            due(Some(&ok), &ask(Some("a")), "g", now),
+            Due::Yes {
+                fresh: false,
+                first: false
+            },
+            "a rotated credential"
+        );
+        assert_eq!(
+            due(Some(&ok), &ask(Some("a")), "f", now + HOUR),
+            Due::Yes {
+                fresh: false,
+                first: false
+            }
+        );
+    }
+
+    #[test]
+    fn a_request_whose_listing_failed_stays_unanswered_and_is_retried_fresh() {
+        // The defect of issue 10: after a failed listing of a requested sync, the retry served
+        // the listing cached before the request and reported it as synced.
+        let now = Instant::now();
+        let failed = synced(now, Some("old"), true);
+        assert_eq!(
+            due(Some(&failed), &ask(Some("new")), "f", now),
+            Due::Yes {
+                fresh: true,
+                first: false
+            }
+        );
+    }
+}

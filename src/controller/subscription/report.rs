@@ -1,0 +1,298 @@
+//! The Subscription's status from what a reconcile found, and the Events a status change calls
+//! for: pure functions, no I/O.
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::runtime::events::EventType;
+
+use super::{Error, check::Ask, filter};
+use crate::{
+    api::{
+        CloneUrls, IntegrationSummary, MAX_LISTED_REPOSITORIES, Repository, RepositoryFilter,
+        SubscriptionStatus,
+        conditions::{READY, RECONCILING, STALLED, reasons},
+    },
+    bitbucket,
+    controller::{error, finish::Announcement},
+    status::conditions::{self, Desired, Status},
+};
+
+/// What a reconcile found out.
+#[derive(Debug)]
+pub enum Outcome {
+    /// A listing, fetched or shared, made with `integration`'s credential.
+    Listed {
+        repositories: Arc<Vec<bitbucket::Repository>>,
+        integration: IntegrationSummary,
+    },
+    /// Nothing was due: the last listing stands; look again after `wait`.
+    Unchanged {
+        wait: std::time::Duration,
+    },
+    Suspended,
+    /// `integration` is set when the failure is the listing's (made with its credential).
+    Failed {
+        error: Error,
+        integration: Option<IntegrationSummary>,
+    },
+}
+
+/// The status an outcome leads to, from the status last shown. Failures keep the last list.
+pub fn status(
+    shown: &SubscriptionStatus,
+    ask: &Ask,
+    filter: &RepositoryFilter,
+    outcome: &Outcome,
+    now: &Time,
+) -> SubscriptionStatus {
+    let mut status = shown.clone();
+    let generation = ask.generation;
+    status.observed_generation = generation;
+    if ask.requested.is_some() {
+        status.last_handled_sync_request = ask.requested.clone();
+    }
+    let ready = |status: &mut SubscriptionStatus, ready, reason, message: String| {
+        conditions::set(
+            &mut status.conditions,
+            Desired::new(READY, ready, reason, message),
+            generation,
+            now,
+        );
+        conditions::remove(&mut status.conditions, STALLED);
+        conditions::remove(&mut status.conditions, RECONCILING);
+    };
+    match outcome {
+        Outcome::Unchanged { .. } => conditions::remove(&mut status.conditions, RECONCILING),
+        Outcome::Suspended => ready(
+            &mut status,
+            Status::False,
+            reasons::SUSPENDED,
+            "suspended: the repository list is not refreshed".into(),
+        ),
+        Outcome::Listed {
+            repositories,
+            integration,
+        } => {
+            status.integration = Some(integration.clone());
+            let kept: Vec<Repository> = repositories
+                .iter()
+                .filter(|r| filter::keeps(filter, r))
+                .map(to_status)
+                .collect();
+            let count = kept.len();
+            let mut shown_list = kept;
+            shown_list.truncate(MAX_LISTED_REPOSITORIES);
+            status.repositories_truncated = count > MAX_LISTED_REPOSITORIES;
+            status.repository_count = Some(i32::try_from(count).unwrap_or(i32::MAX));
+            if shown_list != shown.repositories || shown.repository_count.is_none() {
+                status.last_change_time = Some(now.clone());
+            }
+            status.repositories = shown_list;
+            ready(
+                &mut status,
+                Status::True,
+                reasons::SYNCED,
+                format!("{count} repositories"),
+            );
+        }
+        Outcome::Failed { error, integration } => {
+            if let Some(integration) = integration {
+                status.integration = Some(integration.clone());
+            }
+            error::set_conditions(&mut status.conditions, error, generation, now);
+        }
+    }
+    status
+}
+
+fn to_status(repository: &bitbucket::Repository) -> Repository {
+    Repository {
+        full_name: repository.full_name.clone(),
+        name: repository.slug.clone(),
+        display_name: (repository.name != repository.slug).then(|| repository.name.clone()),
+        project: repository.project.clone(),
+        private: repository.private,
+        main_branch: repository.main_branch.clone(),
+        clone_urls: CloneUrls {
+            https: repository.clone_https.clone(),
+            ssh: repository.clone_ssh.clone(),
+        },
+        html_url: repository.html_url.clone(),
+        updated_at: repository.updated_at.map(Time),
+    }
+}
+
+/// Events for the user: Ready turning to something other than True (a Warning with the
+/// reason), and each change of the repository list.
+pub fn announcements(before: &SubscriptionStatus, after: &SubscriptionStatus) -> Vec<Announcement> {
+    let mut announcements = Vec::new();
+    let ready_before = conditions::get(&before.conditions, READY);
+    if let Some(ready) = conditions::get(&after.conditions, READY)
+        && ready.status != "True"
+        && ready_before.is_none_or(|b| b.status != ready.status || b.reason != ready.reason)
+    {
+        announcements.push(Announcement {
+            type_: EventType::Warning,
+            reason: ready.reason.clone(),
+            action: "Sync",
+            note: ready.message.clone(),
+        });
+    }
+    if after.last_change_time != before.last_change_time {
+        let names = |status: &SubscriptionStatus| -> BTreeSet<String> {
+            status
+                .repositories
+                .iter()
+                .map(|r| r.full_name.clone())
+                .collect()
+        };
+        let (old, new) = (names(before), names(after));
+        announcements.push(Announcement {
+            type_: EventType::Normal,
+            reason: reasons::SYNCED.to_owned(),
+            action: "Sync",
+            note: format!(
+                "{} repositories ({} added, {} removed)",
+                after.repository_count.unwrap_or_default(),
+                new.difference(&old).count(),
+                old.difference(&new).count()
+            ),
+        });
+    }
+    announcements
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repository(slug: &str, private: bool) -> bitbucket::Repository {
+        bitbucket::Repository {
+            full_name: format!("acme/{slug}"),
+            slug: slug.into(),
+            name: slug.into(),
+            project: None,
+            private,
+            main_branch: None,
+            clone_https: None,
+            clone_ssh: None,
+            html_url: None,
+            updated_at: None,
+        }
+    }
+
+    fn listed(slugs: &[&str]) -> Outcome {
+        Outcome::Listed {
+            repositories: Arc::new(slugs.iter().map(|s| repository(s, false)).collect()),
+            integration: IntegrationSummary {
+                name: "acme".into(),
+                account: Some("jdoe".into()),
+            },
+        }
+    }
+
+    fn ask() -> Ask {
+        Ask {
+            generation: Some(3),
+            requested: Some("now".into()),
+            interval: std::time::Duration::from_secs(600),
+        }
+    }
+
+    fn now() -> Time {
+        Time(jiff::Timestamp::from_second(1_000_000).unwrap())
+    }
+
+    #[test]
+    fn a_listing_is_filtered_counted_and_announced_with_what_changed() {
+        let filter = RepositoryFilter {
+            exclude: vec!["*-archive".into()],
+            ..RepositoryFilter::default()
+        };
+        let first = status(
+            &SubscriptionStatus::default(),
+            &ask(),
+            &filter,
+            &listed(&["api", "web", "old-archive"]),
+            &now(),
+        );
+        assert_eq!(first.repository_count, Some(2));
+        assert_eq!(first.observed_generation, Some(3));
+        assert_eq!(first.last_handled_sync_request.as_deref(), Some("now"));
+        let ready = conditions::get(&first.conditions, READY).unwrap();
+        assert_eq!(
+            (ready.reason.as_str(), ready.message.as_str()),
+            ("Synced", "2 repositories")
+        );
+
+        let later = Time(jiff::Timestamp::from_second(1_000_060).unwrap());
+        let second = status(&first, &ask(), &filter, &listed(&["api", "docs"]), &later);
+        assert_eq!(second.last_change_time, Some(later.clone()));
+        let announced = announcements(&first, &second);
+        assert_eq!(announced.len(), 1);
+        assert_eq!(announced[0].note, "2 repositories (1 added, 1 removed)");
+        let latest = Time(jiff::Timestamp::from_second(1_000_120).unwrap());
+        let same = status(&second, &ask(), &filter, &listed(&["api", "docs"]), &latest);
+        assert_eq!(same, second, "the same listing changes nothing");
+    }
+
+    #[test]
+    fn a_failed_listing_keeps_the_last_list_and_says_why() {
+        let filter = RepositoryFilter::default();
+        let synced = status(
+            &SubscriptionStatus::default(),
+            &ask(),
+            &filter,
+            &listed(&["api"]),
+            &now(),
+        );
+        let failed = status(
+            &synced,
+            &ask(),
+            &filter,
+            &Outcome::Failed {
+                error: Error::Bitbucket(bitbucket::Error::Unavailable {
+                    status: 503,
+                    excerpt: String::new(),
+                }),
+                integration: None,
+            },
+            &now(),
+        );
+        assert_eq!(failed.repositories, synced.repositories);
+        let ready = conditions::get(&failed.conditions, READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "BitbucketUnavailable")
+        );
+        assert!(
+            conditions::get(&failed.conditions, RECONCILING).is_some(),
+            "it retries"
+        );
+        let announced = announcements(&synced, &failed);
+        assert_eq!(announced.len(), 1);
+        assert_eq!(announced[0].type_, EventType::Warning);
+    }
+
+    #[test]
+    fn a_list_longer_than_the_status_holds_is_counted_in_full() {
+        let slugs: Vec<String> = (0..MAX_LISTED_REPOSITORIES + 5)
+            .map(|i| format!("r{i:05}"))
+            .collect();
+        let slugs: Vec<&str> = slugs.iter().map(String::as_str).collect();
+        let big = status(
+            &SubscriptionStatus::default(),
+            &ask(),
+            &RepositoryFilter::default(),
+            &listed(&slugs),
+            &now(),
+        );
+        assert_eq!(big.repositories.len(), MAX_LISTED_REPOSITORIES);
+        assert!(big.repositories_truncated);
+        assert_eq!(
+            big.repository_count,
+            Some(i32::try_from(MAX_LISTED_REPOSITORIES + 5).unwrap())
+        );
+    }
+}
