@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use bitbucket_operator::sim::{
+use bitbucket_sim::{
     CloudCredentialKind, CloudRepository, CloudRepositoryChange, FaultRule, Fixture, Simulator,
 };
 use reqwest::{Client, RequestBuilder, Response, StatusCode};
