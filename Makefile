@@ -8,25 +8,26 @@ PLANE := hack/control-plane.sh
 all: build
 
 build:
-	$(CARGO) build --locked
+	$(CARGO) build --locked --workspace
 
 ## Every test: formatting, lints, then unit and integration tests against a real control plane
 ## (built from source on first use, started for the run, stopped afterwards even on failure).
+## --workspace: the operator and the Bitbucket simulator (crates/bitbucket-sim) alike.
 test: fmt-check clippy plane
-	$(PLANE) exec -- $(CARGO) test --locked --all-targets
+	$(PLANE) exec -- $(CARGO) test --locked --workspace --all-targets
 
 ## Regenerate crds/ from the Rust types in src/api (a test fails when they drift).
 crds:
 	@mkdir -p crds
-	$(CARGO) run --quiet --locked -- crds --output-dir crds
+	$(CARGO) run --quiet --locked -p bitbucket-operator --bin bitbucket-operator -- crds --output-dir crds
 
 ## Benchmarks on the local plane + simulator (about 4 min; bench-quick about 1 min after the
 ## release build); prints a table and writes target/bench/report.md.
 bench: plane
-	$(PLANE) exec -- $(CARGO) bench --locked --bench operator
+	$(PLANE) exec -- $(CARGO) bench --locked -p bitbucket-operator --bench operator
 
 bench-quick: plane
-	$(PLANE) exec -- $(CARGO) bench --locked --bench operator -- --quick
+	$(PLANE) exec -- $(CARGO) bench --locked -p bitbucket-operator --bench operator -- --quick
 
 fmt:
 	$(CARGO) fmt --all
@@ -35,7 +36,7 @@ fmt-check:
 	$(CARGO) fmt --all -- --check
 
 clippy:
-	$(CARGO) clippy --locked --all-targets -- -D warnings
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
 ## Build etcd, kube-apiserver, kube-controller-manager and kubectl into the cache (no-op when there).
 plane:

@@ -19,13 +19,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bitbucket_operator::{
-    api::{
-        BitbucketIntegration, BitbucketIntegrationSpec, CredentialType, Credentials,
-        IN_USE_FINALIZER, SecretReference, Server, ServerType, Subscription, conditions::READY,
-    },
-    sim::{Fixture, Simulator},
+use bitbucket_operator::api::{
+    BitbucketIntegration, BitbucketIntegrationSpec, CredentialType, Credentials, IN_USE_FINALIZER,
+    SecretReference, Server, ServerType, Subscription, conditions::READY,
 };
+use bitbucket_sim::{Fixture, Simulator};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client,

@@ -61,12 +61,15 @@ export KUBECONFIG="${line#export KUBECONFIG=}"
 KUBECTL="$("$HACK/control-plane.sh" bin-dir 2>/dev/null)/kubectl"
 
 say "building the operator and the simulator"
-(cd "$REPO" && cargo build --locked --quiet --bin bitbucket-operator --bin bitbucket-sim)
+(cd "$REPO" && cargo build --locked --quiet -p bitbucket-operator -p bitbucket-sim --bins)
+# Where cargo put them: target/ unless CARGO_TARGET_DIR (or a cargo config) says otherwise.
+BIN="$(cd "$REPO" && cargo metadata --locked --format-version 1 --no-deps |
+  python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/debug"
 rm -rf "$RUN"; mkdir -p "$RUN"
 [ "$plane_was_up" = 0 ] || touch "$RUN/plane-was-up"
 
 sim_port="$(free_port)"
-setsid "$REPO/target/debug/bitbucket-sim" --listen "127.0.0.1:$sim_port" >"$RUN/simulator.out" 2>"$RUN/simulator.log" </dev/null &
+setsid "$BIN/bitbucket-sim" --listen "127.0.0.1:$sim_port" >"$RUN/simulator.out" 2>"$RUN/simulator.log" </dev/null &
 echo $! >"$RUN/simulator.pid"
 SIM_URL="http://127.0.0.1:$sim_port"
 wait_http "$SIM_URL/rest/api/1.0/application-properties" simulator "$RUN/simulator.pid"
@@ -76,7 +79,7 @@ say "Bitbucket simulator on $SIM_URL (Cloud API $SIM_URL/2.0)"
 "$KUBECTL" wait --for=condition=Established --timeout=60s crd/bitbucketintegrations.scm.shippable.io crd/subscriptions.scm.shippable.io >/dev/null
 
 ops_port="$(free_port)"
-setsid "$REPO/target/debug/bitbucket-operator" run \
+setsid "$BIN/bitbucket-operator" run \
   --metrics-address "127.0.0.1:$ops_port" --health-address "127.0.0.1:$ops_port" \
   >"$RUN/operator.log" 2>&1 </dev/null &
 echo $! >"$RUN/operator.pid"

@@ -9,6 +9,5 @@ pub mod config;
 pub mod controller;
 pub mod http;
 pub mod metrics;
-pub mod sim;
 pub mod status;
 pub mod telemetry;

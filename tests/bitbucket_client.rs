@@ -6,13 +6,11 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use bitbucket_operator::{
-    bitbucket::{
-        Client, Credentials, Error, ErrorClass, IdentityKind, ListScope, RetryPolicy, Server,
-        TransportConfig,
-    },
-    sim::{CloudRepositoryChange, FaultRule, Fixture, Generator, Simulator},
+use bitbucket_operator::bitbucket::{
+    Client, Credentials, Error, ErrorClass, IdentityKind, ListScope, RetryPolicy, Server,
+    TransportConfig,
 };
+use bitbucket_sim::{CloudRepositoryChange, FaultRule, Fixture, Generator, Simulator};
 use url::Url;
 
 const API_TOKEN: &str = "FAKE-cloud-api-token-for-jdoe";

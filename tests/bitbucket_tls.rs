@@ -4,10 +4,10 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use bitbucket_operator::{
-    bitbucket::{Client, Credentials, Error, RetryPolicy, Server, TransportConfig},
-    sim::{Fixture, Simulator},
+use bitbucket_operator::bitbucket::{
+    Client, Credentials, Error, RetryPolicy, Server, TransportConfig,
 };
+use bitbucket_sim::{Fixture, Simulator};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls_pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::net::{TcpListener, TcpStream};

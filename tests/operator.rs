@@ -5,15 +5,13 @@ mod support;
 
 use std::time::Duration;
 
-use bitbucket_operator::{
-    api::{
-        BitbucketIntegration, BitbucketIntegrationSpec, CredentialType, Credentials,
-        IN_USE_FINALIZER, RepositoryFilter, SYNC_REQUESTED_AT_ANNOTATION, SecretReference, Server,
-        ServerType, Subscription, SubscriptionStatus, Visibility,
-        conditions::{DELETION_BLOCKED, READY, RECONCILING, STALLED, reasons},
-    },
-    sim::{CloudRepositoryChange, FaultRule, Fixture, Simulator},
+use bitbucket_operator::api::{
+    BitbucketIntegration, BitbucketIntegrationSpec, CredentialType, Credentials, IN_USE_FINALIZER,
+    RepositoryFilter, SYNC_REQUESTED_AT_ANNOTATION, SecretReference, Server, ServerType,
+    Subscription, SubscriptionStatus, Visibility,
+    conditions::{DELETION_BLOCKED, READY, RECONCILING, STALLED, reasons},
 };
+use bitbucket_sim::{CloudRepositoryChange, FaultRule, Fixture, Simulator};
 use k8s_openapi::api::{
     core::v1::{Namespace, Secret},
     events::v1::Event,
@@ -1341,7 +1339,7 @@ async fn no_token_appears_in_events_status_or_logs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_workspace_is_counted_in_full_but_listed_up_to_1000() {
     let mut fixture = Fixture::demo();
-    fixture.cloud.workspaces[0].generate = Some(bitbucket_operator::sim::Generator {
+    fixture.cloud.workspaces[0].generate = Some(bitbucket_sim::Generator {
         count: 1195,
         prefix: "svc".into(),
         project: "OPS".into(),

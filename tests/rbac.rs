@@ -3,15 +3,13 @@
 
 mod support;
 
-use bitbucket_operator::{
-    api::{
-        BitbucketIntegration, BitbucketIntegrationSpec, CredentialType, Credentials,
-        LocalObjectReference, RepositoryFilter, SecretReference, Server, ServerType, Subscription,
-        SubscriptionSpec,
-        conditions::{DELETION_BLOCKED, READY},
-    },
-    sim::{Fixture, Simulator},
+use bitbucket_operator::api::{
+    BitbucketIntegration, BitbucketIntegrationSpec, CredentialType, Credentials,
+    LocalObjectReference, RepositoryFilter, SecretReference, Server, ServerType, Subscription,
+    SubscriptionSpec,
+    conditions::{DELETION_BLOCKED, READY},
 };
+use bitbucket_sim::{Fixture, Simulator};
 use k8s_openapi::api::{core::v1::Secret, events::v1::Event};
 use kube::{
     Api, Client, Config, ResourceExt,

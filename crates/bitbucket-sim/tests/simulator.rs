@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use bitbucket_operator::sim::{
+use bitbucket_sim::{
     CloudCredentialKind, CloudRepository, CloudRepositoryChange, FaultRule, Fixture, Simulator,
 };
 use reqwest::{Client, RequestBuilder, Response, StatusCode};
@@ -197,7 +197,7 @@ async fn an_unknown_or_expired_token_gets_the_recorded_json_401() {
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(
             response.text().await.unwrap(),
-            include_str!("../testdata/bitbucket/cloud-error-401-token-invalid.json")
+            include_str!("../../../testdata/bitbucket/cloud-error-401-token-invalid.json")
         );
     }
 }
@@ -246,7 +246,7 @@ async fn removed_cross_workspace_endpoints_answer_410_whoever_asks() {
             assert_eq!(response.status(), StatusCode::GONE, "{path}");
             assert_eq!(
                 response.text().await.unwrap(),
-                include_str!("../testdata/bitbucket/cloud-error-410-change-2770.json")
+                include_str!("../../../testdata/bitbucket/cloud-error-410-change-2770.json")
             );
         }
     }
@@ -264,7 +264,7 @@ async fn access_tokens_are_refused_on_user_endpoints() {
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
     assert_eq!(
         response.text().await.unwrap(),
-        include_str!("../testdata/bitbucket/cloud-error-access-token-not-accessible.json")
+        include_str!("../../../testdata/bitbucket/cloud-error-access-token-not-accessible.json")
     );
     let response = client
         .get(format!("{}/user", sim.cloud_api_url()))
@@ -1350,7 +1350,7 @@ async fn requests_repeating_a_recorded_exchange_get_the_recorded_bytes() {
                 .unwrap()
         )
         .await,
-        include_str!("../testdata/bitbucket/cloud-repositories-page1.json")
+        include_str!("../../../testdata/bitbucket/cloud-repositories-page1.json")
     );
     assert_eq!(
         body(
@@ -1359,17 +1359,17 @@ async fn requests_repeating_a_recorded_exchange_get_the_recorded_bytes() {
                 .unwrap()
         )
         .await,
-        include_str!("../testdata/bitbucket/cloud-repositories-page2-last.json")
+        include_str!("../../../testdata/bitbucket/cloud-repositories-page2-last.json")
     );
     assert_eq!(
         body(cloud("/2.0/user").await.unwrap()).await,
-        include_str!("../testdata/bitbucket/cloud-user.json")
+        include_str!("../../../testdata/bitbucket/cloud-user.json")
     );
     let no_api = cloud("/2.0/").await.unwrap();
     assert_eq!(no_api.status(), StatusCode::NOT_FOUND);
     assert_eq!(
         body(no_api).await,
-        include_str!("../testdata/bitbucket/cloud-error-404-no-api.json")
+        include_str!("../../../testdata/bitbucket/cloud-error-404-no-api.json")
     );
 
     let dc = |path: &str| {
@@ -1385,7 +1385,7 @@ async fn requests_repeating_a_recorded_exchange_get_the_recorded_bytes() {
                 .unwrap()
         )
         .await,
-        include_str!("../testdata/bitbucket/dc-repos-page1-not-last.json")
+        include_str!("../../../testdata/bitbucket/dc-repos-page1-not-last.json")
     );
     assert_eq!(
         body(
@@ -1394,11 +1394,11 @@ async fn requests_repeating_a_recorded_exchange_get_the_recorded_bytes() {
                 .unwrap()
         )
         .await,
-        include_str!("../testdata/bitbucket/dc-repos-page2-last.json")
+        include_str!("../../../testdata/bitbucket/dc-repos-page2-last.json")
     );
     assert_eq!(
         body(dc("/rest/api/1.0/application-properties").await.unwrap()).await,
-        include_str!("../testdata/bitbucket/dc-application-properties.json")
+        include_str!("../../../testdata/bitbucket/dc-application-properties.json")
     );
 
     // Once the data differs from the recording, the answer is rendered instead.
@@ -1417,7 +1417,7 @@ async fn requests_repeating_a_recorded_exchange_get_the_recorded_bytes() {
     .await;
     assert_ne!(
         changed,
-        include_str!("../testdata/bitbucket/cloud-repositories-page1.json")
+        include_str!("../../../testdata/bitbucket/cloud-repositories-page1.json")
     );
     assert!(changed.contains(&format!(
         "{}/2.0/repositories/sourcegraph-testing?pagelen=1&page=2",

@@ -1,13 +1,16 @@
 //! A Bitbucket simulator (Cloud 2.0, Data Center 1.0, OAuth token endpoint) on loopback, for
-//! tests, benchmarks and the local demo. Shares no types with `crate::bitbucket`: every body it
-//! sends is built from the recorded examples in `testdata/bitbucket/` (see `templates`).
-//! This module wires the HTTP server together and owns [`Simulator`], the running server; it does
-//! network I/O. `testdata/bitbucket/SIMULATOR.md` describes the behaviour for humans.
+//! the operator's tests, benchmarks and the local demo. This crate does not depend on the
+//! operator and shares no types with its client (`bitbucket_operator::bitbucket`): every body it
+//! sends is built from the recorded examples in the repository's `testdata/bitbucket/` (see
+//! `templates`). This file wires the HTTP server together and owns [`Simulator`], the running
+//! server; it does network I/O. `testdata/bitbucket/SIMULATOR.md` describes the behaviour for
+//! humans.
 //!
 //! Module map: `fixture` (the data and its generator), `world` (mutable state and changes),
 //! `auth` (who is calling), `cloud` / `cloud_query` / `datacenter` / `oauth` (the simulated
 //! APIs), `templates` (JSON from the examples), `control` (faults, counters, rate limits, the
-//! request middleware) and `control_http` (the control API over HTTP).
+//! request middleware) and `control_http` (the control API over HTTP). The `bitbucket-sim`
+//! binary (`main.rs`) runs it as a process.
 //!
 //! # Control API (HTTP)
 //!
@@ -29,6 +32,7 @@
 //! | `PUT /_sim/oauth/lifetime` | `{"seconds": n \| null}` | lifetime of tokens issued from now on |
 //! | `PUT /_sim/rate-limits/{credential-id}` | `{"perHour": n \| null}` | set/remove a limit |
 //! | `POST /_sim/rate-limits/reset` | — | start every credential's hour afresh |
+#![forbid(unsafe_code)]
 
 mod auth;
 mod cloud;

@@ -1,6 +1,6 @@
 //! The control API over HTTP (`/_sim/…`), one route per [`Control`] operation, for tests and
 //! benchmarks that run the simulator as a separate process. Routes and bodies are listed in
-//! `mod.rs` and `testdata/bitbucket/SIMULATOR.md`. Bodies are JSON (camelCase); `PUT
+//! `lib.rs` and `testdata/bitbucket/SIMULATOR.md`. Bodies are JSON (camelCase); `PUT
 //! /_sim/fixture` also takes YAML. These requests are neither counted, faulted nor rate limited.
 
 use std::sync::Arc;

@@ -17,7 +17,7 @@ pub(crate) mod recorded {
     macro_rules! example {
         ($name:ident, $file:literal) => {
             pub(crate) const $name: &str =
-                include_str!(concat!("../../testdata/bitbucket/", $file));
+                include_str!(concat!("../../../testdata/bitbucket/", $file));
         };
     }
     example!(CLOUD_REPOSITORY, "cloud-repository.json");
@@ -663,7 +663,7 @@ pub(crate) fn replay_dc(path_and_query: &str, rendered: &Value) -> Option<&'stat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::fixture::Fixture;
+    use crate::fixture::Fixture;
 
     #[test]
     fn cloud_bytes_match_the_recorded_format() {

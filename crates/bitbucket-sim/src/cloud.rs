@@ -25,7 +25,7 @@ use super::{
     templates::{self, CloneUser, recorded},
 };
 
-/// Routes under `/2.0` (the fallback for unknown paths is wired in `mod.rs`).
+/// Routes under `/2.0` (the fallback for unknown paths is wired in `lib.rs`).
 pub(crate) fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/2.0/user", get(current_user))

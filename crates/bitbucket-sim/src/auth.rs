@@ -437,7 +437,7 @@ impl World {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::fixture::Fixture;
+    use crate::fixture::Fixture;
 
     fn world() -> World {
         World::new(Fixture::demo().prepare().unwrap())

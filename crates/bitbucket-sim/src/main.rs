@@ -1,15 +1,14 @@
-//! `bitbucket-sim`: runs the Bitbucket simulator (`bitbucket_operator::sim`) as a process, for
+//! `bitbucket-sim`: runs the Bitbucket simulator (the `bitbucket_sim` library) as a process, for
 //! local demos and benchmarks. Prints its base URL on stdout once listening; stops on Ctrl-C or
 //! SIGTERM. Thin by design: everything else lives in the library.
+#![forbid(unsafe_code)]
 
 use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context;
-use bitbucket_operator::{
-    sim::{Fixture, Generator, Simulator},
-    telemetry::{self, LogFormat},
-};
-use clap::Parser;
+use bitbucket_sim::{Fixture, Generator, Simulator};
+use clap::{Parser, ValueEnum};
+use tracing_subscriber::EnvFilter;
 
 /// Simulates Bitbucket Cloud (REST 2.0 + OAuth) and Data Center (REST 1.0) on loopback.
 #[derive(Debug, Parser)]
@@ -33,7 +32,7 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    telemetry::init(args.log_format)?;
+    init_logging(args.log_format)?;
     let mut fixture = match &args.fixture {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -52,6 +51,31 @@ async fn main() -> anyhow::Result<()> {
     shutdown_signal().await?;
     simulator.shutdown().await;
     Ok(())
+}
+
+/// How log lines are written (the operator's `--log-format`, kept apart so that this crate does
+/// not depend on the operator).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines, for terminals.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Installs the global subscriber, writing to stderr. The filter comes from `RUST_LOG` (default
+/// `info`).
+fn init_logging(format: LogFormat) -> anyhow::Result<()> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    }
+    .map_err(|e| anyhow::anyhow!("installing the log subscriber: {e}"))
 }
 
 fn add_generated(fixture: &mut Fixture, count: usize) {
