@@ -105,7 +105,7 @@ pub async fn finish<K: Kind>(
 }
 
 /// Says `Reconciling=True` (reason `Progressing`, `message`) before a call that may take a
-/// while, unless the status already says so, so kstatus (Flux) and Argo CD see work in
+/// while, unless the status already says `Reconciling`, so kstatus (Flux) and Argo CD see work in
 /// progress. Run it beside the call: it costs no latency. A failed write is logged and
 /// otherwise ignored: [`finish`] writes the whole status anyway.
 pub async fn progress<K: Kind>(
@@ -115,15 +115,17 @@ pub async fn progress<K: Kind>(
     message: &str,
 ) {
     let mut status = draft.shown.clone();
+    if conditions::is_true(K::conditions(&mut status), RECONCILING) {
+        // Already says so (e.g. a retry): re-wording it would be a write, and each write of
+        // ours wakes the object again.
+        return;
+    }
     conditions::set(
         K::conditions(&mut status),
         Desired::new(RECONCILING, Status::True, reasons::PROGRESSING, message),
         object.meta().generation,
         &conditions::now(),
     );
-    if status == draft.shown {
-        return;
-    }
     match shared
         .write_status(object, &draft.stored, &status, K::MANAGER, K::CONTROLLER)
         .await
