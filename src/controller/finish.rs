@@ -5,10 +5,18 @@
 //! I/O.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::{Resource, ResourceExt, core::NamespaceResourceScope, runtime::events::EventType};
+use kube::{
+    Resource, ResourceExt,
+    core::NamespaceResourceScope,
+    runtime::{controller::Action, events::EventType},
+};
 use serde::{Serialize, de::DeserializeOwned};
 
-use super::{Shared, memory::Memory};
+use super::{
+    Shared,
+    error::{self, Reason},
+    memory::Memory,
+};
 use crate::{
     api::conditions::{RECONCILING, reasons},
     status::{
@@ -41,6 +49,8 @@ pub trait Kind:
         uid: &str,
         f: impl FnOnce(&mut Remembered<Self::Status>) -> R,
     ) -> R;
+    /// Runs `f` on the object's count of transient failures in a row (for backoff).
+    fn failures<R>(memory: &Memory, uid: &str, f: impl FnOnce(&mut u32) -> R) -> R;
     /// The Events a user should see when the status goes from `before` to `after`. Pure.
     fn announcements(before: &Self::Status, after: &Self::Status) -> Vec<Announcement>;
 }
@@ -142,6 +152,18 @@ pub async fn progress<K: Kind>(
             tracing::warn!(object = %object.name_any(), %error, "could not say Reconciling");
         }
     }
+}
+
+/// What to do after `error`: its class decides (see [`error::action`]); a transient one counts
+/// towards the object's backoff.
+pub fn next<K: Kind>(shared: &Shared, uid: &str, error: &impl Reason) -> Action {
+    error::action(error.class(), shared.settings.recheck, || {
+        let failures = K::failures(&shared.memory, uid, |n| {
+            *n = n.saturating_add(1);
+            *n - 1
+        });
+        shared.backoff.wait(failures, error.retry_after())
+    })
 }
 
 /// The object's UID (empty for an object not yet stored, which never reaches a reconcile).

@@ -17,7 +17,7 @@ use std::{
     time::Instant,
 };
 
-use super::{credentials::Resolved, lock, subscription::listing::ListingCache};
+use super::{credentials::Resolved, listing::ListingCache, lock};
 use crate::{
     api::{BitbucketIntegrationStatus, SubscriptionStatus},
     bitbucket::ErrorClass,
@@ -150,7 +150,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::{bitbucket::ListScope, controller::subscription::listing::Want};
+    use crate::{bitbucket::ListScope, controller::listing::Want};
 
     fn live(uids: &[&str]) -> HashSet<String> {
         uids.iter().map(|u| (*u).to_owned()).collect()

@@ -3,7 +3,8 @@
 //!
 //! Module map: `run` (watches, stores and the controllers' wiring), `integration` and
 //! `subscription` (one folder per kind: the reconcile driver in `mod.rs`, a file per step),
-//! `credentials` (from an integration and its Secrets to a Bitbucket client), `error` (classes
+//! `credentials` (from an integration and its Secrets to a Bitbucket client), `listing`
+//! (listings shared between Subscriptions), `error` (classes
 //! of failure and what each makes the controller do), `finish` (how every reconcile ends:
 //! status, memory, Events), `memory` (all that is remembered per object, and its one way out),
 //! `backoff`.
@@ -13,6 +14,7 @@ pub mod credentials;
 pub mod error;
 pub mod finish;
 pub mod integration;
+pub mod listing;
 pub mod memory;
 mod run;
 pub mod subscription;

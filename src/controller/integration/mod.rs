@@ -23,7 +23,7 @@ use kube::{
 use super::{
     Context, INTEGRATION_MANAGER,
     credentials::{self, ResolveError},
-    error::{self, Class, Reason},
+    error::{Class, Reason},
     finish::{self, Announcement, Draft, Kind, finish},
     integration_of,
     memory::{Memory, Validation},
@@ -104,6 +104,10 @@ impl Kind for BitbucketIntegration {
         f: impl FnOnce(&mut Remembered<Self::Status>) -> R,
     ) -> R {
         memory.integration(uid, |m| f(&mut m.status))
+    }
+
+    fn failures<R>(memory: &Memory, uid: &str, f: impl FnOnce(&mut u32) -> R) -> R {
+        memory.integration(uid, |m| f(&mut m.failures))
     }
 
     fn announcements(before: &Self::Status, after: &Self::Status) -> Vec<Announcement> {
@@ -205,19 +209,7 @@ pub fn error_policy(
     if error.class() != Class::Waiting {
         tracing::warn!(integration = %integration.name_any(), %error, "reconcile failed");
     }
-    next(&context, &finish::uid(&*integration), error)
-}
-
-/// What to do after `error`: its class decides, transient failures counting towards backoff.
-fn next(context: &Context, uid: &str, error: &Error) -> Action {
-    let shared = &context.shared;
-    error::action(error.class(), shared.settings.recheck, || {
-        let failures = shared.memory.integration(uid, |m| {
-            m.failures = m.failures.saturating_add(1);
-            m.failures - 1
-        });
-        shared.backoff.wait(failures, error.retry_after())
-    })
+    finish::next::<BitbucketIntegration>(&context.shared, &finish::uid(&*integration), error)
 }
 
 /// Validates an integration that holds the finalizer, when due, and writes what it found.
@@ -306,7 +298,7 @@ fn after(
         Outcome::Unchanged { wait } => wait.map_or_else(Action::await_change, Action::requeue),
         Outcome::Failed(error) => {
             shared.count_error(CONTROLLER, error.reason());
-            next(context, &uid, &error)
+            finish::next::<BitbucketIntegration>(shared, &uid, &error)
         }
     }
 }

@@ -5,11 +5,10 @@
 //!
 //! A reconcile ([`reconcile`] → `sync`) reads as its steps: dereference the integration and its
 //! client (`dereference`), check they fit (`check`), decide whether a listing is due
-//! (`check::due`), list (`listing`), build the status (`report`), finish (`finish`).
+//! (`check::due`), list (`super::listing`), build the status (`report`), finish (`finish`).
 
 pub mod check;
 pub mod filter;
-pub mod listing;
 pub mod report;
 
 use std::{
@@ -30,9 +29,10 @@ use kube::{
 use super::{
     Context, SUBSCRIPTION_MANAGER,
     credentials::{self, ResolveError, Resolved},
-    error::{self, Class, Reason},
+    error::{Class, Reason},
     finish::{self, Announcement, Draft, Kind, finish},
     integration_of, is_ready,
+    listing::Want,
     memory::{Memory, Sync},
 };
 use crate::{
@@ -45,7 +45,6 @@ use crate::{
     status::{conditions, remembered::Remembered},
 };
 use check::{Ask, Due};
-use listing::Want;
 use report::Outcome;
 
 const CONTROLLER: &str = "subscription";
@@ -127,6 +126,10 @@ impl Kind for Subscription {
         memory.subscription(uid, |m| f(&mut m.status))
     }
 
+    fn failures<R>(memory: &Memory, uid: &str, f: impl FnOnce(&mut u32) -> R) -> R {
+        memory.subscription(uid, |m| f(&mut m.failures))
+    }
+
     fn announcements(before: &Self::Status, after: &Self::Status) -> Vec<Announcement> {
         report::announcements(before, after)
     }
@@ -181,19 +184,7 @@ pub fn error_policy(
 ) -> Action {
     context.shared.count_error(CONTROLLER, error.reason());
     tracing::warn!(subscription = %subscription.name_any(), %error, "reconcile failed");
-    next(&context, &finish::uid(&*subscription), error)
-}
-
-/// What to do after `error`: its class decides, transient failures counting towards backoff.
-fn next(context: &Context, uid: &str, error: &Error) -> Action {
-    let shared = &context.shared;
-    error::action(error.class(), shared.settings.recheck, || {
-        let failures = shared.memory.subscription(uid, |m| {
-            m.failures = m.failures.saturating_add(1);
-            m.failures - 1
-        });
-        shared.backoff.wait(failures, error.retry_after())
-    })
+    finish::next::<Subscription>(&context.shared, &finish::uid(&*subscription), error)
 }
 
 async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, Error> {
@@ -375,7 +366,7 @@ fn after(context: &Context, subscription: &Subscription, ask: &Ask, outcome: Out
                 shared.memory.subscription(&uid, |m| m.sync = None);
             }
             shared.count_error(CONTROLLER, error.reason());
-            next(context, &uid, &error)
+            finish::next::<Subscription>(shared, &uid, &error)
         }
     }
 }
