@@ -1061,6 +1061,23 @@ async fn a_subscription_says_it_waits_when_its_integrations_first_validation_han
         "the validation is still running: {:?}",
         integration.status
     );
+    let reconciling = condition(
+        &integration.status.as_ref().unwrap().conditions,
+        RECONCILING,
+    )
+    .expect("the integration says its first validation is in progress");
+    assert_eq!(
+        (
+            reconciling.status.as_str(),
+            reconciling.reason.as_str(),
+            reconciling.message.as_str()
+        ),
+        (
+            "True",
+            "Progressing",
+            "validating the credential with Bitbucket"
+        )
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

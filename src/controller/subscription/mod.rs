@@ -275,7 +275,7 @@ async fn dereference(subscription: &Subscription, context: &Context) -> Derefere
     }
 }
 
-/// Lists when due (saying `Reconciling` meanwhile for a first listing or a sync request), and
+/// Lists when due (saying `Reconciling` meanwhile for a first listing), and
 /// remembers it. A sync request is answered only by a listing fetched after it was made, or by
 /// a failure the user must fix: after a transient failure the retry fetches again.
 async fn list_when_due(
@@ -308,7 +308,9 @@ async fn list_when_due(
         client.summarize(&found.scope),
         client.list_repositories(&found.scope),
     );
-    let listed = if fresh || first {
+    // Only a first listing says so: the status of a listed Subscription can be large (1,000
+    // repositories), and the API server handles the whole object on each write.
+    let listed = if first {
         let progress = finish::progress(shared, subscription, draft, "listing repositories");
         futures::future::join(progress, listing).await.1
     } else {
