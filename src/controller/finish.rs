@@ -1,7 +1,7 @@
 //! How every reconcile of either kind ends (cleanup included): the status decided is written
 //! once, whole, and only when it differs from what the object shows; it is remembered until the
 //! watch shows it; and what changed for the user is announced as Events. Also the one write a
-//! reconcile may make before it ends: `Reconciling=True` while a long call runs. Does API-server
+//! reconcile may make before it ends: `Reconciling=True` while a slow call runs. Does API-server
 //! I/O.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -114,11 +114,32 @@ pub async fn finish<K: Kind>(
     Ok(())
 }
 
-/// Says `Reconciling=True` (reason `Progressing`, `message`) before a call that may take a
-/// while, unless the status already says `Reconciling`, so kstatus (Flux) and Argo CD see work in
-/// progress. Run it beside the call: it costs no latency. A failed write is logged and
-/// otherwise ignored: [`finish`] writes the whole status anyway.
-pub async fn progress<K: Kind>(
+/// How long a call may run before the object says `Reconciling`: one that answers sooner is
+/// followed at once by its result, and saying it would only be one more write.
+pub const PROGRESS_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Runs `work`, and when it takes longer than [`PROGRESS_AFTER`] says `Reconciling=True`
+/// (reason `Progressing`, `message`) meanwhile, so kstatus (Flux) and Argo CD see work in
+/// progress.
+pub async fn with_progress<K: Kind, T>(
+    shared: &Shared,
+    object: &K,
+    draft: &mut Draft<K::Status>,
+    message: &str,
+    work: impl Future<Output = T>,
+) -> T {
+    let mut work = std::pin::pin!(work);
+    if let Ok(done) = tokio::time::timeout(PROGRESS_AFTER, &mut work).await {
+        return done;
+    }
+    progress(shared, object, draft, message).await;
+    work.await
+}
+
+/// Says `Reconciling=True` (reason `Progressing`, `message`) unless the status already says
+/// `Reconciling`. A failed write is logged and otherwise ignored: [`finish`] writes the whole
+/// status anyway.
+async fn progress<K: Kind>(
     shared: &Shared,
     object: &K,
     draft: &mut Draft<K::Status>,

@@ -261,8 +261,7 @@ async fn validate_when_due(
         .whoami(integration.spec.workspace.as_deref());
     let result = if changed {
         let message = "validating the credential with Bitbucket";
-        let progress = finish::progress(shared, integration, draft, message);
-        futures::future::join(progress, call).await.1
+        finish::with_progress(shared, integration, draft, message, call).await
     } else {
         call.await
     };

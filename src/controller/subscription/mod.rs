@@ -311,8 +311,8 @@ async fn list_when_due(
     // Only a first listing says so: the status of a listed Subscription can be large (1,000
     // repositories), and the API server handles the whole object on each write.
     let listed = if first {
-        let progress = finish::progress(shared, subscription, draft, "listing repositories");
-        futures::future::join(progress, listing).await.1
+        let message = "listing repositories";
+        finish::with_progress(shared, subscription, draft, message, listing).await
     } else {
         listing.await
     };
