@@ -11,6 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::lock;
 use crate::bitbucket::{self, ListScope, ListingSummary, Repository};
 
 /// A fetched listing.
@@ -73,7 +74,7 @@ impl ListingCache {
     {
         let asked_at = Instant::now();
         let slot = {
-            let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+            let mut entries = lock(&self.entries);
             let entry = entries
                 .entry((want.integration.to_owned(), want.scope.clone()))
                 .or_insert_with(|| Entry {
@@ -121,16 +122,13 @@ impl ListingCache {
 
     /// Drops every listing made with the integration `uid`.
     pub fn forget_integration(&self, uid: &str) {
-        self.entries
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|(integration, _), _| integration != uid);
+        lock(&self.entries).retain(|(integration, _), _| integration != uid);
     }
 
     /// Drops the listings of integrations that are gone, and those no Subscription asked for in
     /// twice their interval (a scope no Subscription uses any more); returns how many.
     pub fn sweep(&self, integrations: &HashSet<String>) -> usize {
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut entries = lock(&self.entries);
         let before = entries.len();
         entries.retain(|(integration, _), entry| {
             integrations.contains(integration)
@@ -141,7 +139,7 @@ impl ListingCache {
 
     /// How many listings are kept.
     pub fn count(&self) -> usize {
-        self.entries.lock().unwrap_or_else(|e| e.into_inner()).len()
+        lock(&self.entries).len()
     }
 }
 

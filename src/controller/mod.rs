@@ -90,6 +90,15 @@ impl Default for Settings {
 }
 
 impl Settings {
+    /// The watched scopes: each namespace, or the whole cluster (`None`).
+    pub fn scopes(&self) -> Vec<Option<String>> {
+        if self.namespaces.is_empty() {
+            vec![None]
+        } else {
+            self.namespaces.iter().cloned().map(Some).collect()
+        }
+    }
+
     /// The interval to use for an object: the override, else its spec's, else `default`.
     pub fn interval(&self, spec: &crate::api::Interval, default: Duration) -> Duration {
         self.interval_override
@@ -180,6 +189,23 @@ impl Shared {
         if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
             tracing::warn!(error = %e, reason = %event.reason, "could not publish an Event");
         }
+    }
+
+    /// Runs one reconcile of `controller`, counted and timed in the metrics.
+    pub async fn measured<T>(
+        &self,
+        controller: &'static str,
+        reconcile: impl std::future::Future<Output = T>,
+    ) -> T {
+        let labels = crate::metrics::ControllerLabels { controller };
+        self.metrics.reconciles.get_or_create(&labels).inc();
+        let started = std::time::Instant::now();
+        let result = reconcile.await;
+        self.metrics
+            .reconcile_duration
+            .get_or_create(&labels)
+            .observe(started.elapsed().as_secs_f64());
+        result
     }
 
     /// Counts a failure of `controller` in the metrics (its reason is a bounded label).

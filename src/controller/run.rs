@@ -30,17 +30,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let shutdown = futures::FutureExt::shared(shutdown);
-    let scopes: Vec<Option<String>> = if shared.settings.namespaces.is_empty() {
-        vec![None]
-    } else {
-        shared
-            .settings
-            .namespaces
-            .iter()
-            .cloned()
-            .map(Some)
-            .collect()
-    };
+    let scopes = shared.settings.scopes();
     let stores = Scopes::default();
     let expected = scopes.len();
     let runs = scopes.into_iter().map(|namespace| {
@@ -257,11 +247,7 @@ fn lean<K: Resource>(object: &mut K) {
 /// Waits until the API server serves both CRDs (in each watched scope), so an operator
 /// installed before its CRDs waits instead of crash-looping. Returns early on `shutdown`.
 pub async fn wait_for_crds(client: &kube::Client, settings: &Settings) {
-    let scopes: Vec<Option<String>> = if settings.namespaces.is_empty() {
-        vec![None]
-    } else {
-        settings.namespaces.iter().cloned().map(Some).collect()
-    };
+    let scopes = settings.scopes();
     let params = kube::api::ListParams::default().limit(1);
     let mut waited = Duration::ZERO;
     let step = Duration::from_secs(2);

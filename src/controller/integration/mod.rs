@@ -32,7 +32,6 @@ use super::{
 use crate::{
     api::{BitbucketIntegration, BitbucketIntegrationStatus, Subscription, conditions::reasons},
     bitbucket,
-    metrics::ControllerLabels,
     status::{conditions, remembered::Remembered},
 };
 use validate::{Ask, Due, Outcome};
@@ -184,18 +183,8 @@ pub async fn reconcile(
     integration: Arc<BitbucketIntegration>,
     context: Arc<Context>,
 ) -> Result<Action, Error> {
-    let metrics = &context.shared.metrics;
-    let labels = ControllerLabels {
-        controller: CONTROLLER,
-    };
-    metrics.reconciles.get_or_create(&labels).inc();
-    let started = Instant::now();
-    let result = finalizer::with_finalizer(&integration, &context).await;
-    metrics
-        .reconcile_duration
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    result
+    let reconcile = finalizer::with_finalizer(&integration, &context);
+    context.shared.measured(CONTROLLER, reconcile).await
 }
 
 /// After an error the reconcile could not describe in status.

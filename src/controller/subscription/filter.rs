@@ -98,10 +98,11 @@ fn class(pattern: &[char], open: usize, c: char) -> Option<(bool, usize)> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn repository(slug: &str, private: bool) -> Repository {
+    /// A repository of workspace `acme` with nothing but a slug and a visibility.
+    pub(in crate::controller::subscription) fn repository(slug: &str, private: bool) -> Repository {
         Repository {
             full_name: format!("acme/{slug}"),
             slug: slug.into(),

@@ -41,7 +41,6 @@ use crate::{
         conditions::reasons,
     },
     bitbucket::{self, ErrorClass, ListScope},
-    metrics::ControllerLabels,
     status::{conditions, remembered::Remembered},
 };
 use check::{Ask, Due};
@@ -162,18 +161,8 @@ pub async fn reconcile(
     subscription: Arc<Subscription>,
     context: Arc<Context>,
 ) -> Result<Action, Error> {
-    let metrics = &context.shared.metrics;
-    let labels = ControllerLabels {
-        controller: CONTROLLER,
-    };
-    metrics.reconciles.get_or_create(&labels).inc();
-    let started = Instant::now();
-    let result = sync(&subscription, &context).await;
-    metrics
-        .reconcile_duration
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
-    result
+    let reconcile = sync(&subscription, &context);
+    context.shared.measured(CONTROLLER, reconcile).await
 }
 
 /// After an error the reconcile could not describe in status.

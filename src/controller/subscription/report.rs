@@ -166,21 +166,7 @@ pub fn announcements(before: &SubscriptionStatus, after: &SubscriptionStatus) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn repository(slug: &str, private: bool) -> bitbucket::Repository {
-        bitbucket::Repository {
-            full_name: format!("acme/{slug}"),
-            slug: slug.into(),
-            name: slug.into(),
-            project: None,
-            private,
-            main_branch: None,
-            clone_https: None,
-            clone_ssh: None,
-            html_url: None,
-            updated_at: None,
-        }
-    }
+    use crate::controller::subscription::filter::tests::repository;
 
     fn listed(slugs: &[&str]) -> Outcome {
         Outcome::Listed {
