@@ -17,10 +17,9 @@ use std::{
     time::Instant,
 };
 
-use super::{credentials::Resolved, listing::ListingCache, lock};
+use super::{credentials::Resolved, error::Class, listing::ListingCache, lock};
 use crate::{
     api::{BitbucketIntegrationStatus, SubscriptionStatus},
-    bitbucket::ErrorClass,
     status::remembered::Remembered,
 };
 
@@ -46,7 +45,7 @@ pub struct Validation {
     pub sync_request: Option<String>,
     pub at: Instant,
     /// `None` when it succeeded.
-    pub failure: Option<ErrorClass>,
+    pub failure: Option<Class>,
 }
 
 /// What is remembered about one Subscription.

@@ -258,7 +258,7 @@ async fn validate_when_due(
         fingerprint: resolved.fingerprint.clone(),
         sync_request: ask.requested.clone(),
         at: Instant::now(),
-        failure: result.as_ref().err().map(bitbucket::Error::class),
+        failure: result.as_ref().err().map(Reason::class),
     };
     shared
         .memory

@@ -12,9 +12,13 @@ use crate::{
         Account, AccountKind, BitbucketIntegration, BitbucketIntegrationStatus,
         conditions::{DELETION_BLOCKED, READY, RECONCILING, STALLED, reasons},
     },
-    bitbucket::{ErrorClass, Identity, IdentityKind},
+    bitbucket::{Identity, IdentityKind},
     controller::{
-        Settings, credentials::Resolved, error, finish::Announcement, memory::Validation,
+        Settings,
+        credentials::Resolved,
+        error::{self, Class},
+        finish::Announcement,
+        memory::Validation,
         sync_request,
     },
     status::conditions::{self, Desired, Status},
@@ -70,7 +74,7 @@ pub fn due(last: Option<&Validation>, ask: &Ask, now: Instant) -> Due {
     }
     let elapsed = now.saturating_duration_since(last.at);
     match last.failure {
-        Some(ErrorClass::Transient) => Due::Yes { changed: false },
+        Some(Class::Transient) => Due::Yes { changed: false },
         Some(_) => Due::No { wait: None },
         None if elapsed >= ask.interval => Due::Yes { changed: false },
         None => Due::No {
@@ -225,7 +229,7 @@ mod tests {
         }
     }
 
-    fn validation(at: Instant, failure: Option<ErrorClass>) -> Validation {
+    fn validation(at: Instant, failure: Option<Class>) -> Validation {
         Validation {
             fingerprint: "f".into(),
             sync_request: None,
@@ -271,7 +275,7 @@ mod tests {
         );
         assert_eq!(
             due(
-                Some(&validation(now, Some(ErrorClass::Transient))),
+                Some(&validation(now, Some(Class::Transient))),
                 &ask("f", None),
                 now
             ),
@@ -286,7 +290,7 @@ mod tests {
         );
         assert_eq!(
             due(
-                Some(&validation(now, Some(ErrorClass::Credentials))),
+                Some(&validation(now, Some(Class::Stalled))),
                 &ask("f", None),
                 now + 2 * HOUR
             ),

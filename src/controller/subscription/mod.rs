@@ -40,7 +40,7 @@ use crate::{
         BitbucketIntegration, IntegrationSummary, Subscription, SubscriptionStatus,
         conditions::reasons,
     },
-    bitbucket::{self, ErrorClass, ListScope},
+    bitbucket::{self, ListScope},
     status::{conditions, remembered::Remembered},
 };
 use check::{Ask, Due};
@@ -305,7 +305,7 @@ async fn list_when_due(
     } else {
         listing.await
     };
-    let transient = matches!(&listed, Err(e) if e.class() == ErrorClass::Transient);
+    let transient = matches!(&listed, Err(e) if Reason::class(e) == Class::Transient);
     let sync = Sync {
         generation: ask.generation,
         fingerprint: fingerprint.clone(),
