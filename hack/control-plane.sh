@@ -10,7 +10,8 @@
 #   hack/control-plane.sh env      print the export line of a running plane
 #   hack/control-plane.sh bin-dir  print the cache directory holding the binaries (builds them first)
 #   hack/control-plane.sh exec -- CMD...
-#                                  run CMD with KUBECONFIG set; a plane this call started is
+#                                  run CMD with KUBECONFIG set, and KUBECTL naming the kubectl
+#                                  built with the plane; a plane this call started is
 #                                  stopped afterwards, even when CMD fails; exits with CMD's status
 #   hack/control-plane.sh regen    re-resolve the Go wrapper modules for K8S_VERSION / ETCD_VERSION
 #
@@ -331,6 +332,7 @@ cmd_exec() { # -- CMD...
   fi
   line="$(cmd_up | tail -n1)"
   export KUBECONFIG="${line#export KUBECONFIG=}"
+  export KUBECTL="$(bin_dir)/kubectl"
   "$@" || rc=$?
   [ "$started" = 1 ] || say "leaving the plane up: it was up before this run"
   exit "$rc"

@@ -92,7 +92,7 @@ async fn the_operator_works_with_only_the_permissions_deploy_grants() {
         matches!(&refused, kube::Error::Api(s) if s.is_forbidden()),
         "the operator may not delete Secrets: {refused:?}"
     );
-    let _operator = Operator::start(operator_client, test_settings(&ns.name));
+    let operator = Operator::start(operator_client.clone(), test_settings(&ns.name));
 
     // The whole life of an integration: validate, sync a Subscription, block and release deletion.
     let secret = string_secret(
@@ -133,6 +133,18 @@ async fn the_operator_works_with_only_the_permissions_deploy_grants() {
         )
         .await
         .unwrap();
+    let ready = |conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]| {
+        condition(conditions, READY).is_some_and(|c| c.status == "True")
+    };
+    eventually(&integrations, "acme", "acme to be Ready", move |i| {
+        i.status.as_ref().is_some_and(|s| ready(&s.conditions))
+    })
+    .await;
+
+    // The Subscription arrives, and the integration is deleted, while the operator is away:
+    // the admission policy lets the delete through (the status names no user yet) and the
+    // finalizer, the second line, must hold it.
+    operator.stop().await;
     let subscriptions: Api<Subscription> = Api::namespaced(admin.clone(), &ns.name);
     subscriptions
         .create(
@@ -153,22 +165,15 @@ async fn the_operator_works_with_only_the_permissions_deploy_grants() {
         )
         .await
         .unwrap();
-    let ready = |conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]| {
-        condition(conditions, READY).is_some_and(|c| c.status == "True")
-    };
-    eventually(&integrations, "acme", "acme to be Ready", move |i| {
-        i.status.as_ref().is_some_and(|s| ready(&s.conditions))
-    })
-    .await;
-    eventually(&subscriptions, "ci", "ci to sync", move |s| {
-        s.status.as_ref().is_some_and(|s| ready(&s.conditions))
-    })
-    .await;
-
     integrations
         .delete("acme", &DeleteParams::default())
         .await
         .unwrap();
+    let _operator = Operator::start(operator_client, test_settings(&ns.name));
+    eventually(&subscriptions, "ci", "ci to sync", move |s| {
+        s.status.as_ref().is_some_and(|s| ready(&s.conditions))
+    })
+    .await;
     let blocked = eventually(&integrations, "acme", "the deletion to be blocked", |i| {
         i.status
             .as_ref()

@@ -14,6 +14,9 @@ use super::common::{
 /// The Bitbucket Cloud REST API base URL.
 pub const CLOUD_API_URL: &str = "https://api.bitbucket.org/2.0";
 
+/// The most Subscription names kept in `status.usedBy`; `status.subscriptions` has the count.
+pub const MAX_NAMED_USERS: usize = 10;
+
 /// A Bitbucket credential and the Bitbucket it is for. The operator validates it against
 /// Bitbucket and reports the account it authenticates as in `status`.
 // Each printcolumn(...) repeats `type_ = "string"`, which clippy mistakes for a duplicate.
@@ -225,6 +228,13 @@ pub struct BitbucketIntegrationStatus {
     /// How many Subscriptions reference this integration now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscriptions: Option<i32>,
+
+    /// The names of the first ten of those Subscriptions, sorted. While it is not empty, the
+    /// API server refuses to delete the integration (the ValidatingAdmissionPolicy
+    /// `bitbucketintegration-in-use.scm.shippable.io`) with a message naming them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = MAX_NAMED_USERS), inner(length(max = 253)))]
+    pub used_by: Vec<String>,
 
     /// The last value of the `scm.shippable.io/sync-requested-at` annotation acted upon.
     #[serde(default, skip_serializing_if = "Option::is_none")]

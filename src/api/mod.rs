@@ -2,9 +2,11 @@
 //! (`scm.shippable.io/v1alpha1`), their shared types, and the names the operator stamps on
 //! objects (finalizer, annotation, condition types and reasons). Types only, no I/O.
 //!
-//! The Rust types are the single source of the CRD schemas: `bitbucket-operator crds` prints
-//! them and `crds/` holds the committed output (a test fails when it drifts).
+//! The Rust types are the single source of the CRD schemas, and `admission` of the
+//! ValidatingAdmissionPolicies installed beside them: `bitbucket-operator crds` prints both and
+//! `crds/` holds the committed output (a test fails when it drifts).
 
+pub mod admission;
 pub mod common;
 pub mod conditions;
 pub mod integration;
@@ -34,22 +36,35 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![BitbucketIntegration::crd(), Subscription::crd()]
 }
 
-/// The generated YAML of each CRD with the file name it has in `crds/`
-/// (`<plural>.<group>.yaml`).
+/// The generated YAML of each file in `crds/` with its name: one per CRD
+/// (`<plural>.<group>.yaml`), then one per admission policy with its binding
+/// (`policy.<name>.yaml`). `kubectl apply -f crds/` installs them all.
 pub fn crd_files() -> Vec<(String, String)> {
-    crds()
-        .iter()
-        .map(|crd| {
-            let name = crd.metadata.name.as_deref().unwrap_or_default();
-            let body = serde_saphyr::to_string(crd).expect("a CRD always serialises to YAML");
-            let header =
-                "# GENERATED from src/api by `make crds` (bitbucket-operator crds); do not edit.";
-            (format!("{name}.yaml"), format!("{header}\n---\n{body}"))
-        })
-        .collect()
+    let header = "# GENERATED from src/api by `make crds` (bitbucket-operator crds); do not edit.";
+    let crds = crds().into_iter().map(|crd| {
+        let name = crd.metadata.name.clone().unwrap_or_default();
+        (
+            format!("{name}.yaml"),
+            format!("{header}\n---\n{}", yaml(&crd)),
+        )
+    });
+    let policies = admission::policies().into_iter().map(|(policy, binding)| {
+        let name = policy.metadata.name.clone().unwrap_or_default();
+        let body = format!("{}---\n{}", yaml(&policy), yaml(&binding));
+        (
+            format!("policy.{name}.yaml"),
+            format!("{header}\n---\n{body}"),
+        )
+    });
+    crds.chain(policies).collect()
 }
 
-/// All CRDs as one multi-document YAML stream: what `bitbucket-operator crds` prints.
+fn yaml(object: &impl serde::Serialize) -> String {
+    serde_saphyr::to_string(object).expect("a generated manifest always serialises to YAML")
+}
+
+/// Every file of `crds/` as one multi-document YAML stream: what `bitbucket-operator crds`
+/// prints.
 pub fn crds_yaml() -> String {
     crd_files().into_iter().map(|(_, yaml)| yaml).collect()
 }

@@ -121,8 +121,10 @@ pub async fn release_finalizers(client: &Client, namespace: &str) {
     }
 }
 
-/// Installs (or updates) the operator's CRDs with server-side apply and waits until the server
-/// serves them. Idempotent, so every test that needs them may call it.
+/// Installs (or updates) the operator's CRDs and admission policies with server-side apply, as
+/// `kubectl apply --server-side -f crds/` does, and waits until the server serves the CRDs.
+/// Idempotent, so every test that needs them may call it. The API server puts a policy in
+/// force a moment after it is stored: a test of a refusal waits for it (see `deletion.rs`).
 pub async fn install_crds(client: &Client) {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::{
@@ -142,6 +144,31 @@ pub async fn install_crds(client: &Client) {
         )
         .await
         .unwrap();
+    }
+    install_policies(client, &params).await;
+}
+
+async fn install_policies(client: &Client, params: &kube::api::PatchParams) {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    use kube::api::Patch;
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    for (policy, binding) in bitbucket_operator::api::admission::policies() {
+        let name = policy
+            .metadata
+            .name
+            .clone()
+            .expect("generated policies are named");
+        policies
+            .patch(&name, params, &Patch::Apply(&policy))
+            .await
+            .unwrap_or_else(|e| panic!("installing policy {name}: {e}"));
+        bindings
+            .patch(&name, params, &Patch::Apply(&binding))
+            .await
+            .unwrap_or_else(|e| panic!("installing the binding of {name}: {e}"));
     }
 }
 
@@ -189,6 +216,7 @@ pub async fn apply_manifests(
     results
 }
 
+pub mod env;
 pub mod operator;
 
 /// Captures everything logged (at every level) while `body` runs.

@@ -30,7 +30,10 @@ use super::{
     run::api,
 };
 use crate::{
-    api::{BitbucketIntegration, BitbucketIntegrationStatus, Subscription, conditions::reasons},
+    api::{
+        BitbucketIntegration, BitbucketIntegrationStatus, MAX_NAMED_USERS, Subscription,
+        admission::in_use_message, conditions::reasons,
+    },
     bitbucket,
     status::{conditions, remembered::Remembered},
 };
@@ -224,7 +227,14 @@ async fn apply(integration: &BitbucketIntegration, context: &Context) -> Result<
     let users = users(context, integration);
     let workspace = integration.spec.workspace.as_deref();
     let now = conditions::now();
-    let status = validate::status(&draft.shown, &ask, users, workspace, &outcome, &now);
+    let status = validate::status(
+        &draft.shown,
+        &ask,
+        users.as_ref(),
+        workspace,
+        &outcome,
+        &now,
+    );
     finish(shared, integration, &draft, &status).await?;
     Ok(after(context, integration, &ask, outcome))
 }
@@ -291,19 +301,51 @@ fn after(
     }
 }
 
-/// How many Subscriptions (from the cache) reference `integration`; `None` right after
-/// start-up, before the Subscriptions are listed (a count of 0 would be written, then fixed).
-fn users(context: &Context, integration: &BitbucketIntegration) -> Option<i32> {
+/// The Subscriptions (from the cache) that reference `integration`; `None` right after
+/// start-up, before the Subscriptions are listed (no users would be written, then fixed).
+fn users(context: &Context, integration: &BitbucketIntegration) -> Option<Users> {
     if !super::is_ready(&context.subscriptions) {
         return None;
     }
     let name = integration.name_any();
     let namespace = integration.namespace();
-    let count = context
+    let names = context
         .subscriptions
         .state()
         .iter()
         .filter(|s| s.namespace() == namespace && s.spec.integration_ref.name == name)
-        .count();
-    Some(i32::try_from(count).unwrap_or(i32::MAX))
+        .map(|s| s.name_any())
+        .collect();
+    Some(Users::of(names))
+}
+
+/// Who uses an integration, as its status shows it: how many Subscriptions, and the first
+/// names in order (what the admission policy names when it refuses a delete).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Users {
+    pub count: usize,
+    pub first: Vec<String>,
+}
+
+impl Users {
+    pub fn of(mut names: Vec<String>) -> Self {
+        names.sort_unstable();
+        let count = names.len();
+        names.truncate(MAX_NAMED_USERS);
+        Self {
+            count,
+            first: names,
+        }
+    }
+
+    /// Writes the count and the names into `status`.
+    pub fn show(&self, status: &mut BitbucketIntegrationStatus) {
+        status.subscriptions = Some(i32::try_from(self.count).unwrap_or(i32::MAX));
+        status.used_by.clone_from(&self.first);
+    }
+
+    /// What the user is told when the integration cannot be deleted.
+    pub fn message(&self, integration: &str) -> String {
+        in_use_message(integration, &self.first, self.count)
+    }
 }

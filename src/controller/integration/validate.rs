@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::events::EventType;
 
-use super::Error;
+use super::{Error, Users};
 use crate::{
     api::{
         Account, AccountKind, BitbucketIntegration, BitbucketIntegrationStatus,
@@ -98,12 +98,12 @@ pub enum Outcome {
     Failed(Error),
 }
 
-/// The status an outcome leads to, from the status last shown. `users` is the number of
-/// Subscriptions using the integration, `None` while they are not listed yet.
+/// The status an outcome leads to, from the status last shown. `users` are the Subscriptions
+/// using the integration, `None` while they are not listed yet.
 pub fn status(
     shown: &BitbucketIntegrationStatus,
     ask: &Ask,
-    users: Option<i32>,
+    users: Option<&Users>,
     workspace: Option<&str>,
     outcome: &Outcome,
     now: &Time,
@@ -111,7 +111,9 @@ pub fn status(
     let mut status = shown.clone();
     let generation = ask.generation;
     status.observed_generation = generation;
-    status.subscriptions = users.or(shown.subscriptions);
+    if let Some(users) = users {
+        users.show(&mut status);
+    }
     if ask.requested.is_some() {
         status.last_handled_sync_request = ask.requested.clone();
     }
@@ -174,10 +176,7 @@ pub fn announcements(
             type_: EventType::Warning,
             reason: reasons::DELETION_BLOCKED.to_owned(),
             action: "Delete",
-            note: format!(
-                "deletion waits: {}; delete them or point them at another integration",
-                blocked.message
-            ),
+            note: blocked.message.clone(),
         });
     }
     announcements
@@ -304,7 +303,7 @@ mod tests {
         let validated = status(
             &BitbucketIntegrationStatus::default(),
             &ask("f", None),
-            Some(2),
+            Some(&Users::of(vec!["api-ci".into(), "web-ci".into()])),
             None,
             &Outcome::Validated(identity()),
             &now(),
@@ -312,7 +311,7 @@ mod tests {
         let failed = status(
             &validated,
             &ask("f", None),
-            Some(2),
+            Some(&Users::of(vec!["api-ci".into(), "web-ci".into()])),
             None,
             &Outcome::Failed(Error::Bitbucket(bitbucket::Error::RateLimited {
                 retry_after: None,

@@ -1,0 +1,257 @@
+//! The ValidatingAdmissionPolicies installed with the CRDs: the API server itself refuses to
+//! delete an integration that Subscriptions use, naming them, and refuses to point a
+//! Subscription at an integration that is being deleted. They hold while the operator is down;
+//! the `in-use` finalizer stays as the second line for the moment between a Subscription's
+//! creation and the operator's status update. Types only, no I/O.
+//!
+//! The first policy reads `status.usedBy` and `status.subscriptions`, which the operator keeps,
+//! so a `DELETE` costs the API server one CEL evaluation whatever the number of Subscriptions.
+//! The second takes the namespace's integrations as parameters (a handful per namespace).
+//! Neither refuses anything in a namespace that is being deleted, so deleting a namespace
+//! always completes.
+
+use k8s_openapi::{
+    api::admissionregistration::v1::{
+        MatchCondition, MatchResources, NamedRuleWithOperations, ParamKind, ParamRef,
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+        ValidatingAdmissionPolicyBindingSpec, ValidatingAdmissionPolicySpec, Validation, Variable,
+    },
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta},
+};
+
+use super::{GROUP, VERSION};
+
+/// Refuses `DELETE` of an integration whose `status.usedBy` is not empty.
+pub const INTEGRATION_IN_USE_POLICY: &str = "bitbucketintegration-in-use.scm.shippable.io";
+/// Refuses creating a Subscription that points at an integration being deleted, or re-pointing
+/// one to it.
+pub const INTEGRATION_DELETING_POLICY: &str = "subscription-integration-deleting.scm.shippable.io";
+
+/// Both policies, each with its binding, in a stable order.
+pub fn policies() -> Vec<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)> {
+    vec![
+        (
+            integration_in_use(),
+            binding(INTEGRATION_IN_USE_POLICY, None),
+        ),
+        (
+            integration_deleting(),
+            // Every integration of the request's namespace is a parameter; none at all admits.
+            binding(
+                INTEGRATION_DELETING_POLICY,
+                Some(ParamRef {
+                    selector: Some(LabelSelector::default()),
+                    parameter_not_found_action: Some("Allow".into()),
+                    ..ParamRef::default()
+                }),
+            ),
+        ),
+    ]
+}
+
+/// How many names a message lists before "and N more".
+const NAMED: usize = 2;
+
+/// What a user is told when an integration cannot go: the `DeletionBlocked` condition and
+/// Event, and (in CEL, below) the API server's refusal of the `DELETE`.
+/// "BitbucketIntegration acme is in use by Subscriptions api-ci, web-ci and 3 more; delete them
+/// or point them at another integration first". `names` are sorted, `count` is the total.
+pub fn in_use_message(integration: &str, names: &[String], count: usize) -> String {
+    let count = count.max(names.len());
+    let (noun, pronoun) = if count == 1 {
+        ("Subscription", "it")
+    } else {
+        ("Subscriptions", "them")
+    };
+    let shown = names.iter().take(NAMED).cloned().collect::<Vec<_>>();
+    let rest = count.saturating_sub(shown.len());
+    let list = match (shown.as_slice(), rest) {
+        ([only], 0) => only.clone(),
+        ([a, b], 0) => format!("{a} and {b}"),
+        (shown, rest) => format!("{} and {rest} more", shown.join(", ")),
+    };
+    format!(
+        "BitbucketIntegration {integration} is in use by {noun} {list}; delete {pronoun} or \
+         point {pronoun} at another integration first"
+    )
+}
+
+/// [`in_use_message`] in CEL: a test on the API server compares the two.
+fn integration_in_use() -> ValidatingAdmissionPolicy {
+    let users = "variables.users";
+    let count = "variables.count";
+    let message = [
+        "'BitbucketIntegration ' + oldObject.metadata.name + ' is in use by ' + (".to_owned(),
+        format!("{count} == 1 ? 'Subscription ' + {users}[0] + '; delete it or point it' : "),
+        format!("({count} == 2 ? 'Subscriptions ' + {users}[0] + ' and ' + {users}[1] : "),
+        format!("'Subscriptions ' + {users}[0] + ', ' + {users}[1] + ' and ' + "),
+        format!("string({count} - 2) + ' more') + '; delete them or point them') + "),
+        "' at another integration first'".to_owned(),
+    ]
+    .concat();
+    let recorded = "oldObject.?status.?subscriptions.orValue(0)";
+    policy(
+        INTEGRATION_IN_USE_POLICY,
+        ValidatingAdmissionPolicySpec {
+            failure_policy: Some("Fail".into()),
+            match_constraints: Some(matching("bitbucketintegrations", &["DELETE"])),
+            variables: Some(vec![
+                variable("users", "oldObject.?status.?usedBy.orValue([])"),
+                // The count, never less than the names (a status written by hand may lack it).
+                variable(
+                    "count",
+                    &format!("{recorded} > size({users}) ? {recorded} : size({users})"),
+                ),
+            ]),
+            validations: Some(vec![Validation {
+                expression: format!(
+                    "size({users}) == 0 || has(namespaceObject.metadata.deletionTimestamp)"
+                ),
+                message_expression: Some(message),
+                message: Some(
+                    "the BitbucketIntegration is in use by the Subscriptions in its status.usedBy"
+                        .into(),
+                ),
+                reason: Some("Forbidden".into()),
+            }]),
+            ..ValidatingAdmissionPolicySpec::default()
+        },
+    )
+}
+
+fn integration_deleting() -> ValidatingAdmissionPolicy {
+    policy(
+        INTEGRATION_DELETING_POLICY,
+        ValidatingAdmissionPolicySpec {
+            failure_policy: Some("Fail".into()),
+            param_kind: Some(ParamKind {
+                api_version: Some(format!("{GROUP}/{VERSION}")),
+                kind: Some("BitbucketIntegration".into()),
+            }),
+            match_constraints: Some(matching("subscriptions", &["CREATE", "UPDATE"])),
+            // Other edits of a Subscription whose integration is going (labels, finalizers, a
+            // GitOps tool's apply) stay allowed.
+            match_conditions: Some(vec![MatchCondition {
+                name: "points-at-a-new-integration".into(),
+                expression: "request.operation == 'CREATE' || \
+                             oldObject.spec.integrationRef.name != object.spec.integrationRef.name"
+                    .into(),
+            }]),
+            validations: Some(vec![Validation {
+                expression: "params.metadata.name != object.spec.integrationRef.name || \
+                             !has(params.metadata.deletionTimestamp)"
+                    .into(),
+                message_expression: Some(
+                    "'BitbucketIntegration ' + params.metadata.name + ' is being deleted; \
+                     point Subscription ' + object.metadata.name + ' at another integration'"
+                        .into(),
+                ),
+                message: Some("the BitbucketIntegration is being deleted".into()),
+                reason: Some("Forbidden".into()),
+            }]),
+            ..ValidatingAdmissionPolicySpec::default()
+        },
+    )
+}
+
+fn policy(name: &str, spec: ValidatingAdmissionPolicySpec) -> ValidatingAdmissionPolicy {
+    ValidatingAdmissionPolicy {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(spec),
+        status: None,
+    }
+}
+
+fn binding(policy: &str, param_ref: Option<ParamRef>) -> ValidatingAdmissionPolicyBinding {
+    ValidatingAdmissionPolicyBinding {
+        metadata: ObjectMeta {
+            name: Some(policy.into()),
+            ..ObjectMeta::default()
+        },
+        spec: Some(ValidatingAdmissionPolicyBindingSpec {
+            policy_name: Some(policy.into()),
+            param_ref,
+            validation_actions: Some(vec!["Deny".into()]),
+            ..ValidatingAdmissionPolicyBindingSpec::default()
+        }),
+    }
+}
+
+/// Only `resource` of this API group, every version, for these operations (not its status).
+fn matching(resource: &str, operations: &[&str]) -> MatchResources {
+    MatchResources {
+        resource_rules: Some(vec![NamedRuleWithOperations {
+            api_groups: Some(vec![GROUP.into()]),
+            api_versions: Some(vec!["*".into()]),
+            resources: Some(vec![resource.into()]),
+            operations: Some(operations.iter().map(|&o| o.into()).collect()),
+            scope: Some("Namespaced".into()),
+            ..NamedRuleWithOperations::default()
+        }]),
+        ..MatchResources::default()
+    }
+}
+
+fn variable(name: &str, expression: &str) -> Variable {
+    Variable {
+        name: name.into(),
+        expression: expression.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn the_message_names_the_first_users_and_counts_the_rest() {
+        assert_eq!(
+            in_use_message("acme", &names(&["api-ci"]), 1),
+            "BitbucketIntegration acme is in use by Subscription api-ci; delete it or point it \
+             at another integration first"
+        );
+        assert_eq!(
+            in_use_message("acme", &names(&["api-ci", "web-ci"]), 2),
+            "BitbucketIntegration acme is in use by Subscriptions api-ci and web-ci; delete them \
+             or point them at another integration first"
+        );
+        assert_eq!(
+            in_use_message("acme", &names(&["api-ci", "web-ci", "a", "b", "c"]), 5),
+            "BitbucketIntegration acme is in use by Subscriptions api-ci, web-ci and 3 more; \
+             delete them or point them at another integration first"
+        );
+        // Only the first names are known: the count says how many there are.
+        assert_eq!(
+            in_use_message("acme", &names(&["api-ci", "web-ci"]), 12),
+            "BitbucketIntegration acme is in use by Subscriptions api-ci, web-ci and 10 more; \
+             delete them or point them at another integration first"
+        );
+    }
+
+    #[test]
+    fn each_policy_matches_only_its_own_resource_of_this_group_and_has_a_binding() {
+        for (policy, binding) in policies() {
+            let spec = policy.spec.unwrap();
+            let rules = spec.match_constraints.unwrap().resource_rules.unwrap();
+            assert_eq!(rules.len(), 1);
+            assert_eq!(
+                rules[0].api_groups.as_deref(),
+                Some(&[GROUP.to_owned()][..])
+            );
+            assert_eq!(rules[0].resources.as_ref().unwrap().len(), 1);
+            assert!(!rules[0].resources.as_ref().unwrap()[0].contains('/'));
+            assert_eq!(
+                binding.spec.unwrap().policy_name,
+                policy.metadata.name,
+                "the binding names its policy"
+            );
+        }
+    }
+}
