@@ -7,6 +7,9 @@
 //!   cargo bench --bench operator -- --quick     # smaller sizes (about 1 minute)
 //!   cargo bench --bench operator -- --only 4,6  # just those figures
 //!
+//! Figure 8 removes the admission policies' bindings for a moment (to measure without them)
+//! and puts them back: run it on a plane no test is using.
+//!
 //! Figures 6 and 7 run the operator binary as its own process, watching the whole cluster as
 //! it is deployed, so its memory can be read from /proc.
 
@@ -113,6 +116,13 @@ async fn main() {
             }
         };
         rows.extend(at_scale(&client, scale).await);
+    }
+
+    if wanted(8) {
+        let trials = if quick { 50 } else { 200 };
+        for users in [1, 100, 1_000] {
+            rows.extend(delete_latency(&client, users, trials).await);
+        }
     }
 
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -1100,4 +1110,100 @@ async fn at_scale(client: &Client, scale: Scale) -> Vec<Row> {
             met: Some(peak * 1.048_576 <= loaded_limit),
         },
     ]
+}
+
+/// Figure 8: the latency of a `DELETE` of an integration (a server-side dry run, which passes
+/// admission like a real one and writes nothing) with `users` Subscriptions in the namespace,
+/// with the admission policies and without their bindings. `busy` is in use (its status names
+/// its users, so the policy refuses); `free` is not (the policy admits). No operator runs:
+/// the statuses are written here.
+async fn delete_latency(client: &Client, users: usize, trials: usize) -> Vec<Row> {
+    use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding;
+    use kube::api::DeleteParams;
+
+    let ns = TestNamespace::create(client, "bench-delete").await;
+    let integrations: Api<BitbucketIntegration> = Api::namespaced(client.clone(), &ns.name);
+    let sim = Simulator::start(Fixture::demo()).await.unwrap();
+    for name in ["busy", "free"] {
+        create(client, &ns.name, &cloud_integration(name, &sim)).await;
+    }
+    bounded(
+        (0..users).map(|k| {
+            let user = subscription(&format!("ci-{k:04}"), "busy", Some("acme"), &[]);
+            let ns = ns.name.clone();
+            async move { create(client, &ns, &user).await }
+        }),
+        8,
+    )
+    .await;
+    let names: Vec<String> = (0..users.min(10)).map(|k| format!("ci-{k:04}")).collect();
+    let status = serde_json::json!({"status": {"subscriptions": users, "usedBy": names}});
+    integrations
+        .patch_status("busy", &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .unwrap();
+
+    let dry_run = DeleteParams {
+        dry_run: true,
+        ..DeleteParams::default()
+    };
+    let refused = |name: &'static str| {
+        let (integrations, dry_run) = (integrations.clone(), dry_run.clone());
+        async move { integrations.delete(name, &dry_run).await.is_err() }
+    };
+    let time = |name: &'static str| async move {
+        let mut samples = Vec::with_capacity(trials);
+        for _ in 0..trials {
+            let start = Instant::now();
+            refused(name).await;
+            samples.push(start.elapsed());
+        }
+        samples.sort();
+        samples
+    };
+    let wait_until = |refusing: bool| async move {
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while refused("busy").await != refusing {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+        .await
+        .expect("the policy to come in (or out of) force");
+    };
+
+    wait_until(true).await;
+    let (busy, free) = (time("busy").await, time("free").await);
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    for (policy, _) in bitbucket_operator::api::admission::policies() {
+        let name = policy.metadata.name.unwrap();
+        bindings
+            .delete(&name, &DeleteParams::default())
+            .await
+            .unwrap();
+    }
+    wait_until(false).await;
+    let bare = time("free").await;
+    install_crds(client).await;
+    wait_until(true).await;
+
+    let shown = |samples: &[Duration]| {
+        format!(
+            "p50 {:.1} ms, p95 {:.1} ms",
+            ms(percentile(samples, 0.5)),
+            ms(percentile(samples, 0.95))
+        )
+    };
+    let added = ms(percentile(&free, 0.5)) - ms(percentile(&bare, 0.5));
+    vec![Row {
+        number: 8,
+        figure: "DELETE latency (server dry run) with the admission policies, by Subscriptions in the namespace",
+        measured: format!(
+            "{users}: admitted {} (without the policies {}: {added:+.1} ms at p50); refused {}",
+            shown(&free),
+            shown(&bare),
+            shown(&busy)
+        ),
+        target: "report".into(),
+        met: None,
+    }]
 }

@@ -107,8 +107,7 @@ Try it (in another terminal):
   export KUBECONFIG=$KUBECONFIG
   alias kubectl=$KUBECTL
   kubectl get -n $NAMESPACE bbi,bbsub
-  kubectl delete -n $NAMESPACE bbi acme --wait=false     # in use: blocked, and says by whom
-  kubectl get -n $NAMESPACE bbi acme -o jsonpath='{.status.conditions[?(@.type=="DeletionBlocked")].message}'
+  kubectl delete -n $NAMESPACE bbi acme                  # in use: refused at once, naming the Subscriptions
   kubectl annotate -n $NAMESPACE bbsub acme-api scm.shippable.io/sync-requested-at="\$(date +%s)"
 
 Press Ctrl-C to stop everything (or run: make run-down).

@@ -21,10 +21,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the operator: watch BitbucketIntegrations and Subscriptions and reconcile them.
     Run(crate::config::RunArgs),
-    /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into a directory
-    /// (`make crds` rewrites `crds/` this way).
+    /// Print the CustomResourceDefinitions and the admission policies installed beside them as
+    /// YAML, or write one file each into a directory (`make crds` rewrites `crds/` this way).
     Crds {
-        /// Write `<plural>.<group>.yaml` files here instead of printing.
+        /// Write `<plural>.<group>.yaml` and `policy.<name>.yaml` files here instead of printing.
         #[arg(long, value_name = "DIR")]
         output_dir: Option<std::path::PathBuf>,
     },

@@ -37,3 +37,18 @@ fn crds_holds_no_file_the_types_do_not_generate() {
         "crds/ holds files no type generates (a renamed or removed kind?): {extra:?}; delete them and run `make crds`"
     );
 }
+
+#[test]
+fn deploy_installs_the_crds_and_admission_policies() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let deploy = std::fs::read_to_string(root.join("deploy/kustomization.yaml")).unwrap();
+    assert!(
+        deploy.lines().any(|line| line.trim() == "- ../crds"),
+        "deploy/kustomization.yaml must include ../crds:\n{deploy}"
+    );
+    let listed = std::fs::read_to_string(root.join("crds/Kustomization")).unwrap();
+    for policy in bitbucket_operator::api::admission::policies() {
+        let name = policy.0.metadata.name.unwrap();
+        assert!(listed.contains(&format!("policy.{name}.yaml")), "{listed}");
+    }
+}

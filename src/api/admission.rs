@@ -181,8 +181,14 @@ fn binding(policy: &str, param_ref: Option<ParamRef>) -> ValidatingAdmissionPoli
 }
 
 /// Only `resource` of this API group, every version, for these operations (not its status).
+/// Written with the values the API server defaults: the field is atomic, so a manifest that
+/// left them out would differ from what is stored, and a second server-side apply by another
+/// manager (`kubectl`, a GitOps tool) would conflict.
 fn matching(resource: &str, operations: &[&str]) -> MatchResources {
     MatchResources {
+        match_policy: Some("Equivalent".into()),
+        namespace_selector: Some(LabelSelector::default()),
+        object_selector: Some(LabelSelector::default()),
         resource_rules: Some(vec![NamedRuleWithOperations {
             api_groups: Some(vec![GROUP.into()]),
             api_versions: Some(vec!["*".into()]),

@@ -37,8 +37,11 @@ pub fn crds() -> Vec<CustomResourceDefinition> {
 }
 
 /// The generated YAML of each file in `crds/` with its name: one per CRD
-/// (`<plural>.<group>.yaml`), then one per admission policy with its binding
-/// (`policy.<name>.yaml`). `kubectl apply -f crds/` installs them all.
+/// (`<plural>.<group>.yaml`), one per admission policy with its binding
+/// (`policy.<name>.yaml`), and a `Kustomization` listing them, so that both
+/// `kubectl apply -f crds/` and `deploy/` (which includes `../crds`) install them all. (Named
+/// without an extension, which kustomize accepts, because `kubectl apply -f` reads every
+/// `.yaml` file of a directory and knows no kind `Kustomization`.)
 pub fn crd_files() -> Vec<(String, String)> {
     let header = "# GENERATED from src/api by `make crds` (bitbucket-operator crds); do not edit.";
     let crds = crds().into_iter().map(|crd| {
@@ -56,15 +59,29 @@ pub fn crd_files() -> Vec<(String, String)> {
             format!("{header}\n---\n{body}"),
         )
     });
-    crds.chain(policies).collect()
+    let mut files: Vec<(String, String)> = crds.chain(policies).collect();
+    let listed: String = files
+        .iter()
+        .map(|(name, _)| format!("  - {name}\n"))
+        .collect();
+    let kustomization = format!(
+        "{header}\napiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n\
+         resources:\n{listed}"
+    );
+    files.push(("Kustomization".into(), kustomization));
+    files
 }
 
 fn yaml(object: &impl serde::Serialize) -> String {
     serde_saphyr::to_string(object).expect("a generated manifest always serialises to YAML")
 }
 
-/// Every file of `crds/` as one multi-document YAML stream: what `bitbucket-operator crds`
-/// prints.
+/// The CRDs and policies of `crds/` as one multi-document YAML stream: what
+/// `bitbucket-operator crds` prints.
 pub fn crds_yaml() -> String {
-    crd_files().into_iter().map(|(_, yaml)| yaml).collect()
+    crd_files()
+        .into_iter()
+        .filter(|(name, _)| name.ends_with(".yaml"))
+        .map(|(_, yaml)| yaml)
+        .collect()
 }
