@@ -221,6 +221,17 @@ async fn synced_workspace(client: &Client, ns: &str, sim: &Simulator) -> Api<Sub
     subscriptions
 }
 
+/// The tests' settings, also allowing the simulator (the operator-wide allow-list).
+fn bench_settings(ns: &str, sim: &Simulator) -> bitbucket_operator::controller::Settings {
+    let mut settings = test_settings(ns);
+    let simulator = sim
+        .base_url()
+        .parse()
+        .expect("the simulator's URL is a server");
+    settings.transport.allowed = settings.transport.allowed.and(&simulator);
+    settings
+}
+
 fn is_ready(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> bool {
     condition(conditions, READY).is_some_and(|c| c.status == "True")
 }
@@ -252,7 +263,7 @@ fn generated(n: usize) -> Fixture {
 async fn full_sync_calls(client: &Client, n: usize) -> Vec<Row> {
     let ns = TestNamespace::create(client, "bench-calls").await;
     let sim = Simulator::start(generated(n)).await.unwrap();
-    let _operator = Operator::start(client.clone(), test_settings(&ns.name));
+    let _operator = Operator::start(client.clone(), bench_settings(&ns.name, &sim));
     cloud_secret(client, &ns.name).await;
     secret(
         client,
@@ -325,7 +336,7 @@ async fn full_sync_calls(client: &Client, n: usize) -> Vec<Row> {
 async fn steady_state_calls(client: &Client, n: usize) -> Row {
     let ns = TestNamespace::create(client, "bench-probe").await;
     let sim = Simulator::start(generated(n)).await.unwrap();
-    let mut settings = test_settings(&ns.name);
+    let mut settings = bench_settings(&ns.name, &sim);
     let interval = Duration::from_secs(1);
     settings.interval_override = Some(interval);
     let every = settings.summaries_between_listings;
@@ -376,7 +387,7 @@ async fn writes(client: &Client) -> u64 {
 async fn steady_state_writes(client: &Client, count: usize) -> Row {
     let ns = TestNamespace::create(client, "bench-steady").await;
     let sim = Simulator::start(Fixture::demo()).await.unwrap();
-    let mut settings = test_settings(&ns.name);
+    let mut settings = bench_settings(&ns.name, &sim);
     let interval = Duration::from_secs(1);
     settings.interval_override = Some(interval);
     let _operator = Operator::start(client.clone(), settings);
@@ -466,7 +477,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn apply_to_ready(client: &Client, trials: usize) -> Vec<Row> {
     let ns = TestNamespace::create(client, "bench-ready").await;
     let sim = Simulator::start(Fixture::demo()).await.unwrap();
-    let _operator = Operator::start(client.clone(), test_settings(&ns.name));
+    let _operator = Operator::start(client.clone(), bench_settings(&ns.name, &sim));
     cloud_secret(client, &ns.name).await;
     let integrations: Api<BitbucketIntegration> = Api::namespaced(client.clone(), &ns.name);
     let subscriptions: Api<Subscription> = Api::namespaced(client.clone(), &ns.name);
@@ -614,7 +625,10 @@ fn own_client(sim: &Simulator) -> bitbucket_operator::bitbucket::Client {
             email: "jdoe@example.com".into(),
             token: "FAKE-cloud-api-token-for-jdoe".into(),
         },
-        Default::default(),
+        bitbucket_operator::bitbucket::TransportConfig {
+            allowed: sim.base_url().parse().unwrap(),
+            ..Default::default()
+        },
     )
     .unwrap()
 }
@@ -671,7 +685,7 @@ fn median(mut samples: Vec<Duration>) -> Duration {
 async fn large_sync_time(client: &Client, n: usize, trials: usize) -> Row {
     let ns = TestNamespace::create(client, "bench-large").await;
     let sim = Simulator::start(generated(n)).await.unwrap();
-    let _operator = Operator::start(client.clone(), test_settings(&ns.name));
+    let _operator = Operator::start(client.clone(), bench_settings(&ns.name, &sim));
     let subscriptions = synced_workspace(client, &ns.name, &sim).await;
     let (tx, mut sightings) = tokio::sync::mpsc::unbounded_channel();
     {
@@ -815,7 +829,8 @@ struct Process {
 }
 
 impl Process {
-    fn start(log: &str) -> Self {
+    /// Runs the operator allowing `servers` beyond Bitbucket Cloud (`--allowed-servers`).
+    fn start(log: &str, servers: &str) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .unwrap()
@@ -831,6 +846,8 @@ impl Process {
                 &address,
                 "--health-address",
                 &address,
+                "--allowed-servers",
+                &format!("cloud,{servers}"),
             ])
             .env("RUST_LOG", "info")
             .stdout(log.try_clone().unwrap())
@@ -964,7 +981,7 @@ async fn at_scale(client: &Client, scale: Scale) -> Vec<Row> {
     let sim = Simulator::start(Fixture::demo()).await.unwrap();
 
     // Idle: the operator up, watching a cluster with none of our objects.
-    let operator = Process::start("scale-idle.log");
+    let operator = Process::start("scale-idle.log", &sim.base_url());
     operator.ready().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (idle, _) = operator.memory();
@@ -1044,7 +1061,7 @@ async fn at_scale(client: &Client, scale: Scale) -> Vec<Row> {
     });
     let writes_before = writes(client).await;
     let started = Instant::now();
-    let operator = Process::start("scale.log");
+    let operator = Process::start("scale.log", &sim.base_url());
     support::within("every object to be Ready", async {
         let mut seen = std::collections::HashSet::new();
         while seen.len() < integration_count {

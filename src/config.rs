@@ -1,12 +1,12 @@
 //! `bitbucket-operator run`: its flags (each also an environment variable) and how they become
 //! [`Settings`](crate::controller::Settings). No I/O.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use clap::Args;
 
 use crate::{
-    bitbucket::{RetryPolicy, TransportConfig},
+    bitbucket::{AllowList, RefusedNetworks, RetryPolicy, TransportConfig},
     controller::Settings,
 };
 
@@ -37,6 +37,20 @@ pub struct RunArgs {
     #[arg(long, env = "POD_NAME", default_value = "bitbucket-operator")]
     pub instance: String,
 
+    /// The Bitbucket servers any integration's credential may be sent to: URL prefixes,
+    /// comma-separated; `cloud` stands for Bitbucket Cloud's API and OAuth endpoint. Other
+    /// servers need the consent of the credential's Secret (its annotation
+    /// `scm.shippable.io/allowed-servers`). Empty: only what Secrets consent to.
+    #[arg(long, env = "ALLOWED_SERVERS", default_value_t = AllowList::cloud())]
+    pub allowed_servers: AllowList,
+
+    /// Networks (CIDRs or addresses, comma-separated) the operator never connects to, whatever
+    /// the allowed servers say; checked on the addresses connected to. The default refuses
+    /// link-local and cloud-metadata addresses; add your cluster's Service and Pod ranges to
+    /// keep integrations away from in-cluster services.
+    #[arg(long, env = "REFUSED_NETWORKS", default_value_t = RefusedNetworks::default())]
+    pub refused_networks: RefusedNetworks,
+
     /// For demos and benchmarks only: use this many seconds instead of every
     /// validationInterval and syncInterval.
     #[arg(long, hide = true)]
@@ -57,6 +71,8 @@ impl RunArgs {
             transport: TransportConfig {
                 timeout: Duration::from_secs(self.bitbucket_timeout_seconds.max(1)),
                 retry: RetryPolicy::default(),
+                allowed: self.allowed_servers.clone(),
+                refused: Arc::new(self.refused_networks.clone()),
                 ..TransportConfig::default()
             },
             instance: self.instance.clone(),

@@ -74,7 +74,13 @@ fn client(sim: &Simulator, credentials: Credentials) -> Client {
     client_with(sim, credentials, quick())
 }
 
+/// A client of the simulator, which the allowed servers name (as the operator's
+/// `--allowed-servers` or a Secret's consent would).
 fn client_with(sim: &Simulator, credentials: Credentials, config: TransportConfig) -> Client {
+    let config = TransportConfig {
+        allowed: config.allowed.and(&sim.base_url().parse().unwrap()),
+        ..config
+    };
     let server = if credentials.is_cloud() {
         Server::Cloud {
             api_url: Url::parse(&sim.cloud_api_url()).unwrap(),
@@ -626,16 +632,18 @@ async fn an_unreachable_server_is_a_transport_error() {
         .local_addr()
         .unwrap()
         .port();
+    let server = format!("http://127.0.0.1:{port}");
     let config = TransportConfig {
         retry: RetryPolicy {
             max_retries: 0,
             ..RetryPolicy::default()
         },
+        allowed: server.parse().unwrap(),
         ..quick()
     };
     let client = Client::new(
         Server::DataCenter {
-            base_url: Url::parse(&format!("http://127.0.0.1:{port}")).unwrap(),
+            base_url: Url::parse(&server).unwrap(),
         },
         dc_basic(DC_PASSWORD),
         config,

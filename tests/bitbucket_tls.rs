@@ -66,9 +66,10 @@ async fn tls_terminator(server: rustls::ServerConfig, backend: SocketAddr) -> So
 }
 
 fn client(address: SocketAddr, ca_bundle_pem: Option<Vec<u8>>) -> Client {
+    let server = format!("https://127.0.0.1:{}", address.port());
     Client::new(
         Server::DataCenter {
-            base_url: Url::parse(&format!("https://127.0.0.1:{}", address.port())).unwrap(),
+            base_url: Url::parse(&server).unwrap(),
         },
         Credentials::DataCenterBasic {
             username: "jdoe".into(),
@@ -76,6 +77,7 @@ fn client(address: SocketAddr, ca_bundle_pem: Option<Vec<u8>>) -> Client {
         },
         TransportConfig {
             ca_bundle_pem,
+            allowed: server.parse().unwrap(),
             timeout: Duration::from_secs(5),
             retry: RetryPolicy {
                 max_retries: 0,

@@ -19,7 +19,7 @@ use kube::{
 };
 use serde_json::Value;
 use support::{
-    TestNamespace, apply_manifests, client, install_crds,
+    TestNamespace, apply_manifests, client, consenting, install_crds,
     operator::{Operator, condition, eventually, test_settings},
     string_secret, within, yaml_documents,
 };
@@ -95,12 +95,15 @@ async fn the_operator_works_with_only_the_permissions_deploy_grants() {
     let operator = Operator::start(operator_client.clone(), test_settings(&ns.name));
 
     // The whole life of an integration: validate, sync a Subscription, block and release deletion.
-    let secret = string_secret(
-        "acme-token",
-        &[
-            ("email", "jdoe@example.com"),
-            ("token", "FAKE-cloud-api-token-for-jdoe"),
-        ],
+    let secret = consenting(
+        string_secret(
+            "acme-token",
+            &[
+                ("email", "jdoe@example.com"),
+                ("token", "FAKE-cloud-api-token-for-jdoe"),
+            ],
+        ),
+        &sim.base_url(),
     );
     let pp = PostParams::default();
     Api::<Secret>::namespaced(admin.clone(), &ns.name)

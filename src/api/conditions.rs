@@ -42,6 +42,10 @@ pub mod reasons {
     /// The spec combines with another object in a way that cannot work (e.g. a workspace on a
     /// Data Center integration).
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The integration's server (or its OAuth token endpoint) is not one its credential may be
+    /// sent to: not in the operator's allowed servers, not consented to by the Secret, or at an
+    /// address the operator refuses. Nothing was sent.
+    pub const SERVER_NOT_ALLOWED: &str = "ServerNotAllowed";
     /// Work is in progress (`Reconciling`): a first validation, a listing asked for.
     pub const PROGRESSING: &str = "Progressing";
     /// Work failed for now and is retried with backoff (`Reconciling`, after Flux's

@@ -27,6 +27,11 @@ pub const VERSION: &str = "v1alpha1";
 /// Held by every integration while Subscriptions may still reference it.
 pub const IN_USE_FINALIZER: &str = "scm.shippable.io/in-use";
 
+/// On a credential Secret: the servers (URL prefixes, comma-separated; `cloud` for Bitbucket
+/// Cloud) its credential may be sent to beyond the operator's `--allowed-servers`. Whoever may
+/// write the Secret decides; whoever may only write integrations cannot widen it.
+pub const ALLOWED_SERVERS_ANNOTATION: &str = "scm.shippable.io/allowed-servers";
+
 /// Set to any new value to ask for an immediate re-validation (integration) or re-sync
 /// (subscription); the value handled last is echoed in `status.lastHandledSyncRequest`.
 pub const SYNC_REQUESTED_AT_ANNOTATION: &str = "scm.shippable.io/sync-requested-at";

@@ -82,6 +82,14 @@ pub enum Error {
     #[error("refused to follow a paging link: {reason}")]
     PagingLoop { reason: String },
 
+    /// The URL is not a server this credential may be sent to; nothing was sent.
+    #[error("{url} is not an allowed Bitbucket server for this credential")]
+    NotAllowed { url: String },
+
+    /// The server's address is one the client never connects to; nothing was sent.
+    #[error("refusing to connect: {0}; the operator does not connect there (--refused-networks)")]
+    AddressRefused(#[from] super::reach::AddressRefused),
+
     /// The client cannot be built from its configuration (bad URL, bad CA bundle).
     #[error("invalid Bitbucket client configuration: {message}")]
     Config { message: String },
@@ -94,7 +102,11 @@ impl Error {
             Self::Unauthorized { .. }
             | Self::InsufficientScopes { .. }
             | Self::Forbidden { .. } => ErrorClass::Credentials,
-            Self::NotFound { .. } | Self::Gone { .. } | Self::Config { .. } => ErrorClass::Request,
+            Self::NotFound { .. }
+            | Self::Gone { .. }
+            | Self::Config { .. }
+            | Self::NotAllowed { .. }
+            | Self::AddressRefused(_) => ErrorClass::Request,
             Self::RateLimited { .. }
             | Self::Unavailable { .. }
             | Self::Timeout { .. }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod model;
 mod oauth;
 mod paging;
+pub mod reach;
 pub mod transport;
 
 use secrecy::{ExposeSecret, SecretString};
@@ -20,6 +21,7 @@ use url::Url;
 pub use credentials::Credentials;
 pub use error::{Error, ErrorClass};
 pub use model::{Identity, IdentityKind, ListScope, ListingSummary, Repository};
+pub use reach::{AllowList, RefusedNetworks};
 pub use transport::{RequestObserver, RetryPolicy, TransportConfig};
 
 use oauth::OAuthConsumer;
@@ -105,6 +107,23 @@ impl Client {
     /// The server this client talks to.
     pub fn server(&self) -> &Server {
         &self.server
+    }
+
+    /// Where this client sends the credential, each with how a user would name it: the server's
+    /// URL, and for an OAuth consumer the token endpoint derived from it.
+    pub fn endpoints(&self) -> Vec<(&'static str, Url)> {
+        let base = match &self.server {
+            Server::Cloud { api_url } => api_url.clone(),
+            Server::DataCenter { base_url } => base_url.clone(),
+        };
+        let mut endpoints = vec![("server", base)];
+        if let Some(oauth) = &self.oauth {
+            endpoints.push((
+                "the OAuth token endpoint derived from server.url",
+                oauth.token_url().clone(),
+            ));
+        }
+        endpoints
     }
 
     /// Proves the credential works and says who it is. `workspace` is required for Cloud access

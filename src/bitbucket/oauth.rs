@@ -14,7 +14,8 @@ use url::Url;
 
 use super::{
     error::Error,
-    transport::{Redactor, Transport, parse_retry_after},
+    reach::AddressRefused,
+    transport::{Redactor, Transport, address_refused, parse_retry_after},
 };
 
 /// The token endpoint of bitbucket.org (api-facts §B.4).
@@ -30,6 +31,8 @@ type Client =
 /// An OAuth consumer and its cached access token.
 pub(crate) struct OAuthConsumer {
     client: Client,
+    /// Checked against the allowed servers before each grant, like every other URL.
+    token_url: Url,
     cached: Mutex<Option<CachedToken>>,
 }
 
@@ -57,16 +60,24 @@ impl OAuthConsumer {
         client_id: &str,
         client_secret: &SecretString,
     ) -> Result<Self, Error> {
-        let token_url = TokenUrl::new(token_url(api_url)).map_err(|e| Error::Config {
+        let config_error = |e: &dyn std::fmt::Display| Error::Config {
             message: format!("OAuth token URL: {e}"),
-        })?;
+        };
+        let url = token_url(api_url);
+        let parsed = Url::parse(&url).map_err(|e| config_error(&e))?;
+        let token_uri = TokenUrl::new(url).map_err(|e| config_error(&e))?;
         let client = BasicClient::new(ClientId::new(client_id.to_owned()))
             .set_client_secret(ClientSecret::new(client_secret.expose_secret().to_owned()))
-            .set_token_uri(token_url);
+            .set_token_uri(token_uri);
         Ok(Self {
             client,
+            token_url: parsed,
             cached: Mutex::new(None),
         })
+    }
+
+    pub fn token_url(&self) -> &Url {
+        &self.token_url
     }
 
     /// The `Authorization` header value, from the cache or a new grant.
@@ -91,6 +102,7 @@ impl OAuthConsumer {
     }
 
     async fn grant(&self, transport: &Transport, redact: &Redactor) -> Result<CachedToken, Error> {
+        transport.permit(&self.token_url)?;
         let response = self
             .client
             .exchange_client_credentials()
@@ -127,6 +139,8 @@ enum GrantHttpError {
     Status(u16, Option<Duration>),
     #[error("{0}")]
     Transport(String, bool),
+    #[error("{0}")]
+    Refused(AddressRefused),
 }
 
 async fn send(transport: &Transport, request: HttpRequest) -> Result<HttpResponse, GrantHttpError> {
@@ -160,6 +174,9 @@ async fn send(transport: &Transport, request: HttpRequest) -> Result<HttpRespons
 }
 
 fn transport_failure(error: reqwest::Error) -> GrantHttpError {
+    if let Some(refused) = address_refused(&error) {
+        return GrantHttpError::Refused(refused);
+    }
     let timed_out = error.is_timeout();
     GrantHttpError::Transport(error.without_url().to_string(), timed_out)
 }
@@ -190,6 +207,7 @@ fn grant_error(
         RequestTokenError::Request(GrantHttpError::Transport(_, true)) => {
             Error::Timeout { timeout }
         }
+        RequestTokenError::Request(GrantHttpError::Refused(refused)) => refused.into(),
         RequestTokenError::Request(GrantHttpError::Transport(message, false)) => Error::Transport {
             message: redact.scrub(message),
         },

@@ -11,7 +11,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
-use super::error::Error;
+use super::{
+    error::Error,
+    reach::{AddressRefused, AllowList, Guarded, RefusedNetworks, literal_refused, system_lookup},
+};
 
 /// How often and how long a request is retried when Bitbucket is overloaded or failing.
 #[derive(Clone, Copy, Debug)]
@@ -63,6 +66,10 @@ pub struct TransportConfig {
     pub retry: RetryPolicy,
     /// Metrics hook.
     pub observer: Option<RequestObserver>,
+    /// The servers the credential may be sent to; every request is checked.
+    pub allowed: AllowList,
+    /// Addresses never connected to, whatever `allowed` says.
+    pub refused: Arc<RefusedNetworks>,
 }
 
 impl Default for TransportConfig {
@@ -72,6 +79,8 @@ impl Default for TransportConfig {
             timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
             observer: None,
+            allowed: AllowList::cloud(),
+            refused: Arc::new(RefusedNetworks::default()),
         }
     }
 }
@@ -85,6 +94,8 @@ impl std::fmt::Debug for TransportConfig {
             )
             .field("timeout", &self.timeout)
             .field("retry", &self.retry)
+            .field("allowed", &self.allowed.to_string())
+            .field("refused", &self.refused.to_string())
             .finish_non_exhaustive()
     }
 }
@@ -192,6 +203,11 @@ impl Transport {
             // Never follow redirects: a redirect to another host would carry the credential
             // there, and Bitbucket's API does not redirect the calls we make.
             .redirect(reqwest::redirect::Policy::none())
+            // Host names resolve only to addresses outside the refused networks.
+            .dns_resolver(Arc::new(Guarded {
+                refused: Arc::clone(&config.refused),
+                lookup: system_lookup(),
+            }))
             .user_agent(concat!("bitbucket-operator/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| Error::Config {
@@ -202,6 +218,20 @@ impl Transport {
 
     pub fn http(&self) -> &reqwest::Client {
         &self.http
+    }
+
+    /// Whether the credential may be sent to `url`: an allowed server, not at a refused
+    /// address. Called before every request; host names are checked again when connecting.
+    pub fn permit(&self, url: &Url) -> Result<(), Error> {
+        if !self.config.allowed.permits(url) {
+            return Err(Error::NotAllowed {
+                url: without_query(url),
+            });
+        }
+        match literal_refused(url, &self.config.refused) {
+            Some(refused) => Err(refused.into()),
+            None => Ok(()),
+        }
     }
 
     /// GETs `url`, retrying transient failures as the policy allows; returns the 2xx answer or
@@ -248,6 +278,7 @@ impl Transport {
         authorization: Option<&SecretString>,
         redact: &Redactor,
     ) -> Result<Response, Error> {
+        self.permit(url)?;
         let mut request = self
             .http
             .get(url.clone())
@@ -302,6 +333,9 @@ impl Transport {
                 timeout: self.config.timeout,
             };
         }
+        if let Some(refused) = address_refused(error) {
+            return refused.into();
+        }
         // reqwest's message names the URL (which never carries credentials) and the cause.
         let mut message = error.without_url_ref().to_string();
         let mut source = std::error::Error::source(error);
@@ -313,6 +347,25 @@ impl Transport {
             message: redact.scrub(message),
         }
     }
+}
+
+/// The refusal of the resolver behind a failed request, if that is why it failed.
+pub(crate) fn address_refused(error: &reqwest::Error) -> Option<AddressRefused> {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(refused) = cause.downcast_ref::<AddressRefused>() {
+            return Some(refused.clone());
+        }
+        source = cause.source();
+    }
+    None
+}
+
+/// A URL as messages show it: without its query.
+fn without_query(url: &Url) -> String {
+    let mut shown = url.clone();
+    shown.set_query(None);
+    shown.to_string()
 }
 
 trait WithoutUrlRef {

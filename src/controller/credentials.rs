@@ -15,8 +15,11 @@ use super::{
     memory::Memory,
 };
 use crate::{
-    api::{BitbucketIntegration, CLOUD_API_URL, CredentialType, ServerType, conditions::reasons},
-    bitbucket::{self, Credentials, Server, TransportConfig},
+    api::{
+        ALLOWED_SERVERS_ANNOTATION, BitbucketIntegration, CLOUD_API_URL, CredentialType,
+        ServerType, conditions::reasons,
+    },
+    bitbucket::{self, AllowList, Credentials, Server, TransportConfig, reach},
 };
 
 /// Why no client could be made: a problem only the user can fix.
@@ -35,6 +38,8 @@ pub enum ResolveError {
     NotText { secret: String, key: String },
     #[error("{0}")]
     InvalidSpec(String),
+    #[error("{0}")]
+    ServerNotAllowed(String),
     #[error("reading Secret {secret}: {source}")]
     Kube {
         secret: String,
@@ -49,6 +54,7 @@ impl Reason for ResolveError {
             Self::SecretNotFound(_) => reasons::SECRET_NOT_FOUND,
             Self::SecretKeyMissing { .. } | Self::NotText { .. } => reasons::SECRET_KEY_MISSING,
             Self::InvalidSpec(_) => reasons::INVALID_SPEC,
+            Self::ServerNotAllowed(_) => reasons::SERVER_NOT_ALLOWED,
             Self::Kube { .. } => reasons::KUBERNETES_ERROR,
         }
     }
@@ -118,18 +124,79 @@ pub async fn resolve(
         secret_name,
     )?;
     let server = server(integration)?;
+    let consent = consent(&secret, secret_name)?;
+    let operator = transport.allowed.clone();
     let transport = TransportConfig {
         ca_bundle_pem: ca.map(|(pem, _)| pem),
+        allowed: consent
+            .as_ref()
+            .map_or(operator.clone(), |c| operator.and(c)),
         ..transport
     };
+    let refused = Arc::clone(&transport.refused);
     let client = bitbucket::Client::new(server, credentials, transport)
         .map_err(|e| ResolveError::InvalidSpec(e.to_string()))?;
+    for (what, url) in client.endpoints() {
+        reachable(
+            what,
+            &url,
+            &operator,
+            consent.as_ref(),
+            &refused,
+            secret_name,
+        )?;
+    }
     let resolved = Resolved {
         client: Arc::new(client),
         fingerprint,
     };
     memory.integration(&uid, |m| m.client = Some(resolved.clone()));
     Ok(resolved)
+}
+
+/// The servers the Secret consents to send its credential to (its annotation), if it says.
+fn consent(secret: &Secret, secret_name: &str) -> Result<Option<AllowList>, ResolveError> {
+    let Some(text) = secret.annotations().get(ALLOWED_SERVERS_ANNOTATION) else {
+        return Ok(None);
+    };
+    text.parse().map(Some).map_err(|e| {
+        ResolveError::ServerNotAllowed(format!(
+            "Secret {secret_name}'s annotation {ALLOWED_SERVERS_ANNOTATION} is not a list of \
+             servers: {e}"
+        ))
+    })
+}
+
+/// Refuses, before anything is sent, an endpoint that neither the operator nor the Secret
+/// allows, or that names a refused address; the message names the rule.
+fn reachable(
+    what: &str,
+    url: &Url,
+    operator: &AllowList,
+    consent: Option<&AllowList>,
+    refused: &bitbucket::RefusedNetworks,
+    secret_name: &str,
+) -> Result<(), ResolveError> {
+    let mut shown = url.clone();
+    shown.set_query(None);
+    if !operator.permits(url) && !consent.is_some_and(|c| c.permits(url)) {
+        let secret_says = match consent {
+            Some(_) => format!(
+                "Secret {secret_name}'s annotation {ALLOWED_SERVERS_ANNOTATION} does not name it"
+            ),
+            None => format!("Secret {secret_name} has no annotation {ALLOWED_SERVERS_ANNOTATION}"),
+        };
+        return Err(ResolveError::ServerNotAllowed(format!(
+            "{what} {shown} is not allowed for the credential in Secret {secret_name}: it is not \
+             among the operator's allowed servers ({operator}) and {secret_says}"
+        )));
+    }
+    match reach::literal_refused(url, refused) {
+        Some(refusal) => Err(ResolveError::ServerNotAllowed(
+            bitbucket::Error::from(refusal).to_string(),
+        )),
+        None => Ok(()),
+    }
 }
 
 async fn read(secrets: &Api<Secret>, name: &str) -> Result<Secret, ResolveError> {

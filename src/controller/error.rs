@@ -57,6 +57,7 @@ impl Reason for bitbucket::Error {
             E::NotFound { .. } => reasons::WORKSPACE_NOT_FOUND,
             E::RateLimited { .. } => reasons::RATE_LIMITED,
             E::Gone { .. } | E::Config { .. } => reasons::INVALID_SPEC,
+            E::NotAllowed { .. } | E::AddressRefused(_) => reasons::SERVER_NOT_ALLOWED,
             E::Unavailable { .. }
             | E::Timeout { .. }
             | E::Transport { .. }

@@ -17,7 +17,7 @@ use kube::{
 };
 
 use super::{
-    TestNamespace, client, install_crds,
+    TestNamespace, client, consenting, install_crds,
     operator::{Operator, condition, eventually, test_settings},
     string_secret, within,
 };
@@ -79,8 +79,10 @@ impl Env {
         self.operator.as_ref().expect("the operator runs")
     }
 
+    /// Creates (or replaces) Secret `name`, consenting to its credential going to the
+    /// simulator.
     pub async fn secret(&self, name: &str, data: &[(&str, &str)]) {
-        let secret = string_secret(name, data);
+        let secret = consenting(string_secret(name, data), &self.sim.base_url());
         let params = PatchParams::apply("tests").force();
         self.api::<Secret>()
             .patch(name, &params, &Patch::Apply(&secret))

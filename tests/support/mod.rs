@@ -259,3 +259,16 @@ pub fn string_secret(name: &str, data: &[(&str, &str)]) -> Secret {
         ..Secret::default()
     }
 }
+
+/// `secret`, consenting (with the annotation an administrator writes) to its credential being
+/// sent to `servers`: how tests let the operator reach their simulator.
+pub fn consenting(mut secret: Secret, servers: &str) -> Secret {
+    secret.metadata.annotations = Some(
+        [(
+            bitbucket_operator::api::ALLOWED_SERVERS_ANNOTATION.to_owned(),
+            servers.to_owned(),
+        )]
+        .into(),
+    );
+    secret
+}

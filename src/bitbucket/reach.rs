@@ -1,0 +1,503 @@
+//! Where the client may send a credential, checked on every request (the API, paging links,
+//! the OAuth token endpoint) and on every connection:
+//!
+//! - [`AllowList`]: the servers a credential may go to, as URL prefixes. The operator's list
+//!   (`--allowed-servers`, Bitbucket Cloud by default) joined with what the credential's Secret
+//!   consents to; the client refuses any other URL before sending anything.
+//! - [`RefusedNetworks`]: addresses no request goes to whatever the allow-list says
+//!   (link-local and cloud-metadata by default). Checked on the addresses the client actually
+//!   connects to — IP literals before the request, host names by the resolver, which returns
+//!   only the addresses that pass — so a name that resolves elsewhere next time (DNS
+//!   rebinding) cannot get around it.
+//!
+//! Pure except [`Guarded`], the resolver, which does DNS I/O.
+
+use std::{
+    fmt,
+    net::{IpAddr, SocketAddr},
+    str::FromStr,
+    sync::Arc,
+};
+
+use futures::future::BoxFuture;
+use ipnet::IpNet;
+use url::{Host, Url};
+
+/// What `cloud` stands for in an allow-list: Bitbucket Cloud's API and its OAuth token
+/// endpoint.
+pub const CLOUD_SERVERS: [&str; 2] = [
+    "https://api.bitbucket.org/2.0",
+    "https://bitbucket.org/site/oauth2/access_token",
+];
+
+/// One allowed server: an `http(s)` URL prefix. `https://bitbucket.example.com` allows every
+/// path of that scheme, host and port; `https://example.com/bitbucket` only the paths under
+/// `/bitbucket`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerPrefix {
+    scheme: String,
+    host: String,
+    port: u16,
+    path: Vec<String>,
+}
+
+impl ServerPrefix {
+    /// Whether `url` is this server (same scheme, host and port) under this path.
+    pub fn permits(&self, url: &Url) -> bool {
+        url.scheme() == self.scheme
+            && url.host_str().map(str::to_ascii_lowercase).as_deref() == Some(self.host.as_str())
+            && url.port_or_known_default() == Some(self.port)
+            && url
+                .path_segments()
+                .is_some_and(|segments| segments_start_with(segments, &self.path))
+    }
+}
+
+fn segments_start_with<'a>(segments: impl Iterator<Item = &'a str>, prefix: &[String]) -> bool {
+    let segments: Vec<&str> = segments.filter(|s| !s.is_empty()).collect();
+    segments.len() >= prefix.len() && segments.iter().zip(prefix).all(|(s, p)| s == p)
+}
+
+impl FromStr for ServerPrefix {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let url = Url::parse(text).map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!(
+                "{text:?}: only http and https servers can be allowed"
+            ));
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(format!("{text:?}: an allowed server carries no user name"));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err(format!(
+                "{text:?}: an allowed server has no query or fragment"
+            ));
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| format!("{text:?} names no host"))?;
+        let segments = url.path_segments().into_iter().flatten();
+        if segments.clone().any(|s| s == "." || s == "..") {
+            return Err(format!("{text:?}: the path may not hold . or .."));
+        }
+        Ok(Self {
+            scheme: url.scheme().to_owned(),
+            host: host.to_ascii_lowercase(),
+            port: url.port_or_known_default().unwrap_or_default(),
+            path: segments
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        })
+    }
+}
+
+impl fmt::Display for ServerPrefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let default = match self.scheme.as_str() {
+            "https" => 443,
+            _ => 80,
+        };
+        write!(f, "{}://{}", self.scheme, self.host)?;
+        if self.port != default {
+            write!(f, ":{}", self.port)?;
+        }
+        for segment in &self.path {
+            write!(f, "/{segment}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The servers a credential may be sent to. Written as URL prefixes separated by commas or
+/// white space; the word `cloud` stands for [`CLOUD_SERVERS`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AllowList(Vec<ServerPrefix>);
+
+impl AllowList {
+    /// Bitbucket Cloud only: the operator's default.
+    pub fn cloud() -> Self {
+        Self::from_str("cloud").expect("the Cloud servers are valid prefixes")
+    }
+
+    /// Whether any entry permits `url`.
+    pub fn permits(&self, url: &Url) -> bool {
+        self.0.iter().any(|prefix| prefix.permits(url))
+    }
+
+    /// The servers either list allows.
+    pub fn and(&self, other: &Self) -> Self {
+        let mut joined = self.0.clone();
+        joined.extend(other.0.iter().filter(|p| !self.0.contains(p)).cloned());
+        Self(joined)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl FromStr for AllowList {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut prefixes = Vec::new();
+        for entry in text.split([',', ' ', '\n', '\t']).filter(|e| !e.is_empty()) {
+            if entry == "cloud" {
+                for server in CLOUD_SERVERS {
+                    prefixes.push(server.parse()?);
+                }
+            } else {
+                prefixes.push(entry.parse()?);
+            }
+        }
+        Ok(Self(prefixes))
+    }
+}
+
+impl fmt::Display for AllowList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("none");
+        }
+        let cloud = AllowList::cloud();
+        let (is_cloud, rest): (Vec<_>, Vec<_>) = self.0.iter().partition(|p| cloud.0.contains(p));
+        let mut entries: Vec<String> = Vec::new();
+        if is_cloud.len() == cloud.0.len() {
+            entries.push("cloud".into());
+        } else {
+            entries.extend(is_cloud.iter().map(ToString::to_string));
+        }
+        entries.extend(rest.iter().map(ToString::to_string));
+        f.write_str(&entries.join(", "))
+    }
+}
+
+/// Networks the client never connects to, each with what it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RefusedNetworks(Vec<IpNet>);
+
+/// What the default networks are, for messages.
+const KNOWN: [(&str, &str); 4] = [
+    (
+        "169.254.0.0/16",
+        "a link-local address, where clouds serve instance metadata",
+    ),
+    ("fe80::/10", "an IPv6 link-local address"),
+    (
+        "fd00:ec2::254/128",
+        "the AWS instance metadata service's IPv6 address",
+    ),
+    (
+        "100.100.100.200/32",
+        "the Alibaba Cloud instance metadata address",
+    ),
+];
+
+impl Default for RefusedNetworks {
+    fn default() -> Self {
+        Self(
+            KNOWN
+                .iter()
+                .map(|(net, _)| net.parse().expect("the default networks are valid"))
+                .collect(),
+        )
+    }
+}
+
+impl RefusedNetworks {
+    /// Nothing refused (the client tests' loopback servers need nothing else; the operator
+    /// always has a list).
+    pub fn none() -> Self {
+        Self(Vec::new())
+    }
+
+    /// Why `address` is refused, or `None` when it is not. IPv4 addresses written as IPv6
+    /// (`::ffff:169.254.169.254`) are the IPv4 address.
+    pub fn refuses(&self, address: IpAddr) -> Option<String> {
+        let address = address.to_canonical();
+        let net = self.0.iter().find(|net| net.contains(&address))?;
+        let known = KNOWN
+            .iter()
+            .find(|(text, _)| text.parse::<IpNet>().ok().as_ref() == Some(net));
+        Some(match known {
+            Some((_, what)) => (*what).to_owned(),
+            None => format!("in {net}, a network the operator refuses"),
+        })
+    }
+}
+
+impl FromStr for RefusedNetworks {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        text.split([',', ' ', '\n', '\t'])
+            .filter(|e| !e.is_empty())
+            .map(|entry| {
+                entry
+                    .parse::<IpNet>()
+                    .or_else(|_| entry.parse::<IpAddr>().map(IpNet::from))
+                    .map_err(|e| format!("{entry:?} is not a network (CIDR) or address: {e}"))
+            })
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
+}
+
+impl fmt::Display for RefusedNetworks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nets: Vec<String> = self.0.iter().map(ToString::to_string).collect();
+        f.write_str(&nets.join(","))
+    }
+}
+
+/// A connection the client would not make: `host` resolved (or is) only `address`, which a
+/// refused network holds.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{host} is {address}, {why}")]
+pub struct AddressRefused {
+    pub host: String,
+    pub address: IpAddr,
+    pub why: String,
+}
+
+/// The address `url` names literally, when it is refused. (Host names go through [`Guarded`];
+/// the HTTP stack connects to a literal address without asking a resolver.)
+pub fn literal_refused(url: &Url, refused: &RefusedNetworks) -> Option<AddressRefused> {
+    let address = match url.host()? {
+        Host::Ipv4(v4) => IpAddr::V4(v4),
+        Host::Ipv6(v6) => IpAddr::V6(v6),
+        Host::Domain(_) => return None,
+    };
+    refused.refuses(address).map(|why| AddressRefused {
+        host: url.host_str().unwrap_or_default().to_owned(),
+        address,
+        why,
+    })
+}
+
+/// Looks a host name up: the system's resolver in production.
+pub type Lookup =
+    Arc<dyn Fn(String) -> BoxFuture<'static, std::io::Result<Vec<IpAddr>>> + Send + Sync>;
+
+/// The system resolver (`getaddrinfo`, through tokio).
+pub fn system_lookup() -> Lookup {
+    Arc::new(|host: String| {
+        Box::pin(async move {
+            let found = tokio::net::lookup_host((host.as_str(), 0)).await?;
+            Ok(found.map(|a| a.ip()).collect())
+        })
+    })
+}
+
+/// The HTTP client's resolver: looks the name up and keeps only the addresses no refused
+/// network holds; when none is left, fails with [`AddressRefused`].
+pub struct Guarded {
+    pub refused: Arc<RefusedNetworks>,
+    pub lookup: Lookup,
+}
+
+impl Guarded {
+    /// The addresses the client may connect to for `host`.
+    pub async fn addresses(&self, host: String) -> Result<Vec<IpAddr>, BoxError> {
+        let found = (self.lookup)(host.clone()).await?;
+        let mut first_refused = None;
+        let kept: Vec<IpAddr> = found
+            .into_iter()
+            .filter(|&address| match self.refused.refuses(address) {
+                Some(why) => {
+                    first_refused.get_or_insert(AddressRefused {
+                        host: host.clone(),
+                        address,
+                        why,
+                    });
+                    false
+                }
+                None => true,
+            })
+            .collect();
+        match (kept.is_empty(), first_refused) {
+            (true, Some(refused)) => Err(Box::new(refused)),
+            _ => Ok(kept),
+        }
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl reqwest::dns::Resolve for Guarded {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let guarded = Self {
+            refused: Arc::clone(&self.refused),
+            lookup: Arc::clone(&self.lookup),
+        };
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let kept = guarded.addresses(host).await?;
+            let addrs: reqwest::dns::Addrs =
+                Box::new(kept.into_iter().map(|ip| SocketAddr::new(ip, 0)));
+            Ok(addrs)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    fn url(text: &str) -> Url {
+        Url::parse(text).unwrap()
+    }
+
+    #[test]
+    fn a_prefix_allows_its_origin_and_the_paths_under_it_only() {
+        let list: AllowList = "https://bitbucket.example.com, http://127.0.0.1:7990/bitbucket"
+            .parse()
+            .unwrap();
+        for allowed in [
+            "https://bitbucket.example.com/rest/api/1.0/projects",
+            "https://BITBUCKET.example.com:443/",
+            "http://127.0.0.1:7990/bitbucket/rest/api/1.0/users",
+        ] {
+            assert!(list.permits(&url(allowed)), "{allowed}");
+        }
+        for refused in [
+            "http://bitbucket.example.com/rest",
+            "https://bitbucket.example.com:8443/rest",
+            "https://bitbucket.example.com.evil.test/rest",
+            "https://evil.test/bitbucket.example.com",
+            "http://127.0.0.1:7990/bitbucket-other/rest",
+            "http://127.0.0.1:7990/rest",
+            "http://127.0.0.1:7991/bitbucket/rest",
+        ] {
+            assert!(!list.permits(&url(refused)), "{refused}");
+        }
+    }
+
+    #[test]
+    fn cloud_means_the_api_and_the_oauth_token_endpoint_and_nothing_else() {
+        let cloud = AllowList::cloud();
+        assert!(cloud.permits(&url("https://api.bitbucket.org/2.0/user")));
+        assert!(cloud.permits(&url("https://bitbucket.org/site/oauth2/access_token")));
+        assert!(!cloud.permits(&url("https://bitbucket.org/jdoe/repo")));
+        assert!(!cloud.permits(&url("https://api.bitbucket.org/1.0/user")));
+        assert_eq!(cloud.to_string(), "cloud");
+        let joined = cloud.and(&"http://127.0.0.1:7990".parse().unwrap());
+        assert_eq!(joined.to_string(), "cloud, http://127.0.0.1:7990");
+        assert_eq!(AllowList::default().to_string(), "none");
+    }
+
+    #[test]
+    fn bad_entries_are_refused_with_the_reason() {
+        for (entry, says) in [
+            ("ftp://example.com", "only http and https"),
+            ("https://user@example.com", "no user name"),
+            ("https://example.com/?q=1", "no query"),
+            ("example.com", "not a URL"),
+        ] {
+            let error = entry.parse::<AllowList>().unwrap_err();
+            assert!(error.contains(says), "{entry}: {error}");
+        }
+    }
+
+    #[test]
+    fn metadata_and_link_local_addresses_are_refused_in_every_spelling() {
+        let refused = RefusedNetworks::default();
+        for address in [
+            "169.254.169.254",
+            "::ffff:169.254.169.254",
+            "fe80::1",
+            "fd00:ec2::254",
+            "100.100.100.200",
+        ] {
+            assert!(
+                refused.refuses(address.parse().unwrap()).is_some(),
+                "{address}"
+            );
+        }
+        for address in ["127.0.0.1", "10.0.0.1", "140.82.112.3", "::1"] {
+            assert!(
+                refused.refuses(address.parse().unwrap()).is_none(),
+                "{address}"
+            );
+        }
+        assert_eq!(
+            refused.refuses("169.254.169.254".parse().unwrap()).unwrap(),
+            "a link-local address, where clouds serve instance metadata"
+        );
+        let custom: RefusedNetworks = "10.96.0.0/12, 192.168.1.7".parse().unwrap();
+        assert_eq!(
+            custom.refuses("10.96.0.10".parse().unwrap()).unwrap(),
+            "in 10.96.0.0/12, a network the operator refuses"
+        );
+        assert!(custom.refuses("192.168.1.7".parse().unwrap()).is_some());
+    }
+
+    #[test]
+    fn a_literal_address_is_checked_before_any_lookup() {
+        let refused = RefusedNetworks::default();
+        let found = literal_refused(&url("http://169.254.169.254/latest/meta-data"), &refused);
+        assert_eq!(
+            found.unwrap().to_string(),
+            "169.254.169.254 is 169.254.169.254, a link-local address, where clouds serve \
+             instance metadata"
+        );
+        assert!(literal_refused(&url("http://[fe80::1]:7990/"), &refused).is_some());
+        assert!(literal_refused(&url("http://metadata.example/"), &refused).is_none());
+    }
+
+    /// A name that answers a public address first and the metadata address next (DNS
+    /// rebinding): each lookup is checked, so the second is refused.
+    #[tokio::test]
+    async fn a_name_that_rebinds_to_a_refused_address_is_refused_when_it_does() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        let guarded = Guarded {
+            refused: Arc::new(RefusedNetworks::default()),
+            lookup: Arc::new(move |_host| {
+                let call = counted.fetch_add(1, Ordering::SeqCst);
+                Box::pin(async move {
+                    Ok(vec![if call == 0 {
+                        "140.82.112.3".parse().unwrap()
+                    } else {
+                        "169.254.169.254".parse().unwrap()
+                    }])
+                })
+            }),
+        };
+        let first = guarded.addresses("rebind.example".into()).await.unwrap();
+        assert_eq!(first, ["140.82.112.3".parse::<IpAddr>().unwrap()]);
+        let second = guarded
+            .addresses("rebind.example".into())
+            .await
+            .unwrap_err();
+        let refused = second.downcast_ref::<AddressRefused>().unwrap();
+        assert_eq!(
+            refused.address,
+            "169.254.169.254".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(refused.host, "rebind.example");
+    }
+
+    #[tokio::test]
+    async fn of_mixed_answers_only_the_allowed_addresses_are_kept() {
+        let guarded = Guarded {
+            refused: Arc::new(RefusedNetworks::default()),
+            lookup: Arc::new(|_host| {
+                Box::pin(async {
+                    Ok(vec![
+                        "169.254.169.254".parse().unwrap(),
+                        "10.1.2.3".parse().unwrap(),
+                    ])
+                })
+            }),
+        };
+        let kept = guarded.addresses("mixed.example".into()).await.unwrap();
+        assert_eq!(kept, ["10.1.2.3".parse::<IpAddr>().unwrap()]);
+    }
+}
