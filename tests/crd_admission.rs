@@ -149,6 +149,16 @@ fn invalid_cases() -> Vec<Case> {
             "spec.server.url: Invalid value: \"http://bitbucket.example.com\": must use https: plain http is only accepted for loopback hosts",
         ),
         bad_integration(
+            "the cloud metadata address",
+            data_center(json!({"spec": {"server": {"url": "https://169.254.169.254/latest"}}})),
+            "spec.server.url: Invalid value: \"https://169.254.169.254/latest\": must not name a link-local or cloud-metadata address",
+        ),
+        bad_integration(
+            "an IPv6 link-local address",
+            data_center(json!({"spec": {"server": {"url": "https://[fe80::1]:7990"}}})),
+            "must not name a link-local or cloud-metadata address",
+        ),
+        bad_integration(
             "credentials inside the URL",
             data_center(
                 json!({"spec": {"server": {"url": "https://ci:hunter2@bitbucket.example.com"}}}),

@@ -12,9 +12,8 @@ use bitbucket_operator::api::{
 use bitbucket_sim::{Fixture, Simulator};
 use k8s_openapi::api::{core::v1::Secret, events::v1::Event};
 use kube::{
-    Api, Client, Config, ResourceExt,
+    Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, PostParams},
-    config::{KubeConfigOptions, Kubeconfig},
     runtime::{conditions::is_deleted, wait::await_condition},
 };
 use serde_json::Value;
@@ -44,20 +43,14 @@ fn the_cluster_role_and_the_namespaced_role_grant_the_same_rules() {
 
 /// A client acting as the ServiceAccount `bitbucket-operator` of `namespace`.
 async fn impersonating(namespace: &str) -> Client {
-    let path = std::env::var_os("KUBECONFIG").expect("KUBECONFIG is set by make test");
-    let kubeconfig = Kubeconfig::read_from(path).unwrap();
-    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    config.auth_info.impersonate = Some(format!(
-        "system:serviceaccount:{namespace}:bitbucket-operator"
-    ));
-    config.auth_info.impersonate_groups = Some(vec![
-        "system:serviceaccounts".into(),
-        format!("system:serviceaccounts:{namespace}"),
-        "system:authenticated".into(),
-    ]);
-    Client::try_from(config).unwrap()
+    support::impersonating(
+        &format!("system:serviceaccount:{namespace}:bitbucket-operator"),
+        &[
+            "system:serviceaccounts",
+            &format!("system:serviceaccounts:{namespace}"),
+        ],
+    )
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

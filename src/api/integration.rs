@@ -133,7 +133,9 @@ pub struct Server {
     /// Cloud: the REST API base URL (default https://api.bitbucket.org/2.0; override it only for
     /// a proxy or simulator, and the OAuth token endpoint moves to the same scheme://host:port).
     /// DataCenter: required; the base URL of the instance, without /rest. https only; plain http
-    /// is accepted for loopback hosts.
+    /// is accepted for loopback hosts. The credential is sent here only when the operator's
+    /// allowed servers or the credential Secret's `scm.shippable.io/allowed-servers` annotation
+    /// name it, and never to link-local or cloud-metadata addresses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     // NB: CEL's url() and ip() functions cost too much for the CRD's rule budget at this
     // length; anchored regexes say the same thing cheaply.
@@ -143,6 +145,9 @@ pub struct Server {
     #[x_kube(validation = Rule::new(
         "!self.startsWith('http://') || self.matches('^http://(localhost|127[.][0-9]+[.][0-9]+[.][0-9]+|[[]::1[]])(:[0-9]+)?([/?#].*)?$')"
     ).message("must use https: plain http is only accepted for loopback hosts (localhost, 127.0.0.1, ::1)"))]
+    #[x_kube(validation = Rule::new(
+        "!self.matches('^https?://(169[.]254[.][0-9]+[.][0-9]+|100[.]100[.]100[.]200|[[][fF][eE][89aAbB][0-9a-fA-F]*:[^]]*[]]|[[][fF][dD]00:[eE][cC]2::254[]])([:/?#].*)?$')"
+    ).message("must not name a link-local or cloud-metadata address (169.254.0.0/16, fe80::/10, fd00:ec2::254, 100.100.100.200): the operator never connects there"))]
     #[x_kube(validation = Rule::new("!self.matches('^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@')")
         .message("must not contain credentials (user:password@): they belong in the Secret named by credentials.secretRef"))]
     #[x_kube(validation = Rule::new("!self.contains('?') && !self.contains('#')")

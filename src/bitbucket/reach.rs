@@ -257,11 +257,22 @@ impl fmt::Display for RefusedNetworks {
 /// A connection the client would not make: `host` resolved (or is) only `address`, which a
 /// refused network holds.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{host} is {address}, {why}")]
+#[error("{}", self.describe())]
 pub struct AddressRefused {
     pub host: String,
     pub address: IpAddr,
     pub why: String,
+}
+
+impl AddressRefused {
+    fn describe(&self) -> String {
+        let address = self.address.to_string();
+        if self.host.trim_matches(['[', ']']) == address {
+            format!("{address} is {}", self.why)
+        } else {
+            format!("{} is {address}, {}", self.host, self.why)
+        }
+    }
 }
 
 /// The address `url` names literally, when it is refused. (Host names go through [`Guarded`];
@@ -444,10 +455,11 @@ mod tests {
         let found = literal_refused(&url("http://169.254.169.254/latest/meta-data"), &refused);
         assert_eq!(
             found.unwrap().to_string(),
-            "169.254.169.254 is 169.254.169.254, a link-local address, where clouds serve \
-             instance metadata"
+            "169.254.169.254 is a link-local address, where clouds serve instance metadata"
         );
         assert!(literal_refused(&url("http://[fe80::1]:7990/"), &refused).is_some());
+        // The same address spelled as one number is the same address.
+        assert!(literal_refused(&url("https://2852039166/2.0"), &refused).is_some());
         assert!(literal_refused(&url("http://metadata.example/"), &refused).is_none());
     }
 

@@ -13,7 +13,9 @@ use url::Url;
 
 use super::{
     error::Error,
-    reach::{AddressRefused, AllowList, Guarded, RefusedNetworks, literal_refused, system_lookup},
+    reach::{
+        AddressRefused, AllowList, Guarded, Lookup, RefusedNetworks, literal_refused, system_lookup,
+    },
 };
 
 /// How often and how long a request is retried when Bitbucket is overloaded or failing.
@@ -70,6 +72,9 @@ pub struct TransportConfig {
     pub allowed: AllowList,
     /// Addresses never connected to, whatever `allowed` says.
     pub refused: Arc<RefusedNetworks>,
+    /// How host names are looked up (the system resolver); the answers are then checked
+    /// against `refused`.
+    pub lookup: Lookup,
 }
 
 impl Default for TransportConfig {
@@ -81,6 +86,7 @@ impl Default for TransportConfig {
             observer: None,
             allowed: AllowList::cloud(),
             refused: Arc::new(RefusedNetworks::default()),
+            lookup: system_lookup(),
         }
     }
 }
@@ -206,7 +212,7 @@ impl Transport {
             // Host names resolve only to addresses outside the refused networks.
             .dns_resolver(Arc::new(Guarded {
                 refused: Arc::clone(&config.refused),
-                lookup: system_lookup(),
+                lookup: Arc::clone(&config.lookup),
             }))
             .user_agent(concat!("bitbucket-operator/", env!("CARGO_PKG_VERSION")))
             .build()

@@ -272,3 +272,18 @@ pub fn consenting(mut secret: Secret, servers: &str) -> Secret {
     );
     secret
 }
+
+/// A client acting as `user` in `groups` (and `system:authenticated`), through the admin's
+/// impersonation: what that identity's RBAC allows, and nothing more.
+pub async fn impersonating(user: &str, groups: &[&str]) -> Client {
+    let path = std::env::var_os("KUBECONFIG").expect("KUBECONFIG is set by make test");
+    let kubeconfig = Kubeconfig::read_from(path).unwrap();
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    config.auth_info.impersonate = Some(user.to_owned());
+    let mut groups: Vec<String> = groups.iter().map(|g| (*g).to_owned()).collect();
+    groups.push("system:authenticated".into());
+    config.auth_info.impersonate_groups = Some(groups);
+    Client::try_from(config).unwrap()
+}
