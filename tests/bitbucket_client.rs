@@ -700,6 +700,73 @@ async fn a_next_link_to_another_host_is_refused_and_gets_no_credential() {
 }
 
 #[tokio::test]
+async fn a_redirect_is_not_followed_and_its_target_gets_no_credential() {
+    let elsewhere = demo().await;
+    // A server that answers every request with a redirect to `elsewhere`.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = format!("http://{}", listener.local_addr().unwrap());
+    let location = format!("{}/2.0/user", elsewhere.base_url());
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request).await;
+            let answer =
+                format!("HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n");
+            let _ = stream.write_all(answer.as_bytes()).await;
+        }
+    });
+    let config = TransportConfig {
+        // Even a server the credential may go to cannot send it on.
+        allowed: format!("{server}, {}", elsewhere.base_url())
+            .parse()
+            .unwrap(),
+        ..quick()
+    };
+    let client = Client::new(
+        Server::Cloud {
+            api_url: Url::parse(&format!("{server}/2.0")).unwrap(),
+        },
+        api_token(API_TOKEN),
+        config,
+    )
+    .unwrap();
+    let error = client.whoami(None).await.unwrap_err();
+    assert!(
+        matches!(error, Error::UnexpectedStatus { status: 302, .. }),
+        "{error:?}"
+    );
+    assert_eq!(elsewhere.control().counters().total, 0);
+}
+
+#[tokio::test]
+async fn a_url_outside_the_allowed_servers_gets_nothing() {
+    let sim = demo().await;
+    let config = TransportConfig {
+        allowed: "https://bitbucket.example.com".parse().unwrap(),
+        ..quick()
+    };
+    let client = Client::new(
+        Server::Cloud {
+            api_url: Url::parse(&sim.cloud_api_url()).unwrap(),
+        },
+        api_token(API_TOKEN),
+        config,
+    )
+    .unwrap();
+    let error = client.whoami(None).await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "{}/user is not an allowed Bitbucket server for this credential",
+            sim.cloud_api_url()
+        )
+    );
+    assert_eq!(error.class(), ErrorClass::Request);
+    assert_eq!(sim.control().counters().total, 0);
+}
+
+#[tokio::test]
 async fn a_next_link_that_repeats_a_page_is_refused() {
     let sim = demo().await;
     let next = format!("{}/repositories/acme?page=2", sim.cloud_api_url());

@@ -52,3 +52,25 @@ fn deploy_installs_the_crds_and_admission_policies() {
         assert!(listed.contains(&format!("policy.{name}.yaml")), "{listed}");
     }
 }
+
+/// `deploy/deployment.yaml` spells out the reach defaults so an administrator sees them; they
+/// must be the operator's own.
+#[test]
+fn the_deployments_reach_settings_are_the_operators_defaults() {
+    use bitbucket_operator::bitbucket::{AllowList, RefusedNetworks};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let deployment = std::fs::read_to_string(root.join("deploy/deployment.yaml")).unwrap();
+    let value_of = |name: &str| {
+        let at = deployment
+            .find(&format!("- name: {name}\n"))
+            .unwrap_or_else(|| panic!("deploy/deployment.yaml sets {name}"));
+        let rest = &deployment[at..];
+        let line = rest.lines().nth(1).unwrap().trim();
+        line.strip_prefix("value: ").unwrap().to_owned()
+    };
+    assert_eq!(value_of("ALLOWED_SERVERS"), AllowList::cloud().to_string());
+    assert_eq!(
+        value_of("REFUSED_NETWORKS"),
+        RefusedNetworks::default().to_string()
+    );
+}

@@ -143,6 +143,9 @@ impl ClassifyName for serde_json::Error {
     }
 }
 
+/// The most characters of an answer's body that an error message quotes.
+pub const EXCERPT_CHARS: usize = 120;
+
 /// Removes the integration's secrets from text taken out of responses, in case a server (or a
 /// proxy) echoes them back.
 #[derive(Clone, Default)]
@@ -170,13 +173,25 @@ impl Redactor {
         Self { secrets }
     }
 
-    /// The start of a body as one line of at most 200 characters, secrets replaced.
+    /// The start of a body as one short line (at most [`EXCERPT_CHARS`] characters) of
+    /// printable text, secrets replaced: all of an answer that may reach status, whoever the
+    /// server is. Control characters (terminal escapes, NULs) become spaces.
     pub fn excerpt(&self, body: &[u8]) -> String {
         let text = String::from_utf8_lossy(body);
-        let mut line: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        let printable: String = text
+            .chars()
+            .map(|c| {
+                if c.is_control() || c == '\u{FFFD}' {
+                    ' '
+                } else {
+                    c
+                }
+            })
+            .collect();
+        let mut line: String = printable.split_whitespace().collect::<Vec<_>>().join(" ");
         line = self.scrub(line);
-        if line.chars().count() > 200 {
-            line = line.chars().take(200).collect::<String>() + "…";
+        if line.chars().count() > EXCERPT_CHARS {
+            line = line.chars().take(EXCERPT_CHARS).collect::<String>() + "…";
         }
         line
     }
@@ -588,6 +603,27 @@ mod tests {
     fn a_data_center_permission_401_is_forbidden() {
         let body = r#"{"errors":[{"context":null,"message":"You are not permitted to access this resource","exceptionName":"com.atlassian.bitbucket.AuthorisationException"}]}"#;
         assert!(matches!(classify_body(401, body), Error::Forbidden { .. }));
+    }
+
+    #[test]
+    fn an_excerpt_is_one_short_printable_line() {
+        let body = format!(
+            "<html>\x1b[31mInternal\x00 admin\r\n panel</html>\u{7}{}",
+            "x".repeat(500)
+        );
+        let excerpt = Redactor::default().excerpt(body.as_bytes());
+        assert!(
+            excerpt.starts_with("<html> [31mInternal admin panel</html> xxx"),
+            "{excerpt}"
+        );
+        assert!(!excerpt.chars().any(char::is_control), "{excerpt:?}");
+        assert_eq!(
+            excerpt.chars().count(),
+            EXCERPT_CHARS + 1,
+            "120 characters and …"
+        );
+        let binary = Redactor::default().excerpt(&[0xff, 0xfe, b'o', b'k']);
+        assert_eq!(binary, "ok");
     }
 
     #[test]
