@@ -20,7 +20,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the operator: watch BitbucketIntegrations and Subscriptions and reconcile them.
-    Run(crate::config::RunArgs),
+    Run(Box<crate::config::RunArgs>),
     /// Print the CustomResourceDefinitions and the admission policies installed beside them as
     /// YAML, or write one file each into a directory (`make crds` rewrites `crds/` this way).
     Crds {

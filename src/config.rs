@@ -7,7 +7,7 @@ use clap::Args;
 
 use crate::{
     bitbucket::{AllowList, RefusedNetworks, RetryPolicy, TransportConfig},
-    controller::Settings,
+    controller::{Settings, leader::LeaseSettings},
 };
 
 /// Flags of `bitbucket-operator run`.
@@ -51,6 +51,16 @@ pub struct RunArgs {
     #[arg(long, env = "REFUSED_NETWORKS", default_value_t = RefusedNetworks::default())]
     pub refused_networks: RefusedNetworks,
 
+    /// Run as one of several replicas: lead with the Lease `--lease-name` in this namespace
+    /// (the pod's own, from the downward API), reconciling only while holding it. Unset: this
+    /// process reconciles alone, without a Lease.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+
+    /// The Lease the replicas share (with `--lease-namespace`).
+    #[arg(long, env = "LEASE_NAME", default_value = "bitbucket-operator")]
+    pub lease_name: String,
+
     /// For demos and benchmarks only: use this many seconds instead of every
     /// validationInterval and syncInterval.
     #[arg(long, hide = true)]
@@ -76,6 +86,11 @@ impl RunArgs {
                 ..TransportConfig::default()
             },
             instance: self.instance.clone(),
+            lease: self
+                .lease_namespace
+                .as_deref()
+                .filter(|namespace| !namespace.is_empty())
+                .map(|namespace| LeaseSettings::new(namespace, &self.lease_name, &self.instance)),
             interval_override: self.interval_override_seconds.map(Duration::from_secs),
             ..Settings::default()
         }

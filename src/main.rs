@@ -21,7 +21,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init(cli.log_format)?;
     match cli.command {
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => run(*args).await,
         Command::Crds { output_dir } => crds(output_dir.as_deref()),
         Command::Version => version().await,
     }

@@ -37,6 +37,8 @@ pub struct Metrics {
     pub status_writes: Family<ControllerLabels, Counter>,
     pub bitbucket_requests: Family<RequestLabels, Counter>,
     pub blocked_deletions: Gauge,
+    /// 1 while this replica leads (or runs without leader election), 0 while it stands by.
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -81,8 +83,15 @@ impl Default for Metrics {
             "Integrations whose deletion waits for Subscriptions",
             blocked_deletions.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the Lease and reconciles, 0 while it stands by",
+            leader.clone(),
+        );
         Self {
             registry,
+            leader,
             reconciles,
             reconcile_errors,
             reconcile_duration,

@@ -34,6 +34,8 @@ pub struct IntegrationMemory {
     pub failures: u32,
     /// The status decided last, until the cache shows it (see [`Remembered`]).
     pub status: Remembered<BitbucketIntegrationStatus>,
+    /// Since when cleanup has found no Subscription using it, while it is being deleted.
+    pub unused_since: Option<Instant>,
 }
 
 /// The outcome of the last validation.
@@ -133,6 +135,11 @@ impl Memory {
         }
         swept.listings = self.listings.sweep(integrations);
         swept
+    }
+
+    /// Forgets everything (when another replica may have changed what was remembered).
+    pub fn clear(&self) {
+        self.sweep(&HashSet::new(), &HashSet::new());
     }
 
     /// How many objects have an entry (integrations, Subscriptions), for tests.

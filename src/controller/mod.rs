@@ -14,6 +14,7 @@ pub mod credentials;
 pub mod error;
 pub mod finish;
 pub mod integration;
+pub mod leader;
 pub mod listing;
 pub mod memory;
 mod run;
@@ -70,6 +71,8 @@ pub struct Settings {
     pub interval_override: Option<Duration>,
     /// How often the memory of objects that are gone is swept (see [`memory`]).
     pub sweep: Duration,
+    /// The Lease to lead with, when several replicas run; `None`: this replica alone.
+    pub lease: Option<leader::LeaseSettings>,
 }
 
 impl Default for Settings {
@@ -85,6 +88,7 @@ impl Default for Settings {
             summaries_between_listings: 5,
             interval_override: None,
             sweep: Duration::from_secs(300),
+            lease: None,
         }
     }
 }

@@ -18,18 +18,32 @@ use kube::{
     },
 };
 
-use super::{Context, Settings, Shared, integration, is_ready, lock, subscription};
+use tokio::sync::watch;
+
+use super::{
+    Context, Settings, Shared, integration, is_ready, leader::Election, lock, subscription,
+};
 use crate::api::{BitbucketIntegration, Subscription};
 
 /// The stores of every watched scope, for the sweep.
 type Scopes = Arc<Mutex<Vec<(Store<BitbucketIntegration>, Store<Subscription>)>>>;
 
-/// Runs both controllers in every watched scope until `shutdown` resolves.
+/// Runs both controllers in every watched scope until `shutdown` resolves. With a Lease in the
+/// settings, the watches and stores run all along but the controllers only while this replica
+/// leads; the Lease is released once they have stopped.
 pub async fn run(
     shared: Arc<Shared>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let shutdown = futures::FutureExt::shared(shutdown);
+    let election = shared
+        .settings
+        .lease
+        .clone()
+        .map(|lease| Election::start(shared.kube.clone(), lease));
+    // Without a Lease this replica always leads (the sender lives as long as `run`).
+    let (_always, alone) = watch::channel(true);
+    let leading = election.as_ref().map_or(alone, Election::leading);
     let scopes = shared.settings.scopes();
     let stores = Scopes::default();
     let expected = scopes.len();
@@ -39,11 +53,34 @@ pub async fn run(
             namespace,
             Arc::clone(&stores),
             shutdown.clone(),
+            leading.clone(),
         )
     });
     tokio::select! {
         _ = join_all(runs) => {}
         () = sweep(&shared, &stores, expected) => {}
+        () = forget_when_deposed(&shared, leading.clone()) => {}
+    }
+    if let Some(election) = election {
+        election.release().await;
+    }
+}
+
+/// Whenever this replica stops leading, forgets what it remembered: another leader may have
+/// changed everything by the time it leads again. Never returns.
+async fn forget_when_deposed(shared: &Shared, mut leading: watch::Receiver<bool>) {
+    let mut led = *leading.borrow_and_update();
+    shared.metrics.leader.set(i64::from(led));
+    loop {
+        if leading.changed().await.is_err() {
+            return futures::future::pending().await;
+        }
+        let now = *leading.borrow_and_update();
+        shared.metrics.leader.set(i64::from(now));
+        if led && !now {
+            shared.memory.clear();
+        }
+        led = now;
     }
 }
 
@@ -88,19 +125,19 @@ async fn run_scope(
     namespace: Option<String>,
     scopes: Scopes,
     shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
+    mut leading: watch::Receiver<bool>,
 ) {
     let client = &shared.kube;
     let config = watcher::Config::default().any_semantic();
-    let controller_config =
-        kube::runtime::controller::Config::default().concurrency(shared.settings.concurrency);
     // One watch and one store per kind, shared by both controllers: each reads the other kind
     // from the very stream that triggers it, and the store is updated before the event is
     // delivered, so a reconcile never sees an older state than the change that woke it (two
     // independent watches could disagree for a moment: a Subscription woken by its integration
     // turning Ready could still read it as not Ready). One store also means one copy of each
-    // object in memory.
+    // object in memory. The watches run while this replica does not lead too: a standby that
+    // takes over has its caches warm.
     let forget = Arc::clone(&shared);
-    let integration_watch = SharedWatch::new(
+    let (integrations, integration_feed) = SharedWatch::new(
         api::<BitbucketIntegration>(client, &namespace),
         &config,
         move |integration| {
@@ -110,7 +147,7 @@ async fn run_scope(
         },
     );
     let forget = Arc::clone(&shared);
-    let subscription_watch = SharedWatch::new(
+    let (subscriptions, subscription_feed) = SharedWatch::new(
         api::<Subscription>(client, &namespace),
         &config,
         move |subscription| {
@@ -119,26 +156,69 @@ async fn run_scope(
                 .forget_subscription(&subscription.uid().unwrap_or_default());
         },
     );
-    lock(&scopes).push((
-        integration_watch.store.clone(),
-        subscription_watch.store.clone(),
-    ));
-    let integrations =
-        Controller::for_stream(integration_watch.primary, integration_watch.store.clone())
-            .with_config(controller_config.clone());
-    let subscriptions =
-        Controller::for_stream(subscription_watch.primary, subscription_watch.store.clone())
-            .with_config(controller_config);
-    let context = Arc::new(Context {
-        shared: Arc::clone(&shared),
-        integrations: integration_watch.store,
-        subscriptions: subscription_watch.store,
-    });
-    let (integration_events, subscription_events) =
-        (integration_watch.trigger, subscription_watch.trigger);
-    let subscriptions_primary = subscriptions.store();
+    lock(&scopes).push((integrations.store.clone(), subscriptions.store.clone()));
+    let scope = namespace.as_deref().unwrap_or("(all)").to_owned();
+    let terms = async {
+        loop {
+            tokio::select! {
+                led = leading.wait_for(|leads| *leads) => if led.is_err() { return },
+                () = shutdown.clone() => return,
+            }
+            let controllers = controllers(
+                &shared,
+                &namespace,
+                &integrations,
+                &subscriptions,
+                shutdown.clone(),
+            )
+            .await;
+            tracing::info!(namespace = %scope, "controllers started");
+            let mut deposed = leading.clone();
+            tokio::select! {
+                // Only a shutdown ends them: they drain gracefully first.
+                () = controllers => return,
+                _ = deposed.wait_for(|leads| !*leads) => {
+                    // Dropping the controllers cancels their reconciles where they wait, before
+                    // another replica may take the Lease (the renew deadline is shorter).
+                    tracing::warn!(namespace = %scope, "lost the lease: controllers stopped");
+                }
+            }
+        }
+    };
+    tokio::select! {
+        () = terms => {}
+        () = futures::future::join(integration_feed, subscription_feed).map(drop) => {}
+    }
+}
 
-    let integrations = integration::wire(integrations, &context, &namespace, subscription_events)
+/// Both controllers of one scope, fed from the shared watches from now on; they reconcile
+/// every object in the (warm) stores first. The future ends when `shutdown` has drained them.
+async fn controllers(
+    shared: &Arc<Shared>,
+    namespace: &Option<String>,
+    integration_watch: &SharedWatch<BitbucketIntegration>,
+    subscription_watch: &SharedWatch<Subscription>,
+    shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
+) -> impl std::future::Future<Output = ()> {
+    let controller_config =
+        kube::runtime::controller::Config::default().concurrency(shared.settings.concurrency);
+    let (integration_primary, integration_events) = integration_watch.subscribe().await;
+    let (subscription_primary, subscription_events) = subscription_watch.subscribe().await;
+    let everything = || futures::stream::once(futures::future::ready(()));
+    let integrations = Controller::for_stream(integration_primary, integration_watch.store.clone())
+        .with_config(controller_config.clone())
+        .reconcile_all_on(everything());
+    let subscriptions =
+        Controller::for_stream(subscription_primary, subscription_watch.store.clone())
+            .with_config(controller_config)
+            .reconcile_all_on(everything());
+    let context = Arc::new(Context {
+        shared: Arc::clone(shared),
+        integrations: integration_watch.store.clone(),
+        subscriptions: subscription_watch.store.clone(),
+    });
+    let subscriptions_store = subscriptions.store();
+    let integrations = integration::wire(integrations, &context, namespace, subscription_events)
         .graceful_shutdown_on(shutdown.clone())
         .run(
             integration::reconcile,
@@ -150,40 +230,35 @@ async fn run_scope(
                 tracing::debug!(error = %e, "integration reconcile failed");
             }
         });
-    let subscriptions =
-        subscription::wire(subscriptions, subscriptions_primary, integration_events)
-            .graceful_shutdown_on(shutdown)
-            .run(
-                subscription::reconcile,
-                subscription::error_policy,
-                Arc::clone(&context),
-            )
-            .for_each(|result| async move {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "subscription reconcile failed");
-                }
-            });
-    tracing::info!(
-        namespace = namespace.as_deref().unwrap_or("(all)"),
-        "controllers started"
-    );
-    tokio::select! {
-        _ = futures::future::join(integrations, subscriptions) => {}
-        () = futures::future::join(integration_watch.feed, subscription_watch.feed).map(drop) => {}
-    }
+    let subscriptions = subscription::wire(subscriptions, subscriptions_store, integration_events)
+        .graceful_shutdown_on(shutdown)
+        .run(
+            subscription::reconcile,
+            subscription::error_policy,
+            Arc::clone(&context),
+        )
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "subscription reconcile failed");
+            }
+        });
+    futures::future::join(integrations, subscriptions).map(drop)
 }
 
 /// One watch of a kind: it feeds `store` (objects kept without their managedFields and
-/// last-applied-configuration, which the operator never reads), then hands each event to two
-/// consumers: `primary`, the kind's own controller (objects that exist), and `trigger`, the
-/// other controller's watch (deleted objects too). Deleted objects are first passed to
-/// `forget`. `feed` drives it and must be polled.
+/// last-applied-configuration, which the operator never reads), then hands each event to the
+/// two consumers [`subscribe`](Self::subscribe) installed, if any: `primary`, the kind's own
+/// controller (objects that exist), and `trigger`, the other controller's watch (deleted
+/// objects too). Deleted objects are first passed to `forget`. The feed (returned beside it)
+/// drives it and must be polled; it runs whether or not anyone consumes.
 struct SharedWatch<K: Resource<DynamicType = ()> + 'static> {
     store: Store<K>,
-    primary: futures::channel::mpsc::Receiver<Result<K, watcher::Error>>,
-    trigger: futures::channel::mpsc::Receiver<Result<K, watcher::Error>>,
-    feed: futures::future::BoxFuture<'static, ()>,
+    consumers: Consumers<K>,
 }
+
+type Sender<K> = futures::channel::mpsc::Sender<Result<K, watcher::Error>>;
+type Receiver<K> = futures::channel::mpsc::Receiver<Result<K, watcher::Error>>;
+type Consumers<K> = Arc<tokio::sync::Mutex<Option<(Sender<K>, Sender<K>)>>>;
 
 impl<K> SharedWatch<K>
 where
@@ -195,42 +270,54 @@ where
         + Sync
         + 'static,
 {
-    fn new(api: Api<K>, config: &watcher::Config, forget: impl Fn(&K) + Send + 'static) -> Self {
-        /// Events waiting for a slow consumer before the watch waits too.
-        const BUFFER: usize = 1024;
+    fn new(
+        api: Api<K>,
+        config: &watcher::Config,
+        forget: impl Fn(&K) + Send + 'static,
+    ) -> (Self, futures::future::BoxFuture<'static, ()>) {
         let (store, writer) = reflector::store();
-        let (mut to_primary, primary) = futures::channel::mpsc::channel(BUFFER);
-        let (mut to_trigger, trigger) = futures::channel::mpsc::channel(BUFFER);
+        let consumers: Consumers<K> = Arc::default();
         let events = reflector::reflector(writer, watcher(api, config.clone()).modify(lean))
             .default_backoff();
+        let feeding = Arc::clone(&consumers);
         let feed = async move {
             let mut events = std::pin::pin!(events);
             while let Some(event) = events.next().await {
-                // A closed receiver means its controller has stopped: shutting down.
+                if let Ok(watcher::Event::Delete(object)) = &event {
+                    forget(object);
+                }
+                let mut consumers = feeding.lock().await;
+                let Some((to_primary, to_trigger)) = consumers.as_mut() else {
+                    continue;
+                };
                 let sent = match event {
                     Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
                         to_primary.send(Ok(object.clone())).await.is_ok()
                             && to_trigger.send(Ok(object)).await.is_ok()
                     }
-                    Ok(watcher::Event::Delete(object)) => {
-                        forget(&object);
-                        to_trigger.send(Ok(object)).await.is_ok()
-                    }
+                    Ok(watcher::Event::Delete(object)) => to_trigger.send(Ok(object)).await.is_ok(),
                     Ok(watcher::Event::Init | watcher::Event::InitDone) => true,
                     Err(error) => to_primary.send(Err(error)).await.is_ok(),
                 };
+                // A closed receiver means its controllers have stopped (a lost lease).
                 if !sent {
-                    return;
+                    *consumers = None;
                 }
             }
         }
         .boxed();
-        Self {
-            store,
-            primary,
-            trigger,
-            feed,
-        }
+        (Self { store, consumers }, feed)
+    }
+
+    /// New streams for a new pair of controllers: `primary` and `trigger` get every event
+    /// from now on.
+    async fn subscribe(&self) -> (Receiver<K>, Receiver<K>) {
+        /// Events waiting for a slow consumer before the watch waits too.
+        const BUFFER: usize = 1024;
+        let (to_primary, primary) = futures::channel::mpsc::channel(BUFFER);
+        let (to_trigger, trigger) = futures::channel::mpsc::channel(BUFFER);
+        *self.consumers.lock().await = Some((to_primary, to_trigger));
+        (primary, trigger)
     }
 }
 

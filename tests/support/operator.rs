@@ -43,6 +43,7 @@ pub fn test_settings(namespace: &str) -> Settings {
         summaries_between_listings: 5,
         interval_override: None,
         sweep: Duration::from_secs(2),
+        lease: None,
     }
 }
 

@@ -1,13 +1,13 @@
 //! Deleting an integration: the finalizer stays while any Subscription — terminating ones
 //! included — references it. The check lists Subscriptions from the API server (a quorum read
 //! with a server-side field selector), never from a cache, because releasing the finalizer by
-//! mistake cannot be undone. Does API-server I/O.
+//! mistake cannot be undone. It looks twice, [`SETTLE`] apart: a Subscription admitted just
+//! before the API server's admission policy saw the integration being deleted is stored within
+//! that time, and the second look finds it. Does API-server I/O.
 
-use kube::{
-    Api, ResourceExt,
-    api::ListParams,
-    runtime::{controller::Action, events::EventType},
-};
+use std::time::{Duration, Instant};
+
+use kube::{Api, ResourceExt, api::ListParams, runtime::events::EventType};
 
 use super::{Error, Users};
 use crate::{
@@ -22,12 +22,25 @@ use crate::{
     status::conditions::{self, Desired, Status},
 };
 
-/// Allows the deletion (`Ok`) when no Subscription uses the integration; otherwise says who
-/// does, in status and an Event, and returns [`Error::DeletionBlocked`] (the finalizer stays).
+/// How long no Subscription must have used an integration being deleted before its finalizer
+/// goes: longer than a create takes from admission to storage.
+pub(super) const SETTLE: Duration = Duration::from_secs(1);
+
+/// What cleanup decided.
+pub(super) enum Cleanup {
+    /// Nobody uses the integration: release the finalizer.
+    Release,
+    /// Nobody uses it now; look again after this long before releasing.
+    LookAgain(Duration),
+}
+
+/// Allows the deletion when no Subscription has used the integration for [`SETTLE`]; otherwise
+/// says who does, in status and an Event, and returns [`Error::DeletionBlocked`] (the finalizer
+/// stays).
 pub(super) async fn cleanup(
     integration: &BitbucketIntegration,
     context: &Context,
-) -> Result<Action, Error> {
+) -> Result<Cleanup, Error> {
     let shared = &context.shared;
     let name = integration.name_any();
     let namespace = integration.namespace().unwrap_or_default();
@@ -40,7 +53,20 @@ pub(super) async fn cleanup(
     // What the integration leaves in memory goes when the watch reports it deleted.
     let draft = Draft::begin(&shared.memory, integration);
     let was_blocked = conditions::is_true(&draft.shown.conditions, DELETION_BLOCKED);
+    let uid = crate::controller::finish::uid(integration);
+    let unused_since = shared.memory.integration(&uid, |m| {
+        if users.count == 0 {
+            *m.unused_since.get_or_insert_with(Instant::now)
+        } else {
+            m.unused_since = None;
+            Instant::now()
+        }
+    });
     if users.count == 0 {
+        let waited = unused_since.elapsed();
+        if waited < SETTLE {
+            return Ok(Cleanup::LookAgain(SETTLE - waited));
+        }
         if was_blocked {
             shared.metrics.blocked_deletions.dec();
             let released = Announcement {
@@ -51,7 +77,7 @@ pub(super) async fn cleanup(
             };
             shared.announce(integration, released).await;
         }
-        return Ok(Action::await_change());
+        return Ok(Cleanup::Release);
     }
 
     let message = users.message(&name);

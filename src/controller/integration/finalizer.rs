@@ -8,7 +8,10 @@ use kube::{
     runtime::controller::Action,
 };
 
-use super::{Error, apply, cleanup};
+use super::{
+    Error, apply,
+    cleanup::{self, Cleanup},
+};
 use crate::{
     api::{BitbucketIntegration, IN_USE_FINALIZER},
     controller::Context,
@@ -50,7 +53,9 @@ pub(super) async fn with_finalizer(
             apply(&patched, context).await
         }
         (Some(index), true) => {
-            let action = cleanup::cleanup(integration, context).await?;
+            if let Cleanup::LookAgain(after) = cleanup::cleanup(integration, context).await? {
+                return Ok(Action::requeue(after));
+            }
             let path = format!("/metadata/finalizers/{index}");
             let patch = serde_json::json!([
                 {"op": "test", "path": path, "value": IN_USE_FINALIZER},
@@ -58,7 +63,7 @@ pub(super) async fn with_finalizer(
             ]);
             api.patch(&name, &PatchParams::default(), &json_patch(patch))
                 .await?;
-            Ok(action)
+            Ok(Action::await_change())
         }
         (None, true) => Ok(Action::await_change()),
     }
