@@ -39,6 +39,8 @@ pub struct Metrics {
     pub blocked_deletions: Gauge,
     /// 1 while this replica leads (or runs without leader election), 0 while it stands by.
     pub leader: Gauge,
+    /// Watched scopes whose controllers run now: 0 on a standby.
+    pub reconciling_scopes: Gauge,
 }
 
 impl Default for Metrics {
@@ -89,9 +91,16 @@ impl Default for Metrics {
             "1 while this replica holds the Lease and reconciles, 0 while it stands by",
             leader.clone(),
         );
+        let reconciling_scopes = Gauge::default();
+        registry.register(
+            "reconciling_scopes",
+            "Watched scopes whose controllers run now (0 while this replica stands by)",
+            reconciling_scopes.clone(),
+        );
         Self {
             registry,
             leader,
+            reconciling_scopes,
             reconciles,
             reconcile_errors,
             reconcile_duration,

@@ -3,11 +3,14 @@
 
 mod support;
 
-use bitbucket_operator::api::{
-    BitbucketIntegration, BitbucketIntegrationSpec, CredentialType, Credentials,
-    LocalObjectReference, RepositoryFilter, SecretReference, Server, ServerType, Subscription,
-    SubscriptionSpec,
-    conditions::{DELETION_BLOCKED, READY},
+use bitbucket_operator::{
+    api::{
+        BitbucketIntegration, BitbucketIntegrationSpec, CredentialType, Credentials,
+        LocalObjectReference, RepositoryFilter, SecretReference, Server, ServerType, Subscription,
+        SubscriptionSpec,
+        conditions::{DELETION_BLOCKED, READY},
+    },
+    controller::leader::LeaseSettings,
 };
 use bitbucket_sim::{Fixture, Simulator};
 use k8s_openapi::api::{core::v1::Secret, events::v1::Event};
@@ -60,9 +63,13 @@ async fn the_operator_works_with_only_the_permissions_deploy_grants() {
     let ns = TestNamespace::create(&admin, "rbac").await;
     let sim = Simulator::start(Fixture::demo()).await.unwrap();
 
-    // The ServiceAccount and the shipped namespaced Role, bound in the test namespace.
+    // The ServiceAccount, the shipped namespaced Role and the Lease's Role, bound in the test
+    // namespace (which stands for the operator's own too).
     let mut manifests =
         yaml_documents(&std::fs::read_to_string("deploy/namespaced/role.yaml").unwrap());
+    manifests.extend(yaml_documents(
+        &std::fs::read_to_string("deploy/lease.yaml").unwrap(),
+    ));
     manifests.push(serde_json::json!({
         "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "bitbucket-operator"}
     }));
@@ -85,7 +92,17 @@ async fn the_operator_works_with_only_the_permissions_deploy_grants() {
         matches!(&refused, kube::Error::Api(s) if s.is_forbidden()),
         "the operator may not delete Secrets: {refused:?}"
     );
-    let operator = Operator::start(operator_client.clone(), test_settings(&ns.name));
+    // It leads with the Lease, as deployed.
+    let settings = || {
+        let mut settings = test_settings(&ns.name);
+        settings.lease = Some(LeaseSettings::new(
+            &ns.name,
+            "bitbucket-operator",
+            "rbac-operator",
+        ));
+        settings
+    };
+    let operator = Operator::start(operator_client.clone(), settings());
 
     // The whole life of an integration: validate, sync a Subscription, block and release deletion.
     let secret = consenting(
@@ -165,7 +182,7 @@ async fn the_operator_works_with_only_the_permissions_deploy_grants() {
         .delete("acme", &DeleteParams::default())
         .await
         .unwrap();
-    let _operator = Operator::start(operator_client, test_settings(&ns.name));
+    let _operator = Operator::start(operator_client, settings());
     eventually(&subscriptions, "ci", "ci to sync", move |s| {
         s.status.as_ref().is_some_and(|s| ready(&s.conditions))
     })

@@ -173,16 +173,20 @@ async fn run_scope(
             )
             .await;
             tracing::info!(namespace = %scope, "controllers started");
+            shared.metrics.reconciling_scopes.inc();
             let mut deposed = leading.clone();
-            tokio::select! {
+            let shut_down = tokio::select! {
                 // Only a shutdown ends them: they drain gracefully first.
-                () = controllers => return,
-                _ = deposed.wait_for(|leads| !*leads) => {
-                    // Dropping the controllers cancels their reconciles where they wait, before
-                    // another replica may take the Lease (the renew deadline is shorter).
-                    tracing::warn!(namespace = %scope, "lost the lease: controllers stopped");
-                }
+                () = controllers => true,
+                // Dropping the controllers cancels their reconciles where they wait, before
+                // another replica may take the Lease (the renew deadline is shorter).
+                _ = deposed.wait_for(|leads| !*leads) => false,
+            };
+            shared.metrics.reconciling_scopes.dec();
+            if shut_down {
+                return;
             }
+            tracing::warn!(namespace = %scope, "lost the lease: controllers stopped");
         }
     };
     tokio::select! {

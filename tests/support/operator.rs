@@ -70,6 +70,35 @@ impl Operator {
         let _ = within("the operator to stop", &mut self.task).await;
     }
 
+    /// Whether this operator holds the Lease (or runs alone), from its metrics.
+    pub fn leads(&self) -> bool {
+        self.metric("bitbucket_operator_leader") == 1
+    }
+
+    /// Whether any of this operator's controllers run (a standby's do not).
+    pub fn reconciles(&self) -> bool {
+        self.metric("bitbucket_operator_reconciling_scopes") > 0
+    }
+
+    /// Status writes this operator made, both kinds together, from its metrics.
+    pub fn status_writes(&self) -> u64 {
+        self.metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("bitbucket_operator_status_writes_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    fn metric(&self, name: &str) -> i64 {
+        self.metrics
+            .render()
+            .lines()
+            .find(|l| l.split(' ').next() == Some(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     /// Successful Bitbucket requests this operator made for `operation`, from its metrics.
     pub fn requests(&self, operation: &str) -> u64 {
         let prefix = format!(
