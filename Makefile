@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PLANE := hack/control-plane.sh
 
-.PHONY: all build bench bench-quick crds test check fmt fmt-check clippy plane cluster-up cluster-down cluster-status run run-down clean
+.PHONY: all build image image-binary bench bench-quick crds test check fmt fmt-check clippy plane cluster-up cluster-down cluster-status run run-down clean
 
 all: build
 
@@ -15,6 +15,15 @@ build:
 ## --workspace: the operator and the Bitbucket simulator (crates/bitbucket-sim) alike.
 test: fmt-check clippy plane
 	$(PLANE) exec -- $(CARGO) test --locked --workspace --all-targets
+
+## The operator's image, FROM scratch around a static release binary (buildah, or docker);
+## also exported as an OCI archive in target/image/. Pulls nothing.
+image:
+	hack/image.sh build
+
+## Just the static binary the Dockerfile copies (for `docker build .` elsewhere).
+image-binary:
+	hack/image.sh binary
 
 ## Regenerate crds/ from the Rust types in src/api (a test fails when they drift).
 crds:

@@ -5,6 +5,8 @@
 #
 #   hack/control-plane.sh build    build the binaries into the cache (a no-op when they are there)
 #   hack/control-plane.sh up       start the plane (idempotent); last line: export KUBECONFIG=...
+#   ... build --node / up --node   also kubelet and kube-proxy / also a real node (hack/node.sh):
+#                                  the API server then listens on the node's bridge address
 #   hack/control-plane.sh down     stop exactly the recorded PIDs and remove the run directory
 #   hack/control-plane.sh status   say what runs
 #   hack/control-plane.sh env      print the export line of a running plane
@@ -26,6 +28,9 @@ HACK="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HACK/.." && pwd)"
 RUN="${BBO_RUN_DIR:-$REPO/.run/control-plane}"
 START_TIMEOUT="${BBO_START_TIMEOUT:-90}"
+# With --node (or BBO_NODE=1): kubelet and kube-proxy too, and a node (hack/node.sh).
+NODE="${BBO_NODE:-0}"
+NODE_ADDRESS=10.244.0.1
 # Never let `go` fetch a toolchain of its own: machines here cannot download one.
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -mod=readonly"
 
@@ -66,20 +71,42 @@ built() { # <dir>
 }
 
 build_kube() { # <out dir>
-  local minor stamp ldflags p
-  minor="$(echo "$K8S_VERSION" | cut -d. -f2)"
-  stamp="$(date -u -d @"${SOURCE_DATE_EPOCH:-0}" +%Y-%m-%dT%H:%M:%SZ)"
+  local ldflags
   # Stamp the version as upstream's hack/lib/version.sh does, so /version reports the real one.
-  ldflags="-s -w"
-  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-    ldflags+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
-    ldflags+=" -X $p.gitTreeState=clean -X $p.buildDate=$stamp"
-  done
+  ldflags="$(version_ldflags)"
   say "building kube-apiserver, kube-controller-manager, kubectl $K8S_VERSION (cold: several minutes on 2 cores)"
   (cd "$HACK/kube" && go build -trimpath -tags=notest -ldflags="$ldflags" -o "$1/" \
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kubectl)
+}
+
+version_ldflags() {
+  local minor stamp ldflags p
+  minor="$(echo "$K8S_VERSION" | cut -d. -f2)"
+  stamp="$(date -u -d @"${SOURCE_DATE_EPOCH:-0}" +%Y-%m-%dT%H:%M:%SZ)"
+  ldflags="-s -w"
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ldflags+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
+    ldflags+=" -X $p.gitTreeState=clean -X $p.buildDate=$stamp"
+  done
+  echo "$ldflags"
+}
+
+NODE_BINARIES=(kubelet kube-proxy kube-scheduler)
+
+build_node() { # <plane bin dir>: kubelet, kube-proxy and kube-scheduler beside the plane's binaries
+  local b staging
+  [ -x "$1/kubelet" ] && [ -x "$1/kube-proxy" ] && [ -x "$1/kube-scheduler" ] && return 0
+  staging="$1.node.$$"
+  rm -rf "$staging"; mkdir -p "$staging"
+  say "building kubelet, kube-proxy and kube-scheduler $K8S_VERSION (cold: about 4 minutes on 2 cores)"
+  (cd "$HACK/kube" && go build -trimpath -tags=notest -ldflags="$(version_ldflags)" -o "$staging/" \
+    k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy \
+    k8s.io/kubernetes/cmd/kube-scheduler) ||
+    die "building the node's binaries failed (see the go output above)"
+  for b in "${NODE_BINARIES[@]}"; do mv "$staging/$b" "$1/$b"; done
+  rm -rf "$staging"
 }
 
 build_etcd() { # <out dir>
@@ -108,6 +135,7 @@ cmd_build() {
     rm -rf "$dir"; mv "$staging" "$dir"
     say "built in $((SECONDS - start))s into $dir"
   fi
+  [ "$NODE" = 0 ] || build_node "$dir"
   "$dir/kube-apiserver" --version >&2
   "$dir/etcd" --version | sed -n 1p >&2 # sed reads to the end: head could SIGPIPE etcd under pipefail
   flock -u 9
@@ -117,7 +145,7 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
 }
 
-gen_pki() { # <dir>: a CA, a serving certificate for 127.0.0.1/localhost, the service-account key pair
+gen_pki() { # <dir>: a CA, a serving certificate (loopback, the node's bridge, the `kubernetes` Service), the service-account key pair
   local d="$1"
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 30 \
     -subj "/CN=bitbucket-operator-test-ca" -keyout "$d/ca.key" -out "$d/ca.crt" \
@@ -125,7 +153,7 @@ gen_pki() { # <dir>: a CA, a serving certificate for 127.0.0.1/localhost, the se
   openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
     -subj "/CN=kube-apiserver" -keyout "$d/apiserver.key" -out "$d/apiserver.csr" 2>/dev/null
   printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature,keyEncipherment" \
-    "extendedKeyUsage=serverAuth" "subjectAltName=DNS:localhost,IP:127.0.0.1" >"$d/apiserver.ext"
+    "extendedKeyUsage=serverAuth" "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:$NODE_ADDRESS,IP:10.0.0.1,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local" >"$d/apiserver.ext"
   openssl x509 -req -in "$d/apiserver.csr" -CA "$d/ca.crt" -CAkey "$d/ca.key" -CAcreateserial \
     -days 30 -sha256 -extfile "$d/apiserver.ext" -out "$d/apiserver.crt" 2>/dev/null
   openssl ecparam -name prime256v1 -genkey -noout -out "$d/sa.key"
@@ -220,7 +248,23 @@ start_once() { # <bin dir>; returns 3 when a port was taken meanwhile (caller re
   echo "$token" >"$RUN/token"; chmod 600 "$RUN/token"
   printf '%s,admin,admin-uid,"system:masters"\n' "$token" >"$RUN/pki/tokens.csv"
   etcd_port="$(free_port)"; peer_port="$(free_port)"; api_port="$(free_port)"; kcm_port="$(free_port)"
-  server="https://127.0.0.1:$api_port"
+  # With a node, the API server listens on the node's bridge address (a local address pods
+  # reach too) and keeps the `kubernetes` Service pointing there; without one, on loopback.
+  # With a node, pods also get their ServiceAccount token mounted (the admission plug-in) and
+  # the controllers that run workloads: Deployments, ReplicaSets, Service endpoints, disruption
+  # budgets, and the publisher of the CA bundle pods verify the API server with.
+  local address=127.0.0.1 reconciler=none admission=(--disable-admission-plugins=ServiceAccount)
+  local controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller
+  if [ "$NODE" = 1 ]; then
+    "$HACK/node.sh" bridge
+    address="$NODE_ADDRESS" reconciler=lease admission=()
+    controllers+=",deployment-controller,replicaset-controller,endpoints-controller"
+    controllers+=",endpointslice-controller,endpointslice-mirroring-controller,disruption-controller"
+    controllers+=",root-ca-certificate-publisher-controller,pod-garbage-collector-controller"
+    controllers+=",node-lifecycle-controller"
+    touch "$RUN/with-node"
+  fi
+  server="https://$address:$api_port"
   echo "$server" >"$RUN/server"
 
   launch etcd "$bin/etcd" --name=test --data-dir="$RUN/etcd-data" \
@@ -231,19 +275,19 @@ start_once() { # <bin dir>; returns 3 when a port was taken meanwhile (caller re
   st=0; wait_ready etcd "http://127.0.0.1:$etcd_port/health" || st=$?
   [ "$st" = 0 ] || { port_taken etcd && return 3; fail_up etcd "$st"; }
 
-  # --advertise-address=127.0.0.1 + --endpoint-reconciler-type=none: the plane works on a
-  # machine without a default route, and the `kubernetes` Service never points off-host.
+  # An explicit --advertise-address: the plane works on a machine without a default route, and
+  # the `kubernetes` Service never points off-host.
   launch kube-apiserver "$bin/kube-apiserver" \
     --etcd-servers="http://127.0.0.1:$etcd_port" \
-    --bind-address=127.0.0.1 --secure-port="$api_port" \
-    --advertise-address=127.0.0.1 --endpoint-reconciler-type=none \
+    --bind-address="$address" --secure-port="$api_port" \
+    --advertise-address="$address" --endpoint-reconciler-type="$reconciler" \
     --cert-dir="$RUN/pki" --tls-cert-file="$RUN/pki/apiserver.crt" --tls-private-key-file="$RUN/pki/apiserver.key" \
     --client-ca-file="$RUN/pki/ca.crt" \
     --token-auth-file="$RUN/pki/tokens.csv" --authorization-mode=RBAC \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$RUN/pki/sa.pub" --service-account-signing-key-file="$RUN/pki/sa.key" \
-    --service-cluster-ip-range=10.0.0.0/24 --allow-privileged=true \
-    --disable-admission-plugins=ServiceAccount
+    --service-cluster-ip-range=10.0.0.0/24 --allow-privileged=true "${admission[@]}" \
+    --kubelet-preferred-address-types=InternalIP
   local auth=(--cacert "$RUN/pki/ca.crt" -H "Authorization: Bearer $token")
   st=0; wait_ready kube-apiserver "$server/readyz" "${auth[@]}" || st=$?
   [ "$st" = 0 ] || { port_taken kube-apiserver && return 3; fail_up kube-apiserver "$st"; }
@@ -256,7 +300,7 @@ start_once() { # <bin dir>; returns 3 when a port was taken meanwhile (caller re
   launch kube-controller-manager "$bin/kube-controller-manager" \
     --kubeconfig="$RUN/kubeconfig" \
     --authentication-kubeconfig="$RUN/kubeconfig" --authorization-kubeconfig="$RUN/kubeconfig" \
-    --controllers=garbage-collector-controller,namespace-controller,serviceaccount-controller \
+    --controllers="$controllers" --root-ca-file="$RUN/pki/ca.crt" \
     --leader-elect=false --use-service-account-credentials=false \
     --bind-address=127.0.0.1 --secure-port="$kcm_port" --cert-dir="$RUN/pki/kcm"
   st=0; wait_ready kube-controller-manager "https://127.0.0.1:$kcm_port/healthz" -k || st=$?
@@ -271,6 +315,10 @@ cmd_up() {
   need python3 "apt-get install -y python3"
   need setsid "apt-get install -y util-linux"
   if plane_is_up; then
+    if [ "$NODE" = 1 ] && [ ! -f "$RUN/with-node" ]; then
+      die "the plane is up without a node: stop it first (hack/control-plane.sh down)"
+    fi
+    [ "$NODE" = 0 ] || "$HACK/node.sh" up
     say "already up ($(cat "$RUN/server"))"
     echo "export KUBECONFIG=$RUN/kubeconfig"
     return 0
@@ -286,11 +334,16 @@ cmd_up() {
     stop_all
   done
   [ "$st" = 0 ] || { stop_all; rm -rf "$RUN"; die "could not find free ports after 3 attempts"; }
+  if [ "$NODE" = 1 ]; then
+    "$HACK/node.sh" up || { cmd_down; die "the node did not come up"; }
+  fi
   say "up in $((SECONDS - start))s: $(cat "$RUN/server") (kube-apiserver $K8S_VERSION, etcd $ETCD_VERSION); logs in $RUN"
   echo "export KUBECONFIG=$RUN/kubeconfig"
 }
 
 cmd_down() {
+  # The node first: its kubelet must not outlive the API server it reports to.
+  "$HACK/node.sh" down
   if [ ! -d "$RUN" ]; then say "not running"; return 0; fi
   stop_all
   rm -rf "$RUN"
@@ -319,7 +372,7 @@ cmd_env() {
   echo "export KUBECONFIG=$RUN/kubeconfig"
 }
 
-cmd_exec() { # -- CMD...
+cmd_exec() { # [--node] -- CMD...
   [ "${1:-}" = "--" ] && shift
   [ "$#" -gt 0 ] || die "usage: hack/control-plane.sh exec -- CMD..."
   local started=0 line rc=0
@@ -357,19 +410,26 @@ cmd_regen() { # K8S_VERSION=v1.35.x ETCD_VERSION=v3.6.x hack/control-plane.sh re
   } >"$HACK/kube/go.mod.new"
   mv "$HACK/kube/go.mod.new" "$HACK/kube/go.mod"; rm -f "$HACK/kube/go.sum"
   (cd "$HACK/kube" && go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@$k" \
-    "k8s.io/kubernetes/cmd/kube-controller-manager@$k" "k8s.io/kubernetes/cmd/kubectl@$k")
+    "k8s.io/kubernetes/cmd/kube-controller-manager@$k" "k8s.io/kubernetes/cmd/kubectl@$k" \
+    "k8s.io/kubernetes/cmd/kubelet@$k" "k8s.io/kubernetes/cmd/kube-proxy@$k")
   (cd "$HACK/etcd" && go get -tool "go.etcd.io/etcd/server/v3@$e")
   say "wrapper modules now pin Kubernetes $k and etcd $e"
 }
 
-case "${1:-}" in
+command="${1:-}"
+[ "$#" = 0 ] || shift
+if [ "${1:-}" = --node ]; then NODE=1; shift; fi
+export BBO_NODE="$NODE"
+
+case "$command" in
   build) cmd_build ;;
   up) cmd_up ;;
   down) cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
   bin-dir) cmd_build; bin_dir ;;
+  bin-path) bin_dir ;; # without building (for hack/node.sh)
   regen) cmd_regen ;;
-  exec) shift; cmd_exec "$@" ;;
+  exec) cmd_exec "$@" ;;
   *) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

@@ -17,6 +17,14 @@ want python3 python3
 want setsid util-linux
 want flock util-linux
 want git git
+# The image (make image) and the node (kubelet's runtime, pod networking, Service rules).
+want buildah buildah
+want musl-gcc musl-tools
+want containerd containerd
+want runc runc
+want iptables iptables
+want conntrack conntrack
+[ -x /usr/lib/cni/bridge ] || missing+=(containernetworking-plugins)
 
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$(id -u)" != 0 ]; then
@@ -37,6 +45,11 @@ command -v cargo >/dev/null 2>&1 || {
   echo "prerequisites: 'cargo' is not on PATH: a Rust toolchain >= 1.89 is needed" >&2
   echo "  (rustup installs it into ~/.cargo/bin: export PATH=\$HOME/.cargo/bin:\$PATH)" >&2
   exit 1
+}
+# The image's binary is static (musl); rustup adds the target from the Rust distribution.
+rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-linux-musl || {
+  echo "prerequisites: adding the Rust target x86_64-unknown-linux-musl" >&2
+  rustup target add x86_64-unknown-linux-musl >/dev/null
 }
 for component in clippy rustfmt; do
   cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1 || {

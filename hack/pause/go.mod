@@ -1,0 +1,3 @@
+module bitbucket-operator.local/hack/pause
+
+go 1.25.0
