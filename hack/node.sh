@@ -249,6 +249,9 @@ stop_pid() { # <name>: TERM, then KILL
 }
 
 cmd_down() {
+  # Best effort, every step: what one step cannot remove must not stop the others.
+  trap - ERR
+  set +e
   if [ ! -d "$RUN" ] && ! ip link show "$BRIDGE" >/dev/null 2>&1; then say "not running"; return 0; fi
   stop_pid kube-scheduler
   stop_pid kubelet
