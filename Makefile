@@ -13,8 +13,10 @@ build:
 ## Every test: formatting, lints, then unit and integration tests against a real control plane
 ## (built from source on first use, started for the run, stopped afterwards even on failure).
 ## --workspace: the operator and the Bitbucket simulator (crates/bitbucket-sim) alike.
-test: fmt-check clippy plane
-	$(PLANE) exec -- $(CARGO) test --locked --workspace --all-targets
+## The plane runs with a real node (kubelet, containerd) for tests/node.rs, which installs the
+## image `make image` builds.
+test: fmt-check clippy plane image
+	$(PLANE) exec --node -- $(CARGO) test --locked --workspace --all-targets
 
 ## The operator's image, FROM scratch around a static release binary (buildah, or docker);
 ## also exported as an OCI archive in target/image/. Pulls nothing.
@@ -47,9 +49,10 @@ fmt-check:
 clippy:
 	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
-## Build etcd, kube-apiserver, kube-controller-manager and kubectl into the cache (no-op when there).
+## Build etcd, kube-apiserver, kube-controller-manager, kubectl and the node's kubelet,
+## kube-proxy and kube-scheduler into the cache (no-op when there).
 plane:
-	$(PLANE) build
+	$(PLANE) build --node
 
 cluster-up:
 	$(PLANE) up

@@ -54,6 +54,9 @@ cmd_bridge() {
     ip addr add "$GATEWAY/24" dev "$BRIDGE"
     ip link set "$BRIDGE" up
   fi
+  # This machine's own traffic to Service addresses stays here too (kube-proxy rewrites it to a
+  # pod's), instead of following the default route when no rule matches.
+  ip route replace "$SERVICE_CIDR" dev "$BRIDGE" src "$GATEWAY"
 }
 
 free_port() {

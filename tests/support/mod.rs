@@ -218,6 +218,7 @@ pub async fn apply_manifests(
 
 pub mod env;
 pub mod operator;
+pub mod tls;
 
 /// Captures everything logged (at every level) while `body` runs.
 pub async fn logs_of<F: std::future::Future>(body: F) -> (F::Output, String) {
