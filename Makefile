@@ -17,6 +17,10 @@ build:
 ## image `make image` builds.
 test: fmt-check clippy plane image
 	$(PLANE) exec --node -- $(CARGO) test --locked --workspace --all-targets
+	@# A plane this run started is down again: its node must have left nothing behind.
+	@if ! $(PLANE) status >/dev/null 2>&1; then \
+	  hack/node.sh leftovers || { echo "make test: the node's down left the above behind" >&2; exit 1; }; \
+	fi
 
 ## The operator's image, FROM scratch around a static release binary (buildah, or docker);
 ## also exported as an OCI archive in target/image/. Pulls nothing.
@@ -34,11 +38,11 @@ crds:
 
 ## Benchmarks on the local plane + simulator (about 4 min; bench-quick about 1 min after the
 ## release build); prints a table and writes target/bench/report.md.
-bench: plane
-	$(PLANE) exec -- $(CARGO) bench --locked -p bitbucket-operator --bench operator
+bench: plane image
+	$(PLANE) exec --node -- $(CARGO) bench --locked -p bitbucket-operator --bench operator
 
-bench-quick: plane
-	$(PLANE) exec -- $(CARGO) bench --locked -p bitbucket-operator --bench operator -- --quick
+bench-quick: plane image
+	$(PLANE) exec --node -- $(CARGO) bench --locked -p bitbucket-operator --bench operator -- --quick
 
 fmt:
 	$(CARGO) fmt --all

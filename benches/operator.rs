@@ -7,6 +7,9 @@
 //!   cargo bench --bench operator -- --quick     # smaller sizes (about 1 minute)
 //!   cargo bench --bench operator -- --only 4,6  # just those figures
 //!
+//! Figure 9 installs `deploy/` on the plane's node (`make bench` starts it with `--node` and
+//! builds the image first) and removes it afterwards.
+//!
 //! Figure 8 removes the admission policies' bindings for a moment (to measure without them)
 //! and puts them back: run it on a plane no test is using.
 //!
@@ -118,6 +121,9 @@ async fn main() {
         rows.extend(at_scale(&client, scale).await);
     }
 
+    if wanted(9) {
+        rows.extend(on_the_node(&client, if quick { 3 } else { 5 }).await);
+    }
     if wanted(8) {
         let trials = if quick { 50 } else { 200 };
         for users in [1, 100, 1_000] {
@@ -1223,4 +1229,184 @@ async fn delete_latency(client: &Client, users: usize, trials: usize) -> Vec<Row
         target: "report".into(),
         met: None,
     }]
+}
+
+/// Figure 9: the operator as deployed on the node: `kubectl apply -k deploy/` to Available,
+/// the leader handover when its pod is killed (no grace: the Lease must lapse) and when it is
+/// deleted as a rollout does (graceful: the Lease is released), medians of `trials`, and the
+/// resident memory of the leader and the standby, read from /proc (the node is this machine).
+async fn on_the_node(client: &Client, trials: usize) -> Vec<Row> {
+    use k8s_openapi::api::{coordination::v1::Lease, core::v1::Pod};
+    use kube::api::{DeleteParams, ListParams};
+    const NS: &str = "bitbucket-operator";
+    assert!(
+        support::kubectl_ok(&["get", "nodes", "-o", "name"]).contains("node/bbo-node"),
+        "no node: make bench starts the plane with --node"
+    );
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let archive = root.join("target/image/bitbucket-operator.oci.tar");
+    let imported = std::process::Command::new(root.join("hack/node.sh"))
+        .args(["import", archive.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(imported.status.success(), "{imported:?} (make image first)");
+    let rollout = || {
+        support::kubectl_ok(&[
+            "-n",
+            NS,
+            "rollout",
+            "status",
+            "deployment/bitbucket-operator",
+            "--timeout=180s",
+        ])
+    };
+
+    let applied = Instant::now();
+    support::kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-k",
+        "deploy/",
+    ]);
+    rollout();
+    let available = applied.elapsed();
+
+    let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+    let holder = || {
+        let leases = leases.clone();
+        async move {
+            leases
+                .get_opt(NS)
+                .await
+                .unwrap()
+                .and_then(|l| l.spec?.holder_identity)
+                .filter(|h| !h.is_empty())
+        }
+    };
+    let handover = |grace: Option<u32>| {
+        let pods = pods.clone();
+        async move {
+            let leader = loop {
+                if let Some(leader) = holder().await {
+                    break leader;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            let params = DeleteParams {
+                grace_period_seconds: grace,
+                ..DeleteParams::default()
+            };
+            let started = Instant::now();
+            pods.delete(&leader, &params).await.unwrap();
+            support::within("a new leader", async {
+                while holder().await.is_none_or(|h| h == leader) {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+            .await;
+            let took = started.elapsed();
+            rollout();
+            took
+        }
+    };
+    let mut killed = Vec::new();
+    for _ in 0..trials {
+        killed.push(handover(Some(0)).await);
+    }
+    let mut rolled = Vec::new();
+    for _ in 0..trials {
+        rolled.push(handover(None).await);
+    }
+
+    // Resident memory of each replica's process, found by its POD_NAME.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let leader = holder().await.unwrap();
+    let (mut leading, mut standing) = (None, None);
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let Some(pod) = environ
+            .split(|b| *b == 0)
+            .filter_map(|v| std::str::from_utf8(v).ok()?.strip_prefix("POD_NAME="))
+            .next()
+            .map(str::to_owned)
+        else {
+            continue;
+        };
+        let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+        let Some(rss) = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<f64>().ok())
+        else {
+            continue;
+        };
+        let mib = rss / 1024.0;
+        if pod == leader {
+            leading = Some(mib);
+        } else if pods.get_opt(&pod).await.unwrap().is_some() {
+            standing = Some(mib);
+        }
+    }
+    let current = pods
+        .list(&ListParams::default().labels("app.kubernetes.io/name=bitbucket-operator"))
+        .await
+        .unwrap()
+        .items
+        .len();
+    support::kubectl_ok(&["delete", "-k", "deploy/", "--wait=true"]);
+    install_crds(client).await;
+
+    let medians = |samples: &[Duration]| {
+        let mut sorted = samples.to_vec();
+        sorted.sort();
+        format!(
+            "median {:.2} s (of {}: {})",
+            percentile(&sorted, 0.5).as_secs_f64(),
+            sorted.len(),
+            sorted
+                .iter()
+                .map(|d| format!("{:.2}", d.as_secs_f64()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    let mib = |m: Option<f64>| m.map_or("not found".into(), |m| format!("{m:.1} MiB"));
+    vec![
+        Row {
+            number: 9,
+            figure: "on the node: kubectl apply -k deploy/ → Deployment Available (2 replicas)",
+            measured: format!("{:.2} s", available.as_secs_f64()),
+            target: "report".into(),
+            met: None,
+        },
+        Row {
+            number: 9,
+            figure: "on the node: leader handover, its pod killed (grace 0: the 15 s Lease lapses)",
+            measured: medians(&killed),
+            target: "report".into(),
+            met: None,
+        },
+        Row {
+            number: 9,
+            figure: "on the node: leader handover, its pod deleted as a rollout does (Lease released)",
+            measured: medians(&rolled),
+            target: "report".into(),
+            met: None,
+        },
+        Row {
+            number: 9,
+            figure: "on the node: resident memory, leader and standby (idle cluster)",
+            measured: format!(
+                "leader {}, standby {} ({current} pods)",
+                mib(leading),
+                mib(standing)
+            ),
+            target: "report".into(),
+            met: None,
+        },
+    ]
 }

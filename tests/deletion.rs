@@ -5,8 +5,6 @@
 
 mod support;
 
-use std::process::Output;
-
 use bitbucket_operator::api::{
     BitbucketIntegration, CredentialType, IN_USE_FINALIZER, Subscription,
     conditions::DELETION_BLOCKED,
@@ -20,6 +18,7 @@ use kube::{
 use serde_json::json;
 use support::{
     env::*,
+    kubectl,
     operator::{Operator, condition, eventually, subscription, test_settings},
     within,
 };
@@ -76,16 +75,6 @@ fn in_use(integration: &str, users: &str, pronoun: &str) -> String {
         "BitbucketIntegration {integration} is in use by {users}; delete {pronoun} or point \
          {pronoun} at another integration first"
     )
-}
-
-/// Runs the kubectl built with the plane (`$KUBECTL`, set by `hack/control-plane.sh exec`)
-/// against the test's cluster.
-fn kubectl(args: &[&str]) -> Output {
-    let program = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
-    std::process::Command::new(&program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"))
 }
 
 impl Env {

@@ -7,10 +7,7 @@
 
 mod support;
 
-use std::{
-    process::Output,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use bitbucket_operator::api::{
     BitbucketIntegration, CredentialType, SYNC_REQUESTED_AT_ANNOTATION, SecretKeyReference,
@@ -32,7 +29,7 @@ use kube::{
 };
 use serde_json::json;
 use support::{
-    TestNamespace, client, consenting, install_crds,
+    TestNamespace, client, consenting, install_crds, kubectl_ok,
     operator::{condition, eventually, subscription},
     string_secret,
     tls::{pki, tls_terminator},
@@ -46,22 +43,6 @@ const TOKEN: &str = "FAKE-cloud-api-token-for-jdoe";
 
 fn repo() -> &'static std::path::Path {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Runs the plane's kubectl (`$KUBECTL`) from the repository, as a user would.
-fn kubectl(args: &[&str]) -> Output {
-    let program = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
-    let output = std::process::Command::new(&program)
-        .args(args)
-        .current_dir(repo())
-        .output()
-        .unwrap_or_else(|e| panic!("running {program}: {e}"));
-    assert!(
-        output.status.success(),
-        "kubectl {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    output
 }
 
 fn ready(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]) -> bool {
@@ -124,9 +105,9 @@ async fn http_get(address: &str, path: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_on_a_real_node_reconciles_hands_over_and_uninstalls() {
     let client = client().await;
-    let nodes = kubectl(&["get", "nodes", "-o", "name"]);
+    let nodes = kubectl_ok(&["get", "nodes", "-o", "name"]);
     assert!(
-        String::from_utf8_lossy(&nodes.stdout).contains("node/bbo-node"),
+        nodes.contains("node/bbo-node"),
         "no node: make test starts the plane with `hack/control-plane.sh exec --node`"
     );
     let archive = repo().join("target/image/bitbucket-operator.oci.tar");
@@ -142,14 +123,14 @@ async fn deploy_on_a_real_node_reconciles_hands_over_and_uninstalls() {
 
     // --- install, as the README says ---
     let applied = Instant::now();
-    kubectl(&[
+    kubectl_ok(&[
         "apply",
         "--server-side",
         "--force-conflicts",
         "-k",
         "deploy/",
     ]);
-    kubectl(&[
+    kubectl_ok(&[
         "-n",
         OPERATOR_NAMESPACE,
         "rollout",
@@ -242,8 +223,7 @@ async fn deploy_on_a_real_node_reconciles_hands_over_and_uninstalls() {
     let metrics = http_get(&format!("{cluster_ip}:8080"), "/metrics").await;
     assert!(metrics.contains("bitbucket_operator_leader"), "{metrics}");
     let leader = holder(&client).await.expect("a replica leads");
-    let logs = kubectl(&["-n", OPERATOR_NAMESPACE, "logs", &leader]);
-    let logs = String::from_utf8_lossy(&logs.stdout);
+    let logs = kubectl_ok(&["-n", OPERATOR_NAMESPACE, "logs", &leader]);
     assert!(logs.lines().count() > 2, "{logs}");
     for line in logs.lines() {
         serde_json::from_str::<serde_json::Value>(line)
@@ -297,14 +277,14 @@ async fn deploy_on_a_real_node_reconciles_hands_over_and_uninstalls() {
     .await;
 
     // --- a rollout: nothing lost, nothing announced twice ---
-    kubectl(&[
+    kubectl_ok(&[
         "-n",
         OPERATOR_NAMESPACE,
         "rollout",
         "restart",
         "deployment/bitbucket-operator",
     ]);
-    kubectl(&[
+    kubectl_ok(&[
         "-n",
         OPERATOR_NAMESPACE,
         "rollout",
@@ -325,8 +305,8 @@ async fn deploy_on_a_real_node_reconciles_hands_over_and_uninstalls() {
     );
 
     // --- uninstall in the documented order: nothing left behind ---
-    kubectl(&["delete", "subscriptions", "--all", "-n", &ns.name]);
-    kubectl(&[
+    kubectl_ok(&["delete", "subscriptions", "--all", "-n", &ns.name]);
+    kubectl_ok(&[
         "wait",
         "bbi",
         "--all",
@@ -334,8 +314,8 @@ async fn deploy_on_a_real_node_reconciles_hands_over_and_uninstalls() {
         &ns.name,
         "--for=jsonpath={.status.subscriptions}=0",
     ]);
-    kubectl(&["delete", "bbi", "--all", "-n", &ns.name]);
-    kubectl(&["delete", "-k", "deploy/", "--wait=true"]);
+    kubectl_ok(&["delete", "bbi", "--all", "-n", &ns.name]);
+    kubectl_ok(&["delete", "-k", "deploy/", "--wait=true"]);
     let namespaces = Api::<Namespace>::all(client.clone());
     within("the operator's namespace to go", async {
         while namespaces
@@ -362,13 +342,12 @@ async fn deploy_on_a_real_node_reconciles_hands_over_and_uninstalls() {
         }
     })
     .await;
-    let left = kubectl(&[
+    let left = kubectl_ok(&[
         "get",
         "clusterroles,clusterrolebindings,validatingadmissionpolicies,validatingadmissionpolicybindings",
         "-o",
         "name",
     ]);
-    let left = String::from_utf8_lossy(&left.stdout);
     assert!(
         !left.contains("bitbucket-operator") && !left.contains("scm.shippable.io"),
         "{left}"

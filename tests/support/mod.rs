@@ -288,3 +288,25 @@ pub async fn impersonating(user: &str, groups: &[&str]) -> Client {
     config.auth_info.impersonate_groups = Some(groups);
     Client::try_from(config).unwrap()
 }
+
+/// Runs the kubectl built with the plane (`$KUBECTL`, set by `hack/control-plane.sh exec`) from
+/// the repository, against the test's cluster, as a user would.
+pub fn kubectl(args: &[&str]) -> std::process::Output {
+    let program = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    std::process::Command::new(&program)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"))
+}
+
+/// [`kubectl`] that must succeed; returns what it printed.
+pub fn kubectl_ok(args: &[&str]) -> String {
+    let output = kubectl(args);
+    assert!(
+        output.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
