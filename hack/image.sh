@@ -17,7 +17,7 @@ OUT="$REPO/target/image"
 say() { printf '\033[1mimage:\033[0m %s\n' "$*" >&2; }
 
 binary() {
-  rustup target list --installed 2>/dev/null | grep -qx "$TARGET" || {
+  rustup target list --installed 2>/dev/null | grep -x "$TARGET" >/dev/null || {
     say "the Rust target $TARGET is missing: hack/prerequisites.sh adds it"
     exit 1
   }

@@ -179,7 +179,10 @@ EOF
 cmd_up() {
   [ "$(id -u)" = 0 ] || die "the node needs root (containerd, network namespaces, iptables)"
   [ -f "$PLANE_RUN/kubeconfig" ] || die "the control plane is not up: hack/control-plane.sh up --node"
-  ip addr show "$BRIDGE" 2>/dev/null | grep -q "$GATEWAY" ||
+  # Read whole, then matched: `ip ... | grep -q` can die of SIGPIPE under pipefail.
+  local addresses
+  addresses="$(ip -o addr show dev "$BRIDGE" 2>/dev/null || true)"
+  [[ "$addresses" == *" $GATEWAY/"* ]] ||
     die "no $BRIDGE with $GATEWAY: start the plane with 'hack/control-plane.sh up --node'"
   if alive containerd && alive kubelet && alive kube-proxy && alive kube-scheduler; then
     say "already up"; return 0
@@ -255,7 +258,10 @@ cmd_down() {
   # Best effort, every step: what one step cannot remove must not stop the others.
   trap - ERR
   set +e
-  if [ ! -d "$RUN" ] && ! ip link show "$BRIDGE" >/dev/null 2>&1; then say "not running"; return 0; fi
+  # Only a plane started with a node owns one: another plane's `down` (say `make run`'s, beside
+  # `make test`'s) must not touch it. (One node per machine: the bridge and its addresses are
+  # fixed.)
+  if [ ! -d "$RUN" ] && [ ! -f "$PLANE_RUN/with-node" ]; then say "not running"; return 0; fi
   stop_pid kube-scheduler
   stop_pid kubelet
   # Every pod's processes (the shims outlive containerd), then containerd.
@@ -313,11 +319,11 @@ cmd_leftovers() {
   if awk -v run="$RUN" 'index($2, run) == 1 { found = 1 } END { exit !found }' /proc/mounts; then
     echo "mounts under $RUN"; found=1
   fi
-  if ip netns list 2>/dev/null | grep -q "^$NETNS_PREFIX"; then echo "network namespaces: cni-*"; found=1; fi
+  if ip netns list 2>/dev/null | grep "^$NETNS_PREFIX" >/dev/null; then echo "network namespaces: cni-*"; found=1; fi
   if ip link show "$BRIDGE" >/dev/null 2>&1; then echo "interface: $BRIDGE"; found=1; fi
-  if ip -br link | grep -q '^veth'; then echo "interfaces: veth*"; found=1; fi
-  if iptables-save 2>/dev/null | grep -q 'KUBE-'; then echo "iptables: KUBE-* rules"; found=1; fi
-  if ip6tables-save 2>/dev/null | grep -q 'KUBE-'; then echo "ip6tables: KUBE-* rules"; found=1; fi
+  if ip -br link | grep '^veth' >/dev/null; then echo "interfaces: veth*"; found=1; fi
+  if iptables-save 2>/dev/null | grep 'KUBE-' >/dev/null; then echo "iptables: KUBE-* rules"; found=1; fi
+  if ip6tables-save 2>/dev/null | grep 'KUBE-' >/dev/null; then echo "ip6tables: KUBE-* rules"; found=1; fi
   return "$found"
 }
 
