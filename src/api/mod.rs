@@ -36,9 +36,51 @@ pub const ALLOWED_SERVERS_ANNOTATION: &str = "scm.shippable.io/allowed-servers";
 /// (subscription); the value handled last is echoed in `status.lastHandledSyncRequest`.
 pub const SYNC_REQUESTED_AT_ANNOTATION: &str = "scm.shippable.io/sync-requested-at";
 
-/// Every CRD the operator serves, in a stable order.
+/// Every CRD the operator serves, in a stable order. Field descriptions read as prose in
+/// `kubectl explain`: the doc comments' line breaks inside a paragraph become spaces.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![BitbucketIntegration::crd(), Subscription::crd()]
+    [BitbucketIntegration::crd(), Subscription::crd()]
+        .into_iter()
+        .map(|crd| {
+            let mut value = serde_json::to_value(&crd).expect("a CRD serialises to JSON");
+            unwrap_descriptions(&mut value);
+            serde_json::from_value(value).expect("a CRD with rewrapped descriptions is a CRD")
+        })
+        .collect()
+}
+
+/// Rewrites every `description` below `value` with [`prose`].
+fn unwrap_descriptions(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(fields) => {
+            for (key, field) in fields.iter_mut() {
+                match field {
+                    serde_json::Value::String(text) if key == "description" => *text = prose(text),
+                    other => unwrap_descriptions(other),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(unwrap_descriptions),
+        _ => {}
+    }
+}
+
+/// Joins the lines of each paragraph with spaces, keeping paragraph breaks (blank lines) and
+/// list items (`- `) on lines of their own.
+fn prose(text: &str) -> String {
+    text.split("\n\n")
+        .map(|paragraph| {
+            let mut joined = String::new();
+            for line in paragraph.lines().map(str::trim) {
+                if !joined.is_empty() {
+                    joined.push(if line.starts_with("- ") { '\n' } else { ' ' });
+                }
+                joined.push_str(line);
+            }
+            joined
+        })
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 /// The generated YAML of each file in `crds/` with its name: one per CRD
@@ -89,4 +131,22 @@ pub fn crds_yaml() -> String {
         .filter(|(name, _)| name.ends_with(".yaml"))
         .map(|(_, yaml)| yaml)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptions_read_as_prose_with_their_paragraphs_and_lists() {
+        assert_eq!(
+            prose("The Secret holding the\ncredential.\n\nRead only:\n- by the operator\n- once"),
+            "The Secret holding the credential.\n\nRead only:\n- by the operator\n- once"
+        );
+        let crd = serde_json::to_string(&crds()).unwrap();
+        assert!(
+            !crd.contains("against\\nBitbucket"),
+            "a line break mid-sentence"
+        );
+    }
 }
