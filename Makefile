@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PLANE := hack/control-plane.sh
 
-.PHONY: all build image image-binary bench bench-quick crds test check fmt fmt-check clippy plane cluster-up cluster-down cluster-status run run-down clean
+.PHONY: all build install image image-binary bench bench-quick crds test check fmt fmt-check clippy plane cluster-up cluster-down cluster-status run run-down clean
 
 all: build
 
@@ -21,6 +21,10 @@ test: fmt-check clippy plane image
 	@if ! $(PLANE) status >/dev/null 2>&1; then \
 	  hack/node.sh leftovers || { echo "make test: the node's down left the above behind" >&2; exit 1; }; \
 	fi
+
+## The kubectl plugin (kubectl bitbucket ...) onto PATH, through cargo install (~/.cargo/bin).
+install:
+	$(CARGO) install --locked --path . --bin kubectl-bitbucket
 
 ## The operator's image, FROM scratch around a static release binary (buildah, or docker);
 ## also exported as an OCI archive in target/image/. Pulls nothing.

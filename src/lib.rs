@@ -9,5 +9,6 @@ pub mod config;
 pub mod controller;
 pub mod http;
 pub mod metrics;
+pub mod plugin;
 pub mod status;
 pub mod telemetry;
