@@ -1274,17 +1274,7 @@ async fn on_the_node(client: &Client, trials: usize) -> Vec<Row> {
 
     let leases: Api<Lease> = Api::namespaced(client.clone(), NS);
     let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
-    let holder = || {
-        let leases = leases.clone();
-        async move {
-            leases
-                .get_opt(NS)
-                .await
-                .unwrap()
-                .and_then(|l| l.spec?.holder_identity)
-                .filter(|h| !h.is_empty())
-        }
-    };
+    let holder = || support::lease_holder(client, NS, NS);
     // The leader's process on this machine (the node is this machine), found by its POD_NAME.
     let process_of = |pod: &str| -> Option<(u32, f64)> {
         for entry in std::fs::read_dir("/proc").ok()?.flatten() {

@@ -9,6 +9,7 @@
 use std::{fmt::Write as _, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{
     Api, Client, Config, ResourceExt,
     api::{DeleteParams, ListParams, Patch, PatchParams},
@@ -260,58 +261,48 @@ trait Syncable:
     + std::fmt::Debug
 {
     const KIND: &'static str;
-    /// The request this object answered last, and its Ready condition.
-    fn answer(
-        &self,
-    ) -> (
-        Option<String>,
-        Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
-    );
+    /// The sync request the status says was handled last, and its conditions.
+    fn handled(&self) -> (Option<&str>, &[Condition]);
     /// What the user reads once the request is answered.
     fn report(&self) -> String;
+
+    /// The request this object answered last, and its Ready condition.
+    fn answer(&self) -> (Option<String>, Option<Condition>) {
+        let (handled, conditions) = self.handled();
+        let ready = conditions.iter().find(|c| c.type_ == READY).cloned();
+        (handled.map(str::to_owned), ready)
+    }
 }
 
 impl Syncable for Subscription {
     const KIND: &'static str = "Subscription";
 
-    fn answer(
-        &self,
-    ) -> (
-        Option<String>,
-        Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
-    ) {
-        let status = self.status.clone().unwrap_or_default();
-        let ready = status.conditions.iter().find(|c| c.type_ == READY).cloned();
-        (status.last_handled_sync_request, ready)
+    fn handled(&self) -> (Option<&str>, &[Condition]) {
+        self.status.as_ref().map_or((None, &[]), |s| {
+            (s.last_handled_sync_request.as_deref(), &s.conditions)
+        })
     }
 
     fn report(&self) -> String {
-        let status = self.status.clone().unwrap_or_default();
-        format!(
-            "{} repositories",
-            status.repository_count.unwrap_or_default()
-        )
+        let count = self.status.as_ref().and_then(|s| s.repository_count);
+        format!("{} repositories", count.unwrap_or_default())
     }
 }
 
 impl Syncable for BitbucketIntegration {
     const KIND: &'static str = "BitbucketIntegration";
 
-    fn answer(
-        &self,
-    ) -> (
-        Option<String>,
-        Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
-    ) {
-        let status = self.status.clone().unwrap_or_default();
-        let ready = status.conditions.iter().find(|c| c.type_ == READY).cloned();
-        (status.last_handled_sync_request, ready)
+    fn handled(&self) -> (Option<&str>, &[Condition]) {
+        self.status.as_ref().map_or((None, &[]), |s| {
+            (s.last_handled_sync_request.as_deref(), &s.conditions)
+        })
     }
 
     fn report(&self) -> String {
-        let status = self.status.clone().unwrap_or_default();
-        let account = status
-            .account
+        let account = self
+            .status
+            .as_ref()
+            .and_then(|s| s.account.clone())
             .and_then(|a| a.username.or(a.display_name))
             .unwrap_or_else(|| "an access token".into());
         format!("authenticated as {account}")

@@ -66,10 +66,6 @@ async fn delete_refused(integrations: &Api<BitbucketIntegration>, name: &str) ->
     .await
 }
 
-fn used_by(count: i32) -> impl Fn(&BitbucketIntegration) -> bool {
-    move |i| i.status.as_ref().and_then(|s| s.subscriptions) == Some(count)
-}
-
 fn in_use(integration: &str, users: &str, pronoun: &str) -> String {
     format!(
         "BitbucketIntegration {integration} is in use by {users}; delete {pronoun} or point \

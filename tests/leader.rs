@@ -8,19 +8,18 @@ mod support;
 use std::time::{Duration, Instant};
 
 use bitbucket_operator::{
-    api::{BitbucketIntegration, CredentialType, SYNC_REQUESTED_AT_ANNOTATION, Subscription},
+    api::{BitbucketIntegration, CredentialType, Subscription},
     controller::leader::LeaseSettings,
 };
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{
     Api,
-    api::{Patch, PatchParams, PostParams},
+    api::{PatchParams, PostParams},
     runtime::{WatchStreamExt, watcher},
 };
-use serde_json::json;
 use support::{
     env::*,
-    operator::{Operator, eventually, subscription, test_settings},
+    operator::{Operator, eventually, subscription, sync_request, test_settings},
     within,
 };
 
@@ -53,22 +52,12 @@ async fn two_replicas(env: &Env) -> (Operator, Operator) {
 }
 
 async fn holder(env: &Env) -> Option<String> {
-    let lease = Api::<Lease>::namespaced(env.client.clone(), &env.ns.name)
-        .get(LEASE)
-        .await
-        .unwrap();
-    lease.spec.and_then(|s| s.holder_identity)
+    support::lease_holder(&env.client, &env.ns.name, LEASE).await
 }
 
 async fn request_sync(env: &Env, name: &str, value: &str) {
     env.api::<Subscription>()
-        .patch(
-            name,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {
-                SYNC_REQUESTED_AT_ANNOTATION: value
-            }}})),
-        )
+        .patch(name, &PatchParams::default(), &sync_request(value))
         .await
         .unwrap();
 }

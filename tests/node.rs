@@ -10,14 +10,12 @@ mod support;
 use std::time::{Duration, Instant};
 
 use bitbucket_operator::api::{
-    BitbucketIntegration, CredentialType, SYNC_REQUESTED_AT_ANNOTATION, SecretKeyReference,
-    Subscription,
+    BitbucketIntegration, CredentialType, SecretKeyReference, Subscription,
 };
 use bitbucket_sim::{Fixture, Simulator};
 use k8s_openapi::{
     api::{
         apps::v1::Deployment,
-        coordination::v1::Lease,
         core::v1::{Namespace, Pod, Secret, Service},
         events::v1::Event,
     },
@@ -25,12 +23,11 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client,
-    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, PatchParams, PostParams},
 };
-use serde_json::json;
 use support::{
     TestNamespace, client, consenting, install_crds, kubectl_ok,
-    operator::{condition, eventually, subscription},
+    operator::{condition, eventually, subscription, sync_request},
     string_secret,
     tls::{pki, tls_terminator},
     within,
@@ -50,13 +47,7 @@ fn ready(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition
 }
 
 async fn holder(client: &Client) -> Option<String> {
-    Api::<Lease>::namespaced(client.clone(), OPERATOR_NAMESPACE)
-        .get_opt(OPERATOR_NAMESPACE)
-        .await
-        .unwrap()
-        .and_then(|l| l.spec)
-        .and_then(|s| s.holder_identity)
-        .filter(|h| !h.is_empty())
+    support::lease_holder(client, OPERATOR_NAMESPACE, OPERATOR_NAMESPACE).await
 }
 
 async fn operator_pods(client: &Client) -> Vec<Pod> {
@@ -255,9 +246,7 @@ async fn deploy_on_a_real_node_reconciles_hands_over_and_uninstalls() {
         .patch(
             "ci",
             &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {
-                SYNC_REQUESTED_AT_ANNOTATION: "during-handover"
-            }}})),
+            &sync_request("during-handover"),
         )
         .await
         .unwrap();

@@ -18,7 +18,7 @@ use kube::{
 use serde_json::json;
 use support::{
     env::*,
-    operator::{Operator, condition, eventually, subscription, test_settings},
+    operator::{Operator, condition, eventually, subscription, sync_request, test_settings},
     within,
 };
 
@@ -531,10 +531,6 @@ impl<K: kube::Resource + 'static> Drop for History<K> {
     }
 }
 
-fn request_sync(value: &str) -> Patch<serde_json::Value> {
-    Patch::Merge(json!({"metadata": {"annotations": {SYNC_REQUESTED_AT_ANNOTATION: value}}}))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_request_that_meets_a_rate_limit_is_answered_only_by_a_listing_made_after_it() {
     // Issue 10's defect: the retry after the backoff served the listing cached before the
@@ -554,7 +550,7 @@ async fn a_sync_request_that_meets_a_rate_limit_is_answered_only_by_a_listing_ma
     control.add_cloud_repository("acme", added).unwrap();
     control.add_fault(FaultRule::status(429).on_path("/2.0/repositories"));
     let history = History::record(&api, "ci").await;
-    api.patch("ci", &PatchParams::default(), &request_sync("after-add"))
+    api.patch("ci", &PatchParams::default(), &sync_request("after-add"))
         .await
         .unwrap();
     eventually(
@@ -615,7 +611,7 @@ async fn a_revalidation_request_that_meets_an_outage_is_retried_until_bitbucket_
     let api = env.api::<BitbucketIntegration>();
     let control = env.sim.control();
     control.add_fault(FaultRule::status(503).on_path("/2.0/user"));
-    api.patch("acme", &PatchParams::default(), &request_sync("outage"))
+    api.patch("acme", &PatchParams::default(), &sync_request("outage"))
         .await
         .unwrap();
     let unavailable = eventually(

@@ -26,10 +26,6 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn used_by(count: i32) -> impl Fn(&BitbucketIntegration) -> bool {
-    move |i| i.status.as_ref().and_then(|s| s.subscriptions) == Some(count)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_shows_each_integrations_server_account_health_and_users() {
     let env = Env::start("plugin-list").await;

@@ -275,6 +275,13 @@ impl AddressRefused {
     }
 }
 
+/// A URL as messages about reach show it: without its query.
+pub fn without_query(url: &Url) -> String {
+    let mut shown = url.clone();
+    shown.set_query(None);
+    shown.to_string()
+}
+
 /// The address `url` names literally, when it is refused. (Host names go through [`Guarded`];
 /// the HTTP stack connects to a literal address without asking a resolver.)
 pub fn literal_refused(url: &Url, refused: &RefusedNetworks) -> Option<AddressRefused> {

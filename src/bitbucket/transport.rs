@@ -14,7 +14,8 @@ use url::Url;
 use super::{
     error::Error,
     reach::{
-        AddressRefused, AllowList, Guarded, Lookup, RefusedNetworks, literal_refused, system_lookup,
+        AddressRefused, AllowList, Guarded, Lookup, RefusedNetworks, literal_refused,
+        system_lookup, without_query,
     },
 };
 
@@ -380,13 +381,6 @@ pub(crate) fn address_refused(error: &reqwest::Error) -> Option<AddressRefused> 
         source = cause.source();
     }
     None
-}
-
-/// A URL as messages show it: without its query.
-fn without_query(url: &Url) -> String {
-    let mut shown = url.clone();
-    shown.set_query(None);
-    shown.to_string()
 }
 
 trait WithoutUrlRef {

@@ -177,8 +177,7 @@ fn reachable(
     refused: &bitbucket::RefusedNetworks,
     secret_name: &str,
 ) -> Result<(), ResolveError> {
-    let mut shown = url.clone();
-    shown.set_query(None);
+    let shown = reach::without_query(url);
     if !operator.permits(url) && !consent.is_some_and(|c| c.permits(url)) {
         let secret_says = match consent {
             Some(_) => format!(

@@ -287,3 +287,8 @@ pub fn subscription_reason_is(reason: &'static str) -> impl Fn(&Subscription) ->
             .is_some_and(|c| c.reason == reason)
     }
 }
+
+/// Whether an integration's status counts `count` Subscriptions using it.
+pub fn used_by(count: i32) -> impl Fn(&BitbucketIntegration) -> bool {
+    move |i| i.status.as_ref().and_then(|s| s.subscriptions) == Some(count)
+}

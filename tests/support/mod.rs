@@ -310,3 +310,13 @@ pub fn kubectl_ok(args: &[&str]) -> String {
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
+
+/// Who holds the Lease `name` in `namespace` now (`None`: nobody, or no Lease yet).
+pub async fn lease_holder(client: &Client, namespace: &str, name: &str) -> Option<String> {
+    Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .unwrap()
+        .and_then(|lease| lease.spec?.holder_identity)
+        .filter(|holder| !holder.is_empty())
+}

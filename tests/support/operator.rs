@@ -178,3 +178,11 @@ pub fn subscription(
         },
     )
 }
+
+/// The patch that asks for a sync (or a re-validation) by setting the sync annotation to
+/// `value`.
+pub fn sync_request(value: &str) -> kube::api::Patch<serde_json::Value> {
+    kube::api::Patch::Merge(serde_json::json!({"metadata": {"annotations": {
+        bitbucket_operator::api::SYNC_REQUESTED_AT_ANNOTATION: value
+    }}}))
+}
