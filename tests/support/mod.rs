@@ -218,6 +218,7 @@ pub async fn apply_manifests(
 
 pub mod env;
 pub mod operator;
+pub mod pty;
 pub mod tls;
 
 /// Captures everything logged (at every level) while `body` runs.
