@@ -46,6 +46,12 @@ pub mod reasons {
     /// sent to: not in the operator's allowed servers, not consented to by the Secret, or at an
     /// address the operator refuses. Nothing was sent.
     pub const SERVER_NOT_ALLOWED: &str = "ServerNotAllowed";
+    /// An `OAuthUser` credential's Secret does not let the operator save the refresh tokens
+    /// Bitbucket rotates (it lacks the label that allows it), so it is not used.
+    pub const SECRET_NOT_WRITABLE: &str = "SecretNotWritable";
+    /// Bitbucket rotated an `OAuthUser` refresh token and saving it to the Secret failed; it
+    /// is held and saved again before anything else.
+    pub const REFRESH_TOKEN_NOT_SAVED: &str = "RefreshTokenNotSaved";
     /// Work is in progress (`Reconciling`): a first validation, a listing asked for.
     pub const PROGRESSING: &str = "Progressing";
     /// Work failed for now and is retried with backoff (`Reconciling`, after Flux's

@@ -62,12 +62,12 @@ pub const MAX_NAMED_USERS: usize = 10;
 #[x_kube(validation = Rule::new(
     "self.credentials.type != 'Basic' || (has(self.server) && self.server.type == 'DataCenter')"
 ).field_path(".credentials.type").message(
-    "Basic is for Bitbucket Data Center only (server.type: DataCenter); Bitbucket Cloud accepts ApiToken, AccessToken or OAuthConsumer"
+    "Basic is for Bitbucket Data Center only (server.type: DataCenter); Bitbucket Cloud accepts ApiToken, AccessToken, OAuthConsumer or OAuthUser"
 ))]
 #[x_kube(validation = Rule::new(
-    "!(self.credentials.type in ['ApiToken', 'OAuthConsumer']) || !has(self.server) || self.server.type == 'Cloud'"
+    "!(self.credentials.type in ['ApiToken', 'OAuthConsumer', 'OAuthUser']) || !has(self.server) || self.server.type == 'Cloud'"
 ).field_path(".credentials.type").message(
-    "ApiToken and OAuthConsumer are for Bitbucket Cloud only; Bitbucket Data Center accepts AccessToken or Basic"
+    "ApiToken, OAuthConsumer and OAuthUser are for Bitbucket Cloud only; Bitbucket Data Center accepts AccessToken or Basic"
 ))]
 #[x_kube(validation = required(Rule::new(
     "self.credentials.type != 'AccessToken' || (has(self.server) && self.server.type == 'DataCenter') || has(self.workspace)"
@@ -186,12 +186,16 @@ pub enum ServerType {
 pub struct Credentials {
     /// `ApiToken` (Cloud; Secret keys `email`, `token`), `AccessToken` (Cloud workspace, project
     /// or repository access token, or a Data Center HTTP access token; key `token`),
-    /// `OAuthConsumer` (Cloud; keys `clientId`, `clientSecret`) or `Basic` (Data Center; keys
-    /// `username`, `password`). Cloud app passwords were removed by Atlassian in 2026.
+    /// `OAuthConsumer` (Cloud; keys `clientId`, `clientSecret`), `OAuthUser` (Cloud, a user who
+    /// signed in through an OAuth consumer; keys `clientId`, `clientSecret`, `refreshToken`) or
+    /// `Basic` (Data Center; keys `username`, `password`). Cloud app passwords were removed by
+    /// Atlassian in 2026.
     #[serde(rename = "type")]
     pub credential_type: CredentialType,
 
-    /// The Secret holding the credential, in the same namespace. The operator only reads it.
+    /// The Secret holding the credential, in the same namespace. The operator only reads it,
+    /// except an `OAuthUser` Secret labelled `scm.shippable.io/credential-type: OAuthUser`,
+    /// whose `refreshToken` it replaces each time Bitbucket rotates it.
     pub secret_ref: SecretReference,
 }
 
@@ -205,6 +209,11 @@ pub enum CredentialType {
     AccessToken,
     /// Cloud OAuth consumer (client-credentials grant): Secret keys `clientId`, `clientSecret`.
     OAuthConsumer,
+    /// Cloud user signed in through an OAuth consumer (`kubectl bitbucket connect --sign-in`;
+    /// refresh-token grant): Secret keys `clientId`, `clientSecret`, `refreshToken`. The Secret
+    /// must carry the label `scm.shippable.io/credential-type: OAuthUser`, which lets the
+    /// operator write the refresh tokens Bitbucket rotates back to it.
+    OAuthUser,
     /// Data Center username with password or personal token: Secret keys `username`, `password`.
     Basic,
 }

@@ -32,6 +32,12 @@ pub const IN_USE_FINALIZER: &str = "scm.shippable.io/in-use";
 /// write the Secret decides; whoever may only write integrations cannot widen it.
 pub const ALLOWED_SERVERS_ANNOTATION: &str = "scm.shippable.io/allowed-servers";
 
+/// On a credential Secret: `OAuthUser` lets the operator replace its `refreshToken` — and
+/// nothing else — each time Bitbucket rotates it. The ValidatingAdmissionPolicy
+/// `bitbucket-operator-secret-writes.scm.shippable.io` refuses the operator's writes to any
+/// Secret without it and to any other part of the Secret.
+pub const CREDENTIAL_TYPE_LABEL: &str = "scm.shippable.io/credential-type";
+
 /// Set to any new value to ask for an immediate re-validation (integration) or re-sync
 /// (subscription); the value handled last is echoed in `status.lastHandledSyncRequest`.
 pub const SYNC_REQUESTED_AT_ANNOTATION: &str = "scm.shippable.io/sync-requested-at";

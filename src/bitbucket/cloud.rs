@@ -44,6 +44,7 @@ pub(super) async fn whoami(client: &Client, workspace: Option<&str>) -> Result<I
     Ok(Identity {
         kind: match client.credentials {
             Credentials::CloudOAuthConsumer { .. } => IdentityKind::OAuthConsumer,
+            // A signed-in user's token acts as that user.
             _ => IdentityKind::User,
         },
         username: user.username.or(user.nickname),

@@ -18,6 +18,13 @@ pub enum Credentials {
         client_id: String,
         client_secret: SecretString,
     },
+    /// Cloud user who signed in through an OAuth consumer: refresh-token grant, then `Bearer`.
+    /// Bitbucket hands out a new refresh token with each grant (api-facts §B.4).
+    CloudOAuthUser {
+        client_id: String,
+        client_secret: SecretString,
+        refresh_token: SecretString,
+    },
     /// Data Center HTTP access token (personal, project or repository): `Bearer`.
     DataCenterAccessToken { token: SecretString },
     /// Data Center username with a password or personal token: Basic.
@@ -34,6 +41,7 @@ impl Credentials {
             Self::CloudApiToken { .. } => "Cloud API token",
             Self::CloudAccessToken { .. } => "Cloud access token",
             Self::CloudOAuthConsumer { .. } => "Cloud OAuth consumer",
+            Self::CloudOAuthUser { .. } => "Cloud OAuth user",
             Self::DataCenterAccessToken { .. } => "Data Center access token",
             Self::DataCenterBasic { .. } => "Data Center username and password",
         }
@@ -46,6 +54,7 @@ impl Credentials {
             Self::CloudApiToken { .. }
                 | Self::CloudAccessToken { .. }
                 | Self::CloudOAuthConsumer { .. }
+                | Self::CloudOAuthUser { .. }
         )
     }
 
@@ -58,7 +67,7 @@ impl Credentials {
             Self::CloudAccessToken { token } | Self::DataCenterAccessToken { token } => {
                 Some(bearer(token.expose_secret()))
             }
-            Self::CloudOAuthConsumer { .. } => None,
+            Self::CloudOAuthConsumer { .. } | Self::CloudOAuthUser { .. } => None,
         }
     }
 }
@@ -91,6 +100,12 @@ impl fmt::Debug for Credentials {
                 .field("client_id", client_id)
                 .field("client_secret", &REDACTED)
                 .finish(),
+            Self::CloudOAuthUser { client_id, .. } => f
+                .debug_struct("CloudOAuthUser")
+                .field("client_id", client_id)
+                .field("client_secret", &REDACTED)
+                .field("refresh_token", &REDACTED)
+                .finish(),
             Self::DataCenterAccessToken { .. } => f
                 .debug_struct("DataCenterAccessToken")
                 .field("token", &REDACTED)
@@ -110,6 +125,9 @@ impl fmt::Display for Credentials {
             Self::CloudApiToken { email, .. } => write!(f, "{} for {email}", self.kind()),
             Self::CloudOAuthConsumer { client_id, .. } => {
                 write!(f, "{} {client_id}", self.kind())
+            }
+            Self::CloudOAuthUser { client_id, .. } => {
+                write!(f, "{} through consumer {client_id}", self.kind())
             }
             Self::DataCenterBasic { username, .. } => write!(f, "{} for {username}", self.kind()),
             Self::CloudAccessToken { .. } | Self::DataCenterAccessToken { .. } => {
@@ -137,6 +155,11 @@ mod tests {
             Credentials::CloudOAuthConsumer {
                 client_id: "consumer-key".into(),
                 client_secret: SECRET.into(),
+            },
+            Credentials::CloudOAuthUser {
+                client_id: "consumer-key".into(),
+                client_secret: SECRET.into(),
+                refresh_token: SECRET.into(),
             },
             Credentials::DataCenterAccessToken {
                 token: SECRET.into(),

@@ -90,6 +90,11 @@ pub enum Error {
     #[error("refusing to connect: {0}; the operator does not connect there (--refused-networks)")]
     AddressRefused(#[from] super::reach::AddressRefused),
 
+    /// Bitbucket rotated an OAuth refresh token and the new one could not be saved: the client
+    /// holds it and tries to save it again before anything else.
+    #[error("could not save the rotated OAuth refresh token: {message}")]
+    RotationNotSaved { message: String },
+
     /// The client cannot be built from its configuration (bad URL, bad CA bundle).
     #[error("invalid Bitbucket client configuration: {message}")]
     Config { message: String },
@@ -113,7 +118,8 @@ impl Error {
             | Self::Transport { .. }
             | Self::Decode { .. }
             | Self::UnexpectedStatus { .. }
-            | Self::PagingLoop { .. } => ErrorClass::Transient,
+            | Self::PagingLoop { .. }
+            | Self::RotationNotSaved { .. } => ErrorClass::Transient,
         }
     }
 

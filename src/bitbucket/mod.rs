@@ -25,6 +25,7 @@ pub use reach::{AllowList, RefusedNetworks};
 pub use transport::{RequestObserver, RetryPolicy, TransportConfig};
 
 use oauth::OAuthConsumer;
+pub use oauth::{RotationSaver, authorize_url, exchange_code};
 use transport::{Redactor, Response, Transport};
 
 /// Which Bitbucket to talk to.
@@ -91,7 +92,20 @@ impl Client {
                     client_id,
                     client_secret,
                 },
-            ) => Some(OAuthConsumer::new(api_url, client_id, client_secret)?),
+            ) => Some(OAuthConsumer::new(api_url, client_id, client_secret, None)?),
+            (
+                Server::Cloud { api_url },
+                Credentials::CloudOAuthUser {
+                    client_id,
+                    client_secret,
+                    refresh_token,
+                },
+            ) => Some(OAuthConsumer::new(
+                api_url,
+                client_id,
+                client_secret,
+                Some(refresh_token.clone()),
+            )?),
             _ => None,
         };
         let redact = Redactor::new(secrets_of(&credentials));
@@ -102,6 +116,23 @@ impl Client {
             oauth,
             redact,
         })
+    }
+
+    /// Saves each refresh token Bitbucket rotates to (for signed-in OAuth users), before the
+    /// access token that came with it is used; see [`RotationSaver`].
+    pub fn on_rotation(mut self, saver: RotationSaver) -> Self {
+        if let Some(oauth) = &mut self.oauth {
+            oauth.saver = Some(saver);
+        }
+        self
+    }
+
+    /// The newest refresh token of a signed-in OAuth user (rotated by each grant).
+    pub async fn refresh_token(&self) -> Option<SecretString> {
+        match &self.oauth {
+            Some(oauth) => oauth.refresh_token().await,
+            None => None,
+        }
     }
 
     /// The server this client talks to.
@@ -233,6 +264,11 @@ fn secrets_of(credentials: &Credentials) -> Vec<SecretString> {
         Credentials::CloudOAuthConsumer { client_secret, .. } => {
             secrets.push(client_secret.clone())
         }
+        Credentials::CloudOAuthUser {
+            client_secret,
+            refresh_token,
+            ..
+        } => secrets.extend([client_secret.clone(), refresh_token.clone()]),
         Credentials::DataCenterBasic { password, .. } => secrets.push(password.clone()),
     }
     if let Some(header) = credentials.static_authorization() {

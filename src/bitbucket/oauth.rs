@@ -1,18 +1,28 @@
-//! Bitbucket Cloud OAuth consumers: the client-credentials grant through the `oauth2` crate,
-//! sent over the integration's own HTTP client (one HTTP stack, same CA roots and proxy), with
-//! the access token cached until shortly before `expires_in` runs out. Does network I/O.
+//! Bitbucket Cloud OAuth: consumers (the client-credentials grant) and users who signed in
+//! through a consumer (the refresh-token grant, after the authorization-code grant that
+//! `kubectl bitbucket connect --sign-in` runs). Grants go through the `oauth2` crate over the
+//! integration's own HTTP client (one HTTP stack, same CA roots and proxy); the access token is
+//! cached until shortly before `expires_in` runs out. Bitbucket rotates a user's refresh token
+//! with every grant (api-facts §B.4): the new one is handed to a [`RotationSaver`] before the
+//! access token is used, and held and offered again until it is saved. Does network I/O.
 
-use std::time::{Duration, Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
+use futures::future::BoxFuture;
 use oauth2::{
-    ClientId, ClientSecret, EndpointNotSet, EndpointSet, HttpRequest, HttpResponse,
-    RequestTokenError, TokenResponse, TokenUrl, basic::BasicClient,
+    AuthUrl, AuthorizationCode, ClientId, ClientSecret, EndpointNotSet, EndpointSet, HttpRequest,
+    HttpResponse, RedirectUrl, RefreshToken, RequestTokenError, TokenResponse, TokenUrl,
+    basic::BasicClient,
 };
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Mutex;
 use url::Url;
 
 use super::{
+    TransportConfig,
     error::Error,
     reach::AddressRefused,
     transport::{Redactor, Transport, address_refused, parse_retry_after},
@@ -28,12 +38,31 @@ const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
 type Client =
     BasicClient<EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointNotSet, EndpointSet>;
 
-/// An OAuth consumer and its cached access token.
+/// Keeps a rotated refresh token where the credential lives (the operator: the Secret). `Err`
+/// says why it could not; the token is then offered again before the next request.
+pub type RotationSaver =
+    Arc<dyn Fn(SecretString) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
+/// An OAuth consumer (or a user signed in through one) and its cached access token.
 pub(crate) struct OAuthConsumer {
     client: Client,
     /// Checked against the allowed servers before each grant, like every other URL.
     token_url: Url,
-    cached: Mutex<Option<CachedToken>>,
+    state: Mutex<State>,
+    pub saver: Option<RotationSaver>,
+}
+
+#[derive(Default)]
+struct State {
+    cached: Option<CachedToken>,
+    /// A signed-in user's refresh token; `None` for the client-credentials grant.
+    refresh: Option<Refresh>,
+}
+
+struct Refresh {
+    token: SecretString,
+    /// Rotated by Bitbucket and not saved yet.
+    unsaved: bool,
 }
 
 struct CachedToken {
@@ -41,24 +70,80 @@ struct CachedToken {
     refresh_at: Instant,
 }
 
-/// The token endpoint for a Cloud API base URL: bitbucket.org's for the real API, otherwise the
+/// An OAuth endpoint for a Cloud API base URL: bitbucket.org's for the real API, otherwise the
 /// same scheme://host:port as the API (a proxy or simulator), as the design specifies.
-pub(crate) fn token_url(api_url: &Url) -> String {
+fn endpoint(api_url: &Url, path: &str) -> String {
     if api_url.host_str() == Some("api.bitbucket.org") {
-        CLOUD_TOKEN_URL.to_owned()
+        format!("https://bitbucket.org/site/oauth2/{path}")
     } else {
         format!(
-            "{}/site/oauth2/access_token",
+            "{}/site/oauth2/{path}",
             api_url.origin().ascii_serialization()
         )
     }
 }
 
+/// The token endpoint for a Cloud API base URL.
+pub(crate) fn token_url(api_url: &Url) -> String {
+    let url = endpoint(api_url, "access_token");
+    debug_assert!(api_url.host_str() != Some("api.bitbucket.org") || url == CLOUD_TOKEN_URL);
+    url
+}
+
+/// Where a person signs in to authorize consumer `client_id` (the authorization-code grant,
+/// RFC 6749 §4.1), to be sent back to `redirect` with a code and `state`.
+pub fn authorize_url(api_url: &Url, client_id: &str, state: &str, redirect: &Url) -> Url {
+    let mut url = Url::parse(&endpoint(api_url, "authorize")).expect("a valid URL");
+    url.query_pairs_mut()
+        .append_pair("client_id", client_id)
+        .append_pair("response_type", "code")
+        .append_pair("state", state)
+        .append_pair("redirect_uri", redirect.as_str());
+    url
+}
+
+/// Exchanges the code a sign-in sent back for the user's refresh token.
+pub async fn exchange_code(
+    api_url: &Url,
+    client_id: &str,
+    client_secret: &SecretString,
+    code: &str,
+    redirect: &Url,
+    config: TransportConfig,
+) -> Result<SecretString, Error> {
+    let consumer = OAuthConsumer::new(api_url, client_id, client_secret, None)?;
+    let transport = Transport::new(config)?;
+    let redact = Redactor::new([client_secret.clone(), code.to_owned().into()]);
+    transport.permit(&consumer.token_url)?;
+    let config_error = |e: &dyn std::fmt::Display| Error::Config {
+        message: format!("OAuth sign-in: {e}"),
+    };
+    let client = consumer
+        .client
+        .set_auth_uri(AuthUrl::new(endpoint(api_url, "authorize")).map_err(|e| config_error(&e))?)
+        .set_redirect_uri(RedirectUrl::from_url(redirect.clone()));
+    let response = client
+        .exchange_code(AuthorizationCode::new(code.to_owned()))
+        .request_async(&GrantClient(&transport))
+        .await
+        .map_err(|e| grant_error(e, transport.timeout(), &redact))?;
+    response
+        .refresh_token()
+        .map(|t| t.secret().to_owned().into())
+        .ok_or_else(|| Error::Decode {
+            status: 200,
+            message: "the OAuth token answer has no refresh_token".into(),
+            excerpt: String::new(),
+        })
+}
+
 impl OAuthConsumer {
+    /// A consumer; with `refresh_token`, a user signed in through it.
     pub fn new(
         api_url: &Url,
         client_id: &str,
         client_secret: &SecretString,
+        refresh_token: Option<SecretString>,
     ) -> Result<Self, Error> {
         let config_error = |e: &dyn std::fmt::Display| Error::Config {
             message: format!("OAuth token URL: {e}"),
@@ -72,7 +157,14 @@ impl OAuthConsumer {
         Ok(Self {
             client,
             token_url: parsed,
-            cached: Mutex::new(None),
+            state: Mutex::new(State {
+                cached: None,
+                refresh: refresh_token.map(|token| Refresh {
+                    token,
+                    unsaved: false,
+                }),
+            }),
+            saver: None,
         })
     }
 
@@ -80,42 +172,98 @@ impl OAuthConsumer {
         &self.token_url
     }
 
-    /// The `Authorization` header value, from the cache or a new grant.
+    /// The newest refresh token, for a signed-in user.
+    pub async fn refresh_token(&self) -> Option<SecretString> {
+        let state = self.state.lock().await;
+        state.refresh.as_ref().map(|r| r.token.clone())
+    }
+
+    /// The `Authorization` header value, from the cache or a new grant. A rotated refresh token
+    /// is saved first: an access token is never used while its refresh token could be lost.
     pub async fn authorization(
         &self,
         transport: &Transport,
         redact: &Redactor,
     ) -> Result<SecretString, Error> {
-        let mut cached = self.cached.lock().await;
-        if let Some(token) = cached.as_ref().filter(|t| Instant::now() < t.refresh_at) {
+        let mut state = self.state.lock().await;
+        self.save(&mut state).await?;
+        if let Some(token) = state
+            .cached
+            .as_ref()
+            .filter(|t| Instant::now() < t.refresh_at)
+        {
             return Ok(token.authorization.clone());
         }
-        let token = self.grant(transport, redact).await?;
+        let (token, rotated) = self.grant(&state, transport, redact).await?;
         let authorization = token.authorization.clone();
-        *cached = Some(token);
+        state.cached = Some(token);
+        if let (Some(refresh), Some(rotated)) = (state.refresh.as_mut(), rotated)
+            && rotated.expose_secret() != refresh.token.expose_secret()
+        {
+            refresh.token = rotated;
+            refresh.unsaved = true;
+        }
+        self.save(&mut state).await?;
         Ok(authorization)
+    }
+
+    /// Hands an unsaved rotated refresh token to the saver.
+    async fn save(&self, state: &mut State) -> Result<(), Error> {
+        let (Some(refresh), Some(saver)) = (state.refresh.as_mut(), &self.saver) else {
+            return Ok(());
+        };
+        if refresh.unsaved {
+            saver(refresh.token.clone())
+                .await
+                .map_err(|message| Error::RotationNotSaved { message })?;
+            refresh.unsaved = false;
+        }
+        Ok(())
     }
 
     /// Forgets the cached token (after Bitbucket refused it), so the next call gets a new one.
     pub async fn invalidate(&self) {
-        *self.cached.lock().await = None;
+        self.state.lock().await.cached = None;
     }
 
-    async fn grant(&self, transport: &Transport, redact: &Redactor) -> Result<CachedToken, Error> {
+    /// A new access token, and the refresh token that came with it.
+    async fn grant(
+        &self,
+        state: &State,
+        transport: &Transport,
+        redact: &Redactor,
+    ) -> Result<(CachedToken, Option<SecretString>), Error> {
         transport.permit(&self.token_url)?;
-        let response = self
-            .client
-            .exchange_client_credentials()
-            .request_async(&GrantClient(transport))
-            .await
-            .map_err(|e| grant_error(e, transport.timeout(), redact))?;
+        let http = GrantClient(transport);
+        let response = match &state.refresh {
+            None => {
+                self.client
+                    .exchange_client_credentials()
+                    .request_async(&http)
+                    .await
+            }
+            Some(refresh) => {
+                let token = RefreshToken::new(refresh.token.expose_secret().to_owned());
+                self.client
+                    .exchange_refresh_token(&token)
+                    .request_async(&http)
+                    .await
+            }
+        }
+        .map_err(|e| grant_error(e, transport.timeout(), redact))?;
         let lifetime = response.expires_in().unwrap_or(DEFAULT_LIFETIME);
         // Renew a little early so a token never expires between the check and the request.
         let margin = (lifetime / 5).min(Duration::from_secs(60));
-        Ok(CachedToken {
-            authorization: super::credentials::bearer(response.access_token().secret()),
-            refresh_at: Instant::now() + lifetime - margin,
-        })
+        let rotated = response
+            .refresh_token()
+            .map(|t| SecretString::from(t.secret().to_owned()));
+        Ok((
+            CachedToken {
+                authorization: super::credentials::bearer(response.access_token().secret()),
+                refresh_at: Instant::now() + lifetime - margin,
+            },
+            rotated,
+        ))
     }
 }
 

@@ -2,9 +2,11 @@
 //! credential Secret (and the CA bundle Secret) from the API server, checks the keys the
 //! credential type needs, and reuses the client — with its connection pool and OAuth token —
 //! until the spec or a Secret changes (the client is kept in the integration's
-//! [`Memory`](super::memory::Memory)). Shared by both controllers. Does API-server I/O.
+//! [`Memory`](super::memory::Memory)). For a signed-in OAuth user, the client saves each refresh
+//! token Bitbucket rotates back to the Secret ([`save_rotated`]); that write of the operator's
+//! own does not count as a change. Shared by both controllers. Does API-server I/O.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{Api, ResourceExt};
@@ -16,8 +18,8 @@ use super::{
 };
 use crate::{
     api::{
-        ALLOWED_SERVERS_ANNOTATION, BitbucketIntegration, CLOUD_API_URL, CredentialType,
-        ServerType, conditions::reasons,
+        ALLOWED_SERVERS_ANNOTATION, BitbucketIntegration, CLOUD_API_URL, CREDENTIAL_TYPE_LABEL,
+        CredentialType, ServerType, conditions::reasons,
     },
     bitbucket::{self, AllowList, Credentials, Server, TransportConfig, reach},
 };
@@ -40,6 +42,11 @@ pub enum ResolveError {
     InvalidSpec(String),
     #[error("{0}")]
     ServerNotAllowed(String),
+    #[error(
+        "Secret {0} lacks the label {CREDENTIAL_TYPE_LABEL}: OAuthUser, which lets the operator save \
+         the refresh tokens Bitbucket rotates (without it the credential would be locked out)"
+    )]
+    SecretNotWritable(String),
     #[error("reading Secret {secret}: {source}")]
     Kube {
         secret: String,
@@ -55,6 +62,7 @@ impl Reason for ResolveError {
             Self::SecretKeyMissing { .. } | Self::NotText { .. } => reasons::SECRET_KEY_MISSING,
             Self::InvalidSpec(_) => reasons::INVALID_SPEC,
             Self::ServerNotAllowed(_) => reasons::SERVER_NOT_ALLOWED,
+            Self::SecretNotWritable(_) => reasons::SECRET_NOT_WRITABLE,
             Self::Kube { .. } => reasons::KUBERNETES_ERROR,
         }
     }
@@ -72,8 +80,13 @@ impl Reason for ResolveError {
 #[derive(Clone)]
 pub struct Resolved {
     pub client: Arc<bitbucket::Client>,
-    /// Changes whenever the spec or a referenced Secret changes.
+    /// Changes whenever the spec or a referenced Secret changes (but not for the operator's
+    /// own writes of rotated refresh tokens).
     pub fingerprint: String,
+    /// The credential Secret's resourceVersion the client was built from.
+    secret_version: String,
+    /// The Secret's resourceVersion after the client's latest own write, if it wrote.
+    written: Arc<Mutex<Option<String>>>,
 }
 
 /// The client for `integration`, reading its Secrets now (so rotation is seen at once) and
@@ -106,14 +119,21 @@ pub async fn resolve(
         }
         None => None,
     };
+    let uid = integration.uid().unwrap_or_default();
+    let cached = memory.integration(&uid, |m| m.client.clone());
+    let mut secret_version = secret.resource_version().unwrap_or_default();
+    if let Some(cached) = &cached
+        && crate::controller::lock(&cached.written).as_deref() == Some(secret_version.as_str())
+    {
+        // The Secret as the client itself last wrote it: the same credential.
+        secret_version.clone_from(&cached.secret_version);
+    }
     let fingerprint = format!(
         "{}/{}/{}",
         integration.metadata.generation.unwrap_or_default(),
-        secret.resource_version().unwrap_or_default(),
+        secret_version,
         ca.as_ref().map(|(_, rv)| rv.as_str()).unwrap_or("-")
     );
-    let uid = integration.uid().unwrap_or_default();
-    let cached = memory.integration(&uid, |m| m.client.clone());
     if let Some(cached) = cached.filter(|c| c.fingerprint == fingerprint) {
         return Ok(cached);
     }
@@ -125,6 +145,16 @@ pub async fn resolve(
     )?;
     let server = server(integration)?;
     let consent = consent(&secret, secret_name)?;
+    let oauth_user = spec.credentials.credential_type == CredentialType::OAuthUser;
+    if oauth_user
+        && secret
+            .labels()
+            .get(CREDENTIAL_TYPE_LABEL)
+            .map(String::as_str)
+            != Some("OAuthUser")
+    {
+        return Err(ResolveError::SecretNotWritable(secret_name.clone()));
+    }
     let operator = transport.allowed.clone();
     let transport = TransportConfig {
         ca_bundle_pem: ca.map(|(pem, _)| pem),
@@ -134,8 +164,22 @@ pub async fn resolve(
         ..transport
     };
     let refused = Arc::clone(&transport.refused);
-    let client = bitbucket::Client::new(server, credentials, transport)
+    let refresh_token = match &credentials {
+        Credentials::CloudOAuthUser { refresh_token, .. } => Some(refresh_token.clone()),
+        _ => None,
+    };
+    let mut client = bitbucket::Client::new(server, credentials, transport)
         .map_err(|e| ResolveError::InvalidSpec(e.to_string()))?;
+    let written = Arc::new(Mutex::new(None));
+    if let Some(refresh_token) = refresh_token {
+        client = client.on_rotation(save_rotated(
+            Api::namespaced(kube.clone(), &namespace),
+            secret_name.clone(),
+            secret_version.clone(),
+            refresh_token,
+            Arc::clone(&written),
+        ));
+    }
     for (what, url) in client.endpoints() {
         reachable(
             what,
@@ -149,9 +193,72 @@ pub async fn resolve(
     let resolved = Resolved {
         client: Arc::new(client),
         fingerprint,
+        secret_version,
+        written,
     };
     memory.integration(&uid, |m| m.client = Some(resolved.clone()));
     Ok(resolved)
+}
+
+/// Saves the refresh tokens Bitbucket rotates to the Secret the client was built from (read at
+/// `version`, holding `current`): only `data.refreshToken` is written, on the version read just
+/// before (a conflict reads again). A Secret whose refresh token someone else replaced meanwhile
+/// (signed in again) is left alone: its token wins, and the next reconcile builds a client from
+/// it. `written` learns the version of each write that followed the client's own, so that write
+/// does not count as a change of the credential.
+fn save_rotated(
+    secrets: Api<Secret>,
+    name: String,
+    version: String,
+    current: secrecy::SecretString,
+    written: Arc<Mutex<Option<String>>>,
+) -> bitbucket::RotationSaver {
+    use secrecy::ExposeSecret as _;
+    let saved = Arc::new(tokio::sync::Mutex::new((version, current)));
+    Arc::new(move |rotated: secrecy::SecretString| {
+        let (secrets, name, saved, written) = (
+            secrets.clone(),
+            name.clone(),
+            Arc::clone(&saved),
+            Arc::clone(&written),
+        );
+        Box::pin(async move {
+            let mut saved = saved.lock().await;
+            let failed = |e: kube::Error| format!("writing Secret {name}: {e}");
+            for _ in 0..3 {
+                let secret = secrets.get(&name).await.map_err(failed)?;
+                let stored = value_of(&secret, "refreshToken").unwrap_or_default();
+                if stored != saved.1.expose_secret().as_bytes() {
+                    return Ok(()); // replaced by someone else: theirs wins
+                }
+                let read_at = secret.resource_version().unwrap_or_default();
+                let patch = serde_json::json!({
+                    "metadata": {"resourceVersion": read_at},
+                    "data": {"refreshToken": ByteString(rotated.expose_secret().as_bytes().to_vec())},
+                });
+                let params = kube::api::PatchParams {
+                    field_manager: Some("bitbucket-operator".into()),
+                    ..kube::api::PatchParams::default()
+                };
+                match secrets
+                    .patch(&name, &params, &kube::api::Patch::Merge(&patch))
+                    .await
+                {
+                    Ok(now) => {
+                        let now = now.resource_version().unwrap_or_default();
+                        if read_at == saved.0 {
+                            *crate::controller::lock(&written) = Some(now.clone());
+                        }
+                        *saved = (now, rotated);
+                        return Ok(());
+                    }
+                    Err(kube::Error::Api(status)) if status.code == 409 => {}
+                    Err(e) => return Err(failed(e)),
+                }
+            }
+            Err(format!("writing Secret {name}: it kept changing"))
+        })
+    })
 }
 
 /// The servers the Secret consents to send its credential to (its annotation), if it says.
@@ -239,6 +346,7 @@ pub fn credentials(
         CredentialType::ApiToken => ("ApiToken", "email, token"),
         CredentialType::AccessToken => ("AccessToken", "token"),
         CredentialType::OAuthConsumer => ("OAuthConsumer", "clientId, clientSecret"),
+        CredentialType::OAuthUser => ("OAuthUser", "clientId, clientSecret, refreshToken"),
         CredentialType::Basic => ("Basic", "username, password"),
     };
     let get = |name: &str| key(secret, secret_name, name, label, needed);
@@ -258,6 +366,11 @@ pub fn credentials(
         CredentialType::OAuthConsumer => Credentials::CloudOAuthConsumer {
             client_id: get("clientId")?,
             client_secret: get("clientSecret")?.into(),
+        },
+        CredentialType::OAuthUser => Credentials::CloudOAuthUser {
+            client_id: get("clientId")?,
+            client_secret: get("clientSecret")?.into(),
+            refresh_token: get("refreshToken")?.into(),
         },
         CredentialType::Basic => Credentials::DataCenterBasic {
             username: get("username")?,

@@ -58,6 +58,7 @@ impl Reason for bitbucket::Error {
             E::RateLimited { .. } => reasons::RATE_LIMITED,
             E::Gone { .. } | E::Config { .. } => reasons::INVALID_SPEC,
             E::NotAllowed { .. } | E::AddressRefused(_) => reasons::SERVER_NOT_ALLOWED,
+            E::RotationNotSaved { .. } => reasons::REFRESH_TOKEN_NOT_SAVED,
             E::Unavailable { .. }
             | E::Timeout { .. }
             | E::Transport { .. }

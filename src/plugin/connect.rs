@@ -21,11 +21,11 @@ use kube::{
 };
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{Outcome, secret_keys, sync, terminal::Terminal, types_for};
+use super::{Outcome, secret_keys, sign_in, sync, terminal::Terminal, types_for};
 use crate::{
     api::{
         ALLOWED_SERVERS_ANNOTATION, BitbucketIntegration, BitbucketIntegrationSpec, CLOUD_API_URL,
-        CredentialType, Credentials, SecretReference, Server, ServerType,
+        CREDENTIAL_TYPE_LABEL, CredentialType, Credentials, SecretReference, Server, ServerType,
         conditions::{READY, STALLED},
     },
     bitbucket::{self, AllowList, TransportConfig},
@@ -47,16 +47,27 @@ pub struct ConnectArgs {
     /// https://api.bitbucket.org/2.0).
     #[arg(long)]
     url: Option<String>,
-    /// The credential type [asked on a terminal].
-    #[arg(long = "type", value_parser = ["ApiToken", "AccessToken", "OAuthConsumer", "Basic"])]
+    /// The credential type [asked on a terminal]. OAuthUser is --sign-in.
+    #[arg(long = "type", value_parser = ["ApiToken", "AccessToken", "OAuthConsumer", "OAuthUser", "Basic"])]
     credential_type: Option<String>,
+    /// Sign in with Bitbucket (Cloud): authorize the OAuth consumer --client-id in a browser and
+    /// save the signed-in user's refresh token (credential type OAuthUser).
+    #[arg(long, conflicts_with = "credential_type")]
+    sign_in: bool,
+    /// --sign-in: the loopback port Bitbucket sends the browser back to (the consumer's
+    /// callback URL must be http://127.0.0.1:PORT/callback); 0 picks a free one.
+    #[arg(long, default_value_t = 0, requires = "sign_in")]
+    callback_port: u16,
+    /// --sign-in: print the address to open instead of opening a browser.
+    #[arg(long, requires = "sign_in")]
+    no_browser: bool,
     /// ApiToken: the Atlassian account's email.
     #[arg(long)]
     email: Option<String>,
     /// Basic: the Data Center username.
     #[arg(long)]
     username: Option<String>,
-    /// OAuthConsumer: the consumer's key.
+    /// OAuthConsumer, --sign-in: the consumer's key.
     #[arg(long)]
     client_id: Option<String>,
     /// Cloud: the workspace (required for AccessToken).
@@ -98,6 +109,15 @@ struct SecretInput {
     /// How long to wait for the operator to report the integration Ready.
     #[arg(long, default_value = "2m", value_parser = super::duration)]
     timeout: Duration,
+}
+
+impl ConnectArgs {
+    fn browser(&self) -> sign_in::Browser {
+        sign_in::Browser {
+            port: self.callback_port,
+            open: !self.no_browser,
+        }
+    }
 }
 
 /// A value the user must give: a flag, else a prompt, else a usage error naming the flag.
@@ -162,7 +182,7 @@ fn secret_word(kind: CredentialType) -> &'static str {
     match kind {
         CredentialType::ApiToken => "API token",
         CredentialType::AccessToken => "access token",
-        CredentialType::OAuthConsumer => "client secret",
+        CredentialType::OAuthConsumer | CredentialType::OAuthUser => "client secret",
         CredentialType::Basic => "password or personal token",
     }
 }
@@ -185,7 +205,7 @@ pub async fn connect(
     args: ConnectArgs,
 ) -> anyhow::Result<Outcome> {
     let terminal = Terminal::detect();
-    let (integration, secret, value) = match plan(&terminal, &args) {
+    let (integration, mut secret, value) = match plan(&terminal, &args) {
         Ok(plan) => plan,
         Err(outcome) => return Ok(outcome),
     };
@@ -207,11 +227,22 @@ pub async fn connect(
              another with --secret-name\n"
         )));
     }
-    let secret = with_value(secret, &integration, &value);
-    if !args.secret.skip_check
-        && let Err(refused) = check(&terminal, &integration, &secret).await
-    {
-        return Ok(refused);
+    if integration.spec.credentials.credential_type == CredentialType::OAuthUser {
+        let signed_in =
+            sign_in::sign_in(&terminal, &integration, &secret, &value, &args.browser()).await;
+        match signed_in {
+            Ok(refresh_token) => put(&mut secret, "refreshToken", &refresh_token),
+            Err(outcome) => return Ok(outcome),
+        }
+    }
+    let mut secret = with_value(secret, &integration, &value);
+    if !args.secret.skip_check {
+        match check(&terminal, &integration, &secret).await {
+            // The check's grant rotated the refresh token: keep the newest.
+            Ok(Some(newest)) => put(&mut secret, "refreshToken", &newest),
+            Ok(None) => {}
+            Err(refused) => return Ok(refused),
+        }
     }
 
     // The Secret first, so the operator never sees the integration without it; then the
@@ -299,6 +330,16 @@ fn plan(
     };
     let allowed = types_for(server_type);
     let kind = match args.credential_type.as_deref() {
+        _ if args.sign_in => {
+            if server_type != ServerType::Cloud {
+                return Err(Outcome::usage(
+                    "--sign-in is for Bitbucket Cloud; Data Center takes an access token or a \
+                     password\n"
+                        .into(),
+                ));
+            }
+            CredentialType::OAuthUser
+        }
         Some(kind) => {
             let kind: CredentialType = serde_json::from_value(kind.into())
                 .map_err(|e| Outcome::usage(format!("--type: {e}\n")))?;
@@ -373,7 +414,10 @@ fn plan(
     let secret = Secret {
         metadata: ObjectMeta {
             name: Some(secret_name.clone()),
-            labels: Some(BTreeMap::from([(MANAGED_BY.into(), MANAGER.into())])),
+            labels: Some(BTreeMap::from([
+                (MANAGED_BY.into(), MANAGER.into()),
+                (CREDENTIAL_TYPE_LABEL.into(), format!("{kind:?}")),
+            ])),
             annotations: Some(BTreeMap::from([(
                 ALLOWED_SERVERS_ANNOTATION.into(),
                 consent(&server),
@@ -412,11 +456,15 @@ fn with_value(
     value: &SecretString,
 ) -> Secret {
     let (key, _) = secret_keys(integration.spec.credentials.credential_type);
+    put(&mut secret, key, value);
+    secret
+}
+
+fn put(secret: &mut Secret, key: &str, value: &SecretString) {
     secret.data.get_or_insert_default().insert(
         key.to_owned(),
         ByteString(value.expose_secret().as_bytes().to_vec()),
     );
-    secret
 }
 
 fn names(kinds: &[CredentialType]) -> String {
@@ -432,17 +480,21 @@ fn describe(kind: CredentialType) -> &'static str {
         CredentialType::ApiToken => "ApiToken: an Atlassian API token with its account's email",
         CredentialType::AccessToken => "AccessToken: a workspace, project or repository token",
         CredentialType::OAuthConsumer => "OAuthConsumer: an OAuth consumer's key and secret",
+        CredentialType::OAuthUser => {
+            "OAuthUser: sign in with Bitbucket through an OAuth consumer (opens a browser)"
+        }
         CredentialType::Basic => "Basic: a username with a password or personal token",
     }
 }
 
 /// Asks Bitbucket who the credential is, with the operator's own client, sending it only to the
 /// integration's server. `Err` is the outcome to print: what Bitbucket said, nothing saved.
+/// `Ok(Some(token))`: a signed-in user's refresh token, rotated by the check's own grant.
 async fn check(
     terminal: &Terminal,
     integration: &BitbucketIntegration,
     secret: &Secret,
-) -> Result<(), Outcome> {
+) -> Result<Option<SecretString>, Outcome> {
     let refused = |message: String| {
         Outcome::failed(format!(
             "{}: {message}\nNothing was saved (--skip-check saves without this check).\n",
@@ -468,7 +520,8 @@ async fn check(
     progress.show("asking Bitbucket who it is");
     let identity = client.whoami(spec.workspace.as_deref()).await;
     progress.done();
-    identity.map(|_| ()).map_err(|e| refused(e.to_string()))
+    identity.map_err(|e| refused(e.to_string()))?;
+    Ok(client.refresh_token().await)
 }
 
 /// Waits until the operator reports `created` (at its generation) Ready, showing its progress.
@@ -540,6 +593,12 @@ pub async fn edit(client: &Client, namespace: &str, args: EditArgs) -> anyhow::R
         let secret_name = &integration.spec.credentials.secret_ref.name;
         let secret = secrets.get(secret_name).await?;
         let kind = integration.spec.credentials.credential_type;
+        if kind == CredentialType::OAuthUser {
+            return Ok(Outcome::usage(format!(
+                "an OAuthUser credential is renewed by signing in again: kubectl bitbucket \
+                 delete {name}, then kubectl bitbucket connect {name} --sign-in\n"
+            )));
+        }
         let word = secret_word(kind);
         let value = match args.secret.read(&terminal, &format!("new {word}")) {
             Ok(value) => value,

@@ -14,6 +14,7 @@
 
 mod connect;
 mod show;
+mod sign_in;
 mod sync;
 pub mod terminal;
 
@@ -246,7 +247,9 @@ fn secret_keys(kind: CredentialType) -> (&'static str, Option<&'static str>) {
     match kind {
         CredentialType::ApiToken => ("token", Some("email")),
         CredentialType::AccessToken => ("token", None),
-        CredentialType::OAuthConsumer => ("clientSecret", Some("clientId")),
+        CredentialType::OAuthConsumer | CredentialType::OAuthUser => {
+            ("clientSecret", Some("clientId"))
+        }
         CredentialType::Basic => ("password", Some("username")),
     }
 }
@@ -258,6 +261,7 @@ fn types_for(server: ServerType) -> &'static [CredentialType] {
             CredentialType::ApiToken,
             CredentialType::AccessToken,
             CredentialType::OAuthConsumer,
+            CredentialType::OAuthUser,
         ],
         ServerType::DataCenter => &[CredentialType::AccessToken, CredentialType::Basic],
     }

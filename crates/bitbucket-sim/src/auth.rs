@@ -333,6 +333,7 @@ impl World {
                 let CloudCredentialKind::OauthConsumer { owner, .. } = &consumer.kind else {
                     return rejected(Rejection::Bearer);
                 };
+                let owner = issued.user.as_ref().unwrap_or(owner);
                 if issued.expires_at <= now || expired(consumer.expires_at.as_deref(), now) {
                     // Still the consumer's request: counters and faults see whose token expired.
                     return Authentication {

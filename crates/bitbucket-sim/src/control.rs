@@ -26,7 +26,7 @@ use super::{
     auth::{Authentication, Caller, CloudIdentity, Realm},
     fixture::{CloudRepository, DcRepository, Fixture},
     templates::{self, recorded},
-    world::{CloudRepositoryChange, DcRepositoryChange, StateError},
+    world::{CloudRepositoryChange, Consent, DcRepositoryChange, StateError},
 };
 
 /// Largest token-endpoint form the middleware reads.
@@ -367,6 +367,11 @@ impl Control {
     /// `None` returns to each consumer's configured lifetime.
     pub fn set_oauth_token_lifetime(&self, seconds: Option<u64>) {
         lock(&self.shared.world).oauth.lifetime_override = seconds;
+    }
+
+    /// What the person at the authorize page does from now on (`/site/oauth2/authorize`).
+    pub fn set_oauth_consent(&self, consent: Consent) {
+        lock(&self.shared.world).oauth.consent = consent;
     }
 
     /// Sets a credential's hourly limit (`None`: unlimited), overriding the fixture.

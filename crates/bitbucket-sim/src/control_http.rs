@@ -19,7 +19,7 @@ use super::{
     Shared,
     control::{Control, FaultRule},
     fixture::{CloudRepository, DcRepository, Fixture},
-    world::{CloudRepositoryChange, DcRepositoryChange, StateError},
+    world::{CloudRepositoryChange, Consent, DcRepositoryChange, StateError},
 };
 
 /// The `/_sim` routes.
@@ -50,6 +50,7 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         )
         .route("/_sim/oauth/expire", post(expire_oauth_tokens))
         .route("/_sim/oauth/lifetime", put(set_oauth_lifetime))
+        .route("/_sim/oauth/consent", put(set_oauth_consent))
         .route("/_sim/rate-limits/reset", post(reset_rate_limits))
         .route("/_sim/rate-limits/{credential}", put(set_rate_limit))
 }
@@ -182,6 +183,14 @@ async fn expire_oauth_tokens(State(shared): State<Arc<Shared>>) -> StatusCode {
 #[serde(deny_unknown_fields)]
 struct Lifetime {
     seconds: Option<u64>,
+}
+
+async fn set_oauth_consent(
+    State(shared): State<Arc<Shared>>,
+    Json(consent): Json<Consent>,
+) -> StatusCode {
+    control(shared).set_oauth_consent(consent);
+    StatusCode::NO_CONTENT
 }
 
 async fn set_oauth_lifetime(

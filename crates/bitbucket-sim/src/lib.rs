@@ -30,6 +30,7 @@
 //! | `DELETE /_sim/dc/projects/{key}/repositories/{slug}` | — | delete |
 //! | `POST /_sim/oauth/expire` | — | expire every issued OAuth access token |
 //! | `PUT /_sim/oauth/lifetime` | `{"seconds": n \| null}` | lifetime of tokens issued from now on |
+//! | `PUT /_sim/oauth/consent` | [`Consent`] | what the person at the authorize page does |
 //! | `PUT /_sim/rate-limits/{credential-id}` | `{"perHour": n \| null}` | set/remove a limit |
 //! | `POST /_sim/rate-limits/reset` | — | start every credential's hour afresh |
 #![forbid(unsafe_code)]
@@ -62,7 +63,7 @@ pub use fixture::{
     DataCenterFixture, DcCredential, DcCredentialKind, DcProject, DcRepository, DcUser, DcUserKind,
     Fixture, FixtureError, Generator, Membership, Workspace,
 };
-pub use world::{CloudRepositoryChange, DcRepositoryChange, StateError};
+pub use world::{CloudRepositoryChange, Consent, DcRepositoryChange, StateError};
 
 /// State shared by the handlers, the middleware and [`Control`].
 pub(crate) struct Shared {

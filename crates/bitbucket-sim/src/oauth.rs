@@ -1,17 +1,24 @@
-//! The Bitbucket Cloud OAuth 2.0 token endpoint (`POST /site/oauth2/access_token`): the
-//! client-credentials grant (client authenticated by HTTP Basic or form fields) and the
-//! refresh-token grant. Issued access tokens act as the consumer's owner with the consumer's
-//! scopes and expire after the consumer's lifetime (or the one set through the control API).
-//! Shapes and error codes per API-FACTS §B.4. Reads and writes the shared state under its lock.
+//! Bitbucket Cloud OAuth 2.0: the authorize page (`GET /site/oauth2/authorize`, where a person
+//! signs in and approves a consumer — here scripted through the control API's [`Consent`]) and
+//! the token endpoint (`POST /site/oauth2/access_token`) with the authorization-code,
+//! client-credentials and refresh-token grants (client authenticated by HTTP Basic or form
+//! fields). Issued access tokens act as the user who signed in (or, for client credentials, the
+//! consumer's owner) with the consumer's scopes, and expire after the consumer's lifetime (or the
+//! one set through the control API). Every grant hands out a new refresh token and retires the
+//! one presented. Shapes and error codes per API-FACTS §B.4. Reads and writes the shared state
+//! under its lock.
+//!
+//! [`Consent`]: crate::Consent
 
 use std::sync::Arc;
 
 use axum::{
     Router,
     body::Bytes,
+    extract::Query,
     extract::State,
-    response::{IntoResponse, Response},
-    routing::post,
+    response::{IntoResponse, Redirect, Response},
+    routing::{get, post},
 };
 use base64::{Engine, engine::general_purpose::STANDARD};
 use http::{HeaderMap, StatusCode, header};
@@ -19,12 +26,86 @@ use jiff::{SignedDuration, Timestamp};
 use serde_json::json;
 
 use super::{
-    Shared, control::lock, fixture::CloudCredentialKind, templates, timestamp, world::IssuedToken,
+    Shared,
+    control::lock,
+    fixture::CloudCredentialKind,
+    templates, timestamp,
+    world::{Grantee, IssuedCode, IssuedToken},
 };
 
 /// The token endpoint's route.
 pub(crate) fn routes() -> Router<Arc<Shared>> {
-    Router::new().route("/site/oauth2/access_token", post(access_token))
+    Router::new()
+        .route("/site/oauth2/access_token", post(access_token))
+        .route("/site/oauth2/authorize", get(authorize))
+}
+
+/// Whether `uri` is a loopback address a native app listens on (RFC 8252 §7.3): the only
+/// callbacks the simulated consumers accept.
+fn loopback(uri: &str) -> bool {
+    url::Url::parse(uri).is_ok_and(|u| {
+        u.scheme() == "http" && matches!(u.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"))
+    })
+}
+
+/// The authorize page: the simulated person approves or denies at once, as scripted, and the
+/// browser is sent back to `redirect_uri` with a code (or an error) and the `state` it brought.
+async fn authorize(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let page = |status: StatusCode, text: &str| {
+        (
+            status,
+            [(header::CONTENT_TYPE, "text/html")],
+            format!("<html><body><p>{text}</p></body></html>"),
+        )
+            .into_response()
+    };
+    let client_id = query
+        .get("client_id")
+        .map(String::as_str)
+        .unwrap_or_default();
+    if query.get("response_type").map(String::as_str) != Some("code") {
+        return page(StatusCode::BAD_REQUEST, "response_type must be code");
+    }
+    let Some(redirect_uri) = query.get("redirect_uri").filter(|uri| loopback(uri)) else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "redirect_uri does not match the consumer's callback URL",
+        );
+    };
+    let mut world = lock(&shared.world);
+    let Some(consumer) = world.consumer_by_client_id(client_id).map(|c| c.id.clone()) else {
+        return page(StatusCode::BAD_REQUEST, "Invalid client_id");
+    };
+    let consent = world.oauth.consent.clone();
+    let mut back = url::Url::parse(redirect_uri).expect("checked above");
+    {
+        let mut pairs = back.query_pairs_mut();
+        if consent.deny {
+            pairs
+                .append_pair("error", "access_denied")
+                .append_pair("error_description", "The user denied access");
+        } else {
+            let code = random_token(20);
+            world.oauth.codes.insert(
+                code.clone(),
+                IssuedCode {
+                    grantee: Grantee {
+                        consumer_id: consumer,
+                        user: consent.user.clone(),
+                    },
+                    redirect_uri: Some(redirect_uri.clone()),
+                },
+            );
+            pairs.append_pair("code", &code);
+        }
+        if let Some(state) = query.get("state") {
+            pairs.append_pair("state", state);
+        }
+    }
+    Redirect::to(back.as_str()).into_response()
 }
 
 fn error(code: &str, description: &str) -> Response {
@@ -106,15 +187,30 @@ async fn access_token(
     {
         return error("unauthorized_client", "Invalid OAuth client credentials");
     }
-    match grant.as_str() {
-        "client_credentials" => {}
+    let user = match grant.as_str() {
+        "client_credentials" => None,
+        "authorization_code" => {
+            let presented = get("code").unwrap_or_default();
+            let issued = world.oauth.codes.get(presented).cloned();
+            let Some(issued) = issued.filter(|c| c.grantee.consumer_id == consumer_id) else {
+                return error("invalid_grant", "Invalid authorization code");
+            };
+            if get("redirect_uri") != issued.redirect_uri.as_deref() {
+                return error("invalid_grant", "redirect_uri does not match");
+            }
+            // A code is good for one exchange.
+            world.oauth.codes.remove(presented);
+            issued.grantee.user
+        }
         "refresh_token" => {
             let presented = get("refresh_token").unwrap_or_default();
-            if world.oauth.refresh_tokens.get(presented) != Some(&consumer_id) {
+            let grantee = world.oauth.refresh_tokens.get(presented).cloned();
+            let Some(grantee) = grantee.filter(|g| g.consumer_id == consumer_id) else {
                 return error("invalid_grant", "Invalid refresh_token");
-            }
+            };
             // Each refresh hands out a new refresh token and retires the old one.
             world.oauth.refresh_tokens.remove(presented);
+            grantee.user
         }
         other => {
             return error(
@@ -122,7 +218,7 @@ async fn access_token(
                 &format!("Unsupported grant type: {other}"),
             );
         }
-    }
+    };
     let lifetime = world.oauth.lifetime_override.unwrap_or(lifetime);
     // A lifetime past jiff's last representable instant (year 9999) means "never expires".
     let token_expires_at = i64::try_from(lifetime)
@@ -135,13 +231,14 @@ async fn access_token(
         access.clone(),
         IssuedToken {
             consumer_id: consumer_id.clone(),
+            user: user.clone(),
             expires_at: token_expires_at,
         },
     );
     world
         .oauth
         .refresh_tokens
-        .insert(refresh.clone(), consumer_id);
+        .insert(refresh.clone(), Grantee { consumer_id, user });
     drop(world);
     tracing::debug!(client_id, grant, "issued an OAuth access token");
     // Key order and `state` as in the documented response (API-FACTS §B.4); scopes are

@@ -27,17 +27,52 @@ pub(crate) struct World {
 #[derive(Debug, Default)]
 pub(crate) struct OAuthTokens {
     pub access_tokens: HashMap<String, IssuedToken>,
-    /// Refresh token → consumer id.
-    pub refresh_tokens: HashMap<String, String>,
+    /// Refresh token → whom it was issued to.
+    pub refresh_tokens: HashMap<String, Grantee>,
+    /// Authorization codes not exchanged yet.
+    pub codes: HashMap<String, IssuedCode>,
     /// Overrides every consumer's token lifetime (set through the control API).
     pub lifetime_override: Option<u64>,
+    /// What the person at the authorize page does (set through the control API).
+    pub consent: Consent,
+}
+
+/// Whom a token was issued to: a consumer, acting as its owner or as a user who signed in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Grantee {
+    pub consumer_id: String,
+    /// The user who authorized the consumer; `None`: the consumer's owner (client credentials).
+    pub user: Option<String>,
 }
 
 /// One issued access token.
 #[derive(Clone, Debug)]
 pub(crate) struct IssuedToken {
     pub consumer_id: String,
+    /// The user it acts as, when one signed in; otherwise the consumer's owner.
+    pub user: Option<String>,
     pub expires_at: Timestamp,
+}
+
+/// An authorization code, until it is exchanged.
+#[derive(Clone, Debug)]
+pub(crate) struct IssuedCode {
+    pub grantee: Grantee,
+    /// The `redirect_uri` the authorize request named; the exchange must name the same.
+    pub redirect_uri: Option<String>,
+}
+
+/// What the simulated person at the authorize page does: approve (signed in as `user`, the
+/// consumer's owner when absent) or deny.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Consent {
+    /// Deny instead of approving.
+    #[serde(default)]
+    pub deny: bool,
+    /// The Atlassian account that signs in (a username of the fixture's Cloud users).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// A change to a Cloud repository; absent fields stay as they are. Every change also moves
