@@ -9,6 +9,13 @@
 //! The second takes the namespace's integrations as parameters (a handful per namespace).
 //! Neither refuses anything in a namespace that is being deleted, so deleting a namespace
 //! always completes.
+//!
+//! The third limits the operator itself. Its RBAC may `patch` Secrets — to save the refresh
+//! tokens Bitbucket rotates for signed-in users (`OAuthUser`), without which such an integration
+//! is locked out — but RBAC cannot narrow a verb by label or key. The policy does: a request by
+//! a ServiceAccount named `bitbucket-operator` (in any namespace) may only change
+//! `data.refreshToken` of a Secret labelled `scm.shippable.io/credential-type: OAuthUser`, and
+//! may not create or delete Secrets at all.
 
 use k8s_openapi::{
     api::admissionregistration::v1::{
@@ -27,7 +34,10 @@ pub const INTEGRATION_IN_USE_POLICY: &str = "bitbucketintegration-in-use.scm.shi
 /// one to it.
 pub const INTEGRATION_DELETING_POLICY: &str = "subscription-integration-deleting.scm.shippable.io";
 
-/// Both policies, each with its binding, in a stable order.
+/// Refuses the operator's writes to Secrets other than a refresh token of an `OAuthUser` one.
+pub const OPERATOR_SECRET_WRITES_POLICY: &str = "bitbucket-operator-secret-writes.scm.shippable.io";
+
+/// Every policy, each with its binding, in a stable order.
 pub fn policies() -> Vec<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)> {
     vec![
         (
@@ -45,6 +55,10 @@ pub fn policies() -> Vec<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBi
                     ..ParamRef::default()
                 }),
             ),
+        ),
+        (
+            operator_secret_writes(),
+            binding(OPERATOR_SECRET_WRITES_POLICY, None),
         ),
     ]
 }
@@ -154,6 +168,65 @@ fn integration_deleting() -> ValidatingAdmissionPolicy {
     )
 }
 
+fn operator_secret_writes() -> ValidatingAdmissionPolicy {
+    let label = super::CREDENTIAL_TYPE_LABEL;
+    let unchanged = |field: &str| {
+        format!(
+            "object.metadata.?{field}.orValue({{}}) == oldObject.metadata.?{field}.orValue({{}})"
+        )
+    };
+    policy(
+        OPERATOR_SECRET_WRITES_POLICY,
+        ValidatingAdmissionPolicySpec {
+            failure_policy: Some("Fail".into()),
+            match_constraints: Some(matching_in("", "secrets", &["CREATE", "UPDATE", "DELETE"])),
+            match_conditions: Some(vec![MatchCondition {
+                name: "by-the-operator".into(),
+                expression: "request.userInfo.username.startsWith('system:serviceaccount:') && \
+                             request.userInfo.username.endsWith(':bitbucket-operator')"
+                    .into(),
+            }]),
+            variables: Some(vec![
+                variable("data", "object.?data.orValue({})"),
+                variable("before", "oldObject.?data.orValue({})"),
+            ]),
+            validations: Some(vec![
+                Validation {
+                    expression: format!(
+                        "request.operation == 'UPDATE' && \
+                         oldObject.metadata.?labels[?'{label}'].orValue('') == 'OAuthUser'"
+                    ),
+                    message_expression: Some(format!(
+                        "'the operator may only write Secrets labelled {label}: OAuthUser; \
+                         Secret ' + request.name + ' is not'"
+                    )),
+                    message: None,
+                    reason: Some("Forbidden".into()),
+                },
+                Validation {
+                    expression: [
+                        "variables.data.all(k, k == 'refreshToken' || \
+                         (k in variables.before && variables.before[k] == variables.data[k]))",
+                        "variables.before.all(k, k in variables.data)",
+                        &unchanged("labels"),
+                        &unchanged("annotations"),
+                        &unchanged("ownerReferences"),
+                        "object.?type.orValue('') == oldObject.?type.orValue('')",
+                    ]
+                    .join(" && "),
+                    message: Some(
+                        "the operator may only change data.refreshToken of an OAuthUser Secret"
+                            .into(),
+                    ),
+                    reason: Some("Forbidden".into()),
+                    ..Validation::default()
+                },
+            ]),
+            ..ValidatingAdmissionPolicySpec::default()
+        },
+    )
+}
+
 fn policy(name: &str, spec: ValidatingAdmissionPolicySpec) -> ValidatingAdmissionPolicy {
     ValidatingAdmissionPolicy {
         metadata: ObjectMeta {
@@ -185,12 +258,17 @@ fn binding(policy: &str, param_ref: Option<ParamRef>) -> ValidatingAdmissionPoli
 /// left them out would differ from what is stored, and a second server-side apply by another
 /// manager (`kubectl`, a GitOps tool) would conflict.
 fn matching(resource: &str, operations: &[&str]) -> MatchResources {
+    matching_in(GROUP, resource, operations)
+}
+
+/// [`matching`] for `resource` of API group `group`.
+fn matching_in(group: &str, resource: &str, operations: &[&str]) -> MatchResources {
     MatchResources {
         match_policy: Some("Equivalent".into()),
         namespace_selector: Some(LabelSelector::default()),
         object_selector: Some(LabelSelector::default()),
         resource_rules: Some(vec![NamedRuleWithOperations {
-            api_groups: Some(vec![GROUP.into()]),
+            api_groups: Some(vec![group.into()]),
             api_versions: Some(vec!["*".into()]),
             resources: Some(vec![resource.into()]),
             operations: Some(operations.iter().map(|&o| o.into()).collect()),
@@ -242,14 +320,23 @@ mod tests {
     }
 
     #[test]
-    fn each_policy_matches_only_its_own_resource_of_this_group_and_has_a_binding() {
+    fn each_policy_matches_only_its_own_resource_and_has_a_binding() {
         for (policy, binding) in policies() {
+            let secrets = policy.metadata.name.as_deref() == Some(OPERATOR_SECRET_WRITES_POLICY);
             let spec = policy.spec.unwrap();
             let rules = spec.match_constraints.unwrap().resource_rules.unwrap();
             assert_eq!(rules.len(), 1);
+            let group = if secrets { "" } else { GROUP };
             assert_eq!(
                 rules[0].api_groups.as_deref(),
-                Some(&[GROUP.to_owned()][..])
+                Some(&[group.to_owned()][..])
+            );
+            // The Secrets policy applies only to the operator's own requests.
+            assert_eq!(
+                secrets,
+                spec.match_conditions.is_some_and(|c| c
+                    .iter()
+                    .any(|c| c.expression.contains(":bitbucket-operator")))
             );
             assert_eq!(rules[0].resources.as_ref().unwrap().len(), 1);
             assert!(!rules[0].resources.as_ref().unwrap()[0].contains('/'));

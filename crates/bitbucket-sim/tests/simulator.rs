@@ -1443,3 +1443,119 @@ async fn the_simulator_refuses_non_loopback_addresses_and_shuts_down_cleanly() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn sign_in_sends_the_browser_back_with_a_code_good_for_one_exchange() {
+    let (sim, client) = demo().await;
+    let browser = Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let callback = "http://127.0.0.1:9/callback";
+    let authorize = |redirect: &str| {
+        let mut url =
+            url::Url::parse(&format!("{}/site/oauth2/authorize", sim.base_url())).unwrap();
+        url.query_pairs_mut()
+            .append_pair("client_id", OAUTH_CLIENT_ID)
+            .append_pair("response_type", "code")
+            .append_pair("state", "xyz")
+            .append_pair("redirect_uri", redirect);
+        browser.get(url).send()
+    };
+    let location = |response: &Response| {
+        url::Url::parse(response.headers()["location"].to_str().unwrap()).unwrap()
+    };
+    let query = |url: &url::Url, key: &str| {
+        url.query_pairs()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.into_owned())
+    };
+
+    // Only loopback callbacks (a native app's, RFC 8252) are accepted.
+    let elsewhere = authorize("https://attacker.example/callback")
+        .await
+        .unwrap();
+    assert_eq!(elsewhere.status(), StatusCode::BAD_REQUEST);
+
+    let approved = authorize(callback).await.unwrap();
+    assert_eq!(approved.status(), StatusCode::SEE_OTHER);
+    let back = location(&approved);
+    assert_eq!(back.as_str().split('?').next(), Some(callback));
+    assert_eq!(query(&back, "state").as_deref(), Some("xyz"));
+    let code = query(&back, "code").unwrap();
+
+    let exchange = |code: &str, redirect: &str| {
+        client
+            .post(format!("{}/site/oauth2/access_token", sim.base_url()))
+            .basic_auth(OAUTH_CLIENT_ID, Some(OAUTH_CLIENT_SECRET))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", redirect),
+            ]))
+            .send()
+    };
+    assert_eq!(
+        exchange(&code, "http://127.0.0.1:10/other")
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::BAD_REQUEST,
+        "the exchange must name the same redirect_uri"
+    );
+    let token = json_of(exchange(&code, callback).await.unwrap()).await;
+    assert_eq!(token["state"], "authorization_code");
+    let user = client
+        .get(format!("{}/user", sim.cloud_api_url()))
+        .bearer_auth(token["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json_of(user).await["username"], "jdoe");
+    let again = exchange(&code, callback).await.unwrap();
+    assert_eq!(again.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(json_of(again).await["error"], "invalid_grant");
+
+    // Each refresh rotates the refresh token; the one presented is retired.
+    let refresh = |token: &str| {
+        client
+            .post(format!("{}/site/oauth2/access_token", sim.base_url()))
+            .basic_auth(OAUTH_CLIENT_ID, Some(OAUTH_CLIENT_SECRET))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", token),
+            ]))
+            .send()
+    };
+    let first = token["refresh_token"].as_str().unwrap().to_owned();
+    let rotated = json_of(refresh(&first).await.unwrap()).await;
+    assert_ne!(rotated["refresh_token"], token["refresh_token"]);
+    assert_eq!(
+        refresh(&first).await.unwrap().status(),
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        refresh(rotated["refresh_token"].as_str().unwrap())
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+
+    // The person can deny.
+    sim.control().set_oauth_consent(bitbucket_sim::Consent {
+        deny: true,
+        user: None,
+    });
+    let denied = location(&authorize(callback).await.unwrap());
+    assert_eq!(query(&denied, "error").as_deref(), Some("access_denied"));
+    assert_eq!(query(&denied, "code"), None);
+}
+
+fn form(pairs: &[(&str, &str)]) -> String {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
