@@ -321,3 +321,52 @@ pub async fn lease_holder(client: &Client, namespace: &str, name: &str) -> Optio
         .and_then(|lease| lease.spec?.holder_identity)
         .filter(|holder| !holder.is_empty())
 }
+
+/// The demo fixture's OAuth consumer (jdoe's) and its secret.
+pub const OAUTH_CLIENT_ID: &str = "FAKEclientid4acme";
+pub const OAUTH_CLIENT_SECRET: &str = "FAKE-oauth-client-secret-acme";
+
+/// Signs in to the simulator's OAuth consumer as a person would through a browser (authorize,
+/// follow the redirect's code, exchange it) and returns the refresh token.
+pub async fn signed_in(sim: &bitbucket_sim::Simulator) -> String {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let redirect = "http://127.0.0.1:9/callback";
+    let mut authorize =
+        url::Url::parse(&format!("{}/site/oauth2/authorize", sim.base_url())).unwrap();
+    authorize
+        .query_pairs_mut()
+        .append_pair("client_id", OAUTH_CLIENT_ID)
+        .append_pair("response_type", "code")
+        .append_pair("redirect_uri", redirect);
+    let back = browser.get(authorize).send().await.unwrap();
+    let back = url::Url::parse(back.headers()["location"].to_str().unwrap()).unwrap();
+    let code = back
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .expect("the simulator approves")
+        .1
+        .into_owned();
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", redirect),
+        ])
+        .finish();
+    let token: serde_json::Value = browser
+        .post(format!("{}/site/oauth2/access_token", sim.base_url()))
+        .basic_auth(OAUTH_CLIENT_ID, Some(OAUTH_CLIENT_SECRET))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    token["refresh_token"].as_str().unwrap().to_owned()
+}
