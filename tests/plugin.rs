@@ -6,7 +6,9 @@ mod support;
 
 use std::process::{Output, Stdio};
 
-use bitbucket_operator::api::{ALLOWED_SERVERS_ANNOTATION, BitbucketIntegration};
+use bitbucket_operator::api::{
+    ALLOWED_SERVERS_ANNOTATION, BitbucketIntegration, CREDENTIAL_TYPE_LABEL,
+};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{ResourceExt, api::DeleteParams};
 use support::{
@@ -499,4 +501,189 @@ async fn connect_on_a_terminal_asks_for_each_value_and_never_shows_the_token() {
     assert_eq!(value(&secret, "token"), API_TOKEN);
     let integration = env.api::<BitbucketIntegration>().get("acme").await.unwrap();
     assert_eq!(integration.spec.display_name.as_deref(), Some("ACME"));
+}
+
+/// `kubectl bitbucket connect NAME --sign-in` run in the background, with the consumer's secret
+/// on its standard input; its standard error line by line as it comes.
+struct SigningIn {
+    child: std::process::Child,
+    said: std::sync::mpsc::Receiver<String>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl SigningIn {
+    fn start(env: &Env, name: &str) -> Self {
+        use std::io::{BufRead as _, Write as _};
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-bitbucket"))
+            .args([
+                "connect",
+                name,
+                "--sign-in",
+                "--no-browser",
+                "--secret-file",
+                "-",
+            ])
+            .args(["--url", &env.sim.cloud_api_url()])
+            .args(["--client-id", support::OAUTH_CLIENT_ID, "-n", &env.ns.name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(support::OAUTH_CLIENT_SECRET.as_bytes())
+            .unwrap();
+        drop(stdin);
+        let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let (tell, said) = std::sync::mpsc::channel();
+        let reader = std::thread::spawn(move || {
+            for line in stderr.lines() {
+                let _ = tell.send(line.unwrap());
+            }
+        });
+        Self {
+            child,
+            said,
+            reader,
+        }
+    }
+
+    /// The address it asks the person to open.
+    fn authorize_url(&self) -> String {
+        loop {
+            let line = self
+                .said
+                .recv_timeout(std::time::Duration::from_secs(60))
+                .expect("the plugin prints the address to sign in at");
+            if line.trim_start().starts_with("http") {
+                return line.trim().to_owned();
+            }
+        }
+    }
+
+    /// Its exit, standard output and all of standard error.
+    fn finish(self) -> (std::process::ExitStatus, String, String) {
+        let output = self.child.wait_with_output().unwrap();
+        self.reader.join().unwrap();
+        let said: Vec<String> = self.said.try_iter().collect();
+        (output.status, text(&output.stdout), said.join("\n"))
+    }
+}
+
+/// A browser that shows redirects instead of following them.
+fn browser() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Where Bitbucket's authorize page sends the browser.
+async fn sent_back_to(browser: &reqwest::Client, authorize: &str) -> String {
+    let page = browser.get(authorize).send().await.unwrap();
+    assert!(page.status().is_redirection(), "{page:?}");
+    page.headers()["location"].to_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_with_bitbucket_saves_a_refresh_token_the_operator_keeps() {
+    let env = Env::start("plugin-sign-in").await;
+    let signing_in = SigningIn::start(&env, "acme");
+    let authorize = signing_in.authorize_url();
+    assert!(
+        authorize.starts_with(&format!("{}/site/oauth2/authorize?", env.sim.base_url())),
+        "{authorize}"
+    );
+    // The test is the person's browser: Bitbucket sends it back to the plugin on loopback.
+    let browser = browser();
+    let back = sent_back_to(&browser, &authorize).await;
+    assert!(back.starts_with("http://127.0.0.1:"), "{back}");
+    let page = browser
+        .get(&back)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Signed in to Bitbucket."), "{page}");
+
+    let (status, out, err) = signing_in.finish();
+    assert!(status.success(), "{err}");
+    assert!(
+        out.starts_with("BitbucketIntegration acme is Ready ("),
+        "{out}"
+    );
+    assert!(
+        out.contains("\n  account: jdoe (Jane Doe), User\n"),
+        "{out}"
+    );
+    let integration = env.api::<BitbucketIntegration>().get("acme").await.unwrap();
+    assert_eq!(
+        integration.spec.credentials.credential_type,
+        bitbucket_operator::api::CredentialType::OAuthUser
+    );
+    let secret = secret_of(&env, "acme-bitbucket").await.unwrap();
+    assert_eq!(secret.labels()[CREDENTIAL_TYPE_LABEL], "OAuthUser");
+    assert_eq!(value(&secret, "clientId"), support::OAUTH_CLIENT_ID);
+    assert_eq!(value(&secret, "clientSecret"), support::OAUTH_CLIENT_SECRET);
+    let refresh_token = value(&secret, "refreshToken");
+    for shown in [&out, &err] {
+        assert!(!shown.contains(support::OAUTH_CLIENT_SECRET));
+        assert!(!shown.contains(&refresh_token));
+    }
+    // The operator keeps it working: a forced new grant uses the token it saved.
+    env.sim.control().expire_oauth_tokens();
+    let validated = plugin(&env, &["sync", "--integration", "acme"]);
+    assert!(validated.status.success(), "{}", text(&validated.stderr));
+    assert_ne!(
+        value(
+            &secret_of(&env, "acme-bitbucket").await.unwrap(),
+            "refreshToken"
+        ),
+        refresh_token,
+        "the operator saved the token Bitbucket rotated"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denied_sign_in_saves_nothing() {
+    let env = Env::start("plugin-sign-in-denied").await;
+    env.sim.control().set_oauth_consent(bitbucket_sim::Consent {
+        deny: true,
+        user: None,
+    });
+    let signing_in = SigningIn::start(&env, "acme");
+    let authorize = signing_in.authorize_url();
+    let browser = browser();
+    let back = sent_back_to(&browser, &authorize).await;
+    let page = browser
+        .get(&back)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("did not sign you in"), "{page}");
+    let (status, _, err) = signing_in.finish();
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(
+        err.ends_with(&format!(
+            "Sign-in failed: Bitbucket did not authorize consumer {}: access_denied (The user \
+             denied access)",
+            support::OAUTH_CLIENT_ID
+        )),
+        "{err}"
+    );
+    assert!(
+        env.api::<BitbucketIntegration>()
+            .get_opt("acme")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(secret_of(&env, "acme-bitbucket").await.is_none());
 }

@@ -35,6 +35,8 @@ use crate::{
 /// The field manager of everything the plugin applies, and the `managed-by` label it sets.
 const MANAGER: &str = "kubectl-bitbucket";
 const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// The field manager of the Secret's owner reference alone.
+const OWNER_MANAGER: &str = "kubectl-bitbucket-owner";
 
 #[derive(Debug, Args)]
 pub struct ConnectArgs {
@@ -254,16 +256,28 @@ pub async fn connect(
     let created = integrations
         .patch(name, &apply, &Patch::Apply(&integration))
         .await?;
-    let mut owned = secret.clone();
-    owned.metadata.owner_references = Some(vec![OwnerReference {
-        api_version: BitbucketIntegration::api_version(&()).into_owned(),
-        kind: BitbucketIntegration::kind(&()).into_owned(),
-        name: name.clone(),
-        uid: created.uid().unwrap_or_default(),
-        ..OwnerReference::default()
-    }]);
+    // Only the owner reference, under a field manager of its own: applying the whole Secret
+    // again could put back a refresh token the operator has rotated meanwhile.
+    let owned = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": secret_name,
+            "ownerReferences": [OwnerReference {
+                api_version: BitbucketIntegration::api_version(&()).into_owned(),
+                kind: BitbucketIntegration::kind(&()).into_owned(),
+                name: name.clone(),
+                uid: created.uid().unwrap_or_default(),
+                ..OwnerReference::default()
+            }],
+        },
+    });
     secrets
-        .patch(&secret_name, &apply, &Patch::Apply(&owned))
+        .patch(
+            &secret_name,
+            &PatchParams::apply(OWNER_MANAGER).force(),
+            &Patch::Apply(&owned),
+        )
         .await?;
 
     let started = std::time::Instant::now();
