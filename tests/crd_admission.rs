@@ -104,7 +104,7 @@ fn invalid_cases() -> Vec<Case> {
         bad_integration(
             "an app password (removed by Atlassian)",
             json!({"spec": {"credentials": {"type": "AppPassword"}}}),
-            r#"spec.credentials.type: Unsupported value: "AppPassword": supported values: "ApiToken", "AccessToken", "OAuthConsumer", "Basic""#,
+            r#"spec.credentials.type: Unsupported value: "AppPassword": supported values: "ApiToken", "AccessToken", "OAuthConsumer", "OAuthUser", "Basic""#,
         ),
         bad_integration(
             "no Secret reference",
@@ -185,12 +185,17 @@ fn invalid_cases() -> Vec<Case> {
         bad_integration(
             "an API token on Data Center",
             data_center(json!({"spec": {"credentials": {"type": "ApiToken"}}})),
-            "spec.credentials.type: Invalid value: ApiToken and OAuthConsumer are for Bitbucket Cloud only",
+            "spec.credentials.type: Invalid value: ApiToken, OAuthConsumer and OAuthUser are for Bitbucket Cloud only",
         ),
         bad_integration(
             "an OAuth consumer on Data Center",
             data_center(json!({"spec": {"credentials": {"type": "OAuthConsumer"}}})),
-            "spec.credentials.type: Invalid value: ApiToken and OAuthConsumer are for Bitbucket Cloud only",
+            "spec.credentials.type: Invalid value: ApiToken, OAuthConsumer and OAuthUser are for Bitbucket Cloud only",
+        ),
+        bad_integration(
+            "a signed-in OAuth user on Data Center",
+            data_center(json!({"spec": {"credentials": {"type": "OAuthUser"}}})),
+            "spec.credentials.type: Invalid value: ApiToken, OAuthConsumer and OAuthUser are for Bitbucket Cloud only",
         ),
         bad_integration(
             "a Cloud access token without its workspace",

@@ -903,7 +903,7 @@ async fn a_restarted_operator_converges_without_repeating_events() {
 
 #[tokio::test]
 async fn no_token_appears_in_events_status_or_logs() {
-    let (env, logs) = support::logs_of(async {
+    let ((env, signed_in), logs) = support::logs_of(async {
         let env = Env::start("secrets").await;
         env.secret(
             "good",
@@ -924,11 +924,41 @@ async fn no_token_appears_in_events_status_or_logs() {
             .await;
         env.create(&subscription("ci", "good", Some("acme"), &[]))
             .await;
+        // A signed-in user, whose refresh token the operator rotates and saves.
+        let signed_in = support::signed_in(&env.sim).await;
+        let mut oauth = support::consenting(
+            support::string_secret(
+                "signed-in",
+                &[
+                    ("clientId", support::OAUTH_CLIENT_ID),
+                    ("clientSecret", support::OAUTH_CLIENT_SECRET),
+                    ("refreshToken", &signed_in),
+                ],
+            ),
+            &env.sim.base_url(),
+        );
+        oauth.metadata.labels = Some(
+            [(
+                bitbucket_operator::api::CREDENTIAL_TYPE_LABEL.to_owned(),
+                "OAuthUser".to_owned(),
+            )]
+            .into(),
+        );
+        env.create(&oauth).await;
+        env.create(&env.cloud("signed-in", CredentialType::OAuthUser, "signed-in", None))
+            .await;
         let api = env.api::<BitbucketIntegration>();
+        eventually(
+            &api,
+            "signed-in",
+            "signed-in to be Ready",
+            is_ready_integration,
+        )
+        .await;
         eventually(&api, "good", "good to be Ready", is_ready_integration).await;
         eventually(&api, "bad", "bad to stall", reason_is("InvalidCredentials")).await;
         eventually(&env.api(), "ci", "ci to sync", is_synced).await;
-        env
+        (env, signed_in)
     })
     .await;
     let mut texts = vec![logs];
@@ -956,7 +986,23 @@ async fn no_token_appears_in_events_status_or_logs() {
         texts[0].contains("controllers started"),
         "logs were captured"
     );
-    for secret in [API_TOKEN, "FAKE-bad-token-value"] {
+    let rotated = env
+        .api::<k8s_openapi::api::core::v1::Secret>()
+        .get("signed-in")
+        .await
+        .unwrap()
+        .data
+        .unwrap()["refreshToken"]
+        .clone();
+    let rotated = String::from_utf8(rotated.0).unwrap();
+    let signed_in = &signed_in;
+    for secret in [
+        API_TOKEN,
+        "FAKE-bad-token-value",
+        support::OAUTH_CLIENT_SECRET,
+        signed_in,
+        &rotated,
+    ] {
         for text in &texts {
             assert!(!text.contains(secret), "{secret} leaked: {text}");
         }
