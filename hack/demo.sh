@@ -104,8 +104,10 @@ echo
 cat <<EOT
 
 Try it (in another terminal):
-  export KUBECONFIG=$KUBECONFIG
+  export KUBECONFIG=$KUBECONFIG PATH=$BIN:\$PATH       # kubectl finds the kubectl-bitbucket plugin on PATH
   alias kubectl=$KUBECTL
+  kubectl bitbucket list -n $NAMESPACE
+  kubectl bitbucket connect mine -n $NAMESPACE --url $SIM_URL/2.0     # token: FAKE-cloud-api-token-for-jdoe
   kubectl get -n $NAMESPACE bbi,bbsub
   kubectl delete -n $NAMESPACE bbi acme                  # in use: refused at once, naming the Subscriptions
   kubectl annotate -n $NAMESPACE bbsub acme-api scm.shippable.io/sync-requested-at="\$(date +%s)"

@@ -11,7 +11,8 @@ use kube::{
 
 use super::{Outcome, terminal::Terminal};
 use crate::api::{
-    BitbucketIntegration, SYNC_REQUESTED_AT_ANNOTATION, Subscription, conditions::READY,
+    BitbucketIntegration, SYNC_REQUESTED_AT_ANNOTATION, Subscription,
+    conditions::{READY, RECONCILING},
 };
 
 /// How often a wait reads the object again.
@@ -113,9 +114,16 @@ pub async fn sync<K: Syncable>(
             if handled.as_deref() == Some(request.as_str()) {
                 return anyhow::Ok((object, ready));
             }
-            progress.show(&ready.map_or("waiting for the operator".to_owned(), |r| {
-                format!("{} {}", r.reason, r.message)
-            }));
+            // Until the echo, Ready still describes the last sync: show the work in progress.
+            let (_, conditions) = object.handled();
+            let working = conditions
+                .iter()
+                .find(|c| c.type_ == RECONCILING && c.status == "True");
+            progress.show(
+                &working.map_or("asked; waiting for the operator".to_owned(), |c| {
+                    format!("{} {}", c.reason, c.message)
+                }),
+            );
             tokio::time::sleep(POLL).await;
         }
     };
