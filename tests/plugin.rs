@@ -571,15 +571,6 @@ impl SigningIn {
     }
 }
 
-/// A browser that shows redirects instead of following them.
-fn browser() -> reqwest::Client {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
 /// Where Bitbucket's authorize page sends the browser.
 async fn sent_back_to(browser: &reqwest::Client, authorize: &str) -> String {
     let page = browser.get(authorize).send().await.unwrap();
@@ -597,7 +588,7 @@ async fn sign_in_with_bitbucket_saves_a_refresh_token_the_operator_keeps() {
         "{authorize}"
     );
     // The test is the person's browser: Bitbucket sends it back to the plugin on loopback.
-    let browser = browser();
+    let browser = support::browser();
     let back = sent_back_to(&browser, &authorize).await;
     assert!(back.starts_with("http://127.0.0.1:"), "{back}");
     let page = browser
@@ -657,7 +648,7 @@ async fn a_denied_sign_in_saves_nothing() {
     });
     let signing_in = SigningIn::start(&env, "acme");
     let authorize = signing_in.authorize_url();
-    let browser = browser();
+    let browser = support::browser();
     let back = sent_back_to(&browser, &authorize).await;
     let page = browser
         .get(&back)

@@ -326,14 +326,20 @@ pub async fn lease_holder(client: &Client, namespace: &str, name: &str) -> Optio
 pub const OAUTH_CLIENT_ID: &str = "FAKEclientid4acme";
 pub const OAUTH_CLIENT_SECRET: &str = "FAKE-oauth-client-secret-acme";
 
+/// An HTTP client that, like a test standing in for a browser needs, shows redirects instead
+/// of following them.
+pub fn browser() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
 /// Signs in to the simulator's OAuth consumer as a person would through a browser (authorize,
 /// follow the redirect's code, exchange it) and returns the refresh token.
 pub async fn signed_in(sim: &bitbucket_sim::Simulator) -> String {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let browser = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let browser = browser();
     let redirect = "http://127.0.0.1:9/callback";
     let mut authorize =
         url::Url::parse(&format!("{}/site/oauth2/authorize", sim.base_url())).unwrap();
