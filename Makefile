@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PLANE := hack/control-plane.sh
 
-.PHONY: all build install image image-binary bench bench-quick crds test check fmt fmt-check clippy plane cluster-up cluster-down cluster-status run run-down clean
+.PHONY: all build install image image-binary bench bench-quick crds test check fmt fmt-check clippy plane gitops cluster-up cluster-down cluster-status run run-down clean
 
 all: build
 
@@ -15,12 +15,17 @@ build:
 ## --workspace: the operator and the Bitbucket simulator (crates/bitbucket-sim) alike.
 ## The plane runs with a real node (kubelet, containerd) for tests/node.rs, which installs the
 ## image `make image` builds.
-test: fmt-check clippy plane image
+test: fmt-check clippy plane image gitops
 	$(PLANE) exec --node -- $(CARGO) test --locked --workspace --all-targets
 	@# A plane this run started is down again: its node must have left nothing behind.
 	@if ! $(PLANE) status >/dev/null 2>&1; then \
 	  hack/node.sh leftovers || { echo "make test: the node's down left the above behind" >&2; exit 1; }; \
 	fi
+
+## gitops-check (hack/gitops): kstatus and Argo CD's own health and plugin-client code, which the
+## tests run against the operator's objects and endpoints; built once per version into the cache.
+gitops:
+	hack/gitops.sh build >/dev/null
 
 ## The kubectl plugin (kubectl bitbucket ...) onto PATH, through cargo install (~/.cargo/bin).
 install:

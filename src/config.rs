@@ -61,6 +61,15 @@ pub struct RunArgs {
     #[arg(long, env = "LEASE_NAME", default_value = "bitbucket-operator")]
     pub lease_name: String,
 
+    /// Address serving Argo CD's ApplicationSet plugin generator (with --plugin-token-file).
+    #[arg(long, env = "PLUGIN_ADDRESS", default_value = "0.0.0.0:4355")]
+    pub plugin_address: SocketAddr,
+
+    /// File holding the token Argo CD sends to the plugin generator (a mounted Secret; read on
+    /// each request, so rotating the Secret takes effect at once). Unset: no plugin generator.
+    #[arg(long, env = "PLUGIN_TOKEN_FILE")]
+    pub plugin_token_file: Option<std::path::PathBuf>,
+
     /// For demos and benchmarks only: use this many seconds instead of every
     /// validationInterval and syncInterval.
     #[arg(long, hide = true)]

@@ -7,6 +7,7 @@ pub mod bitbucket;
 pub mod cli;
 pub mod config;
 pub mod controller;
+pub mod generator;
 pub mod http;
 pub mod metrics;
 pub mod plugin;

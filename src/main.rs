@@ -9,7 +9,7 @@ use bitbucket_operator::{
     cli::{Cli, Command},
     config::RunArgs,
     controller::{self, Shared},
-    http,
+    generator, http,
     metrics::Metrics,
     telemetry,
 };
@@ -53,6 +53,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         )));
     }
 
+    let shared = Shared::new(client.clone(), settings.clone(), metrics);
+    if let Some(token_file) = args.plugin_token_file.clone() {
+        let listener = tokio::net::TcpListener::bind(args.plugin_address)
+            .await
+            .with_context(|| format!("listening on {}", args.plugin_address))?;
+        let router = generator::router(generator::Generator {
+            shared: Arc::clone(&shared),
+            token_file,
+        });
+        servers.push(tokio::spawn(generator::serve(
+            listener,
+            router,
+            shutdown.clone(),
+        )));
+    }
+
     tracing::info!(
         namespaces = ?settings.namespaces,
         concurrency = settings.concurrency,
@@ -64,7 +80,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         () = shutdown.clone() => return Ok(()),
     }
     ready.store(true, std::sync::atomic::Ordering::Relaxed);
-    controller::run(Shared::new(client, settings, metrics), shutdown).await;
+    controller::run(shared, shutdown).await;
     for server in servers {
         server
             .await

@@ -121,6 +121,16 @@ impl ListingCache {
     }
 
     /// Drops every listing made with the integration `uid`.
+    /// The listing held for `integration` and `scope`, neither fetched nor checked: what the
+    /// last sync saw (after a fetch in progress ends). `None` when none is held.
+    pub async fn peek(&self, integration: &str, scope: &ListScope) -> Option<Arc<Vec<Repository>>> {
+        let slot = lock(&self.entries)
+            .get(&(integration.to_owned(), scope.clone()))
+            .map(|entry| Arc::clone(&entry.slot))?;
+        let listing = slot.lock().await;
+        listing.as_ref().map(|l| Arc::clone(&l.repositories))
+    }
+
     pub fn forget_integration(&self, uid: &str) {
         lock(&self.entries).retain(|(integration, _), _| integration != uid);
     }

@@ -376,3 +376,19 @@ pub async fn signed_in(sim: &bitbucket_sim::Simulator) -> String {
         .unwrap();
     token["refresh_token"].as_str().unwrap().to_owned()
 }
+
+/// The gitops-check binary (`hack/gitops.sh`: kstatus and Argo CD's code), built by `make test`.
+pub fn gitops_check() -> std::path::PathBuf {
+    let output = std::process::Command::new(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/gitops.sh"),
+    )
+    .arg("path")
+    .output()
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().into()
+}

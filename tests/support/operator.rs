@@ -20,6 +20,8 @@ pub struct Operator {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
     pub metrics: Arc<Metrics>,
+    /// Its controllers' state, for the endpoints served beside them.
+    pub shared: Arc<Shared>,
 }
 
 /// Settings that keep tests fast: quick retries and backoff.
@@ -52,13 +54,14 @@ impl Operator {
         let metrics = Arc::new(Metrics::default());
         let shared = Shared::new(client, settings, Arc::clone(&metrics));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(controller::run(shared, async move {
+        let task = tokio::spawn(controller::run(Arc::clone(&shared), async move {
             let _ = stopped.await;
         }));
         Self {
             stop: Some(stop),
             task,
             metrics,
+            shared,
         }
     }
 

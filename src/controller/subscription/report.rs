@@ -106,7 +106,8 @@ pub fn status(
     status
 }
 
-fn to_status(repository: &bitbucket::Repository) -> Repository {
+/// A repository as status shows it.
+pub fn to_status(repository: &bitbucket::Repository) -> Repository {
     Repository {
         full_name: repository.full_name.clone(),
         name: repository.slug.clone(),

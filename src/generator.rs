@@ -1,0 +1,276 @@
+//! Argo CD's ApplicationSet plugin generator, served from what the operator already holds: one
+//! parameter set per repository of a Subscription, with no Bitbucket call per request (Argo CD's
+//! own Bitbucket generator lists Bitbucket on every refresh of every ApplicationSet).
+//!
+//! Protocol (Argo CD `applicationset/services/plugin`): `POST /api/v1/getparams.execute` with
+//! `Authorization: Bearer TOKEN` and `{"applicationSetName": …, "input": {"parameters":
+//! {"namespace": …, "subscription": …}}}`; the answer is `{"output": {"parameters": [{…}, …]}}`.
+//! A wrong token is 403; errors carry `{"message": …}`, which Argo CD shows on the ApplicationSet.
+//!
+//! Who may read what: whoever holds the token (Argo CD's ApplicationSet controller) may read
+//! the repository list of a Subscription in any namespace **that offers it**, by carrying the
+//! label `scm.shippable.io/applicationset: "true"` — whoever may label a Subscription decides.
+//! A Subscription that does not offer its list answers exactly like one that does not exist.
+//!
+//! Never an empty list for "not known yet": Argo CD deletes the Applications a generator stops
+//! producing, so a Subscription that has not listed yet (or whose whole list this replica does
+//! not hold) is a 503 that Argo CD retries, not `[]`. Lists within status (1,000 repositories)
+//! are served from status by any replica; longer ones from the leader's listing cache.
+//! Does API-server and network I/O.
+
+use std::{path::PathBuf, sync::Arc};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::post,
+};
+use kube::{Api, ResourceExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
+
+use crate::{
+    api::{self, BitbucketIntegration, Subscription},
+    controller::{
+        Shared,
+        subscription::{check, filter, report},
+    },
+};
+
+/// The label by which a Subscription offers its repository list to ApplicationSets.
+pub const OFFER_LABEL: &str = "scm.shippable.io/applicationset";
+
+/// What the handlers share: the controllers' state and where the token is kept.
+#[derive(Clone)]
+pub struct Generator {
+    pub shared: Arc<Shared>,
+    /// Read on every request, so a rotated Secret (a mounted file) takes effect at once.
+    pub token_file: PathBuf,
+}
+
+/// The plugin generator's one route.
+pub fn router(generator: Generator) -> Router {
+    Router::new()
+        .route("/api/v1/getparams.execute", post(getparams))
+        .with_state(generator)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Request {
+    #[serde(default)]
+    application_set_name: String,
+    #[serde(default)]
+    input: Input,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Input {
+    #[serde(default)]
+    parameters: Map<String, Value>,
+}
+
+#[derive(Serialize)]
+struct Answer {
+    output: Output,
+}
+
+#[derive(Serialize)]
+struct Output {
+    parameters: Vec<Value>,
+}
+
+fn refusal(status: StatusCode, message: String) -> Response {
+    (status, Json(json!({ "message": message }))).into_response()
+}
+
+async fn getparams(
+    State(generator): State<Generator>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    if !authorized(&generator.token_file, &headers) {
+        return refusal(
+            StatusCode::FORBIDDEN,
+            "the bearer token is not the plugin generator's token".into(),
+        );
+    }
+    let request: Request = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => {
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                format!("the request is not a plugin generator request: {error}"),
+            );
+        }
+    };
+    let parameter = |name: &str| {
+        request
+            .input
+            .parameters
+            .get(name)
+            .and_then(Value::as_str)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    let (Some(namespace), Some(name)) = (parameter("namespace"), parameter("subscription")) else {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "ApplicationSet {}: the generator's input.parameters must name the Subscription: \
+                 namespace and subscription",
+                request.application_set_name
+            ),
+        );
+    };
+    match parameters(&generator.shared, &namespace, &name).await {
+        Ok(parameters) => Json(Answer {
+            output: Output { parameters },
+        })
+        .into_response(),
+        Err((status, message)) => refusal(status, message),
+    }
+}
+
+/// Whether the request carries the token in `token_file` (compared in constant time).
+fn authorized(token_file: &std::path::Path, headers: &HeaderMap) -> bool {
+    let Ok(token) = std::fs::read_to_string(token_file) else {
+        return false;
+    };
+    let token = token.trim();
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    !token.is_empty()
+        && presented.len() == token.len()
+        && presented
+            .bytes()
+            .zip(token.bytes())
+            .fold(0, |differ, (a, b)| differ | (a ^ b))
+            == 0
+}
+
+/// One parameter set per repository of Subscription `namespace/name`.
+async fn parameters(
+    shared: &Shared,
+    namespace: &str,
+    name: &str,
+) -> Result<Vec<Value>, (StatusCode, String)> {
+    let unavailable = |e: kube::Error| {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("reading Subscription {namespace}/{name}: {e}"),
+        )
+    };
+    let subscription = Api::<Subscription>::namespaced(shared.kube.clone(), namespace)
+        .get_opt(name)
+        .await
+        .map_err(unavailable)?
+        .filter(|s| s.labels().get(OFFER_LABEL).map(String::as_str) == Some("true"))
+        .ok_or_else(|| {
+            (
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no Subscription {namespace}/{name} offers its repositories to ApplicationSets \
+                     (it must exist and be labelled {OFFER_LABEL}: \"true\")"
+                ),
+            )
+        })?;
+    let status = subscription.status.clone().unwrap_or_default();
+    let not_yet = || {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Subscription {namespace}/{name} has not listed its repositories yet"),
+        )
+    };
+    if status.repository_count.is_none() {
+        return Err(not_yet());
+    }
+    let repositories = if status.repositories_truncated {
+        whole_list(shared, &subscription).await?
+    } else {
+        status.repositories
+    };
+    let integration = subscription.spec.integration_ref.name.as_str();
+    Ok(repositories
+        .iter()
+        .map(|r| parameter_set(r, namespace, name, integration))
+        .collect())
+}
+
+/// A list longer than status holds, from the listing cache of this (leading) replica.
+async fn whole_list(
+    shared: &Shared,
+    subscription: &Subscription,
+) -> Result<Vec<api::Repository>, (StatusCode, String)> {
+    let namespace = subscription.namespace().unwrap_or_default();
+    let name = subscription.name_any();
+    let held_elsewhere = || {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "Subscription {namespace}/{name} has more repositories than its status keeps; \
+                 the whole list is held by the replica that syncs it, which is not this one yet"
+            ),
+        )
+    };
+    let integration = Api::<BitbucketIntegration>::namespaced(shared.kube.clone(), &namespace)
+        .get_opt(&subscription.spec.integration_ref.name)
+        .await
+        .ok()
+        .flatten()
+        .ok_or_else(held_elsewhere)?;
+    let scope = check::scope(subscription, &integration).map_err(|_| held_elsewhere())?;
+    let listing = shared
+        .memory
+        .listings
+        .peek(&integration.uid().unwrap_or_default(), &scope)
+        .await
+        .ok_or_else(held_elsewhere)?;
+    Ok(listing
+        .iter()
+        .filter(|r| filter::keeps(&subscription.spec.repositories, r))
+        .map(report::to_status)
+        .collect())
+}
+
+/// The parameters of one repository, flat, named as in the Subscription's status.
+fn parameter_set(
+    repository: &api::Repository,
+    namespace: &str,
+    subscription: &str,
+    integration: &str,
+) -> Value {
+    let slug = repository.name.as_str();
+    json!({
+        "fullName": repository.full_name,
+        "slug": slug,
+        "name": repository.display_name.as_deref().unwrap_or(slug),
+        "project": repository.project.clone().unwrap_or_default(),
+        "workspace": repository.full_name.split_once('/').map_or("", |(w, _)| w),
+        "private": repository.private,
+        "mainBranch": repository.main_branch.clone().unwrap_or_default(),
+        "cloneUrlHttps": repository.clone_urls.https.clone().unwrap_or_default(),
+        "cloneUrlSsh": repository.clone_urls.ssh.clone().unwrap_or_default(),
+        "htmlUrl": repository.html_url.clone().unwrap_or_default(),
+        "namespace": namespace,
+        "subscription": subscription,
+        "integration": integration,
+    })
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    tracing::info!(address = ?listener.local_addr().ok(), "serving the ApplicationSet plugin generator");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
