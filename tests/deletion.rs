@@ -19,7 +19,7 @@ use serde_json::json;
 use support::{
     env::*,
     kubectl,
-    operator::{Operator, condition, eventually, subscription, test_settings},
+    operator::{condition, eventually, subscription},
     within,
 };
 
@@ -91,13 +91,6 @@ impl Env {
             is_ready_integration,
         )
         .await;
-    }
-
-    fn restart_operator(&mut self) {
-        self.operator = Some(Operator::start(
-            self.client.clone(),
-            test_settings(&self.ns.name),
-        ));
     }
 }
 

@@ -1059,10 +1059,12 @@ async fn a_suspended_subscription_keeps_its_list_and_stops_listing() {
         subscription_reason_is("Suspended"),
     )
     .await;
+    let status = suspended.status.unwrap();
+    assert_eq!(status.repositories.len(), 10, "the last list stays");
     assert_eq!(
-        suspended.status.unwrap().repositories.len(),
-        10,
-        "the last list stays"
+        condition(&status.conditions, READY).map(|c| c.status.as_str()),
+        Some("True"),
+        "suspended is the state asked for: Ready, so kstatus says Current"
     );
     let listings = env
         .sim

@@ -37,7 +37,8 @@ pub mod reasons {
     pub const BITBUCKET_UNAVAILABLE: &str = "BitbucketUnavailable";
     /// Bitbucket answered 429; the operator waits as told.
     pub const RATE_LIMITED: &str = "RateLimited";
-    /// The Subscription is suspended; nothing is synced.
+    /// The Subscription is suspended (`Ready` True: the state asked for); the last list is
+    /// kept and not refreshed.
     pub const SUSPENDED: &str = "Suspended";
     /// The spec combines with another object in a way that cannot work (e.g. a workspace on a
     /// Data Center integration).

@@ -12,7 +12,7 @@ use kube::{
 use super::{Outcome, terminal::Terminal};
 use crate::api::{
     BitbucketIntegration, SYNC_REQUESTED_AT_ANNOTATION, Subscription,
-    conditions::{READY, RECONCILING},
+    conditions::{READY, RECONCILING, reasons},
 };
 
 /// How often a wait reads the object again.
@@ -138,6 +138,11 @@ pub async fn sync<K: Syncable>(
     };
     let (object, ready) = answer?;
     Ok(match ready {
+        Some(ready) if ready.reason == reasons::SUSPENDED => Outcome::failed(format!(
+            "{} {name} is suspended: {} (set spec.suspend to false to sync)\n",
+            K::KIND,
+            ready.message
+        )),
         Some(ready) if ready.status == "True" => Outcome::ok(format!(
             "{} {name} synced: {}\n",
             K::KIND,

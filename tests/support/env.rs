@@ -75,6 +75,14 @@ impl Env {
         Api::namespaced(self.client.clone(), &self.ns.name)
     }
 
+    /// Starts an operator again (after `env.operator.take().unwrap().stop()`).
+    pub fn restart_operator(&mut self) {
+        self.operator = Some(Operator::start(
+            self.client.clone(),
+            test_settings(&self.ns.name),
+        ));
+    }
+
     pub fn operator(&self) -> &Operator {
         self.operator.as_ref().expect("the operator runs")
     }

@@ -64,11 +64,13 @@ pub fn status(
     };
     match outcome {
         Outcome::Unchanged { .. } => conditions::remove(&mut status.conditions, RECONCILING),
+        // Suspended is a state the user asked for, so it is Ready (kstatus: Current; Flux and
+        // `kubectl wait` do not wait forever); the reason says the list is not refreshed.
         Outcome::Suspended => ready(
             &mut status,
-            Status::False,
+            Status::True,
             reasons::SUSPENDED,
-            "suspended: the repository list is not refreshed".into(),
+            "suspended: the last repository list is kept, not refreshed".into(),
         ),
         Outcome::Listed {
             repositories,
