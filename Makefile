@@ -42,8 +42,8 @@ image-binary:
 
 ## Regenerate crds/ from the Rust types in src/api (a test fails when they drift).
 crds:
-	@mkdir -p crds
-	$(CARGO) run --quiet --locked -p bitbucket-operator --bin bitbucket-operator -- crds --output-dir crds
+	@mkdir -p crds charts/bitbucket-operator/crds charts/bitbucket-operator/templates
+	$(CARGO) run --quiet --locked -p bitbucket-operator --bin bitbucket-operator -- crds --output-dir crds --chart-dir charts/bitbucket-operator
 
 ## Benchmarks on the local plane + simulator (about 4 min; bench-quick about 1 min after the
 ## release build); prints a table and writes target/bench/report.md.

@@ -27,6 +27,10 @@ pub enum Command {
         /// Write `<plural>.<group>.yaml` and `policy.<name>.yaml` files here instead of printing.
         #[arg(long, value_name = "DIR")]
         output_dir: Option<std::path::PathBuf>,
+        /// Also write them into this Helm chart: the CRDs to `crds/`, the policies to
+        /// `templates/`.
+        #[arg(long, value_name = "DIR")]
+        chart_dir: Option<std::path::PathBuf>,
     },
     /// Print the operator's version and, when a cluster is reachable through the usual
     /// kubeconfig resolution, the Kubernetes API server's version.

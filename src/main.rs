@@ -22,7 +22,10 @@ async fn main() -> anyhow::Result<()> {
     telemetry::init(cli.log_format)?;
     match cli.command {
         Command::Run(args) => run(*args).await,
-        Command::Crds { output_dir } => crds(output_dir.as_deref()),
+        Command::Crds {
+            output_dir,
+            chart_dir,
+        } => crds(output_dir.as_deref(), chart_dir.as_deref()),
         Command::Version => version().await,
     }
 }
@@ -115,13 +118,27 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-fn crds(output_dir: Option<&std::path::Path>) -> anyhow::Result<()> {
-    let Some(dir) = output_dir else {
+fn crds(
+    output_dir: Option<&std::path::Path>,
+    chart_dir: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    if output_dir.is_none() && chart_dir.is_none() {
         print!("{}", api::crds_yaml());
         return Ok(());
-    };
-    for (file, yaml) in api::crd_files() {
-        let path = dir.join(file);
+    }
+    let files = output_dir
+        .into_iter()
+        .flat_map(|dir| api::crd_files().into_iter().map(|(f, y)| (dir.join(f), y)))
+        .chain(chart_dir.into_iter().flat_map(|dir| {
+            api::chart_files()
+                .into_iter()
+                .map(|(f, y)| (dir.join(f), y))
+        }));
+    for (path, yaml) in files {
+        // Write nothing when nothing changed.
+        if std::fs::read_to_string(&path).is_ok_and(|text| text == yaml) {
+            continue;
+        }
         std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
     }

@@ -21,6 +21,24 @@ fn the_committed_crds_match_the_rust_types() {
 }
 
 #[test]
+fn the_charts_crds_and_policies_match_the_rust_types() {
+    let chart = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/bitbucket-operator");
+    let stale: Vec<String> = bitbucket_operator::api::chart_files()
+        .into_iter()
+        .filter(|(file, generated)| {
+            std::fs::read_to_string(chart.join(file)).unwrap_or_default() != *generated
+        })
+        .map(|(file, _)| file)
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "charts/bitbucket-operator/{{{}}} differ from the types in src/api: run `make crds` and \
+         commit the result",
+        stale.join(",")
+    );
+}
+
+#[test]
 fn crds_holds_no_file_the_types_do_not_generate() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
     let generated: Vec<String> = bitbucket_operator::api::crd_files()

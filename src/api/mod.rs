@@ -125,6 +125,23 @@ pub fn crd_files() -> Vec<(String, String)> {
     files
 }
 
+/// The same CRDs and policies for the Helm chart (`charts/bitbucket-operator`), by path in it:
+/// the CRDs in `crds/` (Helm installs them before the templates), the policies in `templates/`.
+pub fn chart_files() -> Vec<(String, String)> {
+    crd_files()
+        .into_iter()
+        .filter(|(file, _)| file != "Kustomization")
+        .map(|(file, yaml)| {
+            let folder = if file.starts_with("policy.") {
+                "templates"
+            } else {
+                "crds"
+            };
+            (format!("{folder}/{file}"), yaml)
+        })
+        .collect()
+}
+
 fn yaml(object: &impl serde::Serialize) -> String {
     serde_saphyr::to_string(object).expect("a generated manifest always serialises to YAML")
 }

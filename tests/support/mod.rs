@@ -377,12 +377,13 @@ pub async fn signed_in(sim: &bitbucket_sim::Simulator) -> String {
     token["refresh_token"].as_str().unwrap().to_owned()
 }
 
-/// The gitops-check binary (`hack/gitops.sh`: kstatus and Argo CD's code), built by `make test`.
-pub fn gitops_check() -> std::path::PathBuf {
+/// A GitOps tool built by `hack/gitops.sh` (`make test` builds them): `gitops-check` (kstatus and
+/// Argo CD's code) or `helm`.
+pub fn gitops_tool(name: &str) -> std::path::PathBuf {
     let output = std::process::Command::new(
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/gitops.sh"),
     )
-    .arg("path")
+    .args(["path", name])
     .output()
     .unwrap();
     assert!(
@@ -391,4 +392,8 @@ pub fn gitops_check() -> std::path::PathBuf {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).unwrap().trim().into()
+}
+
+pub fn gitops_check() -> std::path::PathBuf {
+    gitops_tool("gitops-check")
 }

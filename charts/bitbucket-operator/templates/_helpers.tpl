@@ -1,0 +1,25 @@
+{{/* The labels every object carries (as deploy/ does). */}}
+{{- define "bitbucket-operator.labels" -}}
+app.kubernetes.io/name: bitbucket-operator
+{{- end }}
+
+{{/* The operator's permissions, the same for the ClusterRole and each namespaced Role. */}}
+{{- define "bitbucket-operator.rules" -}}
+- apiGroups: [scm.shippable.io]
+  resources: [bitbucketintegrations, subscriptions]
+  verbs: [get, list, watch, patch]
+- apiGroups: [scm.shippable.io]
+  resources: [bitbucketintegrations/status, subscriptions/status]
+  verbs: [get, patch]
+- apiGroups: [scm.shippable.io]
+  resources: [bitbucketintegrations/finalizers]
+  verbs: [update]
+# patch: only the refresh tokens of OAuthUser Secrets, as the admission policy
+# bitbucket-operator-secret-writes.scm.shippable.io enforces.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, list, watch, patch]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end }}
