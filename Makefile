@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PLANE := hack/control-plane.sh
 
-.PHONY: all build install image image-binary bench bench-quick crds test check fmt fmt-check clippy plane gitops cluster-up cluster-down cluster-status run run-down clean
+.PHONY: all build install image image-binary bench bench-quick crds test test-versions check fmt fmt-check clippy plane gitops cluster-up cluster-down cluster-status run run-down clean
 
 all: build
 
@@ -26,6 +26,24 @@ test: fmt-check clippy plane image gitops
 ## tests run against the operator's objects and endpoints; built once per version into the cache.
 gitops:
 	hack/gitops.sh build >/dev/null
+
+## The whole suite again on the oldest and newest Kubernetes minors k8s-openapi 0.29 supports
+## (1.33 and 1.37; make test runs the default, 1.35): each plane and node is built from its own
+## wrapper module (hack/kube-v1.33, hack/kube-v1.37) and cached. Prints one line per version.
+KUBE_VERSIONS ?= kube-v1.33 kube-v1.37
+test-versions: fmt-check clippy image gitops
+	@for module in $(KUBE_VERSIONS); do \
+	  BBO_KUBE_MODULE=$$module $(PLANE) build --node || exit 1; \
+	done
+	@summary=""; status=0; \
+	for module in $(KUBE_VERSIONS); do \
+	  log="$$(mktemp)"; \
+	  BBO_KUBE_MODULE=$$module $(PLANE) exec --node -- $(CARGO) test --locked --workspace --all-targets 2>&1 | tee "$$log"; \
+	  result=$${PIPESTATUS[0]}; [ "$$result" = 0 ] || status=1; \
+	  counts="$$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$(i+1) ~ /^passed/) p += $$i; if ($$(i+1) ~ /^failed/) f += $$i } } END { printf "%d passed, %d failed", p, f }' "$$log")"; \
+	  summary="$$summary$$module: $$counts (exit $$result)\n"; rm -f "$$log"; \
+	done; \
+	printf "test-versions:\n$$summary"; exit $$status
 
 ## The kubectl plugin (kubectl bitbucket ...) onto PATH, through cargo install (~/.cargo/bin).
 install:

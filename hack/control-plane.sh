@@ -15,13 +15,16 @@
 #                                  run CMD with KUBECONFIG set, and KUBECTL naming the kubectl
 #                                  built with the plane; a plane this call started is
 #                                  stopped afterwards, even when CMD fails; exits with CMD's status
-#   hack/control-plane.sh regen    re-resolve the Go wrapper modules for K8S_VERSION / ETCD_VERSION
+#   hack/control-plane.sh regen    re-resolve the Go wrapper modules for NEW_K8S_VERSION /
+#                                  NEW_ETCD_VERSION (into hack/$BBO_KUBE_MODULE when set)
 #
 # Versions come from the wrapper modules' go.mod files (hack/kube, hack/etcd), so the pinned,
 # checksummed dependency graph is the single source of truth. Environment:
 #   BBO_CACHE_DIR      binary cache root (default ${XDG_CACHE_HOME:-$HOME/.cache}/bitbucket-operator/control-plane)
 #   BBO_RUN_DIR        run directory: PIDs, logs, PKI, kubeconfig (default <repo>/.run/control-plane)
 #   BBO_START_TIMEOUT  seconds to wait for each component (default 90; 2-core machines are slow)
+#   BBO_KUBE_MODULE    the Kubernetes wrapper module under hack/ (default kube; make test-versions
+#                      uses kube-v1.33 and kube-v1.37)
 set -euo pipefail
 
 HACK="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -40,9 +43,13 @@ die() { printf 'control-plane: error: %s\n' "$*" >&2; exit 1; }
 module_version() { # <go.mod> <module path> -> the version the wrapper module requires
   awk -v m="$2" '$1==m && $2 ~ /^v/ {print $2; exit}' "$1"
 }
-K8S_VERSION="$(module_version "$HACK/kube/go.mod" k8s.io/kubernetes)"
+# The Kubernetes wrapper module: hack/kube (the default version) or, for `make test-versions`,
+# another folder of hack/ pinning another version (BBO_KUBE_MODULE=kube-v1.37).
+KUBE="$HACK/${BBO_KUBE_MODULE:-kube}"
+[ -f "$KUBE/go.mod" ] || [ "${1:-}" = regen ] || die "no wrapper module $KUBE (BBO_KUBE_MODULE)"
+K8S_VERSION="$(module_version "$KUBE/go.mod" k8s.io/kubernetes 2>/dev/null || true)"
 ETCD_VERSION="$(module_version "$HACK/etcd/go.mod" go.etcd.io/etcd/server/v3)"
-[ -n "$K8S_VERSION" ] && [ -n "$ETCD_VERSION" ] || die "cannot read versions from $HACK/kube/go.mod and $HACK/etcd/go.mod"
+[ -n "$K8S_VERSION" ] && [ -n "$ETCD_VERSION" ] || [ "${1:-}" = regen ] || die "cannot read versions from $KUBE/go.mod and $HACK/etcd/go.mod"
 
 need() { # <command> <how to get it>
   command -v "$1" >/dev/null 2>&1 || die "'$1' is not installed: $2"
@@ -75,7 +82,7 @@ build_kube() { # <out dir>
   # Stamp the version as upstream's hack/lib/version.sh does, so /version reports the real one.
   ldflags="$(version_ldflags)"
   say "building kube-apiserver, kube-controller-manager, kubectl $K8S_VERSION (cold: several minutes on 2 cores)"
-  (cd "$HACK/kube" && go build -trimpath -tags=notest -ldflags="$ldflags" -o "$1/" \
+  (cd "$KUBE" && go build -trimpath -tags=notest -ldflags="$ldflags" -o "$1/" \
     k8s.io/kubernetes/cmd/kube-apiserver \
     k8s.io/kubernetes/cmd/kube-controller-manager \
     k8s.io/kubernetes/cmd/kubectl)
@@ -101,7 +108,7 @@ build_node() { # <plane bin dir>: kubelet, kube-proxy and kube-scheduler beside 
   staging="$1.node.$$"
   rm -rf "$staging"; mkdir -p "$staging"
   say "building kubelet, kube-proxy and kube-scheduler $K8S_VERSION (cold: about 4 minutes on 2 cores)"
-  (cd "$HACK/kube" && go build -trimpath -tags=notest -ldflags="$(version_ldflags)" -o "$staging/" \
+  (cd "$KUBE" && go build -trimpath -tags=notest -ldflags="$(version_ldflags)" -o "$staging/" \
     k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-proxy \
     k8s.io/kubernetes/cmd/kube-scheduler) ||
     die "building the node's binaries failed (see the go output above)"
@@ -394,6 +401,7 @@ cmd_exec() { # [--node] -- CMD...
 cmd_regen() { # K8S_VERSION=v1.35.x ETCD_VERSION=v3.6.x hack/control-plane.sh regen
   require_go
   local k="${NEW_K8S_VERSION:?set NEW_K8S_VERSION, e.g. v1.35.4}" e="${NEW_ETCD_VERSION:-$ETCD_VERSION}"
+  mkdir -p "$KUBE"
   local staging="v0.${k#v1.}" gomod m
   export GOFLAGS="${GOFLAGS/-mod=readonly/}"
   go mod download "k8s.io/kubernetes@$k"
@@ -407,9 +415,9 @@ cmd_regen() { # K8S_VERSION=v1.35.x ETCD_VERSION=v3.6.x hack/control-plane.sh re
     awk '$2=="=>" && $3 ~ /^\.\/staging\/src\// {print $1}' "$gomod" | sort -u |
       while read -r m; do printf '\t%s => %s %s\n' "$m" "$m" "$staging"; done
     echo ")"
-  } >"$HACK/kube/go.mod.new"
-  mv "$HACK/kube/go.mod.new" "$HACK/kube/go.mod"; rm -f "$HACK/kube/go.sum"
-  (cd "$HACK/kube" && go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@$k" \
+  } >"$KUBE/go.mod.new"
+  mv "$KUBE/go.mod.new" "$KUBE/go.mod"; rm -f "$KUBE/go.sum"
+  (cd "$KUBE" && go get -tool "k8s.io/kubernetes/cmd/kube-apiserver@$k" \
     "k8s.io/kubernetes/cmd/kube-controller-manager@$k" "k8s.io/kubernetes/cmd/kubectl@$k" \
     "k8s.io/kubernetes/cmd/kubelet@$k" "k8s.io/kubernetes/cmd/kube-proxy@$k")
   (cd "$HACK/etcd" && go get -tool "go.etcd.io/etcd/server/v3@$e")
