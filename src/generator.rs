@@ -15,7 +15,8 @@
 //! Never an empty list for "not known yet": Argo CD deletes the Applications a generator stops
 //! producing, so a Subscription that has not listed yet (or whose whole list this replica does
 //! not hold) is a 503 that Argo CD retries, not `[]`. Lists within status (1,000 repositories)
-//! are served from status by any replica; longer ones from the leader's listing cache.
+//! are served from status by any replica; longer ones from the leader's listing cache (the
+//! plugin Service selects the Pod the leader labels, `scm.shippable.io/leader`).
 //! Does API-server and network I/O.
 
 use std::{path::PathBuf, sync::Arc};

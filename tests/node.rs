@@ -73,6 +73,34 @@ async fn new_leader(client: &Client, old: &str, since: Instant) -> (String, Dura
 
 /// A plain HTTP/1.0 GET of a Service's ClusterIP, through kube-proxy's rules (which appear a
 /// moment after the Service's endpoints do: until then, it asks again).
+/// Waits until the plugin generator's Service sends traffic to `pod` alone (the leader labels
+/// its Pod; the Service selects the label).
+async fn plugin_served_by(client: &Client, pod: &str) {
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let selector =
+        ListParams::default().labels("kubernetes.io/service-name=bitbucket-operator-plugin");
+    within(&format!("the plugin Service to reach {pod} alone"), async {
+        loop {
+            let targets: Vec<String> = slices
+                .list(&selector)
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .flat_map(|slice| slice.endpoints.iter())
+                .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+                .filter_map(|e| e.target_ref.as_ref().and_then(|t| t.name.clone()))
+                .collect();
+            if targets == [pod] {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+}
+
 async fn http_get(address: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     within(&format!("http://{address}{path} to answer"), async {
@@ -214,6 +242,7 @@ async fn deploy_on_a_real_node_reconciles_hands_over_and_uninstalls() {
     let metrics = http_get(&format!("{cluster_ip}:8080"), "/metrics").await;
     assert!(metrics.contains("bitbucket_operator_leader"), "{metrics}");
     let leader = holder(&client).await.expect("a replica leads");
+    plugin_served_by(&client, &leader).await;
     let logs = kubectl_ok(&["-n", OPERATOR_NAMESPACE, "logs", &leader]);
     assert!(logs.lines().count() > 2, "{logs}");
     for line in logs.lines() {
@@ -252,6 +281,7 @@ async fn deploy_on_a_real_node_reconciles_hands_over_and_uninstalls() {
         .unwrap();
     let (successor, took) = new_leader(&client, &leader, deleted).await;
     eprintln!("handover after deleting the leader's pod: {took:?} ({leader} → {successor})");
+    plugin_served_by(&client, &successor).await;
     eventually(
         &subscriptions,
         "ci",

@@ -21,7 +21,9 @@ use kube::{
 use tokio::sync::watch;
 
 use super::{
-    Context, Settings, Shared, integration, is_ready, leader::Election, lock, subscription,
+    Context, Settings, Shared, integration, is_ready,
+    leader::{self, Election},
+    lock, subscription,
 };
 use crate::api::{BitbucketIntegration, Subscription};
 
@@ -44,6 +46,14 @@ pub async fn run(
     // Without a Lease this replica always leads (the sender lives as long as `run`).
     let (_always, alone) = watch::channel(true);
     let leading = election.as_ref().map_or(alone, Election::leading);
+    // The leader's Pod carries a label the plugin generator's Service selects.
+    let labeller = shared.settings.lease.clone().map(|lease| {
+        tokio::spawn(leader::label_own_pod(
+            shared.kube.clone(),
+            lease,
+            leading.clone(),
+        ))
+    });
     let scopes = shared.settings.scopes();
     let stores = Scopes::default();
     let expected = scopes.len();
@@ -63,6 +73,9 @@ pub async fn run(
     }
     if let Some(election) = election {
         election.release().await;
+    }
+    if let Some(labeller) = labeller {
+        labeller.abort();
     }
 }
 
