@@ -12,8 +12,8 @@
 #   hack/control-plane.sh env      print the export line of a running plane
 #   hack/control-plane.sh bin-dir  print the cache directory holding the binaries (builds them first)
 #   hack/control-plane.sh exec -- CMD...
-#                                  run CMD with KUBECONFIG set, and KUBECTL naming the kubectl
-#                                  built with the plane; a plane this call started is
+#                                  run CMD with KUBECONFIG set, KUBECTL naming the kubectl
+#                                  built with the plane and BBO_K8S_VERSION its version; a plane this call started is
 #                                  stopped afterwards, even when CMD fails; exits with CMD's status
 #   hack/control-plane.sh regen    re-resolve the Go wrapper modules for NEW_K8S_VERSION /
 #                                  NEW_ETCD_VERSION (into hack/$BBO_KUBE_MODULE when set)
@@ -393,6 +393,7 @@ cmd_exec() { # [--node] -- CMD...
   line="$(cmd_up | tail -n1)"
   export KUBECONFIG="${line#export KUBECONFIG=}"
   export KUBECTL="$(bin_dir)/kubectl"
+  export BBO_K8S_VERSION="$K8S_VERSION"
   "$@" || rc=$?
   [ "$started" = 1 ] || say "leaving the plane up: it was up before this run"
   exit "$rc"
