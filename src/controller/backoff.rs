@@ -4,6 +4,11 @@
 
 use std::time::Duration;
 
+/// The longest `Retry-After` honoured. A server may say anything (`Retry-After:
+/// 18446744073709551615`, a date in 3000): beyond an hour the object is tried again after an
+/// hour, instead of never (or of a timer that overflows).
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
 /// Exponential backoff with jitter.
 #[derive(Clone, Copy, Debug)]
 pub struct Backoff {
@@ -25,7 +30,7 @@ impl Backoff {
             .saturating_mul(2u32.saturating_pow(failures.min(16)))
             .min(self.max);
         let jittered = ceiling / 2 + (ceiling / 2).mul_f64(fastrand::f64());
-        jittered.max(at_least.unwrap_or_default())
+        jittered.max(at_least.unwrap_or_default().min(MAX_RETRY_AFTER))
     }
 }
 
@@ -44,6 +49,29 @@ mod tests {
                 "{failures}: {wait:?}"
             );
         }
+    }
+
+    proptest::proptest! {
+        /// Whatever Bitbucket says in `Retry-After` and however long the failures last, the wait
+        /// is at most an hour and at least what it asked, up to that hour.
+        #[test]
+        fn every_wait_is_bounded(failures in proptest::num::u32::ANY, seconds in proptest::option::of(proptest::num::u64::ANY)) {
+            let backoff = Backoff::new(Duration::from_millis(300), Duration::from_secs(300));
+            let asked = seconds.map(Duration::from_secs);
+            let wait = backoff.wait(failures, asked);
+            proptest::prop_assert!(wait <= MAX_RETRY_AFTER);
+            proptest::prop_assert!(wait >= asked.unwrap_or_default().min(MAX_RETRY_AFTER));
+        }
+    }
+
+    #[test]
+    fn an_absurd_retry_after_waits_an_hour_not_forever() {
+        let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(8));
+        assert_eq!(backoff.wait(0, Some(Duration::MAX)), MAX_RETRY_AFTER);
+        assert_eq!(
+            backoff.wait(3, Some(Duration::from_secs(u64::MAX))),
+            MAX_RETRY_AFTER
+        );
     }
 
     #[test]
