@@ -87,6 +87,42 @@ mod tests {
         Url::parse("https://api.bitbucket.org/2.0/repositories/acme?pagelen=100").unwrap()
     }
 
+    proptest::proptest! {
+        /// Whatever `next` links a server sends, in any order: a followed link is on the first
+        /// page's origin, carries no credentials, and was never followed before — so a listing
+        /// can neither loop nor send the credential elsewhere.
+        #[test]
+        fn links_are_followed_once_and_only_on_the_same_origin(
+            links in proptest::collection::vec((0..4usize, 0..6u8, proptest::bool::ANY), 0..60)
+        ) {
+            let origins = [
+                "https://api.bitbucket.org",
+                "https://api.bitbucket.org:8443",
+                "http://api.bitbucket.org",
+                "https://evil.example",
+            ];
+            let mut guard = NextLinks::new(&first());
+            let mut followed = std::collections::HashSet::from([first().to_string()]);
+            for (origin, page, credentials) in links {
+                let mut link = format!("{}/2.0/repositories/acme?pagelen=100&page={page}", origins[origin]);
+                if credentials {
+                    link = link.replacen("://", "://jdoe:secret@", 1);
+                }
+                if let Ok(url) = guard.follow(&link) {
+                    proptest::prop_assert_eq!(url.origin(), first().origin());
+                    proptest::prop_assert!(url.username().is_empty() && url.password().is_none());
+                    proptest::prop_assert!(followed.insert(url.to_string()), "{} twice", url);
+                }
+            }
+        }
+
+        /// Any text as a `next` link is a link or an error, never a panic.
+        #[test]
+        fn any_text_as_a_link_never_panics(link in ".{0,200}") {
+            let _ = NextLinks::new(&first()).follow(&link);
+        }
+    }
+
     #[test]
     fn a_new_link_on_the_same_origin_is_followed() {
         let mut links = NextLinks::new(&first());

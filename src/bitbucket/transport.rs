@@ -547,6 +547,38 @@ pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Whatever a server answers: an error message holds no secret, at most one short
+        /// excerpt of the body, and no control characters (nothing to break a terminal, a log
+        /// line or a condition).
+        #[test]
+        fn any_answer_is_classified_without_a_secret_and_in_one_short_line(
+            status in 400u16..600,
+            prefix in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            suffix in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+            secret in "[A-Za-z0-9_-]{12,40}",
+        ) {
+            let body = [prefix.as_slice(), secret.as_bytes(), suffix.as_slice()].concat();
+            let error = classify(
+                StatusCode::from_u16(status).unwrap(),
+                &HeaderMap::new(),
+                &body,
+                &Url::parse("https://api.bitbucket.org/2.0/user").unwrap(),
+                &Redactor::new([SecretString::from(secret.clone())]),
+            );
+            let shown = error.to_string();
+            proptest::prop_assert!(!shown.contains(&secret), "{}", shown);
+            proptest::prop_assert!(!shown.chars().any(char::is_control), "{:?}", shown);
+            proptest::prop_assert!(shown.chars().count() <= EXCERPT_CHARS + 200, "{}", shown);
+        }
+
+        /// Any `Retry-After` value is a duration or nothing, never a panic.
+        #[test]
+        fn any_retry_after_parses_or_is_ignored(value in ".{0,64}") {
+            let _ = parse_retry_after(&value);
+        }
+    }
+
     fn classify_body(status: u16, body: &str) -> Error {
         classify(
             StatusCode::from_u16(status).unwrap(),

@@ -101,6 +101,59 @@ fn class(pattern: &[char], open: usize, c: char) -> Option<(bool, usize)> {
 pub(super) mod tests {
     use super::*;
 
+    /// An independent oracle: the glob translated into a regular expression.
+    fn oracle(pattern: &str, text: &str) -> bool {
+        let pattern: Vec<char> = pattern.to_ascii_lowercase().chars().collect();
+        let mut regex = String::from("^");
+        let mut i = 0;
+        while i < pattern.len() {
+            match pattern[i] {
+                '*' => regex.push_str(".*"),
+                '?' => regex.push('.'),
+                '[' => {
+                    let close = (i + 2..pattern.len()).find(|&j| pattern[j] == ']').unwrap();
+                    let mut body: String = pattern[i + 1..close].iter().collect();
+                    if let Some(rest) = body.strip_prefix('!') {
+                        body = format!("^{rest}");
+                    }
+                    regex.push_str(&format!("[{}]", body.replace('.', "\\.")));
+                    i = close;
+                }
+                c => regex.push_str(&regex::escape(&c.to_string())),
+            }
+            i += 1;
+        }
+        regex.push('$');
+        regex::Regex::new(&regex).unwrap().is_match(text)
+    }
+
+    /// Globs of the grammar admission allows: literals, `*`, `?` and classes with ranges.
+    fn globs() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let token = prop_oneof![
+            "[abAB1._-]".prop_map(String::from),
+            Just("*".to_owned()),
+            Just("?".to_owned()),
+            "[ab1]{1,3}".prop_map(|members| format!("[{members}]")),
+            "[ab1]{1,3}".prop_map(|members| format!("[!{members}]")),
+            Just("[a-c]".to_owned()),
+            Just("[!a-c]".to_owned()),
+        ];
+        proptest::collection::vec(token, 0..8).prop_map(|tokens| tokens.concat())
+    }
+
+    proptest::proptest! {
+        /// The matcher agrees with a regular-expression translation on every glob the CRD
+        /// admits and every slug, including the patterns that make naive backtracking slow.
+        #[test]
+        fn globs_match_exactly_what_their_regular_expression_matches(
+            pattern in globs(),
+            text in "[abc1._-]{0,12}",
+        ) {
+            proptest::prop_assert_eq!(glob(&pattern, &text), oracle(&pattern, &text), "{} on {}", pattern, text);
+        }
+    }
+
     /// A repository of workspace `acme` with nothing but a slug and a visibility.
     pub(in crate::controller::subscription) fn repository(slug: &str, private: bool) -> Repository {
         Repository {
