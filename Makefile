@@ -38,7 +38,7 @@ test-versions: fmt-check clippy image gitops
 	@summary=""; status=0; \
 	for module in $(KUBE_VERSIONS); do \
 	  log="$$(mktemp)"; \
-	  BBO_KUBE_MODULE=$$module $(PLANE) exec --node -- $(CARGO) test --locked --workspace --all-targets 2>&1 | tee "$$log"; \
+	  BBO_KUBE_MODULE=$$module $(PLANE) exec --node -- $(CARGO) test --locked --workspace --all-targets --no-fail-fast 2>&1 | tee "$$log"; \
 	  result=$${PIPESTATUS[0]}; [ "$$result" = 0 ] || status=1; \
 	  counts="$$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$(i+1) ~ /^passed/) p += $$i; if ($$(i+1) ~ /^failed/) f += $$i } } END { printf "%d passed, %d failed", p, f }' "$$log")"; \
 	  summary="$$summary$$module: $$counts (exit $$result)\n"; rm -f "$$log"; \

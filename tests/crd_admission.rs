@@ -338,6 +338,16 @@ async fn every_example_in_deploy_examples_is_accepted() {
     );
 }
 
+/// A CEL rule's refusal without the value it quotes: Kubernetes 1.33 prints the value's type
+/// (`Invalid value: "string": …`), later versions the value itself or nothing. The field and
+/// the message, which users read, are the same.
+fn without_value(message: &str) -> String {
+    regex::Regex::new(r#"Invalid value: "[^"]*": "#)
+        .unwrap()
+        .replace_all(message, "Invalid value: ")
+        .into_owned()
+}
+
 #[tokio::test]
 async fn invalid_manifests_are_refused_with_a_message_naming_the_field_and_what_is_allowed() {
     let client = client().await;
@@ -366,7 +376,8 @@ async fn invalid_manifests_are_refused_with_a_message_naming_the_field_and_what_
         match outcome {
             Ok(_) => wrong.push(format!("- {}: accepted", case.what)),
             Err(kube::Error::Api(status))
-                if status.code == 422 && status.message.contains(case.expected) => {}
+                if status.code == 422
+                    && without_value(&status.message).contains(&without_value(case.expected)) => {}
             Err(e) => wrong.push(format!(
                 "- {}: expected a 422 containing\n    {}\n  got\n    {e}",
                 case.what, case.expected
