@@ -872,3 +872,104 @@ async fn an_unusable_ca_bundle_is_a_configuration_error() {
         "{error}"
     );
 }
+
+/// A server answering `GET` with an endless chunked body; the bytes it managed to send.
+async fn endless_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::{Arc, atomic::AtomicUsize, atomic::Ordering};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/2.0", listener.local_addr().unwrap());
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&sent);
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counted = Arc::clone(&counted);
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request).await;
+                let head = "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n";
+                if stream.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, " ".repeat(64 * 1024));
+                // Until the client hangs up (or a gigabyte, which it must never take).
+                while counted.load(Ordering::Relaxed) < 1 << 30 {
+                    if stream.write_all(chunk.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    counted.fetch_add(64 * 1024, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    (url, sent)
+}
+
+#[tokio::test]
+async fn an_endless_answer_is_cut_off_at_the_bound_not_buffered() {
+    use bitbucket_operator::bitbucket::transport::MAX_BODY_BYTES;
+    let (url, sent) = endless_server().await;
+    let config = TransportConfig {
+        retry: RetryPolicy {
+            max_retries: 0,
+            ..RetryPolicy::default()
+        },
+        allowed: url.parse().unwrap(),
+        ..quick()
+    };
+    let client = Client::new(
+        Server::Cloud {
+            api_url: Url::parse(&url).unwrap(),
+        },
+        api_token(API_TOKEN),
+        config,
+    )
+    .unwrap();
+    let error = client.whoami(None).await.unwrap_err();
+    assert!(
+        matches!(error, Error::TooLarge { limit } if limit == MAX_BODY_BYTES),
+        "{error:?}"
+    );
+    // The client hung up near the bound; it did not read on until the timeout.
+    let sent = sent.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(sent < 4 * MAX_BODY_BYTES, "{sent} bytes were sent");
+}
+
+#[tokio::test]
+async fn a_declared_length_over_the_bound_is_refused_before_reading() {
+    use bitbucket_operator::bitbucket::transport::MAX_BODY_BYTES;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/2.0", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request).await;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{{",
+                MAX_BODY_BYTES + 1
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            // ... and then nothing: a client that waited for the body would time out.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+    });
+    let config = TransportConfig {
+        retry: RetryPolicy {
+            max_retries: 0,
+            ..RetryPolicy::default()
+        },
+        allowed: url.parse().unwrap(),
+        ..quick()
+    };
+    let client = Client::new(
+        Server::Cloud {
+            api_url: Url::parse(&url).unwrap(),
+        },
+        api_token(API_TOKEN),
+        config,
+    )
+    .unwrap();
+    let error = client.whoami(None).await.unwrap_err();
+    assert!(matches!(error, Error::TooLarge { .. }), "{error:?}");
+}

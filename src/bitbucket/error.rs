@@ -90,6 +90,10 @@ pub enum Error {
     #[error("refusing to connect: {0}; the operator does not connect there (--refused-networks)")]
     AddressRefused(#[from] super::reach::AddressRefused),
 
+    /// The answer was longer than the client reads; the rest was not read.
+    #[error("Bitbucket's answer is longer than {limit} bytes; it was not read")]
+    TooLarge { limit: usize },
+
     /// Bitbucket rotated an OAuth refresh token and the new one could not be saved: the client
     /// holds it and tries to save it again before anything else.
     #[error("could not save the rotated OAuth refresh token: {message}")]
@@ -119,7 +123,8 @@ impl Error {
             | Self::Decode { .. }
             | Self::UnexpectedStatus { .. }
             | Self::PagingLoop { .. }
-            | Self::RotationNotSaved { .. } => ErrorClass::Transient,
+            | Self::RotationNotSaved { .. }
+            | Self::TooLarge { .. } => ErrorClass::Transient,
         }
     }
 

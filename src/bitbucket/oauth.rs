@@ -25,7 +25,10 @@ use super::{
     TransportConfig,
     error::Error,
     reach::AddressRefused,
-    transport::{Redactor, Transport, address_refused, parse_retry_after},
+    transport::{
+        BodyError, MAX_BODY_BYTES, Redactor, Transport, address_refused, parse_retry_after,
+        read_bounded,
+    },
 };
 
 /// The token endpoint of bitbucket.org (api-facts §B.4).
@@ -315,7 +318,16 @@ async fn send(transport: &Transport, request: HttpRequest) -> Result<HttpRespons
     for (name, value) in response.headers() {
         builder = builder.header(name, value);
     }
-    let body = response.bytes().await.map_err(transport_failure)?;
+    // A token answer is a few hundred bytes; the bound is the API's, more than enough.
+    let body = read_bounded(response, MAX_BODY_BYTES)
+        .await
+        .map_err(|e| match e {
+            BodyError::TooLarge => GrantHttpError::Transport(
+                format!("the token endpoint's answer is longer than {MAX_BODY_BYTES} bytes"),
+                false,
+            ),
+            BodyError::Read(e) => transport_failure(e),
+        })?;
     builder
         .body(body.to_vec())
         .map_err(|e| GrantHttpError::Transport(e.to_string(), false))

@@ -144,6 +144,35 @@ impl ClassifyName for serde_json::Error {
     }
 }
 
+/// The most bytes of one answer that are read. A page of 100 Cloud repositories is about
+/// 300 KB and a Data Center page of 1,000 about 1.5 MB; a server that sends more is cut off
+/// rather than buffered (a body of gigabytes would otherwise take the operator's memory).
+pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Reads `response`'s body, stopping as soon as it is longer than `limit`.
+pub(crate) async fn read_bounded(
+    mut response: reqwest::Response,
+    limit: usize,
+) -> Result<bytes::Bytes, BodyError> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(BodyError::TooLarge);
+    }
+    let mut body = bytes::BytesMut::new();
+    while let Some(chunk) = response.chunk().await.map_err(BodyError::Read)? {
+        if body.len() + chunk.len() > limit {
+            return Err(BodyError::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// Why a body could not be read.
+pub(crate) enum BodyError {
+    TooLarge,
+    Read(reqwest::Error),
+}
+
 /// The most characters of an answer's body that an error message quotes.
 pub const EXCERPT_CHARS: usize = 120;
 
@@ -325,10 +354,14 @@ impl Transport {
         let status = response.status();
         self.observe(operation, Some(status.as_u16()));
         let headers = response.headers().clone();
-        let body = response
-            .bytes()
+        let body = read_bounded(response, MAX_BODY_BYTES)
             .await
-            .map_err(|e| self.transport_error(&e, redact))?;
+            .map_err(|e| match e {
+                BodyError::TooLarge => Error::TooLarge {
+                    limit: MAX_BODY_BYTES,
+                },
+                BodyError::Read(e) => self.transport_error(&e, redact),
+            })?;
         if status.is_success() {
             return Ok(Response {
                 headers,

@@ -64,7 +64,8 @@ impl Reason for bitbucket::Error {
             | E::Transport { .. }
             | E::Decode { .. }
             | E::UnexpectedStatus { .. }
-            | E::PagingLoop { .. } => reasons::BITBUCKET_UNAVAILABLE,
+            | E::PagingLoop { .. }
+            | E::TooLarge { .. } => reasons::BITBUCKET_UNAVAILABLE,
         }
     }
 
