@@ -74,6 +74,20 @@ fn client(sim: &Simulator, credentials: Credentials) -> Client {
     client_with(sim, credentials, quick())
 }
 
+/// A client of `server` at `url` (which it may send the credential to) that never retries: one
+/// request shows what the client does with one answer.
+fn unretried(server: Server, url: &str, credentials: Credentials) -> Client {
+    let config = TransportConfig {
+        retry: RetryPolicy {
+            max_retries: 0,
+            ..RetryPolicy::default()
+        },
+        allowed: url.parse().unwrap(),
+        ..quick()
+    };
+    Client::new(server, credentials, config).unwrap()
+}
+
 /// A client of the simulator, which the allowed servers name (as the operator's
 /// `--allowed-servers` or a Secret's consent would).
 fn client_with(sim: &Simulator, credentials: Credentials, config: TransportConfig) -> Client {
@@ -633,22 +647,13 @@ async fn an_unreachable_server_is_a_transport_error() {
         .unwrap()
         .port();
     let server = format!("http://127.0.0.1:{port}");
-    let config = TransportConfig {
-        retry: RetryPolicy {
-            max_retries: 0,
-            ..RetryPolicy::default()
-        },
-        allowed: server.parse().unwrap(),
-        ..quick()
-    };
-    let client = Client::new(
+    let client = unretried(
         Server::DataCenter {
             base_url: Url::parse(&server).unwrap(),
         },
+        &server,
         dc_basic(DC_PASSWORD),
-        config,
-    )
-    .unwrap();
+    );
     let error = client.whoami(None).await.unwrap_err();
     assert!(matches!(error, Error::Transport { .. }), "{error:?}");
 }
@@ -909,22 +914,13 @@ async fn endless_server() -> (String, std::sync::Arc<std::sync::atomic::AtomicUs
 async fn an_endless_answer_is_cut_off_at_the_bound_not_buffered() {
     use bitbucket_operator::bitbucket::transport::MAX_BODY_BYTES;
     let (url, sent) = endless_server().await;
-    let config = TransportConfig {
-        retry: RetryPolicy {
-            max_retries: 0,
-            ..RetryPolicy::default()
-        },
-        allowed: url.parse().unwrap(),
-        ..quick()
-    };
-    let client = Client::new(
+    let client = unretried(
         Server::Cloud {
             api_url: Url::parse(&url).unwrap(),
         },
+        &url,
         api_token(API_TOKEN),
-        config,
-    )
-    .unwrap();
+    );
     let error = client.whoami(None).await.unwrap_err();
     assert!(
         matches!(error, Error::TooLarge { limit } if limit == MAX_BODY_BYTES),
@@ -954,22 +950,13 @@ async fn a_declared_length_over_the_bound_is_refused_before_reading() {
             tokio::time::sleep(Duration::from_secs(60)).await;
         }
     });
-    let config = TransportConfig {
-        retry: RetryPolicy {
-            max_retries: 0,
-            ..RetryPolicy::default()
-        },
-        allowed: url.parse().unwrap(),
-        ..quick()
-    };
-    let client = Client::new(
+    let client = unretried(
         Server::Cloud {
             api_url: Url::parse(&url).unwrap(),
         },
+        &url,
         api_token(API_TOKEN),
-        config,
-    )
-    .unwrap();
+    );
     let error = client.whoami(None).await.unwrap_err();
     assert!(matches!(error, Error::TooLarge { .. }), "{error:?}");
 }

@@ -224,22 +224,11 @@ async fn argo_cds_own_plugin_client_reads_the_answer() {
     eventually(&env.api(), "ci", "ci to sync", is_synced).await;
     let url = serve(&env).await;
     let argo = |token: &str, parameters: Value| {
-        let mut child = std::process::Command::new(support::gitops_check())
+        let mut command = std::process::Command::new(support::gitops_check());
+        command
             .args(["plugin", &url, "repos"])
-            .env("PLUGIN_TOKEN", token)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(parameters.to_string().as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
+            .env("PLUGIN_TOKEN", token);
+        support::with_input(command, parameters.to_string().as_bytes())
     };
     let answered = argo(TOKEN, naming(&env, "ci"));
     assert!(

@@ -6,8 +6,6 @@
 
 mod support;
 
-use std::io::Write as _;
-
 use bitbucket_operator::api::{BitbucketIntegration, CredentialType, Subscription};
 use bitbucket_sim::FaultRule;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
@@ -23,20 +21,9 @@ use support::{
 
 /// The answers of `gitops-check CHECK ARGS` for `objects`, by object name.
 fn check(args: &[&str], objects: &[Value]) -> Vec<(String, String, String)> {
-    let mut child = std::process::Command::new(support::gitops_check())
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(serde_json::to_string(objects).unwrap().as_bytes())
-        .unwrap();
-    let output = child.wait_with_output().unwrap();
+    let mut command = std::process::Command::new(support::gitops_check());
+    command.args(args);
+    let output = support::with_input(command, &serde_json::to_vec(objects).unwrap());
     assert!(
         output.status.success(),
         "gitops-check {args:?}: {}",

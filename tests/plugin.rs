@@ -27,22 +27,9 @@ fn plugin(env: &Env, args: &[&str]) -> Output {
 
 /// Runs `kubectl bitbucket ARGS -n NAMESPACE` with `input` as its standard input.
 fn plugin_with_input(env: &Env, args: &[&str], input: &str) -> Output {
-    use std::io::Write as _;
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-bitbucket"))
-        .args(args)
-        .args(["-n", &env.ns.name])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_kubectl-bitbucket"));
+    command.args(args).args(["-n", &env.ns.name]);
+    support::with_input(command, input.as_bytes())
 }
 
 fn text(bytes: &[u8]) -> String {

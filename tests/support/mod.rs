@@ -397,3 +397,16 @@ pub fn gitops_tool(name: &str) -> std::path::PathBuf {
 pub fn gitops_check() -> std::path::PathBuf {
     gitops_tool("gitops-check")
 }
+
+/// Runs `command` with `input` on its standard input; its exit status, output and errors.
+pub fn with_input(mut command: std::process::Command, input: &[u8]) -> std::process::Output {
+    use std::{io::Write as _, process::Stdio};
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
