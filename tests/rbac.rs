@@ -289,12 +289,19 @@ async fn a_signed_in_users_rotated_refresh_token_is_saved_and_nothing_else_may_b
             ..PatchParams::default()
         };
         let patch = serde_json::json!({"data": {"token": "eQ=="}});
-        while as_operator
-            .patch("plain", &dry_run, &Patch::Merge(&patch))
-            .await
-            .is_ok()
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // (Until the RoleBinding is in force too, RBAC refuses it for another reason.)
+        loop {
+            match as_operator
+                .patch("plain", &dry_run, &Patch::Merge(&patch))
+                .await
+            {
+                Err(kube::Error::Api(status))
+                    if status.message.contains("ValidatingAdmissionPolicy") =>
+                {
+                    break;
+                }
+                _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
         }
     })
     .await;

@@ -19,7 +19,7 @@ use k8s_openapi::{
 };
 use kube::{
     Api, Client,
-    api::{DynamicObject, Patch, PatchParams, PostParams},
+    api::{DynamicObject, ListParams, Patch, PatchParams, PostParams},
     discovery::ApiResource,
 };
 use serde_json::json;
@@ -28,7 +28,7 @@ use support::{
     env::*,
     impersonating,
     operator::{condition, eventually, subscription},
-    string_secret,
+    string_secret, within,
 };
 
 const TENANT: &str = "tenant-alice";
@@ -86,6 +86,16 @@ impl Tenancy {
             result.unwrap();
         }
         let tenant = impersonating(TENANT, &[]).await;
+        // The API server's authorizer learns a new RoleBinding a moment after it is created:
+        // wait until the tenant may do what its Role grants before testing what it may not.
+        within("the tenant's Role to be in force", async {
+            let integrations =
+                Api::<BitbucketIntegration>::namespaced(tenant.clone(), &env.ns.name);
+            while integrations.list(&ListParams::default()).await.is_err() {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        })
+        .await;
         let refused = Api::<Secret>::namespaced(tenant.clone(), &env.ns.name)
             .get("team-token")
             .await
