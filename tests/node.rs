@@ -101,6 +101,18 @@ async fn plugin_served_by(client: &Client, pod: &str) {
     .await;
 }
 
+/// Waits until the operator's Deployment has rolled out (`kubectl rollout status`).
+fn rollout_status() {
+    kubectl_ok(&[
+        "-n",
+        OPERATOR_NAMESPACE,
+        "rollout",
+        "status",
+        "deployment/bitbucket-operator",
+        "--timeout=180s",
+    ]);
+}
+
 async fn http_get(address: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     within(&format!("http://{address}{path} to answer"), async {
@@ -149,14 +161,7 @@ async fn deploy_on_a_real_node_reconciles_hands_over_and_uninstalls() {
         "-k",
         "deploy/",
     ]);
-    kubectl_ok(&[
-        "-n",
-        OPERATOR_NAMESPACE,
-        "rollout",
-        "status",
-        "deployment/bitbucket-operator",
-        "--timeout=180s",
-    ]);
+    rollout_status();
     eprintln!(
         "kubectl apply -k deploy/ → Available: {:?}",
         applied.elapsed()
@@ -303,14 +308,7 @@ async fn deploy_on_a_real_node_reconciles_hands_over_and_uninstalls() {
         "restart",
         "deployment/bitbucket-operator",
     ]);
-    kubectl_ok(&[
-        "-n",
-        OPERATOR_NAMESPACE,
-        "rollout",
-        "status",
-        "deployment/bitbucket-operator",
-        "--timeout=180s",
-    ]);
+    rollout_status();
     let after = subscriptions.get("ci").await.unwrap();
     assert_eq!(after.status.clone().unwrap().repository_count, listed);
     assert!(after.status.as_ref().is_some_and(|s| ready(&s.conditions)));

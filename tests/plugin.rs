@@ -558,11 +558,22 @@ impl SigningIn {
     }
 }
 
-/// Where Bitbucket's authorize page sends the browser.
-async fn sent_back_to(browser: &reqwest::Client, authorize: &str) -> String {
+/// A person's browser at Bitbucket's authorize page: where Bitbucket sends it back, and the
+/// page the plugin shows there.
+async fn browse(authorize: &str) -> (String, String) {
+    let browser = support::browser();
     let page = browser.get(authorize).send().await.unwrap();
     assert!(page.status().is_redirection(), "{page:?}");
-    page.headers()["location"].to_str().unwrap().to_owned()
+    let back = page.headers()["location"].to_str().unwrap().to_owned();
+    let shown = browser
+        .get(&back)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    (back, shown)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -575,17 +586,8 @@ async fn sign_in_with_bitbucket_saves_a_refresh_token_the_operator_keeps() {
         "{authorize}"
     );
     // The test is the person's browser: Bitbucket sends it back to the plugin on loopback.
-    let browser = support::browser();
-    let back = sent_back_to(&browser, &authorize).await;
+    let (back, page) = browse(&authorize).await;
     assert!(back.starts_with("http://127.0.0.1:"), "{back}");
-    let page = browser
-        .get(&back)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
     assert!(page.contains("Signed in to Bitbucket."), "{page}");
 
     let (status, out, err) = signing_in.finish();
@@ -635,16 +637,7 @@ async fn a_denied_sign_in_saves_nothing() {
     });
     let signing_in = SigningIn::start(&env, "acme");
     let authorize = signing_in.authorize_url();
-    let browser = support::browser();
-    let back = sent_back_to(&browser, &authorize).await;
-    let page = browser
-        .get(&back)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, page) = browse(&authorize).await;
     assert!(page.contains("did not sign you in"), "{page}");
     let (status, _, err) = signing_in.finish();
     assert_eq!(status.code(), Some(1), "{err}");

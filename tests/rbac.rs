@@ -130,25 +130,7 @@ async fn the_operator_works_with_only_the_permissions_deploy_grants() {
     integrations
         .create(
             &pp,
-            &BitbucketIntegration::new(
-                "acme",
-                BitbucketIntegrationSpec {
-                    display_name: None,
-                    server: Server {
-                        server_type: ServerType::Cloud,
-                        url: Some(sim.cloud_api_url()),
-                        ca_bundle_secret_ref: None,
-                    },
-                    credentials: Credentials {
-                        credential_type: CredentialType::ApiToken,
-                        secret_ref: SecretReference {
-                            name: "acme-token".into(),
-                        },
-                    },
-                    workspace: None,
-                    validation_interval: "30m".into(),
-                },
-            ),
+            &cloud_integration("acme", CredentialType::ApiToken, "acme-token", &sim),
         )
         .await
         .unwrap();
@@ -226,8 +208,14 @@ async fn the_operator_works_with_only_the_permissions_deploy_grants() {
     .unwrap();
 }
 
-/// An `OAuthUser` integration named `name` on the simulator, its credential in Secret `secret`.
-fn oauth_user(name: &str, secret: &str, sim: &Simulator) -> BitbucketIntegration {
+/// A `kind` integration named `name` on the simulator's Cloud, its credential in Secret
+/// `secret`.
+fn cloud_integration(
+    name: &str,
+    kind: CredentialType,
+    secret: &str,
+    sim: &Simulator,
+) -> BitbucketIntegration {
     BitbucketIntegration::new(
         name,
         BitbucketIntegrationSpec {
@@ -238,7 +226,7 @@ fn oauth_user(name: &str, secret: &str, sim: &Simulator) -> BitbucketIntegration
                 ca_bundle_secret_ref: None,
             },
             credentials: Credentials {
-                credential_type: CredentialType::OAuthUser,
+                credential_type: kind,
                 secret_ref: SecretReference {
                     name: secret.into(),
                 },
@@ -344,7 +332,10 @@ async fn a_signed_in_users_rotated_refresh_token_is_saved_and_nothing_else_may_b
     let operator = Operator::start(operator_client.clone(), deployed_settings(&ns.name));
     let integrations: Api<BitbucketIntegration> = Api::namespaced(admin.clone(), &ns.name);
     integrations
-        .create(&pp, &oauth_user("acme", "acme-oauth", &sim))
+        .create(
+            &pp,
+            &cloud_integration("acme", CredentialType::OAuthUser, "acme-oauth", &sim),
+        )
         .await
         .unwrap();
     let ready = |i: &BitbucketIntegration| {
@@ -420,7 +411,10 @@ async fn a_signed_in_users_rotated_refresh_token_is_saved_and_nothing_else_may_b
     unlabelled.metadata.resource_version = None;
     secrets.create(&pp, &unlabelled).await.unwrap();
     integrations
-        .create(&pp, &oauth_user("unlabelled", "unlabelled", &sim))
+        .create(
+            &pp,
+            &cloud_integration("unlabelled", CredentialType::OAuthUser, "unlabelled", &sim),
+        )
         .await
         .unwrap();
     let stalled = eventually(&integrations, "unlabelled", "SecretNotWritable", |i| {

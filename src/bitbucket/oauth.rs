@@ -31,9 +31,6 @@ use super::{
     },
 };
 
-/// The token endpoint of bitbucket.org (api-facts §B.4).
-const CLOUD_TOKEN_URL: &str = "https://bitbucket.org/site/oauth2/access_token";
-
 /// Bitbucket's documentation says tokens last an hour; real answers carry `expires_in`, which
 /// wins when present (api-facts §B.4).
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
@@ -86,11 +83,9 @@ fn endpoint(api_url: &Url, path: &str) -> String {
     }
 }
 
-/// The token endpoint for a Cloud API base URL.
+/// The token endpoint for a Cloud API base URL (bitbucket.org's: api-facts §B.4).
 pub(crate) fn token_url(api_url: &Url) -> String {
-    let url = endpoint(api_url, "access_token");
-    debug_assert!(api_url.host_str() != Some("api.bitbucket.org") || url == CLOUD_TOKEN_URL);
-    url
+    endpoint(api_url, "access_token")
 }
 
 /// Where a person signs in to authorize consumer `client_id` (the authorization-code grant,

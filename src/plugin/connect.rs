@@ -21,7 +21,7 @@ use kube::{
 };
 use secrecy::{ExposeSecret, SecretString};
 
-use super::{Outcome, secret_keys, sign_in, sync, terminal::Terminal, types_for};
+use super::{Outcome, secret_keys, show, sign_in, sync, terminal::Terminal, types_for};
 use crate::{
     api::{
         ALLOWED_SERVERS_ANNOTATION, BitbucketIntegration, BitbucketIntegrationSpec, CLOUD_API_URL,
@@ -119,6 +119,14 @@ impl ConnectArgs {
             port: self.callback_port,
             open: !self.no_browser,
         }
+    }
+}
+
+/// A merge patch by the plugin's field manager (for edits of objects others may have applied).
+fn merge_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..PatchParams::default()
     }
 }
 
@@ -292,13 +300,8 @@ pub async fn connect(
         terminal.good("Ready"),
         started.elapsed().as_secs_f64()
     );
-    if let Some(account) = status.account {
-        let who = match (account.username, account.display_name) {
-            (Some(user), Some(display)) => format!("{user} ({display})"),
-            (Some(one), None) | (None, Some(one)) => one,
-            (None, None) => "-".into(),
-        };
-        let _ = writeln!(text, "  account: {who}, {:?}", account.kind);
+    if let Some(account) = &status.account {
+        let _ = writeln!(text, "  account: {}", show::account_of(account));
     }
     let scopes = if status.scopes.is_empty() {
         "none reported".to_owned()
@@ -627,28 +630,14 @@ pub async fn edit(client: &Client, namespace: &str, args: EditArgs) -> anyhow::R
         let (key, _) = secret_keys(kind);
         let patch = serde_json::json!({"data": {key: ByteString(value.expose_secret().as_bytes().to_vec())}});
         secrets
-            .patch(
-                secret_name,
-                &PatchParams {
-                    field_manager: Some(MANAGER.into()),
-                    ..PatchParams::default()
-                },
-                &Patch::Merge(&patch),
-            )
+            .patch(secret_name, &merge_params(), &Patch::Merge(&patch))
             .await?;
         let _ = writeln!(text, "The {word} in Secret {secret_name} was replaced");
     }
     if let Some(display_name) = &args.display_name {
         let patch = serde_json::json!({"spec": {"displayName": display_name}});
         let edited = integrations
-            .patch(
-                name,
-                &PatchParams {
-                    field_manager: Some(MANAGER.into()),
-                    ..PatchParams::default()
-                },
-                &Patch::Merge(&patch),
-            )
+            .patch(name, &merge_params(), &Patch::Merge(&patch))
             .await?;
         let _ = writeln!(
             text,

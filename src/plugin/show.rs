@@ -10,7 +10,7 @@ use kube::{Api, Client, ResourceExt, api::ListParams};
 use super::{Outcome, Output, terminal::Terminal};
 use crate::{
     api::{
-        BitbucketIntegration, CLOUD_API_URL, Subscription,
+        Account, BitbucketIntegration, CLOUD_API_URL, Subscription,
         conditions::{READY, STALLED},
     },
     controller::subscription::filter::glob,
@@ -116,14 +116,7 @@ pub async fn get(
     let status = integration.status.clone().unwrap_or_default();
     let ready = ready_of(&status.conditions);
     let spec = &integration.spec;
-    let account = status.account.as_ref().map_or("-".to_owned(), |a| {
-        let who = match (&a.username, &a.display_name) {
-            (Some(user), Some(display)) => format!("{user} ({display})"),
-            (Some(one), None) | (None, Some(one)) => one.clone(),
-            (None, None) => "-".to_owned(),
-        };
-        format!("{who}, {:?}", a.kind)
-    });
+    let account = status.account.as_ref().map_or("-".to_owned(), account_of);
     let mut text = String::new();
     let mut line = |key: &str, value: &str| {
         let _ = writeln!(text, "{:<14}{value}", format!("{key}:"));
@@ -261,6 +254,16 @@ pub async fn repos(client: &Client, namespace: &str, args: ReposArgs) -> anyhow:
         rows.push(row);
     }
     Ok(Outcome::ok(table(&rows) + &note))
+}
+
+/// Who an integration authenticates as: `jdoe (Jane Doe), User`.
+pub fn account_of(account: &Account) -> String {
+    let who = match (&account.username, &account.display_name) {
+        (Some(user), Some(display)) => format!("{user} ({display})"),
+        (Some(one), None) | (None, Some(one)) => one.clone(),
+        (None, None) => "-".to_owned(),
+    };
+    format!("{who}, {:?}", account.kind)
 }
 
 /// The objects as JSON or YAML when asked for; `None` for the tables.
