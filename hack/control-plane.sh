@@ -15,6 +15,10 @@
 #                                  run CMD with KUBECONFIG set, KUBECTL naming the kubectl
 #                                  built with the plane and BBO_K8S_VERSION its version; a plane this call started is
 #                                  stopped afterwards, even when CMD fails; exits with CMD's status
+#   hack/control-plane.sh restart kube-apiserver
+#                                  SIGKILL the API server and start it again as before (the soak)
+#   hack/control-plane.sh pause etcd SECONDS
+#                                  SIGSTOP a component, SIGCONT it SECONDS later (the soak)
 #   hack/control-plane.sh regen    re-resolve the Go wrapper modules for NEW_K8S_VERSION /
 #                                  NEW_ETCD_VERSION (into hack/$BBO_KUBE_MODULE when set)
 #
@@ -172,8 +176,9 @@ alive() { # <name>: the recorded process is running
   [ -f "$RUN/$1.pid" ] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null
 }
 
-launch() { # <name> <binary> [args...]: start in its own session, record the PID
+launch() { # <name> <binary> [args...]: start in its own session, record the PID and command
   local name="$1"; shift
+  printf '%s\0' "$@" >"$RUN/$name.args"
   setsid "$@" >"$RUN/$name.log" 2>&1 </dev/null &
   echo $! >"$RUN/$name.pid"
 }
@@ -374,6 +379,32 @@ cmd_status() {
   fi
 }
 
+# The soak's faults: the API server killed outright and started again with the same command
+# line (its log goes on), a component frozen for a while.
+cmd_restart() { # kube-apiserver
+  [ "${1:-}" = kube-apiserver ] || die "restart: only kube-apiserver can be restarted"
+  alive kube-apiserver || die "restart: kube-apiserver is not running"
+  local pid args=()
+  pid="$(cat "$RUN/kube-apiserver.pid")"
+  kill -KILL "$pid"
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+  mapfile -d '' args <"$RUN/kube-apiserver.args"
+  setsid "${args[@]}" >>"$RUN/kube-apiserver.log" 2>&1 </dev/null &
+  echo $! >"$RUN/kube-apiserver.pid"
+  wait_ready kube-apiserver "$(cat "$RUN/server")/readyz" --cacert "$RUN/pki/ca.crt" \
+    -H "Authorization: Bearer $(cat "$RUN/token")" || die "restart: kube-apiserver did not come back"
+}
+
+cmd_pause() { # <name> <seconds>
+  local name="${1:-}" seconds="${2:-}"
+  [[ "$seconds" =~ ^[0-9]+([.][0-9]+)?$ ]] || die "pause: give a component and a number of seconds"
+  alive "$name" || die "pause: $name is not running"
+  local pid; pid="$(cat "$RUN/$name.pid")"
+  kill -STOP "$pid"
+  sleep "$seconds"
+  kill -CONT "$pid"
+}
+
 cmd_env() {
   plane_is_up || die "the control plane is not up: run 'hack/control-plane.sh up'"
   echo "export KUBECONFIG=$RUN/kubeconfig"
@@ -440,5 +471,7 @@ case "$command" in
   bin-path) bin_dir ;; # without building (for hack/node.sh)
   regen) cmd_regen ;;
   exec) cmd_exec "$@" ;;
-  *) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
+  restart) cmd_restart "$@" ;;
+  pause) cmd_pause "$@" ;;
+  *) sed -n '2,31p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2 ;;
 esac

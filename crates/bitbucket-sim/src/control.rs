@@ -58,7 +58,8 @@ pub struct FaultRule {
     /// Body of that answer (default empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
-    /// `Content-Type` of that answer (default: JSON if the body parses as JSON, else text).
+    /// `Content-Type` of that answer (default: JSON if the body parses as JSON, else text);
+    /// without `status`, replaces the real answer's `Content-Type`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_type: Option<String>,
     /// `Retry-After` header value of that answer.
@@ -70,6 +71,21 @@ pub struct FaultRule {
     /// Let the real handler answer, then cut its body in half so it no longer parses.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub malformed_json: bool,
+    /// Let the real handler answer, then put bytes that are not UTF-8 in the middle of its body.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub invalid_utf8: bool,
+    /// Let the real handler answer, then send its body 16 bytes at a time, this many
+    /// milliseconds apart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trickle_ms: Option<u64>,
+    /// Answer 200 with a JSON body of (about) this many bytes, sent as fast as it is read and
+    /// without a `Content-Length`: a page far larger than any real one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oversize_bytes: Option<u64>,
+    /// Let the real handler answer, then point its paging elsewhere: a Cloud page's `next`
+    /// becomes this URL; a Data Center page becomes "not last" with `nextPageStart` this number.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_page: Option<String>,
     /// How many more requests it applies to; until cleared when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub times: Option<u32>,
@@ -109,6 +125,41 @@ impl FaultRule {
     pub fn malformed_json() -> Self {
         Self {
             malformed_json: true,
+            ..Self::default()
+        }
+    }
+    /// Answer normally, with bytes that are not UTF-8 in the body.
+    pub fn invalid_utf8() -> Self {
+        Self {
+            invalid_utf8: true,
+            ..Self::default()
+        }
+    }
+    /// Answer normally, 16 bytes every `ms` milliseconds.
+    pub fn trickle(ms: u64) -> Self {
+        Self {
+            trickle_ms: Some(ms),
+            ..Self::default()
+        }
+    }
+    /// Answer 200 with a JSON body of about `bytes` bytes.
+    pub fn oversize(bytes: u64) -> Self {
+        Self {
+            oversize_bytes: Some(bytes),
+            ..Self::default()
+        }
+    }
+    /// Answer normally, with the page's next link (Cloud) or next start (Data Center) replaced.
+    pub fn next_page(next: &str) -> Self {
+        Self {
+            next_page: Some(next.to_owned()),
+            ..Self::default()
+        }
+    }
+    /// Answer normally, with this `Content-Type`.
+    pub fn content_type(content_type: &str) -> Self {
+        Self {
+            content_type: Some(content_type.to_owned()),
             ..Self::default()
         }
     }
@@ -439,6 +490,9 @@ pub(crate) async fn observe(
     {
         return fault_response(status, fault);
     }
+    if let Some(bytes) = fault.as_ref().and_then(|f| f.oversize_bytes) {
+        return oversize(bytes);
+    }
 
     let (limit, used) = {
         let mut limits = lock(&shared.limits);
@@ -464,10 +518,96 @@ pub(crate) async fn observe(
     request.extensions_mut().insert(authn.clone());
     let mut response = next.run(request).await;
     add_product_headers(&mut response, &authn, limit, used);
-    if fault.is_some_and(|f| f.malformed_json) {
-        response = truncate_body(response).await;
+    if let Some(fault) = fault {
+        response = mangle(response, &fault).await;
     }
     response
+}
+
+/// Applies the rule's changes to a real answer: its body cut, made invalid UTF-8, re-pointed,
+/// re-labelled or trickled.
+async fn mangle(response: Response, fault: &FaultRule) -> Response {
+    let changes_body = fault.malformed_json || fault.invalid_utf8 || fault.next_page.is_some();
+    if !changes_body && fault.trickle_ms.is_none() && fault.content_type.is_none() {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let mut bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default()
+        .to_vec();
+    if changes_body {
+        parts.headers.remove(header::CONTENT_LENGTH);
+        parts.headers.remove(header::ETAG);
+    }
+    if let Some(next) = &fault.next_page {
+        bytes = repoint(&bytes, next);
+    }
+    if fault.malformed_json {
+        bytes.truncate(bytes.len() / 2);
+    }
+    if fault.invalid_utf8 {
+        let middle = bytes.len() / 2;
+        bytes.splice(middle..middle, [0xff, 0xfe, 0xc3]);
+    }
+    if let Some(value) = fault
+        .content_type
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        parts.headers.insert(header::CONTENT_TYPE, value);
+    }
+    let body = match fault.trickle_ms {
+        Some(ms) => trickled(bytes, Duration::from_millis(ms)),
+        None => Body::from(bytes),
+    };
+    Response::from_parts(parts, body)
+}
+
+/// A page whose paging points at `next`: Cloud's `next` link, or Data Center's `nextPageStart`
+/// (with `isLastPage` false). Other bodies are left as they are.
+fn repoint(bytes: &[u8], next: &str) -> Vec<u8> {
+    let Ok(serde_json::Value::Object(mut page)) = serde_json::from_slice(bytes) else {
+        return bytes.to_vec();
+    };
+    if page.contains_key("isLastPage") {
+        let Ok(start) = next.parse::<u64>() else {
+            return bytes.to_vec();
+        };
+        page.insert("isLastPage".into(), false.into());
+        page.insert("nextPageStart".into(), start.into());
+    } else if page.contains_key("values") {
+        page.insert("next".into(), next.into());
+    }
+    serde_json::to_vec(&page).unwrap_or_else(|_| bytes.to_vec())
+}
+
+/// `bytes` sent 16 at a time, `gap` apart.
+fn trickled(bytes: Vec<u8>, gap: Duration) -> Body {
+    let chunks: Vec<Vec<u8>> = bytes.chunks(16).map(<[u8]>::to_vec).collect();
+    let stream = futures_util::stream::unfold(chunks.into_iter(), move |mut chunks| async move {
+        let chunk = chunks.next()?;
+        tokio::time::sleep(gap).await;
+        Some((Ok::<_, std::io::Error>(chunk), chunks))
+    });
+    Body::from_stream(stream)
+}
+
+/// A 200 JSON answer of about `size` bytes (one huge string inside a page), streamed.
+fn oversize(size: u64) -> Response {
+    const CHUNK: usize = 64 * 1024;
+    let filler = vec![b'x'; CHUNK];
+    let chunks = size.div_ceil(CHUNK as u64);
+    let head = futures_util::stream::once(async { Ok::<_, std::io::Error>(b"{\"values\":[],\"filler\":\"".to_vec()) });
+    let middle = futures_util::stream::iter((0..chunks).map(move |_| Ok(filler.clone())));
+    let tail = futures_util::stream::once(async { Ok(b"\"}".to_vec()) });
+    let stream = futures_util::StreamExt::chain(futures_util::StreamExt::chain(head, middle), tail);
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 fn fault_response(status: u16, fault: &FaultRule) -> Response {
@@ -561,17 +701,6 @@ fn add_product_headers(
         }
         Caller::Anonymous | Caller::Rejected(_) => {}
     }
-}
-
-async fn truncate_body(response: Response) -> Response {
-    let (mut parts, body) = response.into_parts();
-    let bytes = axum::body::to_bytes(body, usize::MAX)
-        .await
-        .unwrap_or_default();
-    parts.headers.remove(header::CONTENT_LENGTH);
-    parts.headers.remove(header::ETAG);
-    let cut = bytes.slice(..bytes.len() / 2);
-    Response::from_parts(parts, Body::from(cut))
 }
 
 #[cfg(test)]

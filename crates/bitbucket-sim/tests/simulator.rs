@@ -671,6 +671,69 @@ async fn malformed_json_and_html_error_pages_can_be_injected_for_one_credential(
 }
 
 #[tokio::test]
+async fn real_answers_can_be_mangled_invalid_utf8_relabelled_repointed_or_trickled() {
+    let (sim, client) = demo().await;
+    let url = format!("{}/repositories/acme?pagelen=2", sim.cloud_api_url());
+    let get = || client.get(&url).by_jdoe().send();
+
+    sim.control().add_fault(FaultRule::invalid_utf8().times(1));
+    let bytes = get().await.unwrap().bytes().await.unwrap();
+    assert!(std::str::from_utf8(&bytes).is_err());
+    assert!(bytes.starts_with(b"{"), "still the real answer, mangled");
+
+    sim.control()
+        .add_fault(FaultRule::content_type("text/html; charset=utf-8").times(1));
+    let relabelled = get().await.unwrap();
+    assert_eq!(
+        header(&relabelled, "content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert!(relabelled.json::<Value>().await.unwrap()["values"].is_array());
+
+    let elsewhere = "http://127.0.0.2:9/2.0/repositories/acme?page=2";
+    sim.control().add_fault(FaultRule::next_page(elsewhere).times(1));
+    let page: Value = get().await.unwrap().json().await.unwrap();
+    assert_eq!(page["next"], elsewhere);
+    assert_eq!(page["values"].as_array().unwrap().len(), 2);
+
+    let dc = format!(
+        "{}/rest/api/1.0/projects/PLAT/repos?limit=10",
+        sim.base_url()
+    );
+    sim.control().add_fault(FaultRule::next_page("0").times(1));
+    let page: Value = client.get(&dc).by_dc_jdoe().send().await.unwrap().json().await.unwrap();
+    assert_eq!(page["isLastPage"], false);
+    assert_eq!(page["nextPageStart"], 0);
+
+    let whole = get().await.unwrap().bytes().await.unwrap();
+    sim.control().add_fault(FaultRule::trickle(5).times(1));
+    let started = Instant::now();
+    let trickled = get().await.unwrap().bytes().await.unwrap();
+    assert_eq!(trickled, whole, "the same body, only slower");
+    let chunks = u32::try_from(whole.len().div_ceil(16)).unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(5) * chunks);
+}
+
+#[tokio::test]
+async fn an_oversize_answer_streams_far_more_than_any_page() {
+    let (sim, client) = demo().await;
+    sim.control()
+        .add_fault(FaultRule::oversize(5 * 1024 * 1024).times(1));
+    let response = client
+        .get(format!("{}/repositories/acme", sim.cloud_api_url()))
+        .by_jdoe()
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.content_length(), None, "no length announced");
+    let body = response.bytes().await.unwrap();
+    assert!(body.len() >= 5 * 1024 * 1024);
+    let page: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(page["values"], json!([]));
+}
+
+#[tokio::test]
 async fn faults_and_counters_work_over_the_http_control_api() {
     let (sim, client) = demo().await;
     let control = |path: &str| format!("{}/_sim{path}", sim.base_url());
