@@ -225,6 +225,15 @@ fn rejected(why: Rejection) -> Authentication {
     }
 }
 
+/// A known credential refused (expired or revoked): still counted as its own, so counters and
+/// faults see who keeps knocking.
+fn rejected_known(why: Rejection, credential_id: &str) -> Authentication {
+    Authentication {
+        credential_id: credential_id.to_owned(),
+        ..rejected(why)
+    }
+}
+
 impl World {
     /// Authenticates a request for `realm`. `form_client_id` is the `client_id` form field of
     /// a token-endpoint request, which may identify the consumer instead of HTTP Basic.
@@ -262,7 +271,7 @@ impl World {
                 });
                 match found {
                     Some((credential, _)) if expired(credential.expires_at.as_deref(), now) => {
-                        rejected(Rejection::Basic)
+                        rejected_known(Rejection::Basic, &credential.id)
                     }
                     Some((credential, account)) => Authentication {
                         credential_id: credential.id.clone(),
@@ -296,7 +305,7 @@ impl World {
                         unreachable!("matched an access token above");
                     };
                     if expired(credential.expires_at.as_deref(), now) {
-                        return rejected(Rejection::Bearer);
+                        return rejected_known(Rejection::Bearer, &credential.id);
                     }
                     let kind = match (project, repository) {
                         (_, Some(_)) => "repo_access_token",
@@ -336,10 +345,7 @@ impl World {
                 let owner = issued.user.as_ref().unwrap_or(owner);
                 if issued.expires_at <= now || expired(consumer.expires_at.as_deref(), now) {
                     // Still the consumer's request: counters and faults see whose token expired.
-                    return Authentication {
-                        credential_id: consumer.id.clone(),
-                        ..rejected(Rejection::ExpiredOAuthToken)
-                    };
+                    return rejected_known(Rejection::ExpiredOAuthToken, &consumer.id);
                 }
                 Authentication {
                     credential_id: consumer.id.clone(),
@@ -385,7 +391,7 @@ impl World {
             return rejected(Rejection::Basic);
         };
         if expired(credential.expires_at.as_deref(), now) {
-            return rejected(Rejection::Basic);
+            return rejected_known(Rejection::Basic, &credential.id);
         }
         let username = match &credential.kind {
             DcCredentialKind::Basic { username, .. } => username,

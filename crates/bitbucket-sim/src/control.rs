@@ -425,6 +425,18 @@ impl Control {
         lock(&self.shared.world).oauth.consent = consent;
     }
 
+    /// Revokes a credential (Cloud or Data Center; an OAuth consumer with every token it issued):
+    /// from now on it gets the product's 401, counted under its id. Returns whether it exists.
+    pub fn revoke_credential(&self, id: &str) -> bool {
+        let past = Timestamp::now() - SignedDuration::from_secs(1);
+        lock(&self.shared.world).set_credential_expiry(id, Some(past.to_string()))
+    }
+
+    /// Undoes [`Control::revoke_credential`] (and any expiry the fixture gave it).
+    pub fn restore_credential(&self, id: &str) -> bool {
+        lock(&self.shared.world).set_credential_expiry(id, None)
+    }
+
     /// Sets a credential's hourly limit (`None`: unlimited), overriding the fixture.
     pub fn set_rate_limit(&self, credential_id: &str, per_hour: Option<u32>) {
         lock(&self.shared.limits)
@@ -598,7 +610,9 @@ fn oversize(size: u64) -> Response {
     const CHUNK: usize = 64 * 1024;
     let filler = vec![b'x'; CHUNK];
     let chunks = size.div_ceil(CHUNK as u64);
-    let head = futures_util::stream::once(async { Ok::<_, std::io::Error>(b"{\"values\":[],\"filler\":\"".to_vec()) });
+    let head = futures_util::stream::once(async {
+        Ok::<_, std::io::Error>(b"{\"values\":[],\"filler\":\"".to_vec())
+    });
     let middle = futures_util::stream::iter((0..chunks).map(move |_| Ok(filler.clone())));
     let tail = futures_util::stream::once(async { Ok(b"\"}".to_vec()) });
     let stream = futures_util::StreamExt::chain(futures_util::StreamExt::chain(head, middle), tail);

@@ -51,6 +51,8 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/_sim/oauth/expire", post(expire_oauth_tokens))
         .route("/_sim/oauth/lifetime", put(set_oauth_lifetime))
         .route("/_sim/oauth/consent", put(set_oauth_consent))
+        .route("/_sim/credentials/{id}/revoke", post(revoke_credential))
+        .route("/_sim/credentials/{id}/restore", post(restore_credential))
         .route("/_sim/rate-limits/reset", post(reset_rate_limits))
         .route("/_sim/rate-limits/{credential}", put(set_rate_limit))
 }
@@ -219,4 +221,26 @@ async fn set_rate_limit(
 async fn reset_rate_limits(State(shared): State<Arc<Shared>>) -> StatusCode {
     control(shared).reset_rate_limit_windows();
     StatusCode::NO_CONTENT
+}
+
+async fn revoke_credential(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> StatusCode {
+    found(control(shared).revoke_credential(&id))
+}
+
+async fn restore_credential(
+    State(shared): State<Arc<Shared>>,
+    Path(id): Path<String>,
+) -> StatusCode {
+    found(control(shared).restore_credential(&id))
+}
+
+fn found(exists: bool) -> StatusCode {
+    if exists {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
 }

@@ -31,6 +31,8 @@
 //! | `POST /_sim/oauth/expire` | — | expire every issued OAuth access token |
 //! | `PUT /_sim/oauth/lifetime` | `{"seconds": n \| null}` | lifetime of tokens issued from now on |
 //! | `PUT /_sim/oauth/consent` | [`Consent`] | what the person at the authorize page does |
+//! | `POST /_sim/credentials/{id}/revoke` | — | the credential gets 401s (counted under its id) |
+//! | `POST /_sim/credentials/{id}/restore` | — | it works again |
 //! | `PUT /_sim/rate-limits/{credential-id}` | `{"perHour": n \| null}` | set/remove a limit |
 //! | `POST /_sim/rate-limits/reset` | — | start every credential's hour afresh |
 #![forbid(unsafe_code)]

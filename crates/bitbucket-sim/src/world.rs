@@ -190,6 +190,25 @@ impl World {
         Ok(())
     }
 
+    /// Sets when a credential stops working; false when there is no credential `id`.
+    pub(crate) fn set_credential_expiry(&mut self, id: &str, at: Option<String>) -> bool {
+        let fixture = &mut self.fixture;
+        if let Some(credential) = fixture.cloud.credentials.iter_mut().find(|c| c.id == id) {
+            credential.expires_at = at;
+            return true;
+        }
+        if let Some(credential) = fixture
+            .data_center
+            .credentials
+            .iter_mut()
+            .find(|c| c.id == id)
+        {
+            credential.expires_at = at;
+            return true;
+        }
+        false
+    }
+
     /// The OAuth consumer with this client id.
     pub(crate) fn consumer_by_client_id(&self, client_id: &str) -> Option<&CloudCredential> {
         self.fixture.cloud.credentials.iter().find(|c| {

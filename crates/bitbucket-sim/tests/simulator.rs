@@ -691,7 +691,8 @@ async fn real_answers_can_be_mangled_invalid_utf8_relabelled_repointed_or_trickl
     assert!(relabelled.json::<Value>().await.unwrap()["values"].is_array());
 
     let elsewhere = "http://127.0.0.2:9/2.0/repositories/acme?page=2";
-    sim.control().add_fault(FaultRule::next_page(elsewhere).times(1));
+    sim.control()
+        .add_fault(FaultRule::next_page(elsewhere).times(1));
     let page: Value = get().await.unwrap().json().await.unwrap();
     assert_eq!(page["next"], elsewhere);
     assert_eq!(page["values"].as_array().unwrap().len(), 2);
@@ -701,7 +702,15 @@ async fn real_answers_can_be_mangled_invalid_utf8_relabelled_repointed_or_trickl
         sim.base_url()
     );
     sim.control().add_fault(FaultRule::next_page("0").times(1));
-    let page: Value = client.get(&dc).by_dc_jdoe().send().await.unwrap().json().await.unwrap();
+    let page: Value = client
+        .get(&dc)
+        .by_dc_jdoe()
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(page["isLastPage"], false);
     assert_eq!(page["nextPageStart"], 0);
 
@@ -731,6 +740,68 @@ async fn an_oversize_answer_streams_far_more_than_any_page() {
     assert!(body.len() >= 5 * 1024 * 1024);
     let page: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(page["values"], json!([]));
+}
+
+#[tokio::test]
+async fn a_revoked_credential_gets_401_counted_as_its_own_until_restored() {
+    let (sim, client) = demo().await;
+    let user = format!("{}/user", sim.cloud_api_url());
+    let token = format!("{}/site/oauth2/access_token", sim.base_url());
+    let grant = || {
+        client
+            .post(&token)
+            .basic_auth(OAUTH_CLIENT_ID, Some(OAUTH_CLIENT_SECRET))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("grant_type=client_credentials")
+            .send()
+    };
+    let issued: Value = grant().await.unwrap().json().await.unwrap();
+    let access = issued["access_token"].as_str().unwrap().to_owned();
+
+    let revoke = |id: &str| {
+        client
+            .post(format!("{}/_sim/credentials/{id}/revoke", sim.base_url()))
+            .send()
+    };
+    for id in ["jdoe-api-token", "acme-oauth", "jdoe-password"] {
+        assert_eq!(revoke(id).await.unwrap().status(), StatusCode::NO_CONTENT);
+    }
+    assert_eq!(
+        revoke("nobody").await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    sim.control().reset_counters();
+
+    let refused = client.get(&user).by_jdoe().send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let refused = client.get(&user).bearer_auth(&access).send().await.unwrap();
+    assert_eq!(
+        refused.status(),
+        StatusCode::UNAUTHORIZED,
+        "its tokens go with it"
+    );
+    assert!(!grant().await.unwrap().status().is_success());
+    let dc = format!("{}/rest/api/1.0/projects/PLAT/repos", sim.base_url());
+    let refused = client.get(&dc).by_dc_jdoe().send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let counters = sim.control().counters();
+    assert_eq!(counters.credential("jdoe-api-token"), 1);
+    assert_eq!(counters.credential("acme-oauth"), 2);
+    assert_eq!(counters.credential("jdoe-password"), 1);
+    assert_eq!(counters.credential(bitbucket_sim::INVALID), 0);
+
+    for id in ["jdoe-api-token", "acme-oauth", "jdoe-password"] {
+        assert!(sim.control().restore_credential(id));
+    }
+    assert_eq!(
+        client.get(&user).by_jdoe().send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    assert!(grant().await.unwrap().status().is_success());
+    assert_eq!(
+        client.get(&dc).by_dc_jdoe().send().await.unwrap().status(),
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
