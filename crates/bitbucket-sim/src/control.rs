@@ -420,6 +420,21 @@ impl Control {
         lock(&self.shared.world).oauth.lifetime_override = seconds;
     }
 
+    /// How long a refresh token keeps working after a grant rotated it out (0: not at all, the
+    /// default). Bitbucket retires it "shortly after"; a grace lets a client that crashed between
+    /// the grant and saving the new token come back with the old one.
+    pub fn set_refresh_token_grace(&self, seconds: u64) {
+        lock(&self.shared.world).oauth.refresh_grace_seconds = seconds;
+    }
+
+    /// Removes one fault rule; false when it is not in force (any more).
+    pub fn remove_fault(&self, id: u64) -> bool {
+        let mut faults = lock(&self.shared.faults);
+        let before = faults.rules.len();
+        faults.rules.retain(|f| f.id != id);
+        faults.rules.len() != before
+    }
+
     /// What the person at the authorize page does from now on (`/site/oauth2/authorize`).
     pub fn set_oauth_consent(&self, consent: Consent) {
         lock(&self.shared.world).oauth.consent = consent;

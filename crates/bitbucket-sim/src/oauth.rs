@@ -204,12 +204,30 @@ async fn access_token(
         }
         "refresh_token" => {
             let presented = get("refresh_token").unwrap_or_default();
-            let grantee = world.oauth.refresh_tokens.get(presented).cloned();
+            let oauth = &mut world.oauth;
+            oauth
+                .retired_refresh_tokens
+                .retain(|_, (_, until)| *until > now);
+            let grantee = oauth.refresh_tokens.get(presented).cloned().or_else(|| {
+                let (grantee, _) = oauth.retired_refresh_tokens.get(presented)?;
+                Some(grantee.clone())
+            });
             let Some(grantee) = grantee.filter(|g| g.consumer_id == consumer_id) else {
                 return error("invalid_grant", "Invalid refresh_token");
             };
-            // Each refresh hands out a new refresh token and retires the old one.
-            world.oauth.refresh_tokens.remove(presented);
+            // Each refresh hands out a new refresh token and retires the old one, at once or
+            // after the grace set through the control API.
+            if let Some(retired) = oauth.refresh_tokens.remove(presented)
+                && oauth.refresh_grace_seconds > 0
+            {
+                let grace = SignedDuration::from_secs(
+                    i64::try_from(oauth.refresh_grace_seconds).unwrap_or(i64::MAX),
+                );
+                let until = now.checked_add(grace).unwrap_or(Timestamp::MAX);
+                oauth
+                    .retired_refresh_tokens
+                    .insert(presented.to_owned(), (retired, until));
+            }
             grantee.user
         }
         other => {

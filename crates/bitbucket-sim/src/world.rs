@@ -29,6 +29,11 @@ pub(crate) struct OAuthTokens {
     pub access_tokens: HashMap<String, IssuedToken>,
     /// Refresh token → whom it was issued to.
     pub refresh_tokens: HashMap<String, Grantee>,
+    /// Rotated-out refresh tokens still accepted until the instant given (Bitbucket retires a
+    /// rotated token "shortly after"; the simulator at once unless a grace is set).
+    pub retired_refresh_tokens: HashMap<String, (Grantee, Timestamp)>,
+    /// How long a rotated-out refresh token keeps working, in seconds (0: not at all).
+    pub refresh_grace_seconds: u64,
     /// Authorization codes not exchanged yet.
     pub codes: HashMap<String, IssuedCode>,
     /// Overrides every consumer's token lifetime (set through the control API).

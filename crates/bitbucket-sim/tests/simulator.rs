@@ -805,6 +805,52 @@ async fn a_revoked_credential_gets_401_counted_as_its_own_until_restored() {
 }
 
 #[tokio::test]
+async fn a_rotated_refresh_token_works_on_only_during_the_grace_set() {
+    let (sim, client) = demo().await;
+    let token = format!("{}/site/oauth2/access_token", sim.base_url());
+    let grant = |body: String| {
+        client
+            .post(&token)
+            .basic_auth(OAUTH_CLIENT_ID, Some(OAUTH_CLIENT_SECRET))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+    };
+    let refresh = |refresh_token: &str| {
+        grant(format!(
+            "grant_type=refresh_token&refresh_token={refresh_token}"
+        ))
+    };
+    let issued: Value = grant("grant_type=client_credentials".into())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let first = issued["refresh_token"].as_str().unwrap().to_owned();
+    let second: Value = refresh(&first).await.unwrap().json().await.unwrap();
+    let second = second["refresh_token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        refresh(&first).await.unwrap().status(),
+        StatusCode::BAD_REQUEST,
+        "retired at once by default"
+    );
+
+    sim.control().set_refresh_token_grace(60);
+    let third = refresh(&second).await.unwrap();
+    assert!(third.status().is_success());
+    let again = refresh(&second).await.unwrap();
+    assert!(
+        again.status().is_success(),
+        "the rotated-out token still works during the grace"
+    );
+    assert_ne!(
+        again.json::<Value>().await.unwrap()["refresh_token"],
+        third.json::<Value>().await.unwrap()["refresh_token"]
+    );
+}
+
+#[tokio::test]
 async fn faults_and_counters_work_over_the_http_control_api() {
     let (sim, client) = demo().await;
     let control = |path: &str| format!("{}/_sim{path}", sim.base_url());
