@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PLANE := hack/control-plane.sh
 
-.PHONY: all build install image image-binary bench bench-quick crds test test-versions check fmt fmt-check clippy plane gitops cluster-up cluster-down cluster-status run run-down clean
+.PHONY: all build install image image-binary bench bench-quick crds test test-versions soak check fmt fmt-check clippy plane gitops cluster-up cluster-down cluster-status run run-down clean
 
 all: build
 
@@ -21,6 +21,16 @@ test: fmt-check clippy plane image gitops
 	@if ! $(PLANE) status >/dev/null 2>&1; then \
 	  hack/node.sh leftovers || { echo "make test: the node's down left the above behind" >&2; exit 1; }; \
 	fi
+
+## The chaos soak (tests/soak.rs) at full scale (50 integrations, 300 Subscriptions) for
+## SOAK_SECONDS of overlapping faults, after every property test with PROPTEST_CASES cases.
+## make test runs the same soak for 120 s at a small scale. SOAK_SEED replays a run's faults.
+## Prints a report, also written to target/soak/report.md.
+SOAK_SECONDS ?= 600
+PROPTEST_CASES ?= 20000
+soak: plane
+	PROPTEST_CASES=$(PROPTEST_CASES) $(CARGO) test --locked --workspace --lib --bins
+	$(PLANE) exec -- env SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test --locked --test soak -- --nocapture
 
 ## gitops-check (hack/gitops): kstatus and Argo CD's own health and plugin-client code, which the
 ## tests run against the operator's objects and endpoints; built once per version into the cache.

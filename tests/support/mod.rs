@@ -339,13 +339,22 @@ pub fn browser() -> reqwest::Client {
 /// Signs in to the simulator's OAuth consumer as a person would through a browser (authorize,
 /// follow the redirect's code, exchange it) and returns the refresh token.
 pub async fn signed_in(sim: &bitbucket_sim::Simulator) -> String {
+    signed_in_to(sim, OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET).await
+}
+
+/// [`signed_in`] through another OAuth consumer of the simulator's.
+pub async fn signed_in_to(
+    sim: &bitbucket_sim::Simulator,
+    client_id: &str,
+    client_secret: &str,
+) -> String {
     let browser = browser();
     let redirect = "http://127.0.0.1:9/callback";
     let mut authorize =
         url::Url::parse(&format!("{}/site/oauth2/authorize", sim.base_url())).unwrap();
     authorize
         .query_pairs_mut()
-        .append_pair("client_id", OAUTH_CLIENT_ID)
+        .append_pair("client_id", client_id)
         .append_pair("response_type", "code")
         .append_pair("redirect_uri", redirect);
     let back = browser.get(authorize).send().await.unwrap();
@@ -365,7 +374,7 @@ pub async fn signed_in(sim: &bitbucket_sim::Simulator) -> String {
         .finish();
     let token: serde_json::Value = browser
         .post(format!("{}/site/oauth2/access_token", sim.base_url()))
-        .basic_auth(OAUTH_CLIENT_ID, Some(OAUTH_CLIENT_SECRET))
+        .basic_auth(client_id, Some(client_secret))
         .header("content-type", "application/x-www-form-urlencoded")
         .body(form)
         .send()
