@@ -28,7 +28,7 @@ test: fmt-check clippy plane image gitops
 ## Prints a report, also written to target/soak/report.md.
 SOAK_SECONDS ?= 600
 PROPTEST_CASES ?= 20000
-soak: plane
+soak: plane image-binary
 	PROPTEST_CASES=$(PROPTEST_CASES) $(CARGO) test --locked --workspace --lib --bins
 	$(PLANE) exec -- env SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test --locked --test soak -- --nocapture
 

@@ -288,49 +288,12 @@ impl Soak {
     /// What a Subscription must always list: the repositories the soak never changes.
     fn required(&self, integration: &str) -> BTreeSet<String> {
         let cloud = self.world.lock().unwrap().member(integration).kind.cloud();
-        let fixture = Fixture::demo();
-        if cloud {
-            let workspace = fixture.cloud.workspace(CLOUD_WORKSPACE).unwrap();
-            workspace
-                .repositories
-                .iter()
-                .map(|r| format!("{CLOUD_WORKSPACE}/{}", r.slug))
-                .collect()
-        } else {
-            let project = fixture.data_center.project(DC_BASE_PROJECT).unwrap();
-            project
-                .repositories
-                .iter()
-                .map(|r| format!("{DC_BASE_PROJECT}/{}", r.slug))
-                .collect()
-        }
+        full_names(&Fixture::demo(), cloud, false)
     }
 
     /// What a Subscription should list now, from the simulator's data.
     fn truth(&self, cloud: bool, extra: bool) -> BTreeSet<String> {
-        let fixture = self.sim.control().fixture();
-        if cloud {
-            let workspace = fixture.cloud.workspace(CLOUD_WORKSPACE).unwrap();
-            workspace
-                .repositories
-                .iter()
-                .map(|r| format!("{CLOUD_WORKSPACE}/{}", r.slug))
-                .collect()
-        } else {
-            let mut keys = vec![DC_BASE_PROJECT];
-            if extra {
-                keys.push(DC_EXTRA_PROJECT);
-            }
-            keys.iter()
-                .flat_map(|key| {
-                    let project = fixture.data_center.project(key).unwrap();
-                    project
-                        .repositories
-                        .iter()
-                        .map(move |r| format!("{key}/{}", r.slug))
-                })
-                .collect()
-        }
+        full_names(&self.sim.control().fixture(), cloud, extra)
     }
 
     async fn create_subscription(&self, name: &str, integration: &str, extra: bool) {
@@ -351,6 +314,33 @@ impl Soak {
             }
         }
     }
+}
+
+/// The repositories of the Cloud workspace, or of the Data Center projects (`OPS` too with
+/// `extra`), as Subscriptions name them.
+fn full_names(fixture: &Fixture, cloud: bool, extra: bool) -> BTreeSet<String> {
+    if cloud {
+        let workspace = fixture.cloud.workspace(CLOUD_WORKSPACE).unwrap();
+        return workspace
+            .repositories
+            .iter()
+            .map(|r| format!("{CLOUD_WORKSPACE}/{}", r.slug))
+            .collect();
+    }
+    let keys: &[&str] = if extra {
+        &[DC_BASE_PROJECT, DC_EXTRA_PROJECT]
+    } else {
+        &[DC_BASE_PROJECT]
+    };
+    keys.iter()
+        .flat_map(|key| {
+            let project = fixture.data_center.project(key).unwrap();
+            project
+                .repositories
+                .iter()
+                .map(move |r| format!("{key}/{}", r.slug))
+        })
+        .collect()
 }
 
 fn fixture(seed: u64, scale: &Scale) -> (Fixture, Vec<Member>) {
@@ -815,6 +805,9 @@ async fn the_operator_keeps_its_promises_under_overlapping_faults() {
         plateau.unwrap_or(0),
         end.unwrap_or(0)
     );
+    for refusal in soak.sim.control().oauth_refusals() {
+        let _ = writeln!(report, "- refused refresh grant: {refusal}");
+    }
     for violation in &violations {
         let _ = writeln!(report, "- VIOLATION {violation}");
     }
@@ -849,7 +842,7 @@ async fn sample(soak: Arc<Soak>) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         tick += 1;
         soak.observer
-            .sample_requests(&soak.sim.control().counters().by_credential);
+            .sample_requests(&soak.sim.control().counters());
         let exited = {
             let mut guard = soak.operator.lock().unwrap();
             let Some(operator) = guard.as_mut() else {
@@ -981,24 +974,9 @@ async fn unconverged(soak: &Soak) -> Option<String> {
     None
 }
 
-/// Creates again the integrations and Secrets the load or the faults left deleted.
+/// Creates again the integrations the load left deleted (a Secret deleted by a fault is always
+/// put back by the fault itself, with the refresh token it held).
 async fn restore_deleted(soak: &Soak) {
-    let members = soak.world.lock().unwrap().members.clone();
-    for member in &members {
-        if soak
-            .api::<Secret>()
-            .get_opt(&member.secret())
-            .await
-            .ok()
-            .flatten()
-            .is_none()
-        {
-            let _ = soak
-                .api::<Secret>()
-                .create(&PostParams::default(), &soak.secret_of(member))
-                .await;
-        }
-    }
     let deleting: Vec<String> = soak
         .world
         .lock()
@@ -1606,12 +1584,15 @@ async fn delete_secret(soak: &Soak, member: &Member, hold: Duration) {
         }
     }
     let secrets = soak.api::<Secret>();
-    if let Some(deleted) = secrets
-        .delete(&member.secret(), &DeleteParams::default())
-        .await
-        .ok()
-        .and_then(|deleted| deleted.left())
-    {
+    // What to put back: the deleted object as the delete answered it or, when the answer was
+    // lost (the API server killed mid-request), as read just before.
+    if let Ok(before) = secrets.get(&member.secret()).await {
+        let deleted = secrets
+            .delete(&member.secret(), &DeleteParams::default())
+            .await
+            .ok()
+            .and_then(|deleted| deleted.left())
+            .unwrap_or(before);
         tokio::time::sleep(hold).await;
         let mut restored = deleted;
         restored.metadata.resource_version = None;
@@ -1620,7 +1601,19 @@ async fn delete_secret(soak: &Soak, member: &Member, hold: Duration) {
         restored.metadata.managed_fields = None;
         restored.metadata.deletion_timestamp = None;
         restored.metadata.deletion_grace_period_seconds = None;
-        let _ = secrets.create(&PostParams::default(), &restored).await;
+        // Until it is back: a restore lost to a restarting API server would leave the
+        // integration without its credential for good.
+        let deadline = Instant::now() + support::PATIENCE;
+        loop {
+            match secrets.create(&PostParams::default(), &restored).await {
+                Ok(_) => break,
+                Err(kube::Error::Api(status)) if status.code == 409 => break,
+                Err(_) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(e) => panic!("restoring Secret {}: {e}", member.secret()),
+            }
+        }
     }
     soak.world.lock().unwrap().frozen.remove(&member.name);
 }

@@ -343,6 +343,23 @@ mod tests {
             });
         }
 
+        /// The current user and the summary page (the other two bodies a Cloud client reads),
+        /// from any bytes and from the recorded user with one byte changed: a value or an
+        /// error, never a panic.
+        #[test]
+        fn parsing_any_user_or_summary_never_panics(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+            at in proptest::num::usize::ANY,
+            byte in proptest::num::u8::ANY,
+        ) {
+            let _ = serde_json::from_slice::<User>(&body);
+            let _ = serde_json::from_slice::<Summary>(&body);
+            let mut user = include_bytes!("../../testdata/bitbucket/cloud-user.json").to_vec();
+            let at = at % user.len();
+            user[at] = byte;
+            let _ = serde_json::from_slice::<User>(&user);
+        }
+
         /// Recorded pages with a field cut short or retyped still never panic.
         #[test]
         fn parsing_damaged_recorded_pages_never_panics(cut in 0usize..3567, byte in proptest::num::u8::ANY) {

@@ -238,6 +238,21 @@ mod tests {
         #[test]
         fn parsing_arbitrary_bytes_never_panics(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
             let _ = serde_json::from_slice::<Page>(&body).map(|p| p.values.into_iter().map(Repository::from).count());
+            let _ = serde_json::from_slice::<User>(&body);
+        }
+
+        /// The recorded page and user with one byte changed: a value or an error, never a
+        /// panic.
+        #[test]
+        fn parsing_damaged_recorded_bodies_never_panics(at in proptest::num::usize::ANY, byte in proptest::num::u8::ANY) {
+            let mut page = include_bytes!("../../testdata/bitbucket/dc-repos-page1-not-last.json").to_vec();
+            let index = at % page.len();
+            page[index] = byte;
+            let _ = serde_json::from_slice::<Page>(&page).map(|p| p.values.into_iter().map(Repository::from).count());
+            let mut user = include_bytes!("../../testdata/bitbucket/dc-user.json").to_vec();
+            let index = at % user.len();
+            user[index] = byte;
+            let _ = serde_json::from_slice::<User>(&user);
         }
     }
 }

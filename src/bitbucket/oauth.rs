@@ -381,6 +381,15 @@ fn grant_error(
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// The token endpoint's answer, whatever its bytes, is read by the oauth2 crate's
+        /// parser into a token or an error, never a panic.
+        #[test]
+        fn parsing_any_token_answer_never_panics(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = serde_json::from_slice::<oauth2::basic::BasicTokenResponse>(&body);
+        }
+    }
+
     #[test]
     fn the_real_api_uses_bitbucket_orgs_token_endpoint() {
         let api = Url::parse("https://api.bitbucket.org/2.0").unwrap();

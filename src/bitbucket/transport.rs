@@ -146,8 +146,11 @@ impl ClassifyName for serde_json::Error {
 
 /// The most bytes of one answer that are read. A page of 100 Cloud repositories is about
 /// 300 KB and a Data Center page of 1,000 about 1.5 MB; a server that sends more is cut off
-/// rather than buffered (a body of gigabytes would otherwise take the operator's memory).
-pub const MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+/// rather than buffered (a body of gigabytes would otherwise take the operator's memory). The
+/// soak found 16 MiB too generous: with eight reconciles reading oversized answers at once,
+/// glibc's allocator kept some 90 MB after them; 4 MiB still leaves more than twice the largest
+/// real page.
+pub const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
 
 /// Reads `response`'s body, stopping as soon as it is longer than `limit`.
 pub(crate) async fn read_bounded(

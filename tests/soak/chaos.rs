@@ -127,8 +127,8 @@ impl TlsFront {
     }
 }
 
-/// The operator binary, watching one namespace through `kubeconfig`; its log appended to `log`
-/// across restarts.
+/// The operator's image binary, watching one namespace through `kubeconfig`; its log appended
+/// to `log` across restarts.
 pub struct OperatorProcess {
     child: Child,
     args: Vec<String>,
@@ -211,7 +211,7 @@ fn spawn(args: &[String], kubeconfig: &Path, log: &Path) -> Child {
         .append(true)
         .open(log)
         .unwrap();
-    Command::new(env!("CARGO_BIN_EXE_bitbucket-operator"))
+    Command::new(operator_binary())
         .args(args)
         .env("KUBECONFIG", kubeconfig)
         .env("RUST_LOG", "info")
@@ -220,6 +220,18 @@ fn spawn(args: &[String], kubeconfig: &Path, log: &Path) -> Child {
         .stderr(log)
         .spawn()
         .unwrap()
+}
+
+/// The binary the image ships (static, musl, release; `make image-binary`, which `make test`
+/// and `make soak` run first): the soak runs the operator as users run it, allocator included.
+pub fn operator_binary() -> PathBuf {
+    let binary = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/image/bitbucket-operator");
+    assert!(
+        binary.exists(),
+        "{} is missing: the soak runs the image's binary; build it with `make image-binary`",
+        binary.display()
+    );
+    binary
 }
 
 pub fn free_port() -> u16 {

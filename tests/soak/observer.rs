@@ -239,7 +239,8 @@ impl Observer {
 
     /// Every second: requests per credential from the simulator's counters; no credential
     /// makes more than [`REQUESTS_PER_MINUTE_BOUND`] in any minute.
-    pub fn sample_requests(&self, counters: &BTreeMap<String, u64>) {
+    pub fn sample_requests(&self, all: &bitbucket_sim::Counters) {
+        let counters = &all.by_credential;
         let now = Instant::now();
         let mut storms = Vec::new();
         {
@@ -260,7 +261,8 @@ impl Observer {
                 }
                 if in_minute > REQUESTS_PER_MINUTE_BOUND {
                     storms.push(format!(
-                        "credential {credential} made {in_minute} requests in a minute (bound {REQUESTS_PER_MINUTE_BOUND})"
+                        "credential {credential} made {in_minute} requests in a minute (bound {REQUESTS_PER_MINUTE_BOUND}); since the start: {:?}",
+                        all.by_credential_endpoint.get(credential)
                     ));
                     samples.clear(); // one report per storm minute
                 }

@@ -229,6 +229,10 @@ pub struct Counters {
     pub by_endpoint: BTreeMap<String, u64>,
     /// By credential id, `anonymous` or `invalid`.
     pub by_credential: BTreeMap<String, u64>,
+    /// By credential id, then by endpoint as in `by_endpoint` with the answer's status
+    /// (`GET /2.0/user 200`; injected answers included).
+    #[serde(default)]
+    pub by_credential_endpoint: BTreeMap<String, BTreeMap<String, u64>>,
 }
 
 impl Counters {
@@ -427,6 +431,12 @@ impl Control {
         lock(&self.shared.world).oauth.refresh_grace_seconds = seconds;
     }
 
+    /// Why refresh-token grants were refused so far: the consumer id and whether the token was
+    /// rotated out (and how long ago) or never issued. No secrets.
+    pub fn oauth_refusals(&self) -> Vec<String> {
+        lock(&self.shared.world).oauth.refusals.clone()
+    }
+
     /// Removes one fault rule; false when it is not in force (any more).
     pub fn remove_fault(&self, id: u64) -> bool {
         let mut faults = lock(&self.shared.faults);
@@ -508,7 +518,29 @@ pub(crate) async fn observe(
     }
     tracing::debug!(%endpoint, credential = %authn.credential_id, "simulated request");
 
-    let fault = lock(&shared.faults).take(&method, &path, &authn.credential_id);
+    let response = answer(&shared, request, next, &method, &path, &authn, realm).await;
+    let mut counters = lock(&shared.counters);
+    *counters
+        .by_credential_endpoint
+        .entry(authn.credential_id.clone())
+        .or_default()
+        .entry(format!("{endpoint} {}", response.status().as_u16()))
+        .or_default() += 1;
+    drop(counters);
+    response
+}
+
+/// The answer to a counted request: a fault's, a rate limit's or the handler's.
+async fn answer(
+    shared: &Arc<Shared>,
+    request: Request,
+    next: Next,
+    method: &str,
+    path: &str,
+    authn: &Authentication,
+    realm: Realm,
+) -> Response {
+    let fault = lock(&shared.faults).take(method, path, &authn.credential_id);
     if let Some(ms) = fault.as_ref().and_then(|f| f.latency_ms) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }

@@ -213,8 +213,20 @@ async fn access_token(
                 Some(grantee.clone())
             });
             let Some(grantee) = grantee.filter(|g| g.consumer_id == consumer_id) else {
+                let what = match oauth.rotated_out_at.get(presented) {
+                    Some(at) => format!(
+                        "a refresh token rotated out {}s ago (grace {}s)",
+                        now.duration_since(*at).as_secs(),
+                        oauth.refresh_grace_seconds
+                    ),
+                    None => "a refresh token never issued, or another consumer's".to_owned(),
+                };
+                oauth.refusals.push(format!("{consumer_id}: {what}"));
                 return error("invalid_grant", "Invalid refresh_token");
             };
+            if oauth.refresh_tokens.contains_key(presented) {
+                oauth.rotated_out_at.insert(presented.to_owned(), now);
+            }
             // Each refresh hands out a new refresh token and retires the old one, at once or
             // after the grace set through the control API.
             if let Some(retired) = oauth.refresh_tokens.remove(presented)

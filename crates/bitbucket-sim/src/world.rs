@@ -34,6 +34,10 @@ pub(crate) struct OAuthTokens {
     pub retired_refresh_tokens: HashMap<String, (Grantee, Timestamp)>,
     /// How long a rotated-out refresh token keeps working, in seconds (0: not at all).
     pub refresh_grace_seconds: u64,
+    /// When each refresh token was rotated out, for as long as the simulator runs.
+    pub rotated_out_at: HashMap<String, Timestamp>,
+    /// Why refresh grants were refused, oldest first (consumer id and what the token was).
+    pub refusals: Vec<String>,
     /// Authorization codes not exchanged yet.
     pub codes: HashMap<String, IssuedCode>,
     /// Overrides every consumer's token lifetime (set through the control API).
