@@ -564,7 +564,7 @@ async fn answer(
                 Admission::Refused { retry_after } => {
                     drop(limits);
                     let mut response = rate_limited(realm, retry_after);
-                    add_product_headers(&mut response, &authn, limit, limit.unwrap_or(0));
+                    add_product_headers(&mut response, authn, limit, limit.unwrap_or(0));
                     return response;
                 }
             }
@@ -576,7 +576,7 @@ async fn answer(
     let mut request = request;
     request.extensions_mut().insert(authn.clone());
     let mut response = next.run(request).await;
-    add_product_headers(&mut response, &authn, limit, used);
+    add_product_headers(&mut response, authn, limit, used);
     if let Some(fault) = fault {
         response = mangle(response, &fault).await;
     }
