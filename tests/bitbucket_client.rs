@@ -931,6 +931,36 @@ async fn an_endless_answer_is_cut_off_at_the_bound_not_buffered() {
     assert!(sent < 4 * MAX_BODY_BYTES, "{sent} bytes were sent");
 }
 
+/// Found by the soak: with a 16 MiB bound, eight reconciles reading oversized answers left the
+/// operator (glibc) holding some 90 MB more for good. A 5 MiB answer is refused now, while the
+/// largest real page — Data Center's 1,000 repositories — still reads.
+#[tokio::test]
+async fn an_answer_of_5_mib_is_refused_while_the_largest_real_page_reads() {
+    let mut fixture = Fixture::demo();
+    fixture.data_center.page_cap = 1000;
+    fixture.data_center.projects[0].generate = Some(Generator {
+        count: 1000,
+        prefix: "svc".into(),
+        project: String::new(),
+        private: true,
+    });
+    let sim = Simulator::start(fixture).await.unwrap();
+    let client = client(&sim, dc_basic(DC_PASSWORD));
+    let listed = client
+        .list_repositories(&data_center(&["PLAT"]))
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 1004);
+
+    sim.control()
+        .add_fault(FaultRule::oversize(5 * 1024 * 1024).times(5));
+    let error = client
+        .list_repositories(&data_center(&["PLAT"]))
+        .await
+        .unwrap_err();
+    assert!(matches!(error, Error::TooLarge { .. }), "{error:?}");
+}
+
 #[tokio::test]
 async fn a_declared_length_over_the_bound_is_refused_before_reading() {
     use bitbucket_operator::bitbucket::transport::MAX_BODY_BYTES;

@@ -134,9 +134,17 @@ pub async fn resolve(
         secret_version,
         ca.as_ref().map(|(_, rv)| rv.as_str()).unwrap_or("-")
     );
-    if let Some(cached) = cached.filter(|c| c.fingerprint == fingerprint) {
-        return Ok(cached);
+    if let Some(cached) = &cached
+        && cached.fingerprint == fingerprint
+    {
+        return Ok(cached.clone());
     }
+    tracing::debug!(
+        integration = %integration.name_any(),
+        was = cached.as_ref().map(|c| c.fingerprint.as_str()),
+        now = %fingerprint,
+        "building the Bitbucket client"
+    );
     let credentials = credentials(
         spec.credentials.credential_type,
         spec.server.server_type,

@@ -214,7 +214,10 @@ fn spawn(args: &[String], kubeconfig: &Path, log: &Path) -> Child {
     Command::new(operator_binary())
         .args(args)
         .env("KUBECONFIG", kubeconfig)
-        .env("RUST_LOG", "info")
+        .env(
+            "RUST_LOG",
+            std::env::var("SOAK_OPERATOR_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .env_remove("WATCH_NAMESPACES")
         .stdout(log.try_clone().unwrap())
         .stderr(log)

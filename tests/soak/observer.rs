@@ -19,9 +19,12 @@ use kube::{
 };
 use serde_json::Value;
 
-/// Requests one credential may make in any minute, whatever happens. Generous for a healthy
-/// integration with several Subscriptions and sync requests; a retry storm is far beyond it.
-pub const REQUESTS_PER_MINUTE_BOUND: u64 = 150;
+/// Requests one object (an integration or a Subscription) may cause in any minute, whatever
+/// happens: its backoff (2 s, doubling, jittered) allows five attempts in the first minute of a
+/// failure, each up to three tries (two transport retries), each behind an OAuth token grant.
+/// A credential may make this many per object using it. A retry storm — no backoff, or a
+/// requeue every second — is far beyond it.
+pub const REQUESTS_PER_OBJECT_MINUTE: u64 = 5 * 3 * 2;
 
 pub fn subscriptions(client: &Client, namespace: &str) -> Api<DynamicObject> {
     resource(client, namespace, "Subscription")
@@ -57,10 +60,17 @@ struct State {
     listed: BTreeSet<String>,
     /// Simulator requests per credential, sampled each second.
     samples: BTreeMap<String, VecDeque<(Instant, u64)>>,
-    busiest_minute: (String, u64),
+    /// The credential, its requests in its busiest minute, and the bound then.
+    busiest_minute: (String, u64, u64),
+    /// Credential → the integration that uses it (told by the soak).
+    owners: HashMap<String, String>,
+    /// Integration → how many Subscriptions referred to it, sampled each second.
+    users: HashMap<String, VecDeque<(Instant, u64)>>,
     revoked: HashMap<String, Revocation>,
     /// Operator starts so far (each may re-validate once).
     starts: u32,
+    /// When the operator started, for the request bound (a start retries everything once).
+    started_at: VecDeque<Instant>,
     rss: Vec<(Instant, u64)>,
     log_offset: u64,
 }
@@ -116,7 +126,9 @@ impl Observer {
     }
 
     pub fn operator_started(&self) {
-        self.state.lock().unwrap().starts += 1;
+        let mut state = self.state.lock().unwrap();
+        state.starts += 1;
+        state.started_at.push_back(Instant::now());
     }
 
     /// The first secret found in `text`, by position in the list (never printed).
@@ -203,6 +215,7 @@ impl Observer {
                 let name = integration.metadata.name.clone().unwrap_or_default();
                 self.check_leak(&status.to_string(), &format!("integration/{name} status"));
             }
+            self.count_users(&users.items);
             let names: BTreeSet<String> = present
                 .items
                 .iter()
@@ -237,8 +250,29 @@ impl Observer {
         }
     }
 
+    /// `credential` is the one `integration` uses (or used).
+    pub fn owns(&self, credential: &str, integration: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .owners
+            .insert(credential.to_owned(), integration.to_owned());
+    }
+
+    /// The most objects that used `credential` at once in the last minute: its integration and
+    /// the Subscriptions referring to it.
+    fn objects(state: &State, credential: &str) -> u64 {
+        let users = state
+            .owners
+            .get(credential)
+            .and_then(|integration| state.users.get(integration))
+            .and_then(|samples| samples.iter().map(|(_, n)| *n).max())
+            .unwrap_or(0);
+        1 + users
+    }
+
     /// Every second: requests per credential from the simulator's counters; no credential
-    /// makes more than [`REQUESTS_PER_MINUTE_BOUND`] in any minute.
+    /// makes more than [`REQUESTS_PER_OBJECT_MINUTE`] per object using it in any minute.
     pub fn sample_requests(&self, all: &bitbucket_sim::Counters) {
         let counters = &all.by_credential;
         let now = Instant::now();
@@ -256,15 +290,27 @@ impl Observer {
                     samples.pop_front();
                 }
                 let in_minute = total - samples.front().map_or(*total, |(_, n)| *n);
+                let objects = Self::objects(&state, credential);
+                // A new operator process knows no backoff: each start may try every object once
+                // more (three tries behind a grant).
+                let starts = state
+                    .started_at
+                    .iter()
+                    .filter(|at| now.duration_since(**at) <= Duration::from_secs(60))
+                    .count() as u64;
+                let bound = REQUESTS_PER_OBJECT_MINUTE * objects + 3 * 2 * objects * starts;
                 if in_minute > busiest.1 {
-                    busiest = (credential.clone(), in_minute);
+                    busiest = (credential.clone(), in_minute, bound);
                 }
-                if in_minute > REQUESTS_PER_MINUTE_BOUND {
+                if in_minute > bound {
                     storms.push(format!(
-                        "credential {credential} made {in_minute} requests in a minute (bound {REQUESTS_PER_MINUTE_BOUND}); since the start: {:?}",
+                        "credential {credential} made {in_minute} requests in a minute (bound {bound}: {objects} objects, {starts} operator starts); since the start: {:?}",
                         all.by_credential_endpoint.get(credential)
                     ));
-                    samples.clear(); // one report per storm minute
+                    // One report per storm minute.
+                    if let Some(samples) = state.samples.get_mut(credential) {
+                        samples.clear();
+                    }
                 }
             }
             state.busiest_minute = busiest;
@@ -272,8 +318,8 @@ impl Observer {
         storms.into_iter().for_each(|s| self.violation(s));
     }
 
-    /// The credential with the most requests in one minute, and how many.
-    pub fn busiest_minute(&self) -> (String, u64) {
+    /// The credential with the most requests in one minute, how many, and its bound then.
+    pub fn busiest_minute(&self) -> (String, u64, u64) {
         self.state.lock().unwrap().busiest_minute.clone()
     }
 
@@ -362,6 +408,28 @@ impl Observer {
     /// Events and metrics hold no secret.
     pub fn scan(&self, text: &str, place: &str) {
         self.check_leak(text, place);
+    }
+}
+
+impl Observer {
+    fn count_users(&self, subscriptions: &[DynamicObject]) {
+        let mut counts: HashMap<String, u64> = HashMap::new();
+        for subscription in subscriptions {
+            *counts.entry(integration_ref(subscription)).or_default() += 1;
+        }
+        let now = Instant::now();
+        let mut state = self.state.lock().unwrap();
+        let integrations: BTreeSet<String> = state.owners.values().cloned().collect();
+        for integration in integrations {
+            let samples = state.users.entry(integration.clone()).or_default();
+            samples.push_back((now, counts.get(&integration).copied().unwrap_or(0)));
+            while samples
+                .front()
+                .is_some_and(|(at, _)| now.duration_since(*at) > Duration::from_secs(60))
+            {
+                samples.pop_front();
+            }
+        }
     }
 }
 
