@@ -676,7 +676,7 @@ async fn the_operator_keeps_its_promises_under_overlapping_faults() {
     // object is asked to sync once.
     soak.sim.control().clear_faults();
     restore_deleted(&soak).await;
-    let stamp = format!("soak-end-{}", chrono_free_stamp());
+    let stamp = format!("soak-end-{}", epoch_seconds());
     let names: Vec<String> = soak
         .world
         .lock()
@@ -825,7 +825,7 @@ async fn the_operator_keeps_its_promises_under_overlapping_faults() {
 }
 
 /// Seconds since the epoch: a sync request value no earlier one had.
-fn chrono_free_stamp() -> u64 {
+fn epoch_seconds() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -1357,11 +1357,12 @@ async fn inject(soak: Arc<Soak>, kills: bool) {
     let only = std::env::var("SOAK_ONLY").unwrap_or_default();
     let mut roll = soak.between(0, if kills { 99 } else { 93 });
     for _ in 0..1000 {
-        if fault_name(roll).contains(only.as_str()) {
+        if Fault::of(roll).name().contains(only.as_str()) {
             break;
         }
         roll = soak.between(0, if kills { 99 } else { 93 });
     }
+    let fault = Fault::of(roll);
     let hold = Duration::from_secs(soak.between(5, 25));
     let control = soak.sim.control();
     let target = || {
@@ -1382,8 +1383,8 @@ async fn inject(soak: Arc<Soak>, kills: bool) {
         "/rest/api/1.0/projects"
     };
     let rule = |rule: FaultRule| rule.for_credential(member.credential());
-    let (kind, rule): (&'static str, Option<FaultRule>) = match roll {
-        0..=9 => {
+    let (kind, rule): (&'static str, Option<FaultRule>) = match fault {
+        Fault::Html5xx => {
             let status = soak.pick(&[500u16, 502, 503, 504]).unwrap();
             (
                 "Bitbucket 5xx with an HTML body",
@@ -1393,7 +1394,7 @@ async fn inject(soak: Arc<Soak>, kills: bool) {
                 ))),
             )
         }
-        10..=17 => {
+        Fault::RateLimited => {
             let after = soak
                 .pick(&[
                     None,
@@ -1420,24 +1421,24 @@ async fn inject(soak: Arc<Soak>, kills: bool) {
                 Some(rule(fault)),
             )
         }
-        18..=22 => ("Bitbucket timeout", Some(rule(FaultRule::latency(12_000)))),
-        23..=27 => (
+        Fault::Timeout => ("Bitbucket timeout", Some(rule(FaultRule::latency(12_000)))),
+        Fault::Trickle => (
             "Bitbucket trickling body",
             Some(rule(FaultRule::trickle(400))),
         ),
-        28..=32 => (
+        Fault::Truncated => (
             "Bitbucket truncated JSON",
             Some(rule(FaultRule::malformed_json())),
         ),
-        33..=36 => (
+        Fault::InvalidUtf8 => (
             "Bitbucket invalid UTF-8",
             Some(rule(FaultRule::invalid_utf8())),
         ),
-        37..=40 => (
+        Fault::WrongContentType => (
             "Bitbucket wrong content type",
             Some(rule(FaultRule::content_type("text/html; charset=utf-8"))),
         ),
-        41..=45 => {
+        Fault::NextPage => {
             let next = match (member.kind.cloud(), soak.between(0, 1)) {
                 (true, 0) => format!(
                     "http://127.0.0.2:{}/2.0/repositories/{CLOUD_WORKSPACE}?page=2",
@@ -1454,11 +1455,11 @@ async fn inject(soak: Arc<Soak>, kills: bool) {
                 Some(rule(FaultRule::next_page(&next).on_path(listing))),
             )
         }
-        46..=48 => (
+        Fault::Oversize => (
             "Bitbucket very large body",
             Some(rule(FaultRule::oversize(24 * 1024 * 1024))),
         ),
-        _ => (fault_name(roll), None),
+        _ => (fault.name(), None),
     };
     soak.count(&soak.faults, kind);
     if let Some(rule) = rule {
@@ -1467,8 +1468,8 @@ async fn inject(soak: Arc<Soak>, kills: bool) {
         control.remove_fault(id);
         return;
     }
-    match kind {
-        "Bitbucket outage (every credential, 503)" => {
+    match fault {
+        Fault::Outage => {
             // Every credential not revoked: a revoked one must keep answering 401.
             let credentials: Vec<String> = {
                 let world = soak.world.lock().unwrap();
@@ -1494,26 +1495,35 @@ async fn inject(soak: Arc<Soak>, kills: bool) {
                 control.remove_fault(id);
             });
         }
-        "TLS certificate not matching the CA bundle" => {
+        Fault::TlsMismatch => {
             soak.tls.set_mismatched(true);
             tokio::time::sleep(hold).await;
             soak.tls.set_mismatched(false);
         }
-        "credential revoked and restored" => revoke(&soak, &member, hold).await,
-        "watches dropped" => {
+        Fault::Revoked => revoke(&soak, &member, hold).await,
+        Fault::WatchesDropped => {
             soak.front.drop_connections();
         }
-        "etcd paused" => {
+        Fault::EtcdPaused => {
             let _busy = soak.plane_busy.lock().await;
             soak.plane.pause_etcd(soak.between(2, 8) as f64).await;
         }
-        "kube-apiserver killed and restarted" => {
+        Fault::ApiServerRestarted => {
             let _busy = soak.plane_busy.lock().await;
             soak.plane.restart_api_server().await;
         }
-        "conflicting writer" => conflicting_writer(&soak, hold).await,
-        "Secret deleted and restored" => delete_secret(&soak, &member, hold).await,
-        _ => {
+        Fault::ConflictingWriter => conflicting_writer(&soak, hold).await,
+        Fault::SecretDeleted => delete_secret(&soak, &member, hold).await,
+        Fault::Html5xx
+        | Fault::RateLimited
+        | Fault::Timeout
+        | Fault::Trickle
+        | Fault::Truncated
+        | Fault::InvalidUtf8
+        | Fault::WrongContentType
+        | Fault::NextPage
+        | Fault::Oversize => unreachable!("a simulator fault rule, held above"),
+        Fault::OperatorKilled => {
             let mut guard = soak.operator.lock().unwrap();
             guard.as_mut().unwrap().kill_and_restart();
             drop(guard);
@@ -1646,26 +1656,76 @@ async fn conflicting_writer(soak: &Soak, hold: Duration) {
     }
 }
 
-/// The kind of fault a roll of 0..=99 stands for.
-fn fault_name(roll: u64) -> &'static str {
-    match roll {
-        0..=9 => "Bitbucket 5xx with an HTML body",
-        10..=17 => "Bitbucket 429",
-        18..=22 => "Bitbucket timeout",
-        23..=27 => "Bitbucket trickling body",
-        28..=32 => "Bitbucket truncated JSON",
-        33..=36 => "Bitbucket invalid UTF-8",
-        37..=40 => "Bitbucket wrong content type",
-        41..=45 => "Bitbucket next page elsewhere or earlier",
-        46..=48 => "Bitbucket very large body",
-        49..=51 => "Bitbucket outage (every credential, 503)",
-        52..=56 => "TLS certificate not matching the CA bundle",
-        57..=63 => "credential revoked and restored",
-        64..=69 => "watches dropped",
-        70..=74 => "etcd paused",
-        75..=78 => "kube-apiserver killed and restarted",
-        79..=84 => "conflicting writer",
-        85..=93 => "Secret deleted and restored",
-        _ => "operator killed (SIGKILL) and restarted",
+/// The kinds of fault, each with its share of the rolls 0..=99 (kills take the last six,
+/// which the second half of the chaos does not roll).
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    Html5xx,
+    RateLimited,
+    Timeout,
+    Trickle,
+    Truncated,
+    InvalidUtf8,
+    WrongContentType,
+    NextPage,
+    Oversize,
+    Outage,
+    TlsMismatch,
+    Revoked,
+    WatchesDropped,
+    EtcdPaused,
+    ApiServerRestarted,
+    ConflictingWriter,
+    SecretDeleted,
+    OperatorKilled,
+}
+
+impl Fault {
+    fn of(roll: u64) -> Self {
+        match roll {
+            0..=9 => Self::Html5xx,
+            10..=17 => Self::RateLimited,
+            18..=22 => Self::Timeout,
+            23..=27 => Self::Trickle,
+            28..=32 => Self::Truncated,
+            33..=36 => Self::InvalidUtf8,
+            37..=40 => Self::WrongContentType,
+            41..=45 => Self::NextPage,
+            46..=48 => Self::Oversize,
+            49..=51 => Self::Outage,
+            52..=56 => Self::TlsMismatch,
+            57..=63 => Self::Revoked,
+            64..=69 => Self::WatchesDropped,
+            70..=74 => Self::EtcdPaused,
+            75..=78 => Self::ApiServerRestarted,
+            79..=84 => Self::ConflictingWriter,
+            85..=93 => Self::SecretDeleted,
+            _ => Self::OperatorKilled,
+        }
+    }
+
+    /// What the report and `SOAK_ONLY` call it (429s are counted with or without
+    /// `Retry-After`).
+    fn name(self) -> &'static str {
+        match self {
+            Self::Html5xx => "Bitbucket 5xx with an HTML body",
+            Self::RateLimited => "Bitbucket 429",
+            Self::Timeout => "Bitbucket timeout",
+            Self::Trickle => "Bitbucket trickling body",
+            Self::Truncated => "Bitbucket truncated JSON",
+            Self::InvalidUtf8 => "Bitbucket invalid UTF-8",
+            Self::WrongContentType => "Bitbucket wrong content type",
+            Self::NextPage => "Bitbucket next page elsewhere or earlier",
+            Self::Oversize => "Bitbucket very large body",
+            Self::Outage => "Bitbucket outage (every credential, 503)",
+            Self::TlsMismatch => "TLS certificate not matching the CA bundle",
+            Self::Revoked => "credential revoked and restored",
+            Self::WatchesDropped => "watches dropped",
+            Self::EtcdPaused => "etcd paused",
+            Self::ApiServerRestarted => "kube-apiserver killed and restarted",
+            Self::ConflictingWriter => "conflicting writer",
+            Self::SecretDeleted => "Secret deleted and restored",
+            Self::OperatorKilled => "operator killed (SIGKILL) and restarted",
+        }
     }
 }
