@@ -678,6 +678,33 @@ async fn a_malformed_body_is_a_decode_error_with_an_excerpt() {
     }
 }
 
+#[tokio::test]
+async fn a_token_answer_cut_short_is_an_error_that_quotes_none_of_its_tokens() {
+    // The chaos soak's defect: the error quoted the start of the token endpoint's answer, and
+    // with it a fresh access token (which no redactor knows), into status and an Event.
+    let sim = demo().await;
+    let body = r#"{"access_token": "FAKE-fresh-access-token-7d1c", "expires_in": 7200, "refresh_token": "FAKE-fresh-refre"#;
+    sim.control().add_fault(
+        FaultRule::status(200)
+            .with_body("application/json", body)
+            .on_path("/site/oauth2/access_token"),
+    );
+    let error = client(&sim, oauth(OAUTH_SECRET))
+        .whoami(None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, Error::Decode { status: 200, .. }),
+        "{error:?}"
+    );
+    let told = format!("{error} {error:?}");
+    assert!(!told.contains("FAKE-fresh"), "{told}");
+    assert_eq!(
+        error.to_string(),
+        "unexpected answer from Bitbucket (200): the OAuth token answer is not a token (cut short at refresh_token)"
+    );
+}
+
 /// A page whose `next` is `next`, served in place of the real first page.
 fn page_with_next(next: &str) -> FaultRule {
     let body = serde_json::json!({"values": [], "next": next}).to_string();

@@ -656,6 +656,100 @@ async fn a_revalidation_request_that_meets_an_outage_is_retried_until_bitbucket_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_backing_off_are_not_retried_early_when_woken() {
+    // The chaos soak's defect: during an outage, each status write of an integration woke its
+    // Subscriptions and each of theirs woke the integration, and every wake-up called Bitbucket
+    // at once: 450 token grants in 6 s for one credential. Here a Subscription is touched 40
+    // times while the integration fails, then while its own listing fails; each touch wakes
+    // both objects.
+    let env = Env::start("wakeups").await;
+    env.ready_cloud_integration().await;
+    env.create(&subscription("ci", "acme", Some("acme"), &[]))
+        .await;
+    let subscriptions = env.api::<Subscription>();
+    eventually(&subscriptions, "ci", "ci to sync", is_synced).await;
+    let integrations = env.api::<BitbucketIntegration>();
+    let control = env.sim.control();
+    let touch_40_times = || async {
+        control.reset_counters();
+        for touch in 0..40 {
+            let touched =
+                json!({"metadata": {"annotations": {"example.com/touched": touch.to_string()}}});
+            subscriptions
+                .patch("ci", &PatchParams::default(), &Patch::Merge(touched))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        control.counters()
+    };
+    // In the ~2.5 s of touches the backoff (0.3 s doubling, halved at worst by jitter) allows
+    // at most five attempts, of two requests each (one retry by the client); 40 wake-ups
+    // retried at once would be 80.
+    let bound = 1..=12;
+
+    control.add_fault(FaultRule::status(503).on_path("/2.0/user"));
+    integrations
+        .patch("acme", &PatchParams::default(), &sync_request("outage"))
+        .await
+        .unwrap();
+    let unavailable = |i: &BitbucketIntegration| {
+        i.status.as_ref().is_some_and(|s| {
+            condition(&s.conditions, READY).is_some_and(|c| c.reason == "BitbucketUnavailable")
+        })
+    };
+    eventually(&integrations, "acme", "acme to fail", unavailable).await;
+    let validations = touch_40_times().await.endpoint("GET /2.0/user");
+    assert!(
+        bound.contains(&validations),
+        "{validations} validations while woken 40 times"
+    );
+    let failing = integrations.get("acme").await.unwrap().status.unwrap();
+    let reconciling = condition(&failing.conditions, RECONCILING)
+        .expect("still retrying, as shown before the touches");
+    assert_eq!(reconciling.reason, "ProgressingWithRetry");
+
+    control.clear_faults();
+    eventually(
+        &integrations,
+        "acme",
+        "acme to recover",
+        is_ready_integration,
+    )
+    .await;
+    eventually(&subscriptions, "ci", "ci to sync again", is_synced).await;
+    control.add_fault(FaultRule::status(503).on_path("/2.0/repositories"));
+    subscriptions
+        .patch("ci", &PatchParams::default(), &sync_request("outage"))
+        .await
+        .unwrap();
+    eventually(
+        &subscriptions,
+        "ci",
+        "ci to fail",
+        subscription_reason_is("BitbucketUnavailable"),
+    )
+    .await;
+    let listings = touch_40_times()
+        .await
+        .endpoint("GET /2.0/repositories/{workspace}");
+    assert!(
+        bound.contains(&listings),
+        "{listings} listing requests while woken 40 times, a sync request unanswered"
+    );
+    control.clear_faults();
+    let recovered = eventually(&subscriptions, "ci", "ci to recover", is_synced).await;
+    assert_eq!(
+        recovered
+            .status
+            .unwrap()
+            .last_handled_sync_request
+            .as_deref(),
+        Some("outage")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_one_request_summary_notices_every_kind_of_change() {
     // Only a changed summary can cause a full listing here: none is scheduled for correctness.
     let env = Env::start_with("changes", Fixture::demo(), |s| {

@@ -477,6 +477,29 @@ fn fixture(seed: u64, scale: &Scale) -> (Fixture, Vec<Member>) {
     (fixture, members)
 }
 
+/// The observer's leak check knows the tokens Bitbucket issued, and finds one cut short (the
+/// hour-long soak's first run found an access token quoted in an Event only by reading them).
+#[test]
+fn the_observer_finds_an_issued_token_even_cut_short() {
+    let token = "FAKEissuedAccessToken0123456789abcdefghijklmnopqrstuvwxyzABCDEFG";
+    let observer = Observer::new(move || vec![token.to_owned()]);
+    observer.scan(
+        "Bitbucket is unavailable (503): from the OAuth token endpoint; repository soak-repo-0001-renamed-again",
+        "an Event",
+    );
+    assert_eq!(observer.violations(), Vec::<String>::new());
+    observer.scan(
+        &format!(r#"not a token: {{"access_token": "{}…"#, &token[..40]),
+        "an Event",
+    );
+    assert_eq!(
+        observer.violations().len(),
+        1,
+        "{:?}",
+        observer.violations()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_operator_keeps_its_promises_under_overlapping_faults() {
     let seconds = env_number("SOAK_SECONDS").unwrap_or(120);
@@ -517,7 +540,8 @@ async fn the_operator_keeps_its_promises_under_overlapping_faults() {
     let kubeconfig = dir.join("kubeconfig");
     plane.kubeconfig_via(front.address, &kubeconfig);
 
-    let observer = Observer::new();
+    let control = sim.control().clone();
+    let observer = Observer::new(move || control.issued_tokens());
     for member in &members {
         for credential in &member.credentials {
             observer.owns(credential, &member.name);

@@ -4,6 +4,8 @@
 //! reconcile may make before it ends: `Reconciling=True` while a slow call runs. Does API-server
 //! I/O.
 
+use std::time::Instant;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{
     Resource, ResourceExt,
@@ -15,7 +17,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use super::{
     Shared,
     error::{self, Reason},
-    memory::Memory,
+    memory::{Failures, Memory},
 };
 use crate::{
     api::conditions::{RECONCILING, reasons},
@@ -49,8 +51,8 @@ pub trait Kind:
         uid: &str,
         f: impl FnOnce(&mut Remembered<Self::Status>) -> R,
     ) -> R;
-    /// Runs `f` on the object's count of transient failures in a row (for backoff).
-    fn failures<R>(memory: &Memory, uid: &str, f: impl FnOnce(&mut u32) -> R) -> R;
+    /// Runs `f` on the object's transient failures in a row (for backoff).
+    fn failures<R>(memory: &Memory, uid: &str, f: impl FnOnce(&mut Failures) -> R) -> R;
     /// The Events a user should see when the status goes from `before` to `after`. Pure.
     fn announcements(before: &Self::Status, after: &Self::Status) -> Vec<Announcement>;
 }
@@ -176,14 +178,16 @@ async fn progress<K: Kind>(
 }
 
 /// What to do after `error`: its class decides (see [`error::action`]); a transient one counts
-/// towards the object's backoff.
+/// towards the object's backoff, which then holds its Bitbucket calls back until the retry (see
+/// [`Failures`]).
 pub fn next<K: Kind>(shared: &Shared, uid: &str, error: &impl Reason) -> Action {
     error::action(error.class(), shared.settings.recheck, || {
-        let failures = K::failures(&shared.memory, uid, |n| {
-            *n = n.saturating_add(1);
-            *n - 1
-        });
-        shared.backoff.wait(failures, error.retry_after())
+        K::failures(&shared.memory, uid, |failures| {
+            let wait = shared.backoff.wait(failures.in_a_row, error.retry_after());
+            failures.in_a_row = failures.in_a_row.saturating_add(1);
+            failures.retry_at = Instant::now().checked_add(wait);
+            wait
+        })
     })
 }
 

@@ -14,7 +14,7 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::Mutex,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use super::{credentials::Resolved, error::Class, listing::ListingCache, lock};
@@ -30,12 +30,33 @@ pub struct IntegrationMemory {
     pub client: Option<Resolved>,
     /// The last call to Bitbucket that validated it, so it is called again only when due.
     pub validation: Option<Validation>,
-    /// Transient failures in a row, for backoff.
-    pub failures: u32,
+    /// Transient failures in a row, and how long their backoff holds Bitbucket calls back.
+    pub failures: Failures,
     /// The status decided last, until the cache shows it (see [`Remembered`]).
     pub status: Remembered<BitbucketIntegrationStatus>,
     /// Since when cleanup has found no Subscription using it, while it is being deleted.
     pub unused_since: Option<Instant>,
+}
+
+/// An object's transient failures in a row, and until when the backoff after the last one holds
+/// its Bitbucket calls back. Not only its requeue: a reconcile woken earlier (a Subscription's
+/// status write wakes its integration, the integration's wakes its Subscriptions, a Secret
+/// touched) must not call Bitbucket before then either, or the two controllers, each writing a
+/// new failure message, wake each other at the API server's pace (the chaos soak saw 450 token
+/// grants in 6 s for one credential).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Failures {
+    pub in_a_row: u32,
+    pub retry_at: Option<Instant>,
+}
+
+impl Failures {
+    /// How much longer the backoff holds at `now` (`None`: Bitbucket may be called).
+    pub fn holding(&self, now: Instant) -> Option<Duration> {
+        self.retry_at
+            .map(|at| at.saturating_duration_since(now))
+            .filter(|wait| !wait.is_zero())
+    }
 }
 
 /// The outcome of the last validation.
@@ -55,8 +76,8 @@ pub struct Validation {
 pub struct SubscriptionMemory {
     /// The last listing it was given, so it lists again only when due.
     pub sync: Option<Sync>,
-    /// Transient failures in a row, for backoff.
-    pub failures: u32,
+    /// Transient failures in a row, and how long their backoff holds Bitbucket calls back.
+    pub failures: Failures,
     /// The status decided last, until the cache shows it (see [`Remembered`]).
     pub status: Remembered<SubscriptionStatus>,
     /// The integration it pointed at when last seen, so re-pointing it wakes the integration it
@@ -73,8 +94,10 @@ pub struct Sync {
     /// The last sync request answered by a listing fetched after it was made (a request whose
     /// listing failed is not answered: the retry must fetch again).
     pub answered: Option<String>,
+    /// The sync request when it listed, answered or not (a new one cuts a backoff short).
+    pub asked: Option<String>,
     pub at: Instant,
-    /// Whether that listing failed transiently (so the next reconcile retries at once).
+    /// Whether that listing failed transiently (so it is retried once the backoff is over).
     pub transient_failure: bool,
 }
 
@@ -185,7 +208,7 @@ mod tests {
     fn a_deleted_subscription_leaves_nothing_behind() {
         let memory = Memory::default();
         memory.subscription("s", |m| {
-            m.failures = 3;
+            m.failures.in_a_row = 3;
             m.integration = Some("acme".into());
         });
         memory.forget_subscription("s");
@@ -195,7 +218,7 @@ mod tests {
     #[tokio::test]
     async fn a_deleted_integration_leaves_neither_its_client_state_nor_its_listings() {
         let memory = Memory::default();
-        memory.integration("i", |m| m.failures = 1);
+        memory.integration("i", |m| m.failures.in_a_row = 1);
         list(&memory, "i").await;
         memory.forget_integration("i");
         assert_eq!(memory.count(), (0, 0));
@@ -207,8 +230,8 @@ mod tests {
         // Its finalizer patched away, the integration never reached cleanup: only the sweep
         // sees it is gone from the store.
         let memory = Memory::default();
-        memory.integration("kept", |m| m.failures = 1);
-        memory.integration("released", |m| m.failures = 1);
+        memory.integration("kept", |m| m.failures.in_a_row = 1);
+        memory.integration("released", |m| m.failures.in_a_row = 1);
         list(&memory, "kept").await;
         list(&memory, "released").await;
         let swept = memory.sweep(&live(&["kept"]), &live(&[]));
@@ -227,8 +250,8 @@ mod tests {
     #[test]
     fn a_subscription_whose_delete_event_was_missed_is_swept() {
         let memory = Memory::default();
-        memory.subscription("gone", |m| m.failures = 2);
-        memory.subscription("here", |m| m.failures = 2);
+        memory.subscription("gone", |m| m.failures.in_a_row = 2);
+        memory.subscription("here", |m| m.failures.in_a_row = 2);
         let swept = memory.sweep(&live(&[]), &live(&["here"]));
         assert_eq!(swept.subscriptions, 1);
         assert_eq!(memory.count(), (0, 1));

@@ -75,18 +75,24 @@ struct State {
     log_offset: u64,
 }
 
+/// Every token Bitbucket (the simulator) has issued so far.
+type Issued = Arc<dyn Fn() -> Vec<String> + Send + Sync>;
+
 /// Shared with the soak, which tells it facts and asks for the verdict.
 #[derive(Clone)]
 pub struct Observer {
     state: Arc<Mutex<State>>,
     started: Instant,
+    issued: Issued,
 }
 
 impl Observer {
-    pub fn new() -> Self {
+    /// `issued`: the OAuth tokens Bitbucket issued so far, which no text may hold either.
+    pub fn new(issued: impl Fn() -> Vec<String> + Send + Sync + 'static) -> Self {
         Self {
             state: Arc::default(),
             started: Instant::now(),
+            issued: Arc::new(issued),
         }
     }
 
@@ -137,9 +143,32 @@ impl Observer {
         state.secrets.iter().position(|s| text.contains(s.as_str()))
     }
 
+    /// Whether `text` holds a token Bitbucket issued, or 24 characters of one. The tokens are
+    /// alphanumeric and known only once issued, so the list is asked for only when `text` has a
+    /// run of 24 alphanumeric characters or more (rare: names and UUIDs have dashes).
+    fn leaked_token(&self, text: &str) -> bool {
+        let runs: Vec<&str> = text
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|run| run.len() >= 24)
+            .collect();
+        if runs.is_empty() {
+            return false;
+        }
+        let issued = (self.issued)();
+        runs.iter().any(|run| {
+            issued
+                .iter()
+                .any(|t| t.contains(run) || run.contains(t.as_str()))
+        })
+    }
+
     fn check_leak(&self, text: &str, place: &str) {
         if let Some(index) = self.leaked_secret(text) {
             self.violation(format!("secret #{index} appears in {place}"));
+        } else if self.leaked_token(text) {
+            self.violation(format!(
+                "an OAuth token Bitbucket issued appears in {place}"
+            ));
         }
     }
 

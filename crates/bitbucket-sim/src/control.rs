@@ -431,6 +431,19 @@ impl Control {
         lock(&self.shared.world).oauth.refresh_grace_seconds = seconds;
     }
 
+    /// Every OAuth access and refresh token issued so far, current or not: for a test to check
+    /// that none reaches a log, a status or an Event (a fixture's secrets are known in advance;
+    /// these are not).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        let world = lock(&self.shared.world);
+        let oauth = &world.oauth;
+        (oauth.access_tokens.keys())
+            .chain(oauth.refresh_tokens.keys())
+            .chain(oauth.rotated_out_at.keys())
+            .cloned()
+            .collect()
+    }
+
     /// Why refresh-token grants were refused so far: the consumer id and whether the token was
     /// rotated out (and how long ago) or never issued. No secrets.
     pub fn oauth_refusals(&self) -> Vec<String> {

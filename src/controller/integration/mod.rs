@@ -26,7 +26,7 @@ use super::{
     error::{Class, Reason},
     finish::{self, Announcement, Draft, Kind, finish},
     integration_of,
-    memory::{Memory, Validation},
+    memory::{Failures, Memory, Validation},
     run::api,
 };
 use crate::{
@@ -108,7 +108,7 @@ impl Kind for BitbucketIntegration {
         memory.integration(uid, |m| f(&mut m.status))
     }
 
-    fn failures<R>(memory: &Memory, uid: &str, f: impl FnOnce(&mut u32) -> R) -> R {
+    fn failures<R>(memory: &Memory, uid: &str, f: impl FnOnce(&mut Failures) -> R) -> R {
         memory.integration(uid, |m| f(&mut m.failures))
     }
 
@@ -250,9 +250,13 @@ async fn validate_when_due(
 ) -> Outcome {
     let shared = &context.shared;
     let uid = finish::uid(integration);
-    let last = shared.memory.integration(&uid, |m| m.validation.clone());
-    let changed = match validate::due(last.as_ref(), ask, Instant::now()) {
+    let now = Instant::now();
+    let (last, backoff) = shared
+        .memory
+        .integration(&uid, |m| (m.validation.clone(), m.failures.holding(now)));
+    let changed = match validate::due(last.as_ref(), ask, backoff, now) {
         Due::No { wait } => return Outcome::Unchanged { wait },
+        Due::BackingOff { wait } => return Outcome::BackingOff { wait },
         Due::Yes { changed } => changed,
     };
     let call = resolved
@@ -290,10 +294,13 @@ fn after(
     let uid = finish::uid(integration);
     match outcome {
         Outcome::Validated(_) => {
-            shared.memory.integration(&uid, |m| m.failures = 0);
+            shared
+                .memory
+                .integration(&uid, |m| m.failures = Failures::default());
             Action::requeue(ask.interval)
         }
         Outcome::Unchanged { wait } => wait.map_or_else(Action::await_change, Action::requeue),
+        Outcome::BackingOff { wait } => Action::requeue(wait),
         Outcome::Failed(error) => {
             shared.count_error(CONTROLLER, error.reason());
             finish::next::<BitbucketIntegration>(shared, &uid, &error)

@@ -62,10 +62,14 @@ pub enum Due {
     /// No: the last validation stands. Look again after `wait`, or only when something changes
     /// (`None`: the last validation failed in a way only the user can fix).
     No { wait: Option<Duration> },
+    /// Not yet: the last validation failed transiently and its backoff holds for `wait` more.
+    BackingOff { wait: Duration },
 }
 
-/// Whether the last validation (`None` if there was none) still stands.
-pub fn due(last: Option<&Validation>, ask: &Ask, now: Instant) -> Due {
+/// Whether the last validation (`None` if there was none) still stands. `backoff`: how much
+/// longer the backoff after a transient failure holds calls back (see
+/// [`Failures`](crate::controller::memory::Failures)); only a change by the user cuts it short.
+pub fn due(last: Option<&Validation>, ask: &Ask, backoff: Option<Duration>, now: Instant) -> Due {
     let Some(last) = last else {
         return Due::Yes { changed: true };
     };
@@ -74,7 +78,10 @@ pub fn due(last: Option<&Validation>, ask: &Ask, now: Instant) -> Due {
     }
     let elapsed = now.saturating_duration_since(last.at);
     match last.failure {
-        Some(Class::Transient) => Due::Yes { changed: false },
+        Some(Class::Transient) => match backoff {
+            Some(wait) => Due::BackingOff { wait },
+            None => Due::Yes { changed: false },
+        },
         Some(_) => Due::No { wait: None },
         None if elapsed >= ask.interval => Due::Yes { changed: false },
         None => Due::No {
@@ -94,6 +101,11 @@ pub enum Outcome {
     /// Nothing was due; see [`Due::No`].
     Unchanged {
         wait: Option<Duration>,
+    },
+    /// Woken while the backoff after a transient failure holds (see [`Due::BackingOff`]): the
+    /// failure shown stands, `Reconciling` included.
+    BackingOff {
+        wait: Duration,
     },
     Failed(Error),
 }
@@ -120,6 +132,7 @@ pub fn status(
     conditions::remove(&mut status.conditions, DELETION_BLOCKED);
     match outcome {
         Outcome::Unchanged { .. } => conditions::remove(&mut status.conditions, RECONCILING),
+        Outcome::BackingOff { .. } => {}
         Outcome::Validated(identity) => {
             conditions::remove(&mut status.conditions, RECONCILING);
             status.scopes = identity.scopes.clone();
@@ -256,19 +269,22 @@ mod tests {
     fn a_validation_is_due_first_on_a_change_a_request_a_retry_or_the_interval() {
         let now = Instant::now();
         let ok = validation(now, None);
-        assert_eq!(due(None, &ask("f", None), now), Due::Yes { changed: true });
         assert_eq!(
-            due(Some(&ok), &ask("g", None), now),
+            due(None, &ask("f", None), None, now),
+            Due::Yes { changed: true }
+        );
+        assert_eq!(
+            due(Some(&ok), &ask("g", None), None, now),
             Due::Yes { changed: true },
             "the Secret or spec changed"
         );
         assert_eq!(
-            due(Some(&ok), &ask("f", Some("now")), now),
+            due(Some(&ok), &ask("f", Some("now")), None, now),
             Due::Yes { changed: true },
             "a sync request"
         );
         assert_eq!(
-            due(Some(&ok), &ask("f", None), now + HOUR),
+            due(Some(&ok), &ask("f", None), None, now + HOUR),
             Due::Yes { changed: false },
             "the interval passed"
         );
@@ -276,13 +292,19 @@ mod tests {
             due(
                 Some(&validation(now, Some(Class::Transient))),
                 &ask("f", None),
+                None,
                 now
             ),
             Due::Yes { changed: false },
-            "a transient failure is retried"
+            "a transient failure is retried once its backoff is over"
         );
         assert_eq!(
-            due(Some(&ok), &ask("f", None), now + Duration::from_secs(600)),
+            due(
+                Some(&ok),
+                &ask("f", None),
+                None,
+                now + Duration::from_secs(600)
+            ),
             Due::No {
                 wait: Some(Duration::from_secs(3000))
             }
@@ -291,10 +313,37 @@ mod tests {
             due(
                 Some(&validation(now, Some(Class::Stalled))),
                 &ask("f", None),
+                None,
                 now + 2 * HOUR
             ),
             Due::No { wait: None },
             "a rejected credential is not tried again until something changes"
+        );
+    }
+
+    #[test]
+    fn a_backoff_holds_every_wake_up_back_but_a_change_by_the_user() {
+        // The chaos soak's defect: a Subscription's status write woke its failing integration,
+        // which called Bitbucket at once, wrote a new failure, woke the Subscription, and so on.
+        let now = Instant::now();
+        let failed = validation(now, Some(Class::Transient));
+        let holding = Some(Duration::from_secs(20));
+        assert_eq!(
+            due(Some(&failed), &ask("f", None), holding, now),
+            Due::BackingOff {
+                wait: Duration::from_secs(20)
+            },
+            "woken during the backoff"
+        );
+        assert_eq!(
+            due(Some(&failed), &ask("g", None), holding, now),
+            Due::Yes { changed: true },
+            "a new Secret or spec"
+        );
+        assert_eq!(
+            due(Some(&failed), &ask("f", Some("now")), holding, now),
+            Due::Yes { changed: true },
+            "a sync request"
         );
     }
 

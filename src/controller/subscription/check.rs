@@ -90,22 +90,34 @@ pub enum Due {
     Yes { fresh: bool, first: bool },
     /// No: the last listing stands; look again after `wait`.
     No { wait: Duration },
+    /// Not yet: the last listing failed transiently and its backoff holds for `wait` more.
+    BackingOff { wait: Duration },
 }
 
 /// Whether the last listing (`None` if there was none) still stands for a client built from
-/// `fingerprint`.
-pub fn due(last: Option<&Sync>, ask: &Ask, fingerprint: &str, now: Instant) -> Due {
+/// `fingerprint`. `backoff`: how much longer the backoff after a transient failure holds calls
+/// back (see [`Failures`](crate::controller::memory::Failures)); only a change by the user (a
+/// new sync request, a new spec or credential) cuts it short. A request whose listing failed
+/// stays unanswered (`fresh`) but was asked: its retry waits for the backoff like any other.
+pub fn due(
+    last: Option<&Sync>,
+    ask: &Ask,
+    fingerprint: &str,
+    backoff: Option<Duration>,
+    now: Instant,
+) -> Due {
     let fresh = ask.requested.is_some() && last.is_none_or(|l| l.answered != ask.requested);
     let Some(last) = last else {
         return Due::Yes { fresh, first: true };
     };
-    let elapsed = now.saturating_duration_since(last.at);
-    if fresh
+    let changed = (fresh && last.asked != ask.requested)
         || last.generation != ask.generation
-        || last.fingerprint != fingerprint
-        || last.transient_failure
-        || elapsed >= ask.interval
-    {
+        || last.fingerprint != fingerprint;
+    if let Some(wait) = backoff.filter(|_| last.transient_failure && !changed) {
+        return Due::BackingOff { wait };
+    }
+    let elapsed = now.saturating_duration_since(last.at);
+    if changed || last.transient_failure || elapsed >= ask.interval {
         return Due::Yes {
             fresh,
             first: false,
@@ -159,6 +171,7 @@ mod tests {
             generation: Some(1),
             fingerprint: "f".into(),
             answered: answered.map(str::to_owned),
+            asked: answered.map(str::to_owned),
             at,
             transient_failure,
         }
@@ -253,7 +266,7 @@ mod tests {
         let now = Instant::now();
         let ok = synced(now, Some("a"), false);
         assert_eq!(
-            due(None, &ask(None), "f", now),
+            due(None, &ask(None), "f", None, now),
             Due::Yes {
                 fresh: false,
                 first: true
@@ -264,6 +277,7 @@ mod tests {
                 Some(&ok),
                 &ask(Some("a")),
                 "f",
+                None,
                 now + Duration::from_secs(60)
             ),
             Due::No {
@@ -272,14 +286,14 @@ mod tests {
             "the request was answered"
         );
         assert_eq!(
-            due(Some(&ok), &ask(Some("b")), "f", now),
+            due(Some(&ok), &ask(Some("b")), "f", None, now),
             Due::Yes {
                 fresh: true,
                 first: false
             }
         );
         assert_eq!(
-            due(Some(&ok), &ask(Some("a")), "g", now),
+            due(Some(&ok), &ask(Some("a")), "g", None, now),
             Due::Yes {
                 fresh: false,
                 first: false
@@ -287,7 +301,7 @@ mod tests {
             "a rotated credential"
         );
         assert_eq!(
-            due(Some(&ok), &ask(Some("a")), "f", now + HOUR),
+            due(Some(&ok), &ask(Some("a")), "f", None, now + HOUR),
             Due::Yes {
                 fresh: false,
                 first: false
@@ -302,11 +316,72 @@ mod tests {
         let now = Instant::now();
         let failed = synced(now, Some("old"), true);
         assert_eq!(
-            due(Some(&failed), &ask(Some("new")), "f", now),
+            due(Some(&failed), &ask(Some("new")), "f", None, now),
             Due::Yes {
                 fresh: true,
                 first: false
             }
         );
+    }
+
+    #[test]
+    fn a_backoff_holds_every_wake_up_back_but_a_change_by_the_user() {
+        // The chaos soak's defect: an integration's status write woke its Subscriptions, whose
+        // failing listings were retried at once, wrote new failures, woke the integration, ...
+        let now = Instant::now();
+        let failed = synced(now, Some("a"), true);
+        let holding = Some(Duration::from_secs(20));
+        assert_eq!(
+            due(Some(&failed), &ask(Some("a")), "f", holding, now + HOUR),
+            Due::BackingOff {
+                wait: Duration::from_secs(20)
+            },
+            "woken during the backoff, even past the interval (a long Retry-After)"
+        );
+        assert_eq!(
+            due(Some(&failed), &ask(Some("a")), "f", None, now),
+            Due::Yes {
+                fresh: false,
+                first: false
+            },
+            "the backoff is over"
+        );
+        let asked_but_unanswered = Sync {
+            answered: None,
+            ..failed.clone()
+        };
+        assert_eq!(
+            due(
+                Some(&asked_but_unanswered),
+                &ask(Some("a")),
+                "f",
+                holding,
+                now
+            ),
+            Due::BackingOff {
+                wait: Duration::from_secs(20)
+            },
+            "a request whose listing failed is retried after the backoff"
+        );
+        assert_eq!(
+            due(Some(&asked_but_unanswered), &ask(Some("a")), "f", None, now),
+            Due::Yes {
+                fresh: true,
+                first: false
+            },
+            "and fetched fresh then"
+        );
+        for (ask, fingerprint, why) in [
+            (ask(Some("b")), "f", "a sync request"),
+            (ask(Some("a")), "g", "a rotated credential"),
+        ] {
+            assert!(
+                matches!(
+                    due(Some(&failed), &ask, fingerprint, holding, now),
+                    Due::Yes { .. }
+                ),
+                "{why}"
+            );
+        }
     }
 }

@@ -33,7 +33,7 @@ use super::{
     finish::{self, Announcement, Draft, Kind, finish},
     integration_of, is_ready,
     listing::Want,
-    memory::{Memory, Sync},
+    memory::{Failures, Memory, Sync},
 };
 use crate::{
     api::{
@@ -125,7 +125,7 @@ impl Kind for Subscription {
         memory.subscription(uid, |m| f(&mut m.status))
     }
 
-    fn failures<R>(memory: &Memory, uid: &str, f: impl FnOnce(&mut u32) -> R) -> R {
+    fn failures<R>(memory: &Memory, uid: &str, f: impl FnOnce(&mut Failures) -> R) -> R {
         memory.subscription(uid, |m| f(&mut m.failures))
     }
 
@@ -276,10 +276,14 @@ async fn list_when_due(
 ) -> Outcome {
     let shared = &context.shared;
     let uid = finish::uid(subscription);
-    let last = shared.memory.subscription(&uid, |m| m.sync.clone());
+    let now = Instant::now();
+    let (last, backoff) = shared
+        .memory
+        .subscription(&uid, |m| (m.sync.clone(), m.failures.holding(now)));
     let fingerprint = &found.resolved.fingerprint;
-    let (fresh, first) = match check::due(last.as_ref(), ask, fingerprint, Instant::now()) {
+    let (fresh, first) = match check::due(last.as_ref(), ask, fingerprint, backoff, now) {
         Due::No { wait } => return Outcome::Unchanged { wait },
+        Due::BackingOff { wait } => return Outcome::BackingOff { wait },
         Due::Yes { fresh, first } => (fresh, first),
     };
     let integration_uid = finish::uid(&*found.integration);
@@ -314,6 +318,7 @@ async fn list_when_due(
         } else {
             ask.requested.clone()
         },
+        asked: ask.requested.clone(),
         at: Instant::now(),
         transient_failure: transient,
     };
@@ -344,10 +349,12 @@ fn after(context: &Context, subscription: &Subscription, ask: &Ask, outcome: Out
     let uid = finish::uid(subscription);
     match outcome {
         Outcome::Listed { .. } => {
-            shared.memory.subscription(&uid, |m| m.failures = 0);
+            shared
+                .memory
+                .subscription(&uid, |m| m.failures = Failures::default());
             Action::requeue(ask.interval)
         }
-        Outcome::Unchanged { wait } => Action::requeue(wait),
+        Outcome::Unchanged { wait } | Outcome::BackingOff { wait } => Action::requeue(wait),
         Outcome::Suspended => {
             shared.memory.subscription(&uid, |m| m.sync = None);
             Action::await_change()

@@ -30,6 +30,11 @@ pub enum Outcome {
     Unchanged {
         wait: std::time::Duration,
     },
+    /// Woken while the backoff after a transient failure holds: the failure shown stands,
+    /// `Reconciling` included.
+    BackingOff {
+        wait: std::time::Duration,
+    },
     Suspended,
     /// `integration` is set when the failure is the listing's (made with its credential).
     Failed {
@@ -64,6 +69,7 @@ pub fn status(
     };
     match outcome {
         Outcome::Unchanged { .. } => conditions::remove(&mut status.conditions, RECONCILING),
+        Outcome::BackingOff { .. } => {}
         // Suspended is a state the user asked for, so it is Ready (kstatus: Current; Flux and
         // `kubectl wait` do not wait forever); the reason says the list is not refreshed.
         Outcome::Suspended => ready(
