@@ -693,12 +693,13 @@ async fn objects_backing_off_are_not_retried_early_when_woken() {
         .patch("acme", &PatchParams::default(), &sync_request("outage"))
         .await
         .unwrap();
-    let unavailable = |i: &BitbucketIntegration| {
-        i.status.as_ref().is_some_and(|s| {
-            condition(&s.conditions, READY).is_some_and(|c| c.reason == "BitbucketUnavailable")
-        })
-    };
-    eventually(&integrations, "acme", "acme to fail", unavailable).await;
+    eventually(
+        &integrations,
+        "acme",
+        "acme to fail",
+        reason_is("BitbucketUnavailable"),
+    )
+    .await;
     let validations = touch_40_times().await.endpoint("GET /2.0/user");
     assert!(
         bound.contains(&validations),

@@ -191,6 +191,13 @@ pub fn next<K: Kind>(shared: &Shared, uid: &str, error: &impl Reason) -> Action 
     })
 }
 
+/// After a Bitbucket call succeeded: the object's backoff starts again from the beginning.
+pub fn recovered<K: Kind>(shared: &Shared, uid: &str) {
+    K::failures(&shared.memory, uid, |failures| {
+        *failures = Failures::default()
+    });
+}
+
 /// The object's UID (empty for an object not yet stored, which never reaches a reconcile).
 pub fn uid<K: Resource>(object: &K) -> String {
     object.meta().uid.clone().unwrap_or_default()

@@ -294,9 +294,7 @@ fn after(
     let uid = finish::uid(integration);
     match outcome {
         Outcome::Validated(_) => {
-            shared
-                .memory
-                .integration(&uid, |m| m.failures = Failures::default());
+            finish::recovered::<BitbucketIntegration>(shared, &uid);
             Action::requeue(ask.interval)
         }
         Outcome::Unchanged { wait } => wait.map_or_else(Action::await_change, Action::requeue),

@@ -349,9 +349,7 @@ fn after(context: &Context, subscription: &Subscription, ask: &Ask, outcome: Out
     let uid = finish::uid(subscription);
     match outcome {
         Outcome::Listed { .. } => {
-            shared
-                .memory
-                .subscription(&uid, |m| m.failures = Failures::default());
+            finish::recovered::<Subscription>(shared, &uid);
             Action::requeue(ask.interval)
         }
         Outcome::Unchanged { wait } | Outcome::BackingOff { wait } => Action::requeue(wait),
