@@ -17,7 +17,8 @@
 //! Figures 6 and 7 run the operator binary as its own process, watching the whole cluster as
 //! it is deployed, so its memory can be read from /proc.
 
-#[path = "../tests/support/mod.rs"]
+#[path = "../tests/it/support/mod.rs"]
+#[allow(dead_code)] // the benchmark uses a few of the tests' helpers
 mod support;
 
 use std::{

@@ -14,14 +14,16 @@ use url::Url;
 
 use super::{
     error::{Class, Reason},
+    lock,
     memory::Memory,
 };
 use crate::{
     api::{
-        ALLOWED_SERVERS_ANNOTATION, BitbucketIntegration, CLOUD_API_URL, CREDENTIAL_TYPE_LABEL,
-        CredentialType, ServerType, conditions::reasons,
+        ALLOWED_SERVERS_ANNOTATION, BitbucketIntegration, CREDENTIAL_TYPE_LABEL, CredentialType,
+        conditions::reasons,
+        credential::{self, SecretCredential, SecretError},
     },
-    bitbucket::{self, AllowList, Credentials, Server, TransportConfig, reach},
+    bitbucket::{self, AllowList, TransportConfig, reach},
 };
 
 /// Why no client could be made: a problem only the user can fix.
@@ -29,15 +31,12 @@ use crate::{
 pub enum ResolveError {
     #[error("Secret {0} not found")]
     SecretNotFound(String),
-    #[error("Secret {secret} has no key {key}: {kind} credentials need the keys {needed}")]
-    SecretKeyMissing {
-        secret: String,
-        key: String,
-        kind: &'static str,
-        needed: String,
-    },
-    #[error("Secret {secret} key {key} is not UTF-8 text")]
-    NotText { secret: String, key: String },
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    #[error(
+        "Secret {secret} has no key {key}: server.caBundleSecretRef names it for the CA bundle"
+    )]
+    CaBundleMissing { secret: String, key: String },
     #[error("{0}")]
     InvalidSpec(String),
     #[error("{0}")]
@@ -59,7 +58,7 @@ impl Reason for ResolveError {
     fn reason(&self) -> &'static str {
         match self {
             Self::SecretNotFound(_) => reasons::SECRET_NOT_FOUND,
-            Self::SecretKeyMissing { .. } | Self::NotText { .. } => reasons::SECRET_KEY_MISSING,
+            Self::Secret(_) | Self::CaBundleMissing { .. } => reasons::SECRET_KEY_MISSING,
             Self::InvalidSpec(_) => reasons::INVALID_SPEC,
             Self::ServerNotAllowed(_) => reasons::SERVER_NOT_ALLOWED,
             Self::SecretNotWritable(_) => reasons::SECRET_NOT_WRITABLE,
@@ -97,46 +96,13 @@ pub async fn resolve(
     integration: &BitbucketIntegration,
     transport: TransportConfig,
 ) -> Result<Resolved, ResolveError> {
-    let namespace = integration.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(kube.clone(), &namespace);
-    let spec = &integration.spec;
-    let secret_name = &spec.credentials.secret_ref.name;
-    let secret = read(&secrets, secret_name).await?;
-    let ca = match &spec.server.ca_bundle_secret_ref {
-        Some(reference) => {
-            let ca_secret = read(&secrets, &reference.name).await?;
-            let pem = key(
-                &ca_secret,
-                &reference.name,
-                &reference.key,
-                "CA bundle",
-                "the bundle's key",
-            )?;
-            Some((
-                pem.into_bytes(),
-                ca_secret.resource_version().unwrap_or_default(),
-            ))
-        }
-        None => None,
-    };
+    let secrets: Api<Secret> =
+        Api::namespaced(kube.clone(), &integration.namespace().unwrap_or_default());
+    let inputs = Inputs::read(&secrets, integration).await?;
     let uid = integration.uid().unwrap_or_default();
     let cached = memory.integration(&uid, |m| m.client.clone());
-    let mut secret_version = secret.resource_version().unwrap_or_default();
-    if let Some(cached) = &cached
-        && crate::controller::lock(&cached.written).as_deref() == Some(secret_version.as_str())
-    {
-        // The Secret as the client itself last wrote it: the same credential.
-        secret_version.clone_from(&cached.secret_version);
-    }
-    let fingerprint = format!(
-        "{}/{}/{}",
-        integration.metadata.generation.unwrap_or_default(),
-        secret_version,
-        ca.as_ref().map(|(_, rv)| rv.as_str()).unwrap_or("-")
-    );
-    if let Some(cached) = &cached
-        && cached.fingerprint == fingerprint
-    {
+    let (fingerprint, secret_version) = inputs.fingerprint(integration, cached.as_ref());
+    if let Some(cached) = cached.as_ref().filter(|c| c.fingerprint == fingerprint) {
         return Ok(cached.clone());
     }
     tracing::debug!(
@@ -145,24 +111,91 @@ pub async fn resolve(
         now = %fingerprint,
         "building the Bitbucket client"
     );
-    let credentials = credentials(
-        spec.credentials.credential_type,
-        spec.server.server_type,
-        &secret,
-        secret_name,
+    let resolved = build(
+        secrets,
+        integration,
+        inputs,
+        transport,
+        fingerprint,
+        secret_version,
     )?;
-    let server = server(integration)?;
-    let consent = consent(&secret, secret_name)?;
-    let oauth_user = spec.credentials.credential_type == CredentialType::OAuthUser;
-    if oauth_user
-        && secret
-            .labels()
-            .get(CREDENTIAL_TYPE_LABEL)
-            .map(String::as_str)
-            != Some("OAuthUser")
-    {
-        return Err(ResolveError::SecretNotWritable(secret_name.clone()));
+    memory.integration(&uid, |m| m.client = Some(resolved.clone()));
+    Ok(resolved)
+}
+
+/// What a client is built from: the credential Secret and the CA bundle, read now.
+struct Inputs {
+    secret: Secret,
+    /// The PEM bundle and the resourceVersion of the Secret holding it.
+    ca: Option<(Vec<u8>, String)>,
+}
+
+impl Inputs {
+    async fn read(
+        secrets: &Api<Secret>,
+        integration: &BitbucketIntegration,
+    ) -> Result<Self, ResolveError> {
+        let spec = &integration.spec;
+        let secret = read(secrets, &spec.credentials.secret_ref.name).await?;
+        let ca = match &spec.server.ca_bundle_secret_ref {
+            Some(reference) => {
+                let ca_secret = read(secrets, &reference.name).await?;
+                let pem = credential::value_of(&ca_secret, &reference.key)
+                    .filter(|pem| !pem.is_empty())
+                    .ok_or_else(|| ResolveError::CaBundleMissing {
+                        secret: reference.name.clone(),
+                        key: reference.key.clone(),
+                    })?;
+                Some((pem, ca_secret.resource_version().unwrap_or_default()))
+            }
+            None => None,
+        };
+        Ok(Self { secret, ca })
     }
+
+    /// The fingerprint of these inputs and the credential Secret's version it counts: a
+    /// version the cached client wrote itself (a rotated refresh token) counts as the version
+    /// it was built from, since the credential is the same.
+    fn fingerprint(
+        &self,
+        integration: &BitbucketIntegration,
+        cached: Option<&Resolved>,
+    ) -> (String, String) {
+        let mut secret_version = self.secret.resource_version().unwrap_or_default();
+        if let Some(cached) = cached
+            && lock(&cached.written).as_deref() == Some(secret_version.as_str())
+        {
+            secret_version.clone_from(&cached.secret_version);
+        }
+        let fingerprint = format!(
+            "{}/{}/{}",
+            integration.metadata.generation.unwrap_or_default(),
+            secret_version,
+            self.ca.as_ref().map_or("-", |(_, rv)| rv.as_str())
+        );
+        (fingerprint, secret_version)
+    }
+}
+
+/// A new client from `inputs`: the credential and server the spec names, sent only where the
+/// operator's allow-list and the Secret's consent both permit; a signed-in user's client saves
+/// the refresh tokens Bitbucket rotates.
+fn build(
+    secrets: Api<Secret>,
+    integration: &BitbucketIntegration,
+    Inputs { secret, ca }: Inputs,
+    transport: TransportConfig,
+    fingerprint: String,
+    secret_version: String,
+) -> Result<Resolved, ResolveError> {
+    let spec = &integration.spec;
+    let secret_name = &spec.credentials.secret_ref.name;
+    let credential =
+        SecretCredential::read(spec.credentials.credential_type, &secret, secret_name)?;
+    writable(&secret, secret_name, credential.kind)?;
+    let refresh_token = credential.refresh_token.clone();
+    let server = credential::server(&spec.server).map_err(ResolveError::InvalidSpec)?;
+    let consent = consent(&secret, secret_name)?;
     let operator = transport.allowed.clone();
     let transport = TransportConfig {
         ca_bundle_pem: ca.map(|(pem, _)| pem),
@@ -172,22 +205,9 @@ pub async fn resolve(
         ..transport
     };
     let refused = Arc::clone(&transport.refused);
-    let refresh_token = match &credentials {
-        Credentials::CloudOAuthUser { refresh_token, .. } => Some(refresh_token.clone()),
-        _ => None,
-    };
+    let credentials = credential.for_server(spec.server.server_type);
     let mut client = bitbucket::Client::new(server, credentials, transport)
         .map_err(|e| ResolveError::InvalidSpec(e.to_string()))?;
-    let written = Arc::new(Mutex::new(None));
-    if let Some(refresh_token) = refresh_token {
-        client = client.on_rotation(save_rotated(
-            Api::namespaced(kube.clone(), &namespace),
-            secret_name.clone(),
-            secret_version.clone(),
-            refresh_token,
-            Arc::clone(&written),
-        ));
-    }
     for (what, url) in client.endpoints() {
         reachable(
             what,
@@ -198,14 +218,36 @@ pub async fn resolve(
             secret_name,
         )?;
     }
-    let resolved = Resolved {
+    let written = Arc::new(Mutex::new(None));
+    if let Some(refresh_token) = refresh_token {
+        let saver = save_rotated(
+            secrets,
+            secret_name.clone(),
+            secret_version.clone(),
+            refresh_token,
+            Arc::clone(&written),
+        );
+        client = client.on_rotation(saver);
+    }
+    Ok(Resolved {
         client: Arc::new(client),
         fingerprint,
         secret_version,
         written,
-    };
-    memory.integration(&uid, |m| m.client = Some(resolved.clone()));
-    Ok(resolved)
+    })
+}
+
+/// A signed-in user's Secret must carry the label that lets the operator write the refresh
+/// tokens Bitbucket rotates (admission refuses the write otherwise, and the user is locked out).
+fn writable(secret: &Secret, secret_name: &str, kind: CredentialType) -> Result<(), ResolveError> {
+    let labelled = secret
+        .labels()
+        .get(CREDENTIAL_TYPE_LABEL)
+        .map(String::as_str);
+    if kind == CredentialType::OAuthUser && labelled != Some(kind.name()) {
+        return Err(ResolveError::SecretNotWritable(secret_name.to_owned()));
+    }
+    Ok(())
 }
 
 /// Saves the refresh tokens Bitbucket rotates to the Secret the client was built from (read at
@@ -235,14 +277,15 @@ fn save_rotated(
             let failed = |e: kube::Error| format!("writing Secret {name}: {e}");
             for _ in 0..3 {
                 let secret = secrets.get(&name).await.map_err(failed)?;
-                let stored = value_of(&secret, "refreshToken").unwrap_or_default();
+                let stored = credential::value_of(&secret, credential::REFRESH_TOKEN_KEY)
+                    .unwrap_or_default();
                 if stored != saved.1.expose_secret().as_bytes() {
                     return Ok(()); // replaced by someone else: theirs wins
                 }
                 let read_at = secret.resource_version().unwrap_or_default();
                 let patch = serde_json::json!({
                     "metadata": {"resourceVersion": read_at},
-                    "data": {"refreshToken": ByteString(rotated.expose_secret().as_bytes().to_vec())},
+                    "data": {credential::REFRESH_TOKEN_KEY: ByteString(rotated.expose_secret().as_bytes().to_vec())},
                 });
                 let params = kube::api::PatchParams {
                     field_manager: Some("bitbucket-operator".into()),
@@ -255,7 +298,7 @@ fn save_rotated(
                     Ok(now) => {
                         let now = now.resource_version().unwrap_or_default();
                         if read_at == saved.0 {
-                            *crate::controller::lock(&written) = Some(now.clone());
+                            *lock(&written) = Some(now.clone());
                         }
                         *saved = (now, rotated);
                         return Ok(());
@@ -322,164 +365,4 @@ async fn read(secrets: &Api<Secret>, name: &str) -> Result<Secret, ResolveError>
             source,
         })?
         .ok_or_else(|| ResolveError::SecretNotFound(name.to_owned()))
-}
-
-/// Where the integration's Bitbucket is.
-pub fn server(integration: &BitbucketIntegration) -> Result<Server, ResolveError> {
-    let server = &integration.spec.server;
-    let url = server.url.as_deref();
-    let parse = |url: &str| {
-        Url::parse(url).map_err(|e| ResolveError::InvalidSpec(format!("server.url {url:?}: {e}")))
-    };
-    Ok(match server.server_type {
-        ServerType::Cloud => Server::Cloud {
-            api_url: parse(url.unwrap_or(CLOUD_API_URL))?,
-        },
-        ServerType::DataCenter => Server::DataCenter {
-            base_url: parse(url.ok_or_else(|| {
-                ResolveError::InvalidSpec("server.url is required for DataCenter".into())
-            })?)?,
-        },
-    })
-}
-
-/// The credential in `secret`, for the declared type and server.
-pub fn credentials(
-    kind: CredentialType,
-    server: ServerType,
-    secret: &Secret,
-    secret_name: &str,
-) -> Result<Credentials, ResolveError> {
-    let (label, needed) = match kind {
-        CredentialType::ApiToken => ("ApiToken", "email, token"),
-        CredentialType::AccessToken => ("AccessToken", "token"),
-        CredentialType::OAuthConsumer => ("OAuthConsumer", "clientId, clientSecret"),
-        CredentialType::OAuthUser => ("OAuthUser", "clientId, clientSecret, refreshToken"),
-        CredentialType::Basic => ("Basic", "username, password"),
-    };
-    let get = |name: &str| key(secret, secret_name, name, label, needed);
-    Ok(match kind {
-        CredentialType::ApiToken => Credentials::CloudApiToken {
-            email: get("email")?,
-            token: get("token")?.into(),
-        },
-        CredentialType::AccessToken => match server {
-            ServerType::Cloud => Credentials::CloudAccessToken {
-                token: get("token")?.into(),
-            },
-            ServerType::DataCenter => Credentials::DataCenterAccessToken {
-                token: get("token")?.into(),
-            },
-        },
-        CredentialType::OAuthConsumer => Credentials::CloudOAuthConsumer {
-            client_id: get("clientId")?,
-            client_secret: get("clientSecret")?.into(),
-        },
-        CredentialType::OAuthUser => Credentials::CloudOAuthUser {
-            client_id: get("clientId")?,
-            client_secret: get("clientSecret")?.into(),
-            refresh_token: get("refreshToken")?.into(),
-        },
-        CredentialType::Basic => Credentials::DataCenterBasic {
-            username: get("username")?,
-            password: get("password")?.into(),
-        },
-    })
-}
-
-/// One key of a Secret as text, without the trailing newline files usually end with.
-fn key(
-    secret: &Secret,
-    secret_name: &str,
-    key: &str,
-    kind: &'static str,
-    needed: &str,
-) -> Result<String, ResolveError> {
-    let missing = || ResolveError::SecretKeyMissing {
-        secret: secret_name.to_owned(),
-        key: key.to_owned(),
-        kind,
-        needed: needed.to_owned(),
-    };
-    let value = value_of(secret, key).ok_or_else(missing)?;
-    let text = String::from_utf8(value).map_err(|_| ResolveError::NotText {
-        secret: secret_name.to_owned(),
-        key: key.to_owned(),
-    })?;
-    let text = text.trim_end_matches(['\n', '\r']).to_owned();
-    if text.is_empty() {
-        Err(missing())
-    } else {
-        Ok(text)
-    }
-}
-
-fn value_of(secret: &Secret, key: &str) -> Option<Vec<u8>> {
-    secret
-        .data
-        .as_ref()
-        .and_then(|data| data.get(key))
-        .map(|ByteString(bytes)| bytes.clone())
-        .or_else(|| {
-            secret
-                .string_data
-                .as_ref()
-                .and_then(|data| data.get(key))
-                .map(|text| text.clone().into_bytes())
-        })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn secret(data: &[(&str, &str)]) -> Secret {
-        Secret {
-            data: Some(
-                data.iter()
-                    .map(|(k, v)| ((*k).to_owned(), ByteString(v.as_bytes().to_vec())))
-                    .collect(),
-            ),
-            ..Secret::default()
-        }
-    }
-
-    #[test]
-    fn each_type_reads_its_keys_and_drops_a_trailing_newline() {
-        let api = credentials(
-            CredentialType::ApiToken,
-            ServerType::Cloud,
-            &secret(&[("email", "jane@example.com"), ("token", "t0k\n")]),
-            "s",
-        )
-        .unwrap();
-        assert_eq!(
-            format!("{api:?}"),
-            r#"CloudApiToken { email: "jane@example.com", token: "<redacted>" }"#
-        );
-        let dc = credentials(
-            CredentialType::AccessToken,
-            ServerType::DataCenter,
-            &secret(&[("token", "t")]),
-            "s",
-        )
-        .unwrap();
-        assert!(matches!(dc, Credentials::DataCenterAccessToken { .. }));
-    }
-
-    #[test]
-    fn a_missing_or_empty_key_is_named_with_the_keys_the_type_needs() {
-        let error = credentials(
-            CredentialType::OAuthConsumer,
-            ServerType::Cloud,
-            &secret(&[("clientId", "id"), ("clientSecret", "")]),
-            "acme-oauth",
-        )
-        .unwrap_err();
-        assert_eq!(
-            error.to_string(),
-            "Secret acme-oauth has no key clientSecret: OAuthConsumer credentials need the keys clientId, clientSecret"
-        );
-        assert_eq!(error.reason(), "SecretKeyMissing");
-    }
 }

@@ -1,0 +1,258 @@
+//! Bitbucket Data Center REST 1.0: identity from the `X-AUSERNAME` header of an authenticated
+//! request, then the user's details; repositories per project or across projects, paged by
+//! `start`/`nextPageStart` with the largest `limit` the server allows. Does network I/O.
+
+use serde::Deserialize;
+
+use super::{
+    Client, Error, Identity, IdentityKind, Repository, model::strip_userinfo, paging::next_start,
+};
+
+/// Asked for on every page; the server caps it (`page.max.repositories`, api-facts §D.5) and
+/// `nextPageStart` tells where the next page begins.
+const PAGE_LIMIT: u64 = 1000;
+
+pub(super) async fn whoami(client: &Client) -> Result<Identity, Error> {
+    // There is no "current user" endpoint; every authenticated answer names the caller in
+    // X-AUSERNAME (api-facts §D.3). application-properties is the cheapest such call.
+    let url = client.url(&["rest", "api", "1.0", "application-properties"], &[]);
+    let response = client.get("whoami", &url).await?;
+    let Some(username) = response.header("x-ausername").map(str::to_owned) else {
+        return Err(Error::Unauthorized {
+            message: "Bitbucket Data Center answered anonymously: the credential was not accepted"
+                .into(),
+        });
+    };
+    let mut identity = Identity {
+        kind: IdentityKind::DataCenterUser,
+        username: Some(username.clone()),
+        display_name: None,
+        uuid: None,
+        account_id: None,
+        scopes: Vec::new(),
+    };
+    // The details are a nicety: a token that may not read its own user still works.
+    let url = client.url(&["rest", "api", "1.0", "users", &username], &[]);
+    match client.get("user_details", &url).await {
+        Ok(response) => {
+            let user: User = response.json(&client.redact)?;
+            identity.display_name = user.display_name;
+        }
+        Err(Error::NotFound { .. } | Error::Unauthorized { .. } | Error::Forbidden { .. }) => {}
+        Err(other) => return Err(other),
+    }
+    Ok(identity)
+}
+
+pub(super) async fn list(client: &Client, projects: &[String]) -> Result<Vec<Repository>, Error> {
+    if projects.is_empty() {
+        return list_pages(client, &["rest", "api", "1.0", "repos"]).await;
+    }
+    let mut repositories = Vec::new();
+    for project in projects {
+        let segments = ["rest", "api", "1.0", "projects", project.as_str(), "repos"];
+        repositories.extend(list_pages(client, &segments).await?);
+    }
+    Ok(repositories)
+}
+
+async fn list_pages(client: &Client, segments: &[&str]) -> Result<Vec<Repository>, Error> {
+    let limit = PAGE_LIMIT.to_string();
+    let mut start = 0;
+    let mut repositories = Vec::new();
+    loop {
+        let start_text = start.to_string();
+        let url = client.url(segments, &[("limit", &limit), ("start", &start_text)]);
+        let page: Page = client
+            .get("list_repositories", &url)
+            .await?
+            .json(&client.redact)?;
+        repositories.extend(page.values.into_iter().map(Repository::from));
+        match next_start(start, page.next_page_start, page.is_last_page)? {
+            Some(next) => start = next,
+            None => return Ok(repositories),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct User {
+    #[serde(rename = "displayName")]
+    display_name: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Page {
+    #[serde(default)]
+    values: Vec<DataCenterRepository>,
+    #[serde(default)]
+    is_last_page: bool,
+    next_page_start: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct DataCenterRepository {
+    slug: String,
+    name: Option<String>,
+    project: DataCenterProject,
+    #[serde(default)]
+    public: bool,
+    #[serde(default)]
+    links: Links,
+}
+
+#[derive(Deserialize)]
+struct DataCenterProject {
+    key: String,
+}
+
+#[derive(Deserialize, Default)]
+struct Links {
+    #[serde(default)]
+    clone: Vec<Link>,
+    #[serde(default, rename = "self")]
+    self_: Vec<Link>,
+}
+
+#[derive(Deserialize)]
+struct Link {
+    href: String,
+    name: Option<String>,
+}
+
+impl From<DataCenterRepository> for Repository {
+    fn from(repository: DataCenterRepository) -> Self {
+        // Clone links are named `http` even when the scheme is https (api-facts §D.6).
+        let clone = |kind: &str| {
+            repository
+                .links
+                .clone
+                .iter()
+                .find(|link| link.name.as_deref() == Some(kind))
+                .map(|link| strip_userinfo(&link.href))
+        };
+        Repository {
+            full_name: format!("{}/{}", repository.project.key, repository.slug),
+            name: repository
+                .name
+                .clone()
+                .unwrap_or_else(|| repository.slug.clone()),
+            clone_https: clone("http"),
+            clone_ssh: clone("ssh"),
+            html_url: repository.links.self_.first().map(|link| link.href.clone()),
+            slug: repository.slug,
+            project: Some(repository.project.key),
+            private: !repository.public,
+            main_branch: None,
+            updated_at: None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(body: &str) -> Page {
+        serde_json::from_str(body).expect("recorded pages parse")
+    }
+
+    #[test]
+    fn the_recorded_first_page_is_not_the_last() {
+        let page = page(include_str!(
+            "../../../testdata/bitbucket/dc-repos-page1-not-last.json"
+        ));
+        assert!(!page.is_last_page);
+        assert_eq!(page.next_page_start, Some(1));
+        let repositories: Vec<Repository> = page.values.into_iter().map(Into::into).collect();
+        assert_eq!(
+            repositories,
+            [Repository {
+                full_name: "PRIVUSER/userland".into(),
+                slug: "userland".into(),
+                name: "userland".into(),
+                project: Some("PRIVUSER".into()),
+                private: true,
+                main_branch: None,
+                clone_https: Some("https://bb.sgdev.org/scm/privuser/userland.git".into()),
+                clone_ssh: Some("ssh://git@bb.sgdev.org:7999/privuser/userland.git".into()),
+                html_url: Some(
+                    "https://bb.sgdev.org/projects/PRIVUSER/repos/userland/browse".into()
+                ),
+                updated_at: None,
+            }]
+        );
+    }
+
+    #[test]
+    fn the_recorded_last_page_ends_paging() {
+        let page = page(include_str!(
+            "../../../testdata/bitbucket/dc-repos-page2-last.json"
+        ));
+        assert!(page.is_last_page);
+        assert_eq!(page.next_page_start, None);
+        assert_eq!(page.values[0].name.as_deref(), Some("UserScript"));
+    }
+
+    #[test]
+    fn clone_links_are_found_whatever_their_order() {
+        let page = page(include_str!(
+            "../../../testdata/bitbucket/dc-repos-project-single-page.json"
+        ));
+        let repositories: Vec<Repository> = page.values.into_iter().map(Into::into).collect();
+        assert_eq!(repositories.len(), 6);
+        let mux = repositories.iter().find(|r| r.slug == "mux").unwrap();
+        assert_eq!(
+            mux.clone_https.as_deref(),
+            Some("https://bitbucket.sgdev.org/scm/sgdemo/mux.git")
+        );
+        assert_eq!(
+            mux.clone_ssh.as_deref(),
+            Some("ssh://git@bitbucket.sgdev.org:7999/sgdemo/mux.git")
+        );
+    }
+
+    #[test]
+    fn archived_repositories_parse_with_their_display_name() {
+        let page = page(include_str!(
+            "../../../testdata/bitbucket/dc-repos-archived-flag.json"
+        ));
+        let archived: Repository = page.values.into_iter().nth(1).unwrap().into();
+        assert_eq!(archived.full_name, "FOO/bar-archived");
+        assert_eq!(archived.name, "test-repos");
+        assert_eq!(
+            archived.clone_https.as_deref(),
+            Some("http://localhost:7990/scm/foo/bar-archived.git")
+        );
+    }
+
+    #[test]
+    fn the_recorded_user_has_a_display_name() {
+        let user: User =
+            serde_json::from_str(include_str!("../../../testdata/bitbucket/dc-user.json")).unwrap();
+        assert_eq!(user.display_name.as_deref(), Some("Jane Citizen"));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_arbitrary_bytes_never_panics(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let _ = serde_json::from_slice::<Page>(&body).map(|p| p.values.into_iter().map(Repository::from).count());
+            let _ = serde_json::from_slice::<User>(&body);
+        }
+
+        /// The recorded page and user with one byte changed: a value or an error, never a
+        /// panic.
+        #[test]
+        fn parsing_damaged_recorded_bodies_never_panics(at in proptest::num::usize::ANY, byte in proptest::num::u8::ANY) {
+            let mut page = include_bytes!("../../../testdata/bitbucket/dc-repos-page1-not-last.json").to_vec();
+            let index = at % page.len();
+            page[index] = byte;
+            let _ = serde_json::from_slice::<Page>(&page).map(|p| p.values.into_iter().map(Repository::from).count());
+            let mut user = include_bytes!("../../../testdata/bitbucket/dc-user.json").to_vec();
+            let index = at % user.len();
+            user[index] = byte;
+            let _ = serde_json::from_slice::<User>(&user);
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The Helm chart `charts/bitbucket-operator`, checked with helm itself (built from its Go module
+//! by `hack/gitops.sh`): it lints, renders by default exactly the objects `deploy/` applies
+//! (except the Namespace, which Helm's `--create-namespace` makes), narrows RBAC to Roles when
+//! namespaces are listed, and what it renders is accepted by the real API server.
+
+use std::{collections::BTreeMap, path::Path, process::Output};
+
+use crate::support::{TestNamespace, client, install_crds, yaml_documents};
+use serde_json::Value;
+
+const CHART: &str = "charts/bitbucket-operator";
+
+fn helm(args: &[&str]) -> Output {
+    std::process::Command::new(crate::support::gitops_tool("helm"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap()
+}
+
+/// `helm template` of the chart into `namespace` with `sets`, as objects.
+fn render(namespace: &str, sets: &[&str]) -> Vec<Value> {
+    let mut args = vec![
+        "template",
+        "bitbucket-operator",
+        CHART,
+        "--namespace",
+        namespace,
+        "--include-crds",
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    let rendered = helm(&args);
+    assert!(
+        rendered.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    objects(&String::from_utf8(rendered.stdout).unwrap())
+}
+
+fn objects(yaml: &str) -> Vec<Value> {
+    yaml_documents(yaml)
+        .into_iter()
+        .filter(|d| d.is_object())
+        .collect()
+}
+
+/// Objects by kind, namespace and name.
+fn keyed(objects: Vec<Value>) -> BTreeMap<(String, String, String), Value> {
+    objects
+        .into_iter()
+        .map(|o| {
+            let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+            (
+                (
+                    text(&o["kind"]),
+                    text(&o["metadata"]["namespace"]),
+                    text(&o["metadata"]["name"]),
+                ),
+                o,
+            )
+        })
+        .collect()
+}
+
+/// What `kubectl apply -k deploy/` applies: its resources, with `../crds`'s.
+fn deploy_objects() -> Vec<Value> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let listed = |dir: &Path, file: &str| -> Vec<String> {
+        let kustomization = &yaml_documents(&std::fs::read_to_string(dir.join(file)).unwrap())[0];
+        kustomization["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let mut found = Vec::new();
+    for resource in listed(&root.join("deploy"), "kustomization.yaml") {
+        if resource == "../crds" {
+            for file in listed(&root.join("crds"), "Kustomization") {
+                found.extend(objects(
+                    &std::fs::read_to_string(root.join("crds").join(file)).unwrap(),
+                ));
+            }
+        } else {
+            found.extend(objects(
+                &std::fs::read_to_string(root.join("deploy").join(resource)).unwrap(),
+            ));
+        }
+    }
+    found
+}
+
+#[test]
+fn helm_lints_the_chart() {
+    let linted = helm(&["lint", CHART, "--strict"]);
+    let said = String::from_utf8_lossy(&linted.stdout);
+    assert!(linted.status.success(), "{said}");
+    assert!(
+        said.contains("1 chart(s) linted, 0 chart(s) failed"),
+        "{said}"
+    );
+}
+
+#[test]
+fn by_default_the_chart_renders_what_deploy_applies() {
+    let mut deploy = keyed(deploy_objects());
+    let namespace = deploy
+        .remove(&(
+            "Namespace".into(),
+            String::new(),
+            "bitbucket-operator".into(),
+        ))
+        .expect("deploy/ creates the namespace");
+    assert_eq!(
+        namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"],
+        "restricted"
+    );
+    let chart = keyed(render("bitbucket-operator", &[]));
+    assert_eq!(
+        chart.keys().collect::<Vec<_>>(),
+        deploy.keys().collect::<Vec<_>>(),
+        "the same objects"
+    );
+    for (key, object) in &deploy {
+        assert_eq!(&chart[key], object, "{key:?} differs");
+    }
+}
+
+#[test]
+fn values_narrow_rbac_to_the_watched_namespaces_and_drop_what_is_off() {
+    let chart = keyed(render(
+        "ops",
+        &[
+            "watchNamespaces={team-a,team-b}",
+            "replicas=1",
+            "plugin.enabled=false",
+            "image.tag=1.2.3",
+            "logFormat=text",
+        ],
+    ));
+    let kinds: Vec<&str> = chart.keys().map(|(kind, _, _)| kind.as_str()).collect();
+    assert!(!kinds.contains(&"ClusterRole") && !kinds.contains(&"ClusterRoleBinding"));
+    assert!(
+        !kinds.contains(&"PodDisruptionBudget"),
+        "one replica: no PDB"
+    );
+    let deploy = keyed(deploy_objects());
+    let cluster_rules = &deploy[&(
+        "ClusterRole".into(),
+        String::new(),
+        "bitbucket-operator".into(),
+    )]["rules"];
+    for namespace in ["team-a", "team-b"] {
+        let role = &chart[&("Role".into(), namespace.into(), "bitbucket-operator".into())];
+        assert_eq!(
+            &role["rules"], cluster_rules,
+            "the same rules in {namespace}"
+        );
+        let binding = &chart[&(
+            "RoleBinding".into(),
+            namespace.into(),
+            "bitbucket-operator".into(),
+        )];
+        assert_eq!(binding["subjects"][0]["namespace"], "ops");
+    }
+    assert!(!chart.contains_key(&(
+        "Service".into(),
+        "ops".into(),
+        "bitbucket-operator-plugin".into()
+    )));
+    let deployment = &chart[&(
+        "Deployment".into(),
+        "ops".into(),
+        "bitbucket-operator".into(),
+    )];
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "bitbucket-operator:1.2.3");
+    let env: BTreeMap<&str, &Value> = container["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap(), &e["value"]))
+        .collect();
+    assert_eq!(env["WATCH_NAMESPACES"], "team-a,team-b");
+    assert_eq!(env["LOG_FORMAT"], "text");
+    assert!(!env.contains_key("PLUGIN_TOKEN_FILE"));
+    assert_eq!(deployment["spec"]["replicas"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_accepts_everything_the_chart_renders() {
+    let client = client().await;
+    install_crds(&client).await;
+    let ns = TestNamespace::create(&client, "chart").await;
+    let rendered = helm(&[
+        "template",
+        "bitbucket-operator",
+        CHART,
+        "--namespace",
+        &ns.name,
+        "--include-crds",
+    ]);
+    assert!(rendered.status.success());
+    let file = std::env::temp_dir().join(format!("{}.yaml", ns.name));
+    std::fs::write(&file, &rendered.stdout).unwrap();
+    let applied = crate::support::kubectl(&[
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+    let said = String::from_utf8_lossy(&applied.stdout);
+    assert!(
+        applied.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let count = objects(&String::from_utf8(rendered.stdout).unwrap()).len();
+    assert_eq!(said.lines().count(), count, "{said}");
+    assert!(
+        said.lines().all(|l| l.ends_with("(server dry run)")),
+        "{said}"
+    );
+}

@@ -1,0 +1,209 @@
+//! Two replicas, one leader, on the real API server: both run their watches, only the holder
+//! of the Lease reconciles; the standby takes over when the leader dies (after the Lease
+//! lapses) or shuts down (at once: it releases the Lease); a replica that loses the Lease stops
+//! reconciling. The replicas run in-process with short Lease times so that takeovers are quick.
+
+use std::time::{Duration, Instant};
+
+use crate::support::{
+    env::*,
+    operator::{Operator, eventually, subscription, sync_request, test_settings},
+    within,
+};
+use bitbucket_operator::{
+    api::{BitbucketIntegration, CredentialType, Subscription},
+    controller::leader::LeaseSettings,
+};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{
+    Api,
+    api::{PatchParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+
+const LEASE: &str = "bitbucket-operator";
+
+/// A replica named `identity`, leading with the test namespace's Lease.
+fn replica(env: &Env, identity: &str) -> Operator {
+    let mut settings = test_settings(&env.ns.name);
+    settings.instance = identity.to_owned();
+    settings.lease = Some(LeaseSettings {
+        duration: Duration::from_secs(4),
+        renew_deadline: Duration::from_secs(3),
+        retry: Duration::from_millis(250),
+        ..LeaseSettings::new(&env.ns.name, LEASE, identity)
+    });
+    Operator::start(env.client.clone(), settings)
+}
+
+/// Two replicas, `a` started first; returns them leader first, once one leads.
+async fn two_replicas(env: &Env) -> (Operator, Operator) {
+    let a = replica(env, "replica-a");
+    let b = replica(env, "replica-b");
+    within("one replica to lead", async {
+        while !(a.leads() || b.leads()) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    if a.leads() { (a, b) } else { (b, a) }
+}
+
+async fn holder(env: &Env) -> Option<String> {
+    crate::support::lease_holder(&env.client, &env.ns.name, LEASE).await
+}
+
+async fn request_sync(env: &Env, name: &str, value: &str) {
+    env.api::<Subscription>()
+        .patch(name, &PatchParams::default(), &sync_request(value))
+        .await
+        .unwrap();
+}
+
+fn handled(value: &'static str) -> impl Fn(&Subscription) -> bool {
+    move |s| {
+        is_synced(s)
+            && s.status
+                .as_ref()
+                .and_then(|s| s.last_handled_sync_request.as_deref())
+                == Some(value)
+    }
+}
+
+/// An Env whose own operator is stopped: the replicas are the test's.
+async fn env_without_operator(prefix: &str) -> Env {
+    let mut env = Env::start(prefix).await;
+    env.operator.take().unwrap().stop().await;
+    env.secret(
+        "acme-token",
+        &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
+    )
+    .await;
+    env
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_leader_reconciles_and_the_standby_takes_over_when_it_dies() {
+    let env = env_without_operator("leader-dies").await;
+    let (leader, standby) = two_replicas(&env).await;
+    let first = holder(&env).await;
+    env.create(&env.cloud("acme", CredentialType::ApiToken, "acme-token", None))
+        .await;
+    env.create(&subscription("ci", "acme", Some("acme"), &[]))
+        .await;
+    eventually(&env.api(), "ci", "ci to sync", is_synced).await;
+    assert!(leader.status_writes() > 0);
+    assert!(leader.reconciles() && !standby.reconciles());
+    assert_eq!(standby.status_writes(), 0, "the standby wrote nothing");
+    assert!(!standby.leads());
+
+    // The leader dies without releasing the Lease; a sync asked for meanwhile is handled by
+    // the standby once the Lease lapses.
+    let died = Instant::now();
+    leader.kill();
+    request_sync(&env, "ci", "during-handover").await;
+    eventually(
+        &env.api(),
+        "ci",
+        "the new leader to handle the sync request",
+        handled("during-handover"),
+    )
+    .await;
+    assert!(standby.leads() && standby.reconciles());
+    assert_ne!(holder(&env).await, first);
+    eprintln!("handover after the leader died: {:?}", died.elapsed());
+    let integration = env.api::<BitbucketIntegration>().get("acme").await.unwrap();
+    assert!(is_ready_integration(&integration), "nothing lost");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_shuts_down_releases_the_lease_and_the_standby_leads_at_once() {
+    let env = env_without_operator("leader-rolls").await;
+    let (leader, standby) = two_replicas(&env).await;
+    let first = holder(&env).await.unwrap();
+
+    // Record every version of the Lease from now on.
+    let leases = Api::<Lease>::namespaced(env.client.clone(), &env.ns.name);
+    let config = watcher::Config::default().fields(&format!("metadata.name={LEASE}"));
+    let (seen, mut holders) = tokio::sync::mpsc::unbounded_channel();
+    let recorder = tokio::spawn(async move {
+        let mut stream = std::pin::pin!(watcher(leases, config).applied_objects());
+        while let Some(Ok(lease)) = futures::StreamExt::next(&mut stream).await {
+            let _ = seen.send(lease.spec.and_then(|s| s.holder_identity));
+        }
+    });
+
+    let stopped = Instant::now();
+    leader.stop().await;
+    within("the standby to lead", async {
+        while !standby.leads() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    eprintln!("handover after a graceful stop: {:?}", stopped.elapsed());
+    recorder.abort();
+    let mut history = Vec::new();
+    while let Ok(holder) = holders.try_recv() {
+        history.push(holder);
+    }
+    // The old leader gave the Lease up (no holder) before the standby took it: it did not
+    // wait for the Lease to lapse.
+    let released = history
+        .iter()
+        .position(Option::is_none)
+        .unwrap_or_else(|| panic!("the Lease was never released: {history:?}"));
+    let taken = history
+        .iter()
+        .position(|h| h.as_deref().is_some_and(|h| h != first))
+        .unwrap_or_else(|| panic!("the standby never took the Lease: {history:?}"));
+    assert!(released < taken, "{history:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_loses_the_lease_stops_reconciling() {
+    let env = env_without_operator("leader-deposed").await;
+    let (leader, standby) = two_replicas(&env).await;
+    env.create(&env.cloud("acme", CredentialType::ApiToken, "acme-token", None))
+        .await;
+    env.create(&subscription("ci", "acme", Some("acme"), &[]))
+        .await;
+    eventually(&env.api(), "ci", "ci to sync", is_synced).await;
+
+    // Someone else takes the Lease for a long time: both replicas stand by.
+    let leases = Api::<Lease>::namespaced(env.client.clone(), &env.ns.name);
+    let mut lease = leases.get(LEASE).await.unwrap();
+    let spec = lease.spec.as_mut().unwrap();
+    spec.holder_identity = Some("intruder".into());
+    spec.lease_duration_seconds = Some(3600);
+    leases
+        .replace(LEASE, &PostParams::default(), &lease)
+        .await
+        .unwrap();
+    within("both replicas to stop reconciling", async {
+        while leader.leads() || leader.reconciles() || standby.reconciles() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    request_sync(&env, "ci", "while-nobody-leads").await;
+    env.create(&subscription("late", "acme", Some("acme"), &["OPS"]))
+        .await;
+
+    // The intruder gives the Lease back: one replica leads and catches up.
+    let mut lease = leases.get(LEASE).await.unwrap();
+    let spec = lease.spec.as_mut().unwrap();
+    spec.holder_identity = None;
+    leases
+        .replace(LEASE, &PostParams::default(), &lease)
+        .await
+        .unwrap();
+    eventually(&env.api(), "late", "late to sync", is_synced).await;
+    eventually(
+        &env.api(),
+        "ci",
+        "the sync request to be handled",
+        handled("while-nobody-leads"),
+    )
+    .await;
+}

@@ -1,0 +1,22 @@
+//! The one integration-test binary: a module per area, sharing `support` (the control plane,
+//! namespaces, the operator in-process, the simulator and the `eventually` waits). One binary
+//! links the dependencies once instead of once per area.
+
+mod support;
+
+mod bitbucket_client;
+mod bitbucket_tls;
+mod chart;
+mod control_plane;
+mod crd_admission;
+mod crds_up_to_date;
+mod deletion;
+mod generator;
+mod gitops;
+mod leader;
+mod node;
+mod operator;
+mod plugin;
+mod rbac;
+mod soak;
+mod tenancy;

@@ -1,0 +1,435 @@
+//! The operator under the RBAC identity `deploy/` gives it: a missing verb in the shipped Role
+//! fails here, not in a user's cluster.
+
+use crate::support::{
+    TestNamespace, apply_manifests, client, consenting, install_crds,
+    operator::{Operator, condition, eventually, sync_request, test_settings},
+    string_secret, within, yaml_documents,
+};
+use bitbucket_operator::{
+    api::{
+        ALLOWED_SERVERS_ANNOTATION, BitbucketIntegration, BitbucketIntegrationSpec,
+        CREDENTIAL_TYPE_LABEL, CredentialType, Credentials, LocalObjectReference, RepositoryFilter,
+        SecretReference, Server, ServerType, Subscription, SubscriptionSpec,
+        conditions::{DELETION_BLOCKED, READY},
+    },
+    controller::leader::LeaseSettings,
+};
+use bitbucket_sim::{Fixture, Simulator};
+use k8s_openapi::api::{core::v1::Secret, events::v1::Event};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
+    runtime::{conditions::is_deleted, wait::await_condition},
+};
+use serde_json::Value;
+
+fn rules_of(path: &str, kind: &str) -> Value {
+    let text = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path))
+        .unwrap();
+    yaml_documents(&text)
+        .into_iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("{path} has no {kind}"))["rules"]
+        .clone()
+}
+
+#[test]
+fn the_cluster_role_and_the_namespaced_role_grant_the_same_rules() {
+    assert_eq!(
+        rules_of("deploy/rbac.yaml", "ClusterRole"),
+        rules_of("deploy/namespaced/role.yaml", "Role")
+    );
+}
+
+/// A client acting as the ServiceAccount `bitbucket-operator` of `namespace`.
+async fn impersonating(namespace: &str) -> Client {
+    crate::support::impersonating(
+        &format!("system:serviceaccount:{namespace}:bitbucket-operator"),
+        &[
+            "system:serviceaccounts",
+            &format!("system:serviceaccounts:{namespace}"),
+        ],
+    )
+    .await
+}
+
+/// The ServiceAccount, the shipped namespaced Role and the Lease's Role, bound in `namespace`
+/// (which stands for the operator's own too); a client acting as that ServiceAccount.
+async fn deployed_identity(admin: &Client, namespace: &str) -> Client {
+    let mut manifests =
+        yaml_documents(&std::fs::read_to_string("deploy/namespaced/role.yaml").unwrap());
+    manifests.extend(yaml_documents(
+        &std::fs::read_to_string("deploy/lease.yaml").unwrap(),
+    ));
+    manifests.push(serde_json::json!({
+        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "bitbucket-operator"}
+    }));
+    for manifest in &mut manifests {
+        manifest["metadata"]["namespace"] = namespace.into();
+        if let Some(subjects) = manifest.get_mut("subjects") {
+            subjects[0]["namespace"] = namespace.into();
+        }
+    }
+    for result in apply_manifests(admin, namespace, &manifests).await {
+        result.unwrap();
+    }
+    impersonating(namespace).await
+}
+
+/// Settings of the operator in `namespace`, leading with the Lease as deployed.
+fn deployed_settings(namespace: &str) -> bitbucket_operator::controller::Settings {
+    let mut settings = test_settings(namespace);
+    settings.lease = Some(LeaseSettings::new(
+        namespace,
+        "bitbucket-operator",
+        "rbac-operator",
+    ));
+    settings
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_works_with_only_the_permissions_deploy_grants() {
+    let admin = client().await;
+    install_crds(&admin).await;
+    let ns = TestNamespace::create(&admin, "rbac").await;
+    let sim = Simulator::start(Fixture::demo()).await.unwrap();
+    let operator_client = deployed_identity(&admin, &ns.name).await;
+    let secrets: Api<Secret> = Api::namespaced(operator_client.clone(), &ns.name);
+    let refused = secrets
+        .delete("anything", &DeleteParams::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&refused, kube::Error::Api(s) if s.is_forbidden()),
+        "the operator may not delete Secrets: {refused:?}"
+    );
+    // It leads with the Lease, as deployed.
+    let settings = || deployed_settings(&ns.name);
+    let operator = Operator::start(operator_client.clone(), settings());
+
+    // The whole life of an integration: validate, sync a Subscription, block and release deletion.
+    let secret = consenting(
+        string_secret(
+            "acme-token",
+            &[
+                ("email", "jdoe@example.com"),
+                ("token", "FAKE-cloud-api-token-for-jdoe"),
+            ],
+        ),
+        &sim.base_url(),
+    );
+    let pp = PostParams::default();
+    Api::<Secret>::namespaced(admin.clone(), &ns.name)
+        .create(&pp, &secret)
+        .await
+        .unwrap();
+    let integrations: Api<BitbucketIntegration> = Api::namespaced(admin.clone(), &ns.name);
+    integrations
+        .create(
+            &pp,
+            &cloud_integration("acme", CredentialType::ApiToken, "acme-token", &sim),
+        )
+        .await
+        .unwrap();
+    let ready = |conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]| {
+        condition(conditions, READY).is_some_and(|c| c.status == "True")
+    };
+    eventually(&integrations, "acme", "acme to be Ready", move |i| {
+        i.status.as_ref().is_some_and(|s| ready(&s.conditions))
+    })
+    .await;
+
+    // The Subscription arrives, and the integration is deleted, while the operator is away:
+    // the admission policy lets the delete through (the status names no user yet) and the
+    // finalizer, the second line, must hold it.
+    operator.stop().await;
+    let subscriptions: Api<Subscription> = Api::namespaced(admin.clone(), &ns.name);
+    subscriptions
+        .create(
+            &pp,
+            &Subscription::new(
+                "ci",
+                SubscriptionSpec {
+                    integration_ref: LocalObjectReference {
+                        name: "acme".into(),
+                    },
+                    workspace: Some("acme".into()),
+                    projects: vec![],
+                    repositories: RepositoryFilter::default(),
+                    sync_interval: "10m".into(),
+                    suspend: false,
+                },
+            ),
+        )
+        .await
+        .unwrap();
+    integrations
+        .delete("acme", &DeleteParams::default())
+        .await
+        .unwrap();
+    let _operator = Operator::start(operator_client, settings());
+    eventually(&subscriptions, "ci", "ci to sync", move |s| {
+        s.status.as_ref().is_some_and(|s| ready(&s.conditions))
+    })
+    .await;
+    let blocked = eventually(&integrations, "acme", "the deletion to be blocked", |i| {
+        i.status
+            .as_ref()
+            .and_then(|s| condition(&s.conditions, DELETION_BLOCKED))
+            .is_some_and(|c| c.status == "True")
+    })
+    .await;
+    within("the DeletionBlocked Event", async {
+        let events: Api<Event> = Api::namespaced(admin.clone(), &ns.name);
+        while !events
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("DeletionBlocked"))
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    subscriptions
+        .delete("ci", &DeleteParams::default())
+        .await
+        .unwrap();
+    let uid = blocked.uid().unwrap();
+    within(
+        "the integration to be deleted",
+        await_condition(integrations.clone(), "acme", is_deleted(&uid)),
+    )
+    .await
+    .unwrap();
+}
+
+/// A `kind` integration named `name` on the simulator's Cloud, its credential in Secret
+/// `secret`.
+fn cloud_integration(
+    name: &str,
+    kind: CredentialType,
+    secret: &str,
+    sim: &Simulator,
+) -> BitbucketIntegration {
+    BitbucketIntegration::new(
+        name,
+        BitbucketIntegrationSpec {
+            display_name: None,
+            server: Server {
+                server_type: ServerType::Cloud,
+                url: Some(sim.cloud_api_url()),
+                ca_bundle_secret_ref: None,
+            },
+            credentials: Credentials {
+                credential_type: kind,
+                secret_ref: SecretReference {
+                    name: secret.into(),
+                },
+            },
+            workspace: None,
+            validation_interval: "30m".into(),
+        },
+    )
+}
+
+fn refresh_token_of(secret: &Secret) -> String {
+    String::from_utf8(secret.data.as_ref().unwrap()["refreshToken"].0.clone()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_in_users_rotated_refresh_token_is_saved_and_nothing_else_may_be_written() {
+    let admin = client().await;
+    install_crds(&admin).await;
+    let ns = TestNamespace::create(&admin, "rbac-oauth").await;
+    let sim = Simulator::start(Fixture::demo()).await.unwrap();
+    let operator_client = deployed_identity(&admin, &ns.name).await;
+    let pp = PostParams::default();
+    let secrets: Api<Secret> = Api::namespaced(admin.clone(), &ns.name);
+    let as_operator: Api<Secret> = Api::namespaced(operator_client.clone(), &ns.name);
+    let write = |name: &'static str, patch: Value| {
+        let as_operator = as_operator.clone();
+        async move {
+            as_operator
+                .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+        }
+    };
+    let refusal = |result: Result<Secret, kube::Error>| match result {
+        Err(kube::Error::Api(status)) if status.code == 403 => status.message,
+        other => panic!("the write went through: {other:?}"),
+    };
+
+    // Its RBAC may patch Secrets; the admission policy narrows that to refresh tokens.
+    secrets
+        .create(&pp, &string_secret("plain", &[("token", "x")]))
+        .await
+        .unwrap();
+    // (The API server enforces a policy a moment after it is installed; a dry run writes
+    // nothing meanwhile.)
+    within("the policy to be in force", async {
+        let dry_run = PatchParams {
+            dry_run: true,
+            ..PatchParams::default()
+        };
+        let patch = serde_json::json!({"data": {"token": "eQ=="}});
+        // (Until the RoleBinding is in force too, RBAC refuses it for another reason.)
+        loop {
+            match as_operator
+                .patch("plain", &dry_run, &Patch::Merge(&patch))
+                .await
+            {
+                Err(kube::Error::Api(status))
+                    if status.message.contains("ValidatingAdmissionPolicy") =>
+                {
+                    break;
+                }
+                _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+    })
+    .await;
+    let message = refusal(write("plain", serde_json::json!({"data": {"token": "eQ=="}})).await);
+    assert!(
+        message.contains(
+            "the operator may only write Secrets labelled scm.shippable.io/credential-type: \
+             OAuthUser; Secret plain is not"
+        ),
+        "{message}"
+    );
+    let mut secret = consenting(
+        string_secret(
+            "acme-oauth",
+            &[
+                ("clientId", crate::support::OAUTH_CLIENT_ID),
+                ("clientSecret", crate::support::OAUTH_CLIENT_SECRET),
+                ("refreshToken", &crate::support::signed_in(&sim).await),
+            ],
+        ),
+        &sim.base_url(),
+    );
+    secret
+        .labels_mut()
+        .insert(CREDENTIAL_TYPE_LABEL.into(), "OAuthUser".into());
+    let signed_in = refresh_token_of(&secrets.create(&pp, &secret).await.unwrap());
+    for patch in [
+        serde_json::json!({"data": {"clientSecret": "c3RvbGVu"}}),
+        serde_json::json!({"metadata": {"annotations": {ALLOWED_SERVERS_ANNOTATION: "https://elsewhere.example"}}}),
+    ] {
+        let message = refusal(write("acme-oauth", patch).await);
+        assert!(
+            message
+                .contains("the operator may only change data.refreshToken of an OAuthUser Secret"),
+            "{message}"
+        );
+    }
+
+    // The operator as deployed validates the signed-in user and saves the rotated token.
+    let operator = Operator::start(operator_client.clone(), deployed_settings(&ns.name));
+    let integrations: Api<BitbucketIntegration> = Api::namespaced(admin.clone(), &ns.name);
+    integrations
+        .create(
+            &pp,
+            &cloud_integration("acme", CredentialType::OAuthUser, "acme-oauth", &sim),
+        )
+        .await
+        .unwrap();
+    let ready = |i: &BitbucketIntegration| {
+        i.status
+            .as_ref()
+            .is_some_and(|s| condition(&s.conditions, READY).is_some_and(|c| c.status == "True"))
+    };
+    let validated = eventually(&integrations, "acme", "acme to be Ready", ready).await;
+    let account = validated.status.unwrap().account.unwrap();
+    assert_eq!(account.username.as_deref(), Some("jdoe"));
+    let saved = refresh_token_of(&secrets.get("acme-oauth").await.unwrap());
+    assert_ne!(
+        saved, signed_in,
+        "Bitbucket rotated the token; the Secret has the new one"
+    );
+
+    // Its own write is not a new credential: validating again reuses the access token.
+    let grants = || {
+        sim.control()
+            .counters()
+            .endpoint("POST /site/oauth2/access_token")
+    };
+    let before = grants();
+    let answered = |value: &'static str| {
+        move |i: &BitbucketIntegration| {
+            i.status
+                .as_ref()
+                .and_then(|s| s.last_handled_sync_request.as_deref())
+                == Some(value)
+        }
+    };
+    integrations
+        .patch("acme", &PatchParams::default(), &sync_request("again"))
+        .await
+        .unwrap();
+    let again = eventually(
+        &integrations,
+        "acme",
+        "the re-validation",
+        answered("again"),
+    )
+    .await;
+    assert!(ready(&again));
+    assert_eq!(
+        grants(),
+        before,
+        "no new grant for the operator's own write"
+    );
+
+    // A new operator process has only the Secret: the saved token works, and rotates again.
+    operator.stop().await;
+    let _operator = Operator::start(operator_client, deployed_settings(&ns.name));
+    integrations
+        .patch("acme", &PatchParams::default(), &sync_request("restarted"))
+        .await
+        .unwrap();
+    let restarted = eventually(
+        &integrations,
+        "acme",
+        "the restarted validation",
+        answered("restarted"),
+    )
+    .await;
+    assert!(ready(&restarted), "{:?}", restarted.status);
+    assert_eq!(grants(), before + 1);
+    let rotated = refresh_token_of(&secrets.get("acme-oauth").await.unwrap());
+    assert!(rotated != saved && rotated != signed_in);
+
+    // A Secret without the label is not used: a rotation could not be saved.
+    let mut unlabelled = secret.clone();
+    unlabelled.metadata.name = Some("unlabelled".into());
+    unlabelled.metadata.labels = None;
+    unlabelled.metadata.resource_version = None;
+    secrets.create(&pp, &unlabelled).await.unwrap();
+    integrations
+        .create(
+            &pp,
+            &cloud_integration("unlabelled", CredentialType::OAuthUser, "unlabelled", &sim),
+        )
+        .await
+        .unwrap();
+    let stalled = eventually(&integrations, "unlabelled", "SecretNotWritable", |i| {
+        i.status
+            .as_ref()
+            .and_then(|s| condition(&s.conditions, READY))
+            .is_some_and(|c| c.reason == "SecretNotWritable")
+    })
+    .await;
+    let message = condition(&stalled.status.unwrap().conditions, READY)
+        .unwrap()
+        .message
+        .clone();
+    assert!(
+        message.starts_with(
+            "Secret unlabelled lacks the label scm.shippable.io/credential-type: OAuthUser"
+        ),
+        "{message}"
+    );
+}

@@ -1,0 +1,438 @@
+//! Shared helpers for the integration tests that run against a real Kubernetes API server.
+//!
+//! The server is the one `KUBECONFIG` names: `make test` starts a control plane built from source
+//! and sets it. Every test gets its own namespace, so tests run in parallel against one plane.
+//! Tests fail (never skip) when no cluster is configured.
+
+use std::{future::Future, time::Duration};
+
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use kube::{
+    Api, Client, Config,
+    api::{DeleteParams, ObjectMeta, PostParams},
+    config::{KubeConfigOptions, Kubeconfig},
+};
+
+/// How long a test waits for the cluster to do something (a watch event, the garbage collector,
+/// namespace finalization) before failing. Generous: these machines have 2 cores.
+pub const PATIENCE: Duration = Duration::from_secs(90);
+
+/// Label put on every namespace a test creates, to find leftovers after an aborted run.
+pub const TEST_NAMESPACE_LABEL: &str = "bitbucket-operator.test/owned";
+
+/// A client for the cluster `KUBECONFIG` points at. Panics with instructions when unset, so a
+/// run without a cluster fails loudly instead of passing by skipping.
+pub async fn client() -> Client {
+    let path = std::env::var_os("KUBECONFIG").expect(
+        "KUBECONFIG is not set: run the tests with `make test`, which starts a control plane, \
+         or point KUBECONFIG at an existing cluster",
+    );
+    let kubeconfig = Kubeconfig::read_from(&path)
+        .unwrap_or_else(|e| panic!("reading KUBECONFIG {}: {e}", path.to_string_lossy()));
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("building a client configuration from KUBECONFIG");
+    Client::try_from(config).expect("building a Kubernetes client")
+}
+
+/// Waits for `future`, failing the test with `what` if it takes longer than [`PATIENCE`].
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    tokio::time::timeout(PATIENCE, future)
+        .await
+        .unwrap_or_else(|_| panic!("timed out after {PATIENCE:?} waiting for {what}"))
+}
+
+/// A namespace that belongs to one test. Created with a server-generated unique name; deleted
+/// when dropped, even when the test panics.
+pub struct TestNamespace {
+    pub name: String,
+}
+
+impl TestNamespace {
+    /// Creates `<prefix>-<random>`; `prefix` should say which test owns it.
+    pub async fn create(client: &Client, prefix: &str) -> Self {
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        let namespace = Namespace {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{prefix}-")),
+                labels: Some([(TEST_NAMESPACE_LABEL.to_owned(), "true".to_owned())].into()),
+                ..ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        let created = namespaces
+            .create(&PostParams::default(), &namespace)
+            .await
+            .expect("creating the test namespace");
+        Self {
+            name: created
+                .metadata
+                .name
+                .expect("the server names generated namespaces"),
+        }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // Drop cannot await, and the test's runtime may be single-threaded and busy dropping
+        // us, so the delete runs on a runtime and client of its own.
+        let name = std::mem::take(&mut self.name);
+        let deleted = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("building a runtime to delete the test namespace");
+            runtime.block_on(async {
+                let client = client().await;
+                release_finalizers(&client, &name).await;
+                let namespaces: Api<Namespace> = Api::all(client);
+                match namespaces.delete(&name, &DeleteParams::background()).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(status)) if status.is_not_found() => {}
+                    Err(e) => eprintln!("could not delete test namespace {name}: {e}"),
+                }
+            })
+        })
+        .join();
+        if deleted.is_err() && !std::thread::panicking() {
+            panic!("deleting the test namespace panicked");
+        }
+    }
+}
+
+/// Removes the operator's finalizer from every integration in `namespace`: the test's operator
+/// is gone by now, and a held finalizer would leave the namespace Terminating forever (and keep
+/// the namespace controller busy retrying it while other tests wait).
+pub async fn release_finalizers(client: &Client, namespace: &str) {
+    use kube::api::{ListParams, Patch, PatchParams};
+    let integrations: Api<bitbucket_operator::api::BitbucketIntegration> =
+        Api::namespaced(client.clone(), namespace);
+    let Ok(list) = integrations.list(&ListParams::default()).await else {
+        return; // the CRDs are not installed: nothing to release
+    };
+    let patch = serde_json::json!({"metadata": {"finalizers": null}});
+    for integration in list {
+        let name = integration.metadata.name.unwrap_or_default();
+        let _ = integrations
+            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await;
+    }
+}
+
+/// Installs (or updates) the operator's CRDs and admission policies with server-side apply, as
+/// `kubectl apply --server-side -f crds/` does, and waits until the server serves the CRDs.
+/// Idempotent, so every test that needs them may call it. The API server puts a policy in
+/// force a moment after it is stored: a test of a refusal waits for it (see `deletion.rs`).
+pub async fn install_crds(client: &Client) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::{
+        api::{Patch, PatchParams},
+        runtime::{conditions, wait::await_condition},
+    };
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let params = PatchParams::apply("bitbucket-operator-tests").force();
+    for crd in bitbucket_operator::api::crds() {
+        let name = crd.metadata.name.clone().expect("generated CRDs are named");
+        crds.patch(&name, &params, &Patch::Apply(&crd))
+            .await
+            .unwrap_or_else(|e| panic!("installing CRD {name}: {e}"));
+        within(
+            &format!("CRD {name} to become Established"),
+            await_condition(crds.clone(), &name, conditions::is_crd_established()),
+        )
+        .await
+        .unwrap();
+    }
+    install_policies(client, &params).await;
+}
+
+async fn install_policies(client: &Client, params: &kube::api::PatchParams) {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    use kube::api::Patch;
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    for (policy, binding) in bitbucket_operator::api::admission::policies() {
+        let name = policy
+            .metadata
+            .name
+            .clone()
+            .expect("generated policies are named");
+        policies
+            .patch(&name, params, &Patch::Apply(&policy))
+            .await
+            .unwrap_or_else(|e| panic!("installing policy {name}: {e}"));
+        bindings
+            .patch(&name, params, &Patch::Apply(&binding))
+            .await
+            .unwrap_or_else(|e| panic!("installing the binding of {name}: {e}"));
+    }
+}
+
+/// The documents of a multi-document YAML stream, as JSON values (empty documents dropped).
+pub fn yaml_documents(yaml: &str) -> Vec<serde_json::Value> {
+    serde_saphyr::from_multiple::<serde_json::Value>(yaml)
+        .expect("parsing YAML")
+        .into_iter()
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+/// An `Api` for the kind a manifest names, found through the server's discovery.
+pub async fn api_for(
+    client: &Client,
+    namespace: &str,
+    manifest: &serde_json::Value,
+) -> Api<kube::api::DynamicObject> {
+    let types: kube::api::TypeMeta =
+        serde_json::from_value(manifest.clone()).expect("a manifest has apiVersion and kind");
+    let gvk = kube::api::GroupVersionKind::try_from(&types).expect("a valid apiVersion");
+    let (resource, _) = kube::discovery::pinned_kind(client, &gvk)
+        .await
+        .unwrap_or_else(|e| panic!("the server does not serve {gvk:?}: {e}"));
+    Api::namespaced_with(client.clone(), namespace, &resource)
+}
+
+/// Applies each manifest into `namespace` with server-side apply, as `kubectl apply
+/// --server-side` would; returns the server's answer for each.
+pub async fn apply_manifests(
+    client: &Client,
+    namespace: &str,
+    manifests: &[serde_json::Value],
+) -> Vec<Result<kube::api::DynamicObject, kube::Error>> {
+    use kube::api::{Patch, PatchParams};
+    let params = PatchParams::apply("bitbucket-operator-tests");
+    let mut results = Vec::new();
+    for manifest in manifests {
+        let api = api_for(client, namespace, manifest).await;
+        let name = manifest["metadata"]["name"]
+            .as_str()
+            .expect("manifests are named");
+        results.push(api.patch(name, &params, &Patch::Apply(manifest)).await);
+    }
+    results
+}
+
+pub mod env;
+pub mod operator;
+pub mod pty;
+pub mod tls;
+
+/// Captures everything logged (at every level) while `body` runs.
+pub async fn logs_of<F: std::future::Future>(body: F) -> (F::Output, String) {
+    #[derive(Clone, Default)]
+    struct Buffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+    impl std::io::Write for Buffer {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let buffer = Buffer::default();
+    let writer = buffer.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let output = body.await;
+    let logs = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+    (output, logs)
+}
+
+/// A Secret `name` holding `data` as string data.
+pub fn string_secret(name: &str, data: &[(&str, &str)]) -> Secret {
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            ..ObjectMeta::default()
+        },
+        string_data: Some(
+            data.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        ),
+        ..Secret::default()
+    }
+}
+
+/// `secret`, consenting (with the annotation an administrator writes) to its credential being
+/// sent to `servers`: how tests let the operator reach their simulator.
+pub fn consenting(mut secret: Secret, servers: &str) -> Secret {
+    secret.metadata.annotations = Some(
+        [(
+            bitbucket_operator::api::ALLOWED_SERVERS_ANNOTATION.to_owned(),
+            servers.to_owned(),
+        )]
+        .into(),
+    );
+    secret
+}
+
+/// A client acting as `user` in `groups` (and `system:authenticated`), through the admin's
+/// impersonation: what that identity's RBAC allows, and nothing more.
+pub async fn impersonating(user: &str, groups: &[&str]) -> Client {
+    let path = std::env::var_os("KUBECONFIG").expect("KUBECONFIG is set by make test");
+    let kubeconfig = Kubeconfig::read_from(path).unwrap();
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    config.auth_info.impersonate = Some(user.to_owned());
+    let mut groups: Vec<String> = groups.iter().map(|g| (*g).to_owned()).collect();
+    groups.push("system:authenticated".into());
+    config.auth_info.impersonate_groups = Some(groups);
+    Client::try_from(config).unwrap()
+}
+
+/// Runs the kubectl built with the plane (`$KUBECTL`, set by `hack/control-plane.sh exec`) from
+/// the repository, against the test's cluster, as a user would.
+pub fn kubectl(args: &[&str]) -> std::process::Output {
+    let program = std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into());
+    std::process::Command::new(&program)
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"))
+}
+
+/// [`kubectl`] that must succeed; returns what it printed.
+pub fn kubectl_ok(args: &[&str]) -> String {
+    let output = kubectl(args);
+    assert!(
+        output.status.success(),
+        "kubectl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Who holds the Lease `name` in `namespace` now (`None`: nobody, or no Lease yet).
+pub async fn lease_holder(client: &Client, namespace: &str, name: &str) -> Option<String> {
+    Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), namespace)
+        .get_opt(name)
+        .await
+        .unwrap()
+        .and_then(|lease| lease.spec?.holder_identity)
+        .filter(|holder| !holder.is_empty())
+}
+
+/// The demo fixture's OAuth consumer (jdoe's) and its secret.
+pub const OAUTH_CLIENT_ID: &str = "FAKEclientid4acme";
+pub const OAUTH_CLIENT_SECRET: &str = "FAKE-oauth-client-secret-acme";
+
+/// An HTTP client that, like a test standing in for a browser needs, shows redirects instead
+/// of following them.
+pub fn browser() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Signs in to the simulator's OAuth consumer as a person would through a browser (authorize,
+/// follow the redirect's code, exchange it) and returns the refresh token.
+pub async fn signed_in(sim: &bitbucket_sim::Simulator) -> String {
+    signed_in_to(sim, OAUTH_CLIENT_ID, OAUTH_CLIENT_SECRET).await
+}
+
+/// [`signed_in`] through another OAuth consumer of the simulator's.
+pub async fn signed_in_to(
+    sim: &bitbucket_sim::Simulator,
+    client_id: &str,
+    client_secret: &str,
+) -> String {
+    let browser = browser();
+    let redirect = "http://127.0.0.1:9/callback";
+    let mut authorize =
+        url::Url::parse(&format!("{}/site/oauth2/authorize", sim.base_url())).unwrap();
+    authorize
+        .query_pairs_mut()
+        .append_pair("client_id", client_id)
+        .append_pair("response_type", "code")
+        .append_pair("redirect_uri", redirect);
+    let back = browser.get(authorize).send().await.unwrap();
+    let back = url::Url::parse(back.headers()["location"].to_str().unwrap()).unwrap();
+    let code = back
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .expect("the simulator approves")
+        .1
+        .into_owned();
+    let form = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", redirect),
+        ])
+        .finish();
+    let token: serde_json::Value = browser
+        .post(format!("{}/site/oauth2/access_token", sim.base_url()))
+        .basic_auth(client_id, Some(client_secret))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    token["refresh_token"].as_str().unwrap().to_owned()
+}
+
+/// A GitOps tool built by `hack/gitops.sh` (`make test` builds them): `gitops-check` (kstatus and
+/// Argo CD's code) or `helm`.
+pub fn gitops_tool(name: &str) -> std::path::PathBuf {
+    let output = std::process::Command::new(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("hack/gitops.sh"),
+    )
+    .args(["path", name])
+    .output()
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().into()
+}
+
+pub fn gitops_check() -> std::path::PathBuf {
+    gitops_tool("gitops-check")
+}
+
+/// Runs `command` with `input` on its standard input; its exit status, output and errors.
+pub fn with_input(mut command: std::process::Command, input: &[u8]) -> std::process::Output {
+    use std::{io::Write as _, process::Stdio};
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The `kubectl-bitbucket` binary, from the crate of its own beside this one (so cargo sets no
+/// `CARGO_BIN_EXE_` for it): in the profile directory this test binary runs from, where
+/// `make test` builds it first (`cargo build --workspace --bins`).
+pub fn plugin_binary() -> std::path::PathBuf {
+    let test = std::env::current_exe().expect("the test binary's path");
+    let profile = test
+        .parent()
+        .and_then(std::path::Path::parent)
+        .expect("the test binary is in <target>/<profile>/deps");
+    let plugin = profile.join("kubectl-bitbucket");
+    assert!(
+        plugin.exists(),
+        "{} is not built: make test builds it, or cargo build -p kubectl-bitbucket",
+        plugin.display()
+    );
+    plugin
+}
