@@ -3,9 +3,19 @@ SHELL := /bin/bash
 CARGO ?= cargo
 PLANE := hack/control-plane.sh
 
-.PHONY: all build install image image-binary bench bench-quick crds test test-versions soak check fmt fmt-check clippy plane gitops cluster-up cluster-down cluster-status run run-down clean
+# Toolchains that these machines install off the default PATH (Go in /usr/local/go, rustup's
+# cargo in ~/.cargo/bin): found without a step a newcomer must know about.
+export PATH := $(PATH)$(foreach dir,/usr/local/go/bin $(HOME)/.cargo/bin,$(if $(wildcard $(dir)),:$(dir)))
+
+.PHONY: all prerequisites build install image image-binary bench bench-quick crds test test-versions soak check fmt fmt-check clippy plane gitops cluster-up cluster-down cluster-status run run-down clean
 
 all: build
+
+## What make run and make test need and the machine lacks (Debian packages, the musl target):
+## installed by hack/prerequisites.sh, which takes well under a second when nothing is missing.
+## Every target below that needs more than cargo depends on it.
+prerequisites:
+	@hack/prerequisites.sh
 
 build:
 	$(CARGO) build --locked --workspace
@@ -15,7 +25,9 @@ build:
 ## --workspace: the operator and the Bitbucket simulator (crates/bitbucket-sim) alike.
 ## The plane runs with a real node (kubelet, containerd) for tests/node.rs, which installs the
 ## image `make image` builds.
-test: fmt-check clippy plane image gitops
+## The plugin is a crate of its own, so its binary is built first for tests/it/plugin.rs.
+test: prerequisites fmt-check clippy plane image gitops
+	$(CARGO) build --locked --workspace --bins
 	$(PLANE) exec --node -- $(CARGO) test --locked --workspace --all-targets
 	@# A plane this run started is down again: its node must have left nothing behind.
 	@if ! $(PLANE) status >/dev/null 2>&1; then \
@@ -28,20 +40,20 @@ test: fmt-check clippy plane image gitops
 ## Prints a report, also written to target/soak/report.md.
 SOAK_SECONDS ?= 600
 PROPTEST_CASES ?= 20000
-soak: plane image-binary
+soak: prerequisites plane image-binary
 	PROPTEST_CASES=$(PROPTEST_CASES) $(CARGO) test --locked --workspace --lib --bins
 	$(PLANE) exec -- env SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test --locked --test soak -- --nocapture the_operator_keeps_its_promises
 
 ## gitops-check (hack/gitops): kstatus and Argo CD's own health and plugin-client code, which the
 ## tests run against the operator's objects and endpoints; built once per version into the cache.
-gitops:
+gitops: prerequisites
 	hack/gitops.sh build >/dev/null
 
 ## The whole suite again on the oldest and newest Kubernetes minors k8s-openapi 0.29 supports
 ## (1.33 and 1.37; make test runs the default, 1.35): each plane and node is built from its own
 ## wrapper module (hack/kube-v1.33, hack/kube-v1.37) and cached. Prints one line per version.
 KUBE_VERSIONS ?= kube-v1.33 kube-v1.37
-test-versions: fmt-check clippy image gitops
+test-versions: prerequisites fmt-check clippy image gitops
 	@for module in $(KUBE_VERSIONS); do \
 	  BBO_KUBE_MODULE=$$module $(PLANE) build --node || exit 1; \
 	done
@@ -57,28 +69,28 @@ test-versions: fmt-check clippy image gitops
 
 ## The kubectl plugin (kubectl bitbucket ...) onto PATH, through cargo install (~/.cargo/bin).
 install:
-	$(CARGO) install --locked --path . --bin kubectl-bitbucket
+	$(CARGO) install --locked --path crates/kubectl-bitbucket
 
 ## The operator's image, FROM scratch around a static release binary (buildah, or docker);
 ## also exported as an OCI archive in target/image/. Pulls nothing.
-image:
+image: prerequisites
 	hack/image.sh build
 
 ## Just the static binary the Dockerfile copies (for `docker build .` elsewhere).
-image-binary:
+image-binary: prerequisites
 	hack/image.sh binary
 
-## Regenerate crds/ from the Rust types in src/api (a test fails when they drift).
+## Regenerate crds/ from the Rust types in crates/api (a test fails when they drift).
 crds:
 	@mkdir -p crds charts/bitbucket-operator/crds charts/bitbucket-operator/templates
 	$(CARGO) run --quiet --locked -p bitbucket-operator --bin bitbucket-operator -- crds --output-dir crds --chart-dir charts/bitbucket-operator
 
 ## Benchmarks on the local plane + simulator (about 4 min; bench-quick about 1 min after the
 ## release build); prints a table and writes target/bench/report.md.
-bench: plane image
+bench: prerequisites plane image
 	$(PLANE) exec --node -- $(CARGO) bench --locked -p bitbucket-operator --bench operator
 
-bench-quick: plane image
+bench-quick: prerequisites plane image
 	$(PLANE) exec --node -- $(CARGO) bench --locked -p bitbucket-operator --bench operator -- --quick
 
 fmt:
@@ -92,10 +104,10 @@ clippy:
 
 ## Build etcd, kube-apiserver, kube-controller-manager, kubectl and the node's kubelet,
 ## kube-proxy and kube-scheduler into the cache (no-op when there).
-plane:
+plane: prerequisites
 	$(PLANE) build --node
 
-cluster-up:
+cluster-up: prerequisites
 	$(PLANE) up
 
 cluster-down:
@@ -106,7 +118,7 @@ cluster-status:
 
 ## The local demo: control plane, CRDs, Bitbucket simulator, operator and example resources,
 ## with their status printed; runs until Ctrl-C (or `make run-down`).
-run:
+run: prerequisites
 	hack/demo.sh
 
 run-down:

@@ -39,7 +39,7 @@ use kube::{
 };
 use support::{
     TestNamespace, client, install_crds,
-    operator::{Operator, condition, eventually, subscription, test_settings},
+    operator::{Operator, await_object, condition, subscription, test_settings},
 };
 
 const LIST_CLOUD: &str = "GET /2.0/repositories/{workspace}";
@@ -225,7 +225,7 @@ async fn synced_workspace(client: &Client, ns: &str, sim: &Simulator) -> Api<Sub
     create(client, ns, &cloud_integration("cloud", sim)).await;
     create(client, ns, &subscription("all", "cloud", Some("acme"), &[])).await;
     let subscriptions: Api<Subscription> = Api::namespaced(client.clone(), ns);
-    eventually(&subscriptions, "all", "the subscription to sync", |s| {
+    await_object(&subscriptions, "all", "the subscription to sync", |s| {
         s.status.as_ref().is_some_and(|s| is_ready(&s.conditions))
     })
     .await;
@@ -383,7 +383,7 @@ async fn full_sync_calls(client: &Client, n: usize) -> Vec<Row> {
     create(client, &ns.name, &subscription("dc", "dc", None, &["PLAT"])).await;
     let subscriptions: Api<Subscription> = Api::namespaced(client.clone(), &ns.name);
     for name in ["cloud", "dc"] {
-        eventually(&subscriptions, name, "the subscription to sync", |s| {
+        await_object(&subscriptions, name, "the subscription to sync", |s| {
             s.status.as_ref().is_some_and(|s| is_ready(&s.conditions))
         })
         .await;
@@ -492,7 +492,7 @@ async fn steady_state_writes(client: &Client, count: usize) -> Row {
     }
     let subscriptions: Api<Subscription> = Api::namespaced(client.clone(), &ns.name);
     for i in 0..count {
-        eventually(
+        await_object(
             &subscriptions,
             &format!("s{i}"),
             "each subscription to sync",
@@ -502,7 +502,7 @@ async fn steady_state_writes(client: &Client, count: usize) -> Row {
     }
     let integrations: Api<BitbucketIntegration> = Api::namespaced(client.clone(), &ns.name);
     let expected = Some(i32::try_from(count).unwrap());
-    eventually(
+    await_object(
         &integrations,
         "cloud",
         "the integration to count its users",

@@ -5,11 +5,15 @@
 #
 #   hack/demo.sh        start and wait
 #   hack/demo.sh down   stop what a running demo started
+#
+# Environment: BBO_DEMO_DIR, the demo's run directory (default <repo>/.run/demo); BBO_RUN_DIR,
+# the control plane's (hack/control-plane.sh). Ctrl-C stops everything the demo started, also
+# under a pipe (`make run | tee run.log`), whose reader dies first: tests/it/demo.rs checks.
 set -euo pipefail
 
 HACK="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO="$(cd "$HACK/.." && pwd)"
-RUN="$REPO/.run/demo"
+RUN="${BBO_DEMO_DIR:-$REPO/.run/demo}"
 NAMESPACE=demo
 say() { printf '\033[1mdemo:\033[0m %s\n' "$*" >&2; }
 
@@ -50,8 +54,22 @@ wait_http() { # <url> <what> <pidfile>
   say "$2 did not answer at $1"; exit 1
 }
 
-trap 'echo; say "stopping"; down' EXIT
-trap 'exit 130' INT TERM
+# Stops what was started, whatever stopped the demo. Ctrl-C under a pipe kills the reader (tee)
+# too, and a write to the broken pipe would kill this script before `down` ran: so SIGPIPE is
+# ignored, errors are not fatal here, and down's own output goes to a file first.
+cleanup() {
+  set +e
+  trap '' PIPE INT TERM HUP
+  echo >&2
+  say "stopping"
+  local log="$RUN.down.log"
+  mkdir -p "$(dirname "$RUN")"
+  down >"$log" 2>&1
+  cat "$log" >&2
+  rm -f "$log"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
 
 "$HACK/control-plane.sh" build
 plane_was_up=0

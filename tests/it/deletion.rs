@@ -6,7 +6,7 @@
 use crate::support::{
     env::*,
     kubectl,
-    operator::{condition, eventually, subscription},
+    operator::{await_object, condition, subscription},
     within,
 };
 use bitbucket_operator::api::{
@@ -82,7 +82,7 @@ impl Env {
         .await;
         self.create(&self.cloud(name, CredentialType::ApiToken, &secret, None))
             .await;
-        eventually(
+        await_object(
             &self.api(),
             name,
             "the second integration to be Ready",
@@ -101,7 +101,7 @@ async fn deleting_an_integration_in_use_is_refused_at_once_naming_the_subscripti
             .await;
     }
     let integrations = env.api::<BitbucketIntegration>();
-    let acme = eventually(&integrations, "acme", "acme to count 5 users", used_by(5)).await;
+    let acme = await_object(&integrations, "acme", "acme to count 5 users", used_by(5)).await;
     assert_eq!(
         acme.status.unwrap().used_by,
         ["api-ci", "docs-ci", "ops-ci", "web-ci", "www-ci"]
@@ -133,7 +133,7 @@ async fn deleting_an_integration_in_use_is_refused_at_once_naming_the_subscripti
             .await
             .unwrap();
     }
-    eventually(&integrations, "acme", "acme to count 1 user", used_by(1)).await;
+    await_object(&integrations, "acme", "acme to count 1 user", used_by(1)).await;
     assert_eq!(
         delete_refused(&integrations, "acme").await,
         in_use("acme", "Subscription www-ci", "it")
@@ -144,7 +144,7 @@ async fn deleting_an_integration_in_use_is_refused_at_once_naming_the_subscripti
         .unwrap();
     // Deletable as soon as the status says nobody uses it, and gone at once: the finalizer
     // never had to hold it.
-    let free = eventually(&integrations, "acme", "acme to count no user", used_by(0)).await;
+    let free = await_object(&integrations, "acme", "acme to count no user", used_by(0)).await;
     assert!(free.status.unwrap().used_by.is_empty());
     integrations
         .delete("acme", &DeleteParams::default())
@@ -167,7 +167,7 @@ async fn the_refusal_holds_while_the_operator_is_stopped() {
     env.create(&subscription("ci", "acme", Some("acme"), &[]))
         .await;
     let integrations = env.api::<BitbucketIntegration>();
-    eventually(&integrations, "acme", "acme to count ci", used_by(1)).await;
+    await_object(&integrations, "acme", "acme to count ci", used_by(1)).await;
     env.operator.take().unwrap().stop().await;
 
     let expected = in_use("acme", "Subscription ci", "it");
@@ -196,7 +196,7 @@ async fn an_integration_deleted_before_its_status_names_its_users_is_held_by_the
         .unwrap();
     env.restart_operator();
 
-    let blocked = eventually(
+    let blocked = await_object(
         &integrations,
         "acme",
         "the deletion to be blocked",
@@ -229,7 +229,7 @@ async fn an_integration_deleted_before_its_status_names_its_users_is_held_by_the
             .unwrap();
     }
     let shrunk = in_use("acme", "Subscription ops-ci", "it");
-    eventually(&integrations, "acme", "the message to shrink", move |i| {
+    await_object(&integrations, "acme", "the message to shrink", move |i| {
         i.status
             .as_ref()
             .and_then(|s| condition(&s.conditions, DELETION_BLOCKED))
@@ -251,7 +251,7 @@ async fn re_pointing_the_last_subscription_frees_the_integration() {
     env.create(&subscription("ci", "acme", Some("acme"), &[]))
         .await;
     let integrations = env.api::<BitbucketIntegration>();
-    let acme = eventually(&integrations, "acme", "acme to count ci", used_by(1)).await;
+    let acme = await_object(&integrations, "acme", "acme to count ci", used_by(1)).await;
     assert_eq!(
         delete_refused(&integrations, "acme").await,
         in_use("acme", "Subscription ci", "it")
@@ -265,13 +265,13 @@ async fn re_pointing_the_last_subscription_frees_the_integration() {
         )
         .await
         .unwrap();
-    eventually(&integrations, "acme", "acme to count no user", used_by(0)).await;
+    await_object(&integrations, "acme", "acme to count no user", used_by(0)).await;
     integrations
         .delete("acme", &DeleteParams::default())
         .await
         .unwrap();
     env.wait_deleted(&acme).await;
-    eventually(
+    await_object(
         &env.api(),
         "ci",
         "ci to sync through the other integration",
@@ -353,7 +353,7 @@ async fn a_subscription_racing_its_integrations_delete_never_outlives_it() {
     for name in &names {
         env.create(&env.cloud(name, CredentialType::ApiToken, "acme-token", None))
             .await;
-        eventually(&integrations, name, "the finalizer", |i| {
+        await_object(&integrations, name, "the finalizer", |i| {
             i.finalizers().iter().any(|f| f == IN_USE_FINALIZER)
         })
         .await;
@@ -382,7 +382,7 @@ async fn a_subscription_racing_its_integrations_delete_never_outlives_it() {
                     .delete(&user, &DeleteParams::default())
                     .await
                     .unwrap();
-                eventually(&integrations, name, "no user", used_by(0)).await;
+                await_object(&integrations, name, "no user", used_by(0)).await;
                 integrations
                     .delete(name, &DeleteParams::default())
                     .await
@@ -391,7 +391,7 @@ async fn a_subscription_racing_its_integrations_delete_never_outlives_it() {
             // Both went through between the Subscription's creation and the status update:
             // the finalizer holds the integration until the Subscription goes.
             (None, None) => {
-                eventually(
+                await_object(
                     &integrations,
                     name,
                     "the deletion to be blocked",
@@ -424,8 +424,8 @@ async fn deleting_the_whole_namespace_completes() {
             .await;
     }
     let integrations = env.api::<BitbucketIntegration>();
-    eventually(&integrations, "acme", "acme to count 2 users", used_by(2)).await;
-    eventually(&integrations, "other", "other to count 1 user", used_by(1)).await;
+    await_object(&integrations, "acme", "acme to count 2 users", used_by(2)).await;
+    await_object(&integrations, "other", "other to count 1 user", used_by(1)).await;
     delete_refused(&integrations, "acme").await;
 
     // With the operator away the statuses keep naming their users, yet the namespace
@@ -438,7 +438,7 @@ async fn deleting_the_whole_namespace_completes() {
         .await
         .unwrap();
     for name in ["acme", "other"] {
-        eventually(
+        await_object(
             &integrations,
             name,
             "the namespace controller's delete",
@@ -469,7 +469,7 @@ async fn kubectl_delete_all_deletes_the_free_integrations_and_names_the_users_of
     env.create(&subscription("ci", "acme", Some("acme"), &[]))
         .await;
     let integrations = env.api::<BitbucketIntegration>();
-    eventually(&integrations, "acme", "acme to count ci", used_by(1)).await;
+    await_object(&integrations, "acme", "acme to count ci", used_by(1)).await;
     let expected = in_use("acme", "Subscription ci", "it");
     assert_eq!(delete_refused(&integrations, "acme").await, expected);
     let ns = env.ns.name.as_str();
@@ -518,7 +518,7 @@ async fn uninstalling_in_the_documented_order_completes() {
             .await;
     }
     let integrations = env.api::<BitbucketIntegration>();
-    eventually(&integrations, "acme", "acme to count ci", used_by(1)).await;
+    await_object(&integrations, "acme", "acme to count ci", used_by(1)).await;
     delete_refused(&integrations, "acme").await;
 
     // README, "Uninstalling": the Subscriptions, then — once no integration counts a user —

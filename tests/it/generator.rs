@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use crate::support::{
     env::*,
-    operator::{eventually, subscription},
+    operator::{await_object, subscription},
 };
 use bitbucket_operator::{
     api::{CredentialType, Subscription},
@@ -67,7 +67,7 @@ async fn each_repository_is_one_parameter_set_for_the_token_holder_only() {
     env.ready_cloud_integration().await;
     env.create(&offered(subscription("ci", "acme", Some("acme"), &[])))
         .await;
-    eventually(&env.api(), "ci", "ci to sync", is_synced).await;
+    await_object(&env.api(), "ci", "ci to sync", is_synced).await;
     let url = serve(&env).await;
 
     for token in [None, Some("FAKE-wrong-token")] {
@@ -119,7 +119,7 @@ async fn unknown_unoffered_and_unsynced_subscriptions_are_errors_never_empty_lis
     env.ready_cloud_integration().await;
     env.create(&subscription("private", "acme", Some("acme"), &[]))
         .await;
-    eventually(&env.api(), "private", "private to sync", is_synced).await;
+    await_object(&env.api(), "private", "private to sync", is_synced).await;
     // An integration that never validates: its Subscription has no list yet.
     env.secret(
         "wrong",
@@ -135,7 +135,7 @@ async fn unknown_unoffered_and_unsynced_subscriptions_are_errors_never_empty_lis
         &[],
     )))
     .await;
-    eventually(
+    await_object(
         &env.api(),
         "waiting",
         "waiting to wait for its integration",
@@ -193,7 +193,7 @@ async fn ten_thousand_repositories_are_all_served_beyond_the_thousand_in_status(
     let mut big = offered(subscription("big", "acme", Some("acme"), &[]));
     big.spec.repositories.include = vec!["gen-*".into()];
     env.create(&big).await;
-    let synced = eventually(&env.api(), "big", "big to sync", is_synced).await;
+    let synced = await_object(&env.api(), "big", "big to sync", is_synced).await;
     let status = synced.status.unwrap();
     assert!(status.repositories_truncated);
     assert_eq!(status.repositories.len(), 1000);
@@ -219,7 +219,7 @@ async fn argo_cds_own_plugin_client_reads_the_answer() {
     env.ready_cloud_integration().await;
     env.create(&offered(subscription("ci", "acme", Some("acme"), &["WEB"])))
         .await;
-    eventually(&env.api(), "ci", "ci to sync", is_synced).await;
+    await_object(&env.api(), "ci", "ci to sync", is_synced).await;
     let url = serve(&env).await;
     let argo = |token: &str, parameters: Value| {
         let mut command = std::process::Command::new(crate::support::gitops_check());

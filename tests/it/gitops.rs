@@ -6,7 +6,7 @@
 
 use crate::support::{
     env::*,
-    operator::{condition, eventually, subscription},
+    operator::{await_object, condition, subscription},
 };
 use bitbucket_operator::api::{BitbucketIntegration, CredentialType, Subscription};
 use bitbucket_sim::FaultRule;
@@ -98,7 +98,7 @@ async fn flux_and_argo_cd_see_each_state_as_its_users_expect() {
     env.ready_cloud_integration().await;
     env.create(&subscription("synced", "acme", Some("acme"), &[]))
         .await;
-    let synced = eventually(&subscriptions, "synced", "synced", is_synced).await;
+    let synced = await_object(&subscriptions, "synced", "synced", is_synced).await;
 
     // A first validation that takes Bitbucket seconds: Reconciling meanwhile.
     env.sim
@@ -111,7 +111,7 @@ async fn flux_and_argo_cd_see_each_state_as_its_users_expect() {
     .await;
     env.create(&env.cloud("validating", CredentialType::ApiToken, "slow", None))
         .await;
-    let validating = eventually(&integrations, "validating", "Reconciling", |i| {
+    let validating = await_object(&integrations, "validating", "Reconciling", |i| {
         i.status
             .as_ref()
             .and_then(|s| condition(&s.conditions, "Reconciling"))
@@ -127,7 +127,7 @@ async fn flux_and_argo_cd_see_each_state_as_its_users_expect() {
     .await;
     env.create(&env.cloud("stalled", CredentialType::ApiToken, "bad", None))
         .await;
-    let stalled = eventually(
+    let stalled = await_object(
         &integrations,
         "stalled",
         "stalled",
@@ -136,7 +136,7 @@ async fn flux_and_argo_cd_see_each_state_as_its_users_expect() {
     .await;
     env.create(&subscription("waiting", "stalled", Some("acme"), &[]))
         .await;
-    let waiting = eventually(
+    let waiting = await_object(
         &subscriptions,
         "waiting",
         "waiting",
@@ -148,7 +148,7 @@ async fn flux_and_argo_cd_see_each_state_as_its_users_expect() {
     let mut paused = subscription("suspended", "acme", Some("acme"), &[]);
     paused.spec.suspend = true;
     env.create(&paused).await;
-    let suspended = eventually(
+    let suspended = await_object(
         &subscriptions,
         "suspended",
         "suspended",
@@ -165,7 +165,7 @@ async fn flux_and_argo_cd_see_each_state_as_its_users_expect() {
     .await;
     env.create(&env.cloud("held", CredentialType::ApiToken, "held-token", None))
         .await;
-    eventually(
+    await_object(
         &integrations,
         "held",
         "held to be Ready",
@@ -180,7 +180,7 @@ async fn flux_and_argo_cd_see_each_state_as_its_users_expect() {
         .await
         .unwrap();
     env.restart_operator();
-    let blocked = eventually(
+    let blocked = await_object(
         &integrations,
         "held",
         "the deletion to be blocked",

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::{
     env::*,
-    operator::{Operator, eventually, subscription, sync_request, test_settings},
+    operator::{Operator, await_object, subscription, sync_request, test_settings},
     within,
 };
 use bitbucket_operator::{
@@ -91,7 +91,7 @@ async fn only_the_leader_reconciles_and_the_standby_takes_over_when_it_dies() {
         .await;
     env.create(&subscription("ci", "acme", Some("acme"), &[]))
         .await;
-    eventually(&env.api(), "ci", "ci to sync", is_synced).await;
+    await_object(&env.api(), "ci", "ci to sync", is_synced).await;
     assert!(leader.status_writes() > 0);
     assert!(leader.reconciles() && !standby.reconciles());
     assert_eq!(standby.status_writes(), 0, "the standby wrote nothing");
@@ -102,7 +102,7 @@ async fn only_the_leader_reconciles_and_the_standby_takes_over_when_it_dies() {
     let died = Instant::now();
     leader.kill();
     request_sync(&env, "ci", "during-handover").await;
-    eventually(
+    await_object(
         &env.api(),
         "ci",
         "the new leader to handle the sync request",
@@ -168,7 +168,7 @@ async fn a_replica_that_loses_the_lease_stops_reconciling() {
         .await;
     env.create(&subscription("ci", "acme", Some("acme"), &[]))
         .await;
-    eventually(&env.api(), "ci", "ci to sync", is_synced).await;
+    await_object(&env.api(), "ci", "ci to sync", is_synced).await;
 
     // Someone else takes the Lease for a long time: both replicas stand by.
     let leases = Api::<Lease>::namespaced(env.client.clone(), &env.ns.name);
@@ -198,8 +198,8 @@ async fn a_replica_that_loses_the_lease_stops_reconciling() {
         .replace(LEASE, &PostParams::default(), &lease)
         .await
         .unwrap();
-    eventually(&env.api(), "late", "late to sync", is_synced).await;
-    eventually(
+    await_object(&env.api(), "late", "late to sync", is_synced).await;
+    await_object(
         &env.api(),
         "ci",
         "the sync request to be handled",

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::{
     TestNamespace, client, consenting, install_crds, kubectl_ok,
-    operator::{condition, eventually, subscription, sync_request},
+    operator::{await_object, condition, subscription, sync_request},
     string_secret,
     tls::{pki, tls_terminator},
     within,
@@ -226,12 +226,12 @@ async fn deploy_on_a_real_node_reconciles_hands_over_and_uninstalls() {
         )
         .await
         .unwrap();
-    let synced = eventually(&subscriptions, "ci", "ci to sync from the pod", |s| {
+    let synced = await_object(&subscriptions, "ci", "ci to sync from the pod", |s| {
         s.status.as_ref().is_some_and(|s| ready(&s.conditions))
     })
     .await;
     let listed = synced.status.clone().unwrap().repository_count;
-    eventually(&integrations, "acme", "acme to be Ready", |i| {
+    await_object(&integrations, "acme", "acme to be Ready", |i| {
         i.status.as_ref().is_some_and(|s| ready(&s.conditions))
     })
     .await;
@@ -285,7 +285,7 @@ async fn deploy_on_a_real_node_reconciles_hands_over_and_uninstalls() {
     let (successor, took) = new_leader(&client, &leader, deleted).await;
     eprintln!("handover after deleting the leader's pod: {took:?} ({leader} → {successor})");
     plugin_served_by(&client, &successor).await;
-    eventually(
+    await_object(
         &subscriptions,
         "ci",
         "the sync request to be handled",

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::support::{
     env::*,
-    operator::{Operator, condition, eventually, subscription, sync_request, test_settings},
+    operator::{Operator, await_object, condition, subscription, sync_request, test_settings},
     within,
 };
 use bitbucket_operator::api::{
@@ -64,7 +64,7 @@ async fn each_credential_kind_becomes_ready_with_its_identity() {
         ("dc-basic", "DataCenterUser", Some("jdoe")),
         ("dc-token", "DataCenterUser", Some("jdoe")),
     ] {
-        let ready = eventually(
+        let ready = await_object(
             &api,
             name,
             &format!("{name} to be Ready"),
@@ -108,7 +108,7 @@ async fn a_wrong_token_stalls_and_fixing_the_secret_makes_it_ready_without_a_res
     env.create(&env.cloud("acme", CredentialType::ApiToken, "acme-token", None))
         .await;
     let api = env.api::<BitbucketIntegration>();
-    let stalled = eventually(
+    let stalled = await_object(
         &api,
         "acme",
         "acme to stall",
@@ -165,7 +165,7 @@ async fn a_wrong_token_stalls_and_fixing_the_secret_makes_it_ready_without_a_res
         &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
     )
     .await;
-    let ready = eventually(
+    let ready = await_object(
         &api,
         "acme",
         "acme to be Ready after the rotation",
@@ -181,7 +181,7 @@ async fn a_missing_secret_or_key_stalls_without_calling_bitbucket() {
     env.create(&env.cloud("acme", CredentialType::ApiToken, "acme-token", None))
         .await;
     let api = env.api::<BitbucketIntegration>();
-    let stalled = eventually(&api, "acme", "SecretNotFound", reason_is("SecretNotFound")).await;
+    let stalled = await_object(&api, "acme", "SecretNotFound", reason_is("SecretNotFound")).await;
     let ready = condition(&stalled.status.as_ref().unwrap().conditions, READY)
         .unwrap()
         .clone();
@@ -189,7 +189,7 @@ async fn a_missing_secret_or_key_stalls_without_calling_bitbucket() {
 
     env.secret("acme-token", &[("email", "jdoe@example.com")])
         .await;
-    let stalled = eventually(
+    let stalled = await_object(
         &api,
         "acme",
         "SecretKeyMissing",
@@ -215,7 +215,7 @@ async fn a_missing_secret_or_key_stalls_without_calling_bitbucket() {
         &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
     )
     .await;
-    eventually(&api, "acme", "acme to be Ready", is_ready_integration).await;
+    await_object(&api, "acme", "acme to be Ready", is_ready_integration).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,7 +234,7 @@ async fn a_sync_request_revalidates_once_and_is_echoed() {
     )
     .await
     .unwrap();
-    eventually(&api, "acme", "the request to be echoed", |i| {
+    await_object(&api, "acme", "the request to be echoed", |i| {
         i.status
             .as_ref()
             .and_then(|s| s.last_handled_sync_request.as_deref())
@@ -257,7 +257,7 @@ async fn a_subscription_lists_the_filtered_repositories_of_its_workspace() {
         visibility: Visibility::Private,
     };
     env.create(&filtered).await;
-    let synced = eventually(&env.api(), "api-ci", "api-ci to sync", is_synced).await;
+    let synced = await_object(&env.api(), "api-ci", "api-ci to sync", is_synced).await;
     let status = synced.status.unwrap();
     let names: Vec<_> = status
         .repositories
@@ -283,7 +283,7 @@ async fn a_subscription_lists_the_filtered_repositories_of_its_workspace() {
         ("acme", Some("jdoe"))
     );
     assert!(status.last_change_time.is_some());
-    let count = eventually(
+    let count = await_object(
         &env.api::<BitbucketIntegration>(),
         "acme",
         "acme to count its user",
@@ -301,7 +301,7 @@ async fn a_data_center_subscription_lists_its_projects() {
         .await;
     env.create(&subscription("platform", "dc", None, &["PLAT", "~jdoe"]))
         .await;
-    let synced = eventually(&env.api(), "platform", "platform to sync", is_synced).await;
+    let synced = await_object(&env.api(), "platform", "platform to sync", is_synced).await;
     let names: Vec<_> = synced
         .status
         .unwrap()
@@ -327,7 +327,7 @@ async fn a_subscription_waits_for_its_integration_and_syncs_once_it_is_ready() {
     env.create(&subscription("early", "acme", Some("acme"), &[]))
         .await;
     let api = env.api::<Subscription>();
-    eventually(
+    await_object(
         &api,
         "early",
         "IntegrationNotFound",
@@ -336,7 +336,7 @@ async fn a_subscription_waits_for_its_integration_and_syncs_once_it_is_ready() {
     .await;
     env.create(&env.cloud("acme", CredentialType::ApiToken, "acme-token", None))
         .await;
-    let waiting = eventually(
+    let waiting = await_object(
         &api,
         "early",
         "IntegrationNotReady",
@@ -352,7 +352,7 @@ async fn a_subscription_waits_for_its_integration_and_syncs_once_it_is_ready() {
             .unwrap_or_default()
     };
     assert!(message(&waiting).starts_with("BitbucketIntegration acme is not ready"));
-    eventually(
+    await_object(
         &api,
         "early",
         "the reason to name the missing Secret",
@@ -364,7 +364,7 @@ async fn a_subscription_waits_for_its_integration_and_syncs_once_it_is_ready() {
         &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
     )
     .await;
-    let synced = eventually(&api, "early", "early to sync", is_synced).await;
+    let synced = await_object(&api, "early", "early to sync", is_synced).await;
     assert_eq!(synced.status.unwrap().repository_count, Some(10));
 }
 
@@ -377,7 +377,7 @@ async fn a_subscription_that_cannot_work_with_its_integration_stalls() {
     env.create(&subscription("wrong", "dc", Some("acme"), &[]))
         .await;
     let api = env.api::<Subscription>();
-    let stalled = eventually(
+    let stalled = await_object(
         &api,
         "wrong",
         "wrong to stall",
@@ -404,7 +404,7 @@ async fn subscriptions_of_one_workspace_share_one_listing() {
             .await;
     }
     for name in ["a", "b", "c"] {
-        eventually(&env.api(), name, "each to sync", is_synced).await;
+        await_object(&env.api(), name, "each to sync", is_synced).await;
     }
     assert_eq!(
         env.sim
@@ -423,7 +423,7 @@ async fn a_rate_limit_storm_backs_off_recovers_and_keeps_the_list() {
     env.create(&subscription("ci", "acme", Some("acme"), &[]))
         .await;
     let api = env.api::<Subscription>();
-    eventually(&api, "ci", "ci to sync", is_synced).await;
+    await_object(&api, "ci", "ci to sync", is_synced).await;
 
     let control = env.sim.control();
     control.add_fault(FaultRule::status(429).on_path("/2.0/repositories"));
@@ -437,7 +437,7 @@ async fn a_rate_limit_storm_backs_off_recovers_and_keeps_the_list() {
     )
     .await
     .unwrap();
-    let limited = eventually(
+    let limited = await_object(
         &api,
         "ci",
         "ci to report the rate limit",
@@ -467,7 +467,7 @@ async fn a_rate_limit_storm_backs_off_recovers_and_keeps_the_list() {
     );
 
     control.clear_faults();
-    let recovered = eventually(&api, "ci", "ci to recover", is_synced).await;
+    let recovered = await_object(&api, "ci", "ci to recover", is_synced).await;
     assert_eq!(recovered.status.unwrap().repositories.len(), 10);
 }
 
@@ -538,7 +538,7 @@ async fn a_sync_request_that_meets_a_rate_limit_is_answered_only_by_a_listing_ma
     env.create(&subscription("ci", "acme", Some("acme"), &[]))
         .await;
     let api = env.api::<Subscription>();
-    eventually(&api, "ci", "ci to sync", is_synced).await;
+    await_object(&api, "ci", "ci to sync", is_synced).await;
 
     let control = env.sim.control();
     let mut added = control.fixture().cloud.workspaces[0].repositories[0].clone();
@@ -551,7 +551,7 @@ async fn a_sync_request_that_meets_a_rate_limit_is_answered_only_by_a_listing_ma
     api.patch("ci", &PatchParams::default(), &sync_request("after-add"))
         .await
         .unwrap();
-    eventually(
+    await_object(
         &api,
         "ci",
         "ci to say the request met a rate limit",
@@ -583,7 +583,7 @@ async fn a_sync_request_that_meets_a_rate_limit_is_answered_only_by_a_listing_ma
             .iter()
             .any(|r| r.full_name == "acme/new-service")
     };
-    eventually(
+    await_object(
         &api,
         "ci",
         "the added repository",
@@ -612,7 +612,7 @@ async fn a_revalidation_request_that_meets_an_outage_is_retried_until_bitbucket_
     api.patch("acme", &PatchParams::default(), &sync_request("outage"))
         .await
         .unwrap();
-    let unavailable = eventually(
+    let unavailable = await_object(
         &api,
         "acme",
         "acme to say Bitbucket is unavailable",
@@ -642,7 +642,7 @@ async fn a_revalidation_request_that_meets_an_outage_is_retried_until_bitbucket_
     .await;
     control.clear_faults();
     let cleared = calls();
-    let ready = eventually(&api, "acme", "acme to be Ready again", is_ready_integration).await;
+    let ready = await_object(&api, "acme", "acme to be Ready again", is_ready_integration).await;
     assert!(
         calls() > cleared,
         "Ready again only after Bitbucket answered"
@@ -665,7 +665,7 @@ async fn objects_backing_off_are_not_retried_early_when_woken() {
     env.create(&subscription("ci", "acme", Some("acme"), &[]))
         .await;
     let subscriptions = env.api::<Subscription>();
-    eventually(&subscriptions, "ci", "ci to sync", is_synced).await;
+    await_object(&subscriptions, "ci", "ci to sync", is_synced).await;
     let integrations = env.api::<BitbucketIntegration>();
     let control = env.sim.control();
     let touch_40_times = || async {
@@ -691,7 +691,7 @@ async fn objects_backing_off_are_not_retried_early_when_woken() {
         .patch("acme", &PatchParams::default(), &sync_request("outage"))
         .await
         .unwrap();
-    eventually(
+    await_object(
         &integrations,
         "acme",
         "acme to fail",
@@ -709,20 +709,20 @@ async fn objects_backing_off_are_not_retried_early_when_woken() {
     assert_eq!(reconciling.reason, "ProgressingWithRetry");
 
     control.clear_faults();
-    eventually(
+    await_object(
         &integrations,
         "acme",
         "acme to recover",
         is_ready_integration,
     )
     .await;
-    eventually(&subscriptions, "ci", "ci to sync again", is_synced).await;
+    await_object(&subscriptions, "ci", "ci to sync again", is_synced).await;
     control.add_fault(FaultRule::status(503).on_path("/2.0/repositories"));
     subscriptions
         .patch("ci", &PatchParams::default(), &sync_request("outage"))
         .await
         .unwrap();
-    eventually(
+    await_object(
         &subscriptions,
         "ci",
         "ci to fail",
@@ -737,7 +737,7 @@ async fn objects_backing_off_are_not_retried_early_when_woken() {
         "{listings} listing requests while woken 40 times, a sync request unanswered"
     );
     control.clear_faults();
-    let recovered = eventually(&subscriptions, "ci", "ci to recover", is_synced).await;
+    let recovered = await_object(&subscriptions, "ci", "ci to recover", is_synced).await;
     assert_eq!(
         recovered
             .status
@@ -760,7 +760,7 @@ async fn the_one_request_summary_notices_every_kind_of_change() {
     env.create(&subscription("ci", "acme", Some("acme"), &[]))
         .await;
     let api = env.api::<Subscription>();
-    eventually(&api, "ci", "ci to sync", is_synced).await;
+    await_object(&api, "ci", "ci to sync", is_synced).await;
     within("steady state to run on summaries", async {
         while env.operator().requests("summarize_repositories") < 2 {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -786,7 +786,7 @@ async fn the_one_request_summary_notices_every_kind_of_change() {
     added.uuid = None;
     added.updated_on = None;
     control.add_cloud_repository("acme", added).unwrap();
-    eventually(
+    await_object(
         &api,
         "ci",
         "the added repository",
@@ -795,7 +795,7 @@ async fn the_one_request_summary_notices_every_kind_of_change() {
     .await;
 
     control.delete_cloud_repository("acme", "runbooks").unwrap();
-    eventually(
+    await_object(
         &api,
         "ci",
         "the deleted repository to go",
@@ -813,7 +813,7 @@ async fn the_one_request_summary_notices_every_kind_of_change() {
             },
         )
         .unwrap();
-    eventually(
+    await_object(
         &api,
         "ci",
         "the renamed repository",
@@ -831,7 +831,7 @@ async fn the_one_request_summary_notices_every_kind_of_change() {
             },
         )
         .unwrap();
-    eventually(&api, "ci", "docs to turn private", |s| {
+    await_object(&api, "ci", "docs to turn private", |s| {
         s.status.as_ref().is_some_and(|s| {
             s.repositories
                 .iter()
@@ -866,7 +866,7 @@ async fn a_subscription_says_it_waits_when_its_integrations_first_validation_han
         .await;
     env.create(&subscription("ci", "acme", Some("acme"), &[]))
         .await;
-    let waiting = eventually(
+    let waiting = await_object(
         &env.api::<Subscription>(),
         "ci",
         "ci to say it waits for acme",
@@ -914,9 +914,9 @@ async fn unchanged_data_over_several_intervals_writes_nothing() {
     env.create(&subscription("ci", "acme", Some("acme"), &[]))
         .await;
     let subscriptions = env.api::<Subscription>();
-    eventually(&subscriptions, "ci", "ci to sync", is_synced).await;
+    await_object(&subscriptions, "ci", "ci to sync", is_synced).await;
     let integrations = env.api::<BitbucketIntegration>();
-    eventually(&integrations, "acme", "acme to count its user", |i| {
+    await_object(&integrations, "acme", "acme to count its user", |i| {
         i.status.as_ref().and_then(|s| s.subscriptions) == Some(1)
     })
     .await;
@@ -957,7 +957,7 @@ async fn a_restarted_operator_converges_without_repeating_events() {
     env.ready_cloud_integration().await;
     env.create(&subscription("ci", "acme", Some("acme"), &[]))
         .await;
-    eventually(&env.api(), "ci", "ci to sync", is_synced).await;
+    await_object(&env.api(), "ci", "ci to sync", is_synced).await;
     env.wait_for_events(&[("acme", "Validated"), ("ci", "Synced")])
         .await;
 
@@ -970,7 +970,7 @@ async fn a_restarted_operator_converges_without_repeating_events() {
         test_settings(&env.ns.name),
     ));
 
-    let late = eventually(
+    let late = await_object(
         &env.api(),
         "late",
         "late to sync after the restart",
@@ -978,7 +978,7 @@ async fn a_restarted_operator_converges_without_repeating_events() {
     )
     .await;
     assert_eq!(late.status.unwrap().repository_count, Some(4));
-    eventually(
+    await_object(
         &env.api::<BitbucketIntegration>(),
         "acme",
         "acme to count both",
@@ -1041,16 +1041,16 @@ async fn no_token_appears_in_events_status_or_logs() {
         env.create(&env.cloud("signed-in", CredentialType::OAuthUser, "signed-in", None))
             .await;
         let api = env.api::<BitbucketIntegration>();
-        eventually(
+        await_object(
             &api,
             "signed-in",
             "signed-in to be Ready",
             is_ready_integration,
         )
         .await;
-        eventually(&api, "good", "good to be Ready", is_ready_integration).await;
-        eventually(&api, "bad", "bad to stall", reason_is("InvalidCredentials")).await;
-        eventually(&env.api(), "ci", "ci to sync", is_synced).await;
+        await_object(&api, "good", "good to be Ready", is_ready_integration).await;
+        await_object(&api, "bad", "bad to stall", reason_is("InvalidCredentials")).await;
+        await_object(&env.api(), "ci", "ci to sync", is_synced).await;
         (env, signed_in)
     })
     .await;
@@ -1115,7 +1115,7 @@ async fn a_large_workspace_is_counted_in_full_but_listed_up_to_1000() {
     env.ready_cloud_integration().await;
     env.create(&subscription("all", "acme", Some("acme"), &[]))
         .await;
-    let synced = eventually(&env.api(), "all", "all to sync", is_synced).await;
+    let synced = await_object(&env.api(), "all", "all to sync", is_synced).await;
     let status = synced.status.unwrap();
     assert_eq!(status.repository_count, Some(1205));
     assert_eq!(status.repositories.len(), 1000);
@@ -1137,7 +1137,7 @@ async fn a_suspended_subscription_keeps_its_list_and_stops_listing() {
     env.create(&subscription("ci", "acme", Some("acme"), &[]))
         .await;
     let api = env.api::<Subscription>();
-    eventually(&api, "ci", "ci to sync", is_synced).await;
+    await_object(&api, "ci", "ci to sync", is_synced).await;
     api.patch(
         "ci",
         &PatchParams::default(),
@@ -1145,7 +1145,7 @@ async fn a_suspended_subscription_keeps_its_list_and_stops_listing() {
     )
     .await
     .unwrap();
-    let suspended = eventually(
+    let suspended = await_object(
         &api,
         "ci",
         "ci to be suspended",
@@ -1171,7 +1171,7 @@ async fn a_suspended_subscription_keeps_its_list_and_stops_listing() {
     )
     .await
     .unwrap();
-    eventually(&api, "ci", "the request to be echoed", |s| {
+    await_object(&api, "ci", "the request to be echoed", |s| {
         s.status
             .as_ref()
             .and_then(|s| s.last_handled_sync_request.as_deref())
@@ -1193,5 +1193,5 @@ async fn a_suspended_subscription_keeps_its_list_and_stops_listing() {
     )
     .await
     .unwrap();
-    eventually(&api, "ci", "ci to sync again", is_synced).await;
+    await_object(&api, "ci", "ci to sync again", is_synced).await;
 }

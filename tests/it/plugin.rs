@@ -6,7 +6,7 @@ use std::process::{Output, Stdio};
 
 use crate::support::{
     env::*,
-    operator::{eventually, subscription},
+    operator::{await_object, subscription},
 };
 use bitbucket_operator::api::{
     ALLOWED_SERVERS_ANNOTATION, BitbucketIntegration, CREDENTIAL_TYPE_LABEL,
@@ -40,7 +40,7 @@ async fn list_shows_each_integrations_server_account_health_and_users() {
     env.ready_cloud_integration().await;
     env.create(&subscription("ci", "acme", Some("acme"), &[]))
         .await;
-    eventually(&env.api(), "acme", "acme to count ci", used_by(1)).await;
+    await_object(&env.api(), "acme", "acme to count ci", used_by(1)).await;
 
     let listed = plugin(&env, &["list"]);
     assert!(listed.status.success(), "{}", text(&listed.stderr));
@@ -66,7 +66,7 @@ async fn sync_waits_for_the_answer_and_says_what_it_found() {
     env.ready_cloud_integration().await;
     env.create(&subscription("ci", "acme", Some("acme"), &[]))
         .await;
-    eventually(&env.api(), "ci", "ci to sync", is_synced).await;
+    await_object(&env.api(), "ci", "ci to sync", is_synced).await;
 
     let synced = plugin(&env, &["sync", "ci"]);
     assert!(synced.status.success(), "{}", text(&synced.stderr));
@@ -124,7 +124,7 @@ async fn delete_is_refused_naming_every_subscription_then_done() {
             .await;
     }
     let integrations = env.api::<BitbucketIntegration>();
-    eventually(&integrations, "acme", "acme to count 3", used_by(3)).await;
+    await_object(&integrations, "acme", "acme to count 3", used_by(3)).await;
     // The API server enforces its policy a moment after it is installed (a dry run deletes
     // nothing meanwhile).
     let dry_run = DeleteParams {
@@ -162,7 +162,7 @@ async fn delete_is_refused_naming_every_subscription_then_done() {
             .await
             .unwrap();
     }
-    eventually(&integrations, "acme", "acme to count none", used_by(0)).await;
+    await_object(&integrations, "acme", "acme to count none", used_by(0)).await;
     let deleted = plugin(&env, &["delete", "acme"]);
     assert!(deleted.status.success(), "{}", text(&deleted.stderr));
     assert_eq!(text(&deleted.stdout), "BitbucketIntegration acme deleted\n");
@@ -356,8 +356,8 @@ async fn get_repos_and_edit_show_and_change_what_a_person_asks_for() {
     env.ready_cloud_integration().await;
     env.create(&subscription("ci", "acme", Some("acme"), &[]))
         .await;
-    eventually(&env.api(), "ci", "ci to sync", is_synced).await;
-    eventually(&env.api(), "acme", "acme to count ci", used_by(1)).await;
+    await_object(&env.api(), "ci", "ci to sync", is_synced).await;
+    await_object(&env.api(), "acme", "acme to count ci", used_by(1)).await;
 
     let got = plugin(&env, &["get", "acme"]);
     let out = text(&got.stdout);

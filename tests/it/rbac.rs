@@ -3,7 +3,7 @@
 
 use crate::support::{
     TestNamespace, apply_manifests, client, consenting, install_crds,
-    operator::{Operator, condition, eventually, sync_request, test_settings},
+    operator::{Operator, await_object, condition, sync_request, test_settings},
     string_secret, within, yaml_documents,
 };
 use bitbucket_operator::{
@@ -135,7 +135,7 @@ async fn the_operator_works_with_only_the_permissions_deploy_grants() {
     let ready = |conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition]| {
         condition(conditions, READY).is_some_and(|c| c.status == "True")
     };
-    eventually(&integrations, "acme", "acme to be Ready", move |i| {
+    await_object(&integrations, "acme", "acme to be Ready", move |i| {
         i.status.as_ref().is_some_and(|s| ready(&s.conditions))
     })
     .await;
@@ -169,11 +169,11 @@ async fn the_operator_works_with_only_the_permissions_deploy_grants() {
         .await
         .unwrap();
     let _operator = Operator::start(operator_client, settings());
-    eventually(&subscriptions, "ci", "ci to sync", move |s| {
+    await_object(&subscriptions, "ci", "ci to sync", move |s| {
         s.status.as_ref().is_some_and(|s| ready(&s.conditions))
     })
     .await;
-    let blocked = eventually(&integrations, "acme", "the deletion to be blocked", |i| {
+    let blocked = await_object(&integrations, "acme", "the deletion to be blocked", |i| {
         i.status
             .as_ref()
             .and_then(|s| condition(&s.conditions, DELETION_BLOCKED))
@@ -341,7 +341,7 @@ async fn a_signed_in_users_rotated_refresh_token_is_saved_and_nothing_else_may_b
             .as_ref()
             .is_some_and(|s| condition(&s.conditions, READY).is_some_and(|c| c.status == "True"))
     };
-    let validated = eventually(&integrations, "acme", "acme to be Ready", ready).await;
+    let validated = await_object(&integrations, "acme", "acme to be Ready", ready).await;
     let account = validated.status.unwrap().account.unwrap();
     assert_eq!(account.username.as_deref(), Some("jdoe"));
     let saved = refresh_token_of(&secrets.get("acme-oauth").await.unwrap());
@@ -369,7 +369,7 @@ async fn a_signed_in_users_rotated_refresh_token_is_saved_and_nothing_else_may_b
         .patch("acme", &PatchParams::default(), &sync_request("again"))
         .await
         .unwrap();
-    let again = eventually(
+    let again = await_object(
         &integrations,
         "acme",
         "the re-validation",
@@ -390,7 +390,7 @@ async fn a_signed_in_users_rotated_refresh_token_is_saved_and_nothing_else_may_b
         .patch("acme", &PatchParams::default(), &sync_request("restarted"))
         .await
         .unwrap();
-    let restarted = eventually(
+    let restarted = await_object(
         &integrations,
         "acme",
         "the restarted validation",
@@ -415,7 +415,7 @@ async fn a_signed_in_users_rotated_refresh_token_is_saved_and_nothing_else_may_b
         )
         .await
         .unwrap();
-    let stalled = eventually(&integrations, "unlabelled", "SecretNotWritable", |i| {
+    let stalled = await_object(&integrations, "unlabelled", "SecretNotWritable", |i| {
         i.status
             .as_ref()
             .and_then(|s| condition(&s.conditions, READY))

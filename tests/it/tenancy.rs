@@ -11,7 +11,7 @@ use crate::support::{
     TestNamespace, apply_manifests, consenting,
     env::*,
     impersonating,
-    operator::{condition, eventually, subscription},
+    operator::{await_object, condition, subscription},
     string_secret, within,
 };
 use bitbucket_operator::{
@@ -139,7 +139,7 @@ impl Tenancy {
 
     /// What the tenant sees on integration `name` once it stalls.
     async fn stalled(&self, name: &str) -> KubeCondition {
-        let integration = eventually(&self.integrations(), name, "it to stall", |i| {
+        let integration = await_object(&self.integrations(), name, "it to stall", |i| {
             i.status
                 .as_ref()
                 .and_then(|s| condition(&s.conditions, STALLED))
@@ -175,7 +175,7 @@ async fn a_tenant_cannot_send_a_credential_to_a_server_of_its_choosing() {
         "team-token",
     )
     .await;
-    eventually(
+    await_object(
         &t.integrations(),
         "team",
         "the team's integration to be Ready",
@@ -205,7 +205,7 @@ async fn a_tenant_cannot_send_a_credential_to_a_server_of_its_choosing() {
         )
         .await
         .unwrap();
-    eventually(
+    await_object(
         &Api::<Subscription>::namespaced(t.tenant.clone(), &t.env.ns.name),
         "ci",
         "the Subscription to wait for its integration",

@@ -18,7 +18,7 @@ use kube::{
 
 use super::{
     TestNamespace, client, consenting, install_crds,
-    operator::{Operator, condition, eventually, test_settings},
+    operator::{Operator, await_object, condition, test_settings},
     string_secret, within,
 };
 
@@ -154,7 +154,7 @@ impl Env {
         .await;
         self.create(&self.cloud("acme", CredentialType::ApiToken, "acme-token", None))
             .await;
-        eventually(
+        await_object(
             &self.api(),
             "acme",
             "integration acme to be Ready",

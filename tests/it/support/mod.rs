@@ -42,6 +42,30 @@ pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
         .unwrap_or_else(|_| panic!("timed out after {PATIENCE:?} waiting for {what}"))
 }
 
+/// Polls `check` until it gives `Some`, and returns that; fails the test after `timeout` naming
+/// `what` it waited for. The interval grows from 10 ms to 500 ms. For what no watch can serve
+/// (processes, files, HTTP answers, metrics, the simulator's counters); objects in the API
+/// server are awaited with a watch ([`operator::await_object`]).
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
 /// A namespace that belongs to one test. Created with a server-generated unique name; deleted
 /// when dropped, even when the test panics.
 pub struct TestNamespace {

@@ -132,8 +132,9 @@ pub fn condition<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a Con
     conditions.iter().find(|c| c.type_ == type_)
 }
 
-/// Waits until `test` holds for the object `name`, and returns it.
-pub async fn eventually<K>(
+/// Waits, with a watch, until `test` holds for the object `name`, and returns it; on timeout the
+/// failure names `what` and shows the object as it is. Waits for anything else: [`eventually`](super::eventually).
+pub async fn await_object<K>(
     api: &Api<K>,
     name: &str,
     what: &str,
