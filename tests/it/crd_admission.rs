@@ -5,7 +5,8 @@
 use std::collections::BTreeSet;
 
 use crate::support::{
-    TestNamespace, api_for, apply_manifests, client, install_crds, yaml_documents,
+    PATIENCE, TestNamespace, api_for, apply_manifests, client, eventually, install_crds,
+    yaml_documents,
 };
 use bitbucket_operator::api::{BitbucketIntegration, Subscription};
 use futures::future::join_all;
@@ -543,11 +544,14 @@ async fn the_published_openapi_explains_every_field() {
     let request = http::Request::get("/openapi/v3/apis/scm.shippable.io/v1alpha1")
         .body(Vec::new())
         .unwrap();
-    let document: Value =
-        crate::support::within("the OpenAPI document to include the CRDs", async {
-            loop {
-                let document: Value = client.request(request_clone(&request)).await.unwrap();
-                if document.pointer("/components/schemas").is_some_and(|s| {
+    let document: Value = eventually(
+        "the OpenAPI document to include the CRDs",
+        PATIENCE,
+        || async {
+            let document: Value = client.request(request_clone(&request)).await.unwrap();
+            document
+                .pointer("/components/schemas")
+                .is_some_and(|s| {
                     s.as_object()
                         .unwrap()
                         .keys()
@@ -556,13 +560,11 @@ async fn the_published_openapi_explains_every_field() {
                             .unwrap()
                             .keys()
                             .any(|k| k.ends_with(".Subscription"))
-                }) {
-                    break document;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-            }
-        })
-        .await;
+                })
+                .then_some(document)
+        },
+    )
+    .await;
     let schemas = document["components"]["schemas"].as_object().unwrap();
     let schema = |suffix: &str| {
         schemas

@@ -4,8 +4,9 @@
 //! the `in-use` finalizer holds what slips past them; namespaces and uninstalls still complete.
 
 use crate::support::{
+    PATIENCE,
     env::*,
-    kubectl,
+    eventually, kubectl,
     operator::{await_object, condition, subscription},
     within,
 };
@@ -50,16 +51,10 @@ fn dry_run() -> DeleteParams {
 /// is told. The refusal comes once the status names the users and the API server enforces the
 /// policy (a moment after it is installed); a dry run deletes nothing meanwhile.
 async fn delete_refused(integrations: &Api<BitbucketIntegration>, name: &str) -> String {
-    within(
+    eventually(
         &format!("the API server to refuse deleting {name}"),
-        async {
-            loop {
-                if let Some(message) = refusal(integrations.delete(name, &dry_run())).await {
-                    return message;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-        },
+        PATIENCE,
+        || async { refusal(integrations.delete(name, &dry_run())).await },
     )
     .await
 }
@@ -313,11 +308,11 @@ async fn a_subscription_cannot_be_pointed_at_an_integration_being_deleted() {
         dry_run: true,
         ..PostParams::default()
     };
-    within("the API server to refuse the Subscription", async {
-        while create(dry_run.clone()).await.is_none() {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    })
+    eventually(
+        "the API server to refuse the Subscription",
+        PATIENCE,
+        || create(dry_run.clone()),
+    )
     .await;
     assert_eq!(
         create(PostParams::default()).await.as_deref(),

@@ -6,9 +6,10 @@
 use std::time::{Duration, Instant};
 
 use crate::support::{
+    PATIENCE,
     env::*,
+    eventually,
     operator::{Operator, await_object, subscription, sync_request, test_settings},
-    within,
 };
 use bitbucket_operator::{
     api::{BitbucketIntegration, CredentialType, Subscription},
@@ -40,10 +41,8 @@ fn replica(env: &Env, identity: &str) -> Operator {
 async fn two_replicas(env: &Env) -> (Operator, Operator) {
     let a = replica(env, "replica-a");
     let b = replica(env, "replica-b");
-    within("one replica to lead", async {
-        while !(a.leads() || b.leads()) {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    eventually("one replica to lead", PATIENCE, || async {
+        (a.leads() || b.leads()).then_some(())
     })
     .await;
     if a.leads() { (a, b) } else { (b, a) }
@@ -135,10 +134,8 @@ async fn a_leader_that_shuts_down_releases_the_lease_and_the_standby_leads_at_on
 
     let stopped = Instant::now();
     leader.stop().await;
-    within("the standby to lead", async {
-        while !standby.leads() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+    eventually("the standby to lead", PATIENCE, || async {
+        standby.leads().then_some(())
     })
     .await;
     eprintln!("handover after a graceful stop: {:?}", stopped.elapsed());
@@ -180,11 +177,13 @@ async fn a_replica_that_loses_the_lease_stops_reconciling() {
         .replace(LEASE, &PostParams::default(), &lease)
         .await
         .unwrap();
-    within("both replicas to stop reconciling", async {
-        while leader.leads() || leader.reconciles() || standby.reconciles() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
+    eventually(
+        "both replicas to stop reconciling (and the old leader to stop leading)",
+        PATIENCE,
+        || async {
+            (!(leader.leads() || leader.reconciles() || standby.reconciles())).then_some(())
+        },
+    )
     .await;
     request_sync(&env, "ci", "while-nobody-leads").await;
     env.create(&subscription("late", "acme", Some("acme"), &["OPS"]))

@@ -11,6 +11,7 @@ mod control_plane;
 mod crd_admission;
 mod crds_up_to_date;
 mod deletion;
+mod demo;
 mod generator;
 mod gitops;
 mod leader;

@@ -8,11 +8,10 @@
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    TestNamespace, client, consenting, install_crds, kubectl_ok,
+    PATIENCE, TestNamespace, client, consenting, eventually, install_crds, kubectl_ok,
     operator::{await_object, condition, subscription, sync_request},
     string_secret,
     tls::{pki, tls_terminator},
-    within,
 };
 use bitbucket_operator::api::{
     BitbucketIntegration, CredentialType, SecretKeyReference, Subscription,
@@ -58,14 +57,14 @@ async fn operator_pods(client: &Client) -> Vec<Pod> {
 
 /// Waits for a new leader other than `old`, and returns it with the time it took.
 async fn new_leader(client: &Client, old: &str, since: Instant) -> (String, Duration) {
-    within("a new leader", async {
-        loop {
-            if let Some(leader) = holder(client).await.filter(|h| h != old) {
-                return (leader, since.elapsed());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
+    eventually(
+        &format!("a new leader other than {old}"),
+        PATIENCE,
+        || async {
+            let leader = holder(client).await.filter(|h| h != old)?;
+            Some((leader, since.elapsed()))
+        },
+    )
     .await
 }
 
@@ -78,8 +77,10 @@ async fn plugin_served_by(client: &Client, pod: &str) {
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
     let selector =
         ListParams::default().labels("kubernetes.io/service-name=bitbucket-operator-plugin");
-    within(&format!("the plugin Service to reach {pod} alone"), async {
-        loop {
+    eventually(
+        &format!("the plugin Service to reach {pod} alone"),
+        PATIENCE,
+        || async {
             let targets: Vec<String> = slices
                 .list(&selector)
                 .await
@@ -90,12 +91,9 @@ async fn plugin_served_by(client: &Client, pod: &str) {
                 .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
                 .filter_map(|e| e.target_ref.as_ref().and_then(|t| t.name.clone()))
                 .collect();
-            if targets == [pod] {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
+            (targets == [pod]).then_some(())
+        },
+    )
     .await;
 }
 
@@ -113,21 +111,26 @@ fn rollout_status() {
 
 async fn http_get(address: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    within(&format!("http://{address}{path} to answer"), async {
-        loop {
-            if let Ok(mut stream) = tokio::net::TcpStream::connect(address).await {
-                let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
-                stream.write_all(request.as_bytes()).await.unwrap();
-                let mut answer = String::new();
-                if stream.read_to_string(&mut answer).await.is_ok()
-                    && answer.split(' ').nth(1) == Some("200")
-                {
-                    return answer;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    })
+    let attempt = || async {
+        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.ok()?;
+        (answer.split(' ').nth(1) == Some("200")).then_some(answer)
+    };
+    // Each attempt is bounded too: a connection to a ClusterIP without rules yet may hang, and
+    // `eventually` only checks its deadline between attempts.
+    eventually(
+        &format!("http://{address}{path} to answer"),
+        PATIENCE,
+        || async {
+            tokio::time::timeout(Duration::from_secs(10), attempt())
+                .await
+                .ok()
+                .flatten()
+        },
+    )
     .await
 }
 
@@ -256,16 +259,15 @@ async fn deploy_on_a_real_node_reconciles_hands_over_and_uninstalls() {
 
     // The first Ready of each is announced once; wait for both Events before counting.
     let events = Api::<Event>::namespaced(client.clone(), &ns.name);
-    let announced = within("the first Events", async {
-        loop {
+    let announced = eventually(
+        "the first Events (Validated and Synced)",
+        PATIENCE,
+        || async {
             let all = events.list(&ListParams::default()).await.unwrap().items;
             let has = |reason: &str| all.iter().any(|e| e.reason.as_deref() == Some(reason));
-            if has("Validated") && has("Synced") {
-                return all.len();
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
+            (has("Validated") && has("Synced")).then_some(all.len())
+        },
+    )
     .await;
 
     // --- the leader's pod is deleted: the standby leads and handles a sync asked meanwhile ---
@@ -332,29 +334,25 @@ async fn deploy_on_a_real_node_reconciles_hands_over_and_uninstalls() {
     kubectl_ok(&["delete", "bbi", "--all", "-n", &ns.name]);
     kubectl_ok(&["delete", "-k", "deploy/", "--wait=true"]);
     let namespaces = Api::<Namespace>::all(client.clone());
-    within("the operator's namespace to go", async {
-        while namespaces
+    eventually("the operator's namespace to go", PATIENCE, || async {
+        namespaces
             .get_opt(OPERATOR_NAMESPACE)
             .await
             .unwrap()
-            .is_some()
-        {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            .is_none()
+            .then_some(())
     })
     .await;
     let crds = Api::<CustomResourceDefinition>::all(client.clone());
-    within("the CRDs to go", async {
-        while crds
+    eventually("the CRDs to go", PATIENCE, || async {
+        (!crds
             .list(&ListParams::default())
             .await
             .unwrap()
             .items
             .iter()
-            .any(|c| c.spec.group == "scm.shippable.io")
-        {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+            .any(|c| c.spec.group == "scm.shippable.io"))
+        .then_some(())
     })
     .await;
     let left = kubectl_ok(&[

@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use crate::support::{
+    PATIENCE,
     env::*,
+    eventually,
     operator::{Operator, await_object, condition, subscription, sync_request, test_settings},
     within,
 };
@@ -148,11 +150,11 @@ async fn a_wrong_token_stalls_and_fixing_the_secret_makes_it_ready_without_a_res
     )
     .await
     .unwrap();
-    within("the operator to reconcile the label change", async {
-        while reconciles() == before {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
+    eventually(
+        &format!("the operator to reconcile the label change (reconciles_total past {before})"),
+        PATIENCE,
+        || async { (reconciles() != before).then_some(()) },
+    )
     .await;
     assert_eq!(
         env.sim.control().counters().credential("invalid"),
@@ -457,6 +459,7 @@ async fn a_rate_limit_storm_backs_off_recovers_and_keeps_the_list() {
 
     // Let the storm rage for a few seconds: with backoff (0.3 s doubling to 3 s, each attempt
     // retried once by the client) that is a handful of requests, not hundreds.
+    // (A fixed measuring window, not a poll: it shows the requests do not pile up.)
     tokio::time::sleep(Duration::from_secs(4)).await;
     let during = control
         .counters()
@@ -571,11 +574,11 @@ async fn a_sync_request_that_meets_a_rate_limit_is_answered_only_by_a_listing_ma
             .endpoint("GET /2.0/repositories/{workspace}")
     };
     let before = listings();
-    within("two more listing attempts", async {
-        while listings() < before + 4 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
+    eventually(
+        &format!("two more listing attempts (4 requests after {before})"),
+        PATIENCE,
+        || async { (listings() >= before + 4).then_some(()) },
+    )
     .await;
     control.clear_faults();
     let has_new = |s: &SubscriptionStatus| {
@@ -634,11 +637,11 @@ async fn a_revalidation_request_that_meets_an_outage_is_retried_until_bitbucket_
     );
     let calls = || control.counters().endpoint("GET /2.0/user");
     let before = calls();
-    within("two more validation attempts", async {
-        while calls() < before + 4 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
+    eventually(
+        &format!("two more validation attempts (4 requests after {before})"),
+        PATIENCE,
+        || async { (calls() >= before + 4).then_some(()) },
+    )
     .await;
     control.clear_faults();
     let cleared = calls();
@@ -677,6 +680,7 @@ async fn objects_backing_off_are_not_retried_early_when_woken() {
                 .patch("ci", &PatchParams::default(), &Patch::Merge(touched))
                 .await
                 .unwrap();
+            // Paces the touches over ~2.5 s (the window the bound below is for), not a poll.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         control.counters()
@@ -761,11 +765,11 @@ async fn the_one_request_summary_notices_every_kind_of_change() {
         .await;
     let api = env.api::<Subscription>();
     await_object(&api, "ci", "ci to sync", is_synced).await;
-    within("steady state to run on summaries", async {
-        while env.operator().requests("summarize_repositories") < 2 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
+    eventually(
+        "steady state to run on summaries (2 summarize_repositories requests)",
+        PATIENCE,
+        || async { (env.operator().requests("summarize_repositories") >= 2).then_some(()) },
+    )
     .await;
     assert_eq!(
         env.operator().requests("list_repositories"),
@@ -936,11 +940,11 @@ async fn unchanged_data_over_several_intervals_writes_nothing() {
     let validations = || env.sim.control().counters().endpoint("GET /2.0/user");
     let (listed, validated) = (listings(), validations());
     // Five intervals pass, measured by the re-syncs Bitbucket sees.
-    within("five re-syncs", async {
-        while listings() < listed + 5 || validations() < validated + 5 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    })
+    eventually(
+        &format!("five re-syncs (listings past {listed} + 5, validations past {validated} + 5)"),
+        PATIENCE,
+        || async { (listings() >= listed + 5 && validations() >= validated + 5).then_some(()) },
+    )
     .await;
     assert_eq!(
         versions().await,

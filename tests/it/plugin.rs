@@ -5,7 +5,9 @@
 use std::process::{Output, Stdio};
 
 use crate::support::{
+    PATIENCE,
     env::*,
+    eventually,
     operator::{await_object, subscription},
 };
 use bitbucket_operator::api::{
@@ -131,10 +133,8 @@ async fn delete_is_refused_naming_every_subscription_then_done() {
         dry_run: true,
         ..DeleteParams::default()
     };
-    crate::support::within("the policy to be in force", async {
-        while integrations.delete("acme", &dry_run).await.is_ok() {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+    eventually("the policy to be in force", PATIENCE, || async {
+        integrations.delete("acme", &dry_run).await.err()
     })
     .await;
     let refused = plugin(&env, &["delete", "acme"]);
@@ -258,11 +258,16 @@ async fn connect_checks_the_credential_saves_it_with_its_integration_and_waits_f
 
     let deleted = plugin(&env, &["delete", "acme"]);
     assert!(deleted.status.success(), "{}", text(&deleted.stderr));
-    crate::support::within("the Secret to go with its integration", async {
-        while secret_of(&env, "acme-bitbucket").await.is_some() {
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
-    })
+    eventually(
+        "the Secret to go with its integration",
+        PATIENCE,
+        || async {
+            secret_of(&env, "acme-bitbucket")
+                .await
+                .is_none()
+                .then_some(())
+        },
+    )
     .await;
 }
 

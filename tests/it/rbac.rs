@@ -2,7 +2,7 @@
 //! fails here, not in a user's cluster.
 
 use crate::support::{
-    TestNamespace, apply_manifests, client, consenting, install_crds,
+    PATIENCE, TestNamespace, apply_manifests, client, consenting, eventually, install_crds,
     operator::{Operator, await_object, condition, sync_request, test_settings},
     string_secret, within, yaml_documents,
 };
@@ -180,17 +180,15 @@ async fn the_operator_works_with_only_the_permissions_deploy_grants() {
             .is_some_and(|c| c.status == "True")
     })
     .await;
-    within("the DeletionBlocked Event", async {
-        let events: Api<Event> = Api::namespaced(admin.clone(), &ns.name);
-        while !events
+    let events: Api<Event> = Api::namespaced(admin.clone(), &ns.name);
+    eventually("the DeletionBlocked Event", PATIENCE, || async {
+        events
             .list(&ListParams::default())
             .await
             .unwrap()
             .iter()
             .any(|e| e.reason.as_deref() == Some("DeletionBlocked"))
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
+            .then_some(())
     })
     .await;
     subscriptions
@@ -269,25 +267,23 @@ async fn a_signed_in_users_rotated_refresh_token_is_saved_and_nothing_else_may_b
         .unwrap();
     // (The API server enforces a policy a moment after it is installed; a dry run writes
     // nothing meanwhile.)
-    within("the policy to be in force", async {
-        let dry_run = PatchParams {
-            dry_run: true,
-            ..PatchParams::default()
-        };
-        let patch = serde_json::json!({"data": {"token": "eQ=="}});
-        // (Until the RoleBinding is in force too, RBAC refuses it for another reason.)
-        loop {
-            match as_operator
-                .patch("plain", &dry_run, &Patch::Merge(&patch))
-                .await
+    let dry_run = PatchParams {
+        dry_run: true,
+        ..PatchParams::default()
+    };
+    let patch = serde_json::json!({"data": {"token": "eQ=="}});
+    // (Until the RoleBinding is in force too, RBAC refuses it for another reason.)
+    eventually("the policy to be in force", PATIENCE, || async {
+        match as_operator
+            .patch("plain", &dry_run, &Patch::Merge(&patch))
+            .await
+        {
+            Err(kube::Error::Api(status))
+                if status.message.contains("ValidatingAdmissionPolicy") =>
             {
-                Err(kube::Error::Api(status))
-                    if status.message.contains("ValidatingAdmissionPolicy") =>
-                {
-                    break;
-                }
-                _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                Some(())
             }
+            _ => None,
         }
     })
     .await;

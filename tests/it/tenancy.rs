@@ -8,11 +8,11 @@
 use std::{net::IpAddr, sync::Arc};
 
 use crate::support::{
-    TestNamespace, apply_manifests, consenting,
+    PATIENCE, TestNamespace, apply_manifests, consenting,
     env::*,
-    impersonating,
+    eventually, impersonating,
     operator::{await_object, condition, subscription},
-    string_secret, within,
+    string_secret,
 };
 use bitbucket_operator::{
     api::{BitbucketIntegration, CredentialType, Subscription, conditions::STALLED},
@@ -86,12 +86,9 @@ impl Tenancy {
         let tenant = impersonating(TENANT, &[]).await;
         // The API server's authorizer learns a new RoleBinding a moment after it is created:
         // wait until the tenant may do what its Role grants before testing what it may not.
-        within("the tenant's Role to be in force", async {
-            let integrations =
-                Api::<BitbucketIntegration>::namespaced(tenant.clone(), &env.ns.name);
-            while integrations.list(&ListParams::default()).await.is_err() {
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
+        let integrations = Api::<BitbucketIntegration>::namespaced(tenant.clone(), &env.ns.name);
+        eventually("the tenant's Role to be in force", PATIENCE, || async {
+            integrations.list(&ListParams::default()).await.ok()
         })
         .await;
         let refused = Api::<Secret>::namespaced(tenant.clone(), &env.ns.name)

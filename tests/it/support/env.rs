@@ -1,8 +1,6 @@
 //! The operator's end-to-end environment: a test namespace on the real API server, the
 //! Bitbucket simulator, and the operator's controllers running in-process against them.
 
-use std::time::Duration;
-
 use bitbucket_operator::api::{
     BitbucketIntegration, BitbucketIntegrationSpec, CredentialType, Credentials, SecretReference,
     Server, ServerType, Subscription,
@@ -17,7 +15,7 @@ use kube::{
 };
 
 use super::{
-    TestNamespace, client, consenting, install_crds,
+    PATIENCE, TestNamespace, client, consenting, eventually, install_crds,
     operator::{Operator, await_object, condition, test_settings},
     string_secret, within,
 };
@@ -180,8 +178,10 @@ impl Env {
 
     /// Waits until Events with these (object, reason) pairs exist, and returns all Events.
     pub async fn wait_for_events(&self, expected: &[(&str, &str)]) -> Vec<Event> {
-        within("the expected Events", async {
-            loop {
+        eventually(
+            &format!("the expected Events (object, reason): {expected:?}"),
+            PATIENCE,
+            || async {
                 let events = self.events().await;
                 let found = |(name, reason): &(&str, &str)| {
                     events.iter().any(|e| {
@@ -189,12 +189,9 @@ impl Env {
                             && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(*name)
                     })
                 };
-                if expected.iter().all(found) {
-                    return events;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        })
+                expected.iter().all(found).then_some(events)
+            },
+        )
         .await
     }
 

@@ -43,7 +43,7 @@ pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
 }
 
 /// Polls `check` until it gives `Some`, and returns that; fails the test after `timeout` naming
-/// `what` it waited for. The interval grows from 10 ms to 500 ms. For what no watch can serve
+/// `what` it waited for. The interval grows from 10 ms to 100 ms. For what no watch can serve
 /// (processes, files, HTTP answers, metrics, the simulator's counters); objects in the API
 /// server are awaited with a watch ([`operator::await_object`]).
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
@@ -62,7 +62,7 @@ where
             "timed out after {timeout:?} waiting for {what}"
         );
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(500));
+        pause = (pause * 2).min(Duration::from_millis(100));
     }
 }
 

@@ -1,0 +1,120 @@
+//! `make run`, the README's first command, as a newcomer runs it: under a pipe (`make run | tee
+//! run.log`), stopped with Ctrl-C. Ctrl-C reaches the whole process group, the pipe's reader
+//! dies first, and the demo must still stop everything it started: the control plane, the
+//! simulator and the operator. The demo gets a control plane of its own (its own run
+//! directories, free ports), so the suite's plane is untouched.
+
+use std::{
+    io::{BufRead, BufReader},
+    os::unix::process::CommandExt as _,
+    path::Path,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use crate::support::eventually;
+
+/// The processes whose environment carries `marker`: whatever the demo started, however it
+/// detached them (setsid, reparenting), inherits the environment. Names are the programs' file
+/// names.
+fn started_with(marker: &str) -> Vec<(u32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|v| v == marker.as_bytes()) {
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            let program = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+            let name = Path::new(&*String::from_utf8_lossy(program))
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            found.push((pid, name));
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn ctrl_c_of_make_run_under_a_pipe_leaves_nothing_running() {
+    let dir = std::env::temp_dir().join(format!("bbo-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let marker = format!("BBO_DEMO_TEST={}", dir.display());
+    let stderr = std::fs::File::create(dir.join("make-run.stderr")).unwrap();
+    let mut run = Command::new("bash")
+        .args(["-c", "make run | cat"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("BBO_DEMO_TEST", dir.display().to_string())
+        .env("BBO_RUN_DIR", dir.join("plane"))
+        .env("BBO_DEMO_DIR", dir.join("demo"))
+        .env("BBO_NODE", "0")
+        .env_remove("KUBECONFIG")
+        .process_group(0) // its own group, as a terminal's foreground job is
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let group = run.id();
+    let stdout = run.stdout.take().unwrap();
+    let (lines, mut seen) = (BufReader::new(stdout).lines(), String::new());
+    let started = tokio::task::spawn_blocking(move || {
+        for line in lines.map_while(Result::ok) {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.starts_with("Press Ctrl-C to stop everything") {
+                return Ok(seen);
+            }
+        }
+        Err(seen)
+    });
+    let started = tokio::time::timeout(Duration::from_secs(300), started).await;
+    let log = || std::fs::read_to_string(dir.join("make-run.stderr")).unwrap_or_default();
+    let Ok(Ok(Ok(_))) = started else {
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{group}")])
+            .status();
+        panic!("make run did not start; its stderr:\n{}", log());
+    };
+
+    let running: Vec<String> = started_with(&marker).into_iter().map(|(_, n)| n).collect();
+    for program in [
+        "etcd",
+        "kube-apiserver",
+        "bitbucket-sim",
+        "bitbucket-operator",
+    ] {
+        assert!(
+            running.iter().any(|name| name == program),
+            "{program} is not among what the demo runs ({running:?}), so this test could not \
+             see it left behind"
+        );
+    }
+
+    let interrupted = Command::new("kill")
+        .args(["-INT", "--", &format!("-{group}")])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let status = eventually(
+        "make run to exit after Ctrl-C",
+        Duration::from_secs(120),
+        || std::future::ready(run.try_wait().unwrap()),
+    )
+    .await;
+    let left = started_with(&marker);
+    assert!(
+        left.is_empty(),
+        "Ctrl-C of make run | cat (exit {status}) left {left:?} running; make run's stderr:\n{}",
+        log()
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
