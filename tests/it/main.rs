@@ -4,6 +4,7 @@
 
 mod support;
 
+mod architecture;
 mod bitbucket_client;
 mod bitbucket_tls;
 mod chart;
