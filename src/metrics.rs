@@ -82,7 +82,7 @@ impl Default for Metrics {
         let blocked_deletions = Gauge::default();
         registry.register(
             "blocked_deletions",
-            "Integrations whose deletion waits for Subscriptions",
+            "Integrations whose deletion this replica found waiting for Subscriptions (0 on a standby)",
             blocked_deletions.clone(),
         );
         let leader = Gauge::default();

@@ -57,6 +57,58 @@ pub trait Kind:
     fn announcements(before: &Self::Status, after: &Self::Status) -> Vec<Announcement>;
 }
 
+/// Implements [`Kind`] for one of the two kinds: what differs between them is named in the
+/// call, the rest is written once here.
+macro_rules! reconciled_kind {
+    ($kind:ty {
+        status: $status:ty,
+        controller: $controller:expr,
+        manager: $manager:expr,
+        memory: $memory:ident,
+        announcements: $announcements:path $(,)?
+    }) => {
+        impl $crate::controller::finish::Kind for $kind {
+            type Status = $status;
+            const CONTROLLER: &'static str = $controller;
+            const MANAGER: &'static str = $manager;
+
+            fn status(&self) -> Option<&Self::Status> {
+                self.status.as_ref()
+            }
+
+            fn conditions(
+                status: &mut Self::Status,
+            ) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+                &mut status.conditions
+            }
+
+            fn remembered<R>(
+                memory: &$crate::controller::memory::Memory,
+                uid: &str,
+                f: impl FnOnce(&mut $crate::status::remembered::Remembered<Self::Status>) -> R,
+            ) -> R {
+                memory.$memory(uid, |m| f(&mut m.status))
+            }
+
+            fn failures<R>(
+                memory: &$crate::controller::memory::Memory,
+                uid: &str,
+                f: impl FnOnce(&mut $crate::controller::memory::Failures) -> R,
+            ) -> R {
+                memory.$memory(uid, |m| f(&mut m.failures))
+            }
+
+            fn announcements(
+                before: &Self::Status,
+                after: &Self::Status,
+            ) -> Vec<$crate::controller::finish::Announcement> {
+                $announcements(before, after)
+            }
+        }
+    };
+}
+pub(crate) use reconciled_kind;
+
 /// An Event to publish about an object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Announcement {

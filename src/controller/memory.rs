@@ -17,6 +17,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use prometheus_client::metrics::gauge::Gauge;
+
 use super::{credentials::Resolved, error::Class, listing::ListingCache, lock};
 use crate::{
     api::{BitbucketIntegrationStatus, SubscriptionStatus},
@@ -36,6 +38,9 @@ pub struct IntegrationMemory {
     pub status: Remembered<BitbucketIntegrationStatus>,
     /// Since when cleanup has found no Subscription using it, while it is being deleted.
     pub unused_since: Option<Instant>,
+    /// Whether this process found its deletion blocked (and counts it in the
+    /// `blocked_deletions` gauge): set and cleared only by [`Memory::deletion_blocked`].
+    deletion_blocked: bool,
 }
 
 /// An object's transient failures in a row, and until when the backoff after the last one holds
@@ -75,7 +80,7 @@ pub struct Validation {
 #[derive(Default)]
 pub struct SubscriptionMemory {
     /// The last listing it was given, so it lists again only when due.
-    pub sync: Option<Sync>,
+    pub sync: Option<LastSync>,
     /// Transient failures in a row, and how long their backoff holds Bitbucket calls back.
     pub failures: Failures,
     /// The status decided last, until the cache shows it (see [`Remembered`]).
@@ -87,7 +92,7 @@ pub struct SubscriptionMemory {
 
 /// When a Subscription last listed, and for what.
 #[derive(Clone, Debug)]
-pub struct Sync {
+pub struct LastSync {
     pub generation: Option<i64>,
     /// The fingerprint of the integration's client it listed with.
     pub fingerprint: String,
@@ -108,6 +113,11 @@ pub struct Memory {
     subscriptions: Mutex<HashMap<String, SubscriptionMemory>>,
     /// Listings shared between the Subscriptions of one integration and scope.
     pub listings: ListingCache,
+    /// The integrations whose deletion this process found blocked: counted from the entries,
+    /// so an entry that goes (deleted, swept, forgotten when this replica stops leading) is no
+    /// longer counted. A status saying `DeletionBlocked` counts nothing by itself: a new leader
+    /// reads it from an object it never saw blocked.
+    pub blocked_deletions: Gauge,
 }
 
 /// How many entries a [`Memory::sweep`] dropped.
@@ -119,6 +129,14 @@ pub struct Swept {
 }
 
 impl Memory {
+    /// An empty memory that keeps `gauge` at the number of blocked deletions it holds.
+    pub fn counting_blocked_deletions(gauge: Gauge) -> Self {
+        Self {
+            blocked_deletions: gauge,
+            ..Self::default()
+        }
+    }
+
     /// Runs `f` on the memory of the integration `uid` (created empty when there is none).
     pub fn integration<R>(&self, uid: &str, f: impl FnOnce(&mut IntegrationMemory) -> R) -> R {
         f(lock(&self.integrations).entry(uid.to_owned()).or_default())
@@ -129,9 +147,28 @@ impl Memory {
         f(lock(&self.subscriptions).entry(uid.to_owned()).or_default())
     }
 
+    /// Records whether cleanup found the deletion of integration `uid` blocked; returns whether
+    /// this process had found it blocked before.
+    pub fn deletion_blocked(&self, uid: &str, blocked: bool) -> bool {
+        let mut memory = lock(&self.integrations);
+        let entry = memory.entry(uid.to_owned()).or_default();
+        let was = std::mem::replace(&mut entry.deletion_blocked, blocked);
+        self.count_blocked(&memory);
+        was
+    }
+
+    fn count_blocked(&self, memory: &HashMap<String, IntegrationMemory>) {
+        let blocked = memory.values().filter(|m| m.deletion_blocked).count();
+        self.blocked_deletions
+            .set(i64::try_from(blocked).unwrap_or(i64::MAX));
+    }
+
     /// Drops all that is remembered about a deleted integration, its listings included.
     pub fn forget_integration(&self, uid: &str) {
-        lock(&self.integrations).remove(uid);
+        let mut memory = lock(&self.integrations);
+        memory.remove(uid);
+        self.count_blocked(&memory);
+        drop(memory);
         self.listings.forget_integration(uid);
     }
 
@@ -149,6 +186,7 @@ impl Memory {
             let before = memory.len();
             memory.retain(|uid, _| integrations.contains(uid));
             swept.integrations = before - memory.len();
+            self.count_blocked(&memory);
         }
         {
             let mut memory = lock(&self.subscriptions);
@@ -245,6 +283,31 @@ mod tests {
         );
         assert_eq!(memory.count(), (1, 0));
         assert_eq!(memory.listings.count(), 1);
+    }
+
+    /// The handover the review found: the old leader counted a blocked deletion, the new one
+    /// reads `DeletionBlocked=True` from status and releases it. Neither gauge goes negative, and
+    /// the old leader stops counting what it no longer reconciles.
+    #[test]
+    fn blocked_deletions_count_what_this_process_saw_across_a_handover() {
+        let (old, new) = (Memory::default(), Memory::default());
+        assert!(!old.deletion_blocked("acme", true));
+        assert!(
+            old.deletion_blocked("acme", true),
+            "blocked again: counted once"
+        );
+        assert_eq!(old.blocked_deletions.get(), 1);
+        old.clear(); // deposed
+        assert_eq!(old.blocked_deletions.get(), 0);
+
+        assert!(
+            !new.deletion_blocked("acme", false),
+            "the new leader never saw it blocked"
+        );
+        assert_eq!(new.blocked_deletions.get(), 0);
+        new.deletion_blocked("other", true);
+        new.forget_integration("other"); // released and deleted
+        assert_eq!(new.blocked_deletions.get(), 0);
     }
 
     #[test]

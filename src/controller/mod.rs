@@ -136,13 +136,14 @@ impl Shared {
             controller: "bitbucket-operator".into(),
             instance: Some(settings.instance.clone()),
         };
+        let memory = Memory::counting_blocked_deletions(metrics.blocked_deletions.clone());
         Arc::new(Self {
             recorder: Recorder::new(kube.clone(), reporter),
             backoff: Backoff::new(settings.backoff_base, settings.backoff_max),
             kube,
             settings,
             metrics,
-            memory: Memory::default(),
+            memory,
         })
     }
 
@@ -244,6 +245,8 @@ pub struct Context {
     pub integrations: Store<BitbucketIntegration>,
     /// Subscriptions as the integration controller's trigger stream saw them.
     pub subscriptions: Store<Subscription>,
+    /// Wakes an integration (the integration controller reconciles it soon).
+    pub wake_integration: futures::channel::mpsc::UnboundedSender<ObjectRef<BitbucketIntegration>>,
 }
 
 /// The object reference of the integration a Subscription points at.

@@ -229,24 +229,32 @@ async fn controllers(
         Controller::for_stream(subscription_primary, subscription_watch.store.clone())
             .with_config(controller_config)
             .reconcile_all_on(everything());
+    let (wake_integration, woken) = futures::channel::mpsc::unbounded();
     let context = Arc::new(Context {
         shared: Arc::clone(shared),
         integrations: integration_watch.store.clone(),
         subscriptions: subscription_watch.store.clone(),
+        wake_integration,
     });
     let subscriptions_store = subscriptions.store();
-    let integrations = integration::wire(integrations, &context, namespace, subscription_events)
-        .graceful_shutdown_on(shutdown.clone())
-        .run(
-            integration::reconcile,
-            integration::error_policy,
-            Arc::clone(&context),
-        )
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "integration reconcile failed");
-            }
-        });
+    let integrations = integration::wire(
+        integrations,
+        &context,
+        namespace,
+        subscription_events,
+        woken,
+    )
+    .graceful_shutdown_on(shutdown.clone())
+    .run(
+        integration::reconcile,
+        integration::error_policy,
+        Arc::clone(&context),
+    )
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "integration reconcile failed");
+        }
+    });
     let subscriptions = subscription::wire(subscriptions, subscriptions_store, integration_events)
         .graceful_shutdown_on(shutdown)
         .run(

@@ -27,7 +27,7 @@ use crate::{
         ALLOWED_SERVERS_ANNOTATION, BitbucketIntegration, BitbucketIntegrationSpec, CLOUD_API_URL,
         CREDENTIAL_TYPE_LABEL, CredentialType, Credentials, SecretReference, Server, ServerType,
         conditions::{READY, STALLED},
-        credential::{self, SecretCredential},
+        credential::{self, REFRESH_TOKEN_KEY, SecretCredential},
     },
     bitbucket::{self, AllowList, TransportConfig},
 };
@@ -215,55 +215,103 @@ pub async fn connect(
     args: ConnectArgs,
 ) -> anyhow::Result<Outcome> {
     let terminal = Terminal::detect();
-    let (integration, mut secret, value) = match plan(&terminal, &args) {
+    let (integration, secret, value) = match plan(&terminal, &args) {
         Ok(plan) => plan,
         Err(outcome) => return Ok(outcome),
     };
-    let name = &args.name;
     let integrations: Api<BitbucketIntegration> = Api::namespaced(client.clone(), namespace);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    if integrations.get_opt(name).await?.is_some() {
-        return Ok(Outcome::failed(format!(
+    if let Err(outcome) = refuse_overwrite(&integrations, &secrets, &integration, &secret).await? {
+        return Ok(outcome);
+    }
+    let secret = match complete_credential(&terminal, &args, &integration, secret, &value).await {
+        Ok(secret) => secret,
+        Err(outcome) => return Ok(outcome),
+    };
+    let created = apply(&integrations, &secrets, &integration, &secret).await?;
+    own_secret(&secrets, &secret.name_any(), &created).await?;
+    let started = std::time::Instant::now();
+    let ready = wait_ready(&terminal, &integrations, &created, args.secret.timeout).await?;
+    Ok(match ready {
+        Ok(ready) => Outcome::ok(ready_report(&terminal, ready, &secret, started.elapsed())),
+        Err(outcome) => outcome,
+    })
+}
+
+/// `Err` when connecting would overwrite what is there: an integration of that name, or a
+/// Secret of that name the plugin did not write.
+async fn refuse_overwrite(
+    integrations: &Api<BitbucketIntegration>,
+    secrets: &Api<Secret>,
+    integration: &BitbucketIntegration,
+    secret: &Secret,
+) -> anyhow::Result<Result<(), Outcome>> {
+    let name = integration.name_any();
+    if integrations.get_opt(&name).await?.is_some() {
+        return Ok(Err(Outcome::failed(format!(
             "BitbucketIntegration {name} already exists; change it with kubectl bitbucket edit \
              {name}, or delete it first\n"
-        )));
+        ))));
     }
     let secret_name = secret.name_any();
     if let Some(existing) = secrets.get_opt(&secret_name).await?
         && existing.labels().get(MANAGED_BY).map(String::as_str) != Some(MANAGER)
     {
-        return Ok(Outcome::failed(format!(
+        return Ok(Err(Outcome::failed(format!(
             "Secret {secret_name} exists and was not written by kubectl bitbucket; choose \
              another with --secret-name\n"
-        )));
+        ))));
     }
-    if integration.spec.credentials.credential_type == CredentialType::OAuthUser {
-        let signed_in =
-            sign_in::sign_in(&terminal, &integration, &secret, &value, &args.browser()).await;
-        match signed_in {
-            Ok(refresh_token) => put(&mut secret, "refreshToken", &refresh_token),
-            Err(outcome) => return Ok(outcome),
-        }
-    }
-    let mut secret = with_value(secret, &integration, &value);
-    if !args.secret.skip_check {
-        match check(&terminal, &integration, &secret).await {
-            // The check's grant rotated the refresh token: keep the newest.
-            Ok(Some(newest)) => put(&mut secret, "refreshToken", &newest),
-            Ok(None) => {}
-            Err(refused) => return Ok(refused),
-        }
-    }
+    Ok(Ok(()))
+}
 
-    // The Secret first, so the operator never sees the integration without it; then the
-    // integration; then the Secret again, owned by it.
+/// `secret` with `value` and, for a signed-in user, the refresh token from signing in; checked
+/// against Bitbucket unless `--skip-check`. `Err` is the outcome to print, nothing saved.
+async fn complete_credential(
+    terminal: &Terminal,
+    args: &ConnectArgs,
+    integration: &BitbucketIntegration,
+    mut secret: Secret,
+    value: &SecretString,
+) -> Result<Secret, Outcome> {
+    if integration.spec.credentials.credential_type == CredentialType::OAuthUser {
+        let refresh_token =
+            sign_in::sign_in(terminal, integration, &secret, value, &args.browser()).await?;
+        put(&mut secret, REFRESH_TOKEN_KEY, &refresh_token);
+    }
+    let mut secret = with_value(secret, integration, value);
+    // The check's grant rotated the refresh token: keep the newest.
+    if !args.secret.skip_check
+        && let Some(newest) = check(terminal, integration, &secret).await?
+    {
+        put(&mut secret, REFRESH_TOKEN_KEY, &newest);
+    }
+    Ok(secret)
+}
+
+/// Applies the Secret first, so the operator never sees the integration without it; then the
+/// integration, which it returns as created.
+async fn apply(
+    integrations: &Api<BitbucketIntegration>,
+    secrets: &Api<Secret>,
+    integration: &BitbucketIntegration,
+    secret: &Secret,
+) -> anyhow::Result<BitbucketIntegration> {
     let apply = PatchParams::apply(MANAGER).force();
     secrets
-        .patch(&secret_name, &apply, &Patch::Apply(&secret))
+        .patch(&secret.name_any(), &apply, &Patch::Apply(secret))
         .await?;
-    let created = integrations
-        .patch(name, &apply, &Patch::Apply(&integration))
-        .await?;
+    Ok(integrations
+        .patch(&integration.name_any(), &apply, &Patch::Apply(integration))
+        .await?)
+}
+
+/// Makes the Secret `secret_name` owned by `created`, so the two are deleted together.
+async fn own_secret(
+    secrets: &Api<Secret>,
+    secret_name: &str,
+    created: &BitbucketIntegration,
+) -> anyhow::Result<()> {
     // Only the owner reference, under a field manager of its own: applying the whole Secret
     // again could put back a refresh token the operator has rotated meanwhile.
     let owned = serde_json::json!({
@@ -274,7 +322,7 @@ pub async fn connect(
             "ownerReferences": [OwnerReference {
                 api_version: BitbucketIntegration::api_version(&()).into_owned(),
                 kind: BitbucketIntegration::kind(&()).into_owned(),
-                name: name.clone(),
+                name: created.name_any(),
                 uid: created.uid().unwrap_or_default(),
                 ..OwnerReference::default()
             }],
@@ -282,24 +330,28 @@ pub async fn connect(
     });
     secrets
         .patch(
-            &secret_name,
+            secret_name,
             &PatchParams::apply(OWNER_MANAGER).force(),
             &Patch::Apply(&owned),
         )
         .await?;
+    Ok(())
+}
 
-    let started = std::time::Instant::now();
-    let ready = wait_ready(&terminal, &integrations, &created, args.secret.timeout).await?;
-    let integration = match ready {
-        Ok(integration) => integration,
-        Err(outcome) => return Ok(outcome),
-    };
-    let status = integration.status.unwrap_or_default();
+/// What `connect` prints once the integration is Ready, `waited` after it was saved.
+fn ready_report(
+    terminal: &Terminal,
+    integration: BitbucketIntegration,
+    secret: &Secret,
+    waited: Duration,
+) -> String {
     let mut text = format!(
-        "BitbucketIntegration {name} is {} ({:.1}s)\n",
+        "BitbucketIntegration {} is {} ({:.1}s)\n",
+        integration.name_any(),
         terminal.good("Ready"),
-        started.elapsed().as_secs_f64()
+        waited.as_secs_f64()
     );
+    let status = integration.status.unwrap_or_default();
     if let Some(account) = &status.account {
         let _ = writeln!(text, "  account: {}", show::account_of(account));
     }
@@ -311,9 +363,10 @@ pub async fn connect(
     let _ = writeln!(text, "  scopes:  {scopes}");
     let _ = writeln!(
         text,
-        "  secret:  {secret_name} (deleted with the integration)"
+        "  secret:  {} (deleted with the integration)",
+        secret.name_any()
     );
-    Ok(Outcome::ok(text))
+    text
 }
 
 /// The integration and Secret (without the secret value yet) that `args` describe, and the
@@ -322,6 +375,37 @@ fn plan(
     terminal: &Terminal,
     args: &ConnectArgs,
 ) -> Result<(BitbucketIntegration, Secret, SecretString), Outcome> {
+    let server = choose_server(terminal, args)?;
+    let kind = choose_credential_type(terminal, args, server.server_type)?;
+    let identity = ask_identity(terminal, args, kind)?;
+    let workspace = ask_workspace(terminal, args, server.server_type, kind)?;
+    let display_name = ask_display_name(terminal, args)?;
+    let value = args.secret.read(terminal, secret_word(kind))?;
+
+    let secret_name = args
+        .secret_name
+        .clone()
+        .unwrap_or_else(|| format!("{}-bitbucket", args.name));
+    let secret = credential_secret(&secret_name, kind, &server, identity);
+    let integration = BitbucketIntegration::new(
+        &args.name,
+        BitbucketIntegrationSpec {
+            display_name,
+            server,
+            credentials: Credentials {
+                credential_type: kind,
+                secret_ref: SecretReference { name: secret_name },
+            },
+            workspace,
+            validation_interval: "30m".into(),
+        },
+    );
+    Ok((integration, secret, value))
+}
+
+/// The server: `--server-type` (asked on a terminal, else Cloud) and its URL (`--url`, asked
+/// for Data Center; Bitbucket Cloud's API by default).
+fn choose_server(terminal: &Terminal, args: &ConnectArgs) -> Result<Server, Outcome> {
     let server_type = match args.server_type.as_deref() {
         Some("DataCenter") => ServerType::DataCenter,
         Some(_) => ServerType::Cloud,
@@ -345,8 +429,22 @@ fn plan(
             "--url",
         )?),
     };
+    Ok(Server {
+        server_type,
+        url: Some(url.unwrap_or_else(|| CLOUD_API_URL.to_owned())),
+        ca_bundle_secret_ref: None,
+    })
+}
+
+/// The credential type: OAuthUser for `--sign-in`, else `--type` (asked on a terminal), one of
+/// those `server_type` takes.
+fn choose_credential_type(
+    terminal: &Terminal,
+    args: &ConnectArgs,
+    server_type: ServerType,
+) -> Result<CredentialType, Outcome> {
     let allowed = server_type.credential_types();
-    let kind = match args.credential_type.as_deref() {
+    match args.credential_type.as_deref() {
         _ if args.sign_in => {
             if server_type != ServerType::Cloud {
                 return Err(Outcome::usage(
@@ -355,7 +453,7 @@ fn plan(
                         .into(),
                 ));
             }
-            CredentialType::OAuthUser
+            Ok(CredentialType::OAuthUser)
         }
         Some(kind) => {
             let kind: CredentialType = serde_json::from_value(kind.into())
@@ -366,35 +464,53 @@ fn plan(
                     names(allowed)
                 )));
             }
-            kind
+            Ok(kind)
         }
         None if terminal.interactive => {
             let items: Vec<String> = allowed.iter().map(|k| describe(*k).to_owned()).collect();
             let chosen = terminal
                 .choose("Credential", &items)
                 .map_err(|e| Outcome::failed(format!("{e}\n")))?;
-            allowed[chosen]
+            Ok(allowed[chosen])
         }
-        None => {
-            return Err(Outcome::usage(format!(
-                "--type is required when not on a terminal: one of {}\n",
-                names(allowed)
-            )));
+        None => Err(Outcome::usage(format!(
+            "--type is required when not on a terminal: one of {}\n",
+            names(allowed)
+        ))),
+    }
+}
+
+/// The value that is not secret (email, consumer key, username), under its key, if credentials
+/// of `kind` have one.
+fn ask_identity(
+    terminal: &Terminal,
+    args: &ConnectArgs,
+    kind: CredentialType,
+) -> Result<Option<(&'static str, String)>, Outcome> {
+    let Some(key) = kind.secret_keys().identity else {
+        return Ok(None);
+    };
+    let (given, prompt, flag) = match kind {
+        CredentialType::ApiToken => (&args.email, "Atlassian account email", "--email"),
+        CredentialType::OAuthConsumer | CredentialType::OAuthUser => {
+            (&args.client_id, "OAuth consumer key", "--client-id")
+        }
+        CredentialType::AccessToken | CredentialType::Basic => {
+            (&args.username, "Username", "--username")
         }
     };
-    let mut data = BTreeMap::new();
-    if let Some(plain_key) = kind.secret_keys().identity {
-        let (given, prompt, flag) = match plain_key {
-            "email" => (args.email.clone(), "Atlassian account email", "--email"),
-            "clientId" => (args.client_id.clone(), "OAuth consumer key", "--client-id"),
-            _ => (args.username.clone(), "Username", "--username"),
-        };
-        data.insert(
-            plain_key.to_owned(),
-            needed(terminal, given, prompt, None, flag)?,
-        );
-    }
-    let workspace = match (server_type, kind, &args.workspace) {
+    let value = needed(terminal, given.clone(), prompt, None, flag)?;
+    Ok(Some((key, value)))
+}
+
+/// `--workspace`: asked for when a Cloud access token needs one.
+fn ask_workspace(
+    terminal: &Terminal,
+    args: &ConnectArgs,
+    server_type: ServerType,
+    kind: CredentialType,
+) -> Result<Option<String>, Outcome> {
+    Ok(match (server_type, kind, &args.workspace) {
         (ServerType::Cloud, CredentialType::AccessToken, None) => Some(needed(
             terminal,
             None,
@@ -403,8 +519,12 @@ fn plan(
             "--workspace",
         )?),
         _ => args.workspace.clone(),
-    };
-    let display_name = match &args.display_name {
+    })
+}
+
+/// `--display-name`, asked for on a terminal; none when it would be the integration's name.
+fn ask_display_name(terminal: &Terminal, args: &ConnectArgs) -> Result<Option<String>, Outcome> {
+    Ok(match &args.display_name {
         Some(display) => Some(display.clone()),
         None if terminal.interactive => Some(needed(
             terminal,
@@ -415,54 +535,40 @@ fn plan(
         )?)
         .filter(|d| d != &args.name),
         None => None,
-    };
-    let value = args.secret.read(terminal, secret_word(kind))?;
+    })
+}
 
-    let secret_name = args
-        .secret_name
-        .clone()
-        .unwrap_or_else(|| format!("{}-bitbucket", args.name));
-    let server = Server {
-        server_type,
-        url: Some(url.unwrap_or_else(|| CLOUD_API_URL.to_owned())),
-        ca_bundle_secret_ref: None,
-    };
-    let secret = Secret {
+/// The Secret `secret_name` for credentials of `kind` on `server`, holding `identity` (the
+/// secret value goes in later), labelled as the plugin's and consenting to `server`.
+fn credential_secret(
+    secret_name: &str,
+    kind: CredentialType,
+    server: &Server,
+    identity: Option<(&str, String)>,
+) -> Secret {
+    Secret {
         metadata: ObjectMeta {
-            name: Some(secret_name.clone()),
+            name: Some(secret_name.to_owned()),
             labels: Some(BTreeMap::from([
                 (MANAGED_BY.into(), MANAGER.into()),
                 (CREDENTIAL_TYPE_LABEL.into(), format!("{kind:?}")),
             ])),
             annotations: Some(BTreeMap::from([(
                 ALLOWED_SERVERS_ANNOTATION.into(),
-                consent(&server),
+                consent(server),
             )])),
             ..ObjectMeta::default()
         },
         string_data: None,
         data: Some(
-            data.into_iter()
-                .map(|(k, v)| (k, ByteString(v.into_bytes())))
+            identity
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), ByteString(v.into_bytes())))
                 .collect(),
         ),
         type_: Some("Opaque".into()),
         ..Secret::default()
-    };
-    let integration = BitbucketIntegration::new(
-        &args.name,
-        BitbucketIntegrationSpec {
-            display_name,
-            server,
-            credentials: Credentials {
-                credential_type: kind,
-                secret_ref: SecretReference { name: secret_name },
-            },
-            workspace,
-            validation_interval: "30m".into(),
-        },
-    );
-    Ok((integration, secret, value))
+    }
 }
 
 /// `secret` with `value` under the key the integration's credential type keeps it in.

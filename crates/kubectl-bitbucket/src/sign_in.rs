@@ -20,7 +20,7 @@ use url::Url;
 
 use super::{Outcome, terminal::Terminal};
 use crate::{
-    api::{ALLOWED_SERVERS_ANNOTATION, BitbucketIntegration, CLOUD_API_URL},
+    api::{ALLOWED_SERVERS_ANNOTATION, BitbucketIntegration, CLOUD_API_URL, CredentialType},
     bitbucket::{self, AllowList, TransportConfig},
 };
 
@@ -43,35 +43,78 @@ pub async fn sign_in(
     client_secret: &SecretString,
     browser: &Browser,
 ) -> Result<SecretString, Outcome> {
-    let failed = |message: String| {
-        Outcome::failed(format!("{}: {message}\n", terminal.bad("Sign-in failed")))
-    };
-    let api_url = integration
-        .spec
-        .server
-        .url
-        .as_deref()
-        .unwrap_or(CLOUD_API_URL);
-    let api_url = Url::parse(api_url).map_err(|e| failed(format!("server URL: {e}")))?;
-    let client_id = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get("clientId"))
-        .map(|v| String::from_utf8_lossy(&v.0).into_owned())
-        .unwrap_or_default();
-    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, browser.port))
-        .await
-        .map_err(|e| failed(format!("listening on 127.0.0.1:{}: {e}", browser.port)))?;
-    let port = listener
-        .local_addr()
-        .map_err(|e| failed(e.to_string()))?
-        .port();
-    let redirect = Url::parse(&format!("http://127.0.0.1:{port}/callback")).expect("a valid URL");
+    let consumer = Consumer::of(terminal, integration, secret)?;
+    let (listener, redirect) = listen_on_loopback(terminal, browser.port).await?;
     let state: String = std::iter::repeat_with(fastrand::alphanumeric)
         .take(32)
         .collect();
-    let authorize = bitbucket::authorize_url(&api_url, &client_id, &state, &redirect);
-    let opened = browser.open && open_browser(&authorize);
+    send_to_bitbucket(&consumer, &state, &redirect, browser.open);
+    let code = wait_for_code(terminal, listener, &consumer, &state).await?;
+    let refresh_token =
+        exchange_code(terminal, &consumer, client_secret, &code, &redirect, secret).await?;
+    eprintln!("Signed in.");
+    Ok(refresh_token)
+}
+
+/// The outcome of a sign-in that failed for `message`.
+fn failed(terminal: &Terminal, message: impl std::fmt::Display) -> Outcome {
+    Outcome::failed(format!("{}: {message}\n", terminal.bad("Sign-in failed")))
+}
+
+/// The OAuth consumer signed in to: Bitbucket's API and the consumer's key.
+struct Consumer {
+    api_url: Url,
+    client_id: String,
+}
+
+impl Consumer {
+    /// The consumer of `integration`, whose key `secret` holds.
+    fn of(
+        terminal: &Terminal,
+        integration: &BitbucketIntegration,
+        secret: &Secret,
+    ) -> Result<Self, Outcome> {
+        let api_url = integration
+            .spec
+            .server
+            .url
+            .as_deref()
+            .unwrap_or(CLOUD_API_URL);
+        let api_url =
+            Url::parse(api_url).map_err(|e| failed(terminal, format!("server URL: {e}")))?;
+        let client_id = CredentialType::OAuthUser
+            .secret_keys()
+            .identity
+            .and_then(|key| secret.data.as_ref()?.get(key))
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+            .unwrap_or_default();
+        Ok(Self { api_url, client_id })
+    }
+}
+
+/// Listens on `port` of the loopback address (0: a free one); the listener and the callback
+/// URL that reaches it.
+async fn listen_on_loopback(
+    terminal: &Terminal,
+    port: u16,
+) -> Result<(tokio::net::TcpListener, Url), Outcome> {
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port))
+        .await
+        .map_err(|e| failed(terminal, format!("listening on 127.0.0.1:{port}: {e}")))?;
+    let port = listener
+        .local_addr()
+        .map_err(|e| failed(terminal, e))?
+        .port();
+    let redirect = Url::parse(&format!("http://127.0.0.1:{port}/callback")).expect("a valid URL");
+    Ok((listener, redirect))
+}
+
+/// Sends the person to Bitbucket's authorize page: opens a browser there if `open` and there is
+/// one, and prints the address either way.
+fn send_to_bitbucket(consumer: &Consumer, state: &str, redirect: &Url, open: bool) {
+    let Consumer { api_url, client_id } = consumer;
+    let authorize = bitbucket::authorize_url(api_url, client_id, state, redirect);
+    let opened = open && open_browser(&authorize);
     eprintln!(
         "Sign in with Bitbucket: {} this address in a browser to authorize consumer {client_id}:\n\n  {authorize}\n\nWaiting for Bitbucket to send the browser back to {redirect} ...",
         if opened {
@@ -80,35 +123,56 @@ pub async fn sign_in(
             "open"
         }
     );
+}
 
-    let answer = callback(listener).await;
-    let query = match answer {
-        Some(query) => query,
-        None => {
-            return Err(failed(format!(
-                "no answer from Bitbucket within {}s",
-                PATIENCE.as_secs()
-            )));
-        }
-    };
-    if query.get("state") != Some(&state) {
+/// Waits for the browser to come back to `listener` with this sign-in's `state`; the code
+/// Bitbucket sent, or why there is none.
+async fn wait_for_code(
+    terminal: &Terminal,
+    listener: tokio::net::TcpListener,
+    consumer: &Consumer,
+    state: &str,
+) -> Result<String, Outcome> {
+    let Some(mut query) = callback(listener).await else {
         return Err(failed(
-            "the answer did not carry this sign-in's state (a forged or stale redirect); try again"
-                .into(),
+            terminal,
+            format!("no answer from Bitbucket within {}s", PATIENCE.as_secs()),
+        ));
+    };
+    if query.get("state").map(String::as_str) != Some(state) {
+        return Err(failed(
+            terminal,
+            "the answer did not carry this sign-in's state (a forged or stale redirect); try again",
         ));
     }
     if let Some(error) = query.get("error") {
-        return Err(failed(format!(
-            "Bitbucket did not authorize consumer {client_id}: {error}{}",
-            query
-                .get("error_description")
-                .map(|d| format!(" ({d})"))
-                .unwrap_or_default()
-        )));
+        return Err(failed(
+            terminal,
+            format!(
+                "Bitbucket did not authorize consumer {}: {error}{}",
+                consumer.client_id,
+                query
+                    .get("error_description")
+                    .map(|d| format!(" ({d})"))
+                    .unwrap_or_default()
+            ),
+        ));
     }
-    let code = query
-        .get("code")
-        .ok_or_else(|| failed("Bitbucket sent the browser back without a code".into()))?;
+    query
+        .remove("code")
+        .ok_or_else(|| failed(terminal, "Bitbucket sent the browser back without a code"))
+}
+
+/// Exchanges `code`, with the consumer's secret, for the signed-in user's refresh token,
+/// sending it only to the servers `secret` consents to.
+async fn exchange_code(
+    terminal: &Terminal,
+    consumer: &Consumer,
+    client_secret: &SecretString,
+    code: &str,
+    redirect: &Url,
+    secret: &Secret,
+) -> Result<SecretString, Outcome> {
     let consent = secret
         .metadata
         .annotations
@@ -117,21 +181,19 @@ pub async fn sign_in(
         .cloned()
         .unwrap_or_else(|| "cloud".into());
     let transport = TransportConfig {
-        allowed: AllowList::from_str(&consent).map_err(failed)?,
+        allowed: AllowList::from_str(&consent).map_err(|e| failed(terminal, e))?,
         ..TransportConfig::default()
     };
-    let refresh_token = bitbucket::exchange_code(
-        &api_url,
-        &client_id,
+    bitbucket::exchange_code(
+        &consumer.api_url,
+        &consumer.client_id,
         client_secret,
         code,
-        &redirect,
+        redirect,
         transport,
     )
     .await
-    .map_err(|e| failed(e.to_string()))?;
-    eprintln!("Signed in.");
-    Ok(refresh_token)
+    .map_err(|e| failed(terminal, e))
 }
 
 /// Serves `/callback` on `listener` until the browser arrives there once; its query.

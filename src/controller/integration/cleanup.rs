@@ -67,8 +67,8 @@ pub(super) async fn cleanup(
         if waited < SETTLE {
             return Ok(Cleanup::LookAgain(SETTLE - waited));
         }
+        shared.memory.deletion_blocked(&uid, false);
         if was_blocked {
-            shared.metrics.blocked_deletions.dec();
             let released = Announcement {
                 type_: EventType::Normal,
                 reason: reasons::DELETION_RELEASED.to_owned(),
@@ -95,8 +95,6 @@ pub(super) async fn cleanup(
         &conditions::now(),
     );
     finish(shared, integration, &draft, &status).await?;
-    if !was_blocked {
-        shared.metrics.blocked_deletions.inc();
-    }
+    shared.memory.deletion_blocked(&uid, true);
     Err(Error::DeletionBlocked(message))
 }

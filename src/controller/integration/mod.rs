@@ -24,9 +24,9 @@ use super::{
     Context, INTEGRATION_MANAGER,
     credentials::{self, ResolveError},
     error::{Class, Reason},
-    finish::{self, Announcement, Draft, Kind, finish},
+    finish::{self, Draft, finish},
     integration_of,
-    memory::{Failures, Memory, Validation},
+    memory::Validation,
     run::api,
 };
 use crate::{
@@ -35,9 +35,9 @@ use crate::{
         admission::in_use_message, conditions::reasons,
     },
     bitbucket,
-    status::{conditions, remembered::Remembered},
+    status::conditions,
 };
-use validate::{Ask, Due, Outcome};
+use validate::{ValidationAsk, ValidationDue, ValidationOutcome};
 
 const CONTROLLER: &str = "integration";
 
@@ -85,41 +85,18 @@ impl Reason for Error {
     }
 }
 
-impl Kind for BitbucketIntegration {
-    type Status = BitbucketIntegrationStatus;
-    const CONTROLLER: &'static str = CONTROLLER;
-    const MANAGER: &'static str = INTEGRATION_MANAGER;
-
-    fn status(&self) -> Option<&Self::Status> {
-        self.status.as_ref()
-    }
-
-    fn conditions(
-        status: &mut Self::Status,
-    ) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-        &mut status.conditions
-    }
-
-    fn remembered<R>(
-        memory: &Memory,
-        uid: &str,
-        f: impl FnOnce(&mut Remembered<Self::Status>) -> R,
-    ) -> R {
-        memory.integration(uid, |m| f(&mut m.status))
-    }
-
-    fn failures<R>(memory: &Memory, uid: &str, f: impl FnOnce(&mut Failures) -> R) -> R {
-        memory.integration(uid, |m| f(&mut m.failures))
-    }
-
-    fn announcements(before: &Self::Status, after: &Self::Status) -> Vec<Announcement> {
-        validate::announcements(before, after)
-    }
-}
+finish::reconciled_kind!(BitbucketIntegration {
+    status: BitbucketIntegrationStatus,
+    controller: CONTROLLER,
+    manager: INTEGRATION_MANAGER,
+    memory: integration,
+    announcements: validate::announcements,
+});
 
 /// Adds the watches that trigger an integration: its Secrets (metadata only: Secret data never
-/// enters the operator's memory) and the Subscriptions that use it (`subscription_events`, the
-/// stream feeding `context.subscriptions`).
+/// enters the operator's memory), the Subscriptions that use it (`subscription_events`, the
+/// stream feeding `context.subscriptions`), and the integrations Subscriptions left (`woken`).
+/// The mappers only map: what to wake is decided by reconciles.
 pub fn wire(
     controller: Controller<BitbucketIntegration>,
     context: &Arc<Context>,
@@ -127,6 +104,7 @@ pub fn wire(
     subscription_events: impl futures::Stream<Item = Result<Subscription, watcher::Error>>
     + Send
     + 'static,
+    woken: impl futures::Stream<Item = ObjectRef<BitbucketIntegration>> + Send + 'static,
 ) -> Controller<BitbucketIntegration> {
     let client = &context.shared.kube;
     let secrets = watcher(
@@ -138,8 +116,6 @@ pub fn wire(
     // This controller's own store: an integration it has reconciled is surely in it, so a
     // Secret created after the integration always finds it.
     let integrations = controller.store();
-    let shared = Arc::clone(&context.shared);
-    let subscriptions = context.subscriptions.clone();
     controller
         .watches_stream(secrets, move |secret| {
             let name = secret.name_any();
@@ -151,24 +127,12 @@ pub fn wire(
                 .map(|i| ObjectRef::from_obj(&*i))
                 .collect::<Vec<_>>()
         })
-        .watches_stream(subscription_events, move |subscription| {
-            let now = integration_of(&subscription);
-            // A Subscription missing from the store (updated before the event arrives) was
-            // deleted, and its memory is gone with it; it still wakes the integration it used.
-            let left = match subscriptions.get(&ObjectRef::from_obj(&subscription)) {
-                Some(_) => shared
-                    .memory
-                    .subscription(&finish::uid(&subscription), |m| {
-                        m.integration.replace(now.name.clone())
-                    })
-                    .filter(|name| *name != now.name)
-                    .map(|name| {
-                        ObjectRef::new(&name).within(now.namespace.as_deref().unwrap_or_default())
-                    }),
-                None => None,
-            };
-            std::iter::once(now).chain(left)
+        // The integration a Subscription left when re-pointed is woken by the Subscription's
+        // reconcile (`subscription::wake_the_integration_left`), through `woken`.
+        .watches_stream(subscription_events, |subscription| {
+            std::iter::once(integration_of(&subscription))
         })
+        .reconcile_on(woken)
 }
 
 fn uses_secret(integration: &BitbucketIntegration, name: &str) -> bool {
@@ -215,13 +179,13 @@ async fn apply(integration: &BitbucketIntegration, context: &Context) -> Result<
             Err(error) if error.class() != Class::Stalled => return Err(error.into()),
             resolved => resolved,
         };
-    let ask = Ask::of(integration, &shared.settings, resolved.as_ref().ok());
+    let ask = ValidationAsk::of(integration, &shared.settings, resolved.as_ref().ok());
     let outcome = match resolved {
         Ok(resolved) => validate_when_due(context, integration, &mut draft, &resolved, &ask).await,
         Err(error) => {
             let uid = finish::uid(integration);
             shared.memory.integration(&uid, |m| m.validation = None);
-            Outcome::Failed(error.into())
+            ValidationOutcome::Failed(error.into())
         }
     };
     let users = users(context, integration);
@@ -246,8 +210,8 @@ async fn validate_when_due(
     integration: &BitbucketIntegration,
     draft: &mut Draft<BitbucketIntegrationStatus>,
     resolved: &credentials::Resolved,
-    ask: &Ask,
-) -> Outcome {
+    ask: &ValidationAsk,
+) -> ValidationOutcome {
     let shared = &context.shared;
     let uid = finish::uid(integration);
     let now = Instant::now();
@@ -255,9 +219,9 @@ async fn validate_when_due(
         .memory
         .integration(&uid, |m| (m.validation.clone(), m.failures.holding(now)));
     let changed = match validate::due(last.as_ref(), ask, backoff, now) {
-        Due::No { wait } => return Outcome::Unchanged { wait },
-        Due::BackingOff { wait } => return Outcome::BackingOff { wait },
-        Due::Yes { changed } => changed,
+        ValidationDue::No { wait } => return ValidationOutcome::Unchanged { wait },
+        ValidationDue::BackingOff { wait } => return ValidationOutcome::BackingOff { wait },
+        ValidationDue::Yes { changed } => changed,
     };
     let call = resolved
         .client
@@ -278,8 +242,8 @@ async fn validate_when_due(
         .memory
         .integration(&uid, |m| m.validation = Some(validation));
     match result {
-        Ok(identity) => Outcome::Validated(identity),
-        Err(error) => Outcome::Failed(error.into()),
+        Ok(identity) => ValidationOutcome::ValidationOutcome(identity),
+        Err(error) => ValidationOutcome::Failed(error.into()),
     }
 }
 
@@ -287,19 +251,21 @@ async fn validate_when_due(
 fn after(
     context: &Context,
     integration: &BitbucketIntegration,
-    ask: &Ask,
-    outcome: Outcome,
+    ask: &ValidationAsk,
+    outcome: ValidationOutcome,
 ) -> Action {
     let shared = &context.shared;
     let uid = finish::uid(integration);
     match outcome {
-        Outcome::Validated(_) => {
+        ValidationOutcome::ValidationOutcome(_) => {
             finish::recovered::<BitbucketIntegration>(shared, &uid);
             Action::requeue(ask.interval)
         }
-        Outcome::Unchanged { wait } => wait.map_or_else(Action::await_change, Action::requeue),
-        Outcome::BackingOff { wait } => Action::requeue(wait),
-        Outcome::Failed(error) => {
+        ValidationOutcome::Unchanged { wait } => {
+            wait.map_or_else(Action::await_change, Action::requeue)
+        }
+        ValidationOutcome::BackingOff { wait } => Action::requeue(wait),
+        ValidationOutcome::Failed(error) => {
             shared.count_error(CONTROLLER, error.reason());
             finish::next::<BitbucketIntegration>(shared, &uid, &error)
         }

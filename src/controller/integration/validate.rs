@@ -28,7 +28,7 @@ use crate::{
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(30 * 60);
 
 /// What this reconcile asks about the integration.
-pub struct Ask {
+pub struct ValidationAsk {
     pub generation: Option<i64>,
     /// The sync annotation's value.
     pub requested: Option<String>,
@@ -38,7 +38,7 @@ pub struct Ask {
     pub fingerprint: String,
 }
 
-impl Ask {
+impl ValidationAsk {
     pub fn of(
         integration: &BitbucketIntegration,
         settings: &Settings,
@@ -55,7 +55,7 @@ impl Ask {
 
 /// Whether to call Bitbucket.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Due {
+pub enum ValidationDue {
     /// Yes; `changed` when something the user did asks for it (a first validation, a new spec
     /// or Secret, a sync request), as opposed to an interval or a retry.
     Yes { changed: bool },
@@ -69,22 +69,27 @@ pub enum Due {
 /// Whether the last validation (`None` if there was none) still stands. `backoff`: how much
 /// longer the backoff after a transient failure holds calls back (see
 /// [`Failures`](crate::controller::memory::Failures)); only a change by the user cuts it short.
-pub fn due(last: Option<&Validation>, ask: &Ask, backoff: Option<Duration>, now: Instant) -> Due {
+pub fn due(
+    last: Option<&Validation>,
+    ask: &ValidationAsk,
+    backoff: Option<Duration>,
+    now: Instant,
+) -> ValidationDue {
     let Some(last) = last else {
-        return Due::Yes { changed: true };
+        return ValidationDue::Yes { changed: true };
     };
     if last.fingerprint != ask.fingerprint || last.sync_request != ask.requested {
-        return Due::Yes { changed: true };
+        return ValidationDue::Yes { changed: true };
     }
     let elapsed = now.saturating_duration_since(last.at);
     match last.failure {
         Some(Class::Transient) => match backoff {
-            Some(wait) => Due::BackingOff { wait },
-            None => Due::Yes { changed: false },
+            Some(wait) => ValidationDue::BackingOff { wait },
+            None => ValidationDue::Yes { changed: false },
         },
-        Some(_) => Due::No { wait: None },
-        None if elapsed >= ask.interval => Due::Yes { changed: false },
-        None => Due::No {
+        Some(_) => ValidationDue::No { wait: None },
+        None if elapsed >= ask.interval => ValidationDue::Yes { changed: false },
+        None => ValidationDue::No {
             wait: Some(
                 ask.interval
                     .saturating_sub(elapsed)
@@ -96,13 +101,13 @@ pub fn due(last: Option<&Validation>, ask: &Ask, backoff: Option<Duration>, now:
 
 /// What a reconcile found out.
 #[derive(Debug)]
-pub enum Outcome {
-    Validated(Identity),
-    /// Nothing was due; see [`Due::No`].
+pub enum ValidationOutcome {
+    ValidationOutcome(Identity),
+    /// Nothing was due; see [`ValidationDue::No`].
     Unchanged {
         wait: Option<Duration>,
     },
-    /// Woken while the backoff after a transient failure holds (see [`Due::BackingOff`]): the
+    /// Woken while the backoff after a transient failure holds (see [`ValidationDue::BackingOff`]): the
     /// failure shown stands, `Reconciling` included.
     BackingOff {
         wait: Duration,
@@ -114,10 +119,10 @@ pub enum Outcome {
 /// using the integration, `None` while they are not listed yet.
 pub fn status(
     shown: &BitbucketIntegrationStatus,
-    ask: &Ask,
+    ask: &ValidationAsk,
     users: Option<&Users>,
     workspace: Option<&str>,
-    outcome: &Outcome,
+    outcome: &ValidationOutcome,
     now: &Time,
 ) -> BitbucketIntegrationStatus {
     let mut status = shown.clone();
@@ -131,9 +136,11 @@ pub fn status(
     }
     conditions::remove(&mut status.conditions, DELETION_BLOCKED);
     match outcome {
-        Outcome::Unchanged { .. } => conditions::remove(&mut status.conditions, RECONCILING),
-        Outcome::BackingOff { .. } => {}
-        Outcome::Validated(identity) => {
+        ValidationOutcome::Unchanged { .. } => {
+            conditions::remove(&mut status.conditions, RECONCILING)
+        }
+        ValidationOutcome::BackingOff { .. } => {}
+        ValidationOutcome::ValidationOutcome(identity) => {
             conditions::remove(&mut status.conditions, RECONCILING);
             status.scopes = identity.scopes.clone();
             status.account = Some(account(identity));
@@ -151,7 +158,7 @@ pub fn status(
             conditions::remove(&mut status.conditions, STALLED);
         }
         // The last good account stays; Ready says what is wrong.
-        Outcome::Failed(error) => {
+        ValidationOutcome::Failed(error) => {
             error::set_conditions(&mut status.conditions, error, generation, now);
         }
     }
@@ -232,8 +239,8 @@ mod tests {
 
     const HOUR: Duration = Duration::from_secs(3600);
 
-    fn ask(fingerprint: &str, requested: Option<&str>) -> Ask {
-        Ask {
+    fn ask(fingerprint: &str, requested: Option<&str>) -> ValidationAsk {
+        ValidationAsk {
             generation: Some(1),
             requested: requested.map(str::to_owned),
             interval: HOUR,
@@ -271,21 +278,21 @@ mod tests {
         let ok = validation(now, None);
         assert_eq!(
             due(None, &ask("f", None), None, now),
-            Due::Yes { changed: true }
+            ValidationDue::Yes { changed: true }
         );
         assert_eq!(
             due(Some(&ok), &ask("g", None), None, now),
-            Due::Yes { changed: true },
+            ValidationDue::Yes { changed: true },
             "the Secret or spec changed"
         );
         assert_eq!(
             due(Some(&ok), &ask("f", Some("now")), None, now),
-            Due::Yes { changed: true },
+            ValidationDue::Yes { changed: true },
             "a sync request"
         );
         assert_eq!(
             due(Some(&ok), &ask("f", None), None, now + HOUR),
-            Due::Yes { changed: false },
+            ValidationDue::Yes { changed: false },
             "the interval passed"
         );
         assert_eq!(
@@ -295,7 +302,7 @@ mod tests {
                 None,
                 now
             ),
-            Due::Yes { changed: false },
+            ValidationDue::Yes { changed: false },
             "a transient failure is retried once its backoff is over"
         );
         assert_eq!(
@@ -305,7 +312,7 @@ mod tests {
                 None,
                 now + Duration::from_secs(600)
             ),
-            Due::No {
+            ValidationDue::No {
                 wait: Some(Duration::from_secs(3000))
             }
         );
@@ -316,7 +323,7 @@ mod tests {
                 None,
                 now + 2 * HOUR
             ),
-            Due::No { wait: None },
+            ValidationDue::No { wait: None },
             "a rejected credential is not tried again until something changes"
         );
     }
@@ -330,19 +337,19 @@ mod tests {
         let holding = Some(Duration::from_secs(20));
         assert_eq!(
             due(Some(&failed), &ask("f", None), holding, now),
-            Due::BackingOff {
+            ValidationDue::BackingOff {
                 wait: Duration::from_secs(20)
             },
             "woken during the backoff"
         );
         assert_eq!(
             due(Some(&failed), &ask("g", None), holding, now),
-            Due::Yes { changed: true },
+            ValidationDue::Yes { changed: true },
             "a new Secret or spec"
         );
         assert_eq!(
             due(Some(&failed), &ask("f", Some("now")), holding, now),
-            Due::Yes { changed: true },
+            ValidationDue::Yes { changed: true },
             "a sync request"
         );
     }
@@ -354,7 +361,7 @@ mod tests {
             &ask("f", None),
             Some(&Users::of(vec!["api-ci".into(), "web-ci".into()])),
             None,
-            &Outcome::Validated(identity()),
+            &ValidationOutcome::ValidationOutcome(identity()),
             &now(),
         );
         let failed = status(
@@ -362,7 +369,7 @@ mod tests {
             &ask("f", None),
             Some(&Users::of(vec!["api-ci".into(), "web-ci".into()])),
             None,
-            &Outcome::Failed(Error::Bitbucket(bitbucket::Error::RateLimited {
+            &ValidationOutcome::Failed(Error::Bitbucket(bitbucket::Error::RateLimited {
                 retry_after: None,
             })),
             &now(),
@@ -394,7 +401,7 @@ mod tests {
                 &ask("f", None),
                 None,
                 None,
-                &Outcome::Failed(error),
+                &ValidationOutcome::Failed(error),
                 &now(),
             );
             let stalled = conditions::get(&failed.conditions, STALLED).unwrap();
@@ -413,21 +420,24 @@ mod tests {
             &ask("f", None),
             None,
             None,
-            &Outcome::Validated(identity()),
+            &ValidationOutcome::ValidationOutcome(identity()),
             &now(),
         );
         let announced = announcements(&BitbucketIntegrationStatus::default(), &first);
         assert_eq!(announced.len(), 1);
-        assert_eq!(announced[0].reason, "Validated");
+        assert_eq!(announced[0].reason, "ValidationOutcome");
         assert_eq!(announced[0].note, "authenticated as jdoe (Jane Doe)");
         let again = status(
             &first,
             &ask("f", Some("x")),
             None,
             None,
-            &Outcome::Validated(identity()),
+            &ValidationOutcome::ValidationOutcome(identity()),
             &now(),
         );
-        assert!(announcements(&first, &again).is_empty(), "still Validated");
+        assert!(
+            announcements(&first, &again).is_empty(),
+            "still ValidationOutcome"
+        );
     }
 }

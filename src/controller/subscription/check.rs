@@ -10,7 +10,7 @@ use crate::{
         conditions::READY,
     },
     bitbucket::ListScope,
-    controller::memory::Sync,
+    controller::memory::LastSync,
     status::conditions,
 };
 
@@ -75,7 +75,7 @@ pub fn scope(
 }
 
 /// What this reconcile asks of the Subscription.
-pub struct Ask {
+pub struct SyncAsk {
     pub generation: Option<i64>,
     /// The sync annotation's value.
     pub requested: Option<String>,
@@ -84,7 +84,7 @@ pub struct Ask {
 
 /// Whether to list.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Due {
+pub enum SyncDue {
     /// Yes. `fresh`: a sync request not answered yet, which only a listing fetched after it
     /// answers. `first`: nothing was listed for this Subscription yet.
     Yes { fresh: bool, first: bool },
@@ -100,30 +100,30 @@ pub enum Due {
 /// new sync request, a new spec or credential) cuts it short. A request whose listing failed
 /// stays unanswered (`fresh`) but was asked: its retry waits for the backoff like any other.
 pub fn due(
-    last: Option<&Sync>,
-    ask: &Ask,
+    last: Option<&LastSync>,
+    ask: &SyncAsk,
     fingerprint: &str,
     backoff: Option<Duration>,
     now: Instant,
-) -> Due {
+) -> SyncDue {
     let fresh = ask.requested.is_some() && last.is_none_or(|l| l.answered != ask.requested);
     let Some(last) = last else {
-        return Due::Yes { fresh, first: true };
+        return SyncDue::Yes { fresh, first: true };
     };
     let changed = (fresh && last.asked != ask.requested)
         || last.generation != ask.generation
         || last.fingerprint != fingerprint;
     if let Some(wait) = backoff.filter(|_| last.transient_failure && !changed) {
-        return Due::BackingOff { wait };
+        return SyncDue::BackingOff { wait };
     }
     let elapsed = now.saturating_duration_since(last.at);
     if changed || last.transient_failure || elapsed >= ask.interval {
-        return Due::Yes {
+        return SyncDue::Yes {
             fresh,
             first: false,
         };
     }
-    Due::No {
+    SyncDue::No {
         wait: ask
             .interval
             .saturating_sub(elapsed)
@@ -158,16 +158,16 @@ mod tests {
         Subscription::new("ci", spec)
     }
 
-    fn ask(requested: Option<&str>) -> Ask {
-        Ask {
+    fn ask(requested: Option<&str>) -> SyncAsk {
+        SyncAsk {
             generation: Some(1),
             requested: requested.map(str::to_owned),
             interval: HOUR,
         }
     }
 
-    fn synced(at: Instant, answered: Option<&str>, transient_failure: bool) -> Sync {
-        Sync {
+    fn synced(at: Instant, answered: Option<&str>, transient_failure: bool) -> LastSync {
+        LastSync {
             generation: Some(1),
             fingerprint: "f".into(),
             answered: answered.map(str::to_owned),
@@ -267,7 +267,7 @@ mod tests {
         let ok = synced(now, Some("a"), false);
         assert_eq!(
             due(None, &ask(None), "f", None, now),
-            Due::Yes {
+            SyncDue::Yes {
                 fresh: false,
                 first: true
             }
@@ -280,21 +280,21 @@ mod tests {
                 None,
                 now + Duration::from_secs(60)
             ),
-            Due::No {
+            SyncDue::No {
                 wait: Duration::from_secs(3540)
             },
             "the request was answered"
         );
         assert_eq!(
             due(Some(&ok), &ask(Some("b")), "f", None, now),
-            Due::Yes {
+            SyncDue::Yes {
                 fresh: true,
                 first: false
             }
         );
         assert_eq!(
             due(Some(&ok), &ask(Some("a")), "g", None, now),
-            Due::Yes {
+            SyncDue::Yes {
                 fresh: false,
                 first: false
             },
@@ -302,7 +302,7 @@ mod tests {
         );
         assert_eq!(
             due(Some(&ok), &ask(Some("a")), "f", None, now + HOUR),
-            Due::Yes {
+            SyncDue::Yes {
                 fresh: false,
                 first: false
             }
@@ -317,7 +317,7 @@ mod tests {
         let failed = synced(now, Some("old"), true);
         assert_eq!(
             due(Some(&failed), &ask(Some("new")), "f", None, now),
-            Due::Yes {
+            SyncDue::Yes {
                 fresh: true,
                 first: false
             }
@@ -333,20 +333,20 @@ mod tests {
         let holding = Some(Duration::from_secs(20));
         assert_eq!(
             due(Some(&failed), &ask(Some("a")), "f", holding, now + HOUR),
-            Due::BackingOff {
+            SyncDue::BackingOff {
                 wait: Duration::from_secs(20)
             },
             "woken during the backoff, even past the interval (a long Retry-After)"
         );
         assert_eq!(
             due(Some(&failed), &ask(Some("a")), "f", None, now),
-            Due::Yes {
+            SyncDue::Yes {
                 fresh: false,
                 first: false
             },
             "the backoff is over"
         );
-        let asked_but_unanswered = Sync {
+        let asked_but_unanswered = LastSync {
             answered: None,
             ..failed.clone()
         };
@@ -358,14 +358,14 @@ mod tests {
                 holding,
                 now
             ),
-            Due::BackingOff {
+            SyncDue::BackingOff {
                 wait: Duration::from_secs(20)
             },
             "a request whose listing failed is retried after the backoff"
         );
         assert_eq!(
             due(Some(&asked_but_unanswered), &ask(Some("a")), "f", None, now),
-            Due::Yes {
+            SyncDue::Yes {
                 fresh: true,
                 first: false
             },
@@ -378,7 +378,7 @@ mod tests {
             assert!(
                 matches!(
                     due(Some(&failed), &ask, fingerprint, holding, now),
-                    Due::Yes { .. }
+                    SyncDue::Yes { .. }
                 ),
                 "{why}"
             );

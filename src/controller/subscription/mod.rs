@@ -30,10 +30,10 @@ use super::{
     Context, SUBSCRIPTION_MANAGER,
     credentials::{self, ResolveError, Resolved},
     error::{Class, Reason},
-    finish::{self, Announcement, Draft, Kind, finish},
+    finish::{self, Draft, finish},
     integration_of, is_ready,
     listing::Want,
-    memory::{Failures, Memory, Sync},
+    memory::LastSync,
 };
 use crate::{
     api::{
@@ -41,10 +41,10 @@ use crate::{
         conditions::reasons,
     },
     bitbucket::{self, ListScope},
-    status::{conditions, remembered::Remembered},
+    status::conditions,
 };
-use check::{Ask, Due};
-use report::Outcome;
+use check::{SyncAsk, SyncDue};
+use report::SyncOutcome;
 
 const CONTROLLER: &str = "subscription";
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(10 * 60);
@@ -102,37 +102,13 @@ impl Reason for Error {
     }
 }
 
-impl Kind for Subscription {
-    type Status = SubscriptionStatus;
-    const CONTROLLER: &'static str = CONTROLLER;
-    const MANAGER: &'static str = SUBSCRIPTION_MANAGER;
-
-    fn status(&self) -> Option<&Self::Status> {
-        self.status.as_ref()
-    }
-
-    fn conditions(
-        status: &mut Self::Status,
-    ) -> &mut Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
-        &mut status.conditions
-    }
-
-    fn remembered<R>(
-        memory: &Memory,
-        uid: &str,
-        f: impl FnOnce(&mut Remembered<Self::Status>) -> R,
-    ) -> R {
-        memory.subscription(uid, |m| f(&mut m.status))
-    }
-
-    fn failures<R>(memory: &Memory, uid: &str, f: impl FnOnce(&mut Failures) -> R) -> R {
-        memory.subscription(uid, |m| f(&mut m.failures))
-    }
-
-    fn announcements(before: &Self::Status, after: &Self::Status) -> Vec<Announcement> {
-        report::announcements(before, after)
-    }
-}
+finish::reconciled_kind!(Subscription {
+    status: SubscriptionStatus,
+    controller: CONTROLLER,
+    manager: SUBSCRIPTION_MANAGER,
+    memory: subscription,
+    announcements: report::announcements,
+});
 
 /// Adds the watch that re-syncs Subscriptions when their integration changes (e.g. becomes
 /// Ready, or its credential rotates). `integration_events` is the stream feeding
@@ -176,24 +152,42 @@ pub fn error_policy(
     finish::next::<Subscription>(&context.shared, &finish::uid(&*subscription), error)
 }
 
+/// Wakes the integration this Subscription pointed at when last reconciled, if it now points
+/// elsewhere: that integration's deletion may be waiting for it to go.
+fn wake_the_integration_left(subscription: &Subscription, context: &Context) {
+    let now = integration_of(subscription);
+    let left = context
+        .shared
+        .memory
+        .subscription(&finish::uid(subscription), |m| {
+            m.integration.replace(now.name.clone())
+        });
+    if let Some(left) = left.filter(|left| *left != now.name) {
+        let namespace = now.namespace.as_deref().unwrap_or_default();
+        // Fails only when the integration controller has stopped, and with it the need.
+        let _ = (context.wake_integration).unbounded_send(ObjectRef::new(&left).within(namespace));
+    }
+}
+
 async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, Error> {
+    wake_the_integration_left(subscription, context);
     if subscription.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
     let shared = &context.shared;
     let mut draft = Draft::begin(&shared.memory, subscription);
-    let ask = Ask {
+    let ask = SyncAsk {
         generation: subscription.metadata.generation,
         requested: super::sync_request(subscription),
         interval: (shared.settings).interval(&subscription.spec.sync_interval, DEFAULT_INTERVAL),
     };
     let outcome = if subscription.spec.suspend {
-        Outcome::Suspended
+        SyncOutcome::Suspended
     } else {
         match dereference(subscription, context).await {
             Dereferenced::Later(wait) => return Ok(Action::requeue(wait)),
             Dereferenced::Failed(Error::Kube(e)) => return Err(Error::Kube(e)),
-            Dereferenced::Failed(error) => Outcome::Failed {
+            Dereferenced::Failed(error) => SyncOutcome::Failed {
                 error,
                 integration: None,
             },
@@ -271,9 +265,9 @@ async fn list_when_due(
     context: &Context,
     subscription: &Subscription,
     draft: &mut Draft<SubscriptionStatus>,
-    ask: &Ask,
+    ask: &SyncAsk,
     found: Found,
-) -> Outcome {
+) -> SyncOutcome {
     let shared = &context.shared;
     let uid = finish::uid(subscription);
     let now = Instant::now();
@@ -282,9 +276,9 @@ async fn list_when_due(
         .subscription(&uid, |m| (m.sync.clone(), m.failures.holding(now)));
     let fingerprint = &found.resolved.fingerprint;
     let (fresh, first) = match check::due(last.as_ref(), ask, fingerprint, backoff, now) {
-        Due::No { wait } => return Outcome::Unchanged { wait },
-        Due::BackingOff { wait } => return Outcome::BackingOff { wait },
-        Due::Yes { fresh, first } => (fresh, first),
+        SyncDue::No { wait } => return SyncOutcome::Unchanged { wait },
+        SyncDue::BackingOff { wait } => return SyncOutcome::BackingOff { wait },
+        SyncDue::Yes { fresh, first } => (fresh, first),
     };
     let integration_uid = finish::uid(&*found.integration);
     let want = Want {
@@ -310,7 +304,7 @@ async fn list_when_due(
         listing.await
     };
     let transient = matches!(&listed, Err(e) if Reason::class(e) == Class::Transient);
-    let sync = Sync {
+    let sync = LastSync {
         generation: ask.generation,
         fingerprint: fingerprint.clone(),
         answered: if transient {
@@ -330,11 +324,11 @@ async fn list_when_due(
             .and_then(|a| a.username.clone().or_else(|| a.display_name.clone())),
     };
     match listed {
-        Ok(repositories) => Outcome::Listed {
+        Ok(repositories) => SyncOutcome::Listed {
             repositories,
             integration,
         },
-        Err(error) => Outcome::Failed {
+        Err(error) => SyncOutcome::Failed {
             error: error.into(),
             integration: Some(integration),
         },
@@ -344,20 +338,25 @@ async fn list_when_due(
 /// When to reconcile again after `outcome`. A Subscription that waits for something other than
 /// Bitbucket forgets its last listing, so it lists again after the wait and never re-states a
 /// status from before it.
-fn after(context: &Context, subscription: &Subscription, ask: &Ask, outcome: Outcome) -> Action {
+fn after(
+    context: &Context,
+    subscription: &Subscription,
+    ask: &SyncAsk,
+    outcome: SyncOutcome,
+) -> Action {
     let shared = &context.shared;
     let uid = finish::uid(subscription);
     match outcome {
-        Outcome::Listed { .. } => {
+        SyncOutcome::Listed { .. } => {
             finish::recovered::<Subscription>(shared, &uid);
             Action::requeue(ask.interval)
         }
-        Outcome::Unchanged { wait } | Outcome::BackingOff { wait } => Action::requeue(wait),
-        Outcome::Suspended => {
+        SyncOutcome::Unchanged { wait } | SyncOutcome::BackingOff { wait } => Action::requeue(wait),
+        SyncOutcome::Suspended => {
             shared.memory.subscription(&uid, |m| m.sync = None);
             Action::await_change()
         }
-        Outcome::Failed { error, integration } => {
+        SyncOutcome::Failed { error, integration } => {
             if integration.is_none() {
                 shared.memory.subscription(&uid, |m| m.sync = None);
             }

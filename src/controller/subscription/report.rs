@@ -6,7 +6,7 @@ use std::{collections::BTreeSet, sync::Arc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::events::EventType;
 
-use super::{Error, check::Ask, filter};
+use super::{Error, check::SyncAsk, filter};
 use crate::{
     api::{
         CloneUrls, IntegrationSummary, MAX_LISTED_REPOSITORIES, Repository, RepositoryFilter,
@@ -20,7 +20,7 @@ use crate::{
 
 /// What a reconcile found out.
 #[derive(Debug)]
-pub enum Outcome {
+pub enum SyncOutcome {
     /// A listing, fetched or shared, made with `integration`'s credential.
     Listed {
         repositories: Arc<Vec<bitbucket::Repository>>,
@@ -46,9 +46,9 @@ pub enum Outcome {
 /// The status an outcome leads to, from the status last shown. Failures keep the last list.
 pub fn status(
     shown: &SubscriptionStatus,
-    ask: &Ask,
+    ask: &SyncAsk,
     filter: &RepositoryFilter,
-    outcome: &Outcome,
+    outcome: &SyncOutcome,
     now: &Time,
 ) -> SubscriptionStatus {
     let mut status = shown.clone();
@@ -68,17 +68,17 @@ pub fn status(
         conditions::remove(&mut status.conditions, RECONCILING);
     };
     match outcome {
-        Outcome::Unchanged { .. } => conditions::remove(&mut status.conditions, RECONCILING),
-        Outcome::BackingOff { .. } => {}
+        SyncOutcome::Unchanged { .. } => conditions::remove(&mut status.conditions, RECONCILING),
+        SyncOutcome::BackingOff { .. } => {}
         // Suspended is a state the user asked for, so it is Ready (kstatus: Current; Flux and
         // `kubectl wait` do not wait forever); the reason says the list is not refreshed.
-        Outcome::Suspended => ready(
+        SyncOutcome::Suspended => ready(
             &mut status,
             Status::True,
             reasons::SUSPENDED,
             "suspended: the last repository list is kept, not refreshed".into(),
         ),
-        Outcome::Listed {
+        SyncOutcome::Listed {
             repositories,
             integration,
         } => {
@@ -104,7 +104,7 @@ pub fn status(
                 format!("{count} repositories"),
             );
         }
-        Outcome::Failed { error, integration } => {
+        SyncOutcome::Failed { error, integration } => {
             if let Some(integration) = integration {
                 status.integration = Some(integration.clone());
             }
@@ -177,8 +177,8 @@ mod tests {
     use super::*;
     use crate::controller::subscription::filter::tests::repository;
 
-    fn listed(slugs: &[&str]) -> Outcome {
-        Outcome::Listed {
+    fn listed(slugs: &[&str]) -> SyncOutcome {
+        SyncOutcome::Listed {
             repositories: Arc::new(slugs.iter().map(|s| repository(s, false)).collect()),
             integration: IntegrationSummary {
                 name: "acme".into(),
@@ -187,8 +187,8 @@ mod tests {
         }
     }
 
-    fn ask() -> Ask {
-        Ask {
+    fn ask() -> SyncAsk {
+        SyncAsk {
             generation: Some(3),
             requested: Some("now".into()),
             interval: std::time::Duration::from_secs(600),
@@ -218,7 +218,7 @@ mod tests {
         let ready = conditions::get(&first.conditions, READY).unwrap();
         assert_eq!(
             (ready.reason.as_str(), ready.message.as_str()),
-            ("Synced", "2 repositories")
+            ("SyncOutcome", "2 repositories")
         );
 
         let later = Time(jiff::Timestamp::from_second(1_000_060).unwrap());
@@ -246,7 +246,7 @@ mod tests {
             &synced,
             &ask(),
             &filter,
-            &Outcome::Failed {
+            &SyncOutcome::Failed {
                 error: Error::Bitbucket(bitbucket::Error::Unavailable {
                     status: 503,
                     excerpt: String::new(),
