@@ -1,24 +1,20 @@
 //! The operator's HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the process is
-//! alive) and `/readyz` (the controllers have found their CRDs and are running). Does network
+//! alive) and `/readyz` (the controllers have found their CRDs and are running; otherwise it
+//! says why: CRDs missing, RBAC refusing, API server unreachable). Does network
 //! I/O.
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-};
+use std::{net::SocketAddr, sync::Arc};
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 
-use crate::metrics::Metrics;
+use crate::{controller::Waiting, metrics::Metrics};
 
 /// Shared with the handlers.
 #[derive(Clone)]
 pub struct Probe {
     pub metrics: Arc<Metrics>,
-    pub ready: Arc<AtomicBool>,
+    /// Why the controllers are not running yet, if they are not.
+    pub waiting: Waiting,
 }
 
 /// The routes; metrics and health may be served on one address or two.
@@ -41,10 +37,9 @@ async fn metrics(State(probe): State<Probe>) -> impl IntoResponse {
 }
 
 async fn ready(State(probe): State<Probe>) -> impl IntoResponse {
-    if probe.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "waiting for the CRDs")
+    match probe.waiting.why() {
+        None => (StatusCode::OK, "ready".to_owned()),
+        Some(why) => (StatusCode::SERVICE_UNAVAILABLE, why),
     }
 }
 

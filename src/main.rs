@@ -1,7 +1,7 @@
 //! The `bitbucket-operator` binary: parse the command line, set up logging, dispatch.
 #![forbid(unsafe_code)]
 
-use std::sync::{Arc, atomic::AtomicBool};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use bitbucket_operator::{
@@ -36,12 +36,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await
         .context("connecting to Kubernetes (in-cluster config or KUBECONFIG)")?;
     let metrics = Arc::new(Metrics::default());
-    let ready = Arc::new(AtomicBool::new(false));
+    let waiting = controller::Waiting::starting();
     let shutdown = shutdown_signal().shared();
 
     let probe = http::Probe {
         metrics: Arc::clone(&metrics),
-        ready: Arc::clone(&ready),
+        waiting: waiting.clone(),
     };
     let mut servers = vec![tokio::spawn(http::serve(
         args.metrics_address,
@@ -79,10 +79,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION")
     );
     tokio::select! {
-        () = controller::wait_for_crds(&client, &settings) => {}
+        () = controller::wait_for_crds(&client, &settings, &waiting) => {}
         () = shutdown.clone() => return Ok(()),
     }
-    ready.store(true, std::sync::atomic::Ordering::Relaxed);
     controller::run(shared, shutdown).await;
     for server in servers {
         server

@@ -9,7 +9,8 @@ use std::time::Duration;
 /// hour, instead of never (or of a timer that overflows).
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
 
-/// Exponential backoff with jitter.
+/// Exponential backoff with jitter: the Bitbucket client's [`crate::bitbucket::exponential_backoff`]
+/// (the same "equal jitter" as its own retries), plus `Retry-After`.
 #[derive(Clone, Copy, Debug)]
 pub struct Backoff {
     base: Duration,
@@ -25,11 +26,7 @@ impl Backoff {
     /// `at_least` (a `Retry-After`), and jittered so objects that failed together do not retry
     /// together.
     pub fn wait(&self, failures: u32, at_least: Option<Duration>) -> Duration {
-        let ceiling = self
-            .base
-            .saturating_mul(2u32.saturating_pow(failures.min(16)))
-            .min(self.max);
-        let jittered = ceiling / 2 + (ceiling / 2).mul_f64(fastrand::f64());
+        let jittered = crate::bitbucket::exponential_backoff(self.base, self.max, failures.min(16));
         jittered.max(at_least.unwrap_or_default().min(MAX_RETRY_AFTER))
     }
 }

@@ -38,7 +38,7 @@ use crate::{
 use backoff::Backoff;
 use finish::Announcement;
 use memory::Memory;
-pub use run::{run, wait_for_crds};
+pub use run::{Waiting, run, wait_for_crds};
 
 /// The Kubernetes field manager of each controller's status writes.
 pub const INTEGRATION_MANAGER: &str = "bitbucket-operator/integration";

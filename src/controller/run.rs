@@ -356,30 +356,110 @@ fn lean<K: Resource>(object: &mut K) {
     }
 }
 
+/// Why the controllers cannot start yet, from the error of listing a kind: the CRDs are not
+/// installed (404), the operator's ServiceAccount may not list them (401/403: RBAC, which no
+/// wait fixes), or the API server could not be asked. Pure.
+pub fn not_served(error: &kube::Error, scope: &Option<String>) -> String {
+    let place = scope
+        .as_deref()
+        .map_or("cluster-wide".to_owned(), |ns| format!("in namespace {ns}"));
+    match error {
+        kube::Error::Api(status) if status.code == 404 => format!(
+            "waiting for the scm.shippable.io CRDs to be installed (the API server does not serve \
+             them {place})"
+        ),
+        kube::Error::Api(status) if status.code == 401 || status.code == 403 => format!(
+            "not allowed to list the scm.shippable.io kinds {place}: the operator's RBAC (its \
+             ServiceAccount's Role or ClusterRole, deploy/) must allow get, list and watch: {}",
+            status.message
+        ),
+        other => format!("cannot ask the API server whether it serves the CRDs {place}: {other}"),
+    }
+}
+
 /// Waits until the API server serves both CRDs (in each watched scope), so an operator
-/// installed before its CRDs waits instead of crash-looping. Returns early on `shutdown`.
-pub async fn wait_for_crds(client: &kube::Client, settings: &Settings) {
+/// installed before its CRDs waits instead of crash-looping. Meanwhile `waiting` holds why
+/// (served by `/readyz`): missing CRDs and missing RBAC are told apart. Returns when served.
+pub async fn wait_for_crds(client: &kube::Client, settings: &Settings, waiting: &Waiting) {
     let scopes = settings.scopes();
     let params = kube::api::ListParams::default().limit(1);
-    let mut waited = Duration::ZERO;
-    let step = Duration::from_secs(2);
+    let mut said = String::new();
     loop {
-        let mut missing = None;
+        let mut why = None;
         for scope in &scopes {
             let integrations = api::<BitbucketIntegration>(client, scope)
                 .list(&params)
                 .await;
             let subscriptions = api::<Subscription>(client, scope).list(&params).await;
             if let Some(e) = integrations.err().or(subscriptions.err()) {
-                missing = Some(e);
+                why = Some(not_served(&e, scope));
                 break;
             }
         }
-        let Some(error) = missing else { return };
-        if waited.as_secs().is_multiple_of(30) {
-            tracing::warn!(error = %error, "waiting for the scm.shippable.io CRDs to be installed and served");
+        let Some(why) = why else {
+            waiting.set(None);
+            return;
+        };
+        if why != said {
+            tracing::warn!("{why}");
+            said.clone_from(&why);
         }
-        tokio::time::sleep(step).await;
-        waited += step;
+        waiting.set(Some(why));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Why the operator is not ready (`None` when it is), for `/readyz`.
+#[derive(Clone, Default)]
+pub struct Waiting(Arc<Mutex<Option<String>>>);
+
+impl Waiting {
+    /// Not ready yet, for no known reason (before the first look).
+    pub fn starting() -> Self {
+        Self(Arc::new(Mutex::new(Some("starting".into()))))
+    }
+
+    pub fn set(&self, why: Option<String>) {
+        *lock(&self.0) = why;
+    }
+
+    /// Why it is not ready, or `None` when it is.
+    pub fn why(&self) -> Option<String> {
+        lock(&self.0).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::core::Status;
+
+    use super::*;
+
+    fn refused(code: u16, message: &str) -> kube::Error {
+        kube::Error::Api(Status::failure(message, "").with_code(code).boxed())
+    }
+
+    #[test]
+    fn missing_crds_and_missing_rbac_are_told_apart() {
+        let missing = not_served(&refused(404, "the server could not find"), &None);
+        assert!(
+            missing.starts_with("waiting for the scm.shippable.io CRDs"),
+            "{missing}"
+        );
+        let forbidden = not_served(
+            &refused(
+                403,
+                "bitbucketintegrations.scm.shippable.io is forbidden: User \
+                 \"system:serviceaccount:ops:bitbucket-operator\" cannot list resource",
+            ),
+            &Some("ops".into()),
+        );
+        assert!(
+            forbidden
+                .starts_with("not allowed to list the scm.shippable.io kinds in namespace ops"),
+            "{forbidden}"
+        );
+        assert!(forbidden.contains("cannot list resource"), "{forbidden}");
+        assert!(!forbidden.contains("installed"), "{forbidden}");
     }
 }

@@ -242,7 +242,7 @@ async fn validate_when_due(
         .memory
         .integration(&uid, |m| m.validation = Some(validation));
     match result {
-        Ok(identity) => ValidationOutcome::ValidationOutcome(identity),
+        Ok(identity) => ValidationOutcome::Validated(identity),
         Err(error) => ValidationOutcome::Failed(error.into()),
     }
 }
@@ -257,7 +257,7 @@ fn after(
     let shared = &context.shared;
     let uid = finish::uid(integration);
     match outcome {
-        ValidationOutcome::ValidationOutcome(_) => {
+        ValidationOutcome::Validated(_) => {
             finish::recovered::<BitbucketIntegration>(shared, &uid);
             Action::requeue(ask.interval)
         }

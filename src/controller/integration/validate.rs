@@ -102,7 +102,7 @@ pub fn due(
 /// What a reconcile found out.
 #[derive(Debug)]
 pub enum ValidationOutcome {
-    ValidationOutcome(Identity),
+    Validated(Identity),
     /// Nothing was due; see [`ValidationDue::No`].
     Unchanged {
         wait: Option<Duration>,
@@ -140,7 +140,7 @@ pub fn status(
             conditions::remove(&mut status.conditions, RECONCILING)
         }
         ValidationOutcome::BackingOff { .. } => {}
-        ValidationOutcome::ValidationOutcome(identity) => {
+        ValidationOutcome::Validated(identity) => {
             conditions::remove(&mut status.conditions, RECONCILING);
             status.scopes = identity.scopes.clone();
             status.account = Some(account(identity));
@@ -361,7 +361,7 @@ mod tests {
             &ask("f", None),
             Some(&Users::of(vec!["api-ci".into(), "web-ci".into()])),
             None,
-            &ValidationOutcome::ValidationOutcome(identity()),
+            &ValidationOutcome::Validated(identity()),
             &now(),
         );
         let failed = status(
@@ -420,24 +420,21 @@ mod tests {
             &ask("f", None),
             None,
             None,
-            &ValidationOutcome::ValidationOutcome(identity()),
+            &ValidationOutcome::Validated(identity()),
             &now(),
         );
         let announced = announcements(&BitbucketIntegrationStatus::default(), &first);
         assert_eq!(announced.len(), 1);
-        assert_eq!(announced[0].reason, "ValidationOutcome");
+        assert_eq!(announced[0].reason, "Validated");
         assert_eq!(announced[0].note, "authenticated as jdoe (Jane Doe)");
         let again = status(
             &first,
             &ask("f", Some("x")),
             None,
             None,
-            &ValidationOutcome::ValidationOutcome(identity()),
+            &ValidationOutcome::Validated(identity()),
             &now(),
         );
-        assert!(
-            announcements(&first, &again).is_empty(),
-            "still ValidationOutcome"
-        );
+        assert!(announcements(&first, &again).is_empty(), "still Validated");
     }
 }

@@ -218,7 +218,7 @@ mod tests {
         let ready = conditions::get(&first.conditions, READY).unwrap();
         assert_eq!(
             (ready.reason.as_str(), ready.message.as_str()),
-            ("SyncOutcome", "2 repositories")
+            ("Synced", "2 repositories")
         );
 
         let later = Time(jiff::Timestamp::from_second(1_000_060).unwrap());
