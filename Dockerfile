@@ -7,7 +7,9 @@
 #   make image                        # bitbucket-operator:0.1.0
 #   docker build -t bitbucket-operator:0.1.0 .   # after `make image-binary`
 FROM scratch
-COPY target/image/bitbucket-operator /bitbucket-operator
+# Where the binary is in the build context (hack/image.sh passes BBO_IMAGE_DIR's).
+ARG BINARY=target/image/bitbucket-operator
+COPY ${BINARY} /bitbucket-operator
 # The unprivileged user of distroless images; deploy/deployment.yaml runs as it too.
 USER 65532:65532
 EXPOSE 8080 8081

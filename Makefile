@@ -42,7 +42,7 @@ SOAK_SECONDS ?= 600
 PROPTEST_CASES ?= 20000
 soak: prerequisites plane image-binary
 	PROPTEST_CASES=$(PROPTEST_CASES) $(CARGO) test --locked --workspace --lib --bins
-	$(PLANE) exec -- env SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test --locked --test soak -- --nocapture the_operator_keeps_its_promises
+	$(PLANE) exec -- env SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test --locked --test it -- --nocapture soak::the_operator_keeps_its_promises
 
 ## gitops-check (hack/gitops): kstatus and Argo CD's own health and plugin-client code, which the
 ## tests run against the operator's objects and endpoints; built once per version into the cache.

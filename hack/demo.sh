@@ -78,8 +78,8 @@ line="$("$HACK/control-plane.sh" up | tail -n1)"
 export KUBECONFIG="${line#export KUBECONFIG=}"
 KUBECTL="$("$HACK/control-plane.sh" bin-dir 2>/dev/null)/kubectl"
 
-say "building the operator and the simulator"
-(cd "$REPO" && cargo build --locked --quiet -p bitbucket-operator -p bitbucket-sim --bins)
+say "building the operator, the simulator and the kubectl plugin"
+(cd "$REPO" && cargo build --locked --quiet -p bitbucket-operator -p bitbucket-sim -p kubectl-bitbucket --bins)
 # Where cargo put them: target/ unless CARGO_TARGET_DIR (or a cargo config) says otherwise.
 BIN="$(cd "$REPO" && cargo metadata --locked --format-version 1 --no-deps |
   python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/debug"

@@ -4,7 +4,8 @@
 #   hack/image.sh build    the binary, then the Dockerfile (FROM scratch) with buildah, or docker
 #                          where there is no buildah; also exports target/image/<name>.oci.tar
 #                          (an OCI archive, for `ctr -n k8s.io images import`)
-# Environment: IMAGE (default bitbucket-operator:<version in Cargo.toml>).
+# Environment: IMAGE (default bitbucket-operator:<version in Cargo.toml>); BBO_IMAGE_DIR, where
+# the binary and the archive go (default target/image).
 set -euo pipefail
 
 HACK="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -12,7 +13,7 @@ REPO="$(cd "$HACK/.." && pwd)"
 TARGET=x86_64-unknown-linux-musl
 VERSION="$(sed -n 's/^version = "\(.*\)"/\1/p' "$REPO/Cargo.toml" | head -n1)"
 IMAGE="${IMAGE:-bitbucket-operator:$VERSION}"
-OUT="$REPO/target/image"
+OUT="${BBO_IMAGE_DIR:-$REPO/target/image}"
 
 say() { printf '\033[1mimage:\033[0m %s\n' "$*" >&2; }
 
@@ -35,17 +36,26 @@ binary() {
   say "$OUT/bitbucket-operator: $(du -h "$OUT/bitbucket-operator" | cut -f1)"
 }
 
+# The binary's path in the build context (the repository).
+binary_in_context() {
+  case "$OUT" in
+    "$REPO"/*) echo "${OUT#"$REPO"/}/bitbucket-operator" ;;
+    *) say "BBO_IMAGE_DIR must be inside the repository (the build context): $OUT"; exit 1 ;;
+  esac
+}
+
 build() {
   binary
   local archive="$OUT/${IMAGE%%:*}.oci.tar"
   if command -v buildah >/dev/null 2>&1; then
     say "building $IMAGE with buildah"
-    buildah bud --quiet --layers=false -f "$REPO/Dockerfile" -t "$IMAGE" "$REPO" >/dev/null
+    buildah bud --quiet --layers=false -f "$REPO/Dockerfile" --build-arg "BINARY=$(binary_in_context)" \
+      -t "$IMAGE" "$REPO" >/dev/null
     rm -f "$archive"
     buildah push --quiet "$IMAGE" "oci-archive:$archive:$IMAGE"
   elif command -v docker >/dev/null 2>&1; then
     say "building $IMAGE with docker"
-    docker build -t "$IMAGE" "$REPO"
+    docker build --build-arg "BINARY=$(binary_in_context)" -t "$IMAGE" "$REPO"
     docker save -o "$archive" "$IMAGE"
   else
     say "neither buildah nor docker is installed (hack/prerequisites.sh installs buildah)"

@@ -276,6 +276,14 @@ async fn controllers(
 /// controller (objects that exist), and `trigger`, the other controller's watch (deleted
 /// objects too). Deleted objects are first passed to `forget`. The feed (returned beside it)
 /// drives it and must be polled; it runs whether or not anyone consumes.
+///
+/// Why not kube's shared reflector (`reflector::store_shared` + `Controller::for_shared_stream`,
+/// behind `unstable-runtime`): its dispatcher forwards only applied objects and the initial
+/// listing to subscribers, never deletions (kube-runtime 5.0, `Writer::dispatch_event` matches
+/// `Apply` and `InitDone` and drops the rest), and a subscriber reads each object back from the
+/// store, where a deleted one no longer is. The integration controller must see a Subscription
+/// deleted (the integration's deletion may be waiting for it to go), and memory must be
+/// forgotten on delete, so this fan-out forwards deleted objects to `trigger` itself.
 struct SharedWatch<K: Resource<DynamicType = ()> + 'static> {
     store: Store<K>,
     consumers: Consumers<K>,

@@ -87,6 +87,47 @@ impl Env {
     }
 }
 
+/// Status keeps the first ten names of an integration's users; a refusal names every one of
+/// them and counts the rest, in the API server's words (CEL) as in the operator's.
+#[tokio::test]
+async fn a_refusal_names_every_subscription_status_keeps_and_counts_the_rest() {
+    let client = crate::support::client().await;
+    crate::support::install_crds(&client).await;
+    let ns = crate::support::TestNamespace::create(&client, "twelve").await;
+    let integrations = Api::<BitbucketIntegration>::namespaced(client.clone(), &ns.name);
+    let acme = integration(
+        "acme",
+        bitbucket_operator::api::ServerType::Cloud,
+        bitbucket_operator::api::CLOUD_API_URL,
+        CredentialType::ApiToken,
+        "acme-bitbucket",
+        None,
+    );
+    integrations
+        .create(&PostParams::default(), &acme)
+        .await
+        .unwrap();
+    let ten: Vec<String> = (1..=10).map(|i| format!("ci-{i:02}")).collect();
+    let status = json!({"status": {"subscriptions": 12, "usedBy": ten}});
+    integrations
+        .patch_status("acme", &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .unwrap();
+    assert_eq!(
+        delete_refused(&integrations, "acme").await,
+        in_use(
+            "acme",
+            "Subscriptions ci-01, ci-02, ci-03, ci-04, ci-05, ci-06, ci-07, ci-08, ci-09, ci-10 \
+             and 2 more",
+            "them"
+        )
+    );
+    assert_eq!(
+        delete_refused(&integrations, "acme").await,
+        bitbucket_operator::api::admission::in_use_message("acme", &ten, 12)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_an_integration_in_use_is_refused_at_once_naming_the_subscriptions() {
     let env = Env::start("refuse").await;
@@ -102,7 +143,11 @@ async fn deleting_an_integration_in_use_is_refused_at_once_naming_the_subscripti
         ["api-ci", "docs-ci", "ops-ci", "web-ci", "www-ci"]
     );
 
-    let expected = in_use("acme", "Subscriptions api-ci, docs-ci and 3 more", "them");
+    let expected = in_use(
+        "acme",
+        "Subscriptions api-ci, docs-ci, ops-ci, web-ci and www-ci",
+        "them",
+    );
     assert_eq!(delete_refused(&integrations, "acme").await, expected);
     let refused = refusal(integrations.delete("acme", &DeleteParams::default())).await;
     assert_eq!(refused.as_deref(), Some(expected.as_str()));
@@ -198,7 +243,11 @@ async fn an_integration_deleted_before_its_status_names_its_users_is_held_by_the
         is_deletion_blocked,
     )
     .await;
-    let expected = in_use("acme", "Subscriptions api-ci, docs-ci and 2 more", "them");
+    let expected = in_use(
+        "acme",
+        "Subscriptions api-ci, docs-ci, ops-ci and web-ci",
+        "them",
+    );
     let status = blocked.status.as_ref().unwrap();
     let message = &condition(&status.conditions, DELETION_BLOCKED)
         .unwrap()

@@ -5,6 +5,7 @@
 mod support;
 
 mod architecture;
+mod bare_machine;
 mod bitbucket_client;
 mod bitbucket_tls;
 mod chart;

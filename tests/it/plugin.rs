@@ -141,7 +141,7 @@ async fn delete_is_refused_naming_every_subscription_then_done() {
     assert_eq!(refused.status.code(), Some(1));
     assert_eq!(
         text(&refused.stderr),
-        "BitbucketIntegration acme is in use by Subscriptions api-ci, docs-ci and 1 more; delete \
+        "BitbucketIntegration acme is in use by Subscriptions api-ci, docs-ci and web-ci; delete \
          them or point them at another integration first\n  subscription/api-ci\n  \
          subscription/docs-ci\n  subscription/web-ci\n"
     );

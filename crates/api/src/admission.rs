@@ -63,12 +63,11 @@ pub fn policies() -> Vec<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBi
     ]
 }
 
-/// How many names a message lists before "and N more".
-const NAMED: usize = 2;
-
 /// What a user is told when an integration cannot go: the `DeletionBlocked` condition and
-/// Event, and (in CEL, below) the API server's refusal of the `DELETE`.
-/// "BitbucketIntegration acme is in use by Subscriptions api-ci, web-ci and 3 more; delete them
+/// Event, and (in CEL, below) the API server's refusal of the `DELETE`. Every name status keeps
+/// (`status.usedBy`, the first [`MAX_NAMED_USERS`](crate::MAX_NAMED_USERS)) is named, the rest
+/// counted, as the hosted service's dialog listed every Subscription in the way:
+/// "BitbucketIntegration acme is in use by Subscriptions api-ci, docs-ci and web-ci; delete them
 /// or point them at another integration first". `names` are sorted, `count` is the total.
 pub fn in_use_message(integration: &str, names: &[String], count: usize) -> String {
     let count = count.max(names.len());
@@ -77,12 +76,12 @@ pub fn in_use_message(integration: &str, names: &[String], count: usize) -> Stri
     } else {
         ("Subscriptions", "them")
     };
-    let shown = names.iter().take(NAMED).cloned().collect::<Vec<_>>();
-    let rest = count.saturating_sub(shown.len());
-    let list = match (shown.as_slice(), rest) {
+    let rest = count - names.len();
+    let list = match (names, rest) {
+        ([], rest) => format!("{rest}"),
         ([only], 0) => only.clone(),
-        ([a, b], 0) => format!("{a} and {b}"),
-        (shown, rest) => format!("{} and {rest} more", shown.join(", ")),
+        ([init @ .., last], 0) => format!("{} and {last}", init.join(", ")),
+        (names, rest) => format!("{} and {rest} more", names.join(", ")),
     };
     format!(
         "BitbucketIntegration {integration} is in use by {noun} {list}; delete {pronoun} or \
@@ -94,13 +93,16 @@ pub fn in_use_message(integration: &str, names: &[String], count: usize) -> Stri
 fn integration_in_use() -> ValidatingAdmissionPolicy {
     let users = "variables.users";
     let count = "variables.count";
+    let last = format!("{users}[size({users}) - 1]");
+    // Names are unique (they are sorted Subscription names), so "all but the last" is a filter.
     let message = [
         "'BitbucketIntegration ' + oldObject.metadata.name + ' is in use by ' + (".to_owned(),
         format!("{count} == 1 ? 'Subscription ' + {users}[0] + '; delete it or point it' : "),
-        format!("({count} == 2 ? 'Subscriptions ' + {users}[0] + ' and ' + {users}[1] : "),
-        format!("'Subscriptions ' + {users}[0] + ', ' + {users}[1] + ' and ' + "),
-        format!("string({count} - 2) + ' more') + '; delete them or point them') + "),
-        "' at another integration first'".to_owned(),
+        "'Subscriptions ' + (".to_owned(),
+        format!("{count} > size({users}) ? "),
+        format!("{users}.join(', ') + ' and ' + string({count} - size({users})) + ' more' : "),
+        format!("{users}.filter(n, n != {last}).join(', ') + ' and ' + {last}"),
+        ") + '; delete them or point them') + ' at another integration first'".to_owned(),
     ]
     .concat();
     let recorded = "oldObject.?status.?subscriptions.orValue(0)";
@@ -295,7 +297,7 @@ mod tests {
     }
 
     #[test]
-    fn the_message_names_the_first_users_and_counts_the_rest() {
+    fn the_message_names_every_user_status_keeps_and_counts_the_rest() {
         assert_eq!(
             in_use_message("acme", &names(&["api-ci"]), 1),
             "BitbucketIntegration acme is in use by Subscription api-ci; delete it or point it \
@@ -307,15 +309,17 @@ mod tests {
              or point them at another integration first"
         );
         assert_eq!(
-            in_use_message("acme", &names(&["api-ci", "web-ci", "a", "b", "c"]), 5),
-            "BitbucketIntegration acme is in use by Subscriptions api-ci, web-ci and 3 more; \
+            in_use_message("acme", &names(&["a", "api-ci", "b", "c", "web-ci"]), 5),
+            "BitbucketIntegration acme is in use by Subscriptions a, api-ci, b, c and web-ci; \
              delete them or point them at another integration first"
         );
-        // Only the first names are known: the count says how many there are.
+        // Status keeps the first ten names: the count says how many more there are.
+        let ten: Vec<String> = (0..10).map(|i| format!("ci-{i:02}")).collect();
         assert_eq!(
-            in_use_message("acme", &names(&["api-ci", "web-ci"]), 12),
-            "BitbucketIntegration acme is in use by Subscriptions api-ci, web-ci and 10 more; \
-             delete them or point them at another integration first"
+            in_use_message("acme", &ten, 12),
+            "BitbucketIntegration acme is in use by Subscriptions ci-00, ci-01, ci-02, ci-03, \
+             ci-04, ci-05, ci-06, ci-07, ci-08, ci-09 and 2 more; delete them or point them at \
+             another integration first"
         );
     }
 

@@ -8,6 +8,8 @@ use kube::core::{Reason, Rule};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::duration::parse_duration;
+
 /// Go-style duration, as Kubernetes writes them: one or more `<number><unit>` with units
 /// ns, us, ms, s, m, h (`30m`, `1h30m`, `90s`). CEL's `duration()` parses the same syntax.
 pub(crate) const DURATION_PATTERN: &str = r"^([0-9]+([.][0-9]+)?(ns|us|µs|ms|s|m|h))+$";
@@ -29,12 +31,13 @@ pub(crate) const WORKSPACE_PATTERN: &str = r"^([A-Za-z0-9][A-Za-z0-9_-]*|[{][0-9
 pub struct Interval(pub String);
 
 impl Interval {
-    /// Parses the interval; `None` when it is not a positive duration (admission rejects
-    /// those, so this only happens for objects stored before a rule existed).
+    /// Parses the interval with [`parse_duration`] (the syntax [`interval_format_rule`]
+    /// admits); `None` when it is not a positive duration (admission rejects those, so this only
+    /// happens for objects stored before a rule existed) or is longer than Go allows.
     pub fn duration(&self) -> Option<Duration> {
-        let parsed: kube::core::Duration = self.0.parse().ok()?;
-        let duration = Duration::from(parsed);
-        (!parsed.is_negative() && !duration.is_zero()).then_some(duration)
+        parse_duration(&self.0)
+            .ok()
+            .filter(|duration| !duration.is_zero())
     }
 }
 
@@ -152,5 +155,31 @@ mod tests {
         assert_eq!(Interval::from("30 minutes").duration(), None);
         assert_eq!(Interval::from("-5m").duration(), None);
         assert_eq!(Interval::from("").duration(), None);
+        assert_eq!(Interval::from("0s").duration(), None);
+        assert_eq!(Interval::from("99999999999999h").duration(), None);
+    }
+
+    /// An interval is read by the same parser as the plugin's `--timeout`, and that parser
+    /// accepts what [`interval_format_rule`] admits.
+    #[test]
+    fn intervals_read_what_the_format_rule_admits() {
+        let pattern = regex::Regex::new(DURATION_PATTERN).unwrap();
+        for text in ["1h30m", "1.5h", "250ms", "30 minutes", "1d", "-5m", "30"] {
+            assert_eq!(
+                Interval::from(text).duration().is_some(),
+                pattern.is_match(text),
+                "{text}"
+            );
+            assert_eq!(
+                Interval::from(text).duration(),
+                parse_duration(text).ok(),
+                "{text}"
+            );
+        }
+        assert!(
+            interval_format_rule()
+                .rule
+                .contains(&format!("'{DURATION_PATTERN}'"))
+        );
     }
 }

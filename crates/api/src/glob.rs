@@ -1,5 +1,5 @@
 //! The glob syntax of a Subscription's `repositories.include`/`exclude` (and of
-//! `kubectl bitbucket repos --matching`): one matcher for the operator and the plugin, with the
+//! `kubectl bitbucket repos --match`): one matcher for the operator and the plugin, with the
 //! grammar the CRD's admission rules accept. Pure; no I/O.
 
 /// Matches `text` against a glob of `*` (any run), `?` (one character) and `[abc]`/`[!abc]`

@@ -12,6 +12,7 @@ pub mod admission;
 pub mod common;
 pub mod conditions;
 pub mod credential;
+pub mod duration;
 pub mod glob;
 pub mod integration;
 pub mod subscription;
@@ -20,6 +21,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 pub use common::*;
+pub use duration::{DurationError, parse_duration};
 pub use integration::*;
 pub use subscription::*;
 

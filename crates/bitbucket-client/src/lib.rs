@@ -22,7 +22,9 @@ pub use credentials::Credentials;
 pub use error::{Error, ErrorClass};
 pub use model::{Identity, IdentityKind, ListScope, ListingSummary, Repository};
 pub use reach::{AllowList, RefusedNetworks};
-pub use transport::{RequestObserver, RetryPolicy, TransportConfig};
+pub use transport::{
+    RequestObserver, RetryPolicy, TransportConfig, equal_jitter, exponential_backoff,
+};
 
 use oauth::OAuthConsumer;
 pub use oauth::{RotationSaver, authorize_url, exchange_code};

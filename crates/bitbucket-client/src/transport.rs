@@ -45,13 +45,22 @@ impl RetryPolicy {
     /// The wait before retry number `attempt` (0-based): exponential with "equal jitter", so
     /// clients that failed together do not retry together.
     pub fn backoff(&self, attempt: u32) -> Duration {
-        let ceiling = self
-            .base_delay
-            .saturating_mul(2u32.saturating_pow(attempt))
-            .min(self.max_delay);
-        let half = ceiling / 2;
-        half + half.mul_f64(fastrand::f64())
+        exponential_backoff(self.base_delay, self.max_delay, attempt)
     }
+}
+
+/// The wait before retry number `attempt` (0-based) of anything that backs off: `base` doubled
+/// `attempt` times, at most `max`, with [`equal_jitter`]. Saturates instead of overflowing,
+/// whatever `attempt`. Used by [`RetryPolicy::backoff`] and by the operator's per-object backoff.
+pub fn exponential_backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    equal_jitter(base.saturating_mul(2u32.saturating_pow(attempt)).min(max))
+}
+
+/// "Equal jitter": a random wait between half of `ceiling` and `ceiling`, so that clients (or
+/// objects) that failed together do not retry together, while none retries at once.
+pub fn equal_jitter(ceiling: Duration) -> Duration {
+    let half = ceiling / 2;
+    half + half.mul_f64(fastrand::f64())
 }
 
 /// Called once per HTTP attempt with the operation and the status (`None` when no answer came),
@@ -650,6 +659,44 @@ mod tests {
                 wait >= ceiling / 2 && wait <= ceiling,
                 "{attempt}: {wait:?}"
             );
+        }
+    }
+
+    #[test]
+    fn equal_jitter_stays_between_half_the_ceiling_and_the_ceiling() {
+        assert_eq!(equal_jitter(Duration::ZERO), Duration::ZERO);
+        for ceiling in [
+            Duration::from_nanos(1),
+            Duration::from_nanos(3),
+            Duration::from_millis(250),
+            Duration::from_secs(3600),
+            Duration::MAX,
+        ] {
+            for _ in 0..100 {
+                let wait = equal_jitter(ceiling);
+                assert!(
+                    wait >= ceiling / 2 && wait <= ceiling,
+                    "{ceiling:?}: {wait:?}"
+                );
+            }
+        }
+    }
+
+    proptest::proptest! {
+        /// However many attempts and whatever the delays, the wait is within
+        /// [ceiling / 2, ceiling] with ceiling = min(base * 2^attempt, max), and never panics.
+        #[test]
+        fn exponential_backoff_is_bounded(
+            base in 0u64..=u64::MAX,
+            max in 0u64..=u64::MAX,
+            attempt in proptest::num::u32::ANY,
+        ) {
+            let (base, max) = (Duration::from_nanos(base), Duration::from_nanos(max));
+            let ceiling = base
+                .checked_mul(2u32.saturating_pow(attempt))
+                .map_or(max, |grown| grown.min(max));
+            let wait = exponential_backoff(base, max, attempt);
+            proptest::prop_assert!(wait >= ceiling / 2 && wait <= ceiling, "{:?} of {:?}", wait, ceiling);
         }
     }
 

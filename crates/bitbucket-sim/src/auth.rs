@@ -8,7 +8,7 @@ use http::{HeaderMap, header::AUTHORIZATION};
 use jiff::Timestamp;
 
 use super::{
-    fixture::{CloudCredentialKind, DcCredentialKind},
+    fixture::{CloudCredential, CloudCredentialKind, DcCredentialKind},
     timestamp,
     world::World,
 };
@@ -225,6 +225,27 @@ fn rejected(why: Rejection) -> Authentication {
     }
 }
 
+/// An accepted Cloud credential acting as `identity`; `X-Credential-Type` is `default_type`
+/// unless the fixture overrides it.
+fn cloud_authenticated(
+    credential: &CloudCredential,
+    identity: CloudIdentity,
+    default_type: &str,
+) -> Authentication {
+    Authentication {
+        credential_id: credential.id.clone(),
+        rate_limit_per_hour: credential.rate_limit_per_hour,
+        caller: Caller::Cloud(CloudCaller {
+            identity,
+            scopes: credential.scopes.clone(),
+            credential_type: credential
+                .credential_type_header
+                .clone()
+                .unwrap_or_else(|| default_type.to_owned()),
+        }),
+    }
+}
+
 /// A known credential refused (expired or revoked): still counted as its own, so counters and
 /// faults see who keeps knocking.
 fn rejected_known(why: Rejection, credential_id: &str) -> Authentication {
@@ -253,116 +274,103 @@ impl World {
     }
 
     fn authenticate_cloud(&self, headers: &HeaderMap, now: Timestamp) -> Authentication {
-        let cloud = &self.fixture.cloud;
         match presented(headers) {
             Presented::None => anonymous(),
             Presented::Unreadable => rejected(Rejection::Basic),
-            Presented::Basic { user, secret } => {
-                // API tokens authenticate with the account email, never the username.
-                let found = cloud.credentials.iter().find_map(|c| match &c.kind {
-                    CloudCredentialKind::ApiToken { user: owner, token } if *token == secret => {
-                        let account = cloud.user(owner)?;
-                        account
-                            .email
-                            .eq_ignore_ascii_case(&user)
-                            .then_some((c, account))
-                    }
-                    _ => None,
-                });
-                match found {
-                    Some((credential, _)) if expired(credential.expires_at.as_deref(), now) => {
-                        rejected_known(Rejection::Basic, &credential.id)
-                    }
-                    Some((credential, account)) => Authentication {
-                        credential_id: credential.id.clone(),
-                        rate_limit_per_hour: credential.rate_limit_per_hour,
-                        caller: Caller::Cloud(CloudCaller {
-                            identity: CloudIdentity::User {
-                                username: account.username.clone(),
-                            },
-                            scopes: credential.scopes.clone(),
-                            credential_type: credential
-                                .credential_type_header
-                                .clone()
-                                .unwrap_or_else(|| "api_token".to_owned()),
-                        }),
-                    },
-                    None => rejected(Rejection::Basic),
-                }
-            }
-            Presented::Bearer(token) => {
-                let access_token = cloud.credentials.iter().find(|c| {
-                    matches!(&c.kind, CloudCredentialKind::AccessToken { token: t, .. } if *t == token)
-                });
-                if let Some(credential) = access_token {
-                    let CloudCredentialKind::AccessToken {
-                        workspace,
-                        project,
-                        repository,
-                        ..
-                    } = &credential.kind
-                    else {
-                        unreachable!("matched an access token above");
-                    };
-                    if expired(credential.expires_at.as_deref(), now) {
-                        return rejected_known(Rejection::Bearer, &credential.id);
-                    }
-                    let kind = match (project, repository) {
-                        (_, Some(_)) => "repo_access_token",
-                        (Some(_), None) => "project_access_token",
-                        (None, None) => "workspace_access_token",
-                    };
-                    return Authentication {
-                        credential_id: credential.id.clone(),
-                        rate_limit_per_hour: credential.rate_limit_per_hour,
-                        caller: Caller::Cloud(CloudCaller {
-                            identity: CloudIdentity::AccessToken {
-                                workspace: workspace.clone(),
-                                project: project.clone(),
-                                repository: repository.clone(),
-                            },
-                            scopes: credential.scopes.clone(),
-                            credential_type: credential
-                                .credential_type_header
-                                .clone()
-                                .unwrap_or_else(|| kind.to_owned()),
-                        }),
-                    };
-                }
-                let Some(issued) = self.oauth.access_tokens.get(&token) else {
-                    return rejected(Rejection::Bearer);
-                };
-                let consumer = cloud
-                    .credentials
-                    .iter()
-                    .find(|c| c.id == issued.consumer_id);
-                let Some(consumer) = consumer else {
-                    return rejected(Rejection::Bearer);
-                };
-                let CloudCredentialKind::OauthConsumer { owner, .. } = &consumer.kind else {
-                    return rejected(Rejection::Bearer);
-                };
-                let owner = issued.user.as_ref().unwrap_or(owner);
-                if issued.expires_at <= now || expired(consumer.expires_at.as_deref(), now) {
-                    // Still the consumer's request: counters and faults see whose token expired.
-                    return rejected_known(Rejection::ExpiredOAuthToken, &consumer.id);
-                }
-                Authentication {
-                    credential_id: consumer.id.clone(),
-                    rate_limit_per_hour: consumer.rate_limit_per_hour,
-                    caller: Caller::Cloud(CloudCaller {
-                        identity: CloudIdentity::User {
-                            username: owner.clone(),
-                        },
-                        scopes: consumer.scopes.clone(),
-                        credential_type: consumer
-                            .credential_type_header
-                            .clone()
-                            .unwrap_or_else(|| "oauth2".to_owned()),
-                    }),
-                }
-            }
+            Presented::Basic { user, secret } => self.cloud_api_token(&user, &secret, now),
+            // Bearer tokens are access tokens from the fixture or OAuth tokens issued so far.
+            Presented::Bearer(token) => self
+                .cloud_access_token(&token, now)
+                .unwrap_or_else(|| self.cloud_oauth_token(&token, now)),
         }
+    }
+
+    /// HTTP Basic on Cloud: an API token.
+    fn cloud_api_token(&self, user: &str, secret: &str, now: Timestamp) -> Authentication {
+        let cloud = &self.fixture.cloud;
+        // API tokens authenticate with the account email, never the username.
+        let found = cloud.credentials.iter().find_map(|c| match &c.kind {
+            CloudCredentialKind::ApiToken { user: owner, token } if *token == secret => {
+                let account = cloud.user(owner)?;
+                account
+                    .email
+                    .eq_ignore_ascii_case(user)
+                    .then_some((c, account))
+            }
+            _ => None,
+        });
+        match found {
+            Some((credential, _)) if expired(credential.expires_at.as_deref(), now) => {
+                rejected_known(Rejection::Basic, &credential.id)
+            }
+            Some((credential, account)) => cloud_authenticated(
+                credential,
+                CloudIdentity::User {
+                    username: account.username.clone(),
+                },
+                "api_token",
+            ),
+            None => rejected(Rejection::Basic),
+        }
+    }
+
+    /// A Bearer token that is a workspace, project or repository access token; `None` when no
+    /// access token in the fixture has this secret.
+    fn cloud_access_token(&self, token: &str, now: Timestamp) -> Option<Authentication> {
+        let (credential, workspace, project, repository) = self
+            .fixture
+            .cloud
+            .credentials
+            .iter()
+            .find_map(|c| match &c.kind {
+                CloudCredentialKind::AccessToken {
+                    workspace,
+                    project,
+                    repository,
+                    token: t,
+                    ..
+                } if *t == token => Some((c, workspace, project, repository)),
+                _ => None,
+            })?;
+        if expired(credential.expires_at.as_deref(), now) {
+            return Some(rejected_known(Rejection::Bearer, &credential.id));
+        }
+        let kind = match (project, repository) {
+            (_, Some(_)) => "repo_access_token",
+            (Some(_), None) => "project_access_token",
+            (None, None) => "workspace_access_token",
+        };
+        let identity = CloudIdentity::AccessToken {
+            workspace: workspace.clone(),
+            project: project.clone(),
+            repository: repository.clone(),
+        };
+        Some(cloud_authenticated(credential, identity, kind))
+    }
+
+    /// A Bearer token issued by the OAuth token endpoint: it acts as the user who signed in
+    /// (or the consumer's owner) and counts against its consumer.
+    fn cloud_oauth_token(&self, token: &str, now: Timestamp) -> Authentication {
+        let Some(issued) = self.oauth.access_tokens.get(token) else {
+            return rejected(Rejection::Bearer);
+        };
+        let credentials = &self.fixture.cloud.credentials;
+        let consumer = credentials.iter().find(|c| c.id == issued.consumer_id);
+        let Some(consumer) = consumer else {
+            return rejected(Rejection::Bearer);
+        };
+        let CloudCredentialKind::OauthConsumer { owner, .. } = &consumer.kind else {
+            return rejected(Rejection::Bearer);
+        };
+        let owner = issued.user.as_ref().unwrap_or(owner);
+        if issued.expires_at <= now || expired(consumer.expires_at.as_deref(), now) {
+            // Still the consumer's request: counters and faults see whose token expired.
+            return rejected_known(Rejection::ExpiredOAuthToken, &consumer.id);
+        }
+        let identity = CloudIdentity::User {
+            username: owner.clone(),
+        };
+        cloud_authenticated(consumer, identity, "oauth2")
     }
 
     fn authenticate_dc(&self, headers: &HeaderMap, now: Timestamp) -> Authentication {

@@ -473,13 +473,7 @@ async fn repositories(
         READ_REPOSITORY.check(caller)?;
     }
     let params = Params::of(&uri);
-    let filter = params
-        .get("q")
-        .map(|q| {
-            Filter::parse(q).map_err(|e| CloudError::BadRequest(format!("Invalid query: {e}")))
-        })
-        .transpose()?;
-    let sort = params.get("sort").map(Sort::parse);
+    let query = ListingQuery::of(&params)?;
     let world = lock(&shared.world);
     let paging = params.paging(10, world.fixture.cloud.max_pagelen)?;
     let ws = world
@@ -488,66 +482,18 @@ async fn repositories(
         .workspace(&id)
         .ok_or_else(|| CloudError::WorkspaceNotFound(id.clone()))?;
     let view = View::of(caller, ws, &world)?;
-    if let Some(filter) = &filter
-        && let Some(unknown) = filter.fields().into_iter().find(|f| {
-            ws.repositories
-                .first()
-                .is_some_and(|r| repo_field(ws, r, f).is_none())
-        })
-    {
-        return Err(CloudError::BadRequest(format!(
-            "Invalid field name: '{unknown}'"
-        )));
-    }
-    if let Some(sort) = &sort
-        && ws
-            .repositories
-            .first()
-            .is_some_and(|r| repo_field(ws, r, &sort.field).is_none())
-    {
-        return Err(CloudError::BadRequest(format!(
-            "Invalid sort field: '{}'",
-            sort.field
-        )));
-    }
-    let mut selected: Vec<&CloudRepository> = ws
-        .repositories
-        .iter()
-        .filter(|r| view.shows(r))
-        .filter(|r| {
-            filter.as_ref().is_none_or(|f| {
-                f.matches(&|field: &str| repo_field(ws, r, field).unwrap_or(Value::Null))
-            })
-        })
-        .collect();
-    if let Some(sort) = &sort {
-        // Stable: ties keep the default (fixture) order.
-        selected.sort_by(|a, b| {
-            let ordering = order(
-                &repo_field(ws, a, &sort.field).unwrap_or(Value::Null),
-                &repo_field(ws, b, &sort.field).unwrap_or(Value::Null),
-            );
-            if sort.descending {
-                ordering.reverse()
-            } else {
-                ordering
-            }
-        });
-    }
-    let size = selected.len();
+    query.check_fields(ws)?;
+    let selected = query.select(ws, &view);
     let clone_user = caller.map(|c| CloneUser(c.clone_username()));
-    let values = selected
-        .into_iter()
-        .skip(paging.skip())
-        .take(paging.pagelen as usize)
-        .map(|repo| templates::cloud_repository(ws, repo, clone_user.as_ref()))
-        .collect();
-    let next = paging
-        .has_next(size)
-        .then(|| params.url_for_page(&shared.origin, uri.path(), paging.page + 1));
-    let previous =
-        (paging.page > 1).then(|| params.url_for_page(&shared.origin, uri.path(), paging.page - 1));
-    let page = templates::cloud_page(values, paging.pagelen, paging.page, size, next, previous);
+    let page = listing_page(
+        ws,
+        &selected,
+        clone_user.as_ref(),
+        &paging,
+        &params,
+        &shared.origin,
+        uri.path(),
+    );
     drop(world);
     let body = match templates::replay_cloud(path_and_query(&uri), &page) {
         Some(recorded) => recorded.as_bytes().to_vec(),
@@ -558,6 +504,105 @@ async fn repositories(
         caller.map(|c| READ_REPOSITORY.name_for(c)),
         body,
     ))
+}
+
+/// `q` and `sort` of a repository listing.
+struct ListingQuery {
+    filter: Option<Filter>,
+    sort: Option<Sort>,
+}
+
+impl ListingQuery {
+    fn of(params: &Params) -> Result<Self, CloudError> {
+        let filter = params
+            .get("q")
+            .map(|q| {
+                Filter::parse(q).map_err(|e| CloudError::BadRequest(format!("Invalid query: {e}")))
+            })
+            .transpose()?;
+        let sort = params.get("sort").map(Sort::parse);
+        Ok(Self { filter, sort })
+    }
+
+    /// Rejects unknown field names in `q`, then in `sort`. Names are checked against the first
+    /// repository, so an empty workspace accepts any.
+    fn check_fields(&self, ws: &Workspace) -> Result<(), CloudError> {
+        let unknown = |field: &str| {
+            ws.repositories
+                .first()
+                .is_some_and(|r| repo_field(ws, r, field).is_none())
+        };
+        if let Some(filter) = &self.filter
+            && let Some(field) = filter.fields().into_iter().find(|f| unknown(f))
+        {
+            return Err(CloudError::BadRequest(format!(
+                "Invalid field name: '{field}'"
+            )));
+        }
+        if let Some(sort) = &self.sort
+            && unknown(&sort.field)
+        {
+            return Err(CloudError::BadRequest(format!(
+                "Invalid sort field: '{}'",
+                sort.field
+            )));
+        }
+        Ok(())
+    }
+
+    /// The repositories the caller sees that match `q`, in `sort` order (else fixture order).
+    fn select<'a>(&self, ws: &'a Workspace, view: &View<'_>) -> Vec<&'a CloudRepository> {
+        let mut selected: Vec<&CloudRepository> = ws
+            .repositories
+            .iter()
+            .filter(|r| view.shows(r))
+            .filter(|r| {
+                self.filter.as_ref().is_none_or(|f| {
+                    f.matches(&|field: &str| repo_field(ws, r, field).unwrap_or(Value::Null))
+                })
+            })
+            .collect();
+        if let Some(sort) = &self.sort {
+            // Stable: ties keep the default (fixture) order.
+            selected.sort_by(|a, b| {
+                let ordering = order(
+                    &repo_field(ws, a, &sort.field).unwrap_or(Value::Null),
+                    &repo_field(ws, b, &sort.field).unwrap_or(Value::Null),
+                );
+                if sort.descending {
+                    ordering.reverse()
+                } else {
+                    ordering
+                }
+            });
+        }
+        selected
+    }
+}
+
+/// The page `paging` asks for out of `selected`, in the Cloud envelope; `next` and `previous`
+/// are absolute URLs on `origin` for `path` that keep every query parameter.
+fn listing_page(
+    ws: &Workspace,
+    selected: &[&CloudRepository],
+    clone_user: Option<&CloneUser<'_>>,
+    paging: &Paging,
+    params: &Params,
+    origin: &str,
+    path: &str,
+) -> Value {
+    let size = selected.len();
+    let values = selected
+        .iter()
+        .skip(paging.skip())
+        .take(paging.pagelen as usize)
+        .map(|repo| templates::cloud_repository(ws, repo, clone_user))
+        .collect();
+    let next = paging
+        .has_next(size)
+        .then(|| params.url_for_page(origin, path, paging.page + 1));
+    let previous = (paging.page > 1).then(|| params.url_for_page(origin, path, paging.page - 1));
+    templates::cloud_page(values, paging.pagelen, paging.page, size, next, previous)
 }
 
 async fn repository(

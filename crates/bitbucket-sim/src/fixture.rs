@@ -566,108 +566,8 @@ impl Fixture {
     }
 
     fn validate(&self) -> Result<(), FixtureError> {
-        let cloud = &self.cloud;
-        unique(
-            "workspace",
-            cloud.workspaces.iter().map(|w| w.slug.as_str()),
-        )?;
-        unique(
-            "cloud user",
-            cloud.users.iter().map(|u| u.username.as_str()),
-        )?;
-        unique(
-            "cloud credential",
-            cloud.credentials.iter().map(|c| c.id.as_str()),
-        )?;
-        for workspace in &cloud.workspaces {
-            unique("project", workspace.projects.iter().map(|p| p.key.as_str()))?;
-            unique(
-                "repository",
-                workspace.repositories.iter().map(|r| r.slug.as_str()),
-            )?;
-            for repo in &workspace.repositories {
-                if !workspace.projects.iter().any(|p| p.key == repo.project) {
-                    return Err(unknown(
-                        format!("repository {}/{}", workspace.slug, repo.slug),
-                        "project",
-                        &repo.project,
-                    ));
-                }
-                for stamp in [&repo.updated_on, &repo.created_on].into_iter().flatten() {
-                    check_timestamp(stamp)?;
-                }
-            }
-        }
-        for user in &cloud.users {
-            for membership in &user.workspaces {
-                if cloud.workspace(membership.slug()).is_none() {
-                    return Err(unknown(
-                        format!("cloud user {}", user.username),
-                        "workspace",
-                        membership.slug(),
-                    ));
-                }
-            }
-        }
-        for credential in &cloud.credentials {
-            let what = || format!("cloud credential {}", credential.id);
-            if let Some(stamp) = &credential.expires_at {
-                check_timestamp(stamp)?;
-            }
-            match &credential.kind {
-                CloudCredentialKind::ApiToken { user, .. }
-                | CloudCredentialKind::OauthConsumer { owner: user, .. } => {
-                    if cloud.user(user).is_none() {
-                        return Err(unknown(what(), "cloud user", user));
-                    }
-                }
-                CloudCredentialKind::AccessToken {
-                    workspace, project, ..
-                } => {
-                    let Some(ws) = cloud.workspace(workspace) else {
-                        return Err(unknown(what(), "workspace", workspace));
-                    };
-                    if let Some(key) = project
-                        && !ws.projects.iter().any(|p| &p.key == key)
-                    {
-                        return Err(unknown(what(), "project", key));
-                    }
-                }
-            }
-        }
-        let dc = &self.data_center;
-        unique("data center user", dc.users.iter().map(|u| u.name.as_str()))?;
-        unique(
-            "data center project",
-            dc.projects.iter().map(|p| p.key.as_str()),
-        )?;
-        unique(
-            "data center credential",
-            dc.credentials.iter().map(|c| c.id.as_str()),
-        )?;
-        for project in &dc.projects {
-            unique(
-                "data center repository",
-                project.repositories.iter().map(|r| r.slug.as_str()),
-            )?;
-        }
-        for credential in &dc.credentials {
-            if let Some(stamp) = &credential.expires_at {
-                check_timestamp(stamp)?;
-            }
-            let user = match &credential.kind {
-                DcCredentialKind::Basic { username, .. } => username,
-                DcCredentialKind::AccessToken { user, .. } => user,
-            };
-            if dc.user(user).is_none() {
-                return Err(unknown(
-                    format!("data center credential {}", credential.id),
-                    "data center user",
-                    user,
-                ));
-            }
-        }
-        Ok(())
+        self.cloud.validate()?;
+        self.data_center.validate()
     }
 
     /// A small, realistic set-up: Cloud workspace `acme` (projects API, WEB, OPS; ten
@@ -675,210 +575,17 @@ impl Fixture {
     /// each kind; a Data Center instance with projects PLAT and OPS and the personal project
     /// `~jdoe`. All secrets are fakes (they start with `FAKE`).
     pub fn demo() -> Self {
-        let repo = |slug: &str, project: &str, updated: &str| CloudRepository {
-            slug: slug.to_owned(),
-            name: None,
-            project: project.to_owned(),
-            private: true,
-            main_branch: Some("main".to_owned()),
-            updated_on: Some(format!("2026-{updated}.000000+00:00")),
-            created_on: None,
-            description: String::new(),
-            uuid: None,
-        };
-        let mut repositories = vec![
-            repo("api", "API", "03-02T10:15:00"),
-            repo("api-gateway", "API", "02-11T08:00:00"),
-            repo("billing", "API", "01-20T16:45:00"),
-            repo("web-app", "WEB", "03-01T12:00:00"),
-            repo("docs", "WEB", "02-27T09:30:00"),
-            repo("marketing-site", "WEB", "01-08T14:20:00"),
-            repo("infra", "OPS", "02-28T18:05:00"),
-            repo("terraform-modules", "OPS", "02-03T11:11:00"),
-            repo("runbooks", "OPS", "01-15T07:45:00"),
-            repo("ci-templates", "OPS", "02-19T13:37:00"),
-        ];
-        repositories[1].name = Some("API Gateway".to_owned());
-        repositories[4].private = false;
-        repositories[4].description = "Public product documentation".to_owned();
-        repositories[8].main_branch = None;
-        repositories[8].description = "Empty: nothing pushed yet".to_owned();
-        repositories[5].main_branch = Some("master".to_owned());
-        let project = |key: &str, name: &str| CloudProject {
-            key: key.to_owned(),
-            name: Some(name.to_owned()),
-            uuid: None,
-        };
-        let scopes = |list: &[&str]| list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
-        let cloud_credential = |id: &str, kind, granted: &[&str]| CloudCredential {
-            id: id.to_owned(),
-            kind,
-            scopes: scopes(granted),
-            expires_at: None,
-            rate_limit_per_hour: None,
-            credential_type_header: None,
-        };
-        let dc_repo =
-            |slug: &str, public: bool, archived: bool, branch: Option<&str>| DcRepository {
-                slug: slug.to_owned(),
-                name: None,
-                id: None,
-                public,
-                archived,
-                default_branch: branch.map(str::to_owned),
-            };
-        let dc_credential = |id: &str, kind, projects: Option<Vec<String>>| DcCredential {
-            id: id.to_owned(),
-            kind,
-            projects,
-            expires_at: None,
-            rate_limit_per_hour: None,
-        };
         Self {
             cloud: CloudFixture {
-                workspaces: vec![Workspace {
-                    slug: "acme".to_owned(),
-                    uuid: Some("{6f1c2d4e-8a9b-4c3d-9e2f-0a1b2c3d4e5f}".to_owned()),
-                    name: Some("ACME Corp".to_owned()),
-                    private: true,
-                    projects: vec![
-                        project("API", "API services"),
-                        project("WEB", "Web"),
-                        project("OPS", "Operations"),
-                    ],
-                    repositories,
-                    generate: None,
-                }],
-                users: vec![CloudUser {
-                    username: "jdoe".to_owned(),
-                    display_name: "Jane Doe".to_owned(),
-                    account_id: "712020:5a6b7c8d-1e2f-4a3b-9c8d-7e6f5a4b3c2d".to_owned(),
-                    uuid: "{d4c3b2a1-0f9e-4d8c-b7a6-958473625140}".to_owned(),
-                    email: "jdoe@example.com".to_owned(),
-                    workspaces: vec![Membership::Detailed {
-                        slug: "acme".to_owned(),
-                        administrator: true,
-                    }],
-                }],
-                credentials: vec![
-                    cloud_credential(
-                        "jdoe-api-token",
-                        CloudCredentialKind::ApiToken {
-                            user: "jdoe".to_owned(),
-                            token: "FAKE-cloud-api-token-for-jdoe".to_owned(),
-                        },
-                        &[
-                            "read:user:bitbucket",
-                            "read:workspace:bitbucket",
-                            "read:project:bitbucket",
-                            "read:repository:bitbucket",
-                        ],
-                    ),
-                    cloud_credential(
-                        "acme-ci-token",
-                        CloudCredentialKind::AccessToken {
-                            name: "CI token".to_owned(),
-                            workspace: "acme".to_owned(),
-                            project: None,
-                            repository: None,
-                            token: "FAKE-cloud-workspace-access-token-acme".to_owned(),
-                        },
-                        &["project", "repository"],
-                    ),
-                    cloud_credential(
-                        "acme-oauth",
-                        CloudCredentialKind::OauthConsumer {
-                            owner: "jdoe".to_owned(),
-                            client_id: "FAKEclientid4acme".to_owned(),
-                            client_secret: "FAKE-oauth-client-secret-acme".to_owned(),
-                            token_lifetime_seconds: default_token_lifetime(),
-                        },
-                        &["account", "project", "repository"],
-                    ),
-                ],
+                workspaces: vec![demo_data::acme_workspace()],
+                users: vec![demo_data::cloud_user_jdoe()],
+                credentials: demo_data::cloud_credentials(),
                 ..CloudFixture::default()
             },
             data_center: DataCenterFixture {
-                users: vec![
-                    DcUser {
-                        name: "jdoe".to_owned(),
-                        slug: None,
-                        id: 101,
-                        display_name: "Jane Doe".to_owned(),
-                        email_address: "jdoe@example.com".to_owned(),
-                        kind: DcUserKind::Normal,
-                    },
-                    DcUser {
-                        name: "project-plat-bot".to_owned(),
-                        slug: None,
-                        id: 102,
-                        display_name: "PLAT project token".to_owned(),
-                        email_address: String::new(),
-                        kind: DcUserKind::Service,
-                    },
-                ],
-                projects: vec![
-                    DcProject {
-                        key: "PLAT".to_owned(),
-                        name: Some("Platform".to_owned()),
-                        id: None,
-                        public: false,
-                        repositories: vec![
-                            dc_repo("core", false, false, Some("main")),
-                            dc_repo("deploy-tools", false, false, Some("main")),
-                            dc_repo("legacy-build", false, true, Some("master")),
-                            dc_repo("scratch", false, false, None),
-                        ],
-                        generate: None,
-                    },
-                    DcProject {
-                        key: "OPS".to_owned(),
-                        name: Some("Operations".to_owned()),
-                        id: None,
-                        public: false,
-                        repositories: vec![
-                            dc_repo("status-page", true, false, Some("main")),
-                            dc_repo("alerts", false, false, Some("main")),
-                        ],
-                        generate: None,
-                    },
-                    DcProject {
-                        key: "~jdoe".to_owned(),
-                        name: Some("Jane Doe".to_owned()),
-                        id: None,
-                        public: false,
-                        repositories: vec![dc_repo("dotfiles", false, false, Some("main"))],
-                        generate: None,
-                    },
-                ],
-                credentials: vec![
-                    dc_credential(
-                        "jdoe-password",
-                        DcCredentialKind::Basic {
-                            username: "jdoe".to_owned(),
-                            password: "FAKE-dc-password-jdoe".to_owned(),
-                        },
-                        None,
-                    ),
-                    dc_credential(
-                        "jdoe-pat",
-                        DcCredentialKind::AccessToken {
-                            user: "jdoe".to_owned(),
-                            project: None,
-                            token: "FAKE-dc-personal-access-token-jdoe".to_owned(),
-                        },
-                        None,
-                    ),
-                    dc_credential(
-                        "plat-project-token",
-                        DcCredentialKind::AccessToken {
-                            user: "project-plat-bot".to_owned(),
-                            project: Some("PLAT".to_owned()),
-                            token: "FAKE-dc-project-access-token-plat".to_owned(),
-                        },
-                        Some(vec!["PLAT".to_owned()]),
-                    ),
-                ],
+                users: demo_data::dc_users(),
+                projects: demo_data::dc_projects(),
+                credentials: demo_data::dc_credentials(),
                 ..DataCenterFixture::default()
             },
         }
@@ -890,104 +597,9 @@ impl Fixture {
     /// answered with the recorded bytes, including their `https://api.bitbucket.org` links.
     /// Secrets are fakes.
     pub fn recorded() -> Self {
-        let sourcegraph_repo = |slug: &str, uuid: &str, updated: &str| CloudRepository {
-            slug: slug.to_owned(),
-            name: None,
-            project: "SOUR".to_owned(),
-            private: true,
-            main_branch: Some("master".to_owned()),
-            updated_on: Some(updated.to_owned()),
-            created_on: None,
-            description: String::new(),
-            uuid: Some(uuid.to_owned()),
-        };
-        let dc_repo = |slug: &str, name: &str, id: u64| DcRepository {
-            slug: slug.to_owned(),
-            name: Some(name.to_owned()),
-            id: Some(id),
-            public: false,
-            archived: false,
-            default_branch: Some("master".to_owned()),
-        };
         Self {
-            cloud: CloudFixture {
-                workspaces: vec![Workspace {
-                    slug: "sourcegraph-testing".to_owned(),
-                    uuid: Some("{4b85b785-1433-4092-8512-20302f4a03be}".to_owned()),
-                    name: Some("Sourcegraph Testing".to_owned()),
-                    private: true,
-                    projects: vec![CloudProject {
-                        key: "SOUR".to_owned(),
-                        name: Some("sourcegraph-testing".to_owned()),
-                        uuid: Some("{a862a17c-1726-47a2-bcd1-d9b37313b350}".to_owned()),
-                    }],
-                    repositories: vec![
-                        sourcegraph_repo(
-                            "src-cli",
-                            "{b090a669-ac7b-44cd-9610-02d027cb39f3}",
-                            "2022-03-17T11:17:49.067413+00:00",
-                        ),
-                        sourcegraph_repo(
-                            "sourcegraph",
-                            "{f46afc56-15a7-4579-9429-1b9329ad4c09}",
-                            "2022-03-17T11:18:32.485296+00:00",
-                        ),
-                    ],
-                    generate: None,
-                }],
-                users: vec![CloudUser {
-                    username: "sourcegraph-testing".to_owned(),
-                    display_name: "Sourcegraph Testing".to_owned(),
-                    account_id: "623316f53fbb880068413f6b".to_owned(),
-                    uuid: "{4b85b785-1433-4092-8512-20302f4a03be}".to_owned(),
-                    email: "sourcegraph-testing@example.com".to_owned(),
-                    workspaces: vec![Membership::Member("sourcegraph-testing".to_owned())],
-                }],
-                credentials: vec![CloudCredential {
-                    id: "recorded-api-token".to_owned(),
-                    kind: CloudCredentialKind::ApiToken {
-                        user: "sourcegraph-testing".to_owned(),
-                        token: "FAKE-recorded-api-token".to_owned(),
-                    },
-                    scopes: vec!["account".to_owned(), "repository".to_owned()],
-                    expires_at: None,
-                    rate_limit_per_hour: None,
-                    credential_type_header: None,
-                }],
-                ..CloudFixture::default()
-            },
-            data_center: DataCenterFixture {
-                users: vec![DcUser {
-                    name: "lone-private-user".to_owned(),
-                    slug: None,
-                    id: 104,
-                    display_name: "Lone Private User".to_owned(),
-                    email_address: "lone-private-user@example.com".to_owned(),
-                    kind: DcUserKind::Normal,
-                }],
-                projects: vec![DcProject {
-                    key: "PRIVUSER".to_owned(),
-                    name: Some("private-only-users".to_owned()),
-                    id: Some(25),
-                    public: false,
-                    repositories: vec![
-                        dc_repo("userland", "userland", 6),
-                        dc_repo("userscript", "UserScript", 8),
-                    ],
-                    generate: None,
-                }],
-                credentials: vec![DcCredential {
-                    id: "recorded-password".to_owned(),
-                    kind: DcCredentialKind::Basic {
-                        username: "lone-private-user".to_owned(),
-                        password: "FAKE-recorded-password".to_owned(),
-                    },
-                    projects: None,
-                    expires_at: None,
-                    rate_limit_per_hour: None,
-                }],
-                ..DataCenterFixture::default()
-            },
+            cloud: recorded_data::cloud(),
+            data_center: recorded_data::data_center(),
         }
     }
 
@@ -1008,6 +620,537 @@ impl Fixture {
             private: true,
         });
         fixture
+    }
+}
+
+/// Validation of the Cloud half, in the order [`Fixture::prepare`] reports problems: unique
+/// names first, then each workspace's contents, then memberships, then credentials.
+impl CloudFixture {
+    fn validate(&self) -> Result<(), FixtureError> {
+        unique("workspace", self.workspaces.iter().map(|w| w.slug.as_str()))?;
+        unique("cloud user", self.users.iter().map(|u| u.username.as_str()))?;
+        unique(
+            "cloud credential",
+            self.credentials.iter().map(|c| c.id.as_str()),
+        )?;
+        for workspace in &self.workspaces {
+            validate_workspace(workspace)?;
+        }
+        for user in &self.users {
+            self.check_memberships(user)?;
+        }
+        for credential in &self.credentials {
+            self.check_credential(credential)?;
+        }
+        Ok(())
+    }
+
+    /// Every workspace a user is a member of exists.
+    fn check_memberships(&self, user: &CloudUser) -> Result<(), FixtureError> {
+        for membership in &user.workspaces {
+            if self.workspace(membership.slug()).is_none() {
+                return Err(unknown(
+                    format!("cloud user {}", user.username),
+                    "workspace",
+                    membership.slug(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// A credential's expiry parses and whatever it acts as (user, workspace, project) exists.
+    fn check_credential(&self, credential: &CloudCredential) -> Result<(), FixtureError> {
+        let what = || format!("cloud credential {}", credential.id);
+        if let Some(stamp) = &credential.expires_at {
+            check_timestamp(stamp)?;
+        }
+        match &credential.kind {
+            CloudCredentialKind::ApiToken { user, .. }
+            | CloudCredentialKind::OauthConsumer { owner: user, .. } => {
+                if self.user(user).is_none() {
+                    return Err(unknown(what(), "cloud user", user));
+                }
+            }
+            CloudCredentialKind::AccessToken {
+                workspace, project, ..
+            } => {
+                let Some(ws) = self.workspace(workspace) else {
+                    return Err(unknown(what(), "workspace", workspace));
+                };
+                if let Some(key) = project
+                    && !ws.projects.iter().any(|p| &p.key == key)
+                {
+                    return Err(unknown(what(), "project", key));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A workspace's project keys and repository slugs are unique, every repository names one of
+/// its projects, and repository timestamps parse.
+fn validate_workspace(workspace: &Workspace) -> Result<(), FixtureError> {
+    unique("project", workspace.projects.iter().map(|p| p.key.as_str()))?;
+    unique(
+        "repository",
+        workspace.repositories.iter().map(|r| r.slug.as_str()),
+    )?;
+    for repo in &workspace.repositories {
+        if workspace.project(&repo.project).is_none() {
+            return Err(unknown(
+                format!("repository {}/{}", workspace.slug, repo.slug),
+                "project",
+                &repo.project,
+            ));
+        }
+        for stamp in [&repo.updated_on, &repo.created_on].into_iter().flatten() {
+            check_timestamp(stamp)?;
+        }
+    }
+    Ok(())
+}
+
+/// Validation of the Data Center half: unique names, then credentials.
+impl DataCenterFixture {
+    fn validate(&self) -> Result<(), FixtureError> {
+        unique(
+            "data center user",
+            self.users.iter().map(|u| u.name.as_str()),
+        )?;
+        unique(
+            "data center project",
+            self.projects.iter().map(|p| p.key.as_str()),
+        )?;
+        unique(
+            "data center credential",
+            self.credentials.iter().map(|c| c.id.as_str()),
+        )?;
+        for project in &self.projects {
+            unique(
+                "data center repository",
+                project.repositories.iter().map(|r| r.slug.as_str()),
+            )?;
+        }
+        for credential in &self.credentials {
+            self.check_credential(credential)?;
+        }
+        Ok(())
+    }
+
+    /// A credential's expiry parses and the user it authenticates as exists.
+    fn check_credential(&self, credential: &DcCredential) -> Result<(), FixtureError> {
+        if let Some(stamp) = &credential.expires_at {
+            check_timestamp(stamp)?;
+        }
+        let user = match &credential.kind {
+            DcCredentialKind::Basic { username, .. } => username,
+            DcCredentialKind::AccessToken { user, .. } => user,
+        };
+        if self.user(user).is_none() {
+            return Err(unknown(
+                format!("data center credential {}", credential.id),
+                "data center user",
+                user,
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The parts of [`Fixture::demo`], one function per kind of object.
+mod demo_data {
+    use super::*;
+
+    /// Cloud repositories of workspace `acme` in listing order: slug, project, and `updated_on`
+    /// in 2026 (`MM-DDThh:mm:ss`). All private with main branch `main` unless
+    /// [`with_exceptions`] says otherwise.
+    const ACME_REPOSITORIES: &[(&str, &str, &str)] = &[
+        ("api", "API", "03-02T10:15:00"),
+        ("api-gateway", "API", "02-11T08:00:00"),
+        ("billing", "API", "01-20T16:45:00"),
+        ("web-app", "WEB", "03-01T12:00:00"),
+        ("docs", "WEB", "02-27T09:30:00"),
+        ("marketing-site", "WEB", "01-08T14:20:00"),
+        ("infra", "OPS", "02-28T18:05:00"),
+        ("terraform-modules", "OPS", "02-03T11:11:00"),
+        ("runbooks", "OPS", "01-15T07:45:00"),
+        ("ci-templates", "OPS", "02-19T13:37:00"),
+    ];
+
+    /// Projects of workspace `acme`: key, name.
+    const ACME_PROJECTS: &[(&str, &str)] = &[
+        ("API", "API services"),
+        ("WEB", "Web"),
+        ("OPS", "Operations"),
+    ];
+
+    pub(super) fn acme_workspace() -> Workspace {
+        Workspace {
+            slug: "acme".to_owned(),
+            uuid: Some("{6f1c2d4e-8a9b-4c3d-9e2f-0a1b2c3d4e5f}".to_owned()),
+            name: Some("ACME Corp".to_owned()),
+            private: true,
+            projects: ACME_PROJECTS
+                .iter()
+                .map(|&(key, name)| CloudProject {
+                    key: key.to_owned(),
+                    name: Some(name.to_owned()),
+                    uuid: None,
+                })
+                .collect(),
+            repositories: with_exceptions(acme_repositories()),
+            generate: None,
+        }
+    }
+
+    fn acme_repositories() -> Vec<CloudRepository> {
+        ACME_REPOSITORIES
+            .iter()
+            .map(|&(slug, project, updated)| CloudRepository {
+                slug: slug.to_owned(),
+                name: None,
+                project: project.to_owned(),
+                private: true,
+                main_branch: Some("main".to_owned()),
+                updated_on: Some(format!("2026-{updated}.000000+00:00")),
+                created_on: None,
+                description: String::new(),
+                uuid: None,
+            })
+            .collect()
+    }
+
+    /// The repositories that differ from the rest, so the demo shows each case: a display name
+    /// unlike the slug, a public repository, an empty one and one on `master`.
+    fn with_exceptions(mut repositories: Vec<CloudRepository>) -> Vec<CloudRepository> {
+        find(&mut repositories, "api-gateway").name = Some("API Gateway".to_owned());
+        let docs = find(&mut repositories, "docs");
+        docs.private = false;
+        docs.description = "Public product documentation".to_owned();
+        let runbooks = find(&mut repositories, "runbooks");
+        runbooks.main_branch = None;
+        runbooks.description = "Empty: nothing pushed yet".to_owned();
+        find(&mut repositories, "marketing-site").main_branch = Some("master".to_owned());
+        repositories
+    }
+
+    fn find<'a>(repositories: &'a mut [CloudRepository], slug: &str) -> &'a mut CloudRepository {
+        repositories
+            .iter_mut()
+            .find(|r| r.slug == slug)
+            .expect("listed in ACME_REPOSITORIES")
+    }
+
+    pub(super) fn cloud_user_jdoe() -> CloudUser {
+        CloudUser {
+            username: "jdoe".to_owned(),
+            display_name: "Jane Doe".to_owned(),
+            account_id: "712020:5a6b7c8d-1e2f-4a3b-9c8d-7e6f5a4b3c2d".to_owned(),
+            uuid: "{d4c3b2a1-0f9e-4d8c-b7a6-958473625140}".to_owned(),
+            email: "jdoe@example.com".to_owned(),
+            workspaces: vec![Membership::Detailed {
+                slug: "acme".to_owned(),
+                administrator: true,
+            }],
+        }
+    }
+
+    /// One Cloud credential of each kind: jdoe's API token (granular scopes), a workspace
+    /// access token for `acme` and an OAuth consumer owned by jdoe (classic scopes).
+    pub(super) fn cloud_credentials() -> Vec<CloudCredential> {
+        vec![
+            cloud_credential(
+                "jdoe-api-token",
+                CloudCredentialKind::ApiToken {
+                    user: "jdoe".to_owned(),
+                    token: "FAKE-cloud-api-token-for-jdoe".to_owned(),
+                },
+                &[
+                    "read:user:bitbucket",
+                    "read:workspace:bitbucket",
+                    "read:project:bitbucket",
+                    "read:repository:bitbucket",
+                ],
+            ),
+            cloud_credential(
+                "acme-ci-token",
+                CloudCredentialKind::AccessToken {
+                    name: "CI token".to_owned(),
+                    workspace: "acme".to_owned(),
+                    project: None,
+                    repository: None,
+                    token: "FAKE-cloud-workspace-access-token-acme".to_owned(),
+                },
+                &["project", "repository"],
+            ),
+            cloud_credential(
+                "acme-oauth",
+                CloudCredentialKind::OauthConsumer {
+                    owner: "jdoe".to_owned(),
+                    client_id: "FAKEclientid4acme".to_owned(),
+                    client_secret: "FAKE-oauth-client-secret-acme".to_owned(),
+                    token_lifetime_seconds: default_token_lifetime(),
+                },
+                &["account", "project", "repository"],
+            ),
+        ]
+    }
+
+    fn cloud_credential(id: &str, kind: CloudCredentialKind, scopes: &[&str]) -> CloudCredential {
+        CloudCredential {
+            id: id.to_owned(),
+            kind,
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            expires_at: None,
+            rate_limit_per_hour: None,
+            credential_type_header: None,
+        }
+    }
+
+    /// Jane Doe, and the service user behind PLAT's project access token.
+    pub(super) fn dc_users() -> Vec<DcUser> {
+        vec![
+            DcUser {
+                name: "jdoe".to_owned(),
+                slug: None,
+                id: 101,
+                display_name: "Jane Doe".to_owned(),
+                email_address: "jdoe@example.com".to_owned(),
+                kind: DcUserKind::Normal,
+            },
+            DcUser {
+                name: "project-plat-bot".to_owned(),
+                slug: None,
+                id: 102,
+                display_name: "PLAT project token".to_owned(),
+                email_address: String::new(),
+                kind: DcUserKind::Service,
+            },
+        ]
+    }
+
+    /// A Data Center repository: slug, public, archived, default branch (`None`: empty).
+    type DcRepo = (&'static str, bool, bool, Option<&'static str>);
+
+    /// Data Center projects in listing order: key, name, repositories.
+    const DC_PROJECTS: &[(&str, &str, &[DcRepo])] = &[
+        (
+            "PLAT",
+            "Platform",
+            &[
+                ("core", false, false, Some("main")),
+                ("deploy-tools", false, false, Some("main")),
+                ("legacy-build", false, true, Some("master")),
+                ("scratch", false, false, None),
+            ],
+        ),
+        (
+            "OPS",
+            "Operations",
+            &[
+                ("status-page", true, false, Some("main")),
+                ("alerts", false, false, Some("main")),
+            ],
+        ),
+        (
+            "~jdoe",
+            "Jane Doe",
+            &[("dotfiles", false, false, Some("main"))],
+        ),
+    ];
+
+    pub(super) fn dc_projects() -> Vec<DcProject> {
+        DC_PROJECTS
+            .iter()
+            .map(|&(key, name, repositories)| DcProject {
+                key: key.to_owned(),
+                name: Some(name.to_owned()),
+                id: None,
+                public: false,
+                repositories: repositories
+                    .iter()
+                    .map(|&(slug, public, archived, branch)| DcRepository {
+                        slug: slug.to_owned(),
+                        name: None,
+                        id: None,
+                        public,
+                        archived,
+                        default_branch: branch.map(str::to_owned),
+                    })
+                    .collect(),
+                generate: None,
+            })
+            .collect()
+    }
+
+    /// jdoe's password and personal access token, and PLAT's project access token.
+    pub(super) fn dc_credentials() -> Vec<DcCredential> {
+        vec![
+            dc_credential(
+                "jdoe-password",
+                DcCredentialKind::Basic {
+                    username: "jdoe".to_owned(),
+                    password: "FAKE-dc-password-jdoe".to_owned(),
+                },
+                None,
+            ),
+            dc_credential(
+                "jdoe-pat",
+                DcCredentialKind::AccessToken {
+                    user: "jdoe".to_owned(),
+                    project: None,
+                    token: "FAKE-dc-personal-access-token-jdoe".to_owned(),
+                },
+                None,
+            ),
+            dc_credential(
+                "plat-project-token",
+                DcCredentialKind::AccessToken {
+                    user: "project-plat-bot".to_owned(),
+                    project: Some("PLAT".to_owned()),
+                    token: "FAKE-dc-project-access-token-plat".to_owned(),
+                },
+                Some(vec!["PLAT".to_owned()]),
+            ),
+        ]
+    }
+
+    fn dc_credential(
+        id: &str,
+        kind: DcCredentialKind,
+        projects: Option<Vec<String>>,
+    ) -> DcCredential {
+        DcCredential {
+            id: id.to_owned(),
+            kind,
+            projects,
+            expires_at: None,
+            rate_limit_per_hour: None,
+        }
+    }
+}
+
+/// The two halves of [`Fixture::recorded`]: the objects behind `testdata/bitbucket/`, with the
+/// names, UUIDs and ids the recordings show.
+mod recorded_data {
+    use super::*;
+
+    pub(super) fn cloud() -> CloudFixture {
+        CloudFixture {
+            workspaces: vec![sourcegraph_testing_workspace()],
+            users: vec![CloudUser {
+                username: "sourcegraph-testing".to_owned(),
+                display_name: "Sourcegraph Testing".to_owned(),
+                account_id: "623316f53fbb880068413f6b".to_owned(),
+                uuid: "{4b85b785-1433-4092-8512-20302f4a03be}".to_owned(),
+                email: "sourcegraph-testing@example.com".to_owned(),
+                workspaces: vec![Membership::Member("sourcegraph-testing".to_owned())],
+            }],
+            credentials: vec![CloudCredential {
+                id: "recorded-api-token".to_owned(),
+                kind: CloudCredentialKind::ApiToken {
+                    user: "sourcegraph-testing".to_owned(),
+                    token: "FAKE-recorded-api-token".to_owned(),
+                },
+                scopes: vec!["account".to_owned(), "repository".to_owned()],
+                expires_at: None,
+                rate_limit_per_hour: None,
+                credential_type_header: None,
+            }],
+            ..CloudFixture::default()
+        }
+    }
+
+    /// Repositories of workspace `sourcegraph-testing` in listing order: slug, uuid,
+    /// `updated_on`.
+    const SOURCEGRAPH_TESTING_REPOSITORIES: &[(&str, &str, &str)] = &[
+        (
+            "src-cli",
+            "{b090a669-ac7b-44cd-9610-02d027cb39f3}",
+            "2022-03-17T11:17:49.067413+00:00",
+        ),
+        (
+            "sourcegraph",
+            "{f46afc56-15a7-4579-9429-1b9329ad4c09}",
+            "2022-03-17T11:18:32.485296+00:00",
+        ),
+    ];
+
+    fn sourcegraph_testing_workspace() -> Workspace {
+        Workspace {
+            slug: "sourcegraph-testing".to_owned(),
+            uuid: Some("{4b85b785-1433-4092-8512-20302f4a03be}".to_owned()),
+            name: Some("Sourcegraph Testing".to_owned()),
+            private: true,
+            projects: vec![CloudProject {
+                key: "SOUR".to_owned(),
+                name: Some("sourcegraph-testing".to_owned()),
+                uuid: Some("{a862a17c-1726-47a2-bcd1-d9b37313b350}".to_owned()),
+            }],
+            repositories: SOURCEGRAPH_TESTING_REPOSITORIES
+                .iter()
+                .map(|&(slug, uuid, updated)| CloudRepository {
+                    slug: slug.to_owned(),
+                    name: None,
+                    project: "SOUR".to_owned(),
+                    private: true,
+                    main_branch: Some("master".to_owned()),
+                    updated_on: Some(updated.to_owned()),
+                    created_on: None,
+                    description: String::new(),
+                    uuid: Some(uuid.to_owned()),
+                })
+                .collect(),
+            generate: None,
+        }
+    }
+
+    /// Repositories of project `PRIVUSER` in listing order: slug, name, id.
+    const PRIVUSER_REPOSITORIES: &[(&str, &str, u64)] =
+        &[("userland", "userland", 6), ("userscript", "UserScript", 8)];
+
+    pub(super) fn data_center() -> DataCenterFixture {
+        DataCenterFixture {
+            users: vec![DcUser {
+                name: "lone-private-user".to_owned(),
+                slug: None,
+                id: 104,
+                display_name: "Lone Private User".to_owned(),
+                email_address: "lone-private-user@example.com".to_owned(),
+                kind: DcUserKind::Normal,
+            }],
+            projects: vec![DcProject {
+                key: "PRIVUSER".to_owned(),
+                name: Some("private-only-users".to_owned()),
+                id: Some(25),
+                public: false,
+                repositories: PRIVUSER_REPOSITORIES
+                    .iter()
+                    .map(|&(slug, name, id)| DcRepository {
+                        slug: slug.to_owned(),
+                        name: Some(name.to_owned()),
+                        id: Some(id),
+                        public: false,
+                        archived: false,
+                        default_branch: Some("master".to_owned()),
+                    })
+                    .collect(),
+                generate: None,
+            }],
+            credentials: vec![DcCredential {
+                id: "recorded-password".to_owned(),
+                kind: DcCredentialKind::Basic {
+                    username: "lone-private-user".to_owned(),
+                    password: "FAKE-recorded-password".to_owned(),
+                },
+                projects: None,
+                expires_at: None,
+                rate_limit_per_hour: None,
+            }],
+            ..DataCenterFixture::default()
+        }
     }
 }
 

@@ -30,7 +30,7 @@ use super::{
     control::lock,
     fixture::CloudCredentialKind,
     templates, timestamp,
-    world::{Grantee, IssuedCode, IssuedToken},
+    world::{Grantee, IssuedCode, IssuedToken, OAuthTokens, World},
 };
 
 /// The token endpoint's route.
@@ -145,6 +145,8 @@ fn random_token(length: usize) -> String {
         .collect()
 }
 
+/// The token endpoint: authenticates the consumer, redeems the grant (which says whom the new
+/// token acts as) and issues a new access token and refresh token.
 async fn access_token(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
@@ -161,87 +163,25 @@ async fn access_token(
         return error("invalid_request", "Client credentials missing");
     };
     let mut world = lock(&shared.world);
-    let consumer = world
-        .consumer_by_client_id(&client_id)
-        .and_then(|c| match &c.kind {
-            CloudCredentialKind::OauthConsumer {
-                client_secret,
-                token_lifetime_seconds,
-                ..
-            } if *client_secret == secret => Some((
-                c.id.clone(),
-                c.scopes.clone(),
-                *token_lifetime_seconds,
-                c.expires_at.clone(),
-            )),
-            _ => None,
-        });
-    let Some((consumer_id, scopes, lifetime, expires_at)) = consumer else {
+    let now = Timestamp::now();
+    let Some(consumer) = authenticated_consumer(&world, &client_id, &secret, now) else {
         return error("unauthorized_client", "Invalid OAuth client credentials");
     };
-    let now = Timestamp::now();
-    if expires_at
-        .as_deref()
-        .and_then(timestamp::parse)
-        .is_some_and(|at| at <= now)
-    {
-        return error("unauthorized_client", "Invalid OAuth client credentials");
-    }
-    let user = match grant.as_str() {
-        "client_credentials" => None,
-        "authorization_code" => {
-            let presented = get("code").unwrap_or_default();
-            let issued = world.oauth.codes.get(presented).cloned();
-            let Some(issued) = issued.filter(|c| c.grantee.consumer_id == consumer_id) else {
-                return error("invalid_grant", "Invalid authorization code");
-            };
-            if get("redirect_uri") != issued.redirect_uri.as_deref() {
-                return error("invalid_grant", "redirect_uri does not match");
-            }
-            // A code is good for one exchange.
-            world.oauth.codes.remove(presented);
-            issued.grantee.user
-        }
-        "refresh_token" => {
-            let presented = get("refresh_token").unwrap_or_default();
-            let oauth = &mut world.oauth;
-            oauth
-                .retired_refresh_tokens
-                .retain(|_, (_, until)| *until > now);
-            let grantee = oauth.refresh_tokens.get(presented).cloned().or_else(|| {
-                let (grantee, _) = oauth.retired_refresh_tokens.get(presented)?;
-                Some(grantee.clone())
-            });
-            let Some(grantee) = grantee.filter(|g| g.consumer_id == consumer_id) else {
-                let what = match oauth.rotated_out_at.get(presented) {
-                    Some(at) => format!(
-                        "a refresh token rotated out {}s ago (grace {}s)",
-                        now.duration_since(*at).as_secs(),
-                        oauth.refresh_grace_seconds
-                    ),
-                    None => "a refresh token never issued, or another consumer's".to_owned(),
-                };
-                oauth.refusals.push(format!("{consumer_id}: {what}"));
-                return error("invalid_grant", "Invalid refresh_token");
-            };
-            if oauth.refresh_tokens.contains_key(presented) {
-                oauth.rotated_out_at.insert(presented.to_owned(), now);
-            }
-            // Each refresh hands out a new refresh token and retires the old one, at once or
-            // after the grace set through the control API.
-            if let Some(retired) = oauth.refresh_tokens.remove(presented)
-                && oauth.refresh_grace_seconds > 0
-            {
-                let grace = SignedDuration::from_secs(
-                    i64::try_from(oauth.refresh_grace_seconds).unwrap_or(i64::MAX),
-                );
-                let until = now.checked_add(grace).unwrap_or(Timestamp::MAX);
-                oauth
-                    .retired_refresh_tokens
-                    .insert(presented.to_owned(), (retired, until));
-            }
-            grantee.user
-        }
+    let oauth = &mut world.oauth;
+    let redeemed = match grant.as_str() {
+        "client_credentials" => Ok(None),
+        "authorization_code" => redeem_code(
+            oauth,
+            &consumer.id,
+            get("code").unwrap_or_default(),
+            get("redirect_uri"),
+        ),
+        "refresh_token" => redeem_refresh_token(
+            oauth,
+            &consumer.id,
+            get("refresh_token").unwrap_or_default(),
+            now,
+        ),
         other => {
             return error(
                 "unsupported_grant_type",
@@ -249,28 +189,160 @@ async fn access_token(
             );
         }
     };
-    let lifetime = world.oauth.lifetime_override.unwrap_or(lifetime);
+    let user = match redeemed {
+        Ok(user) => user,
+        Err(description) => return error("invalid_grant", description),
+    };
+    let lifetime = oauth.lifetime_override.unwrap_or(consumer.lifetime);
+    let grantee = Grantee {
+        consumer_id: consumer.id,
+        user,
+    };
+    let (access, refresh) = issue_tokens(oauth, grantee, lifetime, now);
+    drop(world);
+    tracing::debug!(client_id, grant, "issued an OAuth access token");
+    token_response(&consumer.scopes, &access, lifetime, &grant, &refresh)
+}
+
+/// The parts of an OAuth consumer the token endpoint needs.
+struct Consumer {
+    id: String,
+    scopes: Vec<String>,
+    /// `expires_in` of the tokens it is issued, in seconds.
+    lifetime: u64,
+}
+
+/// The consumer with this client id, if `secret` is its secret and it has not expired.
+fn authenticated_consumer(
+    world: &World,
+    client_id: &str,
+    secret: &str,
+    now: Timestamp,
+) -> Option<Consumer> {
+    let credential = world.consumer_by_client_id(client_id)?;
+    let CloudCredentialKind::OauthConsumer {
+        client_secret,
+        token_lifetime_seconds,
+        ..
+    } = &credential.kind
+    else {
+        return None;
+    };
+    let expired = credential
+        .expires_at
+        .as_deref()
+        .and_then(timestamp::parse)
+        .is_some_and(|at| at <= now);
+    (*client_secret == secret && !expired).then(|| Consumer {
+        id: credential.id.clone(),
+        scopes: credential.scopes.clone(),
+        lifetime: *token_lifetime_seconds,
+    })
+}
+
+/// The authorization-code grant: the user who signed in, or why the code is refused. A code is
+/// good for one exchange, by the consumer it was issued to, with the same `redirect_uri`.
+fn redeem_code(
+    oauth: &mut OAuthTokens,
+    consumer_id: &str,
+    presented: &str,
+    redirect_uri: Option<&str>,
+) -> Result<Option<String>, &'static str> {
+    let issued = oauth.codes.get(presented).cloned();
+    let Some(issued) = issued.filter(|c| c.grantee.consumer_id == consumer_id) else {
+        return Err("Invalid authorization code");
+    };
+    if redirect_uri != issued.redirect_uri.as_deref() {
+        return Err("redirect_uri does not match");
+    }
+    oauth.codes.remove(presented);
+    Ok(issued.grantee.user)
+}
+
+/// The refresh-token grant: whom the token was issued to, or why it is refused (the reason is
+/// also kept for the control API). Rotates the presented token out.
+fn redeem_refresh_token(
+    oauth: &mut OAuthTokens,
+    consumer_id: &str,
+    presented: &str,
+    now: Timestamp,
+) -> Result<Option<String>, &'static str> {
+    oauth
+        .retired_refresh_tokens
+        .retain(|_, (_, until)| *until > now);
+    let grantee = oauth.refresh_tokens.get(presented).cloned().or_else(|| {
+        let (grantee, _) = oauth.retired_refresh_tokens.get(presented)?;
+        Some(grantee.clone())
+    });
+    let Some(grantee) = grantee.filter(|g| g.consumer_id == consumer_id) else {
+        let what = match oauth.rotated_out_at.get(presented) {
+            Some(at) => format!(
+                "a refresh token rotated out {}s ago (grace {}s)",
+                now.duration_since(*at).as_secs(),
+                oauth.refresh_grace_seconds
+            ),
+            None => "a refresh token never issued, or another consumer's".to_owned(),
+        };
+        oauth.refusals.push(format!("{consumer_id}: {what}"));
+        return Err("Invalid refresh_token");
+    };
+    rotate_out(oauth, presented, now);
+    Ok(grantee.user)
+}
+
+/// Each refresh hands out a new refresh token and retires the old one, at once or after the
+/// grace set through the control API.
+fn rotate_out(oauth: &mut OAuthTokens, presented: &str, now: Timestamp) {
+    if oauth.refresh_tokens.contains_key(presented) {
+        oauth.rotated_out_at.insert(presented.to_owned(), now);
+    }
+    if let Some(retired) = oauth.refresh_tokens.remove(presented)
+        && oauth.refresh_grace_seconds > 0
+    {
+        let grace = SignedDuration::from_secs(
+            i64::try_from(oauth.refresh_grace_seconds).unwrap_or(i64::MAX),
+        );
+        let until = now.checked_add(grace).unwrap_or(Timestamp::MAX);
+        oauth
+            .retired_refresh_tokens
+            .insert(presented.to_owned(), (retired, until));
+    }
+}
+
+/// Issues a new access token living `lifetime` seconds and a new refresh token, both for
+/// `grantee`; returns (access token, refresh token).
+fn issue_tokens(
+    oauth: &mut OAuthTokens,
+    grantee: Grantee,
+    lifetime: u64,
+    now: Timestamp,
+) -> (String, String) {
     // A lifetime past jiff's last representable instant (year 9999) means "never expires".
-    let token_expires_at = i64::try_from(lifetime)
+    let expires_at = i64::try_from(lifetime)
         .ok()
         .and_then(|seconds| now.checked_add(SignedDuration::from_secs(seconds)).ok())
         .unwrap_or(Timestamp::MAX);
     let access = random_token(64);
     let refresh = random_token(24);
-    world.oauth.access_tokens.insert(
+    oauth.access_tokens.insert(
         access.clone(),
         IssuedToken {
-            consumer_id: consumer_id.clone(),
-            user: user.clone(),
-            expires_at: token_expires_at,
+            consumer_id: grantee.consumer_id.clone(),
+            user: grantee.user.clone(),
+            expires_at,
         },
     );
-    world
-        .oauth
-        .refresh_tokens
-        .insert(refresh.clone(), Grantee { consumer_id, user });
-    drop(world);
-    tracing::debug!(client_id, grant, "issued an OAuth access token");
+    oauth.refresh_tokens.insert(refresh.clone(), grantee);
+    (access, refresh)
+}
+
+fn token_response(
+    scopes: &[String],
+    access: &str,
+    lifetime: u64,
+    grant: &str,
+    refresh: &str,
+) -> Response {
     // Key order and `state` as in the documented response (API-FACTS §B.4); scopes are
     // space-separated in one string.
     let body = json!({

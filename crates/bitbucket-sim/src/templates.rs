@@ -10,7 +10,9 @@ use std::{io, sync::LazyLock};
 
 use serde_json::{Value, json};
 
-use super::fixture::{CloudRepository, CloudUser, DcProject, DcRepository, DcUser, Workspace};
+use super::fixture::{
+    CloudProject, CloudRepository, CloudUser, DcProject, DcRepository, DcUser, Workspace,
+};
 
 /// The recorded examples, byte for byte.
 pub(crate) mod recorded {
@@ -124,39 +126,60 @@ pub(crate) fn cloud_repository(
 ) -> Value {
     let template = &*CLOUD_REPOSITORY;
     let mut value = template.clone();
-    let ws_uuid = workspace.uuid();
-    let repo_uuid = repo.uuid(&workspace.slug);
-    let full_name = format!("{}/{}", workspace.slug, repo.slug);
     let project = workspace
         .project(&repo.project)
         .expect("prepared fixtures reference existing projects");
-    let project_uuid = project.uuid.clone().unwrap_or_else(|| {
-        super::fixture::derived_uuid(&format!("project/{}/{}", workspace.slug, project.key))
-    });
+    rewrite_repository_links(&mut value["links"], template, workspace, repo, caller);
+    rewrite_owner_workspace_and_project_links(&mut value, template, workspace, project);
+    set_repository_fields(&mut value, template, workspace, repo);
+    set_owner_and_workspace_fields(&mut value, workspace);
+    set_project_fields(&mut value, workspace, project);
+    value
+}
 
+/// The repository's own links: the template's full name, UUID and clone user become the
+/// repository's and the caller's.
+fn rewrite_repository_links(
+    links: &mut Value,
+    template: &Value,
+    workspace: &Workspace,
+    repo: &CloudRepository,
+    caller: Option<&CloneUser<'_>>,
+) {
     let old_full_name = text_at(template, "/full_name");
-    let old_ws = text_at(template, "/workspace/slug");
     let old_uuid = url_uuid(text_at(template, "/uuid"));
-    let old_owner_uuid = url_uuid(text_at(template, "/owner/uuid"));
-    let old_project = text_at(template, "/project/key");
     let old_clone_user = text_at(template, "/links/clone/0/href")
         .trim_start_matches("https://")
         .split('@')
         .next()
         .expect("the https clone URL has a user");
-
-    let (new_uuid, new_owner_uuid) = (url_uuid(&repo_uuid), url_uuid(&ws_uuid));
+    let full_name = format!("{}/{}", workspace.slug, repo.slug);
+    let new_uuid = url_uuid(&repo.uuid(&workspace.slug));
     let clone_from = format!("https://{old_clone_user}@");
     // Anonymous callers get clone URLs without a user.
     let clone_to = caller.map_or_else(|| "https://".to_owned(), |c| format!("https://{}@", c.0));
     rewrite(
-        &mut value["links"],
+        links,
         &[
             (old_full_name, &full_name),
             (&old_uuid, &new_uuid),
             (&clone_from, &clone_to),
         ],
     );
+}
+
+/// Links of the owner (by the workspace's UUID), the workspace (by slug) and the project (by
+/// workspace slug and project key).
+fn rewrite_owner_workspace_and_project_links(
+    value: &mut Value,
+    template: &Value,
+    workspace: &Workspace,
+    project: &CloudProject,
+) {
+    let old_ws = text_at(template, "/workspace/slug");
+    let old_owner_uuid = url_uuid(text_at(template, "/owner/uuid"));
+    let old_project = text_at(template, "/project/key");
+    let new_owner_uuid = url_uuid(&workspace.uuid());
     rewrite(
         &mut value["owner"]["links"],
         &[(&old_owner_uuid, &new_owner_uuid)],
@@ -173,12 +196,21 @@ pub(crate) fn cloud_repository(
         &mut value["project"]["links"],
         &[(&project_prefix, &project_prefix_new), (&key_from, &key_to)],
     );
+}
 
-    value["full_name"] = json!(full_name);
+/// The repository's own fields. The others (language, settings, …) keep their recorded values,
+/// except `size`, which is 0 for an empty repository.
+fn set_repository_fields(
+    value: &mut Value,
+    template: &Value,
+    workspace: &Workspace,
+    repo: &CloudRepository,
+) {
+    value["full_name"] = json!(format!("{}/{}", workspace.slug, repo.slug));
     value["name"] = json!(repo.name());
     value["slug"] = json!(repo.slug);
     value["description"] = json!(repo.description);
-    value["uuid"] = json!(repo_uuid);
+    value["uuid"] = json!(repo.uuid(&workspace.slug));
     value["is_private"] = json!(repo.private);
     value["updated_on"] = json!(repo.updated_on());
     if let Some(created) = &repo.created_on {
@@ -196,7 +228,11 @@ pub(crate) fn cloud_repository(
     if repo.main_branch.is_none() {
         value["size"] = json!(0);
     }
-    // The workspace owns its repositories; the owner object is the workspace's account.
+}
+
+/// The workspace owns its repositories; the owner object is the workspace's account.
+fn set_owner_and_workspace_fields(value: &mut Value, workspace: &Workspace) {
+    let ws_uuid = workspace.uuid();
     value["owner"]["display_name"] = json!(workspace.name());
     value["owner"]["nickname"] = json!(workspace.name());
     value["owner"]["uuid"] = json!(ws_uuid);
@@ -207,10 +243,15 @@ pub(crate) fn cloud_repository(
     value["workspace"]["slug"] = json!(workspace.slug);
     value["workspace"]["name"] = json!(workspace.name());
     value["workspace"]["uuid"] = json!(ws_uuid);
+}
+
+fn set_project_fields(value: &mut Value, workspace: &Workspace, project: &CloudProject) {
+    let project_uuid = project.uuid.clone().unwrap_or_else(|| {
+        super::fixture::derived_uuid(&format!("project/{}/{}", workspace.slug, project.key))
+    });
     value["project"]["key"] = json!(project.key);
     value["project"]["name"] = json!(project.name.as_deref().unwrap_or(&project.key));
     value["project"]["uuid"] = json!(project_uuid);
-    value
 }
 
 /// The Cloud paged envelope (template `cloud-repositories-page1.json`). `next`/`previous` are

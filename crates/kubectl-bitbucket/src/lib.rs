@@ -159,21 +159,10 @@ pub enum Output {
     Yaml,
 }
 
-/// A duration as kubectl's flags take them: `30s`, `2m`, `1h`.
-fn duration(text: &str) -> Result<Duration, String> {
-    let (number, unit) = text.split_at(
-        text.find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(text.len()),
-    );
-    let number: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 30s or 2m"))?;
-    match unit {
-        "s" | "" => Ok(Duration::from_secs(number)),
-        "m" => Ok(Duration::from_secs(number * 60)),
-        "h" => Ok(Duration::from_secs(number * 3600)),
-        _ => Err(format!("{text:?} is not a duration like 30s or 2m")),
-    }
+/// A `--timeout`: a Go duration such as `30s`, `2m` or `1h30m`, read by the same parser as the
+/// intervals of the custom resources (overflow and malformed texts are refused with a message).
+fn duration(text: &str) -> Result<Duration, api::DurationError> {
+    api::parse_duration(text)
 }
 
 /// What a command ends with: text for the user and the exit code.
@@ -261,7 +250,47 @@ mod tests {
     fn durations_read_seconds_minutes_and_hours() {
         assert_eq!(duration("30s"), Ok(Duration::from_secs(30)));
         assert_eq!(duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert!(duration("soon").is_err());
+    }
+
+    fn sync_timeout(args: &[&str]) -> Result<Duration, clap::Error> {
+        let cli = Cli::try_parse_from(["kubectl-bitbucket", "sync", "api-ci"].iter().chain(args))?;
+        match cli.command {
+            Command::Sync { timeout, .. } => Ok(timeout),
+            _ => unreachable!("parsed a sync"),
+        }
+    }
+
+    #[test]
+    fn the_timeout_flag_reads_go_durations_and_defaults_to_two_minutes() {
+        assert_eq!(sync_timeout(&[]).unwrap(), Duration::from_secs(120));
+        assert_eq!(
+            sync_timeout(&["--timeout", "1h30m"]).unwrap(),
+            Duration::from_secs(5400)
+        );
+        assert_eq!(
+            sync_timeout(&["--timeout=1.5m"]).unwrap(),
+            Duration::from_secs(90)
+        );
+    }
+
+    #[test]
+    fn the_timeout_flag_refuses_overflow_and_garbage_with_a_message() {
+        let too_long = sync_timeout(&["--timeout", "99999999999999h"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            too_long.contains("`99999999999999h` is too long: at most 2562047h47m16.854775807s"),
+            "{too_long}"
+        );
+        let garbage = sync_timeout(&["--timeout", "soon"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            garbage.contains("`soon` is not a duration") && garbage.contains("1h30m"),
+            "{garbage}"
+        );
     }
 
     #[test]

@@ -174,7 +174,7 @@ pub async fn users_of(
 }
 
 /// Deletes the integration; when the API server refuses because Subscriptions use it, lists
-/// every one of them (the refusal names the first two).
+/// every one of them (the refusal names the ten status keeps and counts the rest).
 pub async fn delete(client: &Client, namespace: &str, name: &str) -> anyhow::Result<Outcome> {
     let integrations: Api<BitbucketIntegration> = Api::namespaced(client.clone(), namespace);
     match integrations.delete(name, &DeleteParams::default()).await {
