@@ -25,10 +25,13 @@ build:
 ## --workspace: the operator and the Bitbucket simulator (crates/bitbucket-sim) alike.
 ## The plane runs with a real node (kubelet, containerd) for tests/node.rs, which installs the
 ## image `make image` builds.
-## The plugin is a crate of its own, so its binary is built first for tests/it/plugin.rs.
+## The plugin is a crate of its own, so its binary is built first for tests/it/plugin.rs. The
+## tests that change the plane for every other test (tests/it/exclusive.rs: the soak restarts
+## the API server, the node test uninstalls the CRDs) run after the others, one at a time.
+EXCLUSIVE_TESTS := $(CARGO) test --locked --test it -- exclusive:: --test-threads=1
 test: prerequisites fmt-check clippy plane image gitops
 	$(CARGO) build --locked --workspace --bins
-	$(PLANE) exec --node -- $(CARGO) test --locked --workspace --all-targets
+	$(PLANE) exec --node -- bash -c '$(CARGO) test --locked --workspace --all-targets -- --skip exclusive:: && $(EXCLUSIVE_TESTS)'
 	@# A plane this run started is down again: its node must have left nothing behind.
 	@if ! $(PLANE) status >/dev/null 2>&1; then \
 	  hack/node.sh leftovers || { echo "make test: the node's down left the above behind" >&2; exit 1; }; \
@@ -42,7 +45,7 @@ SOAK_SECONDS ?= 600
 PROPTEST_CASES ?= 20000
 soak: prerequisites plane image-binary
 	PROPTEST_CASES=$(PROPTEST_CASES) $(CARGO) test --locked --workspace --lib --bins
-	$(PLANE) exec -- env SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test --locked --test it -- --nocapture soak::the_operator_keeps_its_promises
+	$(PLANE) exec -- env SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test --locked --test it -- --nocapture exclusive::soak::the_operator_keeps_its_promises
 
 ## gitops-check (hack/gitops): kstatus and Argo CD's own health and plugin-client code, which the
 ## tests run against the operator's objects and endpoints; built once per version into the cache.
@@ -60,7 +63,7 @@ test-versions: prerequisites fmt-check clippy image gitops
 	@summary=""; status=0; \
 	for module in $(KUBE_VERSIONS); do \
 	  log="$$(mktemp)"; \
-	  BBO_KUBE_MODULE=$$module $(PLANE) exec --node -- $(CARGO) test --locked --workspace --all-targets --no-fail-fast 2>&1 | tee "$$log"; \
+	  BBO_KUBE_MODULE=$$module $(PLANE) exec --node -- bash -c '$(CARGO) test --locked --workspace --all-targets --no-fail-fast -- --skip exclusive::; first=$$?; $(EXCLUSIVE_TESTS); exit $$(( first || $$? ))' 2>&1 | tee "$$log"; \
 	  result=$${PIPESTATUS[0]}; [ "$$result" = 0 ] || status=1; \
 	  counts="$$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$(i+1) ~ /^passed/) p += $$i; if ($$(i+1) ~ /^failed/) f += $$i } } END { printf "%d passed, %d failed", p, f }' "$$log")"; \
 	  summary="$$summary$$module: $$counts (exit $$result)\n"; rm -f "$$log"; \

@@ -66,6 +66,61 @@ where
     }
 }
 
+/// How many namespaces tests of this process hold now: the tests using the plane.
+static SHARING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// The test (its thread's name: libtest names each test's thread after it) that changes the
+/// plane for everyone, while it runs.
+static ALONE: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+fn this_test() -> String {
+    std::thread::current().name().unwrap_or("main").to_owned()
+}
+
+/// Claims the plane for a test that changes it for everyone (the `exclusive` module); fails at
+/// once if another test of this process uses it. Held until dropped.
+pub fn alone() -> Alone {
+    let me = this_test();
+    let sharing = SHARING.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(
+        sharing, 0,
+        "{me} changes the plane for every test and must run alone, but {sharing} other tests use \
+         it: run `cargo test --test it -- exclusive:: --test-threads=1` (make test does, after \
+         the others)"
+    );
+    *ALONE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(me);
+    Alone
+}
+
+/// The claim [`alone`] returns.
+pub struct Alone;
+
+impl Drop for Alone {
+    fn drop(&mut self) {
+        *ALONE
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+}
+
+/// Fails a test that starts using the plane while an `exclusive` test changes it.
+fn share_the_plane() {
+    let me = this_test();
+    if let Some(alone) = ALONE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .as_ref()
+        .filter(|alone| **alone != me)
+    {
+        panic!(
+            "{alone} is changing the plane for every test: run the exclusive:: tests alone \
+             (`cargo test --test it -- --skip exclusive::`, then \
+             `cargo test --test it -- exclusive:: --test-threads=1`, as make test does)"
+        );
+    }
+}
+
 /// A namespace that belongs to one test. Created with a server-generated unique name; deleted
 /// when dropped, even when the test panics.
 pub struct TestNamespace {
@@ -75,6 +130,8 @@ pub struct TestNamespace {
 impl TestNamespace {
     /// Creates `<prefix>-<random>`; `prefix` should say which test owns it.
     pub async fn create(client: &Client, prefix: &str) -> Self {
+        share_the_plane();
+        SHARING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let namespaces: Api<Namespace> = Api::all(client.clone());
         let namespace = Namespace {
             metadata: ObjectMeta {
@@ -99,6 +156,7 @@ impl TestNamespace {
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
+        SHARING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         // Drop cannot await, and the test's runtime may be single-threaded and busy dropping
         // us, so the delete runs on a runtime and client of its own.
         let name = std::mem::take(&mut self.name);
@@ -149,6 +207,7 @@ pub async fn release_finalizers(client: &Client, namespace: &str) {
 /// Idempotent, so every test that needs them may call it. The API server puts a policy in
 /// force a moment after it is stored: a test of a refusal waits for it (see `deletion.rs`).
 pub async fn install_crds(client: &Client) {
+    share_the_plane();
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::{
         api::{Patch, PatchParams},

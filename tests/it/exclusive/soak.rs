@@ -500,6 +500,7 @@ fn the_observer_finds_an_issued_token_even_cut_short() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_operator_keeps_its_promises_under_overlapping_faults() {
+    let _alone = crate::support::alone();
     let seconds = env_number("SOAK_SECONDS").unwrap_or(120);
     let seed = env_number("SOAK_SEED").unwrap_or_else(|| fastrand::u64(..));
     let long = seconds > 300;

@@ -136,6 +136,7 @@ async fn http_get(address: &str, path: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_on_a_real_node_reconciles_hands_over_and_uninstalls() {
+    let _alone = crate::support::alone();
     let client = client().await;
     let nodes = kubectl_ok(&["get", "nodes", "-o", "name"]);
     assert!(
