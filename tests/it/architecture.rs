@@ -140,3 +140,88 @@ fn the_client_knows_nothing_of_kubernetes_and_the_api_does_no_bitbucket_io() {
         );
     }
 }
+
+/// The longest a function in any crate's `src/` may be, `fn` line to closing brace: a function
+/// that does not fit a screen is a driver that has not been split into its steps yet.
+const LONGEST_FUNCTION: usize = 80;
+
+/// The functions of a rustfmt-formatted file longer than `limit` lines: (line, name, length).
+fn long_functions(text: &str, limit: usize) -> Vec<(usize, String, usize)> {
+    let start = regex::Regex::new(
+        r"^(\s*)(?:pub(?:\([^)]*\))? )?(?:const )?(?:async )?(?:unsafe )?fn (\w+)",
+    )
+    .unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let mut long = Vec::new();
+    for (at, line) in lines.iter().enumerate() {
+        let Some(found) = start.captures(line) else {
+            continue;
+        };
+        let ending = |c: char| lines[at..].iter().position(|l| l.trim_end().ends_with(c));
+        if line.trim_end().ends_with('}') || ending(';') < ending('{') {
+            continue; // a one-line function, or a trait method without a body
+        }
+        let close = format!("{}}}", &found[1]);
+        let length = lines[at..]
+            .iter()
+            .position(|l| *l == close)
+            .map_or(0, |end| end + 1);
+        if length > limit {
+            long.push((at + 1, found[2].to_owned(), length));
+        }
+    }
+    long
+}
+
+fn rust_files(dir: &Path, found: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            rust_files(&path, found);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            found.push(path);
+        }
+    }
+}
+
+#[test]
+fn no_function_in_any_crates_src_is_longer_than_a_screen() {
+    let root = Path::new(ROOT);
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    for entry in std::fs::read_dir(root.join("crates")).unwrap().flatten() {
+        rust_files(&entry.path().join("src"), &mut files);
+    }
+    assert!(files.len() > 50, "found only {} files", files.len());
+    let long: Vec<String> = files
+        .iter()
+        .flat_map(|file| {
+            let text = std::fs::read_to_string(file).unwrap();
+            let shown = file.strip_prefix(root).unwrap().display().to_string();
+            long_functions(&text, LONGEST_FUNCTION)
+                .into_iter()
+                .map(move |(line, name, length)| format!("{shown}:{line} {name} ({length} lines)"))
+        })
+        .collect();
+    assert!(
+        long.is_empty(),
+        "functions longer than {LONGEST_FUNCTION} lines (split them into named steps):\n{}",
+        long.join("\n")
+    );
+}
+
+#[test]
+fn the_length_check_sees_a_long_function() {
+    let body = "    step();\n".repeat(LONGEST_FUNCTION);
+    let text = format!(
+        "fn short() {{}}\n\npub async fn long() {{\n{body}}}\n\ntrait T {{\n    fn declared(\n        \
+         a: u8,\n    ) -> u8;\n    fn given(&self) {{\n{body}    }}\n}}\n"
+    );
+    assert_eq!(
+        long_functions(&text, LONGEST_FUNCTION),
+        [
+            (3, "long".to_owned(), LONGEST_FUNCTION + 2),
+            (90, "given".to_owned(), LONGEST_FUNCTION + 2)
+        ]
+    );
+}
