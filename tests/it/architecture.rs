@@ -10,7 +10,7 @@ use serde_json::Value;
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 fn cargo(args: &[&str]) -> String {
-    let output = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let output = crate::support::as_from_a_shell(&mut Command::new("cargo"))
         .args(args)
         .current_dir(ROOT)
         .output()

@@ -92,7 +92,7 @@ fn make_image_adds_the_musl_target_a_machine_lacks() {
     // The image's binary and archive go to a directory of this test's: other tests run the
     // image's binary from target/image meanwhile (.dockerignore lets target/image*/ in).
     let image = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/image-bare-machine");
-    let output = Command::new("make")
+    let output = crate::support::as_from_a_shell(&mut Command::new("make"))
         .arg("image")
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("RUSTUP_HOME", &copy)

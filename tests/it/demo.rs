@@ -49,7 +49,7 @@ async fn ctrl_c_of_make_run_under_a_pipe_leaves_nothing_running() {
     std::fs::create_dir_all(&dir).unwrap();
     let marker = format!("BBO_DEMO_TEST={}", dir.display());
     let stderr = std::fs::File::create(dir.join("make-run.stderr")).unwrap();
-    let mut run = Command::new("bash")
+    let mut run = crate::support::as_from_a_shell(&mut Command::new("bash"))
         .args(["-c", "make run | cat"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("BBO_DEMO_TEST", dir.display().to_string())

@@ -519,3 +519,32 @@ pub fn plugin_binary() -> std::path::PathBuf {
     );
     plugin
 }
+
+/// `command` as a user runs it from a shell: without the variables cargo sets for this test
+/// binary (`CARGO`, `CARGO_MANIFEST_DIR`, `CARGO_PKG_*`, ...). A cargo run inside a test that saw
+/// them would rebuild the crates whose build scripts watch them (ring watches
+/// `CARGO_MANIFEST_DIR`), and the next `make test` would rebuild them back; and `CARGO` names
+/// the toolchain's own cargo, passing by rustup.
+pub fn as_from_a_shell(command: &mut std::process::Command) -> &mut std::process::Command {
+    let set_by_cargo = |key: &str| {
+        matches!(
+            key,
+            "CARGO"
+                | "CARGO_MANIFEST_DIR"
+                | "CARGO_MANIFEST_PATH"
+                | "CARGO_CRATE_NAME"
+                | "CARGO_BIN_NAME"
+                | "CARGO_PRIMARY_PACKAGE"
+                | "CARGO_TARGET_TMPDIR"
+                | "CARGO_RUSTC_CURRENT_DIR"
+                | "OUT_DIR"
+        ) || key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_BIN_EXE_")
+    };
+    for (key, _) in std::env::vars_os() {
+        if let Some(key) = key.to_str().filter(|key| set_by_cargo(key)) {
+            command.env_remove(key);
+        }
+    }
+    command
+}
