@@ -6,7 +6,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use clap::Args;
 
 use crate::{
-    bitbucket::{AllowList, RefusedNetworks, RetryPolicy, TransportConfig},
+    bitbucket::{AllowList, ListingLimits, RefusedNetworks, RetryPolicy, TransportConfig},
     controller::{Settings, leader::LeaseSettings},
 };
 
@@ -32,6 +32,16 @@ pub struct RunArgs {
     /// Timeout of one request to Bitbucket, in seconds.
     #[arg(long, env = "BITBUCKET_TIMEOUT_SECONDS", default_value_t = 30)]
     pub bitbucket_timeout_seconds: u64,
+
+    /// The most repositories one listing may hold (the pages and bytes a listing may read follow
+    /// from it). A Subscription whose listing passes it says `ListingTooLarge` and keeps its
+    /// last list.
+    #[arg(long, env = "MAX_REPOSITORIES", default_value_t = ListingLimits::default().max_repositories)]
+    pub max_repositories: usize,
+
+    /// The longest one listing may take, its pages and retries included (`10m`, `1h30m`).
+    #[arg(long, env = "LISTING_DEADLINE", default_value = "10m", value_parser = crate::api::parse_duration)]
+    pub listing_deadline: Duration,
 
     /// Name reported as the source of Events (defaults to the pod name when run in a cluster).
     #[arg(long, env = "POD_NAME", default_value = "bitbucket-operator")]
@@ -92,6 +102,10 @@ impl RunArgs {
                 retry: RetryPolicy::default(),
                 allowed: self.allowed_servers.clone(),
                 refused: Arc::new(self.refused_networks.clone()),
+                listing: ListingLimits {
+                    max_repositories: self.max_repositories.max(1),
+                    deadline: self.listing_deadline,
+                },
                 ..TransportConfig::default()
             },
             instance: self.instance.clone(),

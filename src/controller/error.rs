@@ -36,6 +36,10 @@ pub trait Reason: std::error::Error {
     fn retry_after(&self) -> Option<Duration> {
         None
     }
+    /// What the condition says: the error, and what the user can do when it is not obvious.
+    fn message(&self) -> String {
+        self.to_string()
+    }
 }
 
 /// What to do after a failure of `class`: `backoff` gives the wait for a transient one.
@@ -64,9 +68,26 @@ impl Reason for bitbucket::Error {
             | E::Transport { .. }
             | E::Decode { .. }
             | E::UnexpectedStatus { .. }
-            | E::PagingLoop { .. }
             | E::TooLarge { .. } => reasons::BITBUCKET_UNAVAILABLE,
+            E::PagingLoop { .. } => reasons::BITBUCKET_MISBEHAVES,
+            E::ListingTooLarge { .. } => reasons::LISTING_TOO_LARGE,
         }
+    }
+
+    /// A listing's bound names the flag that sets it.
+    fn message(&self) -> String {
+        let flag = match self {
+            bitbucket::Error::ListingTooLarge {
+                bound: bitbucket::Bound::Deadline(_),
+                ..
+            } => "--listing-deadline",
+            bitbucket::Error::ListingTooLarge { .. } => "--max-repositories",
+            _ => return self.to_string(),
+        };
+        format!(
+            "{self}; the operator's {flag} sets the bound (a Data Center Subscription may also \
+             name fewer projects)"
+        )
     }
 
     /// 401/403 are not retried until the Secret or spec changes: repeated bad logins lock
@@ -101,7 +122,7 @@ pub fn set_conditions(
     generation: Option<i64>,
     now: &Time,
 ) {
-    let (reason, message) = (error.reason(), error.to_string());
+    let (reason, message) = (error.reason(), error.message());
     conditions::set(
         list,
         Desired::new(READY, Status::False, reason, message.clone()),

@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use bitbucket_operator::bitbucket::{
-    Client, Credentials, Error, ErrorClass, IdentityKind, ListScope, RetryPolicy, Server,
-    TransportConfig,
+    Bound, Client, Credentials, Error, ErrorClass, IdentityKind, ListScope, ListingLimits,
+    RetryPolicy, Server, TransportConfig,
 };
 use bitbucket_sim::{CloudRepositoryChange, FaultRule, Fixture, Generator, Simulator};
 use url::Url;
@@ -318,6 +318,148 @@ async fn a_large_cloud_workspace_is_paged_100_at_a_time() {
         sim.control().counters().endpoint(REPOSITORIES),
         3,
         "255 repositories are 3 pages of up to 100"
+    );
+}
+
+// --- every listing is bounded (issue 25) -----------------------------------------------------
+
+fn bounded(max_repositories: usize, deadline: Duration) -> TransportConfig {
+    TransportConfig {
+        listing: ListingLimits {
+            max_repositories,
+            deadline,
+        },
+        ..quick()
+    }
+}
+
+const DC_PROJECT_REPOS: &str = "GET /rest/api/1.0/projects/{project_key}/repos";
+
+#[tokio::test]
+async fn a_listing_stops_at_its_bound_of_repositories_without_holding_more() {
+    let mut fixture = Fixture::demo();
+    fixture.cloud.workspaces[0].generate = Some(Generator {
+        count: 245,
+        prefix: "svc".into(),
+        project: "OPS".into(),
+        private: true,
+    });
+    let sim = Simulator::start(fixture).await.unwrap();
+    let config = bounded(150, Duration::from_secs(60));
+    let error = client_with(&sim, api_token(API_TOKEN), config)
+        .list_repositories(&acme(&[]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::ListingTooLarge {
+                bound: Bound::Repositories(150),
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.class(),
+        ErrorClass::Request,
+        "a bigger list needs a higher bound"
+    );
+    assert_eq!(
+        sim.control().counters().endpoint(REPOSITORIES),
+        2,
+        "2 pages of 100 pass 150"
+    );
+}
+
+#[tokio::test]
+async fn data_center_pages_that_never_end_are_refused_after_a_few_empty_ones() {
+    // Both of the client's Data Center loops: a project's repositories, and everything the
+    // credential sees.
+    for (path, projects, endpoint) in [
+        (
+            "/rest/api/1.0/projects/PLAT/repos",
+            &["PLAT"][..],
+            DC_PROJECT_REPOS,
+        ),
+        ("/rest/api/1.0/repos", &[][..], "GET /rest/api/1.0/repos"),
+    ] {
+        let mut fixture = Fixture::demo();
+        fixture.data_center.page_cap = 2;
+        let sim = Simulator::start(fixture).await.unwrap();
+        sim.control()
+            .add_fault(FaultRule::endless_pages().on_path(path));
+        let started = Instant::now();
+        let client = client(&sim, dc_basic(DC_PASSWORD));
+        let scope = data_center(projects);
+        let error = tokio::time::timeout(Duration::from_secs(30), client.list_repositories(&scope))
+            .await
+            .expect("the listing ends")
+            .unwrap_err();
+        let pages = sim.control().counters().endpoint(endpoint);
+        eprintln!(
+            "endless Data Center pages at {path}: refused after {pages} pages, {:?}",
+            started.elapsed()
+        );
+        assert!(
+            matches!(error, Error::PagingLoop { .. }),
+            "{path}: {error:?}"
+        );
+        assert!(
+            error
+                .to_string()
+                .contains("pages in a row held no repository"),
+            "{error}"
+        );
+        assert!((1..=10).contains(&pages), "{path}: {pages} pages fetched");
+    }
+}
+
+#[tokio::test]
+async fn cloud_pages_that_never_end_are_refused() {
+    let sim = demo().await;
+    sim.control()
+        .add_fault(FaultRule::endless_pages().on_path("/2.0/repositories/acme"));
+    let error = client(&sim, api_token(API_TOKEN))
+        .list_repositories(&acme(&[]))
+        .await
+        .unwrap_err();
+    let pages = sim.control().counters().endpoint(REPOSITORIES);
+    eprintln!("endless Cloud pages: refused after {pages} pages");
+    assert!(matches!(error, Error::PagingLoop { .. }), "{error:?}");
+    assert!(pages <= 10, "{pages} pages fetched");
+}
+
+#[tokio::test]
+async fn a_listing_that_takes_longer_than_its_deadline_is_given_up() {
+    let sim = demo().await;
+    sim.control()
+        .add_fault(FaultRule::latency(3_000).on_path("/2.0/repositories/acme"));
+    let config = bounded(100_000, Duration::from_secs(1));
+    let started = Instant::now();
+    let error = client_with(&sim, api_token(API_TOKEN), config)
+        .list_repositories(&acme(&[]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            Error::ListingTooLarge {
+                bound: Bound::Deadline(_),
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(
+        error.class(),
+        ErrorClass::Transient,
+        "slower than allowed: perhaps not next time"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
     );
 }
 

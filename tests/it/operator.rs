@@ -1199,3 +1199,54 @@ async fn a_suspended_subscription_keeps_its_list_and_stops_listing() {
     .unwrap();
     await_object(&api, "ci", "ci to sync again", is_synced).await;
 }
+
+/// Issue 25: a listing past the operator's bound is not kept. The Subscription says so with a
+/// reason of its own, names the flag that sets the bound, announces it in a Warning Event, and
+/// keeps the last good list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listing_past_its_bound_keeps_the_last_list_and_names_the_flag() {
+    let env = Env::start_with("bounded", Fixture::demo(), |s| {
+        s.transport.listing.max_repositories = 10; // the demo workspace holds 10
+    })
+    .await;
+    env.ready_cloud_integration().await;
+    env.create(&subscription("ci", "acme", Some("acme"), &[]))
+        .await;
+    let api = env.api::<Subscription>();
+    let synced = await_object(&api, "ci", "ci to sync", is_synced).await;
+    let listed = synced.status.unwrap().repositories;
+    assert_eq!(listed.len(), 10);
+
+    let control = env.sim.control();
+    let mut added = control.fixture().cloud.workspaces[0].repositories[0].clone();
+    added.slug = "one-too-many".into();
+    added.uuid = None;
+    added.updated_on = None;
+    control.add_cloud_repository("acme", added).unwrap();
+    api.patch(
+        "ci",
+        &PatchParams::default(),
+        &sync_request("past-the-bound"),
+    )
+    .await
+    .unwrap();
+    let refused = await_object(
+        &api,
+        "ci",
+        "ci to say its listing is too large",
+        subscription_reason_is(reasons::LISTING_TOO_LARGE),
+    )
+    .await;
+    let status = refused.status.unwrap();
+    let ready = condition(&status.conditions, READY).unwrap();
+    assert_eq!(ready.status, "False");
+    assert!(
+        ready.message.contains("at most 10 repositories")
+            && ready.message.contains("--max-repositories"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(status.repositories, listed, "the last good list is kept");
+    env.wait_for_events(&[("ci", reasons::LISTING_TOO_LARGE)])
+        .await;
+}

@@ -35,6 +35,12 @@ pub mod reasons {
     pub const FORBIDDEN: &str = "Forbidden";
     /// Bitbucket answered 5xx, timed out or could not be reached.
     pub const BITBUCKET_UNAVAILABLE: &str = "BitbucketUnavailable";
+    /// A listing passed one of the operator's bounds (`--max-repositories`, and the pages and
+    /// bytes it implies, or `--listing-deadline`); the last good list is kept.
+    pub const LISTING_TOO_LARGE: &str = "ListingTooLarge";
+    /// Bitbucket's paging does not add up: a `next` link elsewhere or back, an offset that does
+    /// not advance, pages that bring nothing yet are not the last. The last good list is kept.
+    pub const BITBUCKET_MISBEHAVES: &str = "BitbucketMisbehaves";
     /// Bitbucket answered 429; the operator waits as told.
     pub const RATE_LIMITED: &str = "RateLimited";
     /// The Subscription is suspended (`Ready` True: the state asked for); the last list is

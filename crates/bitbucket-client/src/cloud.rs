@@ -5,8 +5,11 @@
 use serde::Deserialize;
 
 use super::{
-    Client, Error, Identity, IdentityKind, ListingSummary, Repository, credentials::Credentials,
-    model::strip_userinfo, paging::NextLinks, scopes,
+    Client, Error, Identity, IdentityKind, ListingSummary, Repository,
+    credentials::Credentials,
+    model::strip_userinfo,
+    paging::{NextLinks, Tally},
+    scopes,
 };
 
 /// Only what status needs (api-facts §A.6): a page of 100 repositories stays small.
@@ -59,6 +62,7 @@ pub(super) async fn list(
     client: &Client,
     workspace: &str,
     projects: &[String],
+    tally: &mut Tally,
 ) -> Result<Vec<Repository>, Error> {
     let filter = project_filter(projects);
     let mut query = vec![("pagelen", PAGE_LENGTH), ("fields", REPOSITORY_FIELDS)];
@@ -69,10 +73,9 @@ pub(super) async fn list(
     let mut links = NextLinks::new(&url);
     let mut repositories = Vec::new();
     loop {
-        let page: Page<CloudRepository> = client
-            .get("list_repositories", &url)
-            .await?
-            .json(&client.redact)?;
+        let response = client.get("list_repositories", &url).await?;
+        let page: Page<CloudRepository> = response.json(&client.redact)?;
+        tally.count(page.values.len(), response.body.len(), page.next.is_none())?;
         repositories.extend(page.values.into_iter().map(Repository::from));
         match page.next {
             Some(next) => url = links.follow(&next)?,

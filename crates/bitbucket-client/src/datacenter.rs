@@ -5,7 +5,9 @@
 use serde::Deserialize;
 
 use super::{
-    Client, Error, Identity, IdentityKind, Repository, model::strip_userinfo, paging::next_start,
+    Client, Error, Identity, IdentityKind, Repository,
+    model::strip_userinfo,
+    paging::{Tally, next_start},
 };
 
 /// Asked for on every page; the server caps it (`page.max.repositories`, api-facts §D.5) and
@@ -44,33 +46,43 @@ pub(super) async fn whoami(client: &Client) -> Result<Identity, Error> {
     Ok(identity)
 }
 
-pub(super) async fn list(client: &Client, projects: &[String]) -> Result<Vec<Repository>, Error> {
-    if projects.is_empty() {
-        return list_pages(client, &["rest", "api", "1.0", "repos"]).await;
-    }
+/// Every repository of `projects` (all the credential sees when empty): one listing, counted in
+/// one `tally` across the projects.
+pub(super) async fn list(
+    client: &Client,
+    projects: &[String],
+    tally: &mut Tally,
+) -> Result<Vec<Repository>, Error> {
     let mut repositories = Vec::new();
+    if projects.is_empty() {
+        let segments = ["rest", "api", "1.0", "repos"];
+        list_pages(client, &segments, tally, &mut repositories).await?;
+    }
     for project in projects {
         let segments = ["rest", "api", "1.0", "projects", project.as_str(), "repos"];
-        repositories.extend(list_pages(client, &segments).await?);
+        list_pages(client, &segments, tally, &mut repositories).await?;
     }
     Ok(repositories)
 }
 
-async fn list_pages(client: &Client, segments: &[&str]) -> Result<Vec<Repository>, Error> {
+async fn list_pages(
+    client: &Client,
+    segments: &[&str],
+    tally: &mut Tally,
+    repositories: &mut Vec<Repository>,
+) -> Result<(), Error> {
     let limit = PAGE_LIMIT.to_string();
     let mut start = 0;
-    let mut repositories = Vec::new();
     loop {
         let start_text = start.to_string();
         let url = client.url(segments, &[("limit", &limit), ("start", &start_text)]);
-        let page: Page = client
-            .get("list_repositories", &url)
-            .await?
-            .json(&client.redact)?;
+        let response = client.get("list_repositories", &url).await?;
+        let page: Page = response.json(&client.redact)?;
+        tally.count(page.values.len(), response.body.len(), page.is_last_page)?;
         repositories.extend(page.values.into_iter().map(Repository::from));
         match next_start(start, page.next_page_start, page.is_last_page)? {
             Some(next) => start = next,
-            None => return Ok(repositories),
+            None => return Ok(()),
         }
     }
 }

@@ -82,6 +82,13 @@ pub enum Error {
     #[error("refused to follow a paging link: {reason}")]
     PagingLoop { reason: String },
 
+    /// A listing passed one of its bounds ([`crate::ListingLimits`]); what it read is dropped.
+    #[error("the listing passed its bound of {bound} (after {after})")]
+    ListingTooLarge {
+        bound: crate::paging::Bound,
+        after: String,
+    },
+
     /// The URL is not a server this credential may be sent to; nothing was sent.
     #[error("{url} is not an allowed Bitbucket server for this credential")]
     NotAllowed { url: String },
@@ -116,6 +123,13 @@ impl Error {
             | Self::Config { .. }
             | Self::NotAllowed { .. }
             | Self::AddressRefused(_) => ErrorClass::Request,
+            // Bigger than allowed: only a higher bound or a narrower scope helps. Slower than
+            // allowed: perhaps not next time.
+            Self::ListingTooLarge {
+                bound: crate::paging::Bound::Deadline(_),
+                ..
+            } => ErrorClass::Transient,
+            Self::ListingTooLarge { .. } => ErrorClass::Request,
             Self::RateLimited { .. }
             | Self::Unavailable { .. }
             | Self::Timeout { .. }

@@ -21,6 +21,7 @@ use url::Url;
 pub use credentials::Credentials;
 pub use error::{Error, ErrorClass};
 pub use model::{Identity, IdentityKind, ListScope, ListingSummary, Repository};
+pub use paging::{Bound, ListingLimits};
 pub use reach::{AllowList, RefusedNetworks};
 pub use transport::{
     RequestObserver, RetryPolicy, TransportConfig, equal_jitter, exponential_backoff,
@@ -169,27 +170,36 @@ impl Client {
         }
     }
 
-    /// Every repository in `scope` the credential can see, sorted by full name.
+    /// Every repository in `scope` the credential can see, sorted by full name; within the
+    /// bounds of [`TransportConfig::listing`], whatever the server answers.
     pub async fn list_repositories(&self, scope: &ListScope) -> Result<Vec<Repository>, Error> {
-        let mut repositories = match (&self.server, scope) {
-            (
-                Server::Cloud { .. },
-                ListScope::CloudWorkspace {
-                    workspace,
-                    projects,
-                },
-            ) => cloud::list(self, workspace, projects).await?,
-            (Server::DataCenter { .. }, ListScope::DataCenter { projects }) => {
-                datacenter::list(self, projects).await?
-            }
-            _ => {
-                return Err(Error::Config {
+        let limits = self.transport.listing();
+        let mut tally = paging::Tally::new(limits);
+        let listing = async {
+            match (&self.server, scope) {
+                (
+                    Server::Cloud { .. },
+                    ListScope::CloudWorkspace {
+                        workspace,
+                        projects,
+                    },
+                ) => cloud::list(self, workspace, projects, &mut tally).await,
+                (Server::DataCenter { .. }, ListScope::DataCenter { projects }) => {
+                    datacenter::list(self, projects, &mut tally).await
+                }
+                _ => Err(Error::Config {
                     message:
                         "a workspace applies to Bitbucket Cloud, projects alone to Data Center"
                             .into(),
-                });
+                }),
             }
         };
+        let mut repositories = tokio::time::timeout(limits.deadline, listing)
+            .await
+            .map_err(|_| Error::ListingTooLarge {
+                bound: Bound::Deadline(limits.deadline),
+                after: "the time allowed".into(),
+            })??;
         repositories.sort_by(|a, b| a.full_name.cmp(&b.full_name));
         repositories.dedup_by(|a, b| a.full_name == b.full_name);
         Ok(repositories)

@@ -85,6 +85,8 @@ pub struct TransportConfig {
     /// How host names are looked up (the system resolver); the answers are then checked
     /// against `refused`.
     pub lookup: Lookup,
+    /// The bounds of each repository listing.
+    pub listing: crate::ListingLimits,
 }
 
 impl Default for TransportConfig {
@@ -97,6 +99,7 @@ impl Default for TransportConfig {
             allowed: AllowList::cloud(),
             refused: Arc::new(RefusedNetworks::default()),
             lookup: system_lookup(),
+            listing: crate::ListingLimits::default(),
         }
     }
 }
@@ -256,6 +259,11 @@ pub(crate) struct Transport {
 }
 
 impl Transport {
+    /// The bounds of each repository listing.
+    pub fn listing(&self) -> crate::ListingLimits {
+        self.config.listing
+    }
+
     pub fn new(config: TransportConfig) -> Result<Self, Error> {
         let tls = tls_config(config.ca_bundle_pem.as_deref())?;
         let http = reqwest::Client::builder()

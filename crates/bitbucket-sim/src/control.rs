@@ -86,6 +86,12 @@ pub struct FaultRule {
     /// becomes this URL; a Data Center page becomes "not last" with `nextPageStart` this number.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_page: Option<String>,
+    /// Let the real handler answer, then make its paging endless, as a hostile server would: a
+    /// Data Center page is never the last and its `nextPageStart` is one past its own start
+    /// (past the real repositories, pages are empty); a Cloud page's `next` is the page after
+    /// it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub endless_pages: bool,
     /// How many more requests it applies to; until cleared when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub times: Option<u32>,
@@ -153,6 +159,13 @@ impl FaultRule {
     pub fn next_page(next: &str) -> Self {
         Self {
             next_page: Some(next.to_owned()),
+            ..Self::default()
+        }
+    }
+    /// Answer normally, with paging that never ends (see [`FaultRule::endless_pages`]).
+    pub fn endless_pages() -> Self {
+        Self {
+            endless_pages: true,
             ..Self::default()
         }
     }
@@ -588,12 +601,50 @@ async fn answer(
 
     let mut request = request;
     request.extensions_mut().insert(authn.clone());
+    let endless_from = fault
+        .as_ref()
+        .filter(|f| f.endless_pages)
+        .map(|_| page_after(&request));
     let mut response = next.run(request).await;
     add_product_headers(&mut response, authn, limit, used);
     if let Some(fault) = fault {
         response = mangle(response, &fault).await;
     }
+    if let Some(next) = endless_from {
+        response = mangle(response, &FaultRule::next_page(&next)).await;
+    }
     response
+}
+
+/// What follows the page `request` asks for: the Data Center start one past its own (`start`),
+/// or the Cloud URL (on the origin it was asked at, over plain HTTP) of the next page number.
+fn page_after(request: &Request) -> String {
+    let uri = request.uri();
+    let query: Vec<(String, String)> =
+        url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let number = |key: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == key)
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+    };
+    if uri.path().contains("/rest/api/") {
+        return (number("start").unwrap_or(0) + 1).to_string();
+    }
+    let page = number("page").unwrap_or(1) + 1;
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
+    let mut next = url::Url::parse(&format!("http://{host}")).expect("a host header is a host");
+    next.set_path(uri.path());
+    next.query_pairs_mut()
+        .extend_pairs(query.iter().filter(|(k, _)| k != "page"))
+        .append_pair("page", &page.to_string());
+    next.into()
 }
 
 /// Applies the rule's changes to a real answer: its body cut, made invalid UTF-8, re-pointed,

@@ -94,6 +94,13 @@ impl Reason for Error {
         }
     }
 
+    fn message(&self) -> String {
+        match self {
+            Self::Bitbucket(e) => Reason::message(e),
+            _ => self.to_string(),
+        }
+    }
+
     fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Bitbucket(e) => Reason::retry_after(e),
