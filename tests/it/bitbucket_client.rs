@@ -299,8 +299,17 @@ async fn a_project_filter_is_applied_by_bitbucket() {
     assert_eq!(sim.control().counters().endpoint(REPOSITORIES), 1);
 }
 
-#[tokio::test]
-async fn a_large_cloud_workspace_is_paged_100_at_a_time() {
+/// The error of listing workspace `acme` with an API token while `fault` holds.
+async fn listing_error(sim: &Simulator, fault: FaultRule) -> Error {
+    sim.control().add_fault(fault);
+    client(sim, api_token(API_TOKEN))
+        .list_repositories(&acme(&[]))
+        .await
+        .unwrap_err()
+}
+
+/// The demo's workspace `acme` with 245 more repositories: 255, three pages of up to 100.
+async fn large_cloud_workspace() -> Simulator {
     let mut fixture = Fixture::demo();
     fixture.cloud.workspaces[0].generate = Some(Generator {
         count: 245,
@@ -308,7 +317,12 @@ async fn a_large_cloud_workspace_is_paged_100_at_a_time() {
         project: "OPS".into(),
         private: true,
     });
-    let sim = Simulator::start(fixture).await.unwrap();
+    Simulator::start(fixture).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_large_cloud_workspace_is_paged_100_at_a_time() {
+    let sim = large_cloud_workspace().await;
     let repositories = client(&sim, api_token(API_TOKEN))
         .list_repositories(&acme(&[]))
         .await
@@ -337,14 +351,7 @@ const DC_PROJECT_REPOS: &str = "GET /rest/api/1.0/projects/{project_key}/repos";
 
 #[tokio::test]
 async fn a_listing_stops_at_its_bound_of_repositories_without_holding_more() {
-    let mut fixture = Fixture::demo();
-    fixture.cloud.workspaces[0].generate = Some(Generator {
-        count: 245,
-        prefix: "svc".into(),
-        project: "OPS".into(),
-        private: true,
-    });
-    let sim = Simulator::start(fixture).await.unwrap();
+    let sim = large_cloud_workspace().await;
     let config = bounded(150, Duration::from_secs(60));
     let error = client_with(&sim, api_token(API_TOKEN), config)
         .list_repositories(&acme(&[]))
@@ -418,12 +425,8 @@ async fn data_center_pages_that_never_end_are_refused_after_a_few_empty_ones() {
 #[tokio::test]
 async fn cloud_pages_that_never_end_are_refused() {
     let sim = demo().await;
-    sim.control()
-        .add_fault(FaultRule::endless_pages().on_path("/2.0/repositories/acme"));
-    let error = client(&sim, api_token(API_TOKEN))
-        .list_repositories(&acme(&[]))
-        .await
-        .unwrap_err();
+    let endless = FaultRule::endless_pages().on_path("/2.0/repositories/acme");
+    let error = listing_error(&sim, endless).await;
     let pages = sim.control().counters().endpoint(REPOSITORIES);
     eprintln!("endless Cloud pages: refused after {pages} pages");
     assert!(matches!(error, Error::PagingLoop { .. }), "{error:?}");
@@ -801,12 +804,11 @@ async fn an_unreachable_server_is_a_transport_error() {
 #[tokio::test]
 async fn a_malformed_body_is_a_decode_error_with_an_excerpt() {
     let sim = demo().await;
-    sim.control()
-        .add_fault(FaultRule::malformed_json().on_path("/2.0/repositories"));
-    let error = client(&sim, api_token(API_TOKEN))
-        .list_repositories(&acme(&[]))
-        .await
-        .unwrap_err();
+    let error = listing_error(
+        &sim,
+        FaultRule::malformed_json().on_path("/2.0/repositories"),
+    )
+    .await;
     match &error {
         Error::Decode {
             status, excerpt, ..
