@@ -31,7 +31,7 @@ use kube::{
 };
 
 use crate::{
-    api::{BitbucketIntegration, Subscription},
+    api::{BitbucketIntegration, Subscription, text},
     bitbucket::TransportConfig,
     metrics::Metrics,
 };
@@ -187,7 +187,8 @@ impl Shared {
         let event = Event {
             type_: announcement.type_,
             reason: announcement.reason,
-            note: Some(truncate(announcement.note, 1000)),
+            // Events are capped shorter than conditions: they are many, and read in lists.
+            note: Some(text::for_the_api(&announcement.note, 1000).into_owned()),
             action: announcement.action.to_owned(),
             secondary: None,
         };
@@ -225,17 +226,6 @@ impl Shared {
 /// Locks a mutex whose data stays consistent even if a holder panicked.
 pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn truncate(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut end = max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
-    text
 }
 
 /// One watched scope (a namespace, or the cluster): the stores both controllers read.

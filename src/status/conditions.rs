@@ -4,6 +4,8 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use crate::api::text::{self, MAX_MESSAGE_BYTES};
+
 /// The status of a condition.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Status {
@@ -56,8 +58,16 @@ impl Desired {
 
 /// Sets `desired` in `conditions`, stamping `generation`. An existing condition of the same type
 /// keeps its `lastTransitionTime` unless its status changes; `now` is used otherwise.
+///
+/// Every condition message goes through here, so here it is made safe for the API server and
+/// its readers: control and bidi characters escaped, at most [`MAX_MESSAGE_BYTES`] (a longer
+/// message from Bitbucket would make the status write fail).
 pub fn set(conditions: &mut Vec<Condition>, desired: Desired, generation: Option<i64>, now: &Time) {
     let status = desired.status.as_str();
+    let desired = Desired {
+        message: text::for_the_api(&desired.message, MAX_MESSAGE_BYTES).into_owned(),
+        ..desired
+    };
     match conditions.iter_mut().find(|c| c.type_ == desired.type_) {
         Some(existing) => {
             if existing.status != status {

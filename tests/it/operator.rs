@@ -1250,3 +1250,56 @@ async fn a_listing_past_its_bound_keeps_the_last_list_and_names_the_flag() {
     env.wait_for_events(&[("ci", reasons::LISTING_TOO_LARGE)])
         .await;
 }
+
+/// Issue 25: what Bitbucket says reaches status made safe. A 3 MiB error message full of
+/// terminal escapes (a clipboard write, a screen clear, a right-to-left override) once made
+/// the status write fail, so the integration showed no condition at all; now the condition
+/// says `InvalidCredentials` with at most 32 KiB of the message, every escape shown, not obeyed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_hostile_error_message_reaches_status_escaped_and_capped() {
+    let env = Env::start("hostile").await;
+    env.ready_cloud_integration().await;
+    // 50 bytes as JSON: the escapes are written \u001b and \u0007.
+    let hostile = "\x1b]52;c;cm0gLXJmIH4=\x07\x1b[2J\u{202E}gnp.exe ".repeat(3 * 1024 * 1024 / 50);
+    let body = json!({"type": "error", "error": {"message": hostile}}).to_string();
+    assert!(
+        (3 << 20..4 << 20).contains(&body.len()),
+        "{} bytes",
+        body.len()
+    );
+    env.sim.control().add_fault(
+        FaultRule::status(401)
+            .with_body("application/json", &body)
+            .on_path("/2.0/user"),
+    );
+    let api = env.api::<BitbucketIntegration>();
+    api.patch("acme", &PatchParams::default(), &sync_request("hostile"))
+        .await
+        .unwrap();
+    let refused = await_object(
+        &api,
+        "acme",
+        "acme to say its credential was refused",
+        reason_is("InvalidCredentials"),
+    )
+    .await;
+    let status = refused.status.unwrap();
+    let ready = condition(&status.conditions, READY).unwrap();
+    assert!(
+        ready.message.len() <= 32 * 1024,
+        "{} bytes",
+        ready.message.len()
+    );
+    assert!(
+        ready.message.contains("\\u001B]52;c;") && ready.message.contains("\\u202Egnp.exe"),
+        "the escapes are shown: {}",
+        &ready.message[..200]
+    );
+    assert!(
+        !ready
+            .message
+            .chars()
+            .any(|c| c.is_control() || c == '\u{202E}'),
+        "nothing is obeyed"
+    );
+}

@@ -16,6 +16,7 @@ pub mod duration;
 pub mod glob;
 pub mod integration;
 pub mod subscription;
+pub mod text;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;

@@ -4,22 +4,24 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kubectl_bitbucket::{Cli, run};
+use kubectl_bitbucket::{Cli, run, terminal::Terminal};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli).await {
         Ok(outcome) => {
+            // The one place the plugin's output leaves for a terminal.
+            let text = Terminal::safe(&outcome.text);
             if outcome.code == 0 {
-                print!("{}", outcome.text);
+                print!("{text}");
             } else {
-                eprint!("{}", outcome.text);
+                eprint!("{text}");
             }
             ExitCode::from(outcome.code)
         }
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", Terminal::safe(&format!("{error:#}")));
             ExitCode::from(1)
         }
     }

@@ -60,7 +60,7 @@ impl Terminal {
             .interact()?)
     }
 
-    /// `text` in green (good news) when colour is on.
+    /// `text` in green (good news) when colour is on (`\x1b[32m`, see [`COLOURS`]).
     pub fn good(&self, text: &str) -> String {
         self.paint(text, "32")
     }
@@ -68,6 +68,13 @@ impl Terminal {
     /// `text` in red (bad news) when colour is on.
     pub fn bad(&self, text: &str) -> String {
         self.paint(text, "31")
+    }
+
+    /// Everything the plugin prints, made safe for a terminal: lines and the plugin's own
+    /// colours go through, every other control or bidi character is shown escaped, whoever
+    /// wrote it (Bitbucket, or whoever wrote the objects read).
+    pub fn safe(text: &str) -> String {
+        bitbucket_operator_api::text::for_a_terminal(text, &COLOURS)
     }
 
     fn paint(&self, text: &str, code: &str) -> String {
@@ -100,11 +107,15 @@ pub struct Progress {
     ticks: usize,
 }
 
+/// The escape sequences the plugin writes itself: red, green and back to normal.
+const COLOURS: [&str; 3] = ["\x1b[31m", "\x1b[32m", "\x1b[0m"];
+
 const SPINNER: [char; 10] = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
 
 impl Progress {
-    /// Shows `state`, the latest word from the operator.
+    /// Shows `state`, the latest word from the operator (read from status: made safe, one line).
     pub fn show(&mut self, state: &str) {
+        let state = &*bitbucket_operator_api::text::for_the_api(state, 1024);
         let mut err = std::io::stderr().lock();
         if self.live {
             self.ticks += 1;

@@ -11,6 +11,7 @@ use crate::{
     api::{
         Account, AccountKind, BitbucketIntegration, BitbucketIntegrationStatus,
         conditions::{DELETION_BLOCKED, READY, RECONCILING, STALLED, reasons},
+        text,
     },
     bitbucket::{Identity, IdentityKind},
     controller::{
@@ -142,7 +143,7 @@ pub fn status(
         ValidationOutcome::BackingOff { .. } => {}
         ValidationOutcome::Validated(identity) => {
             conditions::remove(&mut status.conditions, RECONCILING);
-            status.scopes = identity.scopes.clone();
+            status.scopes = identity.scopes.iter().map(|s| quoted(s)).collect();
             status.account = Some(account(identity));
             conditions::set(
                 &mut status.conditions,
@@ -217,6 +218,11 @@ fn validated_message(identity: &Identity, workspace: Option<&str>) -> String {
     }
 }
 
+/// A value Bitbucket sent, as status may hold it (see [`text`]).
+fn quoted(value: &str) -> String {
+    text::for_the_api(value, text::MAX_QUOTED_BYTES).into_owned()
+}
+
 fn account(identity: &Identity) -> Account {
     Account {
         kind: match identity.kind {
@@ -225,10 +231,10 @@ fn account(identity: &Identity) -> Account {
             IdentityKind::OAuthConsumer => AccountKind::OAuthConsumer,
             IdentityKind::DataCenterUser => AccountKind::DataCenterUser,
         },
-        username: identity.username.clone(),
-        display_name: identity.display_name.clone(),
-        uuid: identity.uuid.clone(),
-        account_id: identity.account_id.clone(),
+        username: identity.username.as_deref().map(quoted),
+        display_name: identity.display_name.as_deref().map(quoted),
+        uuid: identity.uuid.as_deref().map(quoted),
+        account_id: identity.account_id.as_deref().map(quoted),
     }
 }
 

@@ -12,6 +12,7 @@ use crate::{
         CloneUrls, IntegrationSummary, MAX_LISTED_REPOSITORIES, Repository, RepositoryFilter,
         SubscriptionStatus,
         conditions::{READY, RECONCILING, STALLED, reasons},
+        text,
     },
     bitbucket,
     controller::{error, finish::Announcement},
@@ -115,14 +116,16 @@ pub fn status(
 }
 
 /// A repository as status shows it.
+/// A repository as status shows it; its names, as Bitbucket sent them, made safe (see [`text`]).
 pub fn to_status(repository: &bitbucket::Repository) -> Repository {
+    let quoted = |value: &str| text::for_the_api(value, text::MAX_QUOTED_BYTES).into_owned();
     Repository {
-        full_name: repository.full_name.clone(),
-        name: repository.slug.clone(),
-        display_name: (repository.name != repository.slug).then(|| repository.name.clone()),
-        project: repository.project.clone(),
+        full_name: quoted(&repository.full_name),
+        name: quoted(&repository.slug),
+        display_name: (repository.name != repository.slug).then(|| quoted(&repository.name)),
+        project: repository.project.as_deref().map(quoted),
         private: repository.private,
-        main_branch: repository.main_branch.clone(),
+        main_branch: repository.main_branch.as_deref().map(quoted),
         clone_urls: CloneUrls {
             https: repository.clone_https.clone(),
             ssh: repository.clone_ssh.clone(),
