@@ -14,7 +14,7 @@
 
 use std::{
     fmt,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     str::FromStr,
     sync::Arc,
 };
@@ -215,11 +215,19 @@ impl RefusedNetworks {
         Self(Vec::new())
     }
 
-    /// Why `address` is refused, or `None` when it is not. IPv4 addresses written as IPv6
-    /// (`::ffff:169.254.169.254`) are the IPv4 address.
+    /// Why `address` is refused, or `None` when it is not. An IPv4 address inside an IPv6 one
+    /// is checked as itself too ([`embedded_ipv4`]): `::ffff:169.254.169.254`, the NAT64
+    /// `64:ff9b::a9fe:a9fe`, the 6to4 `2002:a9fe:a9fe::` reach the same host.
     pub fn refuses(&self, address: IpAddr) -> Option<String> {
         let address = address.to_canonical();
-        let net = self.0.iter().find(|net| net.contains(&address))?;
+        let embedded = match address {
+            IpAddr::V6(v6) => embedded_ipv4(v6).map(IpAddr::V4),
+            IpAddr::V4(_) => None,
+        };
+        let net = self
+            .0
+            .iter()
+            .find(|net| net.contains(&address) || embedded.is_some_and(|v4| net.contains(&v4)))?;
         let known = KNOWN
             .iter()
             .find(|(text, _)| text.parse::<IpNet>().ok().as_ref() == Some(net));
@@ -227,6 +235,23 @@ impl RefusedNetworks {
             Some((_, what)) => (*what).to_owned(),
             None => format!("in {net}, a network the operator refuses"),
         })
+    }
+}
+
+/// The IPv4 address an IPv6 address carries, where a translator or tunnel would deliver it:
+/// IPv4-mapped (`::ffff:0:0/96`), NAT64 (`64:ff9b::/96`, RFC 6052, and the local-use
+/// `64:ff9b:1::/48`, RFC 8215, with the address in the last 32 bits), IPv4-compatible
+/// (`::/96`, deprecated, but not `::` or `::1`), and 6to4 (`2002::/16`, RFC 3056).
+pub fn embedded_ipv4(address: Ipv6Addr) -> Option<Ipv4Addr> {
+    let s = address.segments();
+    let last = || Ipv4Addr::from((u32::from(s[6]) << 16) | u32::from(s[7]));
+    match s {
+        [0, 0, 0, 0, 0, 0xffff, _, _] => Some(last()),
+        [0x64, 0xff9b, 0, 0, 0, 0, _, _] | [0x64, 0xff9b, 1, ..] => Some(last()),
+        [0, 0, 0, 0, 0, 0, 0, 0 | 1] => None,
+        [0, 0, 0, 0, 0, 0, _, _] => Some(last()),
+        [0x2002, high, low, ..] => Some(Ipv4Addr::from((u32::from(high) << 16) | u32::from(low))),
+        _ => None,
     }
 }
 
@@ -432,6 +457,12 @@ mod tests {
             "fe80::1",
             "fd00:ec2::254",
             "100.100.100.200",
+            "64:ff9b::a9fe:a9fe",       // NAT64 of 169.254.169.254
+            "64:ff9b::169.254.169.254", // the same, written with the IPv4 part
+            "64:ff9b:1::a9fe:a9fe",     // NAT64, local-use prefix
+            "2002:a9fe:a9fe::1",        // 6to4
+            "::169.254.169.254",        // IPv4-compatible (deprecated)
+            "64:ff9b::6464:64c8",       // NAT64 of 100.100.100.200
         ] {
             assert!(
                 refused.refuses(address.parse().unwrap()).is_some(),
@@ -454,6 +485,33 @@ mod tests {
             "in 10.96.0.0/12, a network the operator refuses"
         );
         assert!(custom.refuses("192.168.1.7".parse().unwrap()).is_some());
+    }
+
+    /// A URL may spell an IPv4 address in decimal, octal or hex, with a trailing dot or in
+    /// brackets as IPv6: the URL parser (WHATWG's) makes each the address, which is refused.
+    #[test]
+    fn a_metadata_address_is_refused_however_the_url_spells_it() {
+        let refused = RefusedNetworks::default();
+        for spelling in [
+            "http://169.254.169.254/",
+            "http://2852039166/",
+            "http://0xa9fea9fe/",
+            "http://0251.0376.0251.0376/",
+            "http://0xa9.0xfe.0xa9.0xfe/",
+            "http://169.254.169.254./",
+            "http://169.254.43518/",
+            "http://[::ffff:169.254.169.254]/",
+            "http://[64:ff9b::a9fe:a9fe]/",
+            "http://[2002:a9fe:a9fe::]/",
+            "http://[fd00:ec2::254]/",
+        ] {
+            assert!(
+                literal_refused(&url(spelling), &refused).is_some(),
+                "{spelling} was not refused"
+            );
+        }
+        assert!(literal_refused(&url("http://[::1]/"), &refused).is_none());
+        assert!(literal_refused(&url("http://[64:ff9b::8c52:7003]/"), &refused).is_none());
     }
 
     #[test]
