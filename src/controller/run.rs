@@ -418,7 +418,7 @@ pub async fn wait_for_crds(client: &kube::Client, settings: &Settings, waiting: 
 }
 
 /// Why the operator is not ready (`None` when it is), for `/readyz`.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Waiting(Arc<Mutex<Option<String>>>);
 
 impl Waiting {

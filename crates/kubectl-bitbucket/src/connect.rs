@@ -460,7 +460,8 @@ fn choose_credential_type(
                 .map_err(|e| Outcome::usage(format!("--type: {e}\n")))?;
             if !allowed.contains(&kind) {
                 return Err(Outcome::usage(format!(
-                    "--type {kind:?} does not work with Bitbucket {server_type:?}: use one of {}\n",
+                    "--type {} does not work with Bitbucket {server_type:?}: use one of {}\n",
+                    kind.name(),
                     names(allowed)
                 )));
             }
@@ -551,7 +552,7 @@ fn credential_secret(
             name: Some(secret_name.to_owned()),
             labels: Some(BTreeMap::from([
                 (MANAGED_BY.into(), MANAGER.into()),
-                (CREDENTIAL_TYPE_LABEL.into(), format!("{kind:?}")),
+                (CREDENTIAL_TYPE_LABEL.into(), kind.name().to_owned()),
             ])),
             annotations: Some(BTreeMap::from([(
                 ALLOWED_SERVERS_ANNOTATION.into(),
@@ -597,7 +598,7 @@ fn put(secret: &mut Secret, key: &str, value: &SecretString) {
 fn names(kinds: &[CredentialType]) -> String {
     kinds
         .iter()
-        .map(|k| format!("{k:?}"))
+        .map(|k| k.name())
         .collect::<Vec<_>>()
         .join(", ")
 }
