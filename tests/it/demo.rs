@@ -43,13 +43,45 @@ fn started_with(marker: &str) -> Vec<(u32, String)> {
     found
 }
 
+/// A terminal's shell starts a foreground job with Ctrl-C's signals at their defaults. The test
+/// may run where they are ignored (a CI job, a shell's background job: `cargo test &`), and an
+/// ignored SIGINT stays ignored through exec, so it is reset for `make run` as a terminal would.
+fn as_a_terminal_job_receives_ctrl_c() -> std::io::Result<()> {
+    for signal in [libc::SIGINT, libc::SIGQUIT] {
+        // SAFETY: signal(2) is async-signal-safe, and this runs in the child between fork and
+        // exec, touching no memory of the parent.
+        if unsafe { libc::signal(signal, libc::SIG_DFL) } == libc::SIG_ERR {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Whatever the demo left running when the test ends, passed or not, is killed, so a failure
+/// here does not leave a control plane behind for the rest of the suite.
+struct Leftovers(String);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for (pid, _) in started_with(&self.0) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
 #[tokio::test]
 async fn ctrl_c_of_make_run_under_a_pipe_leaves_nothing_running() {
     let dir = std::env::temp_dir().join(format!("bbo-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let marker = format!("BBO_DEMO_TEST={}", dir.display());
+    let _leftovers = Leftovers(marker.clone());
     let stderr = std::fs::File::create(dir.join("make-run.stderr")).unwrap();
-    let mut run = crate::support::as_from_a_shell(&mut Command::new("bash"))
+    let mut command = Command::new("bash");
+    // SAFETY: the hook makes only async-signal-safe calls.
+    unsafe { command.pre_exec(as_a_terminal_job_receives_ctrl_c) };
+    let mut run = crate::support::as_from_a_shell(&mut command)
         .args(["-c", "make run | cat"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("BBO_DEMO_TEST", dir.display().to_string())
@@ -116,5 +148,11 @@ async fn ctrl_c_of_make_run_under_a_pipe_leaves_nothing_running() {
         "Ctrl-C of make run | cat (exit {status}) left {left:?} running; make run's stderr:\n{}",
         log()
     );
-    std::fs::remove_dir_all(&dir).unwrap();
+    if let Err(error) = std::fs::remove_dir_all(&dir) {
+        let what = Command::new("find").arg(&dir).output().unwrap();
+        panic!(
+            "after make run stopped, its directory could not be removed ({error}); it holds:\n{}",
+            String::from_utf8_lossy(&what.stdout)
+        );
+    }
 }

@@ -132,6 +132,9 @@ async fn a_leader_that_shuts_down_releases_the_lease_and_the_standby_leads_at_on
         }
     });
 
+    // The watch has begun (its first event is the Lease as it is now) before the leader stops.
+    let mut history = vec![holders.recv().await.expect("the Lease as it is")];
+
     let stopped = Instant::now();
     leader.stop().await;
     eventually("the standby to lead", PATIENCE, || async {
@@ -139,21 +142,23 @@ async fn a_leader_that_shuts_down_releases_the_lease_and_the_standby_leads_at_on
     })
     .await;
     eprintln!("handover after a graceful stop: {:?}", stopped.elapsed());
-    recorder.abort();
-    let mut history = Vec::new();
-    while let Ok(holder) = holders.try_recv() {
-        history.push(holder);
+    // The watch reports each version of the Lease in order, a moment after it is written: read
+    // until the standby's.
+    let taken_by_the_standby = |h: &Option<String>| h.as_deref().is_some_and(|h| h != first);
+    while !history.iter().any(taken_by_the_standby) {
+        match tokio::time::timeout(PATIENCE, holders.recv()).await {
+            Ok(Some(holder)) => history.push(holder),
+            _ => panic!("the watch never showed the standby's Lease: {history:?}"),
+        }
     }
+    recorder.abort();
     // The old leader gave the Lease up (no holder) before the standby took it: it did not
     // wait for the Lease to lapse.
     let released = history
         .iter()
         .position(Option::is_none)
         .unwrap_or_else(|| panic!("the Lease was never released: {history:?}"));
-    let taken = history
-        .iter()
-        .position(|h| h.as_deref().is_some_and(|h| h != first))
-        .unwrap_or_else(|| panic!("the standby never took the Lease: {history:?}"));
+    let taken = history.iter().position(taken_by_the_standby).unwrap();
     assert!(released < taken, "{history:?}");
 }
 
