@@ -296,9 +296,10 @@ async fn generator_latency(client: &Client, requests: usize) -> Vec<Row> {
         shared: operator.shared.clone(),
         token_file,
     });
-    tokio::spawn(bitbucket_operator::generator::serve(
+    tokio::spawn(bitbucket_operator::http::serve(
         listener,
         router,
+        bitbucket_operator::http::ServerLimits::default(),
         std::future::pending(),
     ));
     let http = plain_http();

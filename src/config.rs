@@ -8,6 +8,7 @@ use clap::Args;
 use crate::{
     bitbucket::{AllowList, ListingLimits, RefusedNetworks, RetryPolicy, TransportConfig},
     controller::{Settings, leader::LeaseSettings},
+    http::ServerLimits,
 };
 
 /// Flags of `bitbucket-operator run`.
@@ -80,6 +81,20 @@ pub struct RunArgs {
     #[arg(long, env = "PLUGIN_TOKEN_FILE")]
     pub plugin_token_file: Option<std::path::PathBuf>,
 
+    /// How long a client may take to send a request's head (and how long an idle connection
+    /// is kept), on every port the operator serves.
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = crate::api::parse_duration)]
+    pub http_header_timeout: Duration,
+
+    /// How long one request may take, its body and the answer included, on every port the
+    /// operator serves; a slower one is answered 408.
+    #[arg(long, env = "HTTP_REQUEST_TIMEOUT", default_value = "30s", value_parser = crate::api::parse_duration)]
+    pub http_request_timeout: Duration,
+
+    /// Connections each port serves at once; more wait until one closes.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = ServerLimits::default().max_connections)]
+    pub http_max_connections: usize,
+
     /// For demos and benchmarks only: use this many seconds instead of every
     /// validationInterval and syncInterval.
     #[arg(long, hide = true)]
@@ -87,6 +102,15 @@ pub struct RunArgs {
 }
 
 impl RunArgs {
+    /// What every HTTP server of the operator allows one client.
+    pub fn server_limits(&self) -> ServerLimits {
+        ServerLimits {
+            header_timeout: self.http_header_timeout,
+            request_timeout: self.http_request_timeout,
+            max_connections: self.http_max_connections.max(1),
+        }
+    }
+
     /// The controllers' settings.
     pub fn settings(&self) -> Settings {
         Settings {

@@ -25,12 +25,14 @@ use axum::{
     Json, Router,
     extract::State,
     http::{HeaderMap, StatusCode, header},
+    middleware,
     response::{IntoResponse, Response},
     routing::post,
 };
 use kube::{Api, ResourceExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
+use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::{
     api::{self, BitbucketIntegration, Subscription},
@@ -51,11 +53,37 @@ pub struct Generator {
     pub token_file: PathBuf,
 }
 
-/// The plugin generator's one route.
+/// The most a plugin request may carry: Argo CD sends the ApplicationSet's name and the
+/// generator's few input parameters.
+const MAX_REQUEST_BYTES: usize = 256 * 1024;
+
+/// The plugin generator's one route. The token is checked before anything of the body is read;
+/// a body over [`MAX_REQUEST_BYTES`] is refused (413) before it is read.
 pub fn router(generator: Generator) -> Router {
     Router::new()
         .route("/api/v1/getparams.execute", post(getparams))
+        .layer(RequestBodyLimitLayer::new(MAX_REQUEST_BYTES))
+        .route_layer(middleware::from_fn_with_state(
+            generator.clone(),
+            token_holders_only,
+        ))
         .with_state(generator)
+}
+
+/// Lets through only requests that carry the generator's token; the others are answered 403
+/// from their headers alone.
+async fn token_holders_only(
+    State(generator): State<Generator>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> Response {
+    if !authorized(&generator.token_file, request.headers()) {
+        return refusal(
+            StatusCode::FORBIDDEN,
+            "the bearer token is not the plugin generator's token".into(),
+        );
+    }
+    next.run(request).await
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,17 +115,7 @@ fn refusal(status: StatusCode, message: String) -> Response {
     (status, Json(json!({ "message": message }))).into_response()
 }
 
-async fn getparams(
-    State(generator): State<Generator>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    if !authorized(&generator.token_file, &headers) {
-        return refusal(
-            StatusCode::FORBIDDEN,
-            "the bearer token is not the plugin generator's token".into(),
-        );
-    }
+async fn getparams(State(generator): State<Generator>, body: axum::body::Bytes) -> Response {
     let request: Request = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(error) => {
@@ -262,16 +280,4 @@ fn parameter_set(
         "subscription": subscription,
         "integration": integration,
     })
-}
-
-/// Serves `router` on `listener` until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    tracing::info!(address = ?listener.local_addr().ok(), "serving the ApplicationSet plugin generator");
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
 }

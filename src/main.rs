@@ -43,31 +43,32 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         metrics: Arc::clone(&metrics),
         waiting: waiting.clone(),
     };
+    let limits = args.server_limits();
     let mut servers = vec![tokio::spawn(http::serve(
-        args.metrics_address,
+        http::bind(args.metrics_address, "/metrics").await?,
         http::router(probe.clone()),
+        limits,
         shutdown.clone(),
     ))];
     if args.health_address != args.metrics_address {
         servers.push(tokio::spawn(http::serve(
-            args.health_address,
+            http::bind(args.health_address, "/healthz and /readyz").await?,
             http::router(probe),
+            limits,
             shutdown.clone(),
         )));
     }
 
     let shared = Shared::new(client.clone(), settings.clone(), metrics);
     if let Some(token_file) = args.plugin_token_file.clone() {
-        let listener = tokio::net::TcpListener::bind(args.plugin_address)
-            .await
-            .with_context(|| format!("listening on {}", args.plugin_address))?;
         let router = generator::router(generator::Generator {
             shared: Arc::clone(&shared),
             token_file,
         });
-        servers.push(tokio::spawn(generator::serve(
-            listener,
+        servers.push(tokio::spawn(http::serve(
+            http::bind(args.plugin_address, "the ApplicationSet plugin generator").await?,
             router,
+            limits,
             shutdown.clone(),
         )));
     }

@@ -11,6 +11,7 @@ use crate::support::{
 use bitbucket_operator::{
     api::{CredentialType, Subscription},
     generator::{self, Generator, OFFER_LABEL},
+    http,
 };
 use bitbucket_sim::Fixture;
 use kube::ResourceExt;
@@ -30,7 +31,12 @@ async fn serve(env: &Env) -> String {
         shared: env.operator().shared.clone(),
         token_file,
     });
-    tokio::spawn(generator::serve(listener, router, std::future::pending()));
+    tokio::spawn(http::serve(
+        listener,
+        router,
+        http::ServerLimits::default(),
+        std::future::pending(),
+    ));
     url
 }
 

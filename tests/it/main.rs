@@ -17,6 +17,7 @@ mod demo;
 mod exclusive;
 mod generator;
 mod gitops;
+mod http_servers;
 mod leader;
 mod operator;
 mod plugin;

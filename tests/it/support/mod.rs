@@ -410,6 +410,14 @@ pub const OAUTH_CLIENT_SECRET: &str = "FAKE-oauth-client-secret-acme";
 
 /// An HTTP client that, like a test standing in for a browser needs, shows redirects instead
 /// of following them.
+/// A loopback port nothing listens on now (the OS's pick).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port()
+}
+
 pub fn browser() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::builder()

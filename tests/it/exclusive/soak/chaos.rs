@@ -140,7 +140,7 @@ pub struct OperatorProcess {
 
 impl OperatorProcess {
     pub fn start(kubeconfig: &Path, log: &Path, namespace: &str, servers: &str) -> Self {
-        let metrics_port = free_port();
+        let metrics_port = crate::support::free_port();
         let address = format!("127.0.0.1:{metrics_port}");
         let args = [
             "run",
@@ -235,13 +235,6 @@ pub fn operator_binary() -> PathBuf {
         binary.display()
     );
     binary
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port()
 }
 
 /// The control plane `make test` / `make soak` started (its run directory holds the kubeconfig).
