@@ -292,9 +292,12 @@ async fn a_slow_body_times_out_and_connections_beyond_the_cap_wait() {
         }
         closes.join_all().await.into_iter().min().unwrap()
     });
-    let status = within("the 21st client's answer", answer(&ports.health, &get("/healthz")))
-        .await
-        .unwrap();
+    let status = within(
+        "the 21st client's answer",
+        answer(&ports.health, &get("/healthz")),
+    )
+    .await
+    .unwrap();
     let answered = opened.elapsed();
     let first_closed = within("an idle connection to be closed", idle_closed)
         .await

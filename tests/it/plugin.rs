@@ -639,6 +639,49 @@ async fn sign_in_with_bitbucket_saves_a_refresh_token_the_operator_keeps() {
     );
 }
 
+/// Requests to the sign-in's loopback address that do not carry its `state` (a page that links
+/// there, a stale tab) are answered and ignored: the sign-in waits on, and the real one ends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_callbacks_are_answered_and_ignored_and_the_sign_in_goes_on() {
+    let env = Env::start("plugin-sign-in-forged").await;
+    let signing_in = SigningIn::start(&env, "acme");
+    let authorize = signing_in.authorize_url();
+    let query: std::collections::HashMap<String, String> = url::Url::parse(&authorize)
+        .unwrap()
+        .query_pairs()
+        .into_owned()
+        .collect();
+    let state = &query["state"];
+    assert!(
+        state.len() == 64 && state.chars().all(|c| c.is_ascii_hexdigit()),
+        "256 bits of state: {state}"
+    );
+    let callback = &query["redirect_uri"];
+    for forged in [
+        "code=FORGED-code&state=not-this-sign-in",
+        "error=access_denied&state=",
+        "code=FORGED-code",
+    ] {
+        let answer = crate::support::browser()
+            .get(format!("{callback}?{forged}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 400, "{forged}");
+        let page = answer.text().await.unwrap();
+        assert!(page.contains("not the sign-in"), "{forged}: {page}");
+    }
+    let (_, page) = browse(&authorize).await;
+    assert!(page.contains("Signed in to Bitbucket."), "{page}");
+    let (status, out, err) = signing_in.finish();
+    assert!(status.success(), "{err}");
+    assert!(
+        out.starts_with("BitbucketIntegration acme is Ready ("),
+        "{out}"
+    );
+    assert_eq!(err.matches("Ignored a request").count(), 3, "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_denied_sign_in_saves_nothing() {
     let env = Env::start("plugin-sign-in-denied").await;

@@ -342,15 +342,17 @@ fn grant_error(
     redact: &Redactor,
 ) -> Error {
     match error {
+        // What the endpoint says is quoted as a short printable excerpt: it is the server's
+        // text, on its way to a terminal or a condition.
         RequestTokenError::ServerResponse(answer) => Error::Unauthorized {
-            message: redact.scrub(format!(
+            message: format!(
                 "the OAuth token endpoint refused the consumer: {}{}",
-                answer.error(),
+                redact.excerpt(answer.error().to_string().as_bytes()),
                 answer
                     .error_description()
-                    .map(|d| format!(" ({d})"))
+                    .map(|d| format!(" ({})", redact.excerpt(d.as_bytes())))
                     .unwrap_or_default()
-            )),
+            ),
         },
         RequestTokenError::Request(GrantHttpError::Status(429, retry_after)) => {
             Error::RateLimited { retry_after }
@@ -400,6 +402,32 @@ mod tests {
         fn parsing_any_token_answer_never_panics(body in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
             let _ = serde_json::from_slice::<oauth2::basic::BasicTokenResponse>(&body);
         }
+    }
+
+    #[test]
+    fn a_token_endpoints_refusal_is_quoted_short_and_printable() {
+        use oauth2::{StandardErrorResponse, basic::BasicErrorResponseType};
+        let hostile = format!("\x1b]52;c;cHduZWQ=\x07\u{202e}{}", "x".repeat(1 << 20));
+        let answer = StandardErrorResponse::new(
+            BasicErrorResponseType::Extension(hostile.clone()),
+            Some(format!("{hostile} FAKE-oauth-client-secret")),
+            None,
+        );
+        let redact = Redactor::new([SecretString::from("FAKE-oauth-client-secret")]);
+        let error = grant_error(
+            RequestTokenError::ServerResponse(answer),
+            Duration::from_secs(1),
+            &redact,
+        );
+        let message = error.to_string();
+        assert!(message.len() < 1024, "{} bytes", message.len());
+        assert!(!message.chars().any(char::is_control), "{message:?}");
+        assert!(!message.contains('\u{202e}'), "{message:?}");
+        assert!(!message.contains("FAKE-oauth-client-secret"), "{message}");
+        assert!(
+            message.contains("refused the consumer: ]52;c;cHduZWQ="),
+            "{message}"
+        );
     }
 
     #[test]

@@ -226,7 +226,10 @@ impl Redactor {
         let printable: String = text
             .chars()
             .map(|c| {
-                if c.is_control() || c == '\u{FFFD}' {
+                // Control characters, bidi controls (which reorder what a reader sees) and what
+                // was not UTF-8.
+                let bidi = matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}');
+                if c.is_control() || bidi || c == '\u{FFFD}' {
                     ' '
                 } else {
                     c
@@ -741,6 +744,8 @@ mod tests {
         );
         let binary = Redactor::default().excerpt(&[0xff, 0xfe, b'o', b'k']);
         assert_eq!(binary, "ok");
+        let reordered = Redactor::default().excerpt("user \u{202e}nimda\u{2066}x".as_bytes());
+        assert_eq!(reordered, "user nimda x", "bidi controls are not passed on");
     }
 
     #[test]

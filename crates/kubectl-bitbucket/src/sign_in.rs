@@ -1,21 +1,21 @@
 //! "Sign in with Bitbucket": the OAuth 2.0 authorization-code grant as a native app does it
 //! (RFC 8252). The plugin listens on a loopback port, sends the person to Bitbucket's authorize
 //! page for the consumer they named, receives the code on `http://127.0.0.1:PORT/callback`
-//! (checking `state` against forgery, RFC 6749 §10.12) and exchanges it, with the consumer's
-//! secret, for the user's refresh token. Nothing but loopback is listened on.
+//! and exchanges it, with the consumer's secret, for the user's refresh token. Nothing but
+//! loopback is listened on.
+//!
+//! Against forgery (RFC 6749 §10.12): `state` is 256 bits from the operating system's CSPRNG,
+//! and only a callback that carries it ends the wait; any other is answered and ignored, so a
+//! page that links to the port cannot end or steer the sign-in. Bitbucket Cloud documents no
+//! PKCE (`SECURITY.md` says what was found); a code that leaks is of no use without the
+//! consumer's secret, which the exchange needs.
 
-use std::{
-    collections::HashMap,
-    net::Ipv4Addr,
-    str::FromStr,
-    sync::{Arc, Mutex, PoisonError},
-    time::Duration,
-};
+use std::{collections::HashMap, net::Ipv4Addr, str::FromStr, sync::Arc, time::Duration};
 
-use axum::{Router, extract::Query, response::Html, routing::get};
+use axum::{Router, extract::Query, http::StatusCode, response::Html, routing::get};
 use k8s_openapi::api::core::v1::Secret;
 use secrecy::SecretString;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 use url::Url;
 
 use super::{Outcome, terminal::Terminal};
@@ -45,15 +45,20 @@ pub async fn sign_in(
 ) -> Result<SecretString, Outcome> {
     let consumer = Consumer::of(terminal, integration, secret)?;
     let (listener, redirect) = listen_on_loopback(terminal, browser.port).await?;
-    let state: String = std::iter::repeat_with(fastrand::alphanumeric)
-        .take(32)
-        .collect();
+    let state = unguessable_state().map_err(|e| failed(terminal, e))?;
     send_to_bitbucket(&consumer, &state, &redirect, browser.open);
     let code = wait_for_code(terminal, listener, &consumer, &state).await?;
     let refresh_token =
         exchange_code(terminal, &consumer, client_secret, &code, &redirect, secret).await?;
     eprintln!("Signed in.");
     Ok(refresh_token)
+}
+
+/// A sign-in's `state`: 32 bytes from the operating system's CSPRNG, as 64 hex digits.
+fn unguessable_state() -> Result<String, String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| format!("no random numbers from the system: {e}"))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// The outcome of a sign-in that failed for `message`.
@@ -133,18 +138,12 @@ async fn wait_for_code(
     consumer: &Consumer,
     state: &str,
 ) -> Result<String, Outcome> {
-    let Some(mut query) = callback(listener).await else {
+    let Some(mut query) = callback(listener, state).await else {
         return Err(failed(
             terminal,
             format!("no answer from Bitbucket within {}s", PATIENCE.as_secs()),
         ));
     };
-    if query.get("state").map(String::as_str) != Some(state) {
-        return Err(failed(
-            terminal,
-            "the answer did not carry this sign-in's state (a forged or stale redirect); try again",
-        ));
-    }
     if let Some(error) = query.get("error") {
         return Err(failed(
             terminal,
@@ -196,31 +195,20 @@ async fn exchange_code(
     .map_err(|e| failed(terminal, e))
 }
 
-/// Serves `/callback` on `listener` until the browser arrives there once; its query.
-async fn callback(listener: tokio::net::TcpListener) -> Option<HashMap<String, String>> {
-    let (arrived, answer) = oneshot::channel::<HashMap<String, String>>();
-    let arrived = Arc::new(Mutex::new(Some(arrived)));
+/// Serves `/callback` on `listener` until the browser arrives there with `state` (or
+/// [`PATIENCE`] runs out); its query. A callback without this state (a stale tab, another
+/// sign-in, a page that links here) is answered, said on the terminal, and otherwise ignored.
+async fn callback(
+    listener: tokio::net::TcpListener,
+    state: &str,
+) -> Option<HashMap<String, String>> {
+    let (arrived, mut answers) = mpsc::channel::<HashMap<String, String>>(1);
+    let state: Arc<str> = state.into();
     let app = Router::new().route(
         "/callback",
         get(move |Query(query): Query<HashMap<String, String>>| {
-            let arrived = Arc::clone(&arrived);
-            async move {
-                let page = if query.contains_key("code") {
-                    "Signed in to Bitbucket. You can close this window and return to the terminal."
-                } else {
-                    "Bitbucket did not sign you in; the terminal says why."
-                };
-                if let Some(arrived) = arrived
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .take()
-                {
-                    let _ = arrived.send(query);
-                }
-                Html(format!(
-                    "<!doctype html><title>kubectl bitbucket</title><p>{page}</p>"
-                ))
-            }
+            let (arrived, state) = (arrived.clone(), Arc::clone(&state));
+            async move { answer_callback(query, &state, &arrived) }
         }),
     );
     let (stop, stopped) = oneshot::channel::<()>();
@@ -231,11 +219,47 @@ async fn callback(listener: tokio::net::TcpListener) -> Option<HashMap<String, S
             })
             .into_future(),
     );
-    let query = tokio::time::timeout(PATIENCE, answer).await.ok()?.ok();
+    let query = tokio::time::timeout(PATIENCE, answers.recv()).await.ok()?;
     // The page is sent before the server stops: graceful shutdown finishes requests in flight.
     let _ = stop.send(());
     let _ = server.await;
     query
+}
+
+/// The page for one callback; a callback with `state` is handed on (the first only).
+fn answer_callback(
+    query: HashMap<String, String>,
+    state: &str,
+    arrived: &mpsc::Sender<HashMap<String, String>>,
+) -> (StatusCode, Html<String>) {
+    let page = |status, text: &str| {
+        let html = format!("<!doctype html><title>kubectl bitbucket</title><p>{text}</p>");
+        (status, Html(html))
+    };
+    if query.get("state").map(String::as_str) != Some(state) {
+        eprintln!(
+            "Ignored a request to the sign-in's address that did not come from this sign-in \
+             (no or another state); still waiting."
+        );
+        return page(
+            StatusCode::BAD_REQUEST,
+            "This is not the sign-in kubectl bitbucket is waiting for, so it was ignored. \
+             Use the address the terminal shows.",
+        );
+    }
+    let signed_in = query.contains_key("code") && !query.contains_key("error");
+    let _ = arrived.try_send(query);
+    if signed_in {
+        page(
+            StatusCode::OK,
+            "Signed in to Bitbucket. You can close this window and return to the terminal.",
+        )
+    } else {
+        page(
+            StatusCode::OK,
+            "Bitbucket did not sign you in; the terminal says why.",
+        )
+    }
 }
 
 /// Opens `url` in the desktop's browser, where there is a desktop.
