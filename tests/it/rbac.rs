@@ -42,10 +42,17 @@ fn the_cluster_role_and_the_namespaced_role_grant_the_same_rules() {
     );
 }
 
-/// A client acting as the ServiceAccount `bitbucket-operator` of `namespace`.
-async fn impersonating(namespace: &str) -> Client {
+/// The operator's ServiceAccount as `deploy/` installs it, which the Secret-writes policy's
+/// binding names.
+const OPERATOR: (&str, &str) = (
+    bitbucket_operator::api::admission::OPERATOR_NAMESPACE,
+    bitbucket_operator::api::admission::OPERATOR_SERVICE_ACCOUNT,
+);
+
+/// A client acting as the ServiceAccount `name` of `namespace`.
+async fn impersonating((namespace, name): (&str, &str)) -> Client {
     crate::support::impersonating(
-        &format!("system:serviceaccount:{namespace}:bitbucket-operator"),
+        &format!("system:serviceaccount:{namespace}:{name}"),
         &[
             "system:serviceaccounts",
             &format!("system:serviceaccounts:{namespace}"),
@@ -54,27 +61,39 @@ async fn impersonating(namespace: &str) -> Client {
     .await
 }
 
-/// The ServiceAccount, the shipped namespaced Role and the Lease's Role, bound in `namespace`
-/// (which stands for the operator's own too); a client acting as that ServiceAccount.
+/// The operator's ServiceAccount (created if missing, never deleted: other tests share it), the
+/// shipped namespaced Role and the Lease's Role bound to it in `namespace` (which stands for
+/// the operator's own too); a client acting as that ServiceAccount.
 async fn deployed_identity(admin: &Client, namespace: &str) -> Client {
+    let (home, name) = OPERATOR;
+    let own = serde_json::json!([
+        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": home}},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": home}},
+    ]);
+    for result in apply_manifests(admin, home, own.as_array().unwrap()).await {
+        result.unwrap();
+    }
+    bind_shipped_roles(admin, namespace, OPERATOR).await;
+    impersonating(OPERATOR).await
+}
+
+/// The shipped namespaced Role and the Lease's Role in `namespace`, bound to `account`.
+async fn bind_shipped_roles(admin: &Client, namespace: &str, (home, name): (&str, &str)) {
     let mut manifests =
         yaml_documents(&std::fs::read_to_string("deploy/namespaced/role.yaml").unwrap());
     manifests.extend(yaml_documents(
         &std::fs::read_to_string("deploy/lease.yaml").unwrap(),
     ));
-    manifests.push(serde_json::json!({
-        "apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "bitbucket-operator"}
-    }));
     for manifest in &mut manifests {
         manifest["metadata"]["namespace"] = namespace.into();
         if let Some(subjects) = manifest.get_mut("subjects") {
-            subjects[0]["namespace"] = namespace.into();
+            subjects[0]["namespace"] = home.into();
+            subjects[0]["name"] = name.into();
         }
     }
     for result in apply_manifests(admin, namespace, &manifests).await {
         result.unwrap();
     }
-    impersonating(namespace).await
 }
 
 /// Settings of the operator in `namespace`, leading with the Lease as deployed.
@@ -313,6 +332,8 @@ async fn a_signed_in_users_rotated_refresh_token_is_saved_and_nothing_else_may_b
     for patch in [
         serde_json::json!({"data": {"clientSecret": "c3RvbGVu"}}),
         serde_json::json!({"metadata": {"annotations": {ALLOWED_SERVERS_ANNOTATION: "https://elsewhere.example"}}}),
+        serde_json::json!({"immutable": true}),
+        serde_json::json!({"metadata": {"finalizers": ["example.com/hold"]}}),
     ] {
         let message = refusal(write("acme-oauth", patch).await);
         assert!(
@@ -428,4 +449,113 @@ async fn a_signed_in_users_rotated_refresh_token_is_saved_and_nothing_else_may_b
         ),
         "{message}"
     );
+}
+
+/// `deploy/` under a kustomize overlay that renames everything (`namePrefix`) and moves the
+/// operator to another namespace: the Secret-writes policy still narrows the ServiceAccount the
+/// overlay creates, so its RBAC `patch` on Secrets is not left wide open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_secret_writes_policy_follows_a_kustomize_name_prefix_and_namespace() {
+    let admin = client().await;
+    install_crds(&admin).await;
+    let ns = TestNamespace::create(&admin, "rbac-prefix").await;
+    // The overlay beside the repository's deploy/ (kustomize loads bases by relative path).
+    let overlay = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join(format!("overlay-{}", ns.name));
+    std::fs::create_dir_all(&overlay).unwrap();
+    let prefix = format!("{}-", ns.name);
+    std::fs::write(
+        overlay.join("kustomization.yaml"),
+        format!(
+            "namePrefix: {prefix}\nnamespace: {}\nresources:\n  - ../../deploy\n",
+            ns.name
+        ),
+    )
+    .unwrap();
+    let rendered = crate::support::kubectl_ok(&["kustomize", overlay.to_str().unwrap()]);
+    std::fs::remove_dir_all(&overlay).unwrap();
+    let account = format!("{prefix}bitbucket-operator");
+    let wanted: Vec<Value> = yaml_documents(&rendered)
+        .into_iter()
+        .filter(|d| {
+            let name = d["metadata"]["name"].as_str().unwrap_or_default();
+            (d["kind"] == "ServiceAccount" && name == account)
+                || name
+                    == format!(
+                        "{prefix}{}",
+                        bitbucket_operator::api::admission::OPERATOR_SECRET_WRITES_POLICY
+                    )
+        })
+        .map(|mut d| {
+            if d["kind"] != "ServiceAccount" {
+                // (kustomize does not know these kinds are cluster-scoped.)
+                d["metadata"].as_object_mut().unwrap().remove("namespace");
+            }
+            d
+        })
+        .collect();
+    assert_eq!(
+        wanted.len(),
+        3,
+        "the ServiceAccount, the policy and its binding: {rendered}"
+    );
+    let binding = wanted
+        .iter()
+        .find(|d| d["kind"] == "ValidatingAdmissionPolicyBinding")
+        .unwrap();
+    assert_eq!(binding["spec"]["paramRef"]["name"], account.as_str());
+    assert_eq!(binding["spec"]["paramRef"]["namespace"], ns.name.as_str());
+    for result in apply_manifests(&admin, &ns.name, &wanted).await {
+        result.unwrap();
+    }
+    bind_shipped_roles(&admin, &ns.name, (&ns.name, &account)).await;
+    let as_operator: Api<Secret> =
+        Api::namespaced(impersonating((&ns.name, &account)).await, &ns.name);
+    Api::<Secret>::namespaced(admin.clone(), &ns.name)
+        .create(
+            &PostParams::default(),
+            &string_secret("plain", &[("token", "x")]),
+        )
+        .await
+        .unwrap();
+    let patch = serde_json::json!({"data": {"token": "eQ=="}});
+    let dry_run = PatchParams {
+        dry_run: true,
+        ..PatchParams::default()
+    };
+    let policy = format!(
+        "{prefix}{}",
+        bitbucket_operator::api::admission::OPERATOR_SECRET_WRITES_POLICY
+    );
+    let refused = eventually(
+        "the renamed policy to refuse the renamed account",
+        PATIENCE,
+        || async {
+            match as_operator
+                .patch("plain", &dry_run, &Patch::Merge(&patch))
+                .await
+            {
+                Err(kube::Error::Api(status)) if status.message.contains(&policy) => {
+                    Some(status.message)
+                }
+                _ => None,
+            }
+        },
+    )
+    .await;
+    assert!(
+        refused.contains("the operator may only write Secrets labelled"),
+        "{refused}"
+    );
+    // The cluster-scoped objects this test added.
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    let _ = Api::<ValidatingAdmissionPolicyBinding>::all(admin.clone())
+        .delete(&policy, &DeleteParams::default())
+        .await;
+    let _ = Api::<ValidatingAdmissionPolicy>::all(admin.clone())
+        .delete(&policy, &DeleteParams::default())
+        .await;
 }

@@ -13,8 +13,9 @@
 //! The third limits the operator itself. Its RBAC may `patch` Secrets — to save the refresh
 //! tokens Bitbucket rotates for signed-in users (`OAuthUser`), without which such an integration
 //! is locked out — but RBAC cannot narrow a verb by label or key. The policy does: a request by
-//! a ServiceAccount named `bitbucket-operator` (in any namespace) may only change
-//! `data.refreshToken` of a Secret labelled `scm.shippable.io/credential-type: OAuthUser`, and
+//! the operator's ServiceAccount (the one its binding names, as installed) may only change
+//! `data.refreshToken` of a Secret labelled `scm.shippable.io/credential-type: OAuthUser` —
+//! nothing of its type, `immutable`, labels, annotations, finalizers, owners or other keys — and
 //! may not create or delete Secrets at all.
 
 use k8s_openapi::{
@@ -37,6 +38,12 @@ pub const INTEGRATION_DELETING_POLICY: &str = "subscription-integration-deleting
 /// Refuses the operator's writes to Secrets other than a refresh token of an `OAuthUser` one.
 pub const OPERATOR_SECRET_WRITES_POLICY: &str = "bitbucket-operator-secret-writes.scm.shippable.io";
 
+/// The operator's ServiceAccount and namespace as `deploy/` installs them: the parameter of the
+/// Secret-writes policy's binding. Kustomize renames the reference with the ServiceAccount
+/// (`deploy/kustomizeconfig.yaml`); the chart puts its release namespace here.
+pub const OPERATOR_SERVICE_ACCOUNT: &str = "bitbucket-operator";
+pub const OPERATOR_NAMESPACE: &str = "bitbucket-operator";
+
 /// Every policy, each with its binding, in a stable order.
 pub fn policies() -> Vec<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding)> {
     vec![
@@ -58,7 +65,17 @@ pub fn policies() -> Vec<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBi
         ),
         (
             operator_secret_writes(),
-            binding(OPERATOR_SECRET_WRITES_POLICY, None),
+            binding(
+                OPERATOR_SECRET_WRITES_POLICY,
+                Some(ParamRef {
+                    name: Some(OPERATOR_SERVICE_ACCOUNT.into()),
+                    namespace: Some(OPERATOR_NAMESPACE.into()),
+                    // Without that ServiceAccount there is no operator to narrow; every other
+                    // writer of Secrets must not be refused for it.
+                    parameter_not_found_action: Some("Allow".into()),
+                    ..ParamRef::default()
+                }),
+            ),
         ),
     ]
 }
@@ -182,10 +199,16 @@ fn operator_secret_writes() -> ValidatingAdmissionPolicy {
         ValidatingAdmissionPolicySpec {
             failure_policy: Some("Fail".into()),
             match_constraints: Some(matching_in("", "secrets", &["CREATE", "UPDATE", "DELETE"])),
+            // The parameter is the operator's ServiceAccount, as installed (the binding names
+            // it; kustomize's namePrefix and namespace, and the chart's release namespace, follow).
+            param_kind: Some(ParamKind {
+                api_version: Some("v1".into()),
+                kind: Some("ServiceAccount".into()),
+            }),
             match_conditions: Some(vec![MatchCondition {
                 name: "by-the-operator".into(),
-                expression: "request.userInfo.username.startsWith('system:serviceaccount:') && \
-                             request.userInfo.username.endsWith(':bitbucket-operator')"
+                expression: "request.userInfo.username == 'system:serviceaccount:' + \
+                             params.metadata.namespace + ':' + params.metadata.name"
                     .into(),
             }]),
             variables: Some(vec![
@@ -213,7 +236,9 @@ fn operator_secret_writes() -> ValidatingAdmissionPolicy {
                         &unchanged("labels"),
                         &unchanged("annotations"),
                         &unchanged("ownerReferences"),
+                        &unchanged("finalizers"),
                         "object.?type.orValue('') == oldObject.?type.orValue('')",
+                        "object.?immutable.orValue(false) == oldObject.?immutable.orValue(false)",
                     ]
                     .join(" && "),
                     message: Some(
@@ -335,13 +360,19 @@ mod tests {
                 rules[0].api_groups.as_deref(),
                 Some(&[group.to_owned()][..])
             );
-            // The Secrets policy applies only to the operator's own requests.
+            // The Secrets policy applies only to the requests of the ServiceAccount its binding
+            // names.
             assert_eq!(
                 secrets,
                 spec.match_conditions.is_some_and(|c| c
                     .iter()
-                    .any(|c| c.expression.contains(":bitbucket-operator")))
+                    .any(|c| c.expression.contains("params.metadata.name")))
             );
+            if secrets {
+                let param = binding.spec.as_ref().unwrap().param_ref.clone().unwrap();
+                assert_eq!(param.name.as_deref(), Some(OPERATOR_SERVICE_ACCOUNT));
+                assert_eq!(param.namespace.as_deref(), Some(OPERATOR_NAMESPACE));
+            }
             assert_eq!(rules[0].resources.as_ref().unwrap().len(), 1);
             assert!(!rules[0].resources.as_ref().unwrap()[0].contains('/'));
             assert_eq!(

@@ -144,6 +144,11 @@ pub fn chart_files() -> Vec<(String, String)> {
             } else {
                 "crds"
             };
+            // The operator's ServiceAccount is in the release's namespace.
+            let yaml = yaml.replace(
+                &format!("    namespace: {}\n", admission::OPERATOR_NAMESPACE),
+                "    namespace: {{ .Release.Namespace }}\n",
+            );
             (format!("{folder}/{file}"), yaml)
         })
         .collect()

@@ -263,7 +263,8 @@ pub fn yaml_documents(yaml: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// An `Api` for the kind a manifest names, found through the server's discovery.
+/// An `Api` for the kind a manifest names, found through the server's discovery (in
+/// `namespace` if the kind is namespaced).
 pub async fn api_for(
     client: &Client,
     namespace: &str,
@@ -272,10 +273,15 @@ pub async fn api_for(
     let types: kube::api::TypeMeta =
         serde_json::from_value(manifest.clone()).expect("a manifest has apiVersion and kind");
     let gvk = kube::api::GroupVersionKind::try_from(&types).expect("a valid apiVersion");
-    let (resource, _) = kube::discovery::pinned_kind(client, &gvk)
+    let (resource, capabilities) = kube::discovery::pinned_kind(client, &gvk)
         .await
         .unwrap_or_else(|e| panic!("the server does not serve {gvk:?}: {e}"));
-    Api::namespaced_with(client.clone(), namespace, &resource)
+    match capabilities.scope {
+        kube::discovery::Scope::Cluster => Api::all_with(client.clone(), &resource),
+        kube::discovery::Scope::Namespaced => {
+            Api::namespaced_with(client.clone(), namespace, &resource)
+        }
+    }
 }
 
 /// Applies each manifest into `namespace` with server-side apply, as `kubectl apply
