@@ -62,6 +62,13 @@ pub struct RunArgs {
     #[arg(long, env = "REFUSED_NETWORKS", default_value_t = RefusedNetworks::default())]
     pub refused_networks: RefusedNetworks,
 
+    /// Let a Secret's consent alone send its credential to a loopback or cluster-internal server
+    /// (`localhost`, `127.0.0.1`, `*.svc`, a single-label name): for a local demo with the
+    /// Bitbucket simulator on loopback. Off: only --allowed-servers may name one, since it
+    /// reaches the operator's own pod and the cluster's services.
+    #[arg(long, env = "INTERNAL_SERVERS_BY_CONSENT")]
+    pub internal_servers_by_consent: bool,
+
     /// Run as one of several replicas: lead with the Lease `--lease-name` in this namespace
     /// (the pod's own, from the downward API), reconciling only while holding it. Unset: this
     /// process reconciles alone, without a Lease.
@@ -126,6 +133,7 @@ impl RunArgs {
                 retry: RetryPolicy::default(),
                 allowed: self.allowed_servers.clone(),
                 refused: Arc::new(self.refused_networks.clone()),
+                internal_by_consent: self.internal_servers_by_consent,
                 listing: ListingLimits {
                     max_repositories: self.max_repositories.max(1),
                     deadline: self.listing_deadline,

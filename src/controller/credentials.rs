@@ -197,6 +197,7 @@ fn build(
     let server = credential::server(&spec.server).map_err(ResolveError::InvalidSpec)?;
     let consent = consent(&secret, secret_name)?;
     let operator = transport.allowed.clone();
+    let internal_by_consent = transport.internal_by_consent;
     let transport = TransportConfig {
         ca_bundle_pem: ca.map(|(pem, _)| pem),
         allowed: consent
@@ -206,17 +207,28 @@ fn build(
     };
     let refused = Arc::clone(&transport.refused);
     let credentials = credential.for_server(spec.server.server_type);
-    let mut client = bitbucket::Client::new(server, credentials, transport)
-        .map_err(|e| ResolveError::InvalidSpec(e.to_string()))?;
+    let new_client = |transport| {
+        bitbucket::Client::new(server.clone(), credentials.clone(), transport)
+            .map_err(|e| ResolveError::InvalidSpec(e.to_string()))
+    };
+    let mut client = new_client(transport.clone())?;
+    let mut consent_only = false;
     for (what, url) in client.endpoints() {
-        reachable(
-            what,
-            &url,
-            &operator,
-            consent.as_ref(),
-            &refused,
+        let rule = Rule {
+            operator: &operator,
+            consent: consent.as_ref(),
+            internal_by_consent,
+            refused: &refused,
             secret_name,
-        )?;
+        };
+        consent_only |= rule.check(what, &url)?;
+    }
+    if consent_only && !internal_by_consent {
+        // A consented name must not resolve to the operator's own pod either.
+        client = new_client(TransportConfig {
+            refused: Arc::new(refused.and_loopback()),
+            ..transport
+        })?;
     }
     let written = Arc::new(Mutex::new(None));
     if let Some(refresh_token) = refresh_token {
@@ -325,34 +337,58 @@ fn consent(secret: &Secret, secret_name: &str) -> Result<Option<AllowList>, Reso
     })
 }
 
-/// Refuses, before anything is sent, an endpoint that neither the operator nor the Secret
-/// allows, or that names a refused address; the message names the rule.
-fn reachable(
-    what: &str,
-    url: &Url,
-    operator: &AllowList,
-    consent: Option<&AllowList>,
-    refused: &bitbucket::RefusedNetworks,
-    secret_name: &str,
-) -> Result<(), ResolveError> {
-    let shown = reach::without_query(url);
-    if !operator.permits(url) && !consent.is_some_and(|c| c.permits(url)) {
-        let secret_says = match consent {
-            Some(_) => format!(
-                "Secret {secret_name}'s annotation {ALLOWED_SERVERS_ANNOTATION} does not name it"
-            ),
-            None => format!("Secret {secret_name} has no annotation {ALLOWED_SERVERS_ANNOTATION}"),
-        };
-        return Err(ResolveError::ServerNotAllowed(format!(
-            "{what} {shown} is not allowed for the credential in Secret {secret_name}: it is not \
-             among the operator's allowed servers ({operator}) and {secret_says}"
-        )));
-    }
-    match reach::literal_refused(url, refused) {
-        Some(refusal) => Err(ResolveError::ServerNotAllowed(
-            bitbucket::Error::from(refusal).to_string(),
-        )),
-        None => Ok(()),
+/// Where the credential of one Secret may go: the operator's allow-list, the Secret's consent
+/// and the refused networks.
+struct Rule<'a> {
+    operator: &'a AllowList,
+    consent: Option<&'a AllowList>,
+    internal_by_consent: bool,
+    refused: &'a bitbucket::RefusedNetworks,
+    secret_name: &'a str,
+}
+
+impl Rule<'_> {
+    /// Refuses, before anything is sent, an endpoint that neither the operator nor the Secret
+    /// allows, a loopback or cluster-internal one that only the Secret allows, or one that names
+    /// a refused address; the message names the rule. `Ok(true)`: only the Secret's consent
+    /// allows it.
+    fn check(&self, what: &str, url: &Url) -> Result<bool, ResolveError> {
+        let Rule {
+            operator,
+            consent,
+            internal_by_consent,
+            refused,
+            secret_name,
+        } = self;
+        let shown = reach::without_query(url);
+        let by_operator = operator.permits(url);
+        if !by_operator && !consent.is_some_and(|c| c.permits(url)) {
+            let secret_says = match consent {
+                Some(_) => format!(
+                    "Secret {secret_name}'s annotation {ALLOWED_SERVERS_ANNOTATION} does not name it"
+                ),
+                None => {
+                    format!("Secret {secret_name} has no annotation {ALLOWED_SERVERS_ANNOTATION}")
+                }
+            };
+            return Err(ResolveError::ServerNotAllowed(format!(
+                "{what} {shown} is not allowed for the credential in Secret {secret_name}: it is \
+                 not among the operator's allowed servers ({operator}) and {secret_says}"
+            )));
+        }
+        if let Some(why) = reach::internal(url).filter(|_| !by_operator && !internal_by_consent) {
+            return Err(ResolveError::ServerNotAllowed(format!(
+                "{what} {shown} is {why}: only the operator's allowed servers \
+                 (--allowed-servers, now {operator}) may name one, not Secret {secret_name}'s \
+                 annotation {ALLOWED_SERVERS_ANNOTATION} alone"
+            )));
+        }
+        match reach::literal_refused(url, refused) {
+            Some(refusal) => Err(ResolveError::ServerNotAllowed(
+                bitbucket::Error::from(refusal).to_string(),
+            )),
+            None => Ok(!by_operator),
+        }
     }
 }
 

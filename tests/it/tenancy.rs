@@ -69,12 +69,19 @@ impl Tenancy {
     /// The namespace, its tenant, and the Secret `team-token` that the administrator wrote:
     /// a Cloud API token consenting to the team's real server (the simulator) only.
     async fn start(prefix: &str, lookup: Option<Lookup>) -> Self {
-        let env = Env::start_with(prefix, Fixture::demo(), |settings| {
+        Self::start_with(prefix, |settings| {
             if let Some(lookup) = lookup {
                 settings.transport.lookup = lookup;
             }
         })
-        .await;
+        .await
+    }
+
+    async fn start_with(
+        prefix: &str,
+        settings: impl FnOnce(&mut bitbucket_operator::controller::Settings),
+    ) -> Self {
+        let env = Env::start_with(prefix, Fixture::demo(), settings).await;
         env.secret(
             "team-token",
             &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
@@ -392,4 +399,64 @@ async fn a_ca_bundle_is_read_only_from_the_integrations_namespace() {
         ("SecretNotFound", "Secret ca not found")
     );
     assert_eq!(t.env.sim.control().counters().total, 0, "nothing was sent");
+}
+
+/// A Secret's consent alone never sends its credential to the operator's own pod or the
+/// cluster's services (as the operator runs by default): a consented loopback server is refused
+/// before anything is sent, and a consented name that resolves to loopback where it connects.
+/// (The demo's operator names its loopback simulator in `--allowed-servers`, which works:
+/// `demo::ctrl_c_of_make_run_under_a_pipe_leaves_nothing_running` waits for it to be Ready.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loopback_and_cluster_internal_servers_need_the_operators_own_allow_list() {
+    let system = system_lookup();
+    let lookup: Lookup = Arc::new(move |host: String| {
+        if host == "bitbucket.team.example" {
+            let loopback: IpAddr = "127.0.0.1".parse().unwrap();
+            Box::pin(async move { Ok(vec![loopback]) })
+        } else {
+            system(host)
+        }
+    });
+    let t = Tenancy::start_with("tenant-internal", |settings| {
+        settings.transport.lookup = lookup;
+        settings.transport.internal_by_consent = false;
+    })
+    .await;
+    // team-token consents to the team's simulator, on loopback.
+    let url = t.env.sim.cloud_api_url();
+    t.integration("team", &url, CredentialType::ApiToken, "team-token")
+        .await;
+    let stalled = t.stalled("team").await;
+    assert_eq!(stalled.reason, "ServerNotAllowed");
+    assert_eq!(
+        stalled.message,
+        format!(
+            "server {url} is a loopback address: only the operator's allowed servers \
+             (--allowed-servers, now cloud) may name one, not Secret team-token's annotation \
+             scm.shippable.io/allowed-servers alone"
+        )
+    );
+
+    let port = url::Url::parse(&url).unwrap().port().unwrap();
+    let named = format!("https://bitbucket.team.example:{port}");
+    t.consenting_secret("named-token", &named).await;
+    t.integration(
+        "named",
+        &format!("{named}/2.0"),
+        CredentialType::ApiToken,
+        "named-token",
+    )
+    .await;
+    let stalled = t.stalled("named").await;
+    assert_eq!(stalled.reason, "ServerNotAllowed");
+    assert!(
+        stalled.message.contains(
+            "bitbucket.team.example is 127.0.0.1, a loopback address, the operator's own pod, \
+             which a Secret's consent alone cannot name"
+        ),
+        "{}",
+        stalled.message
+    );
+    let seen = t.env.sim.control().counters();
+    assert_eq!(seen.total, 0, "the loopback server saw requests: {seen:?}");
 }

@@ -197,6 +197,10 @@ const KNOWN: [(&str, &str); 4] = [
     ),
 ];
 
+/// Loopback and the unspecified addresses (which reach the local host): where the pod's own
+/// ports and its sidecars listen.
+const LOOPBACK: [&str; 4] = ["127.0.0.0/8", "::1/128", "0.0.0.0/8", "::/128"];
+
 impl Default for RefusedNetworks {
     fn default() -> Self {
         Self(
@@ -213,6 +217,18 @@ impl RefusedNetworks {
     /// always has a list).
     pub fn none() -> Self {
         Self(Vec::new())
+    }
+
+    /// These networks and loopback: for a client whose server only a Secret's consent allows,
+    /// so that a consented name that resolves to loopback is refused where it connects.
+    pub fn and_loopback(&self) -> Self {
+        let mut nets = self.0.clone();
+        nets.extend(
+            LOOPBACK
+                .iter()
+                .map(|net| net.parse::<IpNet>().expect("valid networks")),
+        );
+        Self(nets)
     }
 
     /// Why `address` is refused, or `None` when it is not. An IPv4 address inside an IPv6 one
@@ -233,8 +249,49 @@ impl RefusedNetworks {
             .find(|(text, _)| text.parse::<IpNet>().ok().as_ref() == Some(net));
         Some(match known {
             Some((_, what)) => (*what).to_owned(),
+            None if LOOPBACK
+                .iter()
+                .any(|l| l.parse::<IpNet>().ok().as_ref() == Some(net)) =>
+            {
+                "a loopback address, the operator's own pod, which a Secret's consent alone \
+                 cannot name"
+                    .to_owned()
+            }
             None => format!("in {net}, a network the operator refuses"),
         })
+    }
+}
+
+/// Why `url` names a server inside the operator's own pod or cluster, or `None`: a loopback or
+/// unspecified address in any spelling (the URL parser canonicalises decimal, octal and hex
+/// IPv4; an IPv4 address inside an IPv6 one counts as itself), `localhost`, a cluster DNS name
+/// (`.svc`, `.cluster.local`) or a single-label name (which the pod's DNS search list resolves
+/// inside the cluster). Only the operator's own allow-list may send a credential there.
+pub fn internal(url: &Url) -> Option<&'static str> {
+    let local = |ip: IpAddr| {
+        let ip = match ip.to_canonical() {
+            IpAddr::V6(v6) => embedded_ipv4(v6).map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        ip.is_loopback()
+            || ip.is_unspecified()
+            || matches!(ip, IpAddr::V4(v4) if v4.octets()[0] == 0)
+    };
+    match url.host()? {
+        Host::Ipv4(v4) => local(IpAddr::V4(v4)).then_some("a loopback address"),
+        Host::Ipv6(v6) => local(IpAddr::V6(v6)).then_some("a loopback address"),
+        Host::Domain(name) => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
+            if name == "localhost" || name.ends_with(".localhost") {
+                Some("a loopback address")
+            } else if [".svc", ".cluster.local"].iter().any(|s| name.ends_with(s))
+                || !name.contains('.')
+            {
+                Some("a cluster-internal name")
+            } else {
+                None
+            }
+        }
     }
 }
 
@@ -392,6 +449,60 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use super::*;
+
+    #[test]
+    fn loopback_and_cluster_names_are_internal_in_every_spelling() {
+        for url in [
+            "http://localhost:7990",
+            "http://LOCALHOST.:7990",
+            "http://bitbucket.localhost",
+            "http://127.0.0.1:7990",
+            "http://127.1",
+            "http://2130706433",
+            "http://0x7f.1",
+            "http://0177.0.0.1",
+            "http://0.0.0.0",
+            "http://[::1]:7990",
+            "http://[::ffff:127.0.0.1]",
+            "http://[::ffff:7f00:1]",
+            "http://[64:ff9b::7f00:1]",
+            "http://[::]",
+            "http://bitbucket.bitbucket.svc",
+            "http://bitbucket.bitbucket.svc.cluster.local.",
+            "http://bitbucket",
+        ] {
+            let parsed = Url::parse(url).unwrap();
+            assert!(internal(&parsed).is_some(), "{url} is internal");
+        }
+        for url in [
+            "https://bitbucket.example.com",
+            "https://api.bitbucket.org/2.0",
+            "https://10.0.0.5:7990",
+            "https://[2001:db8::1]",
+        ] {
+            let parsed = Url::parse(url).unwrap();
+            assert_eq!(internal(&parsed), None, "{url} is not internal");
+        }
+    }
+
+    #[test]
+    fn with_loopback_a_consented_client_refuses_its_own_pod() {
+        let refused = RefusedNetworks::default().and_loopback();
+        for address in [
+            "127.0.0.1",
+            "127.9.9.9",
+            "::1",
+            "::ffff:127.0.0.1",
+            "0.0.0.0",
+        ] {
+            let why = refused.refuses(address.parse().unwrap());
+            assert!(why.is_some_and(|w| w.contains("loopback")), "{address}");
+        }
+        assert_eq!(
+            RefusedNetworks::default().refuses("127.0.0.1".parse().unwrap()),
+            None
+        );
+    }
 
     fn url(text: &str) -> Url {
         Url::parse(text).unwrap()

@@ -87,6 +87,10 @@ pub struct TransportConfig {
     pub lookup: Lookup,
     /// The bounds of each repository listing.
     pub listing: crate::ListingLimits,
+    /// Whether whoever joins `allowed` with a Secret's consent (the operator) lets the consent
+    /// alone name a loopback or cluster-internal server ([`crate::reach::internal`]). Off by
+    /// default: only the administrator's list may; for a local simulator, on.
+    pub internal_by_consent: bool,
 }
 
 impl Default for TransportConfig {
@@ -100,6 +104,7 @@ impl Default for TransportConfig {
             refused: Arc::new(RefusedNetworks::default()),
             lookup: system_lookup(),
             listing: crate::ListingLimits::default(),
+            internal_by_consent: false,
         }
     }
 }

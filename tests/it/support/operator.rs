@@ -36,6 +36,9 @@ pub fn test_settings(namespace: &str) -> Settings {
                 base_delay: Duration::from_millis(50),
                 max_delay: Duration::from_secs(2),
             },
+            // The tests are the administrator of a simulator on loopback, which their Secrets
+            // consent to (tenancy tests turn this off to see it refused).
+            internal_by_consent: true,
             ..TransportConfig::default()
         },
         backoff_base: Duration::from_millis(300),
