@@ -708,17 +708,37 @@ async fn the_operator_keeps_its_promises_under_overlapping_faults() {
         .keys()
         .cloned()
         .collect();
+    // Each request is written, however long the API server (perhaps just restarted by the last
+    // fault) takes to answer again: one lost here left a Subscription to its interval.
     for name in names {
-        let _ = soak
-            .api::<Subscription>()
-            .patch(&name, &PatchParams::default(), &sync_request(&stamp))
-            .await;
+        let subscriptions = soak.api::<Subscription>();
+        crate::support::eventually(
+            "a sync request to be written",
+            crate::support::PATIENCE,
+            || async {
+                let patch = sync_request(&stamp);
+                subscriptions
+                    .patch(&name, &PatchParams::default(), &patch)
+                    .await
+                    .ok()
+            },
+        )
+        .await;
     }
     for member in &members {
-        let _ = soak
-            .api::<BitbucketIntegration>()
-            .patch(&member.name, &PatchParams::default(), &sync_request(&stamp))
-            .await;
+        let integrations = soak.api::<BitbucketIntegration>();
+        crate::support::eventually(
+            "a sync request to be written",
+            crate::support::PATIENCE,
+            || async {
+                let patch = sync_request(&stamp);
+                integrations
+                    .patch(&member.name, &PatchParams::default(), &patch)
+                    .await
+                    .ok()
+            },
+        )
+        .await;
     }
     let convergence = converged(&soak, CONVERGENCE_BOUND).await;
     let convergence_time = last_fault.elapsed();
