@@ -7,7 +7,7 @@ PLANE := hack/control-plane.sh
 # cargo in ~/.cargo/bin): found without a step a newcomer must know about.
 export PATH := $(PATH)$(foreach dir,/usr/local/go/bin $(HOME)/.cargo/bin,$(if $(wildcard $(dir)),:$(dir)))
 
-.PHONY: all prerequisites build install image image-binary bench bench-quick crds test test-versions soak check fmt fmt-check clippy plane gitops cluster-up cluster-down cluster-status run run-down clean
+.PHONY: all prerequisites build install image image-binary bench bench-quick crds test test-versions soak fuzz check fmt fmt-check clippy plane gitops cluster-up cluster-down cluster-status run run-down clean
 
 all: build
 
@@ -46,6 +46,14 @@ PROPTEST_CASES ?= 20000
 soak: prerequisites plane image-binary
 	PROPTEST_CASES=$(PROPTEST_CASES) $(CARGO) test --locked --workspace --lib --bins
 	$(PLANE) exec -- env SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test --locked --test it -- --nocapture exclusive::soak::the_operator_keeps_its_promises
+
+## The long run of every property test (make test runs each with proptest's 256 cases): what
+## Bitbucket, a webhook sender or Argo CD may send, against the paging parsers and bounds, the
+## generator's request reader, the sanitiser and the rest, FUZZ_CASES cases each. A failure
+## prints the smallest input that fails; proptest keeps it in proptest-regressions/ to replay.
+FUZZ_CASES ?= 100000
+fuzz:
+	PROPTEST_CASES=$(FUZZ_CASES) $(CARGO) test --locked --workspace --lib --bins --release
 
 ## gitops-check (hack/gitops): kstatus and Argo CD's own health and plugin-client code, which the
 ## tests run against the operator's objects and endpoints; built once per version into the cache.

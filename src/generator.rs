@@ -116,33 +116,9 @@ fn refusal(status: StatusCode, message: String) -> Response {
 }
 
 async fn getparams(State(generator): State<Generator>, body: axum::body::Bytes) -> Response {
-    let request: Request = match serde_json::from_slice(&body) {
-        Ok(request) => request,
-        Err(error) => {
-            return refusal(
-                StatusCode::BAD_REQUEST,
-                format!("the request is not a plugin generator request: {error}"),
-            );
-        }
-    };
-    let parameter = |name: &str| {
-        request
-            .input
-            .parameters
-            .get(name)
-            .and_then(Value::as_str)
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned)
-    };
-    let (Some(namespace), Some(name)) = (parameter("namespace"), parameter("subscription")) else {
-        return refusal(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "ApplicationSet {}: the generator's input.parameters must name the Subscription: \
-                 namespace and subscription",
-                request.application_set_name
-            ),
-        );
+    let (namespace, name) = match read_request(&body) {
+        Ok(named) => named,
+        Err(message) => return refusal(StatusCode::BAD_REQUEST, message),
     };
     match parameters(&generator.shared, &namespace, &name).await {
         Ok(parameters) => Json(Answer {
@@ -151,6 +127,56 @@ async fn getparams(State(generator): State<Generator>, body: axum::body::Bytes) 
         .into_response(),
         Err((status, message)) => refusal(status, message),
     }
+}
+
+/// The Subscription a plugin request names (`namespace`, `name`), or why it names none. The
+/// names must be Kubernetes names before they reach a request path; what the request says is
+/// quoted short and escaped (Argo CD shows the message on the ApplicationSet).
+fn read_request(body: &[u8]) -> Result<(String, String), String> {
+    let quoted =
+        |text: &str| api::text::for_the_api(text, api::text::MAX_QUOTED_BYTES).into_owned();
+    let request: Request = serde_json::from_slice(body).map_err(|error| {
+        format!(
+            "the request is not a plugin generator request: {}",
+            quoted(&error.to_string())
+        )
+    })?;
+    let application_set = quoted(&request.application_set_name);
+    let parameter = |name: &str| {
+        request
+            .input
+            .parameters
+            .get(name)
+            .and_then(Value::as_str)
+            .filter(|v| !v.is_empty())
+    };
+    let (Some(namespace), Some(name)) = (parameter("namespace"), parameter("subscription")) else {
+        return Err(format!(
+            "ApplicationSet {application_set}: the generator's input.parameters must name the \
+             Subscription: namespace and subscription"
+        ));
+    };
+    if !kubernetes_name(namespace, 63, false) || !kubernetes_name(name, 253, true) {
+        return Err(format!(
+            "ApplicationSet {application_set}: input.parameters namespace {:?} and subscription \
+             {:?} must be Kubernetes names (lowercase letters, digits and '-'; '.' too in the \
+             subscription's)",
+            quoted(namespace),
+            quoted(name)
+        ));
+    }
+    Ok((namespace.to_owned(), name.to_owned()))
+}
+
+/// A DNS-1123 label (or, with `dots`, subdomain) of at most `max` characters.
+fn kubernetes_name(text: &str, max: usize, dots: bool) -> bool {
+    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    text.len() <= max
+        && edge(text.chars().next())
+        && edge(text.chars().last())
+        && text
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || (dots && c == '.'))
 }
 
 /// Whether the request carries the token in `token_file` (compared in constant time).
@@ -280,4 +306,59 @@ fn parameter_set(
         "subscription": subscription,
         "integration": integration,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_names_its_subscription_by_kubernetes_names() {
+        let body = |namespace: &str, subscription: &str| {
+            json!({"applicationSetName": "repos", "input": {"parameters": {
+                "namespace": namespace, "subscription": subscription}}})
+            .to_string()
+        };
+        assert_eq!(
+            read_request(body("team-a", "api.ci").as_bytes()),
+            Ok(("team-a".into(), "api.ci".into()))
+        );
+        for (namespace, subscription) in [
+            ("../../api/v1/secrets", "s"),
+            ("team-a", "x?watch=true"),
+            ("Team", "s"),
+            ("team.a", "s"),
+            ("team-a", "-s"),
+        ] {
+            let refused = read_request(body(namespace, subscription).as_bytes()).unwrap_err();
+            assert!(refused.contains("must be Kubernetes names"), "{refused}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever bytes Argo CD (or anyone with the token) sends: a Subscription named by valid
+        /// names, or a refusal that is short and safe to show, never a panic.
+        #[test]
+        fn any_request_is_read_or_refused_safely(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+            name in ".{0,300}",
+            namespace in ".{0,80}",
+        ) {
+            let built = json!({"applicationSetName": name, "input": {"parameters": {
+                "namespace": namespace, "subscription": name}}})
+            .to_string();
+            for body in [body, built.into_bytes()] {
+                match read_request(&body) {
+                    Ok((namespace, name)) => {
+                        proptest::prop_assert!(kubernetes_name(&namespace, 63, false));
+                        proptest::prop_assert!(kubernetes_name(&name, 253, true));
+                    }
+                    Err(message) => {
+                        proptest::prop_assert!(message.len() <= 4 * api::text::MAX_QUOTED_BYTES);
+                        proptest::prop_assert!(!message.chars().any(char::is_control), "{:?}", message);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -235,6 +235,34 @@ mod tests {
             }
         }
 
+        /// Whatever pages a server answers (any number of repositories and bytes each, any
+        /// claim of being the last), the listing ends within its bounds: never more repositories
+        /// kept than allowed, never more pages than the bound, never [`EMPTY_PAGES`] empty pages
+        /// in a row that claim more is coming.
+        #[test]
+        fn any_sequence_of_pages_ends_within_the_bounds(
+            max_repositories in 1usize..500,
+            pages in proptest::collection::vec((0usize..120, 0usize..200_000, proptest::bool::weighted(0.05)), 1..400),
+        ) {
+            let limits = ListingLimits { max_repositories, deadline: std::time::Duration::from_secs(60) };
+            let mut tally = Tally::new(limits);
+            let (mut kept, mut fetched, mut empty) = (0usize, 0usize, 0usize);
+            for (repositories, bytes, last) in pages {
+                fetched += 1;
+                if tally.count(repositories, bytes, last).is_err() {
+                    break;
+                }
+                kept += repositories;
+                empty = if repositories == 0 && !last { empty + 1 } else { 0 };
+                proptest::prop_assert!(kept <= limits.max_repositories);
+                proptest::prop_assert!(fetched <= limits.max_pages());
+                proptest::prop_assert!(empty < EMPTY_PAGES);
+                if last {
+                    break;
+                }
+            }
+        }
+
         /// Any text as a `next` link is a link or an error, never a panic.
         #[test]
         fn any_text_as_a_link_never_panics(link in ".{0,200}") {
