@@ -17,6 +17,7 @@ mod demo;
 mod exclusive;
 mod generator;
 mod gitops;
+mod hostile_bitbucket;
 mod http_servers;
 mod leader;
 mod operator;
