@@ -209,6 +209,24 @@ impl Soak {
         self.sim.control().counters().credential(credential)
     }
 
+    /// The requests with `credential` that the simulator refused (401): what the operator
+    /// asked after being told no. (All requests would also count those sent just before a
+    /// revocation, or answered before it took effect.)
+    fn refused(&self, credential: &str) -> u64 {
+        self.sim
+            .control()
+            .counters()
+            .by_credential_endpoint
+            .get(credential)
+            .map_or(0, |endpoints| {
+                endpoints
+                    .iter()
+                    .filter(|(endpoint, _)| endpoint.ends_with(" 401"))
+                    .map(|(_, count)| count)
+                    .sum()
+            })
+    }
+
     fn integration(&self, member: &Member) -> BitbucketIntegration {
         let (server_type, url) = match member.kind {
             k if k.cloud() => (ServerType::Cloud, self.sim.cloud_api_url()),
@@ -1602,7 +1620,7 @@ async fn revoke(soak: &Soak, member: &Member, hold: Duration) {
     let oauth = matches!(member.kind, Kind::CloudOAuthConsumer | Kind::CloudOAuthUser);
     let per_attempt = if oauth { 2 } else { 1 };
     soak.observer
-        .revoked(&credential, soak.requests(&credential), users, per_attempt);
+        .revoked(&credential, soak.refused(&credential), users, per_attempt);
     soak.sim.control().revoke_credential(&credential);
     // Someone asks for a re-validation: the operator meets the 401 at once (that one attempt
     // is allowed), and must then leave the credential alone until something changes.
@@ -1615,7 +1633,7 @@ async fn revoke(soak: &Soak, member: &Member, hold: Duration) {
     // failure.
     tokio::time::sleep(hold + Duration::from_secs(30)).await;
     soak.observer
-        .restored(&credential, soak.requests(&credential));
+        .restored(&credential, soak.refused(&credential));
     soak.sim.control().restore_credential(&credential);
     soak.world.lock().unwrap().frozen.remove(&member.name);
     // The operator learns of the restored credential when someone says so: a sync request.

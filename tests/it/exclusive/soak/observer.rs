@@ -352,7 +352,8 @@ impl Observer {
         self.state.lock().unwrap().busiest_minute.clone()
     }
 
-    /// The soak revoked `credential`, used by an integration with `users` Subscriptions.
+    /// The soak revoked `credential`, used by an integration with `users` Subscriptions;
+    /// `requests_so_far` counts its refused requests (401) until now.
     pub fn revoked(&self, credential: &str, requests_so_far: u64, users: u64, per_attempt: u64) {
         let mut state = self.state.lock().unwrap();
         let starts_before = state.starts;
