@@ -782,6 +782,9 @@ async fn short_names_and_categories_are_served() {
     let subscriptions = find("subscriptions");
     assert_eq!(subscriptions["shortNames"], json!(["bbsub"]));
     assert_eq!(subscriptions["categories"], json!(["shippable", "scm"]));
+    let slices = find("repositoryslices");
+    assert_eq!(slices["shortNames"], json!(["bbrs"]));
+    assert_eq!(slices["categories"], json!(["shippable", "scm"]));
     assert!(
         resources
             .iter()

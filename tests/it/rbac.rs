@@ -559,3 +559,67 @@ async fn the_secret_writes_policy_follows_a_kustomize_name_prefix_and_namespace(
         .delete(&policy, &DeleteParams::default())
         .await;
 }
+
+/// Only the operator writes RepositorySlices: someone whose RBAC lets them create slices is
+/// still refused by the admission policy, so no one can forge a list the generator would serve;
+/// the operator's ServiceAccount, as deployed, may write them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_operator_may_write_repository_slices() {
+    use bitbucket_operator::api::{RepositorySlice, SUBSCRIPTION_LABEL};
+    let admin = client().await;
+    install_crds(&admin).await;
+    let ns = TestNamespace::create(&admin, "rbac-slices").await;
+    let operator_client = deployed_identity(&admin, &ns.name).await;
+    let writer = serde_json::json!([
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": {"name": "slice-writer"},
+         "rules": [{"apiGroups": ["scm.shippable.io"], "resources": ["repositoryslices"], "verbs": ["*"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": "slice-writer"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "slice-writer"},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "mallory@example.com"}]},
+    ]);
+    for result in apply_manifests(&admin, &ns.name, writer.as_array().unwrap()).await {
+        result.unwrap();
+    }
+    let repository: bitbucket_operator::api::Repository = serde_json::from_value(
+        serde_json::json!({"fullName": "evil/backdoor", "name": "backdoor", "private": false, "cloneUrls": {}}),
+    )
+    .unwrap();
+    let mut forged = RepositorySlice::new("forged", vec![repository]);
+    forged
+        .metadata
+        .labels
+        .get_or_insert_default()
+        .insert(SUBSCRIPTION_LABEL.into(), "acme-ci".into());
+    let tenant = crate::support::impersonating("mallory@example.com", &[]).await;
+    let as_tenant: Api<RepositorySlice> = Api::namespaced(tenant, &ns.name);
+    let refusal = eventually(
+        "the policy to refuse the forged slice",
+        PATIENCE,
+        || async {
+            match as_tenant.create(&PostParams::default(), &forged).await {
+                Err(kube::Error::Api(status))
+                    if status.message.contains("ValidatingAdmissionPolicy") =>
+                {
+                    Some(status.message)
+                }
+                _ => None,
+            }
+        },
+    )
+    .await;
+    assert!(
+        refusal.contains("RepositorySlices are written by the bitbucket-operator only"),
+        "{refusal}"
+    );
+    let as_operator: Api<RepositorySlice> = Api::namespaced(operator_client, &ns.name);
+    let written = eventually("the operator's RBAC to be in force", PATIENCE, || async {
+        as_operator
+            .create(&PostParams::default(), &forged)
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!(written.repositories.len(), 1);
+}

@@ -14,6 +14,11 @@ app.kubernetes.io/name: bitbucket-operator
 - apiGroups: [scm.shippable.io]
   resources: [bitbucketintegrations/finalizers]
   verbs: [update]
+# The Subscriptions' whole repository lists (only the operator may write them: the
+# admission policy repositoryslice-writes.scm.shippable.io).
+- apiGroups: [scm.shippable.io]
+  resources: [repositoryslices]
+  verbs: [get, list, watch, create, update, patch, delete]
 # patch: only the refresh tokens of OAuthUser Secrets, as the admission policy
 # bitbucket-operator-secret-writes.scm.shippable.io enforces.
 - apiGroups: [""]

@@ -38,6 +38,10 @@ pub const INTEGRATION_DELETING_POLICY: &str = "subscription-integration-deleting
 /// Refuses the operator's writes to Secrets other than a refresh token of an `OAuthUser` one.
 pub const OPERATOR_SECRET_WRITES_POLICY: &str = "bitbucket-operator-secret-writes.scm.shippable.io";
 
+/// Refuses writes of RepositorySlices by anyone but the operator (and cluster administrators),
+/// so that no tenant can forge a repository list that the generator would serve.
+pub const SLICE_WRITES_POLICY: &str = "repositoryslice-writes.scm.shippable.io";
+
 /// The operator's ServiceAccount and namespace as `deploy/` installs them: the parameter of the
 /// Secret-writes policy's binding. Kustomize renames the reference with the ServiceAccount
 /// (`deploy/kustomizeconfig.yaml`); the chart puts its release namespace here.
@@ -64,18 +68,12 @@ pub fn policies() -> Vec<(ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBi
             ),
         ),
         (
+            slice_writes(),
+            binding(SLICE_WRITES_POLICY, Some(operator_param())),
+        ),
+        (
             operator_secret_writes(),
-            binding(
-                OPERATOR_SECRET_WRITES_POLICY,
-                Some(ParamRef {
-                    name: Some(OPERATOR_SERVICE_ACCOUNT.into()),
-                    namespace: Some(OPERATOR_NAMESPACE.into()),
-                    // Without that ServiceAccount there is no operator to narrow; every other
-                    // writer of Secrets must not be refused for it.
-                    parameter_not_found_action: Some("Allow".into()),
-                    ..ParamRef::default()
-                }),
-            ),
+            binding(OPERATOR_SECRET_WRITES_POLICY, Some(operator_param())),
         ),
     ]
 }
@@ -181,6 +179,45 @@ fn integration_deleting() -> ValidatingAdmissionPolicy {
                 ),
                 message: Some("the BitbucketIntegration is being deleted".into()),
                 reason: Some("Forbidden".into()),
+            }]),
+            ..ValidatingAdmissionPolicySpec::default()
+        },
+    )
+}
+
+/// The operator's ServiceAccount as a policy's parameter. Without it there is no operator:
+/// nothing to narrow (no writer of Secrets is refused for it) and no list to protect.
+fn operator_param() -> ParamRef {
+    ParamRef {
+        name: Some(OPERATOR_SERVICE_ACCOUNT.into()),
+        namespace: Some(OPERATOR_NAMESPACE.into()),
+        parameter_not_found_action: Some("Allow".into()),
+        ..ParamRef::default()
+    }
+}
+
+fn slice_writes() -> ValidatingAdmissionPolicy {
+    policy(
+        SLICE_WRITES_POLICY,
+        ValidatingAdmissionPolicySpec {
+            failure_policy: Some("Fail".into()),
+            match_constraints: Some(matching("repositoryslices", &["CREATE", "UPDATE"])),
+            param_kind: Some(ParamKind {
+                api_version: Some("v1".into()),
+                kind: Some("ServiceAccount".into()),
+            }),
+            validations: Some(vec![Validation {
+                expression: "request.userInfo.username == 'system:serviceaccount:' + \
+                             params.metadata.namespace + ':' + params.metadata.name || \
+                             'system:masters' in request.userInfo.groups"
+                    .into(),
+                message: Some(
+                    "RepositorySlices are written by the bitbucket-operator only: they are the \
+                     repository lists it serves"
+                        .into(),
+                ),
+                reason: Some("Forbidden".into()),
+                ..Validation::default()
             }]),
             ..ValidatingAdmissionPolicySpec::default()
         },

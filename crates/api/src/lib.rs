@@ -15,6 +15,7 @@ pub mod credential;
 pub mod duration;
 pub mod glob;
 pub mod integration;
+pub mod slice;
 pub mod subscription;
 pub mod text;
 
@@ -24,6 +25,7 @@ use kube::CustomResourceExt;
 pub use common::*;
 pub use duration::{DurationError, parse_duration};
 pub use integration::*;
+pub use slice::{MAX_REPOSITORIES_PER_SLICE, RepositorySlice, SUBSCRIPTION_LABEL};
 pub use subscription::*;
 
 /// The API group of both kinds.
@@ -52,14 +54,18 @@ pub const SYNC_REQUESTED_AT_ANNOTATION: &str = "scm.shippable.io/sync-requested-
 /// Every CRD the operator serves, in a stable order. Field descriptions read as prose in
 /// `kubectl explain`: the doc comments' line breaks inside a paragraph become spaces.
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    [BitbucketIntegration::crd(), Subscription::crd()]
-        .into_iter()
-        .map(|crd| {
-            let mut value = serde_json::to_value(&crd).expect("a CRD serialises to JSON");
-            unwrap_descriptions(&mut value);
-            serde_json::from_value(value).expect("a CRD with rewrapped descriptions is a CRD")
-        })
-        .collect()
+    [
+        BitbucketIntegration::crd(),
+        Subscription::crd(),
+        RepositorySlice::crd(),
+    ]
+    .into_iter()
+    .map(|crd| {
+        let mut value = serde_json::to_value(&crd).expect("a CRD serialises to JSON");
+        unwrap_descriptions(&mut value);
+        serde_json::from_value(value).expect("a CRD with rewrapped descriptions is a CRD")
+    })
+    .collect()
 }
 
 /// Rewrites every `description` below `value` with [`prose`].
