@@ -10,6 +10,7 @@
 pub mod check;
 pub mod filter;
 pub mod report;
+pub mod slices;
 
 use std::{
     sync::Arc,
