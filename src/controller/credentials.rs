@@ -212,15 +212,15 @@ fn build(
             .map_err(|e| ResolveError::InvalidSpec(e.to_string()))
     };
     let mut client = new_client(transport.clone())?;
+    let rule = Rule {
+        operator: &operator,
+        consent: consent.as_ref(),
+        internal_by_consent,
+        refused: &refused,
+        secret_name,
+    };
     let mut consent_only = false;
     for (what, url) in client.endpoints() {
-        let rule = Rule {
-            operator: &operator,
-            consent: consent.as_ref(),
-            internal_by_consent,
-            refused: &refused,
-            secret_name,
-        };
         consent_only |= rule.check(what, &url)?;
     }
     if consent_only && !internal_by_consent {

@@ -18,16 +18,6 @@ use crate::support::{
     operator::{await_object, condition, subscription},
 };
 
-/// The operator process's peak resident memory so far (the kernel's high-water mark), in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status")
-}
-
 struct Case {
     what: &'static str,
     /// Repositories the workspace holds beyond the demo's (0: none), with no fault.
@@ -155,7 +145,8 @@ async fn endless_paging_is_refused_in_bounded_pages_time_and_memory() {
         )
         .await;
         let took = started.elapsed();
-        let peak = peak_rss_kib(operator.id());
+        let peak = crate::support::proc_status_kib(operator.id(), "VmHWM")
+            .expect("the operator's peak memory (VmHWM)");
         let _ = operator.kill();
         let _ = operator.wait();
         let _ = std::fs::remove_file(&log);

@@ -96,6 +96,29 @@ async fn bind_shipped_roles(admin: &Client, namespace: &str, (home, name): (&str
     }
 }
 
+/// The message with which an admission policy (its name, or `ValidatingAdmissionPolicy` for
+/// any) refuses `attempt`, once the policy and the RBAC that lets the request reach it are in
+/// force (the API server applies both a moment after they are written).
+async fn refused_by_a_policy<T, F, Fut>(policy: &str, mut attempt: F) -> String
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    let what = format!("{policy} to refuse the request");
+    eventually(&what, PATIENCE, || {
+        let attempted = attempt();
+        async move {
+            match attempted.await {
+                Err(kube::Error::Api(status)) if status.message.contains(policy) => {
+                    Some(status.message)
+                }
+                _ => None,
+            }
+        }
+    })
+    .await
+}
+
 /// Settings of the operator in `namespace`, leading with the Lease as deployed.
 fn deployed_settings(namespace: &str) -> bitbucket_operator::controller::Settings {
     let mut settings = test_settings(namespace);
@@ -292,18 +315,9 @@ async fn a_signed_in_users_rotated_refresh_token_is_saved_and_nothing_else_may_b
     };
     let patch = serde_json::json!({"data": {"token": "eQ=="}});
     // (Until the RoleBinding is in force too, RBAC refuses it for another reason.)
-    eventually("the policy to be in force", PATIENCE, || async {
-        match as_operator
-            .patch("plain", &dry_run, &Patch::Merge(&patch))
-            .await
-        {
-            Err(kube::Error::Api(status))
-                if status.message.contains("ValidatingAdmissionPolicy") =>
-            {
-                Some(())
-            }
-            _ => None,
-        }
+    let merge = Patch::Merge(&patch);
+    refused_by_a_policy("ValidatingAdmissionPolicy", || {
+        as_operator.patch("plain", &dry_run, &merge)
     })
     .await;
     let message = refusal(write("plain", serde_json::json!({"data": {"token": "eQ=="}})).await);
@@ -528,22 +542,9 @@ async fn the_secret_writes_policy_follows_a_kustomize_name_prefix_and_namespace(
         "{prefix}{}",
         bitbucket_operator::api::admission::OPERATOR_SECRET_WRITES_POLICY
     );
-    let refused = eventually(
-        "the renamed policy to refuse the renamed account",
-        PATIENCE,
-        || async {
-            match as_operator
-                .patch("plain", &dry_run, &Patch::Merge(&patch))
-                .await
-            {
-                Err(kube::Error::Api(status)) if status.message.contains(&policy) => {
-                    Some(status.message)
-                }
-                _ => None,
-            }
-        },
-    )
-    .await;
+    let merge = Patch::Merge(&patch);
+    let refused =
+        refused_by_a_policy(&policy, || as_operator.patch("plain", &dry_run, &merge)).await;
     assert!(
         refused.contains("the operator may only write Secrets labelled"),
         "{refused}"
@@ -594,20 +595,10 @@ async fn only_the_operator_may_write_repository_slices() {
         .insert(SUBSCRIPTION_LABEL.into(), "acme-ci".into());
     let tenant = crate::support::impersonating("mallory@example.com", &[]).await;
     let as_tenant: Api<RepositorySlice> = Api::namespaced(tenant, &ns.name);
-    let refusal = eventually(
-        "the policy to refuse the forged slice",
-        PATIENCE,
-        || async {
-            match as_tenant.create(&PostParams::default(), &forged).await {
-                Err(kube::Error::Api(status))
-                    if status.message.contains("ValidatingAdmissionPolicy") =>
-                {
-                    Some(status.message)
-                }
-                _ => None,
-            }
-        },
-    )
+    let create = PostParams::default();
+    let refusal = refused_by_a_policy("ValidatingAdmissionPolicy", || {
+        as_tenant.create(&create, &forged)
+    })
     .await;
     assert!(
         refusal.contains("RepositorySlices are written by the bitbucket-operator only"),

@@ -273,19 +273,24 @@ async fn a_tenant_cannot_make_the_operator_probe_a_metadata_address() {
     );
 }
 
+/// A resolver that answers `address` for `name` and resolves every other name as usual.
+fn resolving(name: &'static str, address: &str) -> Lookup {
+    let system = system_lookup();
+    let address: IpAddr = address.parse().unwrap();
+    Arc::new(move |host: String| {
+        if host == name {
+            Box::pin(async move { Ok(vec![address]) })
+        } else {
+            system(host)
+        }
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_that_resolves_to_a_metadata_address_is_refused_where_it_connects() {
     // `rebind.test` answers the metadata address, as a rebinding name does after its first
     // answer; every other name resolves as usual.
-    let system = system_lookup();
-    let lookup: Lookup = Arc::new(move |host: String| {
-        if host == "rebind.test" {
-            let metadata: IpAddr = "169.254.169.254".parse().unwrap();
-            Box::pin(async move { Ok(vec![metadata]) })
-        } else {
-            system(host)
-        }
-    });
+    let lookup = resolving("rebind.test", "169.254.169.254");
     let t = Tenancy::start("tenant-rebind", Some(lookup)).await;
     // The administrator consented to the name: the allow-list passes, the address does not.
     t.consenting_secret("rebinding", "https://rebind.test:7990")
@@ -408,15 +413,7 @@ async fn a_ca_bundle_is_read_only_from_the_integrations_namespace() {
 /// `demo::ctrl_c_of_make_run_under_a_pipe_leaves_nothing_running` waits for it to be Ready.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loopback_and_cluster_internal_servers_need_the_operators_own_allow_list() {
-    let system = system_lookup();
-    let lookup: Lookup = Arc::new(move |host: String| {
-        if host == "bitbucket.team.example" {
-            let loopback: IpAddr = "127.0.0.1".parse().unwrap();
-            Box::pin(async move { Ok(vec![loopback]) })
-        } else {
-            system(host)
-        }
-    });
+    let lookup = resolving("bitbucket.team.example", "127.0.0.1");
     let t = Tenancy::start_with("tenant-internal", |settings| {
         settings.transport.lookup = lookup;
         settings.transport.internal_by_consent = false;

@@ -185,6 +185,10 @@ fn integration_deleting() -> ValidatingAdmissionPolicy {
     )
 }
 
+/// CEL: the request is by the ServiceAccount that is the policy's parameter ([`operator_param`]).
+const BY_THE_OPERATOR: &str = "request.userInfo.username == 'system:serviceaccount:' + \
+                               params.metadata.namespace + ':' + params.metadata.name";
+
 /// The operator's ServiceAccount as a policy's parameter. Without it there is no operator:
 /// nothing to narrow (no writer of Secrets is refused for it) and no list to protect.
 fn operator_param() -> ParamRef {
@@ -207,10 +211,9 @@ fn slice_writes() -> ValidatingAdmissionPolicy {
                 kind: Some("ServiceAccount".into()),
             }),
             validations: Some(vec![Validation {
-                expression: "request.userInfo.username == 'system:serviceaccount:' + \
-                             params.metadata.namespace + ':' + params.metadata.name || \
-                             'system:masters' in request.userInfo.groups"
-                    .into(),
+                expression: format!(
+                    "{BY_THE_OPERATOR} || 'system:masters' in request.userInfo.groups"
+                ),
                 message: Some(
                     "RepositorySlices are written by the bitbucket-operator only: they are the \
                      repository lists it serves"
@@ -244,9 +247,7 @@ fn operator_secret_writes() -> ValidatingAdmissionPolicy {
             }),
             match_conditions: Some(vec![MatchCondition {
                 name: "by-the-operator".into(),
-                expression: "request.userInfo.username == 'system:serviceaccount:' + \
-                             params.metadata.namespace + ':' + params.metadata.name"
-                    .into(),
+                expression: BY_THE_OPERATOR.into(),
             }]),
             variables: Some(vec![
                 variable("data", "object.?data.orValue({})"),

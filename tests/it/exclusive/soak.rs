@@ -726,37 +726,11 @@ async fn the_operator_keeps_its_promises_under_overlapping_faults() {
         .keys()
         .cloned()
         .collect();
-    // Each request is written, however long the API server (perhaps just restarted by the last
-    // fault) takes to answer again: one lost here left a Subscription to its interval.
     for name in names {
-        let subscriptions = soak.api::<Subscription>();
-        crate::support::eventually(
-            "a sync request to be written",
-            crate::support::PATIENCE,
-            || async {
-                let patch = sync_request(&stamp);
-                subscriptions
-                    .patch(&name, &PatchParams::default(), &patch)
-                    .await
-                    .ok()
-            },
-        )
-        .await;
+        written_sync_request(&soak.api::<Subscription>(), &name, &stamp).await;
     }
     for member in &members {
-        let integrations = soak.api::<BitbucketIntegration>();
-        crate::support::eventually(
-            "a sync request to be written",
-            crate::support::PATIENCE,
-            || async {
-                let patch = sync_request(&stamp);
-                integrations
-                    .patch(&member.name, &PatchParams::default(), &patch)
-                    .await
-                    .ok()
-            },
-        )
-        .await;
+        written_sync_request(&soak.api::<BitbucketIntegration>(), &member.name, &stamp).await;
     }
     let convergence = converged(&soak, CONVERGENCE_BOUND).await;
     let convergence_time = last_fault.elapsed();
@@ -944,6 +918,25 @@ async fn sample(soak: Arc<Soak>) {
 }
 
 /// Whether every Subscription lists what the simulator holds and every integration is Ready.
+/// Asks `name` to sync with `stamp`, writing the request however long the API server (perhaps
+/// just restarted by the last fault) takes to answer again: one lost here left a Subscription
+/// to its interval.
+async fn written_sync_request<K>(api: &Api<K>, name: &str, stamp: &str)
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    crate::support::eventually(
+        "a sync request to be written",
+        crate::support::PATIENCE,
+        || async {
+            api.patch(name, &PatchParams::default(), &sync_request(stamp))
+                .await
+                .ok()
+        },
+    )
+    .await;
+}
+
 async fn converged(soak: &Soak, bound: Duration) -> Result<(), String> {
     let deadline = Instant::now() + bound;
     loop {

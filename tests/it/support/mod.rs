@@ -416,6 +416,19 @@ pub const OAUTH_CLIENT_SECRET: &str = "FAKE-oauth-client-secret-acme";
 
 /// An HTTP client that, like a test standing in for a browser needs, shows redirects instead
 /// of following them.
+/// A memory figure of process `pid` in KiB, from `/proc/PID/status`: `VmRSS` (resident now),
+/// `VmHWM` (the peak so far). `None` once the process is gone.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// A loopback port nothing listens on now (the OS's pick).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -189,14 +189,7 @@ impl OperatorProcess {
 
     /// Resident memory in KiB (`VmRSS`).
     pub fn rss_kib(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).ok()?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
+        crate::support::proc_status_kib(self.pid(), "VmRSS")
     }
 
     pub fn stop(mut self) {
