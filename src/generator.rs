@@ -13,11 +13,10 @@
 //! A Subscription that does not offer its list answers exactly like one that does not exist.
 //!
 //! Never an empty list for "not known yet": Argo CD deletes the Applications a generator stops
-//! producing, so a Subscription that has not listed yet (or whose whole list this replica does
-//! not hold) is a 503 that Argo CD retries, not `[]`. Lists within status (1,000 repositories)
-//! are served from status by any replica; longer ones from the leader's listing cache (the
-//! plugin Service selects the Pod the leader labels, `scm.shippable.io/leader`).
-//! Does API-server and network I/O.
+//! producing, so a Subscription that has not listed yet is a 503 that Argo CD retries, not
+//! `[]`. Every replica answers, leader or standby, from its catalog: the whole list, however
+//! long, from the cached RepositorySlices, and only a complete one (see [`crate::catalog`]).
+//! Does network I/O.
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -29,17 +28,15 @@ use axum::{
     response::{IntoResponse, Response},
     routing::post,
 };
-use kube::{Api, ResourceExt};
+use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use tower_http::limit::RequestBodyLimitLayer;
 
 use crate::{
-    api::{self, BitbucketIntegration, Subscription},
-    controller::{
-        Shared,
-        subscription::{check, filter, report},
-    },
+    api::{self, Subscription},
+    catalog::{self, NotServed, Served},
+    controller::Shared,
 };
 
 /// The label by which a Subscription offers its repository list to ApplicationSets.
@@ -120,7 +117,7 @@ async fn getparams(State(generator): State<Generator>, body: axum::body::Bytes) 
         Ok(named) => named,
         Err(message) => return refusal(StatusCode::BAD_REQUEST, message),
     };
-    match parameters(&generator.shared, &namespace, &name).await {
+    match parameters(&generator.shared, &namespace, &name) {
         Ok(parameters) => Json(Answer {
             output: Output { parameters },
         })
@@ -199,88 +196,71 @@ fn authorized(token_file: &std::path::Path, headers: &HeaderMap) -> bool {
             == 0
 }
 
-/// One parameter set per repository of Subscription `namespace/name`.
-async fn parameters(
+/// One parameter set per repository of Subscription `namespace/name`, from this replica's
+/// catalog (see [`crate::catalog`]).
+fn parameters(
     shared: &Shared,
     namespace: &str,
     name: &str,
 ) -> Result<Vec<Value>, (StatusCode, String)> {
-    let unavailable = |e: kube::Error| {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("reading Subscription {namespace}/{name}: {e}"),
-        )
-    };
-    let subscription = Api::<Subscription>::namespaced(shared.kube.clone(), namespace)
-        .get_opt(name)
-        .await
-        .map_err(unavailable)?
-        .filter(|s| s.labels().get(OFFER_LABEL).map(String::as_str) == Some("true"))
-        .ok_or_else(|| {
-            (
-                StatusCode::NOT_FOUND,
-                format!(
-                    "no Subscription {namespace}/{name} offers its repositories to ApplicationSets \
-                     (it must exist and be labelled {OFFER_LABEL}: \"true\")"
-                ),
-            )
-        })?;
-    let status = subscription.status.clone().unwrap_or_default();
-    let not_yet = || {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("Subscription {namespace}/{name} has not listed its repositories yet"),
-        )
-    };
-    if status.repository_count.is_none() {
-        return Err(not_yet());
-    }
-    let repositories = if status.repositories_truncated {
-        whole_list(shared, &subscription).await?
-    } else {
-        status.repositories
-    };
+    let (subscription, list) = offered_list(shared, namespace, name, ENDPOINT)?;
     let integration = subscription.spec.integration_ref.name.as_str();
-    Ok(repositories
+    Ok(list
         .iter()
         .map(|r| parameter_set(r, namespace, name, integration))
         .collect())
 }
 
-/// A list longer than status holds, from the listing cache of this (leading) replica.
-async fn whole_list(
+/// The generator's name in the `lists_served` metric.
+const ENDPOINT: &str = "generator";
+
+/// A Subscription that offers its list (see [`OFFER_LABEL`]) and its complete list, or the answer
+/// that says why there is none: 404 for one that does not exist or does not offer its list
+/// (alike), 503 while no complete list is known (Argo CD and Flux retry). Counted in the
+/// `lists_served` metric under `endpoint`.
+pub fn offered_list(
     shared: &Shared,
-    subscription: &Subscription,
-) -> Result<Vec<api::Repository>, (StatusCode, String)> {
-    let namespace = subscription.namespace().unwrap_or_default();
-    let name = subscription.name_any();
-    let held_elsewhere = || {
+    namespace: &str,
+    name: &str,
+    endpoint: &'static str,
+) -> Result<(Arc<Subscription>, Arc<catalog::List>), (StatusCode, String)> {
+    let count = |list: &'static str| {
+        let labels = crate::metrics::ServedLabels { endpoint, list };
+        shared.metrics.lists_served.get_or_create(&labels).inc();
+    };
+    let not_offered = || {
         (
-            StatusCode::SERVICE_UNAVAILABLE,
+            StatusCode::NOT_FOUND,
             format!(
-                "Subscription {namespace}/{name} has more repositories than its status keeps; \
-                 the whole list is held by the replica that syncs it, which is not this one yet"
+                "no Subscription {namespace}/{name} offers its repositories (it must exist and \
+                 be labelled {OFFER_LABEL}: \"true\")"
             ),
         )
     };
-    let integration = Api::<BitbucketIntegration>::namespaced(shared.kube.clone(), &namespace)
-        .get_opt(&subscription.spec.integration_ref.name)
-        .await
-        .ok()
-        .flatten()
-        .ok_or_else(held_elsewhere)?;
-    let scope = check::scope(subscription, &integration).map_err(|_| held_elsewhere())?;
-    let listing = shared
-        .memory
-        .listings
-        .peek(&integration.uid().unwrap_or_default(), &scope)
-        .await
-        .ok_or_else(held_elsewhere)?;
-    Ok(listing
-        .iter()
-        .filter(|r| filter::keeps(&subscription.spec.repositories, r))
-        .map(report::to_status)
-        .collect())
+    let offers = |s: &Subscription| s.labels().get(OFFER_LABEL).map(String::as_str) == Some("true");
+    let subscription = match shared.catalog.subscription(namespace, name) {
+        Ok(s) if offers(&s) => s,
+        Ok(_) | Err(NotServed::NotFound(..)) => return Err(not_offered()),
+        Err(other) => {
+            count("unavailable");
+            return Err((StatusCode::SERVICE_UNAVAILABLE, other.to_string()));
+        }
+    };
+    match shared.catalog.list(namespace, name) {
+        Ok(Served::Complete(list)) => {
+            count("complete");
+            Ok((subscription, list))
+        }
+        Ok(Served::Previous(list)) => {
+            count("previous");
+            Ok((subscription, list))
+        }
+        Err(NotServed::NotFound(..)) => Err(not_offered()),
+        Err(other) => {
+            count("unavailable");
+            Err((StatusCode::SERVICE_UNAVAILABLE, other.to_string()))
+        }
+    }
 }
 
 /// The parameters of one repository, flat, named as in the Subscription's status.

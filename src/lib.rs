@@ -7,6 +7,7 @@
 pub use bitbucket_client as bitbucket;
 pub use bitbucket_operator_api as api;
 
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod controller;

@@ -83,7 +83,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         () = controller::wait_for_crds(&client, &settings, &waiting) => {}
         () = shutdown.clone() => return Ok(()),
     }
-    controller::run(shared, shutdown).await;
+    controller::run(shared, waiting, shutdown).await;
     for server in servers {
         server
             .await

@@ -28,6 +28,21 @@ pub struct RequestLabels {
     pub status: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SliceWriteLabels {
+    /// `create`, `update` or `delete`.
+    pub operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServedLabels {
+    /// `generator` or `flux`.
+    pub endpoint: &'static str,
+    /// `complete` (the list the status names), `previous` (the last complete list, while an
+    /// update is under way) or `unavailable` (503).
+    pub list: &'static str,
+}
+
 /// All the operator's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -36,6 +51,8 @@ pub struct Metrics {
     pub reconcile_duration: Family<ControllerLabels, Histogram>,
     pub status_writes: Family<ControllerLabels, Counter>,
     pub bitbucket_requests: Family<RequestLabels, Counter>,
+    pub slice_writes: Family<SliceWriteLabels, Counter>,
+    pub lists_served: Family<ServedLabels, Counter>,
     pub blocked_deletions: Gauge,
     /// 1 while this replica leads (or runs without leader election), 0 while it stands by.
     pub leader: Gauge,
@@ -79,6 +96,18 @@ impl Default for Metrics {
             "HTTP requests to Bitbucket, by operation and status code",
             bitbucket_requests.clone(),
         );
+        let slice_writes = Family::<SliceWriteLabels, Counter>::default();
+        registry.register(
+            "slice_writes",
+            "RepositorySlice writes sent to the API server, by operation",
+            slice_writes.clone(),
+        );
+        let lists_served = Family::<ServedLabels, Counter>::default();
+        registry.register(
+            "lists_served",
+            "Repository lists served to Argo CD and Flux, by endpoint and which list answered",
+            lists_served.clone(),
+        );
         let blocked_deletions = Gauge::default();
         registry.register(
             "blocked_deletions",
@@ -106,6 +135,8 @@ impl Default for Metrics {
             reconcile_duration,
             status_writes,
             bitbucket_requests,
+            slice_writes,
+            lists_served,
             blocked_deletions,
         }
     }

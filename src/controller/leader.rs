@@ -20,60 +20,6 @@ use kube::{
 };
 use tokio::{sync::watch, time::Instant};
 
-/// On the leading replica's Pod: `"true"`. The plugin generator's Service selects it, because
-/// only the leader holds the listings beyond what status keeps.
-pub const LEADER_LABEL: &str = "scm.shippable.io/leader";
-
-/// Keeps this replica's Pod (`settings.identity` in `settings.namespace`) labelled with
-/// [`LEADER_LABEL`] exactly while it leads. Without such a Pod (the process runs outside a
-/// cluster) it does nothing; a failed write is tried again every `retry`.
-pub async fn label_own_pod(
-    client: kube::Client,
-    settings: LeaseSettings,
-    mut leading: watch::Receiver<bool>,
-) {
-    use k8s_openapi::api::core::v1::Pod;
-    let pods: Api<Pod> = Api::namespaced(client, &settings.namespace);
-    loop {
-        let leads = *leading.borrow_and_update();
-        let value = if leads {
-            serde_json::json!("true")
-        } else {
-            serde_json::Value::Null
-        };
-        let patch = serde_json::json!({"metadata": {"labels": {LEADER_LABEL: value}}});
-        let written = pods
-            .patch(
-                &settings.identity,
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(&patch),
-            )
-            .await;
-        let settled = match written {
-            Ok(_) => true,
-            Err(kube::Error::Api(status)) if status.code == 404 => {
-                tracing::debug!(pod = %settings.identity, "no Pod of this name to label as leader");
-                true
-            }
-            Err(error) => {
-                tracing::warn!(%error, pod = %settings.identity, "labelling this replica's Pod");
-                false
-            }
-        };
-        let change = leading.changed();
-        if settled {
-            if change.await.is_err() {
-                return;
-            }
-        } else {
-            tokio::select! {
-                changed = change => if changed.is_err() { return },
-                () = tokio::time::sleep(settings.retry) => {}
-            }
-        }
-    }
-}
-
 /// Where the Lease is and how it is held.
 #[derive(Clone, Debug)]
 pub struct LeaseSettings {

@@ -88,6 +88,17 @@ pub struct SubscriptionMemory {
     /// The integration it pointed at when last seen, so re-pointing it wakes the integration it
     /// left (whose deletion may be waiting for it).
     pub integration: Option<String>,
+    /// Its RepositorySlices written by this process that the cache may not show yet.
+    pub slices: SlicesWritten,
+}
+
+/// RepositorySlices written (by name: the digest written, or `None` when deleted) and when,
+/// until the cache shows them: the next plan waits for it, so it never plans from slices older
+/// than its own writes (which would create a second copy of entries already written).
+#[derive(Clone, Debug, Default)]
+pub struct SlicesWritten {
+    pub at: Option<Instant>,
+    pub slices: std::collections::BTreeMap<String, Option<String>>,
 }
 
 /// When a Subscription last listed, and for what.

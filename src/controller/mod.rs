@@ -127,6 +127,8 @@ pub struct Shared {
     pub memory: Memory,
     pub backoff: Backoff,
     pub recorder: Recorder,
+    /// The complete repository lists this replica serves (leader or not).
+    pub catalog: crate::catalog::Catalog,
 }
 
 impl Shared {
@@ -144,6 +146,7 @@ impl Shared {
             settings,
             metrics,
             memory,
+            catalog: crate::catalog::Catalog::default(),
         })
     }
 
@@ -235,6 +238,8 @@ pub struct Context {
     pub integrations: Store<BitbucketIntegration>,
     /// Subscriptions as the integration controller's trigger stream saw them.
     pub subscriptions: Store<Subscription>,
+    /// The RepositorySlices of the scope.
+    pub slices: Store<crate::api::RepositorySlice>,
     /// Wakes an integration (the integration controller reconciles it soon).
     pub wake_integration: futures::channel::mpsc::UnboundedSender<ObjectRef<BitbucketIntegration>>,
 }

@@ -21,11 +21,9 @@ use kube::{
 use tokio::sync::watch;
 
 use super::{
-    Context, Settings, Shared, integration, is_ready,
-    leader::{self, Election},
-    lock, subscription,
+    Context, Settings, Shared, integration, is_ready, leader::Election, lock, subscription,
 };
-use crate::api::{BitbucketIntegration, Subscription};
+use crate::api::{BitbucketIntegration, RepositorySlice, SUBSCRIPTION_LABEL, Subscription};
 
 /// The stores of every watched scope, for the sweep.
 type Scopes = Arc<Mutex<Vec<(Store<BitbucketIntegration>, Store<Subscription>)>>>;
@@ -35,6 +33,7 @@ type Scopes = Arc<Mutex<Vec<(Store<BitbucketIntegration>, Store<Subscription>)>>
 /// leads; the Lease is released once they have stopped.
 pub async fn run(
     shared: Arc<Shared>,
+    waiting: Waiting,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
     let shutdown = futures::FutureExt::shared(shutdown);
@@ -46,14 +45,6 @@ pub async fn run(
     // Without a Lease this replica always leads (the sender lives as long as `run`).
     let (_always, alone) = watch::channel(true);
     let leading = election.as_ref().map_or(alone, Election::leading);
-    // The leader's Pod carries a label the plugin generator's Service selects.
-    let labeller = shared.settings.lease.clone().map(|lease| {
-        tokio::spawn(leader::label_own_pod(
-            shared.kube.clone(),
-            lease,
-            leading.clone(),
-        ))
-    });
     let scopes = shared.settings.scopes();
     let stores = Scopes::default();
     let expected = scopes.len();
@@ -68,15 +59,27 @@ pub async fn run(
     });
     tokio::select! {
         _ = join_all(runs) => {}
+        () = ready_when_served(&shared, &waiting, expected) => {}
         () = sweep(&shared, &stores, expected) => {}
         () = forget_when_deposed(&shared, leading.clone()) => {}
     }
     if let Some(election) = election {
         election.release().await;
     }
-    if let Some(labeller) = labeller {
-        labeller.abort();
+}
+
+/// Says the replica is ready (`/readyz`) once its catalog can answer: every watched scope's
+/// Subscriptions and RepositorySlices are cached, so a Service sends Argo CD and Flux to it
+/// only then. Never returns.
+async fn ready_when_served(shared: &Shared, waiting: &Waiting, scopes: usize) {
+    waiting.set(Some(
+        "filling the caches of Subscriptions and RepositorySlices".into(),
+    ));
+    while !shared.catalog.is_ready(scopes) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    waiting.set(None);
+    futures::future::pending().await
 }
 
 /// Whenever this replica stops leading, forgets what it remembered: another leader may have
@@ -116,11 +119,33 @@ async fn sweep(shared: &Shared, scopes: &Scopes, expected: usize) {
                 subscriptions.extend(s.state().iter().filter_map(|o| o.uid()));
             }
         }
+        shared.catalog.sweep(&subscriptions);
         let swept = shared.memory.sweep(&integrations, &subscriptions);
         if swept != super::memory::Swept::default() {
             tracing::debug!(?swept, "dropped the memory of objects that are gone");
         }
     }
+}
+
+/// The watch of RepositorySlices, on every replica: the catalog serves lists from its store, and
+/// the leader plans its writes from it. The feed (returned beside it) drives it.
+fn slice_watch(
+    client: &kube::Client,
+    namespace: &Option<String>,
+    config: &watcher::Config,
+) -> (
+    Store<RepositorySlice>,
+    impl std::future::Future<Output = ()> + use<>,
+) {
+    let (slices, writer) = reflector::store::<RepositorySlice>();
+    let selected = config.clone().labels(SUBSCRIPTION_LABEL);
+    let feed = reflector::reflector(
+        writer,
+        watcher(api::<RepositorySlice>(client, namespace), selected).modify(lean),
+    )
+    .default_backoff()
+    .for_each(|_| futures::future::ready(()));
+    (slices, feed)
 }
 
 pub(super) fn api<K>(client: &kube::Client, namespace: &Option<String>) -> Api<K>
@@ -169,7 +194,13 @@ async fn run_scope(
                 .forget_subscription(&subscription.uid().unwrap_or_default());
         },
     );
+    let (slices, slice_feed) = slice_watch(client, &namespace, &config);
     lock(&scopes).push((integrations.store.clone(), subscriptions.store.clone()));
+    shared.catalog.watch(
+        namespace.clone(),
+        subscriptions.store.clone(),
+        slices.clone(),
+    );
     let scope = namespace.as_deref().unwrap_or("(all)").to_owned();
     let terms = async {
         loop {
@@ -180,8 +211,7 @@ async fn run_scope(
             let controllers = controllers(
                 &shared,
                 &namespace,
-                &integrations,
-                &subscriptions,
+                (&integrations, &subscriptions, &slices),
                 shutdown.clone(),
             )
             .await;
@@ -204,7 +234,7 @@ async fn run_scope(
     };
     tokio::select! {
         () = terms => {}
-        () = futures::future::join(integration_feed, subscription_feed).map(drop) => {}
+        () = futures::future::join3(integration_feed, subscription_feed, slice_feed).map(drop) => {}
     }
 }
 
@@ -213,8 +243,11 @@ async fn run_scope(
 async fn controllers(
     shared: &Arc<Shared>,
     namespace: &Option<String>,
-    integration_watch: &SharedWatch<BitbucketIntegration>,
-    subscription_watch: &SharedWatch<Subscription>,
+    (integration_watch, subscription_watch, slices): (
+        &SharedWatch<BitbucketIntegration>,
+        &SharedWatch<Subscription>,
+        &Store<RepositorySlice>,
+    ),
     shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
 ) -> impl std::future::Future<Output = ()> {
     let controller_config =
@@ -234,6 +267,7 @@ async fn controllers(
         shared: Arc::clone(shared),
         integrations: integration_watch.store.clone(),
         subscriptions: subscription_watch.store.clone(),
+        slices: slices.clone(),
         wake_integration,
     });
     let subscriptions_store = subscriptions.store();
@@ -385,7 +419,7 @@ pub fn not_served(error: &kube::Error, scope: &Option<String>) -> String {
     }
 }
 
-/// Waits until the API server serves both CRDs (in each watched scope), so an operator
+/// Waits until the API server serves the CRDs (in each watched scope), so an operator
 /// installed before its CRDs waits instead of crash-looping. Meanwhile `waiting` holds why
 /// (served by `/readyz`): missing CRDs and missing RBAC are told apart. Returns when served.
 pub async fn wait_for_crds(client: &kube::Client, settings: &Settings, waiting: &Waiting) {
@@ -399,7 +433,8 @@ pub async fn wait_for_crds(client: &kube::Client, settings: &Settings, waiting: 
                 .list(&params)
                 .await;
             let subscriptions = api::<Subscription>(client, scope).list(&params).await;
-            if let Some(e) = integrations.err().or(subscriptions.err()) {
+            let slices = api::<RepositorySlice>(client, scope).list(&params).await;
+            if let Some(e) = integrations.err().or(subscriptions.err()).or(slices.err()) {
                 why = Some(not_served(&e, scope));
                 break;
             }

@@ -17,10 +17,15 @@ use bitbucket_sim::Fixture;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
-const TOKEN: &str = "FAKE-plugin-generator-token";
+pub const TOKEN: &str = "FAKE-plugin-generator-token";
 
 /// The generator of `env`'s operator on a free loopback port, its token in a file; its base URL.
-async fn serve(env: &Env) -> String {
+pub async fn serve(env: &Env) -> String {
+    serve_from(env, env.operator()).await
+}
+
+/// The generator of `operator` (a replica) on a free loopback port; its base URL.
+pub async fn serve_from(env: &Env, operator: &crate::support::operator::Operator) -> String {
     let dir = std::env::temp_dir().join(format!("plugin-token-{}", env.ns.name));
     std::fs::create_dir_all(&dir).unwrap();
     let token_file: PathBuf = dir.join("token");
@@ -28,7 +33,7 @@ async fn serve(env: &Env) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let router = generator::router(Generator {
-        shared: env.operator().shared.clone(),
+        shared: operator.shared.clone(),
         token_file,
     });
     tokio::spawn(http::serve(
@@ -41,13 +46,13 @@ async fn serve(env: &Env) -> String {
 }
 
 /// `subscription(...)` offering its list to ApplicationSets.
-fn offered(mut s: Subscription) -> Subscription {
+pub fn offered(mut s: Subscription) -> Subscription {
     s.labels_mut().insert(OFFER_LABEL.into(), "true".into());
     s
 }
 
 /// POSTs a plugin request for `namespace/name` with `token`; the status and the JSON answer.
-async fn ask(url: &str, token: Option<&str>, parameters: Value) -> (u16, Value) {
+pub async fn ask(url: &str, token: Option<&str>, parameters: Value) -> (u16, Value) {
     let client = crate::support::browser();
     let mut request = client
         .post(format!("{url}/api/v1/getparams.execute"))
@@ -63,7 +68,7 @@ async fn ask(url: &str, token: Option<&str>, parameters: Value) -> (u16, Value) 
     (status, response.json().await.unwrap())
 }
 
-fn naming(env: &Env, subscription: &str) -> Value {
+pub fn naming(env: &Env, subscription: &str) -> Value {
     json!({"namespace": env.ns.name, "subscription": subscription})
 }
 
@@ -152,8 +157,8 @@ async fn unknown_unoffered_and_unsynced_subscriptions_are_errors_never_empty_lis
 
     let not_offered = |name: &str| {
         format!(
-            "no Subscription {}/{name} offers its repositories to ApplicationSets (it must exist \
-             and be labelled {OFFER_LABEL}: \"true\")",
+            "no Subscription {}/{name} offers its repositories (it must exist and be labelled \
+             {OFFER_LABEL}: \"true\")",
             env.ns.name
         )
     };
@@ -173,7 +178,7 @@ async fn unknown_unoffered_and_unsynced_subscriptions_are_errors_never_empty_lis
     assert_eq!(
         answer["message"],
         format!(
-            "Subscription {}/waiting has not listed its repositories yet",
+            "Subscription {}/waiting: it has not listed its repositories yet",
             env.ns.name
         )
     );

@@ -22,10 +22,10 @@ use kube::{
     runtime::{WatchStreamExt, watcher},
 };
 
-const LEASE: &str = "bitbucket-operator";
+pub const LEASE: &str = "bitbucket-operator";
 
 /// A replica named `identity`, leading with the test namespace's Lease.
-fn replica(env: &Env, identity: &str) -> Operator {
+pub fn replica(env: &Env, identity: &str) -> Operator {
     let mut settings = test_settings(&env.ns.name);
     settings.instance = identity.to_owned();
     settings.lease = Some(LeaseSettings {
@@ -38,7 +38,7 @@ fn replica(env: &Env, identity: &str) -> Operator {
 }
 
 /// Two replicas, `a` started first; returns them leader first, once one leads.
-async fn two_replicas(env: &Env) -> (Operator, Operator) {
+pub async fn two_replicas(env: &Env) -> (Operator, Operator) {
     let a = replica(env, "replica-a");
     let b = replica(env, "replica-b");
     eventually("one replica to lead", PATIENCE, || async {
@@ -70,8 +70,13 @@ fn handled(value: &'static str) -> impl Fn(&Subscription) -> bool {
 }
 
 /// An Env whose own operator is stopped: the replicas are the test's.
-async fn env_without_operator(prefix: &str) -> Env {
-    let mut env = Env::start(prefix).await;
+pub async fn env_without_operator(prefix: &str) -> Env {
+    env_without_operator_with(prefix, bitbucket_sim::Fixture::demo()).await
+}
+
+/// [`env_without_operator`] with the simulator serving `fixture`.
+pub async fn env_without_operator_with(prefix: &str, fixture: bitbucket_sim::Fixture) -> Env {
+    let mut env = Env::start_with(prefix, fixture, |_| {}).await;
     env.operator.take().unwrap().stop().await;
     env.secret(
         "acme-token",

@@ -23,4 +23,5 @@ mod leader;
 mod operator;
 mod plugin;
 mod rbac;
+mod slices;
 mod tenancy;

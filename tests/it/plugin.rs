@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{ResourceExt, api::DeleteParams};
 
 /// Runs `kubectl bitbucket ARGS -n NAMESPACE` (the plugin binary kubectl would run).
-fn plugin(env: &Env, args: &[&str]) -> Output {
+pub fn plugin(env: &Env, args: &[&str]) -> Output {
     std::process::Command::new(crate::support::plugin_binary())
         .args(args)
         .args(["-n", &env.ns.name])

@@ -72,4 +72,7 @@ pub mod reasons {
     pub const DELETION_RELEASED: &str = "DeletionReleased";
     /// Deletion waits for Subscriptions that still reference the integration.
     pub const DELETION_BLOCKED: &str = "DeletionBlocked";
+    /// A listing succeeded but writing its RepositorySlices failed: readers keep serving the
+    /// last complete list, and the writes are retried with backoff.
+    pub const SLICES_NOT_WRITTEN: &str = "SlicesNotWritten";
 }

@@ -25,7 +25,10 @@ use kube::CustomResourceExt;
 pub use common::*;
 pub use duration::{DurationError, parse_duration};
 pub use integration::*;
-pub use slice::{MAX_REPOSITORIES_PER_SLICE, RepositorySlice, SUBSCRIPTION_LABEL};
+pub use slice::{
+    Incomplete, MAX_REPOSITORIES_PER_SLICE, MAX_SLICE_BYTES, RepositorySlice, SUBSCRIPTION_LABEL,
+    SliceRef, subscription_label,
+};
 pub use subscription::*;
 
 /// The API group of both kinds.

@@ -27,9 +27,97 @@ use crate::{GROUP, Repository, VERSION};
 /// On every slice: the name of the Subscription whose list it holds.
 pub const SUBSCRIPTION_LABEL: &str = "scm.shippable.io/subscription";
 
+/// The value of [`SUBSCRIPTION_LABEL`] for a Subscription named `name`: the name itself, or for
+/// a name longer than a label value may be (63 characters), its first 46 characters, '-' and 16
+/// hex digits of its SHA-256.
+pub fn subscription_label(name: &str) -> String {
+    use sha2::Digest;
+    if name.len() <= 63 {
+        return name.to_owned();
+    }
+    let hash = sha2::Sha256::digest(name.as_bytes());
+    let hex: String = hash[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let cut = (0..=46)
+        .rev()
+        .find(|i| name.is_char_boundary(*i))
+        .unwrap_or(0);
+    let head = name[..cut].trim_end_matches(['-', '.']);
+    format!("{head}-{hex}")
+}
+
 /// The most entries one slice holds (EndpointSlice's default is 100 endpoints; a repository
 /// entry is about 0.5 KiB, so 500 keep a slice near 256 KiB, far below etcd's 1.5 MiB).
 pub const MAX_REPOSITORIES_PER_SLICE: usize = 500;
+
+/// The most bytes of JSON one slice's entries take: with its metadata a slice stays below
+/// 1 MiB (etcd refuses objects over 1.5 MiB) however long the names Bitbucket sends.
+pub const MAX_SLICE_BYTES: usize = 768 * 1024;
+
+/// One slice of the list a Subscription's status names: which slice, and the digest of the
+/// entries it held when the list was complete.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SliceRef {
+    /// The RepositorySlice's name.
+    pub name: String,
+    /// [`digest`] of its entries.
+    pub digest: String,
+}
+
+/// A digest of a slice's entries: 32 hex digits of the SHA-256 of their JSON, as the API server
+/// stores them (so what the operator wrote and what a reader reads back digest alike).
+pub fn digest(repositories: &[Repository]) -> String {
+    use sha2::Digest;
+    let json = serde_json::to_vec(repositories).expect("repositories serialise to JSON");
+    let hash = sha2::Sha256::digest(&json);
+    hash[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Why a set of slices is not the list a Subscription's status names: a reader then serves the
+/// last complete list it had, or nothing.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Incomplete {
+    /// The Subscription has not written a complete list yet.
+    #[error("it has not listed its repositories yet")]
+    NotListed,
+    #[error("RepositorySlice {0} is not there (yet)")]
+    Missing(String),
+    /// The slice holds other entries than when the list was complete: an update is under way.
+    #[error("RepositorySlice {0} is being rewritten")]
+    Changed(String),
+}
+
+/// The slices that `named` (a Subscription's `status.slices`) names, in its order, when `find`
+/// gives each of them holding the entries it held when the list was complete (its `digest` as
+/// recorded); otherwise why not. Their entries together are the Subscription's whole list.
+pub fn complete<S: std::borrow::Borrow<RepositorySlice>>(
+    named: Option<&[SliceRef]>,
+    mut find: impl FnMut(&str) -> Option<S>,
+) -> Result<Vec<S>, Incomplete> {
+    let named = named.ok_or(Incomplete::NotListed)?;
+    named
+        .iter()
+        .map(|wanted| {
+            let slice =
+                find(&wanted.name).ok_or_else(|| Incomplete::Missing(wanted.name.clone()))?;
+            if slice.borrow().digest == wanted.digest {
+                Ok(slice)
+            } else {
+                Err(Incomplete::Changed(wanted.name.clone()))
+            }
+        })
+        .collect()
+}
+
+/// The entries of `slices`, sorted by full name.
+pub fn entries<S: std::borrow::Borrow<RepositorySlice>>(slices: &[S]) -> Vec<&Repository> {
+    let mut list: Vec<&Repository> = slices
+        .iter()
+        .flat_map(|s| s.borrow().repositories.iter())
+        .collect();
+    list.sort_unstable_by(|a, b| a.full_name.cmp(&b.full_name));
+    list
+}
 
 /// Up to 500 repositories of one Subscription; together its slices hold its whole list.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -51,6 +139,10 @@ pub struct RepositorySlice {
     /// How many entries `repositories` holds (shown by `kubectl get`).
     #[serde(default)]
     pub repository_count: i32,
+    /// [`digest`] of `repositories`, written with them: the Subscription's `status.slices`
+    /// names each slice of its complete list with it.
+    #[serde(default)]
+    pub digest: String,
 }
 
 fn api_version() -> String {
@@ -72,6 +164,7 @@ impl RepositorySlice {
                 ..ObjectMeta::default()
             },
             repository_count: i32::try_from(repositories.len()).unwrap_or(i32::MAX),
+            digest: digest(&repositories),
             repositories,
         }
     }
@@ -177,6 +270,71 @@ impl kube::Resource for RepositorySlice {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entries_named(names: &[&str]) -> Vec<Repository> {
+        names
+            .iter()
+            .map(|n| {
+                serde_json::from_value(serde_json::json!({
+                    "fullName": format!("acme/{n}"), "name": n, "private": true, "cloneUrls": {}
+                }))
+                .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_the_named_slices_with_their_recorded_entries_make_a_list() {
+        let a = RepositorySlice::new("a", entries_named(&["web", "api"]));
+        let b = RepositorySlice::new("b", entries_named(&["db"]));
+        let named = [&a, &b].map(|s| SliceRef {
+            name: s.metadata.name.clone().unwrap(),
+            digest: s.digest.clone(),
+        });
+        let reading = |held: &[&RepositorySlice]| {
+            let found = |name: &str| {
+                held.iter()
+                    .find(|s| s.metadata.name.as_deref() == Some(name))
+                    .copied()
+            };
+            complete(Some(&named), found).map(|slices| {
+                entries(&slices)
+                    .iter()
+                    .map(|r| r.name.clone())
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(
+            reading(&[&b, &a]),
+            Ok(vec!["api".into(), "db".into(), "web".into()]),
+            "sorted by full name"
+        );
+        let rewritten = RepositorySlice::new("a", entries_named(&["web"]));
+        assert_eq!(
+            reading(&[&rewritten, &b]),
+            Err(Incomplete::Changed("a".into())),
+            "a slice rewritten since the status was written"
+        );
+        assert_eq!(reading(&[&a]), Err(Incomplete::Missing("b".into())));
+        let none = |_: &str| None::<RepositorySlice>;
+        assert_eq!(
+            complete(None, none),
+            Err(Incomplete::NotListed),
+            "never listed is not an empty list"
+        );
+        assert_eq!(complete(Some(&[]), none), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn every_subscription_name_gives_a_label_value() {
+        assert_eq!(subscription_label("acme-ci"), "acme-ci");
+        let long = format!("{}.{}", "a".repeat(45), "b".repeat(200));
+        let label = subscription_label(&long);
+        assert!(label.len() <= 63, "{label}");
+        assert!(label.starts_with(&"a".repeat(45)), "{label}");
+        assert!(!label.contains(".-"), "{label}");
+        assert_ne!(label, subscription_label(&format!("{long}c")));
+    }
 
     #[test]
     fn a_slice_reads_and_writes_as_the_api_server_stores_it() {

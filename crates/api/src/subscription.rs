@@ -173,6 +173,13 @@ pub struct SubscriptionStatus {
     #[serde(default)]
     pub repositories_truncated: bool,
 
+    /// The RepositorySlices that hold the whole list (every repository once, however many),
+    /// each with a digest of its entries: written after the slices, so a reader that finds
+    /// other entries is looking at an update under way and keeps the last complete list.
+    /// Absent until the first complete listing; empty for an empty list.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slices: Option<Vec<crate::SliceRef>>,
+
     /// When the repository list last changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_change_time: Option<Time>,
@@ -199,6 +206,10 @@ pub struct IntegrationSummary {
 pub struct Repository {
     /// `workspace/slug` (Cloud) or `PROJECT/slug` (Data Center).
     pub full_name: String,
+    /// Bitbucket's id of the repository, kept across renames and moves: the Cloud `uuid`, the
+    /// Data Center `id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
     /// The repository slug.
     pub name: String,
     /// The repository's display name, when it differs from the slug.

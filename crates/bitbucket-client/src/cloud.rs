@@ -13,7 +13,7 @@ use super::{
 };
 
 /// Only what status needs (api-facts §A.6): a page of 100 repositories stays small.
-const REPOSITORY_FIELDS: &str = "next,values.slug,values.name,values.full_name,values.is_private,\
+const REPOSITORY_FIELDS: &str = "next,values.uuid,values.slug,values.name,values.full_name,values.is_private,\
 values.mainbranch.name,values.links.clone,values.links.html.href,values.project.key,values.updated_on";
 
 /// The largest page Bitbucket Cloud serves (api-facts §A.5).
@@ -162,6 +162,7 @@ struct User {
 
 #[derive(Deserialize)]
 struct CloudRepository {
+    uuid: Option<String>,
     full_name: String,
     slug: Option<String>,
     name: Option<String>,
@@ -222,6 +223,7 @@ impl From<CloudRepository> for Repository {
                 .map(|link| strip_userinfo(&link.href))
         };
         Repository {
+            id: repository.uuid,
             clone_https: clone("https"),
             clone_ssh: clone("ssh"),
             name: repository.name.unwrap_or_else(|| slug.clone()),
@@ -264,6 +266,7 @@ mod tests {
         assert_eq!(
             repositories,
             [Repository {
+                id: Some("{b090a669-ac7b-44cd-9610-02d027cb39f3}".into()),
                 full_name: "sourcegraph-testing/src-cli".into(),
                 slug: "src-cli".into(),
                 name: "src-cli".into(),

@@ -105,6 +105,7 @@ struct Page {
 
 #[derive(Deserialize)]
 struct DataCenterRepository {
+    id: Option<u64>,
     slug: String,
     name: Option<String>,
     project: DataCenterProject,
@@ -145,6 +146,7 @@ impl From<DataCenterRepository> for Repository {
                 .map(|link| strip_userinfo(&link.href))
         };
         Repository {
+            id: repository.id.map(|id| id.to_string()),
             full_name: format!("{}/{}", repository.project.key, repository.slug),
             name: repository
                 .name
@@ -181,6 +183,7 @@ mod tests {
         assert_eq!(
             repositories,
             [Repository {
+                id: Some("6".into()),
                 full_name: "PRIVUSER/userland".into(),
                 slug: "userland".into(),
                 name: "userland".into(),

@@ -63,6 +63,9 @@ impl ListingSummary {
 /// One repository, as the operator reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Repository {
+    /// Bitbucket's id of the repository, which a rename or a move keeps: the Cloud `uuid`
+    /// (`{…}`), the Data Center `id` (a number, as text).
+    pub id: Option<String>,
     /// `workspace/slug` (Cloud) or `PROJECT/slug` (Data Center).
     pub full_name: String,
     pub slug: String,

@@ -1,5 +1,6 @@
-//! `list`, `get` and `repos`: what the operator found, read from the objects' status. Tables
-//! are kubectl's (left-aligned columns, three spaces apart); `-o json|yaml` prints the objects.
+//! `list`, `get` and `repos`: what the operator found, read from the objects' status (and, for
+//! `repos`, the Subscription's RepositorySlices, which hold its whole list). Tables are kubectl's
+//! (left-aligned columns, three spaces apart); `-o json|yaml` prints the objects.
 
 use std::fmt::Write as _;
 
@@ -9,9 +10,11 @@ use kube::{Api, Client, ResourceExt, api::ListParams};
 
 use super::{Outcome, Output, terminal::Terminal};
 use crate::api::{
-    Account, BitbucketIntegration, CLOUD_API_URL, Subscription,
+    Account, BitbucketIntegration, CLOUD_API_URL, Repository, RepositorySlice, SUBSCRIPTION_LABEL,
+    Subscription,
     conditions::{READY, STALLED},
     glob::glob,
+    slice, subscription_label,
 };
 
 /// What `repos` shows.
@@ -181,25 +184,21 @@ pub async fn repos(client: &Client, namespace: &str, args: ReposArgs) -> anyhow:
     let status = subscription.status.clone().unwrap_or_default();
     let filtered =
         !args.matching.is_empty() || !args.project.is_empty() || args.private || args.public;
-    let kept: Vec<_> = status
-        .repositories
-        .iter()
-        .filter(|r| args.matching.is_empty() || args.matching.iter().any(|g| glob(g, &r.name)))
-        .filter(|r| {
-            args.project.is_empty()
-                || r.project
-                    .as_ref()
-                    .is_some_and(|p| args.project.iter().any(|want| want.eq_ignore_ascii_case(p)))
-        })
-        .filter(|r| !args.private || r.private)
-        .filter(|r| !args.public || !r.private)
-        .collect();
-    let truncated = status.repositories_truncated;
+    let whole = whole_list(client, &subscription).await?;
+    let (listed, complete) = match &whole {
+        Some(list) => (list.as_slice(), true),
+        None => (
+            status.repositories.as_slice(),
+            !status.repositories_truncated,
+        ),
+    };
+    let kept: Vec<_> = listed.iter().filter(|r| shown(&args, r)).collect();
     let mut note = String::new();
-    if truncated {
+    if !complete {
         let _ = writeln!(
             note,
-            "(status keeps the first {} of {} repositories; {})",
+            "(its RepositorySlices are being rewritten: status keeps the first {} of {} \
+             repositories; {})",
             status.repositories.len(),
             status.repository_count.unwrap_or_default(),
             if filtered {
@@ -227,7 +226,25 @@ pub async fn repos(client: &Client, namespace: &str, args: ReposArgs) -> anyhow:
             args.subscription
         )));
     }
-    let wide = args.output == Output::Wide;
+    Ok(Outcome::ok(
+        repository_table(&kept, args.output == Output::Wide) + &note,
+    ))
+}
+
+/// Whether `repos`' filters keep `repository`.
+fn shown(args: &ReposArgs, repository: &Repository) -> bool {
+    (args.matching.is_empty() || args.matching.iter().any(|g| glob(g, &repository.name)))
+        && (args.project.is_empty()
+            || repository
+                .project
+                .as_ref()
+                .is_some_and(|p| args.project.iter().any(|want| want.eq_ignore_ascii_case(p))))
+        && (!args.private || repository.private)
+        && (!args.public || !repository.private)
+}
+
+/// The table of `repos` (with clone URLs when `wide`).
+fn repository_table(kept: &[&Repository], wide: bool) -> String {
     let mut rows = vec![
         ["REPOSITORY", "PROJECT", "PRIVATE", "MAIN BRANCH"]
             .map(String::from)
@@ -236,7 +253,7 @@ pub async fn repos(client: &Client, namespace: &str, args: ReposArgs) -> anyhow:
     if wide {
         rows[0].extend(["HTTPS", "SSH"].map(String::from));
     }
-    for r in &kept {
+    for r in kept {
         let mut row = vec![
             r.full_name.clone(),
             r.project.clone().unwrap_or_else(|| "-".into()),
@@ -251,7 +268,49 @@ pub async fn repos(client: &Client, namespace: &str, args: ReposArgs) -> anyhow:
         }
         rows.push(row);
     }
-    Ok(Outcome::ok(table(&rows) + &note))
+    table(&rows)
+}
+
+/// The whole list of `subscription` from its RepositorySlices, when they hold the list its
+/// status names; `None` while they are being rewritten (or before the first listing). Asks again
+/// once, a second later, before giving up.
+async fn whole_list(
+    client: &Client,
+    subscription: &Subscription,
+) -> anyhow::Result<Option<Vec<Repository>>> {
+    let namespace = subscription.namespace().unwrap_or_default();
+    let named = subscription
+        .status
+        .as_ref()
+        .and_then(|s| s.slices.as_deref());
+    if named.is_none() {
+        return Ok(None);
+    }
+    let slices: Api<RepositorySlice> = Api::namespaced(client.clone(), &namespace);
+    let selector = format!(
+        "{SUBSCRIPTION_LABEL}={}",
+        subscription_label(&subscription.name_any())
+    );
+    let uid = subscription.uid().unwrap_or_default();
+    for attempt in 0..2 {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+        let held = slices
+            .list(&ListParams::default().labels(&selector))
+            .await?
+            .items;
+        let found = slice::complete(named, |name| {
+            held.iter().find(|s| {
+                s.metadata.name.as_deref() == Some(name)
+                    && s.owner_references().iter().any(|o| o.uid == uid)
+            })
+        });
+        if let Ok(found) = found {
+            return Ok(Some(slice::entries(&found).into_iter().cloned().collect()));
+        }
+    }
+    Ok(None)
 }
 
 /// Who an integration authenticates as: `jdoe (Jane Doe), User`.

@@ -27,6 +27,7 @@ pub(super) mod tests {
     /// A repository of workspace `acme` with nothing but a slug and a visibility.
     pub(in crate::controller::subscription) fn repository(slug: &str, private: bool) -> Repository {
         Repository {
+            id: None,
             full_name: format!("acme/{slug}"),
             slug: slug.into(),
             name: slug.into(),

@@ -5,10 +5,12 @@
 //!
 //! A reconcile ([`reconcile`] → `sync`) reads as its steps: dereference the integration and its
 //! client (`dereference`), check they fit (`check`), decide whether a listing is due
-//! (`check::due`), list (`super::listing`), build the status (`report`), finish (`finish`).
+//! (`check::due`), list (`super::listing`), write the RepositorySlices (`publish`), build the
+//! status (`report`), finish (`finish`).
 
 pub mod check;
 pub mod filter;
+pub mod publish;
 pub mod report;
 pub mod slices;
 
@@ -69,6 +71,9 @@ pub enum Error {
     Bitbucket(#[from] bitbucket::Error),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    /// The listing succeeded, but writing its RepositorySlices failed.
+    #[error("writing the RepositorySlices failed (readers keep the last complete list): {0}")]
+    Slices(kube::Error),
 }
 
 impl Reason for Error {
@@ -81,6 +86,7 @@ impl Reason for Error {
             Self::InvalidSpec(_) => reasons::INVALID_SPEC,
             Self::Bitbucket(e) => Reason::reason(e),
             Self::Kube(e) => e.reason(),
+            Self::Slices(_) => reasons::SLICES_NOT_WRITTEN,
         }
     }
 
@@ -91,7 +97,7 @@ impl Reason for Error {
             | Self::IntegrationCredential { .. } => Class::Waiting,
             Self::InvalidSpec(_) => Class::Stalled,
             Self::Bitbucket(e) => Reason::class(e),
-            Self::Kube(e) => e.class(),
+            Self::Kube(e) | Self::Slices(e) => e.class(),
         }
     }
 
@@ -182,6 +188,13 @@ async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, 
     if subscription.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
+    if !is_ready(&context.slices) {
+        // The slices are not listed yet: a plan now would write them all again.
+        return Ok(Action::requeue(Duration::from_millis(500)));
+    }
+    if let Some(wait) = publish::unsettled(&context.shared, &context.slices, subscription) {
+        return Ok(Action::requeue(wait));
+    }
     let shared = &context.shared;
     let mut draft = Draft::begin(&shared.memory, subscription);
     let ask = SyncAsk {
@@ -204,8 +217,7 @@ async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, 
             }
         }
     };
-    let filter = &subscription.spec.repositories;
-    let status = report::status(&draft.shown, &ask, filter, &outcome, &conditions::now());
+    let status = report::status(&draft.shown, &ask, &outcome, &conditions::now());
     finish(shared, subscription, &draft, &status).await?;
     Ok(after(context, subscription, &ask, outcome))
 }
@@ -332,14 +344,49 @@ async fn list_when_due(
             .and_then(|a| a.username.clone().or_else(|| a.display_name.clone())),
     };
     match listed {
-        Ok(repositories) => SyncOutcome::Listed {
-            repositories,
-            integration,
-        },
+        Ok(listing) => publish_listing(context, subscription, &listing, integration).await,
         Err(error) => SyncOutcome::Failed {
             error: error.into(),
             integration: Some(integration),
         },
+    }
+}
+
+/// Writes the filtered listing into the Subscription's RepositorySlices. When that fails the
+/// listing counts as failed for now (it is retried after the backoff, the status keeps naming
+/// the last complete set of slices).
+async fn publish_listing(
+    context: &Context,
+    subscription: &Subscription,
+    listing: &[bitbucket::Repository],
+    integration: IntegrationSummary,
+) -> SyncOutcome {
+    let repositories = report::entries(listing, &subscription.spec.repositories);
+    let published = publish::publish(
+        &context.shared,
+        &context.slices,
+        subscription,
+        &repositories,
+    )
+    .await;
+    match published {
+        Ok(slices) => SyncOutcome::Listed {
+            repositories,
+            slices,
+            integration,
+        },
+        Err(error) => {
+            let uid = finish::uid(subscription);
+            context.shared.memory.subscription(&uid, |m| {
+                if let Some(sync) = m.sync.as_mut() {
+                    sync.transient_failure = true;
+                }
+            });
+            SyncOutcome::Failed {
+                error: Error::Slices(error),
+                integration: Some(integration),
+            }
+        }
     }
 }
 

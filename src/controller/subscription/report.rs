@@ -1,7 +1,7 @@
 //! The Subscription's status from what a reconcile found, and the Events a status change calls
 //! for: pure functions, no I/O.
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::collections::BTreeSet;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::events::EventType;
@@ -10,7 +10,7 @@ use super::{Error, check::SyncAsk, filter};
 use crate::{
     api::{
         CloneUrls, IntegrationSummary, MAX_LISTED_REPOSITORIES, Repository, RepositoryFilter,
-        SubscriptionStatus,
+        SliceRef, SubscriptionStatus,
         conditions::{READY, RECONCILING, STALLED, reasons},
         text,
     },
@@ -22,9 +22,11 @@ use crate::{
 /// What a reconcile found out.
 #[derive(Debug)]
 pub enum SyncOutcome {
-    /// A listing, fetched or shared, made with `integration`'s credential.
+    /// A listing, fetched or shared, made with `integration`'s credential: the repositories
+    /// that pass the filters (see [`entries`]), and the RepositorySlices now holding them.
     Listed {
-        repositories: Arc<Vec<bitbucket::Repository>>,
+        repositories: Vec<Repository>,
+        slices: Vec<SliceRef>,
         integration: IntegrationSummary,
     },
     /// Nothing was due: the last listing stands; look again after `wait`.
@@ -44,11 +46,23 @@ pub enum SyncOutcome {
     },
 }
 
+/// The repositories of a listing that pass the Subscription's filters, as status and slices
+/// show them, sorted by full name, each name once.
+pub fn entries(listing: &[bitbucket::Repository], filter: &RepositoryFilter) -> Vec<Repository> {
+    let mut kept: Vec<Repository> = listing
+        .iter()
+        .filter(|r| filter::keeps(filter, r))
+        .map(to_status)
+        .collect();
+    kept.sort_by(|a, b| a.full_name.cmp(&b.full_name));
+    kept.dedup_by(|a, b| a.full_name == b.full_name);
+    kept
+}
+
 /// The status an outcome leads to, from the status last shown. Failures keep the last list.
 pub fn status(
     shown: &SubscriptionStatus,
     ask: &SyncAsk,
-    filter: &RepositoryFilter,
     outcome: &SyncOutcome,
     now: &Time,
 ) -> SubscriptionStatus {
@@ -81,17 +95,13 @@ pub fn status(
         ),
         SyncOutcome::Listed {
             repositories,
+            slices,
             integration,
         } => {
             status.integration = Some(integration.clone());
-            let kept: Vec<Repository> = repositories
-                .iter()
-                .filter(|r| filter::keeps(filter, r))
-                .map(to_status)
-                .collect();
-            let count = kept.len();
-            let mut shown_list = kept;
-            shown_list.truncate(MAX_LISTED_REPOSITORIES);
+            let count = repositories.len();
+            let shown_list = repositories[..count.min(MAX_LISTED_REPOSITORIES)].to_vec();
+            status.slices = Some(slices.clone());
             status.repositories_truncated = count > MAX_LISTED_REPOSITORIES;
             status.repository_count = Some(i32::try_from(count).unwrap_or(i32::MAX));
             if shown_list != shown.repositories || shown.repository_count.is_none() {
@@ -115,23 +125,31 @@ pub fn status(
     status
 }
 
-/// A repository as status shows it.
-/// A repository as status shows it; its names, as Bitbucket sent them, made safe (see [`text`]).
+/// The longest URL an entry keeps (a longer one is left out rather than cut into a wrong one).
+const MAX_URL_BYTES: usize = 2048;
+
+/// A repository as status and slices show it: its names, as Bitbucket sent them, made safe (see
+/// [`text`]), URLs within [`MAX_URL_BYTES`], and its time in whole seconds, as the API server
+/// stores it (so an entry compares equal to itself read back).
 pub fn to_status(repository: &bitbucket::Repository) -> Repository {
     let quoted = |value: &str| text::for_the_api(value, text::MAX_QUOTED_BYTES).into_owned();
+    let url = |value: &Option<String>| value.clone().filter(|u| u.len() <= MAX_URL_BYTES);
     Repository {
         full_name: quoted(&repository.full_name),
+        id: repository.id.as_deref().map(quoted),
         name: quoted(&repository.slug),
         display_name: (repository.name != repository.slug).then(|| quoted(&repository.name)),
         project: repository.project.as_deref().map(quoted),
         private: repository.private,
         main_branch: repository.main_branch.as_deref().map(quoted),
         clone_urls: CloneUrls {
-            https: repository.clone_https.clone(),
-            ssh: repository.clone_ssh.clone(),
+            https: url(&repository.clone_https),
+            ssh: url(&repository.clone_ssh),
         },
-        html_url: repository.html_url.clone(),
-        updated_at: repository.updated_at.map(Time),
+        html_url: url(&repository.html_url),
+        updated_at: (repository.updated_at)
+            .and_then(|t| jiff::Timestamp::from_second(t.as_second()).ok())
+            .map(Time),
     }
 }
 
@@ -180,9 +198,11 @@ mod tests {
     use super::*;
     use crate::controller::subscription::filter::tests::repository;
 
-    fn listed(slugs: &[&str]) -> SyncOutcome {
+    fn listed(slugs: &[&str], filter: &RepositoryFilter) -> SyncOutcome {
+        let listing: Vec<_> = slugs.iter().map(|s| repository(s, false)).collect();
         SyncOutcome::Listed {
-            repositories: Arc::new(slugs.iter().map(|s| repository(s, false)).collect()),
+            repositories: entries(&listing, filter),
+            slices: Vec::new(),
             integration: IntegrationSummary {
                 name: "acme".into(),
                 account: Some("jdoe".into()),
@@ -211,8 +231,7 @@ mod tests {
         let first = status(
             &SubscriptionStatus::default(),
             &ask(),
-            &filter,
-            &listed(&["api", "web", "old-archive"]),
+            &listed(&["api", "web", "old-archive"], &filter),
             &now(),
         );
         assert_eq!(first.repository_count, Some(2));
@@ -225,13 +244,13 @@ mod tests {
         );
 
         let later = Time(jiff::Timestamp::from_second(1_000_060).unwrap());
-        let second = status(&first, &ask(), &filter, &listed(&["api", "docs"]), &later);
+        let second = status(&first, &ask(), &listed(&["api", "docs"], &filter), &later);
         assert_eq!(second.last_change_time, Some(later.clone()));
         let announced = announcements(&first, &second);
         assert_eq!(announced.len(), 1);
         assert_eq!(announced[0].note, "2 repositories (1 added, 1 removed)");
         let latest = Time(jiff::Timestamp::from_second(1_000_120).unwrap());
-        let same = status(&second, &ask(), &filter, &listed(&["api", "docs"]), &latest);
+        let same = status(&second, &ask(), &listed(&["api", "docs"], &filter), &latest);
         assert_eq!(same, second, "the same listing changes nothing");
     }
 
@@ -241,14 +260,12 @@ mod tests {
         let synced = status(
             &SubscriptionStatus::default(),
             &ask(),
-            &filter,
-            &listed(&["api"]),
+            &listed(&["api"], &filter),
             &now(),
         );
         let failed = status(
             &synced,
             &ask(),
-            &filter,
             &SyncOutcome::Failed {
                 error: Error::Bitbucket(bitbucket::Error::Unavailable {
                     status: 503,
@@ -282,8 +299,7 @@ mod tests {
         let big = status(
             &SubscriptionStatus::default(),
             &ask(),
-            &RepositoryFilter::default(),
-            &listed(&slugs),
+            &listed(&slugs, &RepositoryFilter::default()),
             &now(),
         );
         assert_eq!(big.repositories.len(), MAX_LISTED_REPOSITORIES);

@@ -4,11 +4,12 @@
 //! endpoints: a repository still listed never moves to another slice; slices that lose or change
 //! entries are rewritten in place; new entries go first into slices being rewritten anyway,
 //! then whole into the one slice with room that they fill best, else into new slices; a delete
-//! and a create become one update. No I/O.
+//! and a create become one update. Room is counted in entries and in bytes, so no slice passes
+//! 1 MiB whatever Bitbucket sends. No I/O.
 
 use std::collections::BTreeMap;
 
-use crate::api::{MAX_REPOSITORIES_PER_SLICE, Repository};
+use crate::api::{MAX_REPOSITORIES_PER_SLICE, MAX_SLICE_BYTES, Repository};
 
 /// A slice as it is: its name and entries.
 #[derive(Clone, Debug, PartialEq)]
@@ -35,15 +36,91 @@ impl Plan {
     }
 }
 
+/// The bytes of JSON an entry takes in a slice (and the comma before it).
+fn bytes(repository: &Repository) -> usize {
+    serde_json::to_vec(repository).map_or(usize::MAX / 2, |json| json.len() + 1)
+}
+
+/// How full a slice is: within [`MAX_REPOSITORIES_PER_SLICE`] entries and [`MAX_SLICE_BYTES`].
+#[derive(Clone, Copy, Default)]
+struct Fill {
+    entries: usize,
+    bytes: usize,
+}
+
+impl Fill {
+    fn of(repositories: &[Repository]) -> Self {
+        repositories
+            .iter()
+            .fold(Self::default(), |fill, r| fill.with(bytes(r)))
+    }
+
+    fn with(self, bytes: usize) -> Self {
+        Self {
+            entries: self.entries + 1,
+            bytes: self.bytes + bytes,
+        }
+    }
+
+    fn plus(self, other: Self) -> Self {
+        Self {
+            entries: self.entries + other.entries,
+            bytes: self.bytes + other.bytes,
+        }
+    }
+
+    fn fits(self) -> bool {
+        self.entries <= MAX_REPOSITORIES_PER_SLICE && self.bytes <= MAX_SLICE_BYTES
+    }
+}
+
+/// Moves entries from the front of `new` (with their sizes) onto `slice` while they fit.
+fn fill(slice: &mut Vec<Repository>, mut full: Fill, new: &mut Vec<(Repository, usize)>) {
+    let mut take = 0;
+    while let Some((_, size)) = new.get(take) {
+        let next = full.with(*size);
+        if !next.fits() {
+            break;
+        }
+        full = next;
+        take += 1;
+    }
+    slice.extend(new.drain(..take).map(|(r, _)| r));
+}
+
 /// The plan from `existing` slices to `desired` (repositories keyed by full name; the last of
 /// two with one name wins).
 pub fn plan(desired: &[Repository], existing: &[Existing]) -> Plan {
     let mut remaining: BTreeMap<&str, &Repository> =
         desired.iter().map(|r| (r.full_name.as_str(), r)).collect();
+    let (mut plan, unchanged) = keep(existing, &mut remaining);
+    let mut new: Vec<(Repository, usize)> = remaining
+        .into_values()
+        .map(|r| (r.clone(), bytes(r)))
+        .collect();
+    fill_rewritten(&mut plan.update, &mut new);
+    if let Some(slice) = fill_best(&unchanged, &mut new) {
+        plan.update.push(slice);
+    }
+    plan.create = cut(new);
+    // A delete and a create are one update of the deleted slice.
+    while let (Some(_), Some(_)) = (plan.delete.last(), plan.create.last()) {
+        let name = plan.delete.pop().expect("checked");
+        let repositories = plan.create.pop().expect("checked");
+        plan.update.push(Existing { name, repositories });
+    }
+    plan
+}
+
+/// Step 1: each slice keeps the entries still desired (taken out of `remaining`), refreshed; it
+/// is rewritten if it lost or changed one, deleted if it kept none. Returns the plan so far and
+/// the slices left as they are.
+fn keep<'a>(
+    existing: &'a [Existing],
+    remaining: &mut BTreeMap<&str, &Repository>,
+) -> (Plan, Vec<&'a Existing>) {
     let mut plan = Plan::default();
-    let mut unchanged: Vec<&Existing> = Vec::new();
-    // 1. Each slice keeps the entries still desired, refreshed; it is rewritten if it lost or
-    // changed one.
+    let mut unchanged = Vec::new();
     for slice in existing {
         let kept: Vec<Repository> = slice
             .repositories
@@ -61,42 +138,69 @@ pub fn plan(desired: &[Repository], existing: &[Existing]) -> Plan {
             });
         }
     }
-    let mut new: Vec<Repository> = remaining.into_values().cloned().collect();
-    // 2. Fill the slices rewritten anyway, fullest first.
-    plan.update
-        .sort_by_key(|s| std::cmp::Reverse(s.repositories.len()));
-    for slice in &mut plan.update {
-        let room = MAX_REPOSITORIES_PER_SLICE.saturating_sub(slice.repositories.len());
-        let take = room.min(new.len());
-        slice.repositories.extend(new.drain(..take));
-    }
-    // 3. The rest whole into the unchanged slice it fills best, if it fits in one; else new
-    // slices.
-    if !new.is_empty() && new.len() < MAX_REPOSITORIES_PER_SLICE {
-        let best = unchanged
-            .iter()
-            .filter(|s| s.repositories.len() + new.len() <= MAX_REPOSITORIES_PER_SLICE)
-            .max_by_key(|s| s.repositories.len());
-        if let Some(slice) = best {
-            let mut repositories = slice.repositories.clone();
-            repositories.append(&mut new);
-            plan.update.push(Existing {
-                name: slice.name.clone(),
-                repositories,
-            });
+    (plan, unchanged)
+}
+
+/// Step 2: the new entries fill the slices rewritten anyway, fullest first (a changed entry may
+/// have grown one past its bytes: it then gives back entries from its end).
+fn fill_rewritten(rewritten: &mut [Existing], new: &mut Vec<(Repository, usize)>) {
+    rewritten.sort_by_key(|s| std::cmp::Reverse(s.repositories.len()));
+    for slice in rewritten {
+        let mut full = Fill::default();
+        let mut kept = Vec::new();
+        for (i, r) in std::mem::take(&mut slice.repositories)
+            .into_iter()
+            .enumerate()
+        {
+            let size = bytes(&r);
+            if i > 0 && !full.with(size).fits() {
+                new.push((r, size));
+            } else {
+                full = full.with(size);
+                kept.push(r);
+            }
         }
+        slice.repositories = kept;
+        fill(&mut slice.repositories, full, new);
     }
-    plan.create = new
-        .chunks(MAX_REPOSITORIES_PER_SLICE)
-        .map(<[Repository]>::to_vec)
-        .collect();
-    // 4. A delete and a create are one update of the deleted slice.
-    while let (Some(_), Some(_)) = (plan.delete.last(), plan.create.last()) {
-        let name = plan.delete.pop().expect("checked");
-        let repositories = plan.create.pop().expect("checked");
-        plan.update.push(Existing { name, repositories });
+}
+
+/// Step 3: the rest whole into the unchanged slice it fills best, if one has room for all of it.
+fn fill_best(unchanged: &[&Existing], new: &mut Vec<(Repository, usize)>) -> Option<Existing> {
+    let rest = new
+        .iter()
+        .fold(Fill::default(), |fill, (_, size)| fill.with(*size));
+    if new.is_empty() || !rest.fits() {
+        return None;
     }
-    plan
+    let (slice, _) = unchanged
+        .iter()
+        .filter(|s| s.repositories.len() + rest.entries <= MAX_REPOSITORIES_PER_SLICE)
+        .map(|s| (s, Fill::of(&s.repositories)))
+        .filter(|(_, full)| full.plus(rest).fits())
+        .max_by_key(|(_, full)| full.entries)?;
+    let mut repositories = slice.repositories.clone();
+    repositories.extend(new.drain(..).map(|(r, _)| r));
+    Some(Existing {
+        name: slice.name.clone(),
+        repositories,
+    })
+}
+
+/// Step 4: what is left, cut into new slices.
+fn cut(mut new: Vec<(Repository, usize)>) -> Vec<Vec<Repository>> {
+    let mut slices = Vec::new();
+    while !new.is_empty() {
+        let mut slice = Vec::new();
+        fill(&mut slice, Fill::default(), &mut new);
+        if slice.is_empty() {
+            // One entry alone over the bytes (the status' text bounds make it impossible): it
+            // gets a slice of its own rather than none.
+            slice.push(new.remove(0).0);
+        }
+        slices.push(slice);
+    }
+    slices
 }
 
 #[cfg(test)]
@@ -168,6 +272,22 @@ mod tests {
         assert_eq!(plan.update[0].repositories.len(), 211);
     }
 
+    #[test]
+    fn long_entries_are_cut_by_bytes_not_only_by_count() {
+        let long = |i: usize| {
+            let mut r = repository(&format!("r{i:06}"), false);
+            r.html_url = Some(format!("https://bitbucket.example/{}", "x".repeat(3_000)));
+            r
+        };
+        let list: Vec<Repository> = (0..600).map(long).collect();
+        let plan = plan(&list, &[]);
+        for slice in &plan.create {
+            assert!(serde_json::to_vec(slice).unwrap().len() <= MAX_SLICE_BYTES);
+        }
+        assert_eq!(plan.create.iter().map(Vec::len).sum::<usize>(), 600);
+        assert!(plan.create.len() >= 3, "{} slices", plan.create.len());
+    }
+
     proptest! {
         /// Whatever the old and new lists: the slices afterwards hold the new list, each
         /// repository once, none over 500 entries; and a change of k repositories (added,
@@ -198,6 +318,7 @@ mod tests {
             prop_assert_eq!(&held, &wanted);
             for slice in &after {
                 prop_assert!(slice.repositories.len() <= MAX_REPOSITORIES_PER_SLICE);
+                prop_assert!(serde_json::to_vec(&slice.repositories).unwrap().len() <= MAX_SLICE_BYTES);
                 prop_assert!(!slice.repositories.is_empty(), "no empty slice is kept");
                 for r in &slice.repositories {
                     let desired = new.iter().find(|d| d.full_name == r.full_name).unwrap();

@@ -70,18 +70,20 @@ async fn new_leader(client: &Client, old: &str, since: Instant) -> (String, Dura
 
 /// A plain HTTP/1.0 GET of a Service's ClusterIP, through kube-proxy's rules (which appear a
 /// moment after the Service's endpoints do: until then, it asks again).
-/// Waits until the plugin generator's Service sends traffic to `pod` alone (the leader labels
-/// its Pod; the Service selects the label).
-async fn plugin_served_by(client: &Client, pod: &str) {
+/// Waits until the plugin generator's Service sends traffic to every replica, both ready
+/// (each answers from its own cache, leader and standby alike); returns their names.
+async fn plugin_served_by_every_replica(client: &Client) -> Vec<String> {
     use k8s_openapi::api::discovery::v1::EndpointSlice;
     let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
     let selector =
         ListParams::default().labels("kubernetes.io/service-name=bitbucket-operator-plugin");
+    let replicas = ListParams::default().labels("app.kubernetes.io/name=bitbucket-operator");
     eventually(
-        &format!("the plugin Service to reach {pod} alone"),
+        "the plugin Service to reach both ready replicas",
         PATIENCE,
         || async {
-            let targets: Vec<String> = slices
+            let mut targets: Vec<String> = slices
                 .list(&selector)
                 .await
                 .unwrap()
@@ -91,10 +93,27 @@ async fn plugin_served_by(client: &Client, pod: &str) {
                 .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
                 .filter_map(|e| e.target_ref.as_ref().and_then(|t| t.name.clone()))
                 .collect();
-            (targets == [pod]).then_some(())
+            targets.sort();
+            let mut ready: Vec<String> = pods
+                .list(&replicas)
+                .await
+                .unwrap()
+                .items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter(|p| {
+                    p.status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+                })
+                .map(|p| p.metadata.name.clone().unwrap_or_default())
+                .collect();
+            ready.sort();
+            (ready.len() == 2 && targets == ready).then_some(targets)
         },
     )
-    .await;
+    .await
 }
 
 /// Waits until the operator's Deployment has rolled out (`kubectl rollout status`).
@@ -249,7 +268,8 @@ async fn deploy_on_a_real_node_reconciles_hands_over_and_uninstalls() {
     let metrics = http_get(&format!("{cluster_ip}:8080"), "/metrics").await;
     assert!(metrics.contains("bitbucket_operator_leader"), "{metrics}");
     let leader = holder(&client).await.expect("a replica leads");
-    plugin_served_by(&client, &leader).await;
+    let served_by = plugin_served_by_every_replica(&client).await;
+    assert!(served_by.contains(&leader), "{served_by:?}");
     let logs = kubectl_ok(&["-n", OPERATOR_NAMESPACE, "logs", &leader]);
     assert!(logs.lines().count() > 2, "{logs}");
     for line in logs.lines() {
@@ -287,7 +307,11 @@ async fn deploy_on_a_real_node_reconciles_hands_over_and_uninstalls() {
         .unwrap();
     let (successor, took) = new_leader(&client, &leader, deleted).await;
     eprintln!("handover after deleting the leader's pod: {took:?} ({leader} → {successor})");
-    plugin_served_by(&client, &successor).await;
+    let served_by = plugin_served_by_every_replica(&client).await;
+    assert!(
+        served_by.contains(&successor) && !served_by.contains(&leader),
+        "{served_by:?}"
+    );
     await_object(
         &subscriptions,
         "ci",

@@ -57,7 +57,8 @@ impl Operator {
         let metrics = Arc::new(Metrics::default());
         let shared = Shared::new(client, settings, Arc::clone(&metrics));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(controller::run(Arc::clone(&shared), async move {
+        let waiting = controller::Waiting::starting();
+        let task = tokio::spawn(controller::run(Arc::clone(&shared), waiting, async move {
             let _ = stopped.await;
         }));
         Self {

@@ -1,0 +1,356 @@
+//! The repository lists every replica serves to Argo CD (the ApplicationSet plugin generator)
+//! and Flux (the `ExternalService` input provider), from its watch caches of Subscriptions and
+//! RepositorySlices: no Bitbucket call and no API-server request per answer, and leader and
+//! standby answer alike.
+//!
+//! Only complete lists are served. A Subscription's `status.slices` names the slices of its
+//! complete list with their digests, and is written after them; a list is assembled only when
+//! the cache holds exactly those slices with those digests. While an update is under way (or
+//! was cut short) the slices differ, and the last complete list this replica assembled is
+//! served instead; a replica that never saw one answers 503, which Argo CD and Flux retry. An
+//! empty answer always means an empty list: Argo CD deletes the Applications a generator stops
+//! producing. No I/O (the watches that fill the caches run in `controller::run`).
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+};
+
+use kube::{
+    ResourceExt,
+    runtime::reflector::{ObjectRef, Store},
+};
+
+use crate::{
+    api::{Incomplete, Repository, RepositorySlice, SliceRef, Subscription, slice},
+    controller::{is_ready, lock},
+};
+
+/// The caches of one watched scope (a namespace, or the whole cluster).
+struct Scope {
+    namespace: Option<String>,
+    subscriptions: Store<Subscription>,
+    slices: Store<RepositorySlice>,
+}
+
+/// What every replica serves from: the caches of each watched scope, and the last complete
+/// list of each Subscription.
+#[derive(Default)]
+pub struct Catalog {
+    scopes: Mutex<Vec<Scope>>,
+    /// By Subscription UID.
+    complete: Mutex<HashMap<String, Arc<List>>>,
+}
+
+/// A complete repository list: the slices that held it, and their entries' order by full name.
+pub struct List {
+    /// The slices as `status.slices` named them.
+    named: Vec<SliceRef>,
+    slices: Vec<Arc<RepositorySlice>>,
+    /// (slice, entry) of each repository, sorted by full name.
+    order: Vec<(u32, u32)>,
+}
+
+impl List {
+    fn new(named: Vec<SliceRef>, slices: Vec<Arc<RepositorySlice>>) -> Self {
+        let mut order: Vec<(u32, u32)> = slices
+            .iter()
+            .enumerate()
+            .flat_map(|(s, slice)| (0..slice.repositories.len()).map(move |e| (index(s), index(e))))
+            .collect();
+        let entry = |(s, e): &(u32, u32)| &slices[*s as usize].repositories[*e as usize];
+        order.sort_unstable_by(|a, b| entry(a).full_name.cmp(&entry(b).full_name));
+        Self {
+            named,
+            slices,
+            order,
+        }
+    }
+
+    /// The repositories, sorted by full name.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &Repository> {
+        self.order
+            .iter()
+            .map(|(s, e)| &self.slices[*s as usize].repositories[*e as usize])
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
+fn index(i: usize) -> u32 {
+    u32::try_from(i).expect("fewer than 2^32 slices and entries")
+}
+
+/// Which list answers.
+pub enum Served {
+    /// The list the Subscription's status names.
+    Complete(Arc<List>),
+    /// The last complete list this replica saw, while the slices are being rewritten.
+    Previous(Arc<List>),
+}
+
+/// Why no list can be served for a Subscription.
+#[derive(Debug, thiserror::Error)]
+pub enum NotServed {
+    /// No watched scope holds the namespace, or the Subscription is not in the cache.
+    #[error("no Subscription {0}/{1} is known to this operator")]
+    NotFound(String, String),
+    /// The caches have not been listed yet (the operator is starting).
+    #[error("the operator is starting: its caches are not filled yet")]
+    Starting,
+    /// Neither the list the status names nor a previous one is complete here.
+    #[error("Subscription {0}/{1}: {2}")]
+    Incomplete(String, String, Incomplete),
+}
+
+impl Catalog {
+    /// Adds the caches of a watched scope (`None`: the whole cluster).
+    pub fn watch(
+        &self,
+        namespace: Option<String>,
+        subscriptions: Store<Subscription>,
+        slices: Store<RepositorySlice>,
+    ) {
+        lock(&self.scopes).push(Scope {
+            namespace,
+            subscriptions,
+            slices,
+        });
+    }
+
+    /// Whether the caches of `scopes` watched scopes are all filled (so every answer is one).
+    pub fn is_ready(&self, scopes: usize) -> bool {
+        let watched = lock(&self.scopes);
+        watched.len() == scopes
+            && watched
+                .iter()
+                .all(|s| is_ready(&s.subscriptions) && is_ready(&s.slices))
+    }
+
+    /// The Subscription `namespace/name` as cached, with the slice cache of its scope.
+    fn find(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(Arc<Subscription>, Store<RepositorySlice>), NotServed> {
+        let scopes = lock(&self.scopes);
+        let scope = scopes
+            .iter()
+            .find(|s| s.namespace.as_deref().is_none_or(|n| n == namespace))
+            .ok_or_else(|| NotServed::NotFound(namespace.into(), name.into()))?;
+        if !is_ready(&scope.subscriptions) || !is_ready(&scope.slices) {
+            return Err(NotServed::Starting);
+        }
+        let subscription = scope
+            .subscriptions
+            .get(&ObjectRef::new(name).within(namespace))
+            .ok_or_else(|| NotServed::NotFound(namespace.into(), name.into()))?;
+        Ok((subscription, scope.slices.clone()))
+    }
+
+    /// The Subscription `namespace/name`, as this replica's cache holds it.
+    pub fn subscription(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Arc<Subscription>, NotServed> {
+        self.find(namespace, name)
+            .map(|(subscription, _)| subscription)
+    }
+
+    /// The complete list of Subscription `namespace/name`: the one its status names when the
+    /// cache holds it, else the last complete one seen.
+    pub fn list(&self, namespace: &str, name: &str) -> Result<Served, NotServed> {
+        let (subscription, slices) = self.find(namespace, name)?;
+        let uid = subscription.uid().unwrap_or_default();
+        let named = subscription
+            .status
+            .as_ref()
+            .and_then(|s| s.slices.as_deref());
+        let previous = lock(&self.complete).get(&uid).cloned();
+        // The list assembled last is still the one the status names (the slices may be
+        // being rewritten meanwhile: what it holds is what the status names).
+        if let Some(list) = &previous
+            && named == Some(list.named.as_slice())
+        {
+            return Ok(Served::Complete(Arc::clone(list)));
+        }
+        let found = slice::complete(named, |slice_name| {
+            slices
+                .get(&ObjectRef::new(slice_name).within(namespace))
+                .filter(|s| owned_by(s, &uid))
+        });
+        match found {
+            Ok(found) => {
+                let list = Arc::new(List::new(named.unwrap_or_default().to_vec(), found));
+                lock(&self.complete).insert(uid, Arc::clone(&list));
+                Ok(Served::Complete(list))
+            }
+            Err(incomplete) => match previous {
+                Some(list) => Ok(Served::Previous(list)),
+                None => Err(NotServed::Incomplete(
+                    namespace.into(),
+                    name.into(),
+                    incomplete,
+                )),
+            },
+        }
+    }
+
+    /// Drops the lists of Subscriptions not among `live` (UIDs).
+    pub fn sweep(&self, live: &HashSet<String>) {
+        lock(&self.complete).retain(|uid, _| live.contains(uid));
+    }
+}
+
+/// Whether `slice` belongs to the Subscription with UID `uid` (its controller ownerReference).
+fn owned_by(slice: &RepositorySlice, uid: &str) -> bool {
+    slice
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && o.uid == uid)
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::runtime::{reflector, watcher::Event};
+
+    use super::*;
+    use crate::api::{SubscriptionSpec, SubscriptionStatus};
+
+    fn subscription(uid: &str, named: &[&RepositorySlice]) -> Subscription {
+        let spec: SubscriptionSpec =
+            serde_json::from_value(serde_json::json!({"integrationRef": {"name": "acme"}}))
+                .unwrap();
+        let mut s = Subscription::new("big", spec);
+        s.metadata.namespace = Some("ci".into());
+        s.metadata.uid = Some(uid.into());
+        s.status = Some(SubscriptionStatus {
+            slices: Some(
+                named
+                    .iter()
+                    .map(|slice| SliceRef {
+                        name: slice.name_any(),
+                        digest: slice.digest.clone(),
+                    })
+                    .collect(),
+            ),
+            ..SubscriptionStatus::default()
+        });
+        s
+    }
+
+    fn slice(name: &str, owner: &str, slugs: &[&str]) -> RepositorySlice {
+        let entries = slugs
+            .iter()
+            .map(|slug| {
+                serde_json::from_value(serde_json::json!({
+                    "fullName": format!("acme/{slug}"), "name": slug, "private": true,
+                    "cloneUrls": {}
+                }))
+                .unwrap()
+            })
+            .collect();
+        let mut slice = RepositorySlice::new(name, entries);
+        slice.metadata.namespace = Some("ci".into());
+        slice.metadata.owner_references = Some(vec![
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                controller: Some(true),
+                uid: owner.into(),
+                ..Default::default()
+            },
+        ]);
+        slice
+    }
+
+    /// A catalog over caches the test fills: `subscriptions` and `slices` as they are now.
+    struct Caches {
+        catalog: Catalog,
+        subscriptions: reflector::store::Writer<Subscription>,
+        slices: reflector::store::Writer<RepositorySlice>,
+    }
+
+    impl Caches {
+        fn new() -> Self {
+            let (subscription_store, mut subscriptions) = reflector::store();
+            let (slice_store, mut slices) = reflector::store();
+            subscriptions.apply_watcher_event(&Event::InitDone);
+            slices.apply_watcher_event(&Event::InitDone);
+            let catalog = Catalog::default();
+            catalog.watch(Some("ci".into()), subscription_store, slice_store);
+            Self {
+                catalog,
+                subscriptions,
+                slices,
+            }
+        }
+
+        fn show(&mut self, subscription: &Subscription, slices: &[&RepositorySlice]) {
+            self.subscriptions
+                .apply_watcher_event(&Event::Apply(subscription.clone()));
+            for slice in slices {
+                self.slices
+                    .apply_watcher_event(&Event::Apply((*slice).clone()));
+            }
+        }
+
+        fn served(&self) -> Result<(&'static str, Vec<String>), String> {
+            let names = |list: &List| list.iter().map(|r| r.name.clone()).collect();
+            match self.catalog.list("ci", "big") {
+                Ok(Served::Complete(list)) => Ok(("complete", names(&list))),
+                Ok(Served::Previous(list)) => Ok(("previous", names(&list))),
+                Err(error) => Err(error.to_string()),
+            }
+        }
+    }
+
+    fn names(slugs: &[&str]) -> Vec<String> {
+        slugs.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn only_complete_lists_are_served_and_the_last_one_while_the_next_arrives() {
+        let mut caches = Caches::new();
+        let a = slice("big-a", "uid", &["web", "api"]);
+        caches.show(&subscription("uid", &[&a]), &[&a]);
+        assert_eq!(caches.served(), Ok(("complete", names(&["api", "web"]))));
+
+        // The status names the new slices before the cache holds them: the last complete list.
+        let (a2, b) = (
+            slice("big-a", "uid", &["web"]),
+            slice("big-b", "uid", &["db"]),
+        );
+        caches.show(&subscription("uid", &[&a2, &b]), &[]);
+        assert_eq!(caches.served(), Ok(("previous", names(&["api", "web"]))));
+        caches.show(&subscription("uid", &[&a2, &b]), &[&a2]);
+        assert_eq!(caches.served(), Ok(("previous", names(&["api", "web"]))));
+        caches.show(&subscription("uid", &[&a2, &b]), &[&b]);
+        assert_eq!(caches.served(), Ok(("complete", names(&["db", "web"]))));
+
+        // A replica that never saw a complete list answers why, never a part.
+        let mut fresh = Caches::new();
+        fresh.show(&subscription("uid", &[&a2, &b]), &[&a, &b]);
+        let refused = fresh.served().unwrap_err();
+        assert_eq!(
+            refused,
+            "Subscription ci/big: RepositorySlice big-a is being rewritten"
+        );
+    }
+
+    #[test]
+    fn a_slice_another_subscription_controls_is_not_part_of_the_list() {
+        let mut caches = Caches::new();
+        let foreign = slice("big-a", "someone-else", &["backdoor"]);
+        caches.show(&subscription("uid", &[&foreign]), &[&foreign]);
+        assert_eq!(
+            caches.served().unwrap_err(),
+            "Subscription ci/big: RepositorySlice big-a is not there (yet)"
+        );
+    }
+}

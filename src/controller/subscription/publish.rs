@@ -1,0 +1,241 @@
+//! Publishes a Subscription's list as RepositorySlices: writes what [`slices::plan`] decides,
+//! creates first, then updates, then deletes, and gives back the slices that now hold the list
+//! (with their digests) for the status, which is written after them. Readers serve a list only
+//! when the slices match what the status names, so a reader never sees half of an update (see
+//! `crate::catalog`). Does API-server I/O.
+
+use std::time::{Duration, Instant};
+
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, PostParams, Preconditions},
+    runtime::reflector::{ObjectRef, Store},
+};
+
+use super::slices::{self, Existing};
+use crate::{
+    api::{Repository, RepositorySlice, SUBSCRIPTION_LABEL, SliceRef, Subscription},
+    controller::{Shared, finish},
+};
+
+/// The field manager of slice writes.
+pub const MANAGER: &str = "bitbucket-operator/slices";
+
+/// How long a plan waits for the cache to show this process's last slice writes before it
+/// plans from what the cache shows (someone else changed them meanwhile).
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// The slices of `subscription` in the cache: those it controls (by ownerReference).
+pub fn owned(store: &Store<RepositorySlice>, subscription: &Subscription) -> Vec<Existing> {
+    let (namespace, uid) = (subscription.namespace(), subscription.uid());
+    let mut owned: Vec<Existing> = store
+        .state()
+        .iter()
+        .filter(|s| s.namespace() == namespace && controlled_by(s, uid.as_deref()))
+        .map(|s| Existing {
+            name: s.name_any(),
+            repositories: s.repositories.clone(),
+        })
+        .collect();
+    owned.sort_by(|a, b| a.name.cmp(&b.name));
+    owned
+}
+
+fn controlled_by(slice: &RepositorySlice, uid: Option<&str>) -> bool {
+    slice
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
+}
+
+/// How long to wait before planning, when the cache does not show this process's last slice
+/// writes of `subscription` yet; `None` when it does (or patience ran out).
+pub fn unsettled(
+    shared: &Shared,
+    store: &Store<RepositorySlice>,
+    subscription: &Subscription,
+) -> Option<Duration> {
+    let uid = finish::uid(subscription);
+    let namespace = subscription.namespace().unwrap_or_default();
+    shared.memory.subscription(&uid, |m| {
+        let written = &mut m.slices;
+        let shows = written.slices.iter().all(|(name, digest)| {
+            let cached = store.get(&ObjectRef::new(name).within(&namespace));
+            match digest {
+                Some(digest) => cached.is_some_and(|s| s.digest == *digest),
+                None => cached.is_none(),
+            }
+        });
+        let patient = written.at.is_some_and(|at| at.elapsed() < PATIENCE);
+        if shows || !patient {
+            *written = Default::default();
+            None
+        } else {
+            Some(Duration::from_millis(200))
+        }
+    })
+}
+
+/// Writes the slices of `subscription` so that they hold `list` (its whole filtered list), in
+/// proportion to what changed; returns the slices that hold it, by name. The first failed write
+/// ends it: the slices written so far stay, and the status keeps naming the last complete set.
+pub async fn publish(
+    shared: &Shared,
+    store: &Store<RepositorySlice>,
+    subscription: &Subscription,
+    list: &[Repository],
+) -> Result<Vec<SliceRef>, kube::Error> {
+    let existing = owned(store, subscription);
+    let plan = slices::plan(list, &existing);
+    let writer = Writer::new(shared, store, subscription);
+    let mut held: Vec<SliceRef> = Vec::new();
+    for repositories in plan.create {
+        held.push(writer.create(subscription, repositories).await?);
+    }
+    for slice in plan.update {
+        held.push(writer.update(slice).await?);
+    }
+    for name in &plan.delete {
+        writer.delete(name).await?;
+    }
+    let rewritten: Vec<&str> = held.iter().map(|r| r.name.as_str()).collect();
+    let kept = existing
+        .iter()
+        .filter(|s| !rewritten.contains(&s.name.as_str()) && !plan.delete.contains(&s.name))
+        .filter_map(|s| writer.current(&s.name).map(|s| reference(&s)));
+    let mut slices: Vec<SliceRef> = held.iter().cloned().chain(kept).collect();
+    slices.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(slices)
+}
+
+/// Writes the slices of one Subscription, remembering each write (see [`unsettled`]) and
+/// counting it in the metrics.
+struct Writer<'a> {
+    shared: &'a Shared,
+    store: &'a Store<RepositorySlice>,
+    api: Api<RepositorySlice>,
+    namespace: String,
+    uid: String,
+    params: PostParams,
+}
+
+impl<'a> Writer<'a> {
+    fn new(
+        shared: &'a Shared,
+        store: &'a Store<RepositorySlice>,
+        subscription: &Subscription,
+    ) -> Self {
+        let namespace = subscription.namespace().unwrap_or_default();
+        Self {
+            shared,
+            store,
+            api: Api::namespaced(shared.kube.clone(), &namespace),
+            namespace,
+            uid: finish::uid(subscription),
+            params: PostParams {
+                field_manager: Some(MANAGER.into()),
+                ..PostParams::default()
+            },
+        }
+    }
+
+    /// The slice `name` as cached.
+    fn current(&self, name: &str) -> Option<RepositorySlice> {
+        let cached = self
+            .store
+            .get(&ObjectRef::new(name).within(&self.namespace));
+        cached.map(|s| (*s).clone())
+    }
+
+    fn written(&self, operation: &'static str, name: &str, digest: Option<String>) {
+        let labels = crate::metrics::SliceWriteLabels { operation };
+        self.shared
+            .metrics
+            .slice_writes
+            .get_or_create(&labels)
+            .inc();
+        self.shared.memory.subscription(&self.uid, |m| {
+            m.slices.at = Some(Instant::now());
+            m.slices.slices.insert(name.to_owned(), digest);
+        });
+    }
+
+    /// A new slice of `subscription` holding `repositories` (named by the API server).
+    async fn create(
+        &self,
+        subscription: &Subscription,
+        repositories: Vec<Repository>,
+    ) -> Result<SliceRef, kube::Error> {
+        let name = subscription.name_any();
+        let mut slice = RepositorySlice::new("", repositories);
+        slice.metadata = kube::api::ObjectMeta {
+            generate_name: Some(format!("{name}-")),
+            namespace: Some(self.namespace.clone()),
+            labels: Some(
+                [(
+                    SUBSCRIPTION_LABEL.to_owned(),
+                    crate::api::subscription_label(&name),
+                )]
+                .into(),
+            ),
+            owner_references: subscription.controller_owner_ref(&()).map(|o| vec![o]),
+            ..Default::default()
+        };
+        let created = self.api.create(&self.params, &slice).await?;
+        self.written("create", &created.name_any(), Some(created.digest.clone()));
+        Ok(reference(&created))
+    }
+
+    /// Rewrites slice `name` with `repositories`, on the version cached (a 409 if it changed).
+    async fn update(&self, slice: Existing) -> Result<SliceRef, kube::Error> {
+        let Existing { name, repositories } = slice;
+        // Gone from the cache since the plan: the next sync plans again.
+        let mut slice = self.current(&name).ok_or_else(|| gone(&name))?;
+        let fresh = RepositorySlice::new(&name, repositories);
+        slice.repository_count = fresh.repository_count;
+        slice.digest = fresh.digest;
+        slice.repositories = fresh.repositories;
+        let updated = self.api.replace(&name, &self.params, &slice).await?;
+        self.written("update", &name, Some(updated.digest.clone()));
+        Ok(reference(&updated))
+    }
+
+    /// Deletes slice `name`, the version cached (gone already is fine).
+    async fn delete(&self, name: &str) -> Result<(), kube::Error> {
+        let preconditions = self.current(name).map(|s| Preconditions {
+            resource_version: s.resource_version(),
+            uid: s.uid(),
+        });
+        let params = DeleteParams {
+            preconditions,
+            ..DeleteParams::default()
+        };
+        match self.api.delete(name, &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => return Err(error),
+        }
+        self.written("delete", name, None);
+        Ok(())
+    }
+}
+
+fn reference(slice: &RepositorySlice) -> SliceRef {
+    SliceRef {
+        name: slice.name_any(),
+        digest: slice.digest.clone(),
+    }
+}
+
+/// A slice the plan rewrites is no longer in the cache: answered like the API server's 409, so
+/// the sync is retried and plans again.
+fn gone(name: &str) -> kube::Error {
+    kube::Error::Api(
+        kube::core::Status::failure(
+            &format!("RepositorySlice {name} went while it was being rewritten"),
+            "Conflict",
+        )
+        .with_code(409)
+        .boxed(),
+    )
+}
