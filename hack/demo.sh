@@ -120,6 +120,9 @@ echo
 echo
 "$KUBECTL" get -n "$NAMESPACE" subscription acme-api \
   -o jsonpath='{range .status.repositories[*]}{.fullName}{"\t"}{.cloneUrls.https}{"\n"}{end}'
+echo
+# The whole list, however long, in RepositorySlices of up to 500 repositories each.
+"$KUBECTL" get -n "$NAMESPACE" repositoryslices -l scm.shippable.io/subscription=acme-api
 cat <<EOT
 
 Try it (in another terminal):
@@ -128,6 +131,7 @@ Try it (in another terminal):
   kubectl bitbucket list -n $NAMESPACE
   kubectl bitbucket connect mine -n $NAMESPACE --url $SIM_URL/2.0     # token: FAKE-cloud-api-token-for-jdoe
   kubectl get -n $NAMESPACE bbi,bbsub
+  kubectl get -n $NAMESPACE bbrs -l scm.shippable.io/subscription=acme-api   # the whole list, in slices
   kubectl delete -n $NAMESPACE bbi acme                  # in use: refused at once, naming the Subscriptions
   kubectl annotate -n $NAMESPACE bbsub acme-api scm.shippable.io/sync-requested-at="\$(date +%s)"
 

@@ -4,9 +4,17 @@
 #   gitops-check  (hack/gitops) kstatus (sigs.k8s.io/cli-utils, Flux's health), Argo CD's
 #                 resource health and its ApplicationSet plugin client (argo-cd/v3)
 #   helm          (hack/helm) helm.sh/helm/v4/cmd/helm, for the chart's lint and rendering
+#   flux-contract (hack/flux-contract) the Flux Operator's own ExternalService client: the test
+#                 binary of its package internal/controller (an internal package, so no other
+#                 module may import it) with hack/flux-contract/bbo_contract_test.go added and
+#                 the package's own tests left out (they need envtest). Flux Operator
+#                 $FLUX_OPERATOR; the module proxy refuses the pseudo-version of
+#                 go-containerregistry/pkg/authn/kubernetes that it requires (403), so the
+#                 nearest served one replaces it (used only by Flux's artifact registry login).
 #
-#   hack/gitops.sh build         build both (no-ops when they are there)
-#   hack/gitops.sh path NAME     print the path of gitops-check or helm (fails when not built)
+#   hack/gitops.sh build         build them (no-ops when they are there)
+#   hack/gitops.sh path NAME     print the path of gitops-check, helm or flux-contract (fails when
+#                                not built)
 #
 # Argo CD v3.6 needs Go 1.27: for gitops-check the go command takes the approved go1.27.3
 # toolchain from the Go module proxy (about 76 MB, once per machine); helm builds with the
@@ -15,6 +23,8 @@
 set -euo pipefail
 
 HACK="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+FLUX_OPERATOR=v0.59.0
+AUTHN_KUBERNETES=v0.0.0-20260205022027-93aa2732266a
 export CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -mod=readonly"
 
 say() { printf 'gitops: %s\n' "$*" >&2; }
@@ -24,12 +34,13 @@ module() { # <name> -> its wrapper module's folder
   case "$1" in
     gitops-check) echo "$HACK/gitops" ;;
     helm) echo "$HACK/helm" ;;
-    *) die "no tool $1 (gitops-check, helm)" ;;
+    flux-contract) echo "$HACK/flux-contract" ;;
+    *) die "no tool $1 (gitops-check, helm, flux-contract)" ;;
   esac
 }
 
 toolchain() { # <name>
-  if [ "$1" = gitops-check ]; then echo go1.27.3; else echo local; fi
+  if [ "$1" = helm ]; then echo local; else echo go1.27.3; fi
 }
 
 binary() { # <name>
@@ -37,7 +48,10 @@ binary() { # <name>
   root="${BBO_GITOPS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/bitbucket-operator/gitops}"
   dir="$(module "$1")"
   # The pinned, checksummed module graph and the program: any change is a new key.
-  key="$(cat "$dir"/go.mod "$dir"/go.sum "$dir"/*.go | sha256sum | cut -c1-16)"
+  local files=("$dir"/*.go)
+  if [ -f "$dir/go.mod" ]; then files+=("$dir/go.mod" "$dir/go.sum"); fi
+  key="$( (cat "${files[@]}"; [ "$1" != flux-contract ] || echo "$FLUX_OPERATOR $AUTHN_KUBERNETES") |
+    sha256sum | cut -c1-16)"
   echo "$root/$1-$key-$(toolchain "$1")/$1"
 }
 
@@ -53,6 +67,8 @@ build() { # <name>
     say "building $1 from $dir (cold: a few minutes on 2 cores)"
     if [ "$1" = helm ]; then
       (cd "$dir" && GOTOOLCHAIN=local go build -trimpath -ldflags="-s -w" -o "$out.partial" helm.sh/helm/v4/cmd/helm)
+    elif [ "$1" = flux-contract ]; then
+      build_flux_contract "$dir" "$out.partial"
     else
       (cd "$dir" && GOTOOLCHAIN="$(toolchain "$1")" go build -trimpath -ldflags="-s -w" -o "$out.partial" .)
     fi || die "building $1 failed (see the go output above)"
@@ -62,14 +78,33 @@ build() { # <name>
   exec 9>&-
 }
 
+build_flux_contract() { # <our folder> <output>
+  local module work
+  module="$(GOTOOLCHAIN=go1.27.3 GOFLAGS= go mod download -json \
+    "github.com/controlplaneio-fluxcd/flux-operator@$FLUX_OPERATOR" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
+  [ -d "$module" ] || die "the module proxy did not give flux-operator $FLUX_OPERATOR"
+  work="$(mktemp -d)"
+  cp -r "$module" "$work/flux-operator" && chmod -R u+w "$work/flux-operator"
+  rm -f "$work"/flux-operator/internal/controller/*_test.go
+  cp "$1"/*_test.go "$work/flux-operator/internal/controller/"
+  echo "replace github.com/google/go-containerregistry/pkg/authn/kubernetes => github.com/google/go-containerregistry/pkg/authn/kubernetes $AUTHN_KUBERNETES" \
+    >>"$work/flux-operator/go.mod"
+  (cd "$work/flux-operator" && GOTOOLCHAIN=go1.27.3 GOFLAGS=-mod=mod \
+    go test -c -trimpath -ldflags="-s -w" -o "$2" ./internal/controller)
+  local status=$?
+  rm -rf "$work"
+  return $status
+}
+
 case "${1:-}" in
   build)
     command -v go >/dev/null 2>&1 || die "'go' is not installed (the polyglot machines ship one in /usr/local/go/bin)"
     build gitops-check
-    build helm ;;
+    build helm
+    build flux-contract ;;
   path)
     out="$(binary "${2:-}")"
     [ -x "$out" ] || die "${2:-} is not built: run hack/gitops.sh build (make test does)"
     echo "$out" ;;
-  *) die "usage: hack/gitops.sh build | path gitops-check|helm" ;;
+  *) die "usage: hack/gitops.sh build | path gitops-check|helm|flux-contract" ;;
 esac

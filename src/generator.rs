@@ -26,7 +26,7 @@ use axum::{
     http::{HeaderMap, StatusCode, header},
     middleware,
     response::{IntoResponse, Response},
-    routing::post,
+    routing::{get, post},
 };
 use kube::ResourceExt;
 use serde::{Deserialize, Serialize};
@@ -54,11 +54,16 @@ pub struct Generator {
 /// generator's few input parameters.
 const MAX_REQUEST_BYTES: usize = 256 * 1024;
 
-/// The plugin generator's one route. The token is checked before anything of the body is read;
-/// a body over [`MAX_REQUEST_BYTES`] is refused (413) before it is read.
+/// The plugin generator's route, and the Flux input provider's (see [`crate::flux`]), behind one
+/// token. The token is checked before anything of the body is read; a body over
+/// [`MAX_REQUEST_BYTES`] is refused (413) before it is read.
 pub fn router(generator: Generator) -> Router {
     Router::new()
         .route("/api/v1/getparams.execute", post(getparams))
+        .route(
+            "/api/v1/inputs/{namespace}/{subscription}",
+            get(crate::flux::inputs),
+        )
         .layer(RequestBodyLimitLayer::new(MAX_REQUEST_BYTES))
         .route_layer(middleware::from_fn_with_state(
             generator.clone(),
@@ -264,7 +269,7 @@ pub fn offered_list(
 }
 
 /// The parameters of one repository, flat, named as in the Subscription's status.
-fn parameter_set(
+pub fn parameter_set(
     repository: &api::Repository,
     namespace: &str,
     subscription: &str,

@@ -110,13 +110,21 @@ async fn ctrl_c_of_make_run_under_a_pipe_leaves_nothing_running() {
     });
     let started = tokio::time::timeout(Duration::from_secs(300), started).await;
     let log = || std::fs::read_to_string(dir.join("make-run.stderr")).unwrap_or_default();
-    let Ok(Ok(Ok(_))) = started else {
+    let Ok(Ok(Ok(shown))) = started else {
         let _ = Command::new("kill")
             .args(["-KILL", "--", &format!("-{group}")])
             .status();
         panic!("make run did not start; its stderr:\n{}", log());
     };
 
+    // The whole list of acme-api is shown in its RepositorySlices (NAME, SUBSCRIPTION, count).
+    assert!(
+        shown.lines().any(|l| {
+            let columns: Vec<&str> = l.split_whitespace().collect();
+            columns.len() >= 3 && columns[1] == "acme-api" && columns[2].parse::<u32>().is_ok()
+        }),
+        "the demo shows no RepositorySlice of acme-api:\n{shown}"
+    );
     let running: Vec<String> = started_with(&marker).into_iter().map(|(_, n)| n).collect();
     for program in [
         "etcd",

@@ -15,6 +15,7 @@ mod crds_up_to_date;
 mod deletion;
 mod demo;
 mod exclusive;
+mod flux;
 mod generator;
 mod gitops;
 mod hostile_bitbucket;
