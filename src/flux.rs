@@ -147,13 +147,11 @@ fn answer(
         .iter()
         .filter(|r| filters.keeps(r))
         .take(filters.limit.unwrap_or(usize::MAX));
-    let mut count = 0;
-    for repository in kept {
+    for (count, repository) in kept.enumerate() {
         if count > 0 {
             body.push(b',');
         }
         serde_json::to_writer(&mut body, &input(repository)).expect("JSON to memory");
-        count += 1;
         if body.len() + 2 > MAX_ANSWER_BYTES {
             let rest = list.iter().filter(|r| filters.keeps(r)).count();
             return Err(filters.limit.map_or(rest, |limit| rest.min(limit)));
