@@ -8,6 +8,9 @@
 //!   cargo bench --bench operator -- --only 4,6  # just those figures
 //!
 //! Figure 10 serves Argo CD's ApplicationSet plugin generator from an in-process operator.
+//! Figure 11 lists one Data Center project of 100,000 repositories (10,000 with `--quick`) with
+//! the operator binary: time to Ready, RepositorySlices, memory, writes, and the generator's and
+//! the Flux endpoint's latency.
 //! Figure 9 installs `deploy/` on the plane's node (`make bench` starts it with `--node` and
 //! builds the image first) and removes it afterwards.
 //!
@@ -128,6 +131,9 @@ async fn main() {
     }
     if wanted(10) {
         rows.extend(generator_latency(&client, if quick { 200 } else { 1_000 }).await);
+    }
+    if wanted(11) {
+        rows.extend(slices_at_scale(&client, if quick { 10_000 } else { 100_000 }).await);
     }
     if wanted(8) {
         let trials = if quick { 50 } else { 200 };
@@ -337,7 +343,7 @@ async fn generator_latency(client: &Client, requests: usize) -> Vec<Row> {
     operator.stop().await;
     vec![Row {
         number: 10,
-        figure: "ApplicationSet plugin generator, 10,000-repository Subscription (all served from the listing held)",
+        figure: "ApplicationSet plugin generator, 10,000-repository Subscription (served from the cached RepositorySlices)",
         measured: format!(
             "p50 {:.1} ms, p99 {:.1} ms over {requests} requests, {sets} parameter sets each; \
              {bitbucket_calls} Bitbucket calls meanwhile",
@@ -921,6 +927,11 @@ struct Process {
 impl Process {
     /// Runs the operator allowing `servers` beyond Bitbucket Cloud (`--allowed-servers`).
     fn start(log: &str, servers: &str) -> Self {
+        Self::start_with(log, servers, &[])
+    }
+
+    /// [`Process::start`] with more arguments.
+    fn start_with(log: &str, servers: &str, more: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .unwrap()
@@ -939,6 +950,7 @@ impl Process {
                 "--allowed-servers",
                 &format!("cloud,{servers}"),
             ])
+            .args(more)
             .env("RUST_LOG", "info")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -976,6 +988,16 @@ impl Process {
                 / 1024.0
         };
         (field("VmRSS:"), field("VmHWM:"))
+    }
+
+    /// The sum of the samples of metric `name` (all labels) the process reports.
+    async fn metric(&self, name: &str) -> f64 {
+        let url = format!("http://127.0.0.1:{}/metrics", self.port);
+        let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        text.lines()
+            .filter(|l| l.split(['{', ' ']).next() == Some(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     fn stop(mut self) {
@@ -1526,4 +1548,283 @@ async fn on_the_node(client: &Client, trials: usize) -> Vec<Row> {
             met: None,
         },
     ]
+}
+
+/// The minimal loop over a Data Center project: every page of `project` (1,000 a page, the
+/// simulator's largest), following `nextPageStart`; returns the page count.
+async fn fetch_dc_pages(http: &reqwest::Client, sim: &Simulator, project: &str) -> usize {
+    let mut start = Some(0u64);
+    let mut pages = 0;
+    while let Some(at) = start {
+        let url = format!(
+            "{}/rest/api/1.0/projects/{project}/repos?limit=1000&start={at}",
+            sim.base_url()
+        );
+        let page: serde_json::Value = http
+            .get(&url)
+            .bearer_auth("FAKE-dc-personal-access-token-jdoe")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        pages += 1;
+        start = (page["isLastPage"] == false)
+            .then(|| page["nextPageStart"].as_u64())
+            .flatten();
+    }
+    pages
+}
+
+/// `requests` sequential GETs or POSTs (with `body`) of `url`, after one warm-up; the sorted
+/// latencies (each until the whole body is read) and the size of the last answer.
+async fn latencies(
+    http: &reqwest::Client,
+    url: &str,
+    body: Option<&str>,
+    requests: usize,
+) -> (Vec<Duration>, usize) {
+    let ask = || async {
+        let started = Instant::now();
+        let request = match body {
+            Some(body) => http
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body.to_owned()),
+            None => http.get(url),
+        };
+        let response = request.bearer_auth("FAKE-bench-token").send().await.unwrap();
+        assert!(response.status().is_success(), "{url}: {}", response.status());
+        let bytes = response.bytes().await.unwrap().len();
+        (started.elapsed(), bytes)
+    };
+    let (_, mut size) = ask().await;
+    let mut samples = Vec::with_capacity(requests);
+    for _ in 0..requests {
+        let (took, bytes) = ask().await;
+        samples.push(took);
+        size = bytes;
+    }
+    samples.sort();
+    (samples, size)
+}
+
+/// Figure 11: one Data Center project of `n` repositories, through the operator binary (so its
+/// memory is its own): time from creating the Subscription to Ready against a bare loop over the
+/// same pages, the RepositorySlices written, memory, slice writes when nothing changed and when
+/// 10 repositories did, the generator's and the Flux endpoint's latency over 1,000 requests for
+/// the whole list and for 10,000 of it, and the bytes stored per repository.
+async fn slices_at_scale(client: &Client, n: usize) -> Vec<Row> {
+    use bitbucket_operator::api::{RepositorySlice, SUBSCRIPTION_LABEL};
+    quiet_cluster(client).await;
+    let ns = TestNamespace::create(client, "bench-slices").await;
+    let sim = Simulator::start(generated(n)).await.unwrap();
+    let token_file = std::env::temp_dir().join(format!("{}-token", ns.name));
+    std::fs::write(&token_file, "FAKE-bench-token").unwrap();
+    let plugin_port = support::free_port();
+    let plugin_address = format!("127.0.0.1:{plugin_port}");
+    let operator = Process::start_with(
+        "slices.log",
+        &sim.base_url(),
+        &[
+            "--plugin-token-file",
+            token_file.to_str().unwrap(),
+            "--plugin-address",
+            &plugin_address,
+        ],
+    );
+    operator.ready().await;
+    let idle = operator.memory().0;
+    secret(client, &ns.name, "dc", &[("token", "FAKE-dc-personal-access-token-jdoe")]).await;
+    let dc = integration("dc", ServerType::DataCenter, sim.base_url(), CredentialType::AccessToken, "dc");
+    create(client, &ns.name, &dc).await;
+    let integrations: Api<BitbucketIntegration> = Api::namespaced(client.clone(), &ns.name);
+    await_object(&integrations, "dc", "the integration to be Ready", |i| {
+        i.status.as_ref().is_some_and(|s| is_ready(&s.conditions))
+    })
+    .await;
+
+    // The baseline: the same pages by a bare HTTP loop (median of 3).
+    let http = plain_http();
+    let mut loops = Vec::new();
+    let mut pages = 0;
+    for _ in 0..3 {
+        let started = Instant::now();
+        pages = fetch_dc_pages(&http, &sim, "PLAT").await;
+        loops.push(started.elapsed());
+    }
+    let baseline = median(loops);
+
+    // apply -> Ready: the whole project, offered to ApplicationSets and Flux.
+    let offered = |mut s: Subscription| {
+        s.metadata.labels = Some(
+            [(bitbucket_operator::generator::OFFER_LABEL.to_owned(), "true".to_owned())].into(),
+        );
+        s
+    };
+    let subscriptions: Api<Subscription> = Api::namespaced(client.clone(), &ns.name);
+    let started = Instant::now();
+    create(client, &ns.name, &offered(subscription("all", "dc", None, &["PLAT"]))).await;
+    await_object(&subscriptions, "all", "the subscription to sync", |s| {
+        s.status.as_ref().is_some_and(|s| is_ready(&s.conditions))
+    })
+    .await;
+    let to_ready = started.elapsed();
+    let (rss, peak) = operator.memory();
+    let slices: Api<RepositorySlice> = Api::namespaced(client.clone(), &ns.name);
+    let selector = kube::api::ListParams::default().labels(&format!("{SUBSCRIPTION_LABEL}=all"));
+    let stored = slices.list(&selector).await.unwrap().items;
+    let held: usize = stored.iter().map(|s| s.repositories.len()).sum();
+    assert_eq!(held, n, "the slices hold every repository");
+    let created = operator.metric("bitbucket_operator_slice_writes_total").await;
+    // What etcd stores: the objects as the API server keeps them (managedFields included).
+    let raw = client
+        .request_text(
+            http::Request::get(format!(
+                "/apis/scm.shippable.io/v1alpha1/namespaces/{}/repositoryslices?labelSelector={SUBSCRIPTION_LABEL}%3Dall",
+                ns.name
+            ))
+            .body(Vec::new())
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    let items: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let bytes: usize = items["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| serde_json::to_vec(i).unwrap().len())
+        .sum();
+
+    // Re-syncs: nothing changed, then 10 repositories changed (spread over the list).
+    let resync = |value: String| {
+        let subscriptions = subscriptions.clone();
+        async move {
+            let annotate = serde_json::json!({"metadata": {"annotations": {
+                bitbucket_operator::api::SYNC_REQUESTED_AT_ANNOTATION: value
+            }}});
+            subscriptions
+                .patch("all", &PatchParams::default(), &Patch::Merge(annotate))
+                .await
+                .unwrap();
+            await_object(&subscriptions, "all", "the requested sync", move |s| {
+                s.status.as_ref().is_some_and(|s| {
+                    s.last_handled_sync_request.as_deref() == Some(value.as_str())
+                        && is_ready(&s.conditions)
+                })
+            })
+            .await;
+        }
+    };
+    for i in 0..3 {
+        resync(format!("unchanged-{i}")).await;
+    }
+    let steady = operator.metric("bitbucket_operator_slice_writes_total").await - created;
+    let width = n.to_string().len();
+    for k in 0..10 {
+        let slug = format!("gen-{:0width$}", 1 + k * (n / 10));
+        let change = bitbucket_sim::DcRepositoryChange {
+            public: Some(true),
+            ..Default::default()
+        };
+        sim.control().change_dc_repository("PLAT", &slug, change).unwrap();
+    }
+    resync("ten-changed".into()).await;
+    let after_ten =
+        operator.metric("bitbucket_operator_slice_writes_total").await - created - steady;
+
+    // The generator and the Flux endpoint, for the whole list and for 10,000 of it.
+    let mut ten = offered(subscription("ten", "dc", None, &["PLAT"]));
+    ten.spec.repositories.include = vec![if n >= 100_000 { "gen-01*" } else { "gen-0*" }.into()];
+    create(client, &ns.name, &ten).await;
+    let ten_count = await_object(&subscriptions, "ten", "the 10,000 to sync", |s| {
+        s.status.as_ref().is_some_and(|s| is_ready(&s.conditions))
+    })
+    .await
+    .status
+    .unwrap()
+    .repository_count
+    .unwrap_or_default();
+    let base = format!("http://{plugin_address}");
+    let requests = 1_000;
+    let mut served = Vec::new();
+    for (name, count) in [("ten", ten_count as usize), ("all", n)] {
+        let body = serde_json::json!({"applicationSetName": "bench", "input": {"parameters": {
+            "namespace": ns.name, "subscription": name
+        }}})
+        .to_string();
+        let generator_url = format!("{base}/api/v1/getparams.execute");
+        let (generator, generator_bytes) =
+            latencies(&http, &generator_url, Some(&body), requests).await;
+        let flux_url = format!("{base}/api/v1/inputs/{}/{name}?limit=1000", ns.name);
+        let (flux, flux_bytes) = latencies(&http, &flux_url, None, requests).await;
+        served.push((count, generator, generator_bytes, flux, flux_bytes));
+    }
+    let (rss_after, peak_after) = operator.memory();
+    operator.stop();
+
+    let ratio = ms(to_ready) / ms(baseline);
+    let slices_count = stored.len();
+    let mut rows = vec![
+        Row {
+            number: 11,
+            figure: "RepositorySlices: time from creating a Subscription of one Data Center project to Ready, vs a bare loop over the same pages",
+            measured: format!(
+                "N = {n} ({pages} pages): {:.0} ms vs {:.0} ms (median of 3), ratio {ratio:.2}×",
+                ms(to_ready),
+                ms(baseline)
+            ),
+            target: "≤ 1.1×".into(),
+            met: Some(ratio <= 1.1),
+        },
+        Row {
+            number: 11,
+            figure: "RepositorySlices written for the first listing, and stored bytes",
+            measured: format!(
+                "{created:.0} writes, {slices_count} slices of ≤ 500 holding {held}; {} bytes stored per repository ({} MiB in all, managedFields included)",
+                bytes / n,
+                bytes / (1 << 20)
+            ),
+            target: format!("{} slices (ceil(N/500))", n.div_ceil(500)),
+            met: Some(slices_count == n.div_ceil(500)),
+        },
+        Row {
+            number: 11,
+            figure: "operator memory with the listed project (RSS, peak)",
+            measured: format!(
+                "idle {idle:.0} MiB; after Ready {rss:.0} MiB (peak {peak:.0}); after the requests below {rss_after:.0} MiB (peak {peak_after:.0})"
+            ),
+            target: "≤ 150 MB".into(),
+            met: Some(peak_after * 1.048_576 <= 150.0),
+        },
+        Row {
+            number: 11,
+            figure: "slice writes: 3 re-syncs where nothing changed; then one where 10 repositories changed",
+            measured: format!("{steady:.0}; {after_ten:.0}"),
+            target: "0; ≤ 11".into(),
+            met: Some(steady == 0.0 && after_ten <= 11.0),
+        },
+    ];
+    for (count, generator, generator_bytes, flux, flux_bytes) in served {
+        let limit = if count > 10_000 { 50.0 } else { 10.0 };
+        let p99 = ms(percentile(&generator, 0.99)).max(ms(percentile(&flux, 0.99)));
+        rows.push(Row {
+            number: 11,
+            figure: "generator (whole list) and Flux endpoint (?limit=1000) latency, 1,000 requests each, until the body is read",
+            measured: format!(
+                "{count} repositories: generator p50 {:.1} ms, p99 {:.1} ms ({} KiB); Flux p50 {:.1} ms, p99 {:.1} ms ({} KiB)",
+                ms(percentile(&generator, 0.5)),
+                ms(percentile(&generator, 0.99)),
+                generator_bytes / 1024,
+                ms(percentile(&flux, 0.5)),
+                ms(percentile(&flux, 0.99)),
+                flux_bytes / 1024,
+            ),
+            target: format!("p99 ≤ {limit:.0} ms"),
+            met: Some(p99 <= limit),
+        });
+    }
+    rows
 }

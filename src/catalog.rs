@@ -69,7 +69,12 @@ impl List {
 
     /// The repositories, sorted by full name.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &Repository> {
-        self.order
+        self.iter_from(0)
+    }
+
+    /// The repositories from the `start`th on, sorted by full name.
+    pub fn iter_from(&self, start: usize) -> impl ExactSizeIterator<Item = &Repository> {
+        self.order[start.min(self.order.len())..]
             .iter()
             .map(|(s, e)| &self.slices[*s as usize].repositories[*e as usize])
     }

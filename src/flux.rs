@@ -24,12 +24,12 @@ use axum::{
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::{
     api::{self, Repository, glob::glob},
     catalog::List,
-    generator::{Generator, offered_list, parameter_set},
+    generator::{Generator, ParameterSet, offered_list},
 };
 
 /// What Flux reads of an answer (`maxExternalServicePayloadSize`).
@@ -117,11 +117,12 @@ pub async fn inputs(
         Err((status, message)) => return refusal(status, message),
     };
     let integration = subscription.spec.integration_ref.name.as_str();
-    match answer(&list, &filters, |r| {
-        let mut input = parameter_set(r, &namespace, &name, integration);
-        input["id"] = Value::String(r.id.clone().unwrap_or_else(|| r.full_name.clone()));
-        input
-    }) {
+    let input = |r: &Repository, out: &mut Vec<u8>| {
+        let mut input = ParameterSet::new(r, &namespace, &name, integration);
+        input.id = Some(r.id.as_deref().unwrap_or(&r.full_name));
+        serde_json::to_writer(out, &input).expect("JSON to memory");
+    };
+    match answer(&list, &filters, input) {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(kept) => refusal(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -140,7 +141,7 @@ pub async fn inputs(
 fn answer(
     list: &Arc<List>,
     filters: &Filters,
-    input: impl Fn(&Repository) -> Value,
+    input: impl Fn(&Repository, &mut Vec<u8>),
 ) -> Result<Vec<u8>, usize> {
     let mut body = b"{\"inputs\":[".to_vec();
     let kept = list
@@ -151,7 +152,7 @@ fn answer(
         if count > 0 {
             body.push(b',');
         }
-        serde_json::to_writer(&mut body, &input(repository)).expect("JSON to memory");
+        input(repository, &mut body);
         if body.len() + 2 > MAX_ANSWER_BYTES {
             let rest = list.iter().filter(|r| filters.keeps(r)).count();
             return Err(filters.limit.map_or(rest, |limit| rest.min(limit)));

@@ -103,16 +103,6 @@ struct Input {
     parameters: Map<String, Value>,
 }
 
-#[derive(Serialize)]
-struct Answer {
-    output: Output,
-}
-
-#[derive(Serialize)]
-struct Output {
-    parameters: Vec<Value>,
-}
-
 fn refusal(status: StatusCode, message: String) -> Response {
     (status, Json(json!({ "message": message }))).into_response()
 }
@@ -122,13 +112,56 @@ async fn getparams(State(generator): State<Generator>, body: axum::body::Bytes) 
         Ok(named) => named,
         Err(message) => return refusal(StatusCode::BAD_REQUEST, message),
     };
-    match parameters(&generator.shared, &namespace, &name) {
-        Ok(parameters) => Json(Answer {
-            output: Output { parameters },
-        })
-        .into_response(),
+    match offered_list(&generator.shared, &namespace, &name, ENDPOINT) {
+        Ok((subscription, list)) => {
+            let integration = subscription.spec.integration_ref.name.clone();
+            let body = answer(list, namespace, name, integration);
+            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+        }
         Err((status, message)) => refusal(status, message),
     }
+}
+
+/// How many parameter sets go into one chunk of an answer.
+const SETS_PER_CHUNK: usize = 256;
+
+/// The answer `{"output": {"parameters": [...]}}` for `list`, written a chunk at a time as the
+/// connection takes it: however long the list, the answer never sits whole in memory.
+fn answer(
+    list: Arc<catalog::List>,
+    namespace: String,
+    name: String,
+    integration: String,
+) -> axum::body::Body {
+    let chunks = futures::stream::unfold(Some(0), move |next| {
+        let list = Arc::clone(&list);
+        let (namespace, name, integration) = (namespace.clone(), name.clone(), integration.clone());
+        async move {
+            let start = next?;
+            let mut chunk = Vec::new();
+            if start == 0 {
+                chunk.extend_from_slice(b"{\"output\":{\"parameters\":[");
+            }
+            let sets = list.iter_from(start).take(SETS_PER_CHUNK);
+            for (i, repository) in sets.enumerate() {
+                if start + i > 0 {
+                    chunk.push(b',');
+                }
+                let set = ParameterSet::new(repository, &namespace, &name, &integration);
+                serde_json::to_writer(&mut chunk, &set).expect("JSON to memory");
+            }
+            let end = start + SETS_PER_CHUNK;
+            let more = end < list.len();
+            if !more {
+                chunk.extend_from_slice(b"]}}");
+            }
+            Some((
+                Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(chunk)),
+                more.then_some(end),
+            ))
+        }
+    });
+    axum::body::Body::from_stream(chunks)
 }
 
 /// The Subscription a plugin request names (`namespace`, `name`), or why it names none. The
@@ -201,21 +234,6 @@ fn authorized(token_file: &std::path::Path, headers: &HeaderMap) -> bool {
             == 0
 }
 
-/// One parameter set per repository of Subscription `namespace/name`, from this replica's
-/// catalog (see [`crate::catalog`]).
-fn parameters(
-    shared: &Shared,
-    namespace: &str,
-    name: &str,
-) -> Result<Vec<Value>, (StatusCode, String)> {
-    let (subscription, list) = offered_list(shared, namespace, name, ENDPOINT)?;
-    let integration = subscription.spec.integration_ref.name.as_str();
-    Ok(list
-        .iter()
-        .map(|r| parameter_set(r, namespace, name, integration))
-        .collect())
-}
-
 /// The generator's name in the `lists_served` metric.
 const ENDPOINT: &str = "generator";
 
@@ -268,29 +286,55 @@ pub fn offered_list(
     }
 }
 
-/// The parameters of one repository, flat, named as in the Subscription's status.
-pub fn parameter_set(
-    repository: &api::Repository,
-    namespace: &str,
-    subscription: &str,
-    integration: &str,
-) -> Value {
-    let slug = repository.name.as_str();
-    json!({
-        "fullName": repository.full_name,
-        "slug": slug,
-        "name": repository.display_name.as_deref().unwrap_or(slug),
-        "project": repository.project.clone().unwrap_or_default(),
-        "workspace": repository.full_name.split_once('/').map_or("", |(w, _)| w),
-        "private": repository.private,
-        "mainBranch": repository.main_branch.clone().unwrap_or_default(),
-        "cloneUrlHttps": repository.clone_urls.https.clone().unwrap_or_default(),
-        "cloneUrlSsh": repository.clone_urls.ssh.clone().unwrap_or_default(),
-        "htmlUrl": repository.html_url.clone().unwrap_or_default(),
-        "namespace": namespace,
-        "subscription": subscription,
-        "integration": integration,
-    })
+/// The parameters of one repository, flat, named as in the Subscription's status: borrowed
+/// from the cached entry and written straight to the answer.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParameterSet<'a> {
+    /// Bitbucket's id of the repository (the Flux input's `id`; not a generator parameter).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<&'a str>,
+    full_name: &'a str,
+    slug: &'a str,
+    name: &'a str,
+    project: &'a str,
+    workspace: &'a str,
+    private: bool,
+    main_branch: &'a str,
+    clone_url_https: &'a str,
+    clone_url_ssh: &'a str,
+    html_url: &'a str,
+    namespace: &'a str,
+    subscription: &'a str,
+    integration: &'a str,
+}
+
+impl<'a> ParameterSet<'a> {
+    pub fn new(
+        repository: &'a api::Repository,
+        namespace: &'a str,
+        subscription: &'a str,
+        integration: &'a str,
+    ) -> Self {
+        let slug = repository.name.as_str();
+        let text = |value: &'a Option<String>| value.as_deref().unwrap_or_default();
+        Self {
+            id: None,
+            full_name: &repository.full_name,
+            slug,
+            name: repository.display_name.as_deref().unwrap_or(slug),
+            project: text(&repository.project),
+            workspace: repository.full_name.split_once('/').map_or("", |(w, _)| w),
+            private: repository.private,
+            main_branch: text(&repository.main_branch),
+            clone_url_https: text(&repository.clone_urls.https),
+            clone_url_ssh: text(&repository.clone_urls.ssh),
+            html_url: text(&repository.html_url),
+            namespace,
+            subscription,
+            integration,
+        }
+    }
 }
 
 #[cfg(test)]
