@@ -1599,6 +1599,16 @@ async fn latencies(
         let bytes = response.bytes().await.unwrap().len();
         (started.elapsed(), bytes)
     };
+    // The warm-up waits out the moment the slice cache lags the Subscription's (503).
+    support::eventually("the list to be served", support::PATIENCE, || async {
+        let request = match body {
+            Some(body) => http.post(url).body(body.to_owned()),
+            None => http.get(url),
+        };
+        let response = request.bearer_auth("FAKE-bench-token").send().await.ok()?;
+        response.status().is_success().then_some(())
+    })
+    .await;
     let (_, mut size) = ask().await;
     let mut samples = Vec::with_capacity(requests);
     for _ in 0..requests {
@@ -1698,6 +1708,32 @@ async fn slices_at_scale(client: &Client, n: usize) -> Vec<Row> {
         .map(|i| serde_json::to_vec(i).unwrap().len())
         .sum();
 
+    // What the API server takes to store those slices: the same objects created by a bare
+    // client in a namespace no operator reads, as many at once as the operator writes.
+    let bare_ns = TestNamespace::create(client, "bench-slices-bare").await;
+    let bare: Api<RepositorySlice> = Api::namespaced(client.clone(), &bare_ns.name);
+    let copies: Vec<RepositorySlice> = stored
+        .iter()
+        .map(|s| {
+            let mut copy = RepositorySlice::new("", s.repositories.clone());
+            copy.metadata.generate_name = Some("copy-".into());
+            copy
+        })
+        .collect();
+    let started = Instant::now();
+    {
+        use futures::StreamExt;
+        let params = PostParams::default();
+        futures::stream::iter(copies.iter().map(|c| bare.create(&params, c)))
+            .buffer_unordered(8)
+            .for_each(|r| {
+                r.unwrap();
+                futures::future::ready(())
+            })
+            .await;
+    }
+    let bare_writes = started.elapsed();
+
     // Re-syncs: nothing changed, then 10 repositories changed (spread over the list).
     let resync = |value: String| {
         let subscriptions = subscriptions.clone();
@@ -1772,9 +1808,12 @@ async fn slices_at_scale(client: &Client, n: usize) -> Vec<Row> {
             number: 11,
             figure: "RepositorySlices: time from creating a Subscription of one Data Center project to Ready, vs a bare loop over the same pages",
             measured: format!(
-                "N = {n} ({pages} pages): {:.0} ms vs {:.0} ms (median of 3), ratio {ratio:.2}×",
+                "N = {n} ({pages} pages): {:.0} ms vs {:.0} ms (median of 3), ratio {ratio:.2}×; a bare client creating the same {} slices (8 at once) takes {:.0} ms: against loop + those writes, {:.2}×",
                 ms(to_ready),
-                ms(baseline)
+                ms(baseline),
+                stored.len(),
+                ms(bare_writes),
+                ms(to_ready) / (ms(baseline) + ms(bare_writes)),
             ),
             target: "≤ 1.1×".into(),
             met: Some(ratio <= 1.1),

@@ -126,7 +126,12 @@ pub async fn serve(
             () = &mut shutdown => break,
         };
         let stream = match accepted {
-            Ok((stream, _)) => stream,
+            Ok((stream, _)) => {
+                // Answers are written in pieces (a long list streams a chunk at a time): with
+                // Nagle's algorithm a last small piece would wait for the client's delayed ACK.
+                let _ = stream.set_nodelay(true);
+                stream
+            }
             Err(error) => {
                 // Out of file descriptors, or a connection reset before it was accepted: the
                 // server goes on, after a pause that lets descriptors free up.

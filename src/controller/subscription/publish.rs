@@ -1,5 +1,5 @@
 //! Publishes a Subscription's list as RepositorySlices: writes what [`slices::plan`] decides,
-//! creates first, then updates, then deletes, and gives back the slices that now hold the list
+//! creates first, then updates, then deletes (each phase several at a time), and gives back the slices that now hold the list
 //! (with their digests) for the status, which is written after them. Readers serve a list only
 //! when the slices match what the status names, so a reader never sees half of an update (see
 //! `crate::catalog`). Does API-server I/O.
@@ -88,16 +88,21 @@ pub async fn publish(
     let existing = owned(store, subscription);
     let plan = slices::plan(list, &existing);
     let writer = Writer::new(shared, store, subscription);
-    let mut held: Vec<SliceRef> = Vec::new();
+    let mut creates = Vec::new();
     for repositories in plan.create {
-        held.push(writer.create(subscription, repositories).await?);
+        creates.push(writer.create(subscription, repositories));
     }
+    let mut held: Vec<SliceRef> = at_once(creates).await?;
+    let mut updates = Vec::new();
     for slice in plan.update {
-        held.push(writer.update(slice).await?);
+        updates.push(writer.update(slice));
     }
+    held.extend(at_once(updates).await?);
+    let mut deletes = Vec::new();
     for name in &plan.delete {
-        writer.delete(name).await?;
+        deletes.push(writer.delete(name));
     }
+    at_once(deletes).await?;
     let rewritten: Vec<&str> = held.iter().map(|r| r.name.as_str()).collect();
     let kept = existing
         .iter()
@@ -218,6 +223,21 @@ impl<'a> Writer<'a> {
         self.written("delete", name, None);
         Ok(())
     }
+}
+
+/// How many slice writes are in flight at once (each phase: creates, then updates, then
+/// deletes).
+const WRITES_IN_FLIGHT: usize = 8;
+
+/// Runs `writes` [`WRITES_IN_FLIGHT`] at a time; the first failure ends it.
+async fn at_once<T>(
+    writes: Vec<impl Future<Output = Result<T, kube::Error>>>,
+) -> Result<Vec<T>, kube::Error> {
+    use futures::{StreamExt, TryStreamExt};
+    futures::stream::iter(writes)
+        .buffer_unordered(WRITES_IN_FLIGHT)
+        .try_collect()
+        .await
 }
 
 fn reference(slice: &RepositorySlice) -> SliceRef {
