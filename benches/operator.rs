@@ -1786,6 +1786,8 @@ async fn slices_at_scale(client: &Client, n: usize) -> Vec<Row> {
     let base = format!("http://{plugin_address}");
     let requests = 1_000;
     let mut served = Vec::new();
+    let mut memory_while_serving = Vec::new();
+    let after_resyncs = operator.memory().0;
     for (name, count) in [("ten", ten_count as usize), ("all", n)] {
         let body = serde_json::json!({"applicationSetName": "bench", "input": {"parameters": {
             "namespace": ns.name, "subscription": name
@@ -1794,9 +1796,14 @@ async fn slices_at_scale(client: &Client, n: usize) -> Vec<Row> {
         let generator_url = format!("{base}/api/v1/getparams.execute");
         let (generator, generator_bytes) =
             latencies(&http, &generator_url, Some(&body), requests).await;
+        let after_generator = operator.memory().0;
         let flux_url = format!("{base}/api/v1/inputs/{}/{name}?limit=1000", ns.name);
         let (flux, flux_bytes) = latencies(&http, &flux_url, None, requests).await;
+        let after_flux = operator.memory().0;
         served.push((count, generator, generator_bytes, flux, flux_bytes));
+        memory_while_serving.push(format!(
+            "{count}: {after_generator:.0} MiB after the generator's answers, {after_flux:.0} after Flux's"
+        ));
     }
     let (rss_after, peak_after) = operator.memory();
     operator.stop();
@@ -1833,7 +1840,8 @@ async fn slices_at_scale(client: &Client, n: usize) -> Vec<Row> {
             number: 11,
             figure: "operator memory with the listed project (RSS, peak)",
             measured: format!(
-                "idle {idle:.0} MiB; after Ready {rss:.0} MiB (peak {peak:.0}); after the requests below {rss_after:.0} MiB (peak {peak_after:.0})"
+                "idle {idle:.0} MiB; after Ready {rss:.0} MiB (peak {peak:.0}); after the re-syncs and the second Subscription {after_resyncs:.0} MiB; serving {}; in the end {rss_after:.0} MiB (peak {peak_after:.0})",
+                memory_while_serving.join("; ")
             ),
             target: "≤ 150 MB".into(),
             met: Some(peak_after * 1.048_576 <= 150.0),

@@ -12,7 +12,7 @@ use kube::{
     runtime::reflector::{ObjectRef, Store},
 };
 
-use super::slices::{self, Existing};
+use super::slices::{self, Current, Existing};
 use crate::{
     api::{Repository, RepositorySlice, SUBSCRIPTION_LABEL, SliceRef, Subscription},
     controller::{Shared, finish},
@@ -25,19 +25,18 @@ pub const MANAGER: &str = "bitbucket-operator/slices";
 /// plans from what the cache shows (someone else changed them meanwhile).
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// The slices of `subscription` in the cache: those it controls (by ownerReference).
-pub fn owned(store: &Store<RepositorySlice>, subscription: &Subscription) -> Vec<Existing> {
+/// The slices of `subscription` in the cache: those it controls (by ownerReference), by name.
+pub fn owned(
+    store: &Store<RepositorySlice>,
+    subscription: &Subscription,
+) -> Vec<std::sync::Arc<RepositorySlice>> {
     let (namespace, uid) = (subscription.namespace(), subscription.uid());
-    let mut owned: Vec<Existing> = store
+    let mut owned: Vec<_> = store
         .state()
-        .iter()
+        .into_iter()
         .filter(|s| s.namespace() == namespace && controlled_by(s, uid.as_deref()))
-        .map(|s| Existing {
-            name: s.name_any(),
-            repositories: s.repositories.clone(),
-        })
         .collect();
-    owned.sort_by(|a, b| a.name.cmp(&b.name));
+    owned.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     owned
 }
 
@@ -86,7 +85,14 @@ pub async fn publish(
     list: &[Repository],
 ) -> Result<Vec<SliceRef>, kube::Error> {
     let existing = owned(store, subscription);
-    let plan = slices::plan(list, &existing);
+    let current: Vec<Current<'_>> = existing
+        .iter()
+        .map(|s| Current {
+            name: s.metadata.name.as_deref().unwrap_or_default(),
+            repositories: &s.repositories,
+        })
+        .collect();
+    let plan = slices::plan(list, &current);
     let writer = Writer::new(shared, store, subscription);
     let mut creates = Vec::new();
     for repositories in plan.create {
@@ -104,10 +110,10 @@ pub async fn publish(
     }
     at_once(deletes).await?;
     let rewritten: Vec<&str> = held.iter().map(|r| r.name.as_str()).collect();
-    let kept = existing
+    let kept = current
         .iter()
-        .filter(|s| !rewritten.contains(&s.name.as_str()) && !plan.delete.contains(&s.name))
-        .filter_map(|s| writer.current(&s.name).map(|s| reference(&s)));
+        .filter(|s| !rewritten.contains(&s.name) && !plan.delete.iter().any(|d| d == s.name))
+        .filter_map(|s| writer.cached(s.name).map(|s| reference(&s)));
     let mut slices: Vec<SliceRef> = held.iter().cloned().chain(kept).collect();
     slices.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(slices)
@@ -145,11 +151,9 @@ impl<'a> Writer<'a> {
     }
 
     /// The slice `name` as cached.
-    fn current(&self, name: &str) -> Option<RepositorySlice> {
-        let cached = self
-            .store
-            .get(&ObjectRef::new(name).within(&self.namespace));
-        cached.map(|s| (*s).clone())
+    fn cached(&self, name: &str) -> Option<std::sync::Arc<RepositorySlice>> {
+        self.store
+            .get(&ObjectRef::new(name).within(&self.namespace))
     }
 
     fn written(&self, operation: &'static str, name: &str, digest: Option<String>) {
@@ -195,11 +199,9 @@ impl<'a> Writer<'a> {
     async fn update(&self, slice: Existing) -> Result<SliceRef, kube::Error> {
         let Existing { name, repositories } = slice;
         // Gone from the cache since the plan: the next sync plans again.
-        let mut slice = self.current(&name).ok_or_else(|| gone(&name))?;
-        let fresh = RepositorySlice::new(&name, repositories);
-        slice.repository_count = fresh.repository_count;
-        slice.digest = fresh.digest;
-        slice.repositories = fresh.repositories;
+        let cached = self.cached(&name).ok_or_else(|| gone(&name))?;
+        let mut slice = RepositorySlice::new(&name, repositories);
+        slice.metadata = cached.metadata.clone();
         let updated = self.api.replace(&name, &self.params, &slice).await?;
         self.written("update", &name, Some(updated.digest.clone()));
         Ok(reference(&updated))
@@ -207,7 +209,7 @@ impl<'a> Writer<'a> {
 
     /// Deletes slice `name`, the version cached (gone already is fine).
     async fn delete(&self, name: &str) -> Result<(), kube::Error> {
-        let preconditions = self.current(name).map(|s| Preconditions {
+        let preconditions = self.cached(name).map(|s| Preconditions {
             resource_version: s.resource_version(),
             uid: s.uid(),
         });

@@ -11,11 +11,27 @@ use std::collections::BTreeMap;
 
 use crate::api::{MAX_REPOSITORIES_PER_SLICE, MAX_SLICE_BYTES, Repository};
 
-/// A slice as it is: its name and entries.
+/// A slice to write: its name and all its entries.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Existing {
     pub name: String,
     pub repositories: Vec<Repository>,
+}
+
+/// A slice as it is now, borrowed from the cache (a plan copies only what it rewrites).
+#[derive(Clone, Copy, Debug)]
+pub struct Current<'a> {
+    pub name: &'a str,
+    pub repositories: &'a [Repository],
+}
+
+impl Existing {
+    pub fn current(&self) -> Current<'_> {
+        Current {
+            name: &self.name,
+            repositories: &self.repositories,
+        }
+    }
 }
 
 /// The writes that make the slices hold the desired list.
@@ -90,7 +106,7 @@ fn fill(slice: &mut Vec<Repository>, mut full: Fill, new: &mut Vec<(Repository, 
 
 /// The plan from `existing` slices to `desired` (repositories keyed by full name; the last of
 /// two with one name wins).
-pub fn plan(desired: &[Repository], existing: &[Existing]) -> Plan {
+pub fn plan(desired: &[Repository], existing: &[Current<'_>]) -> Plan {
     let mut remaining: BTreeMap<&str, &Repository> =
         desired.iter().map(|r| (r.full_name.as_str(), r)).collect();
     let (mut plan, unchanged) = keep(existing, &mut remaining);
@@ -114,27 +130,33 @@ pub fn plan(desired: &[Repository], existing: &[Existing]) -> Plan {
 
 /// Step 1: each slice keeps the entries still desired (taken out of `remaining`), refreshed; it
 /// is rewritten if it lost or changed one, deleted if it kept none. Returns the plan so far and
-/// the slices left as they are.
+/// the slices left as they are (nothing is copied for those).
 fn keep<'a>(
-    existing: &'a [Existing],
+    existing: &[Current<'a>],
     remaining: &mut BTreeMap<&str, &Repository>,
-) -> (Plan, Vec<&'a Existing>) {
+) -> (Plan, Vec<Current<'a>>) {
     let mut plan = Plan::default();
     let mut unchanged = Vec::new();
     for slice in existing {
-        let kept: Vec<Repository> = slice
-            .repositories
-            .iter()
-            .filter_map(|r| remaining.remove(r.full_name.as_str()).cloned())
-            .collect();
-        if kept == slice.repositories {
-            unchanged.push(slice);
+        let mut changed = false;
+        let mut kept: Vec<&Repository> = Vec::with_capacity(slice.repositories.len());
+        for entry in slice.repositories {
+            match remaining.remove(entry.full_name.as_str()) {
+                Some(desired) => {
+                    changed |= desired != entry;
+                    kept.push(desired);
+                }
+                None => changed = true,
+            }
+        }
+        if !changed {
+            unchanged.push(*slice);
         } else if kept.is_empty() {
-            plan.delete.push(slice.name.clone());
+            plan.delete.push(slice.name.to_owned());
         } else {
             plan.update.push(Existing {
-                name: slice.name.clone(),
-                repositories: kept,
+                name: slice.name.to_owned(),
+                repositories: kept.into_iter().cloned().collect(),
             });
         }
     }
@@ -166,7 +188,7 @@ fn fill_rewritten(rewritten: &mut [Existing], new: &mut Vec<(Repository, usize)>
 }
 
 /// Step 3: the rest whole into the unchanged slice it fills best, if one has room for all of it.
-fn fill_best(unchanged: &[&Existing], new: &mut Vec<(Repository, usize)>) -> Option<Existing> {
+fn fill_best(unchanged: &[Current<'_>], new: &mut Vec<(Repository, usize)>) -> Option<Existing> {
     let rest = new
         .iter()
         .fold(Fill::default(), |fill, (_, size)| fill.with(*size));
@@ -176,13 +198,13 @@ fn fill_best(unchanged: &[&Existing], new: &mut Vec<(Repository, usize)>) -> Opt
     let (slice, _) = unchanged
         .iter()
         .filter(|s| s.repositories.len() + rest.entries <= MAX_REPOSITORIES_PER_SLICE)
-        .map(|s| (s, Fill::of(&s.repositories)))
+        .map(|s| (s, Fill::of(s.repositories)))
         .filter(|(_, full)| full.plus(rest).fits())
         .max_by_key(|(_, full)| full.entries)?;
-    let mut repositories = slice.repositories.clone();
+    let mut repositories = slice.repositories.to_vec();
     repositories.extend(new.drain(..).map(|(r, _)| r));
     Some(Existing {
-        name: slice.name.clone(),
+        name: slice.name.to_owned(),
         repositories,
     })
 }
@@ -248,6 +270,12 @@ mod tests {
         apply(&[], &plan(list, &[]))
     }
 
+    /// `plan` over slices held as [`Existing`].
+    fn replan(list: &[Repository], slices: &[Existing]) -> Plan {
+        let current: Vec<Current<'_>> = slices.iter().map(Existing::current).collect();
+        plan(list, &current)
+    }
+
     #[test]
     fn a_new_list_is_cut_into_full_slices() {
         let plan = plan(&repositories(0..1_201), &[]);
@@ -258,7 +286,7 @@ mod tests {
     #[test]
     fn nothing_changed_writes_nothing() {
         let list = repositories(0..1_201);
-        assert_eq!(plan(&list, &sliced(&list)).writes(), 0);
+        assert_eq!(replan(&list, &sliced(&list)).writes(), 0);
     }
 
     #[test]
@@ -267,7 +295,7 @@ mod tests {
         let slices = sliced(&list);
         let mut more = list.clone();
         more.extend(repositories(5_000..5_010));
-        let plan = plan(&more, &slices);
+        let plan = replan(&more, &slices);
         assert_eq!(plan.writes(), 1, "{plan:?}");
         assert_eq!(plan.update[0].repositories.len(), 211);
     }
@@ -306,7 +334,7 @@ mod tests {
                 .map(|i| repository(&format!("r{i:06}"), changed.contains(&i)))
                 .chain(repositories(added.iter().copied()))
                 .collect();
-            let plan = plan(&new, &slices);
+            let plan = replan(&new, &slices);
             let after = apply(&slices, &plan);
             let mut held: Vec<&str> = after
                 .iter()
