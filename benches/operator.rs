@@ -940,7 +940,11 @@ impl Process {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
         std::fs::create_dir_all(&dir).unwrap();
         let log = std::fs::File::create(dir.join(log)).unwrap();
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_bitbucket-operator"))
+        // BBO_BENCH_OPERATOR: another build of the operator (e.g. the image's static musl
+        // binary, `make image-binary`), to measure what the image runs.
+        let binary = std::env::var("BBO_BENCH_OPERATOR")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_bitbucket-operator").to_owned());
+        let child = std::process::Command::new(binary)
             .args([
                 "run",
                 "--metrics-address",
