@@ -1598,8 +1598,16 @@ async fn latencies(
                 .body(body.to_owned()),
             None => http.get(url),
         };
-        let response = request.bearer_auth("FAKE-bench-token").send().await.unwrap();
-        assert!(response.status().is_success(), "{url}: {}", response.status());
+        let response = request
+            .bearer_auth("FAKE-bench-token")
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "{url}: {}",
+            response.status()
+        );
         let bytes = response.bytes().await.unwrap().len();
         (started.elapsed(), bytes)
     };
@@ -1650,8 +1658,20 @@ async fn slices_at_scale(client: &Client, n: usize) -> Vec<Row> {
     );
     operator.ready().await;
     let idle = operator.memory().0;
-    secret(client, &ns.name, "dc", &[("token", "FAKE-dc-personal-access-token-jdoe")]).await;
-    let dc = integration("dc", ServerType::DataCenter, sim.base_url(), CredentialType::AccessToken, "dc");
+    secret(
+        client,
+        &ns.name,
+        "dc",
+        &[("token", "FAKE-dc-personal-access-token-jdoe")],
+    )
+    .await;
+    let dc = integration(
+        "dc",
+        ServerType::DataCenter,
+        sim.base_url(),
+        CredentialType::AccessToken,
+        "dc",
+    );
     create(client, &ns.name, &dc).await;
     let integrations: Api<BitbucketIntegration> = Api::namespaced(client.clone(), &ns.name);
     await_object(&integrations, "dc", "the integration to be Ready", |i| {
@@ -1673,13 +1693,22 @@ async fn slices_at_scale(client: &Client, n: usize) -> Vec<Row> {
     // apply -> Ready: the whole project, offered to ApplicationSets and Flux.
     let offered = |mut s: Subscription| {
         s.metadata.labels = Some(
-            [(bitbucket_operator::generator::OFFER_LABEL.to_owned(), "true".to_owned())].into(),
+            [(
+                bitbucket_operator::generator::OFFER_LABEL.to_owned(),
+                "true".to_owned(),
+            )]
+            .into(),
         );
         s
     };
     let subscriptions: Api<Subscription> = Api::namespaced(client.clone(), &ns.name);
     let started = Instant::now();
-    create(client, &ns.name, &offered(subscription("all", "dc", None, &["PLAT"]))).await;
+    create(
+        client,
+        &ns.name,
+        &offered(subscription("all", "dc", None, &["PLAT"])),
+    )
+    .await;
     await_object(&subscriptions, "all", "the subscription to sync", |s| {
         s.status.as_ref().is_some_and(|s| is_ready(&s.conditions))
     })
@@ -1691,7 +1720,9 @@ async fn slices_at_scale(client: &Client, n: usize) -> Vec<Row> {
     let stored = slices.list(&selector).await.unwrap().items;
     let held: usize = stored.iter().map(|s| s.repositories.len()).sum();
     assert_eq!(held, n, "the slices hold every repository");
-    let created = operator.metric("bitbucket_operator_slice_writes_total").await;
+    let created = operator
+        .metric("bitbucket_operator_slice_writes_total")
+        .await;
     // What etcd stores: the objects as the API server keeps them (managedFields included).
     let raw = client
         .request_text(
@@ -1761,7 +1792,10 @@ async fn slices_at_scale(client: &Client, n: usize) -> Vec<Row> {
     for i in 0..3 {
         resync(format!("unchanged-{i}")).await;
     }
-    let steady = operator.metric("bitbucket_operator_slice_writes_total").await - created;
+    let steady = operator
+        .metric("bitbucket_operator_slice_writes_total")
+        .await
+        - created;
     let width = n.to_string().len();
     for k in 0..10 {
         let slug = format!("gen-{:0width$}", 1 + k * (n / 10));
@@ -1769,11 +1803,16 @@ async fn slices_at_scale(client: &Client, n: usize) -> Vec<Row> {
             public: Some(true),
             ..Default::default()
         };
-        sim.control().change_dc_repository("PLAT", &slug, change).unwrap();
+        sim.control()
+            .change_dc_repository("PLAT", &slug, change)
+            .unwrap();
     }
     resync("ten-changed".into()).await;
-    let after_ten =
-        operator.metric("bitbucket_operator_slice_writes_total").await - created - steady;
+    let after_ten = operator
+        .metric("bitbucket_operator_slice_writes_total")
+        .await
+        - created
+        - steady;
 
     // The generator and the Flux endpoint, for the whole list and for 10,000 of it.
     let mut ten = offered(subscription("ten", "dc", None, &["PLAT"]));
