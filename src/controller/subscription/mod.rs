@@ -40,8 +40,8 @@ use super::{
 };
 use crate::{
     api::{
-        BitbucketIntegration, IntegrationSummary, Subscription, SubscriptionStatus,
-        conditions::reasons,
+        BitbucketIntegration, IntegrationSummary, MAX_LISTED_REPOSITORIES, Subscription,
+        SubscriptionStatus, conditions::reasons,
     },
     bitbucket::{self, ListScope},
     status::conditions,
@@ -362,16 +362,15 @@ async fn publish_listing(
     integration: IntegrationSummary,
 ) -> SyncOutcome {
     let repositories = report::entries(listing, &subscription.spec.repositories);
-    let published = publish::publish(
-        &context.shared,
-        &context.slices,
-        subscription,
-        &repositories,
-    )
-    .await;
+    let count = repositories.len();
+    // Status shows the first entries; the whole list moves into the slices.
+    let first = repositories[..count.min(MAX_LISTED_REPOSITORIES)].to_vec();
+    let published =
+        publish::publish(&context.shared, &context.slices, subscription, repositories).await;
     match published {
         Ok(slices) => SyncOutcome::Listed {
-            repositories,
+            first,
+            count,
             slices,
             integration,
         },

@@ -22,10 +22,12 @@ use crate::{
 /// What a reconcile found out.
 #[derive(Debug)]
 pub enum SyncOutcome {
-    /// A listing, fetched or shared, made with `integration`'s credential: the repositories
-    /// that pass the filters (see [`entries`]), and the RepositorySlices now holding them.
+    /// A listing, fetched or shared, made with `integration`'s credential: how many
+    /// repositories pass the filters (see [`entries`]), the first [`MAX_LISTED_REPOSITORIES`]
+    /// of them, and the RepositorySlices now holding them all.
     Listed {
-        repositories: Vec<Repository>,
+        first: Vec<Repository>,
+        count: usize,
         slices: Vec<SliceRef>,
         integration: IntegrationSummary,
     },
@@ -94,13 +96,14 @@ pub fn status(
             "suspended: the last repository list is kept, not refreshed".into(),
         ),
         SyncOutcome::Listed {
-            repositories,
+            first,
+            count,
             slices,
             integration,
         } => {
             status.integration = Some(integration.clone());
-            let count = repositories.len();
-            let shown_list = repositories[..count.min(MAX_LISTED_REPOSITORIES)].to_vec();
+            let count = *count;
+            let shown_list = first[..count.min(MAX_LISTED_REPOSITORIES).min(first.len())].to_vec();
             status.slices = Some(slices.clone());
             status.repositories_truncated = count > MAX_LISTED_REPOSITORIES;
             status.repository_count = Some(i32::try_from(count).unwrap_or(i32::MAX));
@@ -200,8 +203,12 @@ mod tests {
 
     fn listed(slugs: &[&str], filter: &RepositoryFilter) -> SyncOutcome {
         let listing: Vec<_> = slugs.iter().map(|s| repository(s, false)).collect();
+        let mut repositories = entries(&listing, filter);
+        let count = repositories.len();
+        repositories.truncate(MAX_LISTED_REPOSITORIES);
         SyncOutcome::Listed {
-            repositories: entries(&listing, filter),
+            first: repositories,
+            count,
             slices: Vec::new(),
             integration: IntegrationSummary {
                 name: "acme".into(),
