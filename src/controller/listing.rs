@@ -105,6 +105,10 @@ impl ListingCache {
                 return Ok(Arc::clone(&cached.repositories));
             }
         }
+        // The listing being replaced goes before the new one is fetched: two listings of a
+        // large scope are never held at once. (After a failed fetch nothing is cached, and the
+        // next sync asks Bitbucket again, as it would have.)
+        *listing = None;
         let repositories = fetch.await?;
         let now = Instant::now();
         *listing = Some(Listing {
@@ -121,16 +125,6 @@ impl ListingCache {
     }
 
     /// Drops every listing made with the integration `uid`.
-    /// The listing held for `integration` and `scope`, neither fetched nor checked: what the
-    /// last sync saw (after a fetch in progress ends). `None` when none is held.
-    pub async fn peek(&self, integration: &str, scope: &ListScope) -> Option<Arc<Vec<Repository>>> {
-        let slot = lock(&self.entries)
-            .get(&(integration.to_owned(), scope.clone()))
-            .map(|entry| Arc::clone(&entry.slot))?;
-        let listing = slot.lock().await;
-        listing.as_ref().map(|l| Arc::clone(&l.repositories))
-    }
-
     pub fn forget_integration(&self, uid: &str) {
         lock(&self.entries).retain(|(integration, _), _| integration != uid);
     }
@@ -294,6 +288,35 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_listing_is_let_go_before_its_successor_is_fetched() {
+        let cache = ListingCache::default();
+        let calls = AtomicUsize::new(0);
+        let first = cache
+            .get(
+                want("f", Duration::from_secs(60), false, 0),
+                unchanged(),
+                fetch(&calls),
+            )
+            .await
+            .unwrap();
+        let held_meanwhile = AtomicUsize::new(usize::MAX);
+        let refetch = async {
+            // Only the test still holds the first listing while the next is fetched.
+            held_meanwhile.store(Arc::strong_count(&first), Ordering::SeqCst);
+            Ok(Vec::new())
+        };
+        cache
+            .get(
+                want("f", Duration::from_secs(60), true, 0),
+                unchanged(),
+                refetch,
+            )
+            .await
+            .unwrap();
+        assert_eq!(held_meanwhile.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
