@@ -189,7 +189,7 @@ impl Catalog {
         let found = slice::complete(named, |slice_name| {
             slices
                 .get(&ObjectRef::new(slice_name).within(namespace))
-                .filter(|s| owned_by(s, &uid))
+                .filter(|s| s.controlled_by(&uid))
         });
         match found {
             Ok(found) => {
@@ -212,14 +212,6 @@ impl Catalog {
     pub fn sweep(&self, live: &HashSet<String>) {
         lock(&self.complete).retain(|uid, _| live.contains(uid));
     }
-}
-
-/// Whether `slice` belongs to the Subscription with UID `uid` (its controller ownerReference).
-fn owned_by(slice: &RepositorySlice, uid: &str) -> bool {
-    slice
-        .owner_references()
-        .iter()
-        .any(|o| o.controller == Some(true) && o.uid == uid)
 }
 
 #[cfg(test)]

@@ -52,14 +52,14 @@ async fn holder(env: &Env) -> Option<String> {
     crate::support::lease_holder(&env.client, &env.ns.name, LEASE).await
 }
 
-async fn request_sync(env: &Env, name: &str, value: &str) {
+pub async fn request_sync(env: &Env, name: &str, value: &str) {
     env.api::<Subscription>()
         .patch(name, &PatchParams::default(), &sync_request(value))
         .await
         .unwrap();
 }
 
-fn handled(value: &'static str) -> impl Fn(&Subscription) -> bool {
+pub fn handled(value: &'static str) -> impl Fn(&Subscription) -> bool {
     move |s| {
         is_synced(s)
             && s.status

@@ -7,12 +7,12 @@ use std::collections::BTreeSet;
 
 use crate::{
     generator::{TOKEN, ask, naming, offered, serve_from},
-    leader::{env_without_operator_with, replica, two_replicas},
+    leader::{env_without_operator_with, handled, replica, request_sync, two_replicas},
     support::{
         PATIENCE,
         env::*,
         eventually,
-        operator::{Operator, await_object, condition, subscription, sync_request, test_settings},
+        operator::{Operator, await_object, condition, subscription, test_settings},
     },
 };
 use bitbucket_operator::{
@@ -29,7 +29,7 @@ use k8s_openapi::api::{
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams, PatchParams, PostParams},
+    api::{DeleteParams, ListParams, PostParams},
 };
 use serde_json::{Value, json};
 
@@ -101,23 +101,6 @@ fn slice_writes(operator: &Operator) -> u64 {
         .filter(|l| l.starts_with("bitbucket_operator_slice_writes_total"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum()
-}
-
-fn handled(value: &'static str) -> impl Fn(&Subscription) -> bool {
-    move |s| {
-        is_synced(s)
-            && s.status
-                .as_ref()
-                .and_then(|s| s.last_handled_sync_request.as_deref())
-                == Some(value)
-    }
-}
-
-async fn request_sync(env: &Env, value: &str) {
-    env.api::<Subscription>()
-        .patch("big", &PatchParams::default(), &sync_request(value))
-        .await
-        .unwrap();
 }
 
 /// The full names the generator at `url` answers for `big` (with the HTTP status).
@@ -194,7 +177,7 @@ async fn the_slices_hold_the_whole_list_and_writes_follow_what_changed() {
     // A sync where nothing changed writes nothing.
     let operator = env.operator();
     let before = slice_writes(operator);
-    request_sync(&env, "unchanged").await;
+    request_sync(&env, "big", "unchanged").await;
     await_object(
         &env.api(),
         "big",
@@ -217,7 +200,7 @@ async fn the_slices_hold_the_whole_list_and_writes_follow_what_changed() {
         added.slug = format!("gen-new-{i:02}");
         control.add_cloud_repository("acme", added).unwrap();
     }
-    request_sync(&env, "ten-added").await;
+    request_sync(&env, "big", "ten-added").await;
     await_object(
         &env.api(),
         "big",
@@ -367,7 +350,7 @@ async fn an_update_cut_short_between_slice_writes_is_never_served_in_part() {
     control
         .change_cloud_repository("acme", &slug(1), public)
         .unwrap();
-    request_sync(&env, "cut").await;
+    request_sync(&env, "big", "cut").await;
     let cut = await_object(
         &env.api(),
         "big",

@@ -169,6 +169,15 @@ impl RepositorySlice {
         }
     }
 
+    /// Whether the object with UID `uid` (its Subscription) is this slice's controller.
+    pub fn controlled_by(&self, uid: &str) -> bool {
+        self.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| o.controller == Some(true) && o.uid == uid)
+    }
+
     /// The CRD, with the schema of the entries generated from [`Repository`] as the other
     /// kinds' are.
     pub fn crd() -> CustomResourceDefinition {

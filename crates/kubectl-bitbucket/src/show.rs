@@ -301,10 +301,8 @@ async fn whole_list(
             .await?
             .items;
         let found = slice::complete(named, |name| {
-            held.iter().find(|s| {
-                s.metadata.name.as_deref() == Some(name)
-                    && s.owner_references().iter().any(|o| o.uid == uid)
-            })
+            held.iter()
+                .find(|s| s.metadata.name.as_deref() == Some(name) && s.controlled_by(&uid))
         });
         if let Ok(found) = found {
             return Ok(Some(slice::entries(&found).into_iter().cloned().collect()));

@@ -34,17 +34,12 @@ pub fn owned(
     let mut owned: Vec<_> = store
         .state()
         .into_iter()
-        .filter(|s| s.namespace() == namespace && controlled_by(s, uid.as_deref()))
+        .filter(|s| {
+            s.namespace() == namespace && uid.as_deref().is_some_and(|u| s.controlled_by(u))
+        })
         .collect();
     owned.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     owned
-}
-
-fn controlled_by(slice: &RepositorySlice, uid: Option<&str>) -> bool {
-    slice
-        .owner_references()
-        .iter()
-        .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == uid)
 }
 
 /// How long to wait before planning, when the cache does not show this process's last slice
