@@ -16,6 +16,8 @@ use std::{
     sync::{Arc, Mutex},
 };
 
+use bytes::Bytes;
+
 use kube::{
     ResourceExt,
     runtime::reflector::{ObjectRef, Store},
@@ -49,6 +51,17 @@ pub struct List {
     slices: Vec<Arc<RepositorySlice>>,
     /// (slice, entry) of each repository, sorted by full name.
     order: Vec<(u32, u32)>,
+    /// An answer rendered from this list, kept while it is asked for (see [`List::rendered`]).
+    rendered: Mutex<Option<Rendered>>,
+}
+
+/// What [`List::keep_rendered`] keeps.
+struct Rendered {
+    /// What else the rendering depends on.
+    key: String,
+    chunks: Arc<[Bytes]>,
+    /// Whether it was asked for since the last [`Catalog::sweep`].
+    asked: bool,
 }
 
 impl List {
@@ -64,17 +77,33 @@ impl List {
             named,
             slices,
             order,
+            rendered: Mutex::default(),
         }
+    }
+
+    /// The answer rendered from this list under `key` (whatever else it depends on), when one
+    /// is kept: Argo CD asks for the same list on every refresh of every ApplicationSet, and
+    /// rendering 100,000 repositories takes longer than sending them.
+    pub fn rendered(&self, key: &str) -> Option<Arc<[Bytes]>> {
+        let mut kept = lock(&self.rendered);
+        let kept = kept.as_mut().filter(|r| r.key == key)?;
+        kept.asked = true;
+        Some(Arc::clone(&kept.chunks))
+    }
+
+    /// Keeps `chunks`, rendered from this list under `key`, until the list is replaced or a
+    /// [`Catalog::sweep`] finds nobody asked for them since the sweep before.
+    pub fn keep_rendered(&self, key: String, chunks: Arc<[Bytes]>) {
+        *lock(&self.rendered) = Some(Rendered {
+            key,
+            chunks,
+            asked: true,
+        });
     }
 
     /// The repositories, sorted by full name.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &Repository> {
-        self.iter_from(0)
-    }
-
-    /// The repositories from the `start`th on, sorted by full name.
-    pub fn iter_from(&self, start: usize) -> impl ExactSizeIterator<Item = &Repository> {
-        self.order[start.min(self.order.len())..]
+        self.order
             .iter()
             .map(|(s, e)| &self.slices[*s as usize].repositories[*e as usize])
     }
@@ -208,9 +237,18 @@ impl Catalog {
         }
     }
 
-    /// Drops the lists of Subscriptions not among `live` (UIDs).
+    /// Drops the lists of Subscriptions not among `live` (UIDs), and the rendered answers
+    /// nobody asked for since the last sweep.
     pub fn sweep(&self, live: &HashSet<String>) {
-        lock(&self.complete).retain(|uid, _| live.contains(uid));
+        let mut complete = lock(&self.complete);
+        complete.retain(|uid, _| live.contains(uid));
+        for list in complete.values() {
+            let mut rendered = lock(&list.rendered);
+            match rendered.as_mut() {
+                Some(kept) if kept.asked => kept.asked = false,
+                _ => *rendered = None,
+            }
+        }
     }
 }
 
@@ -337,6 +375,48 @@ mod tests {
         assert_eq!(
             refused,
             "Subscription ci/big: RepositorySlice big-a is being rewritten"
+        );
+    }
+
+    #[test]
+    fn a_rendered_answer_is_kept_while_asked_for_and_goes_with_its_list() {
+        let mut caches = Caches::new();
+        let a = slice("big-a", "uid", &["web", "api"]);
+        caches.show(&subscription("uid", &[&a]), &[&a]);
+        let list = |caches: &Caches| match caches.catalog.list("ci", "big") {
+            Ok(Served::Complete(list)) => list,
+            _ => panic!("the list is complete"),
+        };
+        let live: HashSet<String> = ["uid".to_owned()].into();
+        let answer: Arc<[Bytes]> = vec![Bytes::from_static(b"[\"api\",\"web\"]")].into();
+        list(&caches).keep_rendered("acme".into(), Arc::clone(&answer));
+        assert!(
+            list(&caches).rendered("other").is_none(),
+            "rendered for another key"
+        );
+        let kept = list(&caches).rendered("acme").expect("kept");
+        assert!(Arc::ptr_eq(&kept, &answer), "the same chunks, not a copy");
+
+        // Asked for since the last sweep: kept through the next; then not asked for: dropped.
+        caches.catalog.sweep(&live);
+        assert!(
+            list(&caches).rendered("acme").is_some(),
+            "asked for before the sweep"
+        );
+        caches.catalog.sweep(&live);
+        caches.catalog.sweep(&live);
+        assert!(
+            list(&caches).rendered("acme").is_none(),
+            "nobody asked between two sweeps"
+        );
+
+        // A new list starts with nothing rendered.
+        list(&caches).keep_rendered("acme".into(), answer);
+        let a2 = slice("big-a", "uid", &["web"]);
+        caches.show(&subscription("uid", &[&a2]), &[&a2]);
+        assert!(
+            list(&caches).rendered("acme").is_none(),
+            "rendered from the previous list"
         );
     }
 

@@ -18,7 +18,7 @@
 //! long, from the cached RepositorySlices, and only a complete one (see [`crate::catalog`]).
 //! Does network I/O.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{convert::Infallible, path::PathBuf, sync::Arc};
 
 use axum::{
     Json, Router,
@@ -115,53 +115,67 @@ async fn getparams(State(generator): State<Generator>, body: axum::body::Bytes) 
     match offered_list(&generator.shared, &namespace, &name, ENDPOINT) {
         Ok((subscription, list)) => {
             let integration = subscription.spec.integration_ref.name.clone();
-            let body = answer(list, namespace, name, integration);
+            let body = answer(list, namespace, name, integration).await;
             ([(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
         Err((status, message)) => refusal(status, message),
     }
 }
 
-/// How many parameter sets go into one chunk of an answer.
-const SETS_PER_CHUNK: usize = 256;
-
-/// The answer `{"output": {"parameters": [...]}}` for `list`, written a chunk at a time as the
-/// connection takes it: however long the list, the answer never sits whole in memory.
-fn answer(
+/// The answer for `list`: the one kept beside it, or one rendered now and kept.
+async fn answer(
     list: Arc<catalog::List>,
     namespace: String,
     name: String,
     integration: String,
 ) -> axum::body::Body {
-    let chunks = futures::stream::unfold(Some(0), move |next| {
-        let list = Arc::clone(&list);
-        let (namespace, name, integration) = (namespace.clone(), name.clone(), integration.clone());
-        async move {
-            let start = next?;
-            let mut chunk = Vec::new();
-            if start == 0 {
-                chunk.extend_from_slice(b"{\"output\":{\"parameters\":[");
-            }
-            let sets = list.iter_from(start).take(SETS_PER_CHUNK);
-            for (i, repository) in sets.enumerate() {
-                if start + i > 0 {
-                    chunk.push(b',');
-                }
-                let set = ParameterSet::new(repository, &namespace, &name, &integration);
-                serde_json::to_writer(&mut chunk, &set).expect("JSON to memory");
-            }
-            let end = start + SETS_PER_CHUNK;
-            let more = end < list.len();
-            if !more {
-                chunk.extend_from_slice(b"]}}");
-            }
-            Some((
-                Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(chunk)),
-                more.then_some(end),
-            ))
+    let chunks = match list.rendered(&integration) {
+        Some(chunks) => chunks,
+        None => {
+            let chunks = render(Arc::clone(&list), namespace, name, integration.clone()).await;
+            list.keep_rendered(integration, Arc::clone(&chunks));
+            chunks
         }
+    };
+    let chunks = (0..chunks.len()).map(move |i| Ok::<_, Infallible>(chunks[i].clone()));
+    axum::body::Body::from_stream(futures::stream::iter(chunks))
+}
+
+/// How many parameter sets go into one chunk of an answer.
+const SETS_PER_CHUNK: usize = 256;
+
+/// The answer `{"output": {"parameters": [...]}}` for `list`, in chunks of [`SETS_PER_CHUNK`]
+/// sets, rendered off the async workers (100,000 repositories take tens of milliseconds). The
+/// catalog keeps it with the list while Argo CD asks for it (see [`catalog::List::rendered`]);
+/// sending a kept answer copies nothing.
+async fn render(
+    list: Arc<catalog::List>,
+    namespace: String,
+    name: String,
+    integration: String,
+) -> Arc<[axum::body::Bytes]> {
+    let rendering = tokio::task::spawn_blocking(move || {
+        let mut chunks = Vec::with_capacity(list.len() / SETS_PER_CHUNK + 2);
+        chunks.push(axum::body::Bytes::from_static(
+            b"{\"output\":{\"parameters\":[",
+        ));
+        let mut chunk = Vec::new();
+        for (i, repository) in list.iter().enumerate() {
+            if i > 0 {
+                chunk.push(b',');
+            }
+            let set = ParameterSet::new(repository, &namespace, &name, &integration);
+            serde_json::to_writer(&mut chunk, &set).expect("JSON to memory");
+            if (i + 1) % SETS_PER_CHUNK == 0 {
+                let room = chunk.len() + chunk.len() / 8;
+                chunks.push(std::mem::replace(&mut chunk, Vec::with_capacity(room)).into());
+            }
+        }
+        chunk.extend_from_slice(b"]}}");
+        chunks.push(chunk.into());
+        chunks.into()
     });
-    axum::body::Body::from_stream(chunks)
+    rendering.await.expect("rendering an answer does not panic")
 }
 
 /// The Subscription a plugin request names (`namespace`, `name`), or why it names none. The
