@@ -12,7 +12,28 @@ use std::{
 };
 
 use super::lock;
-use crate::bitbucket::{self, ListScope, ListingSummary, Repository};
+use crate::{
+    api::Repository,
+    bitbucket::{self, ListScope, ListingSummary},
+};
+
+/// A listing as fetched: the summary of what Bitbucket sent (to compare later probes with) and
+/// the repositories as a Subscription's list shows them.
+pub struct Fetched {
+    pub summary: ListingSummary,
+    pub repositories: Vec<Repository>,
+}
+
+#[cfg(test)]
+impl Fetched {
+    /// An empty listing.
+    pub fn empty() -> Self {
+        Self {
+            summary: ListingSummary::of(&[]),
+            repositories: Vec::new(),
+        }
+    }
+}
 
 /// A fetched listing.
 struct Listing {
@@ -70,7 +91,7 @@ impl ListingCache {
     ) -> Result<Arc<Vec<Repository>>, bitbucket::Error>
     where
         S: Future<Output = Result<Option<ListingSummary>, bitbucket::Error>>,
-        F: Future<Output = Result<Vec<Repository>, bitbucket::Error>>,
+        F: Future<Output = Result<Fetched, bitbucket::Error>>,
     {
         let asked_at = Instant::now();
         let slot = {
@@ -109,14 +130,17 @@ impl ListingCache {
         // large scope are never held at once. (After a failed fetch nothing is cached, and the
         // next sync asks Bitbucket again, as it would have.)
         *listing = None;
-        let repositories = fetch.await?;
+        let Fetched {
+            summary,
+            repositories,
+        } = fetch.await?;
         let now = Instant::now();
         *listing = Some(Listing {
             fingerprint: want.fingerprint.to_owned(),
             fetched_at: now,
             checked_at: now,
             confirmed: 0,
-            summary: ListingSummary::of(&repositories),
+            summary,
             repositories: Arc::new(repositories),
         });
         Ok(Arc::clone(
@@ -168,10 +192,10 @@ mod tests {
         }
     }
 
-    async fn fetch(calls: &AtomicUsize) -> Result<Vec<Repository>, bitbucket::Error> {
+    async fn fetch(calls: &AtomicUsize) -> Result<Fetched, bitbucket::Error> {
         calls.fetch_add(1, Ordering::SeqCst);
         tokio::task::yield_now().await;
-        Ok(Vec::new())
+        Ok(Fetched::empty())
     }
 
     /// The summary of an empty listing, i.e. "unchanged" for what `fetch` returns.
@@ -306,7 +330,7 @@ mod tests {
         let refetch = async {
             // Only the test still holds the first listing while the next is fetched.
             held_meanwhile.store(Arc::strong_count(&first), Ordering::SeqCst);
-            Ok(Vec::new())
+            Ok(Fetched::empty())
         };
         cache
             .get(

@@ -228,7 +228,10 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::{bitbucket::ListScope, controller::listing::Want};
+    use crate::{
+        bitbucket::ListScope,
+        controller::listing::{Fetched, Want},
+    };
 
     fn live(uids: &[&str]) -> HashSet<String> {
         uids.iter().map(|u| (*u).to_owned()).collect()
@@ -248,7 +251,7 @@ mod tests {
         };
         memory
             .listings
-            .get(want, async { Ok(None) }, async { Ok(Vec::new()) })
+            .get(want, async { Ok(None) }, async { Ok(Fetched::empty()) })
             .await
             .unwrap();
     }

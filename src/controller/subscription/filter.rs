@@ -1,10 +1,7 @@
 //! The repository filters of a Subscription: include/exclude globs on the slug and visibility.
 //! Pure; no I/O.
 
-use crate::{
-    api::{RepositoryFilter, Visibility, glob::glob},
-    bitbucket::Repository,
-};
+use crate::api::{Repository, RepositoryFilter, Visibility, glob::glob};
 
 /// Whether `repository` passes `filter`: included (by any include glob, or all when there are
 /// none), not excluded by any exclude glob, and of the wanted visibility.
@@ -14,7 +11,7 @@ pub fn keeps(filter: &RepositoryFilter, repository: &Repository) -> bool {
         Visibility::Private => repository.private,
         Visibility::Public => !repository.private,
     };
-    let slug = repository.slug.to_ascii_lowercase();
+    let slug = repository.name.to_ascii_lowercase();
     visible
         && (filter.include.is_empty() || filter.include.iter().any(|g| glob(g, &slug)))
         && !filter.exclude.iter().any(|g| glob(g, &slug))
@@ -26,19 +23,10 @@ pub(super) mod tests {
 
     /// A repository of workspace `acme` with nothing but a slug and a visibility.
     pub(in crate::controller::subscription) fn repository(slug: &str, private: bool) -> Repository {
-        Repository {
-            id: None,
-            full_name: format!("acme/{slug}"),
-            slug: slug.into(),
-            name: slug.into(),
-            project: None,
-            private,
-            main_branch: None,
-            clone_https: None,
-            clone_ssh: None,
-            html_url: None,
-            updated_at: None,
-        }
+        serde_json::from_value(serde_json::json!({
+            "fullName": format!("acme/{slug}"), "name": slug, "private": private, "cloneUrls": {}
+        }))
+        .expect("a repository entry")
     }
 
     #[test]

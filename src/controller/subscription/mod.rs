@@ -35,13 +35,13 @@ use super::{
     error::{Class, Reason},
     finish::{self, Draft, finish},
     integration_of, is_ready,
-    listing::Want,
+    listing::{Fetched, Want},
     memory::LastSync,
 };
 use crate::{
     api::{
-        BitbucketIntegration, IntegrationSummary, MAX_LISTED_REPOSITORIES, Subscription,
-        SubscriptionStatus, conditions::reasons,
+        BitbucketIntegration, IntegrationSummary, MAX_LISTED_REPOSITORIES, Repository,
+        Subscription, SubscriptionStatus, conditions::reasons,
     },
     bitbucket::{self, ListScope},
     status::conditions,
@@ -310,11 +310,20 @@ async fn list_when_due(
         confirmations: shared.settings.summaries_between_listings,
     };
     let client = &found.resolved.client;
-    let listing = shared.memory.listings.get(
-        want,
-        client.summarize(&found.scope),
-        client.list_repositories(&found.scope),
-    );
+    let fetch = async {
+        let listed = client.list_repositories(&found.scope).await?;
+        let summary = bitbucket::ListingSummary::of(&listed);
+        // Each repository's text moves into its entry: the listing is never held twice.
+        let repositories = listed.into_iter().map(report::to_status).collect();
+        Ok(Fetched {
+            summary,
+            repositories,
+        })
+    };
+    let listing = shared
+        .memory
+        .listings
+        .get(want, client.summarize(&found.scope), fetch);
     // Only a first listing says so: the status of a listed Subscription can be large (1,000
     // repositories), and the API server handles the whole object on each write.
     let listed = if first {
@@ -358,13 +367,16 @@ async fn list_when_due(
 async fn publish_listing(
     context: &Context,
     subscription: &Subscription,
-    listing: &[bitbucket::Repository],
+    listing: &[Repository],
     integration: IntegrationSummary,
 ) -> SyncOutcome {
+    // Borrowed from the listing: only the entries status shows and the slices rewritten are
+    // copied (a re-list of 100,000 repositories where nothing changed copies 1,000).
     let repositories = report::entries(listing, &subscription.spec.repositories);
     let count = repositories.len();
-    // Status shows the first entries; the whole list moves into the slices.
-    let first = repositories[..count.min(MAX_LISTED_REPOSITORIES)].to_vec();
+    let first = (repositories.iter().take(MAX_LISTED_REPOSITORIES))
+        .map(|r| (*r).clone())
+        .collect();
     let published =
         publish::publish(&context.shared, &context.slices, subscription, repositories).await;
     match published {

@@ -77,7 +77,7 @@ pub async fn publish(
     shared: &Shared,
     store: &Store<RepositorySlice>,
     subscription: &Subscription,
-    list: Vec<Repository>,
+    list: Vec<&Repository>,
 ) -> Result<Vec<SliceRef>, kube::Error> {
     let existing = owned(store, subscription);
     let current: Vec<Current<'_>> = existing

@@ -1,7 +1,7 @@
 //! The Subscription's status from what a reconcile found, and the Events a status change calls
 //! for: pure functions, no I/O.
 
-use std::collections::BTreeSet;
+use std::{borrow::Cow, collections::BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::events::EventType;
@@ -50,11 +50,10 @@ pub enum SyncOutcome {
 
 /// The repositories of a listing that pass the Subscription's filters, as status and slices
 /// show them, sorted by full name, each name once.
-pub fn entries(listing: &[bitbucket::Repository], filter: &RepositoryFilter) -> Vec<Repository> {
-    let mut kept: Vec<Repository> = listing
+pub fn entries<'a>(listing: &'a [Repository], filter: &RepositoryFilter) -> Vec<&'a Repository> {
+    let mut kept: Vec<&Repository> = listing
         .iter()
         .filter(|r| filter::keeps(filter, r))
-        .map(to_status)
         .collect();
     kept.sort_by(|a, b| a.full_name.cmp(&b.full_name));
     kept.dedup_by(|a, b| a.full_name == b.full_name);
@@ -134,22 +133,30 @@ const MAX_URL_BYTES: usize = 2048;
 /// A repository as status and slices show it: its names, as Bitbucket sent them, made safe (see
 /// [`text`]), URLs within [`MAX_URL_BYTES`], and its time in whole seconds, as the API server
 /// stores it (so an entry compares equal to itself read back).
-pub fn to_status(repository: &bitbucket::Repository) -> Repository {
-    let quoted = |value: &str| text::for_the_api(value, text::MAX_QUOTED_BYTES).into_owned();
-    let url = |value: &Option<String>| value.clone().filter(|u| u.len() <= MAX_URL_BYTES);
+pub fn to_status(repository: bitbucket::Repository) -> Repository {
+    // Text that is safe already moves as it is; only what had to be cleaned is new.
+    let quoted = |value: String| {
+        let cleaned = match text::for_the_api(&value, text::MAX_QUOTED_BYTES) {
+            Cow::Owned(cleaned) => Some(cleaned),
+            Cow::Borrowed(_) => None,
+        };
+        cleaned.unwrap_or(value)
+    };
+    let url = |value: Option<String>| value.filter(|u| u.len() <= MAX_URL_BYTES);
+    let display_name = (repository.name != repository.slug).then(|| quoted(repository.name));
     Repository {
-        full_name: quoted(&repository.full_name),
-        id: repository.id.as_deref().map(quoted),
-        name: quoted(&repository.slug),
-        display_name: (repository.name != repository.slug).then(|| quoted(&repository.name)),
-        project: repository.project.as_deref().map(quoted),
+        full_name: quoted(repository.full_name),
+        id: repository.id.map(quoted),
+        name: quoted(repository.slug),
+        display_name,
+        project: repository.project.map(quoted),
         private: repository.private,
-        main_branch: repository.main_branch.as_deref().map(quoted),
+        main_branch: repository.main_branch.map(quoted),
         clone_urls: CloneUrls {
-            https: url(&repository.clone_https),
-            ssh: url(&repository.clone_ssh),
+            https: url(repository.clone_https),
+            ssh: url(repository.clone_ssh),
         },
-        html_url: url(&repository.html_url),
+        html_url: url(repository.html_url),
         updated_at: (repository.updated_at)
             .and_then(|t| jiff::Timestamp::from_second(t.as_second()).ok())
             .map(Time),
@@ -203,11 +210,12 @@ mod tests {
 
     fn listed(slugs: &[&str], filter: &RepositoryFilter) -> SyncOutcome {
         let listing: Vec<_> = slugs.iter().map(|s| repository(s, false)).collect();
-        let mut repositories = entries(&listing, filter);
+        let repositories = entries(&listing, filter);
         let count = repositories.len();
-        repositories.truncate(MAX_LISTED_REPOSITORIES);
         SyncOutcome::Listed {
-            first: repositories,
+            first: (repositories.into_iter().take(MAX_LISTED_REPOSITORIES))
+                .cloned()
+                .collect(),
             count,
             slices: Vec::new(),
             integration: IntegrationSummary {

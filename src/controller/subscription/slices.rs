@@ -105,20 +105,17 @@ fn fill(slice: &mut Vec<Repository>, mut full: Fill, new: &mut Vec<(Repository, 
 }
 
 /// The plan from `existing` slices to `desired` (repositories keyed by full name; the last of
-/// two with one name wins). The desired entries move into the plan: a first listing of 100,000
-/// repositories is not copied on its way into slices.
-pub fn plan(desired: Vec<Repository>, existing: &[Current<'_>]) -> Plan {
-    let mut remaining: BTreeMap<String, Repository> = desired
+/// two with one name wins). The desired entries are borrowed, and copied only into the slices
+/// the plan writes: a re-list of 100,000 repositories where nothing changed copies none.
+pub fn plan(desired: Vec<&Repository>, existing: &[Current<'_>]) -> Plan {
+    let mut remaining: BTreeMap<&str, &Repository> = desired
         .into_iter()
-        .map(|r| (r.full_name.clone(), r))
+        .map(|r| (r.full_name.as_str(), r))
         .collect();
     let (mut plan, unchanged) = keep(existing, &mut remaining);
     let mut new: Vec<(Repository, usize)> = remaining
         .into_values()
-        .map(|r| {
-            let size = bytes(&r);
-            (r, size)
-        })
+        .map(|r| (r.clone(), bytes(r)))
         .collect();
     fill_rewritten(&mut plan.update, &mut new);
     if let Some(slice) = fill_best(&unchanged, &mut new) {
@@ -139,17 +136,17 @@ pub fn plan(desired: Vec<Repository>, existing: &[Current<'_>]) -> Plan {
 /// the slices left as they are (nothing is copied for those).
 fn keep<'a>(
     existing: &[Current<'a>],
-    remaining: &mut BTreeMap<String, Repository>,
+    remaining: &mut BTreeMap<&str, &Repository>,
 ) -> (Plan, Vec<Current<'a>>) {
     let mut plan = Plan::default();
     let mut unchanged = Vec::new();
     for slice in existing {
         let mut changed = false;
-        let mut kept: Vec<Repository> = Vec::with_capacity(slice.repositories.len());
+        let mut kept: Vec<&Repository> = Vec::with_capacity(slice.repositories.len());
         for entry in slice.repositories {
             match remaining.remove(entry.full_name.as_str()) {
                 Some(desired) => {
-                    changed |= desired != *entry;
+                    changed |= desired != entry;
                     kept.push(desired);
                 }
                 None => changed = true,
@@ -162,7 +159,7 @@ fn keep<'a>(
         } else {
             plan.update.push(Existing {
                 name: slice.name.to_owned(),
-                repositories: kept,
+                repositories: kept.into_iter().cloned().collect(),
             });
         }
     }
@@ -273,18 +270,19 @@ mod tests {
     }
 
     fn sliced(list: &[Repository]) -> Vec<Existing> {
-        apply(&[], &plan(list.to_vec(), &[]))
+        apply(&[], &plan(list.iter().collect(), &[]))
     }
 
     /// `plan` over slices held as [`Existing`].
     fn replan(list: &[Repository], slices: &[Existing]) -> Plan {
         let current: Vec<Current<'_>> = slices.iter().map(Existing::current).collect();
-        plan(list.to_vec(), &current)
+        plan(list.iter().collect(), &current)
     }
 
     #[test]
     fn a_new_list_is_cut_into_full_slices() {
-        let plan = plan(repositories(0..1_201), &[]);
+        let list = repositories(0..1_201);
+        let plan = plan(list.iter().collect(), &[]);
         let sizes: Vec<usize> = plan.create.iter().map(Vec::len).collect();
         assert_eq!(sizes, [500, 500, 201]);
     }
@@ -314,7 +312,7 @@ mod tests {
             r
         };
         let list: Vec<Repository> = (0..600).map(long).collect();
-        let plan = plan(list, &[]);
+        let plan = plan(list.iter().collect(), &[]);
         for slice in &plan.create {
             assert!(serde_json::to_vec(slice).unwrap().len() <= MAX_SLICE_BYTES);
         }
