@@ -200,6 +200,7 @@ fn integration(
             },
             workspace: None,
             validation_interval: "30m".into(),
+            webhook: None,
         },
     )
 }
@@ -951,6 +952,8 @@ impl Process {
                 &address,
                 "--health-address",
                 &address,
+                "--webhook-address",
+                "127.0.0.1:0",
                 "--allowed-servers",
                 &format!("cloud,{servers}"),
             ])

@@ -97,9 +97,11 @@ say "Bitbucket simulator on $SIM_URL (Cloud API $SIM_URL/2.0)"
 "$KUBECTL" wait --for=condition=Established --timeout=60s crd/bitbucketintegrations.scm.shippable.io crd/subscriptions.scm.shippable.io >/dev/null
 
 ops_port="$(free_port)"
+hook_port="$(free_port)"
 # The simulator is on loopback: only the operator's own allow-list may name such a server.
 setsid "$BIN/bitbucket-operator" run --allowed-servers "cloud,$SIM_URL" \
   --metrics-address "127.0.0.1:$ops_port" --health-address "127.0.0.1:$ops_port" \
+  --webhook-address "127.0.0.1:$hook_port" \
   >"$RUN/operator.log" 2>&1 </dev/null &
 echo $! >"$RUN/operator.pid"
 wait_http "http://127.0.0.1:$ops_port/readyz" operator "$RUN/operator.pid"

@@ -24,13 +24,17 @@ use kube::{
 };
 
 use crate::{
-    api::{Incomplete, Repository, RepositorySlice, SliceRef, Subscription, slice},
+    api::{
+        BitbucketIntegration, Incomplete, Repository, RepositorySlice, SliceRef, Subscription,
+        slice,
+    },
     controller::{is_ready, lock},
 };
 
 /// The caches of one watched scope (a namespace, or the whole cluster).
 struct Scope {
     namespace: Option<String>,
+    integrations: Store<BitbucketIntegration>,
     subscriptions: Store<Subscription>,
     slices: Store<RepositorySlice>,
 }
@@ -148,14 +152,39 @@ impl Catalog {
     pub fn watch(
         &self,
         namespace: Option<String>,
+        integrations: Store<BitbucketIntegration>,
         subscriptions: Store<Subscription>,
         slices: Store<RepositorySlice>,
     ) {
         lock(&self.scopes).push(Scope {
             namespace,
+            integrations,
             subscriptions,
             slices,
         });
+    }
+
+    /// The integration `namespace/name` and the Subscriptions of its namespace, as this
+    /// replica's caches hold them (`None` when no filled cache holds the integration).
+    pub fn integration(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Option<(Arc<BitbucketIntegration>, Vec<Arc<Subscription>>)> {
+        let scopes = lock(&self.scopes);
+        let scope = scopes
+            .iter()
+            .find(|s| s.namespace.as_deref().is_none_or(|n| n == namespace))?;
+        if !is_ready(&scope.integrations) || !is_ready(&scope.subscriptions) {
+            return None;
+        }
+        let integration = scope
+            .integrations
+            .get(&ObjectRef::new(name).within(namespace))?;
+        let subscriptions = (scope.subscriptions.state().into_iter())
+            .filter(|s| s.metadata.namespace.as_deref() == Some(namespace))
+            .collect();
+        Some((integration, subscriptions))
     }
 
     /// Whether the caches of `scopes` watched scopes are all filled (so every answer is one).
@@ -313,12 +342,18 @@ mod tests {
 
     impl Caches {
         fn new() -> Self {
+            let (integration_store, _) = reflector::store();
             let (subscription_store, mut subscriptions) = reflector::store();
             let (slice_store, mut slices) = reflector::store();
             subscriptions.apply_watcher_event(&Event::InitDone);
             slices.apply_watcher_event(&Event::InitDone);
             let catalog = Catalog::default();
-            catalog.watch(Some("ci".into()), subscription_store, slice_store);
+            catalog.watch(
+                Some("ci".into()),
+                integration_store,
+                subscription_store,
+                slice_store,
+            );
             Self {
                 catalog,
                 subscriptions,

@@ -83,6 +83,11 @@ pub struct RunArgs {
     #[arg(long, env = "PLUGIN_ADDRESS", default_value = "0.0.0.0:4355")]
     pub plugin_address: SocketAddr,
 
+    /// Address receiving Bitbucket's webhooks (`POST /hooks/<namespace>/<integration>`, for
+    /// integrations with `spec.webhook`).
+    #[arg(long, env = "WEBHOOK_ADDRESS", default_value = "0.0.0.0:4356")]
+    pub webhook_address: SocketAddr,
+
     /// File holding the token Argo CD sends to the plugin generator (a mounted Secret; read on
     /// each request, so rotating the Secret takes effect at once). Unset: no plugin generator.
     #[arg(long, env = "PLUGIN_TOKEN_FILE")]

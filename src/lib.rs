@@ -17,3 +17,4 @@ pub mod http;
 pub mod metrics;
 pub mod status;
 pub mod telemetry;
+pub mod webhook;

@@ -11,7 +11,7 @@ use bitbucket_operator::{
     controller::{self, Shared},
     generator, http,
     metrics::Metrics,
-    telemetry,
+    telemetry, webhook,
 };
 use clap::Parser;
 use futures::FutureExt;
@@ -72,6 +72,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             shutdown.clone(),
         )));
     }
+
+    servers.push(tokio::spawn(http::serve(
+        http::bind(args.webhook_address, "Bitbucket's webhooks").await?,
+        webhook::router(webhook::Receiver::new(Arc::clone(&shared))),
+        limits,
+        shutdown.clone(),
+    )));
 
     tracing::info!(
         namespaces = ?settings.namespaces,

@@ -43,6 +43,13 @@ pub struct ServedLabels {
     pub list: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeliveryLabels {
+    /// `accepted` (refreshes asked for), `duplicate`, `ping`, `ignored` (nothing to refresh),
+    /// `unknown` (404), `too_large` (413), `unsigned` (401) or `not_leading` (503).
+    pub outcome: &'static str,
+}
+
 /// All the operator's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -53,6 +60,7 @@ pub struct Metrics {
     pub bitbucket_requests: Family<RequestLabels, Counter>,
     pub slice_writes: Family<SliceWriteLabels, Counter>,
     pub lists_served: Family<ServedLabels, Counter>,
+    pub webhook_deliveries: Family<DeliveryLabels, Counter>,
     pub blocked_deletions: Gauge,
     /// 1 while this replica leads (or runs without leader election), 0 while it stands by.
     pub leader: Gauge,
@@ -64,68 +72,43 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("bitbucket_operator");
         let reconciles = Family::<ControllerLabels, Counter>::default();
-        registry.register(
-            "reconciles",
-            "Reconciles run, by controller",
-            reconciles.clone(),
-        );
+        let help = "Reconciles run, by controller";
+        registry.register("reconciles", help, reconciles.clone());
         let reconcile_errors = Family::<ErrorLabels, Counter>::default();
-        registry.register(
-            "reconcile_errors",
-            "Reconciles that ended in an error, by controller and condition reason",
-            reconcile_errors.clone(),
-        );
+        let help = "Reconciles that ended in an error, by controller and condition reason";
+        registry.register("reconcile_errors", help, reconcile_errors.clone());
         let reconcile_duration =
             Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
                 Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
             });
-        registry.register(
-            "reconcile_duration_seconds",
-            "How long reconciles take, by controller",
-            reconcile_duration.clone(),
-        );
+        let help = "How long reconciles take, by controller";
+        let duration = reconcile_duration.clone();
+        registry.register("reconcile_duration_seconds", help, duration);
         let status_writes = Family::<ControllerLabels, Counter>::default();
-        registry.register(
-            "status_writes",
-            "Status patches sent to the API server, by controller",
-            status_writes.clone(),
-        );
+        let help = "Status patches sent to the API server, by controller";
+        registry.register("status_writes", help, status_writes.clone());
         let bitbucket_requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "bitbucket_requests",
-            "HTTP requests to Bitbucket, by operation and status code",
-            bitbucket_requests.clone(),
-        );
+        let help = "HTTP requests to Bitbucket, by operation and status code";
+        registry.register("bitbucket_requests", help, bitbucket_requests.clone());
         let slice_writes = Family::<SliceWriteLabels, Counter>::default();
-        registry.register(
-            "slice_writes",
-            "RepositorySlice writes sent to the API server, by operation",
-            slice_writes.clone(),
-        );
+        let help = "RepositorySlice writes sent to the API server, by operation";
+        registry.register("slice_writes", help, slice_writes.clone());
         let lists_served = Family::<ServedLabels, Counter>::default();
-        registry.register(
-            "lists_served",
-            "Repository lists served to Argo CD and Flux, by endpoint and which list answered",
-            lists_served.clone(),
-        );
+        let help =
+            "Repository lists served to Argo CD and Flux, by endpoint and which list answered";
+        registry.register("lists_served", help, lists_served.clone());
+        let webhook_deliveries = Family::<DeliveryLabels, Counter>::default();
+        let help = "Bitbucket webhook deliveries received, by what became of them";
+        registry.register("webhook_deliveries", help, webhook_deliveries.clone());
         let blocked_deletions = Gauge::default();
-        registry.register(
-            "blocked_deletions",
-            "Integrations whose deletion this replica found waiting for Subscriptions (0 on a standby)",
-            blocked_deletions.clone(),
-        );
+        let help = "Integrations whose deletion this replica found waiting for Subscriptions (0 on a standby)";
+        registry.register("blocked_deletions", help, blocked_deletions.clone());
         let leader = Gauge::default();
-        registry.register(
-            "leader",
-            "1 while this replica holds the Lease and reconciles, 0 while it stands by",
-            leader.clone(),
-        );
+        let help = "1 while this replica holds the Lease and reconciles, 0 while it stands by";
+        registry.register("leader", help, leader.clone());
         let reconciling_scopes = Gauge::default();
-        registry.register(
-            "reconciling_scopes",
-            "Watched scopes whose controllers run now (0 while this replica stands by)",
-            reconciling_scopes.clone(),
-        );
+        let help = "Watched scopes whose controllers run now (0 while this replica stands by)";
+        registry.register("reconciling_scopes", help, reconciling_scopes.clone());
         Self {
             registry,
             leader,
@@ -137,6 +120,7 @@ impl Default for Metrics {
             bitbucket_requests,
             slice_writes,
             lists_served,
+            webhook_deliveries,
             blocked_deletions,
         }
     }

@@ -90,6 +90,8 @@ pub struct SubscriptionMemory {
     pub integration: Option<String>,
     /// Its RepositorySlices written by this process that the cache may not show yet.
     pub slices: SlicesWritten,
+    /// When a webhook delivery last asked for a refresh not answered yet (see `crate::webhook`).
+    pub refresh: Option<Instant>,
 }
 
 /// RepositorySlices written (by name: the digest written, or `None` when deleted) and when,
@@ -112,6 +114,8 @@ pub struct LastSync {
     pub answered: Option<String>,
     /// The sync request when it listed, answered or not (a new one cuts a backoff short).
     pub asked: Option<String>,
+    /// When that listing began (a webhook refresh asked for after it is not answered by it).
+    pub began: Instant,
     pub at: Instant,
     /// Whether that listing failed transiently (so it is retried once the backoff is over).
     pub transient_failure: bool,

@@ -17,6 +17,7 @@ pub mod integration;
 pub mod leader;
 pub mod listing;
 pub mod memory;
+pub mod refresh;
 mod run;
 pub mod subscription;
 
@@ -129,6 +130,8 @@ pub struct Shared {
     pub recorder: Recorder,
     /// The complete repository lists this replica serves (leader or not).
     pub catalog: crate::catalog::Catalog,
+    /// Refreshes asked for by webhook deliveries.
+    pub refreshes: refresh::Refreshes,
 }
 
 impl Shared {
@@ -147,6 +150,7 @@ impl Shared {
             metrics,
             memory,
             catalog: crate::catalog::Catalog::default(),
+            refreshes: refresh::Refreshes::default(),
         })
     }
 

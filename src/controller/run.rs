@@ -198,6 +198,7 @@ async fn run_scope(
     lock(&scopes).push((integrations.store.clone(), subscriptions.store.clone()));
     shared.catalog.watch(
         namespace.clone(),
+        integrations.store.clone(),
         subscriptions.store.clone(),
         slices.clone(),
     );
@@ -261,7 +262,8 @@ async fn controllers(
     let subscriptions =
         Controller::for_stream(subscription_primary, subscription_watch.store.clone())
             .with_config(controller_config)
-            .reconcile_all_on(everything());
+            .reconcile_all_on(everything())
+            .reconcile_on(shared.refreshes.wakes());
     let (wake_integration, woken) = futures::channel::mpsc::unbounded();
     let context = Arc::new(Context {
         shared: Arc::clone(shared),

@@ -125,6 +125,8 @@ async fn endless_paging_is_refused_in_bounded_pages_time_and_memory() {
                 "127.0.0.1:0",
                 "--health-address",
                 "127.0.0.1:0",
+                "--webhook-address",
+                "127.0.0.1:0",
             ])
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())

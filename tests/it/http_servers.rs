@@ -52,6 +52,7 @@ impl Ports {
         let child = Command::new(env!("CARGO_BIN_EXE_bitbucket-operator"))
             .args(["run", "--namespaces", namespace])
             .args(["--metrics-address", &metrics, "--health-address", &health])
+            .args(["--webhook-address", "127.0.0.1:0"])
             .args(["--plugin-address", &plugin, "--plugin-token-file"])
             .arg(&token_file)
             .args(flags)

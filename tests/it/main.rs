@@ -26,3 +26,4 @@ mod plugin;
 mod rbac;
 mod slices;
 mod tenancy;
+mod webhook;

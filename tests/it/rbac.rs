@@ -271,6 +271,7 @@ fn cloud_integration(
             },
             workspace: None,
             validation_interval: "30m".into(),
+            webhook: None,
         },
     )
 }

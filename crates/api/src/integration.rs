@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{
     Interval, SecretKeyReference, SecretReference, forbidden, interval_format_rule,
-    interval_minimum_rule, required, workspace_rule,
+    interval_minimum_rule, name_rule, required, workspace_rule,
 };
 
 /// The Bitbucket Cloud REST API base URL.
@@ -108,6 +108,42 @@ pub struct BitbucketIntegrationSpec {
     #[x_kube(validation = interval_format_rule())]
     #[x_kube(validation = interval_minimum_rule("1m"))]
     pub validation_interval: Interval,
+
+    /// Signed Bitbucket webhooks for this integration: the operator then accepts deliveries at
+    /// `POST /hooks/<namespace>/<name>` on its webhook port, signed with this secret
+    /// (`X-Hub-Signature`), and refreshes what they name within seconds; the sync interval
+    /// stays the safety net. Unset: deliveries for this integration are answered 404.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<Webhook>,
+}
+
+/// How Bitbucket's webhook deliveries for an integration are accepted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Webhook {
+    /// The Secret key holding the hook's secret: the same text is the hook's secret in
+    /// Bitbucket, which signs each delivery with it (HMAC-SHA256).
+    pub secret_ref: WebhookSecretReference,
+}
+
+/// The Secret key holding a webhook's secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, kube::KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookSecretReference {
+    /// Name of the Secret, in the same namespace.
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = name_rule("a Secret"))]
+    pub name: String,
+    /// Key within the Secret holding the hook's secret.
+    #[serde(default = "default_webhook_key")]
+    #[schemars(length(min = 1, max = 253))]
+    #[x_kube(validation = Rule::new("self.matches('^[-._a-zA-Z0-9]+$')")
+        .message("must be a Secret key: letters, digits, '-', '_' and '.'"))]
+    pub key: String,
+}
+
+fn default_webhook_key() -> String {
+    "secret".to_owned()
 }
 
 fn default_validation_interval() -> Interval {

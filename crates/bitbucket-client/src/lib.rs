@@ -14,6 +14,7 @@ mod oauth;
 mod paging;
 pub mod reach;
 pub mod transport;
+pub mod webhook;
 
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;

@@ -398,6 +398,7 @@ fn plan(
             },
             workspace,
             validation_interval: "30m".into(),
+            webhook: None,
         },
     );
     Ok((integration, secret, value))

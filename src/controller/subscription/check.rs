@@ -80,6 +80,9 @@ pub struct SyncAsk {
     /// The sync annotation's value.
     pub requested: Option<String>,
     pub interval: Duration,
+    /// When a webhook delivery last asked for a refresh (see `crate::webhook`): answered only
+    /// by a listing begun after it, and never before a backoff is over.
+    pub refresh: Option<Instant>,
 }
 
 /// Whether to list.
@@ -108,6 +111,7 @@ pub fn due(
 ) -> SyncDue {
     let fresh = ask.requested.is_some() && last.is_none_or(|l| l.answered != ask.requested);
     let Some(last) = last else {
+        let fresh = fresh || ask.refresh.is_some();
         return SyncDue::Yes { fresh, first: true };
     };
     let changed = (fresh && last.asked != ask.requested)
@@ -116,10 +120,11 @@ pub fn due(
     if let Some(wait) = backoff.filter(|_| last.transient_failure && !changed) {
         return SyncDue::BackingOff { wait };
     }
+    let refresh = ask.refresh.is_some_and(|asked| last.began < asked);
     let elapsed = now.saturating_duration_since(last.at);
-    if changed || last.transient_failure || elapsed >= ask.interval {
+    if changed || refresh || last.transient_failure || elapsed >= ask.interval {
         return SyncDue::Yes {
-            fresh,
+            fresh: fresh || refresh,
             first: false,
         };
     }
@@ -163,6 +168,7 @@ mod tests {
             generation: Some(1),
             requested: requested.map(str::to_owned),
             interval: HOUR,
+            refresh: None,
         }
     }
 
@@ -172,9 +178,42 @@ mod tests {
             fingerprint: "f".into(),
             answered: answered.map(str::to_owned),
             asked: answered.map(str::to_owned),
+            began: at,
             at,
             transient_failure,
         }
+    }
+
+    #[test]
+    fn a_webhook_refresh_lists_again_fresh_but_waits_out_a_backoff() {
+        let now = Instant::now();
+        let listed = synced(now - Duration::from_secs(60), None, false);
+        let refreshed = |at: Instant| SyncAsk {
+            refresh: Some(at),
+            ..ask(None)
+        };
+        let yes = SyncDue::Yes {
+            fresh: true,
+            first: false,
+        };
+        assert_eq!(due(Some(&listed), &refreshed(now), "f", None, now), yes);
+        let before = now - Duration::from_secs(120);
+        assert_eq!(
+            due(Some(&listed), &refreshed(before), "f", None, now),
+            SyncDue::No {
+                wait: HOUR - Duration::from_secs(60)
+            },
+            "asked before the last listing began: answered by it"
+        );
+        let failed = synced(now - Duration::from_secs(60), None, true);
+        let holding = Some(Duration::from_secs(20));
+        assert_eq!(
+            due(Some(&failed), &refreshed(now), "f", holding, now),
+            SyncDue::BackingOff {
+                wait: Duration::from_secs(20)
+            },
+            "deliveries never cut a backoff short"
+        );
     }
 
     #[test]

@@ -201,6 +201,7 @@ async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, 
         generation: subscription.metadata.generation,
         requested: super::sync_request(subscription),
         interval: (shared.settings).interval(&subscription.spec.sync_interval, DEFAULT_INTERVAL),
+        refresh: (shared.memory).subscription(&finish::uid(subscription), |m| m.refresh),
     };
     let outcome = if subscription.spec.suspend {
         SyncOutcome::Suspended
@@ -310,20 +311,11 @@ async fn list_when_due(
         confirmations: shared.settings.summaries_between_listings,
     };
     let client = &found.resolved.client;
-    let fetch = async {
-        let listed = client.list_repositories(&found.scope).await?;
-        let summary = bitbucket::ListingSummary::of(&listed);
-        // Each repository's text moves into its entry: the listing is never held twice.
-        let repositories = listed.into_iter().map(report::to_status).collect();
-        Ok(Fetched {
-            summary,
-            repositories,
-        })
-    };
-    let listing = shared
-        .memory
-        .listings
-        .get(want, client.summarize(&found.scope), fetch);
+    let listing = shared.memory.listings.get(
+        want,
+        client.summarize(&found.scope),
+        fetch(client, &found.scope),
+    );
     // Only a first listing says so: the status of a listed Subscription can be large (1,000
     // repositories), and the API server handles the whole object on each write.
     let listed = if first {
@@ -342,10 +334,17 @@ async fn list_when_due(
             ask.requested.clone()
         },
         asked: ask.requested.clone(),
+        began: now,
         at: Instant::now(),
         transient_failure: transient,
     };
-    shared.memory.subscription(&uid, |m| m.sync = Some(sync));
+    shared.memory.subscription(&uid, |m| {
+        m.sync = Some(sync);
+        if !transient {
+            // Answered: the refresh was asked for before this listing began.
+            m.refresh = m.refresh.filter(|asked| *asked > now);
+        }
+    });
     let integration = IntegrationSummary {
         name: found.integration.name_any(),
         account: (found.integration.status.as_ref())
@@ -359,6 +358,18 @@ async fn list_when_due(
             integration: Some(integration),
         },
     }
+}
+
+/// Lists `scope` in full, as the listing cache keeps it.
+async fn fetch(client: &bitbucket::Client, scope: &ListScope) -> Result<Fetched, bitbucket::Error> {
+    let listed = client.list_repositories(scope).await?;
+    let summary = bitbucket::ListingSummary::of(&listed);
+    // Each repository's text moves into its entry: the listing is never held twice.
+    let repositories = listed.into_iter().map(report::to_status).collect();
+    Ok(Fetched {
+        summary,
+        repositories,
+    })
 }
 
 /// Writes the filtered listing into the Subscription's RepositorySlices. When that fails the

@@ -230,6 +230,7 @@ mod tests {
             generation: Some(3),
             requested: Some("now".into()),
             interval: std::time::Duration::from_secs(600),
+            refresh: None,
         }
     }
 

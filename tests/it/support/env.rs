@@ -229,6 +229,7 @@ pub fn integration(
             },
             workspace: workspace.map(str::to_owned),
             validation_interval: "30m".into(),
+            webhook: None,
         },
     )
 }

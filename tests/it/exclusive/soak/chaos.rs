@@ -152,6 +152,8 @@ impl OperatorProcess {
             &address,
             "--plugin-address",
             "127.0.0.1:0",
+            "--webhook-address",
+            "127.0.0.1:0",
             "--allowed-servers",
             &format!("cloud,{servers}"),
             "--bitbucket-timeout-seconds",
