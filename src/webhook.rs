@@ -5,8 +5,10 @@
 //! is the HMAC-SHA256 of the raw body under that secret (401; unsigned deliveries are refused).
 //! A delivery seen in the last 10 minutes (`X-Request-UUID` on Cloud, `X-Request-Id` on Data
 //! Center: the same on Bitbucket's retries) is then answered 200 and ignored. What the delivery
-//! changed is asked of the Subscriptions it concerns, and answered 202 at once: the work is
-//! queued, never done within Bitbucket's 10-second timeout. Does network I/O (the Secret).
+//! changed is asked of the Subscriptions it concerns — fetch one repository, or list again (see
+//! `controller::refresh`) — and answered 202 at once: the work is queued, never done within
+//! Bitbucket's 10-second timeout. Only the leading replica does the work; a standby answers 503,
+//! which Bitbucket delivers again. Does network I/O (the Secret).
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -225,24 +227,24 @@ async fn receive(
 
 /// Asks the Subscriptions `change` concerns to refresh (the work is queued, not done here).
 fn refresh(receiver: &Receiver, namespace: &str, integration: &str, change: Change) -> Answered {
-    let owner = match change {
+    let (owner, what) = match &change {
         Change::Ping => return answer("ping", StatusCode::OK, "pong"),
         Change::Nothing => {
             let message = "nothing to refresh for this event";
             return answer("ignored", StatusCode::OK, message);
         }
-        Change::Repository(changed) => changed
-            .full_name
-            .split_once('/')
-            .map(|(owner, _)| owner.to_owned()),
-        Change::Relist { owner } => owner,
+        Change::Repository(changed) => {
+            let owner = changed.full_name.split_once('/').map(|(owner, _)| owner);
+            (owner, refresh::Ask::Repository(changed))
+        }
+        Change::Relist { owner } => (owner.as_deref(), refresh::Ask::Relist),
     };
     let shared = &receiver.shared;
     let subscriptions = (shared.catalog.integration(namespace, integration))
         .map(|(_, subscriptions)| subscriptions)
         .unwrap_or_default();
-    let concerned = refresh::concerned(subscriptions, namespace, integration, owner.as_deref());
-    if !concerned.is_empty() && !shared.refreshes.ask(&shared.memory, &concerned) {
+    let concerned = refresh::concerned(subscriptions, namespace, integration, owner);
+    if !concerned.is_empty() && !shared.refreshes.ask(&shared.memory, &concerned, &what) {
         // Only the replica that leads refreshes; Bitbucket delivers a 503 again.
         let message = "this replica does not lead: deliver again";
         return answer("not_leading", StatusCode::SERVICE_UNAVAILABLE, message);

@@ -148,6 +148,12 @@ impl ListingCache {
         ))
     }
 
+    /// Drops the listing of integration `uid` and `scope` (a repository of it was fetched
+    /// alone since: the listing no longer shows it as it is).
+    pub fn forget(&self, uid: &str, scope: &ListScope) {
+        lock(&self.entries).remove(&(uid.to_owned(), scope.clone()));
+    }
+
     /// Drops every listing made with the integration `uid`.
     pub fn forget_integration(&self, uid: &str) {
         lock(&self.entries).retain(|(integration, _), _| integration != uid);

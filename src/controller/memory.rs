@@ -92,6 +92,16 @@ pub struct SubscriptionMemory {
     pub slices: SlicesWritten,
     /// When a webhook delivery last asked for a refresh not answered yet (see `crate::webhook`).
     pub refresh: Option<Instant>,
+    /// Repositories webhook deliveries said changed, not fetched again yet (at most
+    /// [`super::refresh::MAX_TOLD`]; more become a refresh).
+    pub told: Vec<Told>,
+}
+
+/// A repository a webhook delivery said changed, and when.
+#[derive(Clone, Debug)]
+pub struct Told {
+    pub changed: crate::bitbucket::webhook::Changed,
+    pub at: Instant,
 }
 
 /// RepositorySlices written (by name: the digest written, or `None` when deleted) and when,

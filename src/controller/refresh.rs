@@ -12,8 +12,23 @@ use std::{
 use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
 use kube::{ResourceExt, runtime::reflector::ObjectRef};
 
-use super::{finish, lock, memory::Memory};
-use crate::api::Subscription;
+use super::{
+    finish, lock,
+    memory::{Memory, Told},
+};
+use crate::{api::Subscription, bitbucket::webhook::Changed};
+
+/// The most repositories one Subscription waits to fetch one by one; a delivery beyond them
+/// asks for a re-list instead.
+pub const MAX_TOLD: usize = 16;
+
+/// What a delivery asks of the Subscriptions it concerns.
+pub enum Ask<'a> {
+    /// List again.
+    Relist,
+    /// Fetch this repository alone and update its entry.
+    Repository(&'a Changed),
+}
 
 /// The wake-ups of the Subscription controllers running in this process (one per scope, while
 /// it leads).
@@ -30,12 +45,26 @@ impl Refreshes {
         woken
     }
 
-    /// Asks `subscriptions` to list again now; returns whether a controller here will (none
+    /// Asks `subscriptions` for `what`, now; returns whether a controller here will do it (none
     /// runs on a replica that does not lead).
-    pub fn ask(&self, memory: &Memory, subscriptions: &[Arc<Subscription>]) -> bool {
+    pub fn ask(
+        &self,
+        memory: &Memory,
+        subscriptions: &[Arc<Subscription>],
+        what: &Ask<'_>,
+    ) -> bool {
         let now = Instant::now();
         for subscription in subscriptions {
-            memory.subscription(&finish::uid(&**subscription), |m| m.refresh = Some(now));
+            memory.subscription(&finish::uid(&**subscription), |m| match what {
+                Ask::Repository(changed) if m.told.len() < MAX_TOLD => {
+                    m.told.retain(|t| t.changed.full_name != changed.full_name);
+                    m.told.push(Told {
+                        changed: (*changed).clone(),
+                        at: now,
+                    });
+                }
+                _ => m.refresh = Some(now),
+            });
         }
         let mut wakers = lock(&self.wakers);
         wakers.retain(|waker| !waker.is_closed());
@@ -138,14 +167,17 @@ mod tests {
         s.metadata.uid = Some("u".into());
         let s = Arc::new(s);
         assert!(
-            !refreshes.ask(&memory, &[Arc::clone(&s)]),
+            !refreshes.ask(&memory, &[Arc::clone(&s)], &Ask::Relist),
             "no controller runs"
         );
         let mut woken = refreshes.wakes();
-        assert!(refreshes.ask(&memory, &[Arc::clone(&s)]));
+        assert!(refreshes.ask(&memory, &[Arc::clone(&s)], &Ask::Relist));
         assert_eq!(woken.next().await, Some(ObjectRef::from_obj(&*s)));
         assert!(memory.subscription("u", |m| m.refresh.is_some()));
         drop(woken);
-        assert!(!refreshes.ask(&memory, &[s]), "its controller is gone");
+        assert!(
+            !refreshes.ask(&memory, &[s], &Ask::Relist),
+            "its controller is gone"
+        );
     }
 }

@@ -93,16 +93,6 @@ fn assert_same(actual: &BTreeSet<String>, expected: &BTreeSet<String>, what: &st
 }
 
 /// Slice writes an operator made (creates, updates and deletes), from its metrics.
-fn slice_writes(operator: &Operator) -> u64 {
-    operator
-        .metrics
-        .render()
-        .lines()
-        .filter(|l| l.starts_with("bitbucket_operator_slice_writes_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-        .sum()
-}
-
 /// The full names the generator at `url` answers for `big` (with the HTTP status).
 async fn served(env: &Env, url: &str) -> (u16, BTreeSet<String>, Value) {
     let (code, answer) = ask(url, Some(TOKEN), naming(env, "big")).await;
@@ -176,7 +166,7 @@ async fn the_slices_hold_the_whole_list_and_writes_follow_what_changed() {
 
     // A sync where nothing changed writes nothing.
     let operator = env.operator();
-    let before = slice_writes(operator);
+    let before = operator.slice_writes();
     request_sync(&env, "big", "unchanged").await;
     await_object(
         &env.api(),
@@ -186,7 +176,7 @@ async fn the_slices_hold_the_whole_list_and_writes_follow_what_changed() {
     )
     .await;
     assert_eq!(
-        slice_writes(operator),
+        operator.slice_writes(),
         before,
         "nothing changed: no slice written"
     );
@@ -208,7 +198,7 @@ async fn the_slices_hold_the_whole_list_and_writes_follow_what_changed() {
         handled("ten-added"),
     )
     .await;
-    let written = slice_writes(operator) - before;
+    let written = operator.slice_writes() - before;
     assert!(
         written <= 11,
         "{written} slice writes for 10 new repositories"

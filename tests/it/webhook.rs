@@ -15,6 +15,7 @@ use bitbucket_operator::{
     http,
     webhook::{Receiver, router},
 };
+use bitbucket_sim::CloudRepositoryChange;
 use serde_json::{Value, json};
 
 /// The secret of the recorded signed deliveries (`testdata/bitbucket/webhooks/README.md`).
@@ -55,9 +56,10 @@ fn recorded(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_signed_delivery_refreshes_its_subscriptions_and_nothing_else_gets_in() {
-    let env = Env::start("webhook").await;
+/// Integration `acme` with a webhook (the recorded deliveries' secret), `plain` without one,
+/// and Subscription `ci` of workspace `acme` (interval an hour) listed; the receiver's base URL
+/// for the namespace and `ci` as listed.
+async fn hooked(env: &Env) -> (String, Subscription) {
     env.secret("acme-hook", &[("secret", RECORDED_SECRET)])
         .await;
     env.secret(
@@ -79,23 +81,43 @@ async fn a_signed_delivery_refreshes_its_subscriptions_and_nothing_else_gets_in(
     ci.spec.sync_interval = "1h".into();
     env.create(&ci).await;
     let listed = await_object(&env.api(), "ci", "ci to sync", is_synced).await;
+    let url = serve(env).await;
+    (format!("{url}/hooks/{}", env.ns.name), listed)
+}
+
+/// `body` as Bitbucket sends event `event`, signed with the webhook secret.
+async fn signed(url: &str, event: &str, body: Value) -> (u16, Value) {
+    let body = body.to_string().into_bytes();
+    let signature = webhook::sign(RECORDED_SECRET.as_bytes(), &body);
+    let headers = [("X-Event-Key", event), ("X-Hub-Signature", &signature)];
+    deliver(url, &headers, body).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_delivery_refreshes_its_subscriptions_and_nothing_else_gets_in() {
+    let env = Env::start("webhook").await;
+    let (hooks, listed) = hooked(&env).await;
     let status = listed.status.unwrap();
     let before = status.repository_count.unwrap();
     let project = status.repositories[0].project.clone().unwrap();
-    let url = serve(&env).await;
-    let hooks = format!("{url}/hooks/{}", env.ns.name);
 
     // Refused before anything is done, in order: who, how much, signed.
     let calls = env.sim.control().counters().total;
     let push = recorded("cloud-repo-push-signed.json");
     let signature = "sha256=f205c729821c6954aff2afe72b965c34015b4baf96ea8ddc2cc44999c014a035";
-    let signed = [("X-Event-Key", "repo:push"), ("X-Hub-Signature", signature)];
-    let (unknown, answer) = deliver(&format!("{hooks}/nobody"), &signed, push.clone()).await;
-    let (plain, same) = deliver(&format!("{hooks}/plain"), &signed, push.clone()).await;
+    let recorded_headers = [("X-Event-Key", "repo:push"), ("X-Hub-Signature", signature)];
+    let (unknown, answer) =
+        deliver(&format!("{hooks}/nobody"), &recorded_headers, push.clone()).await;
+    let (plain, same) = deliver(&format!("{hooks}/plain"), &recorded_headers, push.clone()).await;
     assert_eq!((unknown, plain), (404, 404));
     assert_eq!(answer, same, "no webhook and no integration look alike");
     let big = vec![b' '; 300 * 1024];
-    assert_eq!(deliver(&format!("{hooks}/acme"), &signed, big).await.0, 413);
+    assert_eq!(
+        deliver(&format!("{hooks}/acme"), &recorded_headers, big)
+            .await
+            .0,
+        413
+    );
     let unsigned = [("X-Event-Key", "repo:push")];
     let (code, answer) = deliver(&format!("{hooks}/acme"), &unsigned, push.clone()).await;
     assert_eq!(code, 401);
@@ -108,7 +130,9 @@ async fn a_signed_delivery_refreshes_its_subscriptions_and_nothing_else_gets_in(
     let mut tampered = push.clone();
     tampered[0] = b' ';
     assert_eq!(
-        deliver(&format!("{hooks}/acme"), &signed, tampered).await.0,
+        deliver(&format!("{hooks}/acme"), &recorded_headers, tampered)
+            .await
+            .0,
         401
     );
     assert_eq!(
@@ -143,15 +167,8 @@ async fn a_signed_delivery_refreshes_its_subscriptions_and_nothing_else_gets_in(
         .add_cloud_repository("acme", repository)
         .unwrap();
     let created =
-        json!({"repository": {"full_name": "acme/hooked", "workspace": {"slug": "acme"}}})
-            .to_string()
-            .into_bytes();
-    let signature = webhook::sign(RECORDED_SECRET.as_bytes(), &created);
-    let headers = [
-        ("X-Event-Key", "repo:created"),
-        ("X-Hub-Signature", &signature),
-    ];
-    let (code, answer) = deliver(&format!("{hooks}/acme"), &headers, created).await;
+        json!({"repository": {"full_name": "acme/hooked", "workspace": {"slug": "acme"}}});
+    let (code, answer) = signed(&format!("{hooks}/acme"), "repo:created", created).await;
     assert_eq!(
         (code, answer["message"].as_str()),
         (202, Some("1 Subscriptions to refresh"))
@@ -182,4 +199,74 @@ async fn a_signed_delivery_refreshes_its_subscriptions_and_nothing_else_gets_in(
             .is_empty(),
         "no sync request was made"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_or_a_rename_fetches_that_repository_alone_and_rewrites_only_its_entry() {
+    let env = Env::start("webhook-push").await;
+    let (hooks, listed) = hooked(&env).await;
+    let status = listed.status.unwrap();
+    let count = status.repository_count;
+    let pushed = status.repositories[1].clone();
+    let hook = format!("{hooks}/acme");
+    let (calls, writes) = (env.sim.control().counters(), env.operator().slice_writes());
+
+    // A push that made it public: one request for that repository, one slice written.
+    let public = CloudRepositoryChange {
+        private: Some(!pushed.private),
+        ..Default::default()
+    };
+    (env.sim.control())
+        .change_cloud_repository("acme", &pushed.name, public)
+        .unwrap();
+    let push = json!({"repository": {"full_name": pushed.full_name, "uuid": pushed.id}});
+    assert_eq!(signed(&hook, "repo:push", push).await.0, 202);
+    let (name, private) = (pushed.full_name.clone(), pushed.private);
+    let pushed_shown = move |s: &Subscription| {
+        s.status.as_ref().is_some_and(|s| {
+            (s.repositories.iter()).any(|r| r.full_name == name && r.private != private)
+        })
+    };
+    await_object(&env.api(), "ci", "the pushed repository", pushed_shown).await;
+    let after = env.sim.control().counters();
+    assert_eq!(
+        after.total - calls.total,
+        1,
+        "one Bitbucket request: {after:?}"
+    );
+    let single = "GET /2.0/repositories/{workspace}/{repo_slug}";
+    let fetched = |c: &bitbucket_sim::Counters| c.by_endpoint.get(single).copied().unwrap_or(0);
+    assert_eq!(fetched(&after), fetched(&calls) + 1);
+    assert_eq!(
+        env.operator().slice_writes() - writes,
+        1,
+        "one slice rewritten"
+    );
+
+    // A rename: the entry moves to its new name, and nothing else changes.
+    let renamed = CloudRepositoryChange {
+        slug: Some("renamed".into()),
+        ..Default::default()
+    };
+    (env.sim.control())
+        .change_cloud_repository("acme", &pushed.name, renamed)
+        .unwrap();
+    let updated = json!({
+        "repository": {"full_name": "acme/renamed", "uuid": pushed.id},
+        "changes": {"full_name": {"old": pushed.full_name, "new": "acme/renamed"}}
+    });
+    assert_eq!(signed(&hook, "repo:updated", updated).await.0, 202);
+    let old = pushed.full_name.clone();
+    let renamed_shown = move |s: &Subscription| {
+        s.status.as_ref().is_some_and(|s| {
+            (s.repositories.iter()).any(|r| r.full_name == "acme/renamed")
+                && !s.repositories.iter().any(|r| r.full_name == old)
+        })
+    };
+    let renamed = await_object(&env.api(), "ci", "the renamed repository", renamed_shown).await;
+    assert_eq!(renamed.status.unwrap().repository_count, count);
+    let listings = "GET /2.0/repositories/{workspace}";
+    let listed = |c: &bitbucket_sim::Counters| c.by_endpoint.get(listings).copied();
+    let now = env.sim.control().counters();
+    assert_eq!(listed(&now), listed(&calls), "no listing");
 }

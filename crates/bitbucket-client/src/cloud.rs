@@ -84,6 +84,23 @@ pub(super) async fn list(
     }
 }
 
+/// One repository, with the fields a listing asks for (`GET /2.0/repositories/{workspace}/{slug}`).
+pub(super) async fn repository(
+    client: &Client,
+    workspace: &str,
+    slug: &str,
+) -> Result<Repository, Error> {
+    let fields = REPOSITORY_FIELDS
+        .split(',')
+        .filter_map(|field| field.strip_prefix("values."))
+        .collect::<Vec<_>>()
+        .join(",");
+    let url = client.url(&["repositories", workspace, slug], &[("fields", &fields)]);
+    let response = client.get("get_repository", &url).await?;
+    let repository: CloudRepository = response.json(&client.redact)?;
+    Ok(repository.into())
+}
+
 /// One request: the listing's size and its most recently updated repository
 /// (`pagelen=1&sort=-updated_on`, api-facts §A.5–A.7).
 pub(super) async fn summarize(

@@ -65,6 +65,19 @@ pub(super) async fn list(
     Ok(repositories)
 }
 
+/// One repository (`GET /rest/api/1.0/projects/{key}/repos/{slug}`).
+pub(super) async fn repository(
+    client: &Client,
+    project: &str,
+    slug: &str,
+) -> Result<Repository, Error> {
+    let segments = ["rest", "api", "1.0", "projects", project, "repos", slug];
+    let url = client.url(&segments, &[]);
+    let response = client.get("get_repository", &url).await?;
+    let repository: DataCenterRepository = response.json(&client.redact)?;
+    Ok(repository.into())
+}
+
 async fn list_pages(
     client: &Client,
     segments: &[&str],

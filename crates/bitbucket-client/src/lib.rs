@@ -206,6 +206,26 @@ impl Client {
         Ok(repositories)
     }
 
+    /// One repository by its full name (`workspace/slug` on Cloud, `PROJECT/slug` on Data
+    /// Center), as a listing shows it: one request. `None` when Bitbucket answers that it does
+    /// not exist (deleted, renamed or moved out of the credential's sight).
+    pub async fn repository(&self, full_name: &str) -> Result<Option<Repository>, Error> {
+        let Some((owner, slug)) = full_name.split_once('/') else {
+            return Err(Error::Config {
+                message: "a repository is named workspace/slug or PROJECT/slug".into(),
+            });
+        };
+        let found = match &self.server {
+            Server::Cloud { .. } => cloud::repository(self, owner, slug).await,
+            Server::DataCenter { .. } => datacenter::repository(self, owner, slug).await,
+        };
+        match found {
+            Ok(repository) => Ok(Some(repository)),
+            Err(Error::NotFound { .. }) => Ok(None),
+            Err(error) => Err(error),
+        }
+    }
+
     /// A one-request summary of what `list_repositories(scope)` would return, where Bitbucket
     /// can give one (Cloud: `size` and the newest `updated_on`); `None` on Data Center, whose
     /// repository JSON carries no change time.

@@ -11,6 +11,7 @@
 pub mod check;
 pub mod filter;
 pub mod publish;
+mod refetch;
 pub mod report;
 pub mod slices;
 
@@ -292,14 +293,19 @@ async fn list_when_due(
     let shared = &context.shared;
     let uid = finish::uid(subscription);
     let now = Instant::now();
-    let (last, backoff) = shared
-        .memory
-        .subscription(&uid, |m| (m.sync.clone(), m.failures.holding(now)));
+    let (last, backoff, told) = shared.memory.subscription(&uid, |m| {
+        (m.sync.clone(), m.failures.holding(now), m.told.clone())
+    });
     let fingerprint = &found.resolved.fingerprint;
     let (fresh, first) = match check::due(last.as_ref(), ask, fingerprint, backoff, now) {
-        SyncDue::No { wait } => return SyncOutcome::Unchanged { wait },
+        SyncDue::No { wait } if told.is_empty() => return SyncOutcome::Unchanged { wait },
+        // Repositories a webhook named: fetched alone, or else answered by a fresh listing.
+        SyncDue::No { .. } => match refetch::told(context, subscription, &found, &told).await {
+            Some(outcome) => return outcome,
+            None => (true, false),
+        },
         SyncDue::BackingOff { wait } => return SyncOutcome::BackingOff { wait },
-        SyncDue::Yes { fresh, first } => (fresh, first),
+        SyncDue::Yes { fresh, first } => (fresh || !told.is_empty(), first),
     };
     let integration_uid = finish::uid(&*found.integration);
     let want = Want {
@@ -341,22 +347,28 @@ async fn list_when_due(
     shared.memory.subscription(&uid, |m| {
         m.sync = Some(sync);
         if !transient {
-            // Answered: the refresh was asked for before this listing began.
+            // Answered: what webhooks asked for before this listing began.
             m.refresh = m.refresh.filter(|asked| *asked > now);
+            m.told.retain(|told| told.at > now);
         }
     });
-    let integration = IntegrationSummary {
-        name: found.integration.name_any(),
-        account: (found.integration.status.as_ref())
-            .and_then(|s| s.account.as_ref())
-            .and_then(|a| a.username.clone().or_else(|| a.display_name.clone())),
-    };
+    let integration = integration_summary(&found);
     match listed {
         Ok(listing) => publish_listing(context, subscription, &listing, integration).await,
         Err(error) => SyncOutcome::Failed {
             error: error.into(),
             integration: Some(integration),
         },
+    }
+}
+
+/// The integration `found` names, as the Subscription's status shows it.
+fn integration_summary(found: &Found) -> IntegrationSummary {
+    IntegrationSummary {
+        name: found.integration.name_any(),
+        account: (found.integration.status.as_ref())
+            .and_then(|s| s.account.as_ref())
+            .and_then(|a| a.username.clone().or_else(|| a.display_name.clone())),
     }
 }
 
@@ -372,18 +384,29 @@ async fn fetch(client: &bitbucket::Client, scope: &ListScope) -> Result<Fetched,
     })
 }
 
-/// Writes the filtered listing into the Subscription's RepositorySlices. When that fails the
-/// listing counts as failed for now (it is retried after the backoff, the status keeps naming
-/// the last complete set of slices).
+/// Writes the filtered listing into the Subscription's RepositorySlices (see
+/// [`publish_entries`]).
 async fn publish_listing(
     context: &Context,
     subscription: &Subscription,
     listing: &[Repository],
     integration: IntegrationSummary,
 ) -> SyncOutcome {
-    // Borrowed from the listing: only the entries status shows and the slices rewritten are
-    // copied (a re-list of 100,000 repositories where nothing changed copies 1,000).
     let repositories = report::entries(listing, &subscription.spec.repositories);
+    publish_entries(context, subscription, repositories, integration).await
+}
+
+/// Writes `repositories` (the Subscription's whole list, sorted) into its RepositorySlices.
+/// When that fails the listing counts as failed for now (it is retried after the backoff, the
+/// status keeps naming the last complete set of slices).
+async fn publish_entries(
+    context: &Context,
+    subscription: &Subscription,
+    repositories: Vec<&Repository>,
+    integration: IntegrationSummary,
+) -> SyncOutcome {
+    // Borrowed: only the entries status shows and the slices rewritten are copied (a re-list
+    // of 100,000 repositories where nothing changed copies 1,000).
     let count = repositories.len();
     let first = (repositories.iter().take(MAX_LISTED_REPOSITORIES))
         .map(|r| (*r).clone())

@@ -89,10 +89,20 @@ impl Operator {
 
     /// Status writes this operator made, both kinds together, from its metrics.
     pub fn status_writes(&self) -> u64 {
+        self.counter_total("bitbucket_operator_status_writes_total")
+    }
+
+    /// RepositorySlice creates, updates and deletes this operator made, from its metrics.
+    pub fn slice_writes(&self) -> u64 {
+        self.counter_total("bitbucket_operator_slice_writes_total")
+    }
+
+    /// The sum of a counter over all its labels, from the metrics.
+    fn counter_total(&self, name: &str) -> u64 {
         self.metrics
             .render()
             .lines()
-            .filter(|l| l.starts_with("bitbucket_operator_status_writes_total"))
+            .filter(|l| l.starts_with(name))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
             .sum()
     }
