@@ -88,6 +88,13 @@ pub struct RunArgs {
     #[arg(long, env = "WEBHOOK_ADDRESS", default_value = "0.0.0.0:4356")]
     pub webhook_address: SocketAddr,
 
+    /// This replica's address in the cluster (the Downward API's `status.podIP`): with
+    /// `--webhook-address`'s port it goes into the Lease this replica holds, so that the other
+    /// replicas relay the webhook deliveries they get to the leader. Unset: deliveries that
+    /// reach a standby are answered 503 (Bitbucket delivers again).
+    #[arg(long, env = "POD_IP")]
+    pub pod_ip: Option<std::net::IpAddr>,
+
     /// File holding the token Argo CD sends to the plugin generator (a mounted Secret; read on
     /// each request, so rotating the Secret takes effect at once). Unset: no plugin generator.
     #[arg(long, env = "PLUGIN_TOKEN_FILE")]
@@ -150,7 +157,11 @@ impl RunArgs {
                 .lease_namespace
                 .as_deref()
                 .filter(|namespace| !namespace.is_empty())
-                .map(|namespace| LeaseSettings::new(namespace, &self.lease_name, &self.instance)),
+                .map(|namespace| LeaseSettings {
+                    address: (self.pod_ip)
+                        .map(|ip| SocketAddr::new(ip, self.webhook_address.port()).to_string()),
+                    ..LeaseSettings::new(namespace, &self.lease_name, &self.instance)
+                }),
             interval_override: self.interval_override_seconds.map(Duration::from_secs),
             ..Settings::default()
         }

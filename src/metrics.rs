@@ -46,7 +46,8 @@ pub struct ServedLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DeliveryLabels {
     /// `accepted` (refreshes asked for), `duplicate`, `ping`, `ignored` (nothing to refresh),
-    /// `unknown` (404), `too_large` (413), `unsigned` (401) or `not_leading` (503).
+    /// `unknown` (404), `too_large` (413), `unsigned` (401), `relayed` (to the leader) or
+    /// `not_leading` (503).
     pub outcome: &'static str,
 }
 

@@ -7,8 +7,9 @@
 //! Center: the same on Bitbucket's retries) is then answered 200 and ignored. What the delivery
 //! changed is asked of the Subscriptions it concerns — fetch one repository, or list again (see
 //! `controller::refresh`) — and answered 202 at once: the work is queued, never done within
-//! Bitbucket's 10-second timeout. Only the leading replica does the work; a standby answers 503,
-//! which Bitbucket delivers again. Does network I/O (the Secret).
+//! Bitbucket's 10-second timeout. Only the leading replica does the work: a standby relays the
+//! delivery to the leader (at the address its Lease names) and answers what it answers, or 503
+//! when it cannot (Bitbucket delivers again). Does network I/O (the Secret, the relay).
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -49,12 +50,28 @@ const MAX_REMEMBERED: usize = 100_000;
 /// integration in this time, whatever their number.
 const SECRET_KEPT: Duration = Duration::from_secs(30);
 
+/// The header of a delivery a standby relays to the leader: a replica that does not lead
+/// either answers it 503 rather than relay it on.
+const RELAYED_HEADER: &str = "X-Bitbucket-Operator-Relayed";
+
+/// How long a standby waits for the leader's answer to a relayed delivery.
+const RELAY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// What the handler shares.
 #[derive(Clone)]
 pub struct Receiver {
     shared: Arc<Shared>,
     secrets: Arc<Mutex<HashMap<SecretKey, Kept>>>,
     seen: Arc<Mutex<Seen>>,
+    relay: reqwest::Client,
+}
+
+/// A delivery that passed the checks.
+struct Received {
+    change: Change,
+    body: axum::body::Bytes,
+    /// Its key among the deliveries seen, if it named itself.
+    delivery: Option<String>,
 }
 
 /// A Secret key: namespace, Secret name, key.
@@ -89,14 +106,35 @@ impl Seen {
         self.order.push_back((now, id.to_owned()));
         false
     }
+
+    /// Forgets `id` (its delivery was not taken: Bitbucket's retry of it must be).
+    fn forget(&mut self, id: &str) {
+        self.ids.remove(id);
+    }
 }
 
 impl Receiver {
     pub fn new(shared: Arc<Shared>) -> Self {
+        // Plain HTTP inside the cluster: no certificate authorities to load (the image has
+        // none), but reqwest wants a TLS set-up all the same.
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("ring offers the default protocol versions")
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let relay = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .timeout(RELAY_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .build()
+            .expect("an HTTP client without TLS builds");
         Self {
             shared,
             secrets: Arc::default(),
             seen: Arc::default(),
+            relay,
         }
     }
 
@@ -156,11 +194,14 @@ async fn deliver(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let (outcome, response) =
-        match receive(&receiver, &namespace, &integration, &headers, body).await {
-            Ok(change) => refresh(&receiver, &namespace, &integration, change),
-            Err(refused) => refused,
-        };
+    let received = receive(&receiver, &namespace, &integration, &headers, body).await;
+    let (outcome, response) = match received {
+        Err(refused) => refused,
+        Ok(received) => match refresh(&receiver, &namespace, &integration, &received.change) {
+            Some(answered) => answered,
+            None => relay(&receiver, &namespace, &integration, &headers, received).await,
+        },
+    };
     let labels = crate::metrics::DeliveryLabels { outcome };
     let deliveries = &receiver.shared.metrics.webhook_deliveries;
     deliveries.get_or_create(&labels).inc();
@@ -183,7 +224,7 @@ async fn receive(
     integration: &str,
     headers: &HeaderMap,
     body: Body,
-) -> Result<Change, Answered> {
+) -> Result<Received, Answered> {
     let unknown = || {
         let message = "no integration here accepts webhooks at this address";
         answer("unknown", StatusCode::NOT_FOUND, message)
@@ -212,8 +253,9 @@ async fn receive(
         .iter()
         .find_map(|name| headers.get(*name)?.to_str().ok())
         .filter(|id| !id.is_empty() && id.len() <= 128);
-    if let Some(id) = delivery
-        && lock(&receiver.seen).again(&format!("{namespace}/{integration}/{id}"), Instant::now())
+    let delivery = delivery.map(|id| format!("{namespace}/{integration}/{id}"));
+    if let Some(key) = &delivery
+        && lock(&receiver.seen).again(key, Instant::now())
     {
         let message = "this delivery was received before";
         return Err(answer("duplicate", StatusCode::OK, message));
@@ -222,16 +264,25 @@ async fn receive(
         .get(EVENT_HEADER)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    Ok(webhook::change(event, &body))
+    Ok(Received {
+        change: webhook::change(event, &body),
+        body,
+        delivery,
+    })
 }
 
 /// Asks the Subscriptions `change` concerns to refresh (the work is queued, not done here).
-fn refresh(receiver: &Receiver, namespace: &str, integration: &str, change: Change) -> Answered {
-    let (owner, what) = match &change {
-        Change::Ping => return answer("ping", StatusCode::OK, "pong"),
+fn refresh(
+    receiver: &Receiver,
+    namespace: &str,
+    integration: &str,
+    change: &Change,
+) -> Option<Answered> {
+    let (owner, what) = match change {
+        Change::Ping => return Some(answer("ping", StatusCode::OK, "pong")),
         Change::Nothing => {
             let message = "nothing to refresh for this event";
-            return answer("ignored", StatusCode::OK, message);
+            return Some(answer("ignored", StatusCode::OK, message));
         }
         Change::Repository(changed) => {
             let owner = changed.full_name.split_once('/').map(|(owner, _)| owner);
@@ -245,12 +296,59 @@ fn refresh(receiver: &Receiver, namespace: &str, integration: &str, change: Chan
         .unwrap_or_default();
     let concerned = refresh::concerned(subscriptions, namespace, integration, owner);
     if !concerned.is_empty() && !shared.refreshes.ask(&shared.memory, &concerned, &what) {
-        // Only the replica that leads refreshes; Bitbucket delivers a 503 again.
-        let message = "this replica does not lead: deliver again";
-        return answer("not_leading", StatusCode::SERVICE_UNAVAILABLE, message);
+        return None;
     }
     let message = format!("{} Subscriptions to refresh", concerned.len());
-    answer("accepted", StatusCode::ACCEPTED, &message)
+    Some(answer("accepted", StatusCode::ACCEPTED, &message))
+}
+
+/// Relays a delivery to the leading replica, which checks it again and does the work; its
+/// answer is the answer. Without a leader to relay to, or when it does not answer: 503, and
+/// this replica forgets it saw the delivery, so Bitbucket's next attempt counts.
+async fn relay(
+    receiver: &Receiver,
+    namespace: &str,
+    integration: &str,
+    headers: &HeaderMap,
+    received: Received,
+) -> Answered {
+    let leader =
+        (receiver.shared.refreshes.leader()).filter(|_| !headers.contains_key(RELAYED_HEADER));
+    let relayed = match leader {
+        Some(leader) => {
+            let url = format!("http://{leader}/hooks/{namespace}/{integration}");
+            let mut request = (receiver.relay.post(url))
+                .header(RELAYED_HEADER, "1")
+                .body(received.body);
+            let names = [
+                header::CONTENT_TYPE.as_str(),
+                EVENT_HEADER,
+                SIGNATURE_HEADER,
+            ];
+            for name in names.iter().chain(DELIVERY_HEADERS.iter()) {
+                if let Some(value) = headers.get(*name) {
+                    request = request.header(*name, value.clone());
+                }
+            }
+            match request.send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    response.bytes().await.ok().map(|body| (status, body))
+                }
+                Err(_) => None,
+            }
+        }
+        None => None,
+    };
+    if let Some((status, body)) = relayed {
+        let json = [(header::CONTENT_TYPE, "application/json")];
+        return ("relayed", (status, json, body).into_response());
+    }
+    if let Some(key) = &received.delivery {
+        lock(&receiver.seen).forget(key);
+    }
+    let message = "this replica does not lead and cannot reach the leader: deliver again";
+    answer("not_leading", StatusCode::SERVICE_UNAVAILABLE, message)
 }
 
 #[cfg(test)]

@@ -33,7 +33,13 @@ pub struct LeaseSettings {
     pub renew_deadline: Duration,
     /// How often candidates try, and the leader renews.
     pub retry: Duration,
+    /// Where this replica receives webhooks (`POD_IP:port`), written into the Lease it holds
+    /// so that a standby relays the deliveries it gets to the leader (see `crate::webhook`).
+    pub address: Option<String>,
 }
+
+/// The annotation on the Lease naming where its holder receives webhooks.
+pub const ADDRESS_ANNOTATION: &str = "scm.shippable.io/webhook-address";
 
 impl LeaseSettings {
     /// client-go's defaults: 15 s, 10 s, 2 s.
@@ -45,6 +51,7 @@ impl LeaseSettings {
             duration: Duration::from_secs(15),
             renew_deadline: Duration::from_secs(10),
             retry: Duration::from_secs(2),
+            address: None,
         }
     }
 }
@@ -52,6 +59,7 @@ impl LeaseSettings {
 /// A running election: whether this replica leads, as it changes.
 pub struct Election {
     leading: watch::Receiver<bool>,
+    leader_address: watch::Receiver<Option<String>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -61,9 +69,12 @@ impl Election {
     pub fn start(client: kube::Client, settings: LeaseSettings) -> Self {
         let (tell, leading) = watch::channel(false);
         let (stop, stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(campaign(Candidate::new(client, settings), tell, stopped));
+        let candidate = Candidate::new(client, settings);
+        let leader_address = candidate.leader_address.subscribe();
+        let task = tokio::spawn(campaign(candidate, tell, stopped));
         Self {
             leading,
+            leader_address,
             stop: Some(stop),
             task,
         }
@@ -72,6 +83,11 @@ impl Election {
     /// Whether this replica leads, and its changes.
     pub fn leading(&self) -> watch::Receiver<bool> {
         self.leading.clone()
+    }
+
+    /// Where the Lease's holder receives webhooks, as its Lease says (when it says).
+    pub fn leader_address(&self) -> watch::Receiver<Option<String>> {
+        self.leader_address.clone()
     }
 
     /// Stops campaigning and, when leading, releases the Lease so that a standby takes over at
@@ -124,6 +140,8 @@ struct Candidate {
     observed: Option<(Option<String>, Option<MicroTime>, Instant)>,
     /// When this replica last renewed successfully, while it leads.
     renewed: Option<Instant>,
+    /// Where the holder receives webhooks, as last read from the Lease.
+    leader_address: watch::Sender<Option<String>>,
 }
 
 impl Candidate {
@@ -133,6 +151,7 @@ impl Candidate {
             settings,
             observed: None,
             renewed: None,
+            leader_address: watch::Sender::new(None),
         }
     }
 
@@ -172,6 +191,18 @@ impl Candidate {
             };
         };
         let spec = lease.spec.clone().unwrap_or_default();
+        let address = (lease.metadata.annotations.as_ref())
+            .and_then(|a| a.get(ADDRESS_ANNOTATION).cloned())
+            .filter(|_| {
+                spec.holder_identity
+                    .as_deref()
+                    .is_some_and(|h| !h.is_empty())
+            });
+        self.leader_address.send_if_modified(|known| {
+            let changed = *known != address;
+            *known = address;
+            changed
+        });
         let seen = (spec.holder_identity.clone(), spec.renew_time.clone());
         match &self.observed {
             Some((holder, renewed, _)) if (holder, renewed) == (&seen.0, &seen.1) => {}
@@ -220,6 +251,8 @@ impl Candidate {
             metadata: ObjectMeta {
                 name: Some(self.settings.name.clone()),
                 namespace: Some(self.settings.namespace.clone()),
+                annotations: (self.settings.address.clone())
+                    .map(|address| [(ADDRESS_ANNOTATION.to_owned(), address)].into()),
                 ..ObjectMeta::default()
             },
             spec: Some(LeaseSpec {

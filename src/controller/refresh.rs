@@ -35,6 +35,8 @@ pub enum Ask<'a> {
 #[derive(Default)]
 pub struct Refreshes {
     wakers: Mutex<Vec<UnboundedSender<ObjectRef<Subscription>>>>,
+    /// Where the leading replica receives webhooks, as its Lease says.
+    leader: Mutex<Option<String>>,
 }
 
 impl Refreshes {
@@ -53,6 +55,11 @@ impl Refreshes {
         subscriptions: &[Arc<Subscription>],
         what: &Ask<'_>,
     ) -> bool {
+        let mut wakers = lock(&self.wakers);
+        wakers.retain(|waker| !waker.is_closed());
+        if wakers.is_empty() {
+            return false;
+        }
         let now = Instant::now();
         for subscription in subscriptions {
             memory.subscription(&finish::uid(&**subscription), |m| match what {
@@ -66,15 +73,23 @@ impl Refreshes {
                 _ => m.refresh = Some(now),
             });
         }
-        let mut wakers = lock(&self.wakers);
-        wakers.retain(|waker| !waker.is_closed());
         for subscription in subscriptions {
             for waker in wakers.iter() {
                 // A closed one is gone with its controller, and with it the need.
                 let _ = waker.unbounded_send(ObjectRef::from_obj(&**subscription));
             }
         }
-        !wakers.is_empty()
+        true
+    }
+
+    /// Where the leading replica receives webhooks, if its Lease says.
+    pub fn leader(&self) -> Option<String> {
+        lock(&self.leader).clone()
+    }
+
+    /// Records where the leading replica receives webhooks.
+    pub fn set_leader(&self, address: Option<String>) {
+        *lock(&self.leader) = address;
     }
 }
 

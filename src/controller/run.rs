@@ -62,6 +62,7 @@ pub async fn run(
         () = ready_when_served(&shared, &waiting, expected) => {}
         () = sweep(&shared, &stores, expected) => {}
         () = forget_when_deposed(&shared, leading.clone()) => {}
+        () = follow_the_leader(&shared, election.as_ref().map(Election::leader_address)) => {}
     }
     if let Some(election) = election {
         election.release().await;
@@ -97,6 +98,22 @@ async fn forget_when_deposed(shared: &Shared, mut leading: watch::Receiver<bool>
             shared.memory.clear();
         }
         led = now;
+    }
+}
+
+/// Keeps where the leader receives webhooks, for the deliveries a standby relays to it. Never
+/// returns.
+async fn follow_the_leader(shared: &Shared, address: Option<watch::Receiver<Option<String>>>) {
+    let Some(mut address) = address else {
+        return futures::future::pending().await;
+    };
+    loop {
+        shared
+            .refreshes
+            .set_leader(address.borrow_and_update().clone());
+        if address.changed().await.is_err() {
+            return futures::future::pending().await;
+        }
     }
 }
 

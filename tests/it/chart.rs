@@ -203,6 +203,10 @@ async fn the_api_server_accepts_everything_the_chart_renders() {
         "--namespace",
         &ns.name,
         "--include-crds",
+        "--set",
+        "webhooks.ingress.enabled=true",
+        "--set",
+        "webhooks.ingress.host=hooks.example.com",
     ]);
     assert!(rendered.status.success());
     let file = std::env::temp_dir().join(format!("{}.yaml", ns.name));

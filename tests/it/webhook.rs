@@ -5,13 +5,18 @@
 //! delivery does nothing; and a signed `repo:created` makes the Subscription list the new
 //! repository without a sync request, long before its interval.
 
+use std::time::Duration;
+
 use crate::support::{
+    PATIENCE,
     env::*,
-    operator::{await_object, subscription},
+    eventually,
+    operator::{Operator, await_object, subscription, test_settings},
 };
 use bitbucket_operator::{
     api::{CredentialType, Subscription, Webhook, WebhookSecretReference},
     bitbucket::webhook,
+    controller::leader::LeaseSettings,
     http,
     webhook::{Receiver, router},
 };
@@ -21,17 +26,20 @@ use serde_json::{Value, json};
 /// The secret of the recorded signed deliveries (`testdata/bitbucket/webhooks/README.md`).
 const RECORDED_SECRET: &str = "Gkvl$k$wyNpQAF42";
 
-/// The receiver of `env`'s operator on a free loopback port; its base URL.
-async fn serve(env: &Env) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+/// The receiver of `operator` on `listener`; its base URL.
+fn serve_on(listener: tokio::net::TcpListener, operator: &Operator) -> String {
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(http::serve(
         listener,
-        router(Receiver::new(env.operator().shared.clone())),
+        router(Receiver::new(operator.shared.clone())),
         http::ServerLimits::default(),
         std::future::pending(),
     ));
     url
+}
+
+async fn loopback() -> tokio::net::TcpListener {
+    tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()
 }
 
 /// POSTs `body` to `url` with `headers`; the status and the JSON answer.
@@ -56,10 +64,17 @@ fn recorded(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-/// Integration `acme` with a webhook (the recorded deliveries' secret), `plain` without one,
-/// and Subscription `ci` of workspace `acme` (interval an hour) listed; the receiver's base URL
-/// for the namespace and `ci` as listed.
+/// [`with_webhook`], and the receiver of `env`'s operator: its hooks URL for the namespace, and
+/// `ci` as listed.
 async fn hooked(env: &Env) -> (String, Subscription) {
+    let listed = with_webhook(env).await;
+    let url = serve_on(loopback().await, env.operator());
+    (format!("{url}/hooks/{}", env.ns.name), listed)
+}
+
+/// Integration `acme` with a webhook (the recorded deliveries' secret), `plain` without one,
+/// and Subscription `ci` of workspace `acme` (interval an hour), returned once listed.
+async fn with_webhook(env: &Env) -> Subscription {
     env.secret("acme-hook", &[("secret", RECORDED_SECRET)])
         .await;
     env.secret(
@@ -80,9 +95,7 @@ async fn hooked(env: &Env) -> (String, Subscription) {
     let mut ci = subscription("ci", "acme", Some("acme"), &[]);
     ci.spec.sync_interval = "1h".into();
     env.create(&ci).await;
-    let listed = await_object(&env.api(), "ci", "ci to sync", is_synced).await;
-    let url = serve(env).await;
-    (format!("{url}/hooks/{}", env.ns.name), listed)
+    await_object(&env.api(), "ci", "ci to sync", is_synced).await
 }
 
 /// `body` as Bitbucket sends event `event`, signed with the webhook secret.
@@ -269,4 +282,64 @@ async fn a_push_or_a_rename_fetches_that_repository_alone_and_rewrites_only_its_
     let listed = |c: &bitbucket_sim::Counters| c.by_endpoint.get(listings).copied();
     let now = env.sim.control().counters();
     assert_eq!(listed(&now), listed(&calls), "no listing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_to_the_standby_is_relayed_to_the_leader() {
+    let env = crate::leader::env_without_operator("webhook-relay").await;
+    let replica = |identity: &str, listener: &tokio::net::TcpListener| {
+        let mut settings = test_settings(&env.ns.name);
+        settings.instance = identity.to_owned();
+        settings.lease = Some(LeaseSettings {
+            duration: Duration::from_secs(4),
+            renew_deadline: Duration::from_secs(3),
+            retry: Duration::from_millis(250),
+            address: Some(listener.local_addr().unwrap().to_string()),
+            ..LeaseSettings::new(&env.ns.name, crate::leader::LEASE, identity)
+        });
+        Operator::start(env.client.clone(), settings)
+    };
+    let (a_port, b_port) = (loopback().await, loopback().await);
+    let (a, b) = (replica("replica-a", &a_port), replica("replica-b", &b_port));
+    let (a_url, b_url) = (serve_on(a_port, &a), serve_on(b_port, &b));
+    eventually("one replica to lead", PATIENCE, || async {
+        (a.leads() || b.leads()).then_some(())
+    })
+    .await;
+    let (standby, standby_url) = if a.leads() { (&b, b_url) } else { (&a, a_url) };
+    let listed = with_webhook(&env).await.status.unwrap();
+    let project = listed.repositories[0].project.clone().unwrap();
+    let repository =
+        serde_json::from_value(json!({"slug": "relayed", "project": project})).unwrap();
+    (env.sim.control())
+        .add_cloud_repository("acme", repository)
+        .unwrap();
+
+    // The standby knows where the leader receives (its Lease says), checks the delivery and
+    // hands it on; the leader's answer is the answer, and the leader lists.
+    let hook = format!("{standby_url}/hooks/{}/acme", env.ns.name);
+    let created =
+        json!({"repository": {"full_name": "acme/relayed", "workspace": {"slug": "acme"}}});
+    let relayed = eventually("the standby to relay", PATIENCE, || async {
+        let (code, answer) = signed(&hook, "repo:created", created.clone()).await;
+        (code == 202).then_some(answer)
+    })
+    .await;
+    assert_eq!(relayed["message"], "1 Subscriptions to refresh");
+    let count = listed.repository_count;
+    await_object(
+        &env.api(),
+        "ci",
+        "the relayed repository",
+        move |s: &Subscription| {
+            s.status.as_ref().is_some_and(|s| {
+                s.repository_count == count.map(|c| c + 1)
+                    && s.repositories.iter().any(|r| r.full_name == "acme/relayed")
+            })
+        },
+    )
+    .await;
+    assert!(!standby.reconciles(), "the standby did no work itself");
+    a.stop().await;
+    b.stop().await;
 }
