@@ -164,27 +164,35 @@ impl Catalog {
         });
     }
 
-    /// The integration `namespace/name` and the Subscriptions of its namespace, as this
-    /// replica's caches hold them (`None` when no filled cache holds the integration).
-    pub fn integration(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Option<(Arc<BitbucketIntegration>, Vec<Arc<Subscription>>)> {
+    /// What `read` finds in the caches of the scope that watches `namespace`, once its
+    /// integrations and Subscriptions are listed.
+    fn filled<T>(&self, namespace: &str, read: impl FnOnce(&Scope) -> Option<T>) -> Option<T> {
         let scopes = lock(&self.scopes);
         let scope = scopes
             .iter()
             .find(|s| s.namespace.as_deref().is_none_or(|n| n == namespace))?;
-        if !is_ready(&scope.integrations) || !is_ready(&scope.subscriptions) {
-            return None;
-        }
-        let integration = scope
-            .integrations
-            .get(&ObjectRef::new(name).within(namespace))?;
-        let subscriptions = (scope.subscriptions.state().into_iter())
-            .filter(|s| s.metadata.namespace.as_deref() == Some(namespace))
-            .collect();
-        Some((integration, subscriptions))
+        (is_ready(&scope.integrations) && is_ready(&scope.subscriptions))
+            .then(|| read(scope))
+            .flatten()
+    }
+
+    /// The integration `namespace/name`, as this replica's cache holds it.
+    pub fn integration(&self, namespace: &str, name: &str) -> Option<Arc<BitbucketIntegration>> {
+        self.filled(namespace, |scope| {
+            (scope.integrations).get(&ObjectRef::new(name).within(namespace))
+        })
+    }
+
+    /// The Subscriptions of `namespace`, as this replica's cache holds them.
+    pub fn subscriptions_in(&self, namespace: &str) -> Vec<Arc<Subscription>> {
+        self.filled(namespace, |scope| {
+            let all = scope.subscriptions.state().into_iter();
+            Some(
+                all.filter(|s| s.metadata.namespace.as_deref() == Some(namespace))
+                    .collect(),
+            )
+        })
+        .unwrap_or_default()
     }
 
     /// Whether the caches of `scopes` watched scopes are all filled (so every answer is one).

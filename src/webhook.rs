@@ -140,7 +140,7 @@ impl Receiver {
 
     /// The webhook secret of integration `namespace/name`, if it has one this replica can read.
     async fn secret(&self, namespace: &str, name: &str) -> Option<Arc<SecretSlice<u8>>> {
-        let (integration, _) = self.shared.catalog.integration(namespace, name)?;
+        let integration = self.shared.catalog.integration(namespace, name)?;
         let reference = integration.spec.webhook.as_ref()?.secret_ref.clone();
         let key = (
             namespace.to_owned(),
@@ -291,9 +291,7 @@ fn refresh(
         Change::Relist { owner } => (owner.as_deref(), refresh::Ask::Relist),
     };
     let shared = &receiver.shared;
-    let subscriptions = (shared.catalog.integration(namespace, integration))
-        .map(|(_, subscriptions)| subscriptions)
-        .unwrap_or_default();
+    let subscriptions = shared.catalog.subscriptions_in(namespace);
     let concerned = refresh::concerned(subscriptions, namespace, integration, owner);
     if !concerned.is_empty() && !shared.refreshes.ask(&shared.memory, &concerned, &what) {
         return None;

@@ -72,8 +72,6 @@ impl Refreshes {
                 }
                 _ => m.refresh = Some(now),
             });
-        }
-        for subscription in subscriptions {
             for waker in wakers.iter() {
                 // A closed one is gone with its controller, and with it the need.
                 let _ = waker.unbounded_send(ObjectRef::from_obj(&**subscription));

@@ -26,12 +26,18 @@ pub const LEASE: &str = "bitbucket-operator";
 
 /// A replica named `identity`, leading with the test namespace's Lease.
 pub fn replica(env: &Env, identity: &str) -> Operator {
+    replica_receiving_at(env, identity, None)
+}
+
+/// [`replica`], writing `address` (where it receives webhooks) into the Lease when it leads.
+pub fn replica_receiving_at(env: &Env, identity: &str, address: Option<String>) -> Operator {
     let mut settings = test_settings(&env.ns.name);
     settings.instance = identity.to_owned();
     settings.lease = Some(LeaseSettings {
         duration: Duration::from_secs(4),
         renew_deadline: Duration::from_secs(3),
         retry: Duration::from_millis(250),
+        address,
         ..LeaseSettings::new(&env.ns.name, LEASE, identity)
     });
     Operator::start(env.client.clone(), settings)

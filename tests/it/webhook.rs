@@ -5,18 +5,15 @@
 //! delivery does nothing; and a signed `repo:created` makes the Subscription list the new
 //! repository without a sync request, long before its interval.
 
-use std::time::Duration;
-
 use crate::support::{
     PATIENCE,
     env::*,
     eventually,
-    operator::{Operator, await_object, subscription, test_settings},
+    operator::{Operator, await_object, subscription},
 };
 use bitbucket_operator::{
     api::{CredentialType, Subscription, Webhook, WebhookSecretReference},
     bitbucket::webhook,
-    controller::leader::LeaseSettings,
     http,
     webhook::{Receiver, router},
 };
@@ -288,16 +285,8 @@ async fn a_push_or_a_rename_fetches_that_repository_alone_and_rewrites_only_its_
 async fn a_delivery_to_the_standby_is_relayed_to_the_leader() {
     let env = crate::leader::env_without_operator("webhook-relay").await;
     let replica = |identity: &str, listener: &tokio::net::TcpListener| {
-        let mut settings = test_settings(&env.ns.name);
-        settings.instance = identity.to_owned();
-        settings.lease = Some(LeaseSettings {
-            duration: Duration::from_secs(4),
-            renew_deadline: Duration::from_secs(3),
-            retry: Duration::from_millis(250),
-            address: Some(listener.local_addr().unwrap().to_string()),
-            ..LeaseSettings::new(&env.ns.name, crate::leader::LEASE, identity)
-        });
-        Operator::start(env.client.clone(), settings)
+        let address = listener.local_addr().unwrap().to_string();
+        crate::leader::replica_receiving_at(&env, identity, Some(address))
     };
     let (a_port, b_port) = (loopback().await, loopback().await);
     let (a, b) = (replica("replica-a", &a_port), replica("replica-b", &b_port));

@@ -6,7 +6,10 @@
 
 use kube::ResourceExt;
 
-use super::{Context, Found, filter, integration_summary, publish_entries, report::SyncOutcome};
+use super::{
+    Context, Found, filter, integration_summary, publish_entries,
+    report::{self, SyncOutcome},
+};
 use crate::{
     api::{Repository, Subscription},
     catalog::Served,
@@ -35,7 +38,7 @@ pub async fn told(
             .repository(&told.changed.full_name)
             .await
         {
-            Ok(repository) => fetched.extend(repository.map(super::report::to_status)),
+            Ok(repository) => fetched.extend(repository.map(report::to_status)),
             Err(error) => {
                 tracing::debug!(%error, "fetching a repository a webhook named: listing instead");
                 return None;
@@ -43,10 +46,11 @@ pub async fn told(
         }
     }
     let named = |entry: &Repository| told.iter().any(|t| names(t, entry));
-    let mut entries: Vec<&Repository> = list.iter().filter(|r| !named(r)).collect();
-    entries.extend(fetched.iter().filter(|r| fits(subscription, r)));
-    entries.sort_by(|a, b| a.full_name.cmp(&b.full_name));
-    entries.dedup_by(|a, b| a.full_name == b.full_name);
+    let kept = list.iter().filter(|r| !named(r));
+    let entries = report::in_order(
+        kept.chain(fetched.iter().filter(|r| fits(subscription, r)))
+            .collect(),
+    );
     // The cached listing shows these repositories as they were: the next sync lists afresh.
     (shared.memory.listings).forget(&finish::uid(&*found.integration), &found.scope);
     let integration = integration_summary(found);

@@ -51,13 +51,19 @@ pub enum SyncOutcome {
 /// The repositories of a listing that pass the Subscription's filters, as status and slices
 /// show them, sorted by full name, each name once.
 pub fn entries<'a>(listing: &'a [Repository], filter: &RepositoryFilter) -> Vec<&'a Repository> {
-    let mut kept: Vec<&Repository> = listing
-        .iter()
-        .filter(|r| filter::keeps(filter, r))
-        .collect();
-    kept.sort_by(|a, b| a.full_name.cmp(&b.full_name));
-    kept.dedup_by(|a, b| a.full_name == b.full_name);
-    kept
+    in_order(
+        listing
+            .iter()
+            .filter(|r| filter::keeps(filter, r))
+            .collect(),
+    )
+}
+
+/// `entries` sorted by full name, each name once (the first of two).
+pub fn in_order(mut entries: Vec<&Repository>) -> Vec<&Repository> {
+    entries.sort_by(|a, b| a.full_name.cmp(&b.full_name));
+    entries.dedup_by(|a, b| a.full_name == b.full_name);
+    entries
 }
 
 /// The status an outcome leads to, from the status last shown. Failures keep the last list.
