@@ -11,10 +11,13 @@
 #                 $FLUX_OPERATOR; the module proxy refuses the pseudo-version of
 #                 go-containerregistry/pkg/authn/kubernetes that it requires (403), so the
 #                 nearest served one replaces it (used only by Flux's artifact registry login).
+#   crds          the CRDs of Argo CD's ApplicationSet and the Flux Operator's
+#                 ResourceSetInputProvider, copied from the same modules (a folder), for the
+#                 tests of the operator's refresh annotations on the real API server
 #
 #   hack/gitops.sh build         build them (no-ops when they are there)
-#   hack/gitops.sh path NAME     print the path of gitops-check, helm or flux-contract (fails when
-#                                not built)
+#   hack/gitops.sh path NAME     print the path of gitops-check, helm, flux-contract or crds
+#                                (fails when not built)
 #
 # Argo CD v3.6 needs Go 1.27: for gitops-check the go command takes the approved go1.27.3
 # toolchain from the Go module proxy (about 76 MB, once per machine); helm builds with the
@@ -27,6 +30,9 @@ FLUX_OPERATOR=v0.59.0
 AUTHN_KUBERNETES=v0.0.0-20260205022027-93aa2732266a
 export CGO_ENABLED=0 GOFLAGS="${GOFLAGS:-} -mod=readonly"
 
+# The Argo CD version gitops-check is built against (its go.mod pins it).
+ARGO_CD="$(sed -n 's|^\tgithub.com/argoproj/argo-cd/v3 \(v[^ ]*\)$|\1|p' "$HACK/gitops/go.mod")"
+
 say() { printf 'gitops: %s\n' "$*" >&2; }
 die() { printf 'gitops: error: %s\n' "$*" >&2; exit 1; }
 
@@ -35,7 +41,7 @@ module() { # <name> -> its wrapper module's folder
     gitops-check) echo "$HACK/gitops" ;;
     helm) echo "$HACK/helm" ;;
     flux-contract) echo "$HACK/flux-contract" ;;
-    *) die "no tool $1 (gitops-check, helm, flux-contract)" ;;
+    *) die "no tool $1 (gitops-check, helm, flux-contract, crds)" ;;
   esac
 }
 
@@ -43,9 +49,21 @@ toolchain() { # <name>
   if [ "$1" = helm ]; then echo local; else echo go1.27.3; fi
 }
 
+cache_root() {
+  echo "${BBO_GITOPS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/bitbucket-operator/gitops}"
+}
+
+module_dir() { # <module@version> -> the folder the Go module proxy gave
+  GOTOOLCHAIN=go1.27.3 GOFLAGS= go mod download -json "$1" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p'
+}
+
 binary() { # <name>
   local root dir key
-  root="${BBO_GITOPS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/bitbucket-operator/gitops}"
+  if [ "$1" = crds ]; then
+    echo "$(cache_root)/crds-$ARGO_CD-$FLUX_OPERATOR"
+    return
+  fi
+  root="$(cache_root)"
   dir="$(module "$1")"
   # The pinned, checksummed module graph and the program: any change is a new key.
   local files=("$dir"/*.go)
@@ -78,10 +96,23 @@ build() { # <name>
   exec 9>&-
 }
 
+build_crds() {
+  local out argo flux
+  out="$(binary crds)"
+  [ ! -d "$out" ] || return 0
+  argo="$(module_dir "github.com/argoproj/argo-cd/v3@$ARGO_CD")"
+  flux="$(module_dir "github.com/controlplaneio-fluxcd/flux-operator@$FLUX_OPERATOR")"
+  [ -d "$argo" ] && [ -d "$flux" ] || die "the module proxy did not give argo-cd $ARGO_CD or flux-operator $FLUX_OPERATOR"
+  rm -rf "$out.partial" && mkdir -p "$out.partial"
+  cp "$argo/manifests/crds/applicationset-crd.yaml" \
+    "$flux/config/crd/bases/fluxcd.controlplane.io_resourcesetinputproviders.yaml" "$out.partial/"
+  chmod u+w "$out.partial"/*
+  mv "$out.partial" "$out"
+}
+
 build_flux_contract() { # <our folder> <output>
   local module work
-  module="$(GOTOOLCHAIN=go1.27.3 GOFLAGS= go mod download -json \
-    "github.com/controlplaneio-fluxcd/flux-operator@$FLUX_OPERATOR" | sed -n 's/^\t"Dir": "\(.*\)",$/\1/p')"
+  module="$(module_dir "github.com/controlplaneio-fluxcd/flux-operator@$FLUX_OPERATOR")"
   [ -d "$module" ] || die "the module proxy did not give flux-operator $FLUX_OPERATOR"
   work="$(mktemp -d)"
   cp -r "$module" "$work/flux-operator" && chmod -R u+w "$work/flux-operator"
@@ -101,10 +132,11 @@ case "${1:-}" in
     command -v go >/dev/null 2>&1 || die "'go' is not installed (the polyglot machines ship one in /usr/local/go/bin)"
     build gitops-check
     build helm
-    build flux-contract ;;
+    build flux-contract
+    build_crds ;;
   path)
     out="$(binary "${2:-}")"
     [ -x "$out" ] || die "${2:-} is not built: run hack/gitops.sh build (make test does)"
     echo "$out" ;;
-  *) die "usage: hack/gitops.sh build | path gitops-check|helm|flux-contract" ;;
+  *) die "usage: hack/gitops.sh build | path gitops-check|helm|flux-contract|crds" ;;
 esac

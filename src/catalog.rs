@@ -105,6 +105,11 @@ impl List {
         });
     }
 
+    /// The slices that hold this list, as the Subscription's status named them.
+    pub fn named(&self) -> &[SliceRef] {
+        &self.named
+    }
+
     /// The repositories, sorted by full name.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &Repository> {
         self.order

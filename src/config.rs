@@ -8,6 +8,7 @@ use clap::Args;
 use crate::{
     bitbucket::{AllowList, ListingLimits, RefusedNetworks, RetryPolicy, TransportConfig},
     controller::{Settings, leader::LeaseSettings},
+    downstream::DownstreamSettings,
     http::ServerLimits,
 };
 
@@ -100,6 +101,29 @@ pub struct RunArgs {
     #[arg(long, env = "PLUGIN_TOKEN_FILE")]
     pub plugin_token_file: Option<std::path::PathBuf>,
 
+    /// After a Subscription's list changes, annotate the Argo CD ApplicationSets whose plugin
+    /// generator reads it (`argocd.argoproj.io/application-set-refresh`), so Argo CD refreshes
+    /// at once. Writes other tools' objects: needs list, watch and patch on
+    /// `applicationsets.argoproj.io` in every namespace.
+    #[arg(long, env = "REFRESH_APPLICATIONSETS")]
+    pub refresh_applicationsets: bool,
+
+    /// After a Subscription's list changes, set `reconcile.fluxcd.io/requestedAt` on the Flux
+    /// Operator ResourceSetInputProviders that read it from this operator's input endpoint.
+    /// Needs list, watch and patch on `resourcesetinputproviders.fluxcd.controlplane.io` in
+    /// every namespace.
+    #[arg(long, env = "REFRESH_FLUX_INPUT_PROVIDERS")]
+    pub refresh_flux_input_providers: bool,
+
+    /// The ConfigMap (in Argo CD's namespace) whose name an ApplicationSet's plugin generator
+    /// uses for this operator: how --refresh-applicationsets recognises its ApplicationSets.
+    #[arg(
+        long,
+        env = "PLUGIN_CONFIG_MAP",
+        default_value = "bitbucket-operator-plugin"
+    )]
+    pub plugin_config_map: String,
+
     /// How long a client may take to send a request's head (and how long an idle connection
     /// is kept), on every port the operator serves.
     #[arg(long, env = "HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = crate::api::parse_duration)]
@@ -163,6 +187,11 @@ impl RunArgs {
                     ..LeaseSettings::new(namespace, &self.lease_name, &self.instance)
                 }),
             interval_override: self.interval_override_seconds.map(Duration::from_secs),
+            downstream: DownstreamSettings {
+                applicationsets: self.refresh_applicationsets,
+                flux_input_providers: self.refresh_flux_input_providers,
+                plugin_config_map: self.plugin_config_map.clone(),
+            },
             ..Settings::default()
         }
     }

@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod controller;
+pub mod downstream;
 pub mod flux;
 pub mod generator;
 pub mod http;

@@ -51,6 +51,15 @@ pub struct DeliveryLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DownstreamLabels {
+    /// `ApplicationSet` or `ResourceSetInputProvider`.
+    pub kind: &'static str,
+    /// `requested` (annotated), `pending` (Argo CD has not taken the last one yet: nothing
+    /// written) or `failed`.
+    pub outcome: &'static str,
+}
+
 /// All the operator's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -62,6 +71,7 @@ pub struct Metrics {
     pub slice_writes: Family<SliceWriteLabels, Counter>,
     pub lists_served: Family<ServedLabels, Counter>,
     pub webhook_deliveries: Family<DeliveryLabels, Counter>,
+    pub downstream_refreshes: Family<DownstreamLabels, Counter>,
     pub blocked_deletions: Gauge,
     /// 1 while this replica leads (or runs without leader election), 0 while it stands by.
     pub leader: Gauge,
@@ -101,6 +111,9 @@ impl Default for Metrics {
         let webhook_deliveries = Family::<DeliveryLabels, Counter>::default();
         let help = "Bitbucket webhook deliveries received, by what became of them";
         registry.register("webhook_deliveries", help, webhook_deliveries.clone());
+        let downstream_refreshes = Family::<DownstreamLabels, Counter>::default();
+        let help = "Refreshes asked of Argo CD ApplicationSets and Flux input providers after a list changed";
+        registry.register("downstream_refreshes", help, downstream_refreshes.clone());
         let blocked_deletions = Gauge::default();
         let help = "Integrations whose deletion this replica found waiting for Subscriptions (0 on a standby)";
         registry.register("blocked_deletions", help, blocked_deletions.clone());
@@ -122,6 +135,7 @@ impl Default for Metrics {
             slice_writes,
             lists_served,
             webhook_deliveries,
+            downstream_refreshes,
             blocked_deletions,
         }
     }

@@ -11,6 +11,10 @@
 //	                                              stdin is the input parameters (a JSON object),
 //	                                              the token is $PLUGIN_TOKEN; prints the response,
 //	                                              or the client's error on stderr with exit 1
+//	gitops-check appset-refresh                   whether Argo CD's ApplicationSet controller sees
+//	                                              a refresh requested on each ApplicationSet
+//	                                              (ApplicationSet.RefreshRequired, what its
+//	                                              reconcile acts on and then clears)
 package main
 
 import (
@@ -41,7 +45,7 @@ type Answer struct {
 
 func main() {
 	if len(os.Args) < 2 {
-		fail("usage: gitops-check kstatus | argocd-health NAMESPACE | plugin BASE_URL APPSET_NAME")
+		fail("usage: gitops-check kstatus | argocd-health NAMESPACE | plugin BASE_URL APPSET_NAME | appset-refresh")
 	}
 	input, err := io.ReadAll(os.Stdin)
 	check(err, "reading standard input")
@@ -77,6 +81,21 @@ func main() {
 		response, err := service.List(ctx, parameters)
 		check(err, "")
 		print(response)
+	case "appset-refresh":
+		answer(objects(input), func(obj *unstructured.Unstructured) Answer {
+			var appSet v1alpha1.ApplicationSet
+			raw, err := obj.MarshalJSON()
+			if err == nil {
+				err = json.Unmarshal(raw, &appSet)
+			}
+			if err != nil {
+				return Answer{Status: "Error", Message: err.Error()}
+			}
+			if appSet.RefreshRequired() {
+				return Answer{Status: "RefreshRequired"}
+			}
+			return Answer{Status: "None"}
+		})
 	default:
 		fail("unknown check " + os.Args[1])
 	}

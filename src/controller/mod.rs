@@ -74,6 +74,8 @@ pub struct Settings {
     pub sweep: Duration,
     /// The Lease to lead with, when several replicas run; `None`: this replica alone.
     pub lease: Option<leader::LeaseSettings>,
+    /// Which GitOps tools are told when a list changes.
+    pub downstream: crate::downstream::DownstreamSettings,
 }
 
 impl Default for Settings {
@@ -90,6 +92,7 @@ impl Default for Settings {
             interval_override: None,
             sweep: Duration::from_secs(300),
             lease: None,
+            downstream: crate::downstream::DownstreamSettings::default(),
         }
     }
 }
@@ -132,6 +135,8 @@ pub struct Shared {
     pub catalog: crate::catalog::Catalog,
     /// Refreshes asked for by webhook deliveries.
     pub refreshes: refresh::Refreshes,
+    /// Lists that changed, for Argo CD and Flux to be told.
+    pub downstream: crate::downstream::Changes,
 }
 
 impl Shared {
@@ -142,6 +147,7 @@ impl Shared {
             instance: Some(settings.instance.clone()),
         };
         let memory = Memory::counting_blocked_deletions(metrics.blocked_deletions.clone());
+        let downstream = crate::downstream::Changes::new(&settings.downstream);
         Arc::new(Self {
             recorder: Recorder::new(kube.clone(), reporter),
             backoff: Backoff::new(settings.backoff_base, settings.backoff_max),
@@ -151,6 +157,7 @@ impl Shared {
             memory,
             catalog: crate::catalog::Catalog::default(),
             refreshes: refresh::Refreshes::default(),
+            downstream,
         })
     }
 

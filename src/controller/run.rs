@@ -63,6 +63,7 @@ pub async fn run(
         () = sweep(&shared, &stores, expected) => {}
         () = forget_when_deposed(&shared, leading.clone()) => {}
         () = follow_the_leader(&shared, election.as_ref().map(Election::leader_address)) => {}
+        () = crate::downstream::run(Arc::clone(&shared), leading.clone()) => {}
     }
     if let Some(election) = election {
         election.release().await;

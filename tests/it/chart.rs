@@ -191,6 +191,70 @@ fn values_narrow_rbac_to_the_watched_namespaces_and_drop_what_is_off() {
     assert_eq!(deployment["spec"]["replicas"], 1);
 }
 
+#[test]
+fn telling_argo_cd_or_flux_adds_the_permission_for_that_kind_alone() {
+    let env_of = |chart: &BTreeMap<(String, String, String), Value>| -> BTreeMap<String, Value> {
+        let deployment = &chart[&(
+            "Deployment".into(),
+            "ops".into(),
+            "bitbucket-operator".into(),
+        )];
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        (container["env"].as_array().unwrap().iter())
+            .map(|e| (e["name"].as_str().unwrap().to_owned(), e["value"].clone()))
+            .collect()
+    };
+    let role = (
+        "ClusterRole".into(),
+        String::new(),
+        "bitbucket-operator-downstream".into(),
+    );
+    let off = keyed(render("ops", &[]));
+    assert!(
+        !off.contains_key(&role),
+        "off by default: no permission on other tools' objects"
+    );
+    assert!(!env_of(&off).contains_key("REFRESH_APPLICATIONSETS"));
+
+    let argo = keyed(render(
+        "ops",
+        &[
+            "downstream.applicationSets=true",
+            "downstream.pluginConfigMap=bbo",
+        ],
+    ));
+    let rules = &argo[&role]["rules"];
+    assert_eq!(rules.as_array().unwrap().len(), 1);
+    assert_eq!(rules[0]["apiGroups"], serde_json::json!(["argoproj.io"]));
+    assert_eq!(
+        rules[0]["resources"],
+        serde_json::json!(["applicationsets"])
+    );
+    assert_eq!(
+        rules[0]["verbs"],
+        serde_json::json!(["get", "list", "watch", "patch"])
+    );
+    let binding = (
+        "ClusterRoleBinding".into(),
+        String::new(),
+        "bitbucket-operator-downstream".into(),
+    );
+    assert_eq!(argo[&binding]["subjects"][0]["namespace"], "ops");
+    let env = env_of(&argo);
+    assert_eq!(env["REFRESH_APPLICATIONSETS"], "true");
+    assert_eq!(env["PLUGIN_CONFIG_MAP"], "bbo");
+    assert!(!env.contains_key("REFRESH_FLUX_INPUT_PROVIDERS"));
+
+    let flux = keyed(render("ops", &["downstream.fluxInputProviders=true"]));
+    let rules = &flux[&role]["rules"];
+    assert_eq!(rules.as_array().unwrap().len(), 1);
+    assert_eq!(
+        rules[0]["resources"],
+        serde_json::json!(["resourcesetinputproviders"])
+    );
+    assert_eq!(env_of(&flux)["REFRESH_FLUX_INPUT_PROVIDERS"], "true");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_server_accepts_everything_the_chart_renders() {
     let client = client().await;
@@ -207,6 +271,10 @@ async fn the_api_server_accepts_everything_the_chart_renders() {
         "webhooks.ingress.enabled=true",
         "--set",
         "webhooks.ingress.host=hooks.example.com",
+        "--set",
+        "downstream.applicationSets=true",
+        "--set",
+        "downstream.fluxInputProviders=true",
     ]);
     assert!(rendered.status.success());
     let file = std::env::temp_dir().join(format!("{}.yaml", ns.name));

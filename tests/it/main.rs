@@ -14,6 +14,7 @@ mod crd_admission;
 mod crds_up_to_date;
 mod deletion;
 mod demo;
+mod downstream;
 mod exclusive;
 mod flux;
 mod generator;

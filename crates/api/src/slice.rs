@@ -73,6 +73,23 @@ pub fn digest(repositories: &[Repository]) -> String {
     hash[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A digest of a whole list, from the slices that hold it (as `status.slices` names them): 32
+/// hex digits of the SHA-256 of their names and digests. It changes whenever the list does.
+pub fn list_digest(slices: &[SliceRef]) -> String {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    for slice in slices {
+        hash.update(slice.name.as_bytes());
+        hash.update(b":");
+        hash.update(slice.digest.as_bytes());
+        hash.update(b"\n");
+    }
+    hash.finalize()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// Why a set of slices is not the list a Subscription's status names: a reader then serves the
 /// last complete list it had, or nothing.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

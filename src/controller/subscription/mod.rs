@@ -31,7 +31,7 @@ use kube::{
 };
 
 use super::{
-    Context, SUBSCRIPTION_MANAGER,
+    Context, SUBSCRIPTION_MANAGER, Shared,
     credentials::{self, ResolveError, Resolved},
     error::{Class, Reason},
     finish::{self, Draft, finish},
@@ -221,7 +221,18 @@ async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, 
     };
     let status = report::status(&draft.shown, &ask, &outcome, &conditions::now());
     finish(shared, subscription, &draft, &status).await?;
+    tell_downstream(shared, subscription, &status);
     Ok(after(context, subscription, &ask, outcome))
+}
+
+/// Tells Argo CD and Flux (when enabled) that the list changed: the status now names other
+/// slices than the cached Subscription's.
+fn tell_downstream(shared: &Shared, subscription: &Subscription, status: &SubscriptionStatus) {
+    let before = subscription.status.as_ref().and_then(|s| s.slices.as_ref());
+    if let Some(slices) = status.slices.as_ref().filter(|now| Some(*now) != before) {
+        let namespace = subscription.namespace().unwrap_or_default();
+        (shared.downstream).changed(&namespace, &subscription.name_any(), slices);
+    }
 }
 
 /// The integration a Subscription uses, checked, with its client.

@@ -49,6 +49,7 @@ pub fn test_settings(namespace: &str) -> Settings {
         interval_override: None,
         sweep: Duration::from_secs(2),
         lease: None,
+        downstream: Default::default(),
     }
 }
 
