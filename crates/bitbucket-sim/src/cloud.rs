@@ -116,6 +116,10 @@ pub(crate) enum CloudError {
     BadRequest(String),
     /// An endpoint removed under CHANGE-2770.
     Gone,
+    /// Authenticated and scoped, but not allowed (e.g. not a workspace owner).
+    Forbidden(String),
+    /// Another missing object (a webhook).
+    NotFound(String),
 }
 
 impl IntoResponse for CloudError {
@@ -183,6 +187,10 @@ impl IntoResponse for CloudError {
             ),
             Self::BadRequest(text) => message(400, recorded::CLOUD_ERROR_401_TOKEN_INVALID, &text),
             Self::Gone => verbatim(410, recorded::CLOUD_ERROR_410_CHANGE_2770),
+            Self::Forbidden(text) => message(403, recorded::CLOUD_ERROR_401_TOKEN_INVALID, &text),
+            Self::NotFound(text) => {
+                message(404, recorded::CLOUD_ERROR_404_REPOSITORY_NOT_FOUND, &text)
+            }
         }
     }
 }
@@ -199,7 +207,7 @@ async fn gone() -> CloudError {
     CloudError::Gone
 }
 
-fn cloud_json(status: StatusCode, body: Vec<u8>) -> Response {
+pub(crate) fn cloud_json(status: StatusCode, body: Vec<u8>) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "application/json; charset=utf-8")],

@@ -25,6 +25,7 @@ use super::{
     Shared,
     auth::{Authentication, Caller, CloudIdentity, Realm},
     fixture::{CloudRepository, DcRepository, Fixture},
+    hooks,
     templates::{self, recorded},
     world::{CloudRepositoryChange, Consent, DcRepositoryChange, StateError},
 };
@@ -378,48 +379,157 @@ impl Control {
         lock(&self.shared.world).replace_fixture(fixture)
     }
 
-    /// Adds a Cloud repository at the end of the workspace's listing (`updated_on` now unless set).
+    /// Adds a Cloud repository at the end of the workspace's listing (`updated_on` now unless
+    /// set); its workspace's hooks get `repo:created`.
     pub fn add_cloud_repository(
         &self,
         workspace: &str,
         repo: CloudRepository,
     ) -> Result<(), StateError> {
-        lock(&self.shared.world).add_cloud_repository(workspace, repo)
+        let slug = repo.slug.clone();
+        let mut world = lock(&self.shared.world);
+        world.add_cloud_repository(workspace, repo)?;
+        let told = hooks::cloud_event(&world, workspace, &slug, "repo:created", None);
+        drop(world);
+        self.tell_workspace("repo:created", told);
+        Ok(())
     }
 
-    /// Renames or otherwise changes a Cloud repository; bumps its `updated_on`.
+    /// Renames or otherwise changes a Cloud repository; bumps its `updated_on`. Its workspace's
+    /// hooks get `repo:updated` (with the old full name when renamed).
     pub fn change_cloud_repository(
         &self,
         workspace: &str,
         slug: &str,
         change: CloudRepositoryChange,
     ) -> Result<(), StateError> {
-        lock(&self.shared.world).change_cloud_repository(workspace, slug, change)
+        let after = change.slug.clone().unwrap_or_else(|| slug.to_owned());
+        let mut world = lock(&self.shared.world);
+        let before =
+            (world.fixture.cloud.workspace(workspace)).map(|w| format!("{}/{slug}", w.slug));
+        world.change_cloud_repository(workspace, slug, change)?;
+        let renamed = before.filter(|_| after != slug);
+        let told = hooks::cloud_event(
+            &world,
+            workspace,
+            &after,
+            "repo:updated",
+            renamed.as_deref(),
+        );
+        drop(world);
+        self.tell_workspace("repo:updated", told);
+        Ok(())
     }
 
-    /// Deletes a Cloud repository.
+    /// A push to a Cloud repository's main branch: bumps its `updated_on`; its workspace's hooks
+    /// get `repo:push`.
+    pub fn push_cloud_repository(&self, workspace: &str, slug: &str) -> Result<(), StateError> {
+        let mut world = lock(&self.shared.world);
+        world.change_cloud_repository(workspace, slug, CloudRepositoryChange::default())?;
+        let told = hooks::cloud_event(&world, workspace, slug, "repo:push", None);
+        drop(world);
+        self.tell_workspace("repo:push", told);
+        Ok(())
+    }
+
+    /// Deletes a Cloud repository; its workspace's hooks get `repo:deleted`.
     pub fn delete_cloud_repository(&self, workspace: &str, slug: &str) -> Result<(), StateError> {
-        lock(&self.shared.world).delete_cloud_repository(workspace, slug)
+        let mut world = lock(&self.shared.world);
+        let told = hooks::cloud_event(&world, workspace, slug, "repo:deleted", None);
+        world.delete_cloud_repository(workspace, slug)?;
+        drop(world);
+        self.tell_workspace("repo:deleted", told);
+        Ok(())
     }
 
-    /// Adds a Data Center repository (id assigned unless set).
+    /// Adds a Data Center repository (id assigned unless set). Data Center has no webhook event
+    /// for a new repository: nothing is delivered.
     pub fn add_dc_repository(&self, project: &str, repo: DcRepository) -> Result<(), StateError> {
         lock(&self.shared.world).add_dc_repository(project, repo)
     }
 
-    /// Renames or otherwise changes a Data Center repository.
+    /// Renames or otherwise changes a Data Center repository; a rename gives its project's
+    /// hooks `repo:modified` (Data Center sends nothing for its other settings).
     pub fn change_dc_repository(
         &self,
         project: &str,
         slug: &str,
         change: DcRepositoryChange,
     ) -> Result<(), StateError> {
-        lock(&self.shared.world).change_dc_repository(project, slug, change)
+        let renamed = change.slug.as_deref().is_some_and(|s| s != slug) || change.name.is_some();
+        let after = change.slug.clone().unwrap_or_else(|| slug.to_owned());
+        let origin = &self.shared.origin;
+        let mut world = lock(&self.shared.world);
+        let before = hooks::dc_event_repository(&world, origin, project, slug);
+        world.change_dc_repository(project, slug, change)?;
+        let told = renamed
+            .then(|| hooks::dc_event(&world, origin, project, &after, "repo:modified", before))
+            .flatten();
+        drop(world);
+        self.tell_project("repo:modified", told);
+        Ok(())
     }
 
-    /// Deletes a Data Center repository.
+    /// A push to a Data Center repository's default branch: its project's hooks get
+    /// `repo:refs_changed`.
+    pub fn push_dc_repository(&self, project: &str, slug: &str) -> Result<(), StateError> {
+        let world = lock(&self.shared.world);
+        let origin = &self.shared.origin;
+        let told = hooks::dc_event(&world, origin, project, slug, "repo:refs_changed", None);
+        drop(world);
+        match told {
+            Some(told) => {
+                self.tell_project("repo:refs_changed", Some(told));
+                Ok(())
+            }
+            None => Err(StateError::NotFound {
+                kind: "repository",
+                name: format!("{project}/{slug}"),
+            }),
+        }
+    }
+
+    /// Deletes a Data Center repository (Data Center has no webhook event for it).
     pub fn delete_dc_repository(&self, project: &str, slug: &str) -> Result<(), StateError> {
         lock(&self.shared.world).delete_dc_repository(project, slug)
+    }
+
+    fn tell_workspace(&self, event: &str, told: Option<(String, serde_json::Value)>) {
+        if let Some((workspace, body)) = told {
+            hooks::deliver(
+                &self.shared,
+                hooks::Owner::Workspace(&workspace),
+                event,
+                &body,
+            );
+        }
+    }
+
+    fn tell_project(&self, event: &str, told: Option<(String, serde_json::Value)>) {
+        if let Some((project, body)) = told {
+            hooks::deliver(&self.shared, hooks::Owner::Project(&project), event, &body);
+        }
+    }
+
+    /// The hooks registered so far (Cloud workspace hooks and Data Center project hooks).
+    pub fn hooks(&self) -> Vec<hooks::RegisteredHook> {
+        lock(&self.shared.hooks).registered()
+    }
+
+    /// Deletes hook `id` as a person in Bitbucket's settings would; whether it existed.
+    pub fn remove_hook(&self, id: &str) -> bool {
+        lock(&self.shared.hooks).remove(id)
+    }
+
+    /// The deliveries sent so far, each with its last answer.
+    pub fn deliveries(&self) -> Vec<hooks::Delivery> {
+        lock(&self.shared.hooks).deliveries.clone()
+    }
+
+    /// The events `GET /2.0/hook_events/workspace` lists (and workspace hooks accept).
+    pub fn set_workspace_hook_events(&self, events: &[&str]) {
+        lock(&self.shared.hooks).workspace_events =
+            events.iter().map(|e| (*e).to_owned()).collect();
     }
 
     /// Makes every OAuth access token issued so far expired (refresh tokens stay usable).

@@ -48,6 +48,21 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
             "/_sim/dc/projects/{project}/repositories/{slug}",
             patch(change_dc_repository).delete(delete_dc_repository),
         )
+        .route(
+            "/_sim/cloud/workspaces/{workspace}/repositories/{slug}/push",
+            post(push_cloud_repository),
+        )
+        .route(
+            "/_sim/dc/projects/{project}/repositories/{slug}/push",
+            post(push_dc_repository),
+        )
+        .route("/_sim/hooks", get(hooks))
+        .route("/_sim/hooks/{id}", axum::routing::delete(remove_hook))
+        .route("/_sim/hooks/deliveries", get(deliveries))
+        .route(
+            "/_sim/hooks/workspace-events",
+            put(set_workspace_hook_events),
+        )
         .route("/_sim/oauth/expire", post(expire_oauth_tokens))
         .route("/_sim/oauth/lifetime", put(set_oauth_lifetime))
         .route("/_sim/oauth/consent", put(set_oauth_consent))
@@ -77,6 +92,51 @@ fn done(result: Result<(), StateError>, success: StatusCode) -> Response {
         Ok(()) => success.into_response(),
         Err(error) => error.into_response(),
     }
+}
+
+async fn push_cloud_repository(
+    State(shared): State<Arc<Shared>>,
+    Path((workspace, slug)): Path<(String, String)>,
+) -> Response {
+    done(
+        control(shared).push_cloud_repository(&workspace, &slug),
+        StatusCode::NO_CONTENT,
+    )
+}
+
+async fn push_dc_repository(
+    State(shared): State<Arc<Shared>>,
+    Path((project, slug)): Path<(String, String)>,
+) -> Response {
+    done(
+        control(shared).push_dc_repository(&project, &slug),
+        StatusCode::NO_CONTENT,
+    )
+}
+
+async fn hooks(State(shared): State<Arc<Shared>>) -> Response {
+    Json(control(shared).hooks()).into_response()
+}
+
+async fn remove_hook(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> StatusCode {
+    if control(shared).remove_hook(&id) {
+        StatusCode::NO_CONTENT
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+async fn deliveries(State(shared): State<Arc<Shared>>) -> Response {
+    Json(control(shared).deliveries()).into_response()
+}
+
+async fn set_workspace_hook_events(
+    State(shared): State<Arc<Shared>>,
+    Json(events): Json<Vec<String>>,
+) -> StatusCode {
+    let events: Vec<&str> = events.iter().map(String::as_str).collect();
+    control(shared).set_workspace_hook_events(&events);
+    StatusCode::NO_CONTENT
 }
 
 async fn counters(State(shared): State<Arc<Shared>>) -> Response {

@@ -149,7 +149,7 @@ pub(crate) async fn no_resource() -> Response {
     DcError::NoResource.into_response()
 }
 
-fn dc_json(status: StatusCode, body: Vec<u8>) -> Response {
+pub(crate) fn dc_json(status: StatusCode, body: Vec<u8>) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "application/json;charset=UTF-8")],

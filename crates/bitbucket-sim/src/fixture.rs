@@ -857,8 +857,9 @@ mod demo_data {
         }
     }
 
-    /// One Cloud credential of each kind: jdoe's API token (granular scopes), a workspace
-    /// access token for `acme` and an OAuth consumer owned by jdoe (classic scopes).
+    /// One Cloud credential of each kind: jdoe's API token (granular scopes; a second one that
+    /// may also manage webhooks), a workspace access token for `acme` and an OAuth consumer
+    /// owned by jdoe (classic scopes).
     pub(super) fn cloud_credentials() -> Vec<CloudCredential> {
         vec![
             cloud_credential(
@@ -894,6 +895,22 @@ mod demo_data {
                     token_lifetime_seconds: default_token_lifetime(),
                 },
                 &["account", "project", "repository"],
+            ),
+            // jdoe's second API token, which may also manage the workspace's webhooks.
+            cloud_credential(
+                "jdoe-hooks-token",
+                CloudCredentialKind::ApiToken {
+                    user: "jdoe".to_owned(),
+                    token: "FAKE-cloud-api-token-for-jdoe-hooks".to_owned(),
+                },
+                &[
+                    "read:user:bitbucket",
+                    "read:workspace:bitbucket",
+                    "read:project:bitbucket",
+                    "read:repository:bitbucket",
+                    "read:webhook:bitbucket",
+                    "write:webhook:bitbucket",
+                ],
             ),
         ]
     }

@@ -8,7 +8,7 @@
 //!
 //! Module map: `fixture` (the data and its generator), `world` (mutable state and changes),
 //! `auth` (who is calling), `cloud` / `cloud_query` / `datacenter` / `oauth` (the simulated
-//! APIs), `templates` (JSON from the examples), `control` (faults, counters, rate limits, the
+//! APIs), `hooks` (webhooks: their endpoints and the signed deliveries of data changes), `templates` (JSON from the examples), `control` (faults, counters, rate limits, the
 //! request middleware) and `control_http` (the control API over HTTP). The `bitbucket-sim`
 //! binary (`main.rs`) runs it as a process.
 //!
@@ -28,6 +28,12 @@
 //! | `POST /_sim/dc/projects/{key}/repositories` | [`DcRepository`] | add |
 //! | `PATCH /_sim/dc/projects/{key}/repositories/{slug}` | [`DcRepositoryChange`] | rename, visibility, archive, default branch |
 //! | `DELETE /_sim/dc/projects/{key}/repositories/{slug}` | — | delete |
+//! | `POST /_sim/cloud/workspaces/{ws}/repositories/{slug}/push` | — | a push: `repo:push` to the workspace's hooks |
+//! | `POST /_sim/dc/projects/{key}/repositories/{slug}/push` | — | a push: `repo:refs_changed` to the project's hooks |
+//! | `GET /_sim/hooks` | — | the hooks registered ([`RegisteredHook`]) |
+//! | `DELETE /_sim/hooks/{id}` | — | remove a hook, as a person in Bitbucket's settings would |
+//! | `GET /_sim/hooks/deliveries` | — | the deliveries sent ([`Delivery`]) |
+//! | `PUT /_sim/hooks/workspace-events` | `["repo:push", …]` | what workspace hooks may carry |
 //! | `POST /_sim/oauth/expire` | — | expire every issued OAuth access token |
 //! | `PUT /_sim/oauth/lifetime` | `{"seconds": n \| null}` | lifetime of tokens issued from now on |
 //! | `PUT /_sim/oauth/consent` | [`Consent`] | what the person at the authorize page does |
@@ -44,6 +50,7 @@ mod control;
 mod control_http;
 mod datacenter;
 mod fixture;
+mod hooks;
 mod oauth;
 mod templates;
 mod timestamp;
@@ -65,6 +72,7 @@ pub use fixture::{
     DataCenterFixture, DcCredential, DcCredentialKind, DcProject, DcRepository, DcUser, DcUserKind,
     Fixture, FixtureError, Generator, Membership, Workspace,
 };
+pub use hooks::{DEFAULT_WORKSPACE_EVENTS, Delivery, RegisteredHook, signature};
 pub use world::{CloudRepositoryChange, Consent, DcRepositoryChange, StateError};
 
 /// State shared by the handlers, the middleware and [`Control`].
@@ -75,6 +83,7 @@ pub(crate) struct Shared {
     faults: Mutex<control::Faults>,
     counters: Mutex<Counters>,
     limits: Mutex<control::RateLimits>,
+    hooks: Mutex<hooks::Hooks>,
 }
 
 /// A running simulator. Dropping it stops the server too; [`Simulator::shutdown`] also waits.
@@ -118,6 +127,7 @@ impl Simulator {
             faults: Mutex::default(),
             counters: Mutex::default(),
             limits: Mutex::default(),
+            hooks: Mutex::default(),
         });
         let app = router(Arc::clone(&shared));
         let (stop, stopped) = oneshot::channel::<()>();
@@ -179,6 +189,7 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .merge(cloud::routes())
         .merge(datacenter::routes())
+        .merge(hooks::routes())
         .merge(oauth::routes())
         .merge(control_http::routes())
         .fallback(not_found)

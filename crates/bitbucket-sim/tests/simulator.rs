@@ -1739,3 +1739,246 @@ fn form(pairs: &[(&str, &str)]) -> String {
         .extend_pairs(pairs)
         .finish()
 }
+
+/// A receiver on loopback that keeps every request it gets: (headers, body).
+async fn receiver() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(http::HeaderMap, Vec<u8>)>>>,
+) {
+    use axum::{Router, body::Bytes, extract::State, routing::post};
+    type Got = std::sync::Arc<std::sync::Mutex<Vec<(http::HeaderMap, Vec<u8>)>>>;
+    let got = Got::default();
+    let app = Router::new()
+        .route(
+            "/hooks",
+            post(
+                |State(got): State<Got>, headers: http::HeaderMap, body: Bytes| async move {
+                    got.lock().unwrap().push((headers, body.to_vec()));
+                    StatusCode::ACCEPTED
+                },
+            ),
+        )
+        .with_state(got.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, got)
+}
+
+/// Waits (a few seconds at most) until `got` holds `n` requests; the last one as (event, body).
+async fn nth_delivery(
+    got: &std::sync::Mutex<Vec<(http::HeaderMap, Vec<u8>)>>,
+    n: usize,
+) -> (http::HeaderMap, Value) {
+    let start = Instant::now();
+    loop {
+        if let Some((headers, body)) = got.lock().unwrap().get(n - 1).cloned() {
+            return (headers, serde_json::from_slice(&body).unwrap());
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "delivery {n} never came"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn workspace_hooks_are_managed_by_owners_with_the_webhook_scope_and_get_signed_deliveries() {
+    let (sim, client) = demo().await;
+    let hooks = format!("{}/workspaces/acme/hooks", sim.cloud_api_url());
+    let (url, got) = receiver().await;
+    let body = json!({"description": "bitbucket-operator", "url": url, "active": true,
+        "secret": "s3cret", "events": ["repo:push", "repo:updated", "repo:created", "repo:deleted"]});
+
+    // Without the webhook scope, or not the workspace's owner: refused, saying why.
+    let refused = client
+        .post(&hooks)
+        .by_jdoe()
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        header(&refused, "x-accepted-oauth-scopes"),
+        Some("write:webhook:bitbucket")
+    );
+    let refused = client
+        .post(&hooks)
+        .by_ci_token()
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+    // An event workspace hooks do not carry.
+    sim.control().set_workspace_hook_events(&["repo:push"]);
+    let events = json_of(
+        client
+            .get(format!("{}/hook_events/workspace", sim.cloud_api_url()))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(events["values"][0]["event"], "repo:push");
+    let refused = (client.post(&hooks))
+        .basic_auth(JDOE_EMAIL, Some("FAKE-cloud-api-token-for-jdoe-hooks"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        json_of(refused).await["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("repo:updated")
+    );
+    sim.control()
+        .set_workspace_hook_events(&bitbucket_sim::DEFAULT_WORKSPACE_EVENTS);
+
+    let created = (client.post(&hooks))
+        .basic_auth(JDOE_EMAIL, Some("FAKE-cloud-api-token-for-jdoe-hooks"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let created = json_of(created).await;
+    assert_eq!(
+        (
+            created["secret_set"].clone(),
+            created["subject_type"].clone()
+        ),
+        (json!(true), json!("workspace"))
+    );
+    assert!(created.get("secret").is_none(), "the secret is never shown");
+
+    // Each change through the control API is delivered, signed, with Bitbucket's headers.
+    let repo: CloudRepository =
+        serde_json::from_value(json!({"slug": "hooked", "project": "API"})).unwrap();
+    sim.control().add_cloud_repository("acme", repo).unwrap();
+    let (headers, payload) = nth_delivery(&got, 1).await;
+    let raw = got.lock().unwrap()[0].1.clone();
+    assert_eq!(headers["x-event-key"], "repo:created");
+    assert_eq!(headers["x-hook-uuid"], created["uuid"].as_str().unwrap());
+    assert_eq!(headers["x-attempt-number"], "1");
+    assert!(headers.contains_key("x-request-uuid"));
+    assert_eq!(
+        headers["x-hub-signature"],
+        bitbucket_sim::signature("s3cret", &raw).as_str()
+    );
+    assert_eq!(payload["repository"]["full_name"], "acme/hooked");
+    assert_eq!(payload["repository"]["workspace"]["slug"], "acme");
+
+    sim.control()
+        .push_cloud_repository("acme", "hooked")
+        .unwrap();
+    let (headers, payload) = nth_delivery(&got, 2).await;
+    assert_eq!(headers["x-event-key"], "repo:push");
+    assert_eq!(payload["push"]["changes"][0]["new"]["type"], "branch");
+
+    let rename = CloudRepositoryChange {
+        slug: Some("renamed".into()),
+        ..Default::default()
+    };
+    sim.control()
+        .change_cloud_repository("acme", "hooked", rename)
+        .unwrap();
+    let (headers, payload) = nth_delivery(&got, 3).await;
+    assert_eq!(headers["x-event-key"], "repo:updated");
+    assert_eq!(
+        payload["changes"]["full_name"],
+        json!({"old": "acme/hooked", "new": "acme/renamed"})
+    );
+
+    sim.control()
+        .delete_cloud_repository("acme", "renamed")
+        .unwrap();
+    let (headers, payload) = nth_delivery(&got, 4).await;
+    assert_eq!(headers["x-event-key"], "repo:deleted");
+    assert_eq!(payload["repository"]["full_name"], "acme/renamed");
+    let deliveries = sim.control().deliveries();
+    assert_eq!(deliveries.len(), 4);
+    assert!(
+        deliveries
+            .iter()
+            .all(|d| d.status == Some(202) && d.attempts == 1)
+    );
+
+    // Deleted, it hears nothing more.
+    let uid = created["uuid"]
+        .as_str()
+        .unwrap()
+        .replace('{', "%7B")
+        .replace('}', "%7D");
+    let deleted = (client.delete(format!("{hooks}/{uid}")))
+        .basic_auth(JDOE_EMAIL, Some("FAKE-cloud-api-token-for-jdoe-hooks"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    assert!(sim.control().hooks().is_empty());
+}
+
+#[tokio::test]
+async fn project_hooks_hear_of_pushes_and_renames_and_nothing_of_new_repositories() {
+    let (sim, client) = demo().await;
+    let hooks = format!("{}/rest/api/1.0/projects/PLAT/webhooks", sim.base_url());
+    let (url, got) = receiver().await;
+    let body = json!({"name": "bitbucket-operator", "url": url, "active": true,
+        "events": ["repo:refs_changed", "repo:modified"], "configuration": {"secret": "s3cret"}});
+    let created = client
+        .post(&hooks)
+        .by_dc_jdoe()
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let listed = json_of(client.get(&hooks).by_dc_jdoe().send().await.unwrap()).await;
+    assert_eq!(listed["values"][0]["url"], url.as_str());
+    assert!(listed["values"][0]["configuration"].get("secret").is_none());
+
+    let repo: bitbucket_sim::DcRepository =
+        serde_json::from_value(json!({"slug": "fresh"})).unwrap();
+    sim.control().add_dc_repository("PLAT", repo).unwrap();
+    sim.control().push_dc_repository("PLAT", "core").unwrap();
+    let (headers, payload) = nth_delivery(&got, 1).await;
+    let raw = got.lock().unwrap()[0].1.clone();
+    assert_eq!(
+        headers["x-event-key"], "repo:refs_changed",
+        "the new repository was not announced"
+    );
+    assert!(headers.contains_key("x-request-id"));
+    assert_eq!(
+        headers["x-hub-signature"],
+        bitbucket_sim::signature("s3cret", &raw).as_str()
+    );
+    assert_eq!(
+        (
+            payload["repository"]["slug"].clone(),
+            payload["repository"]["project"]["key"].clone()
+        ),
+        (json!("core"), json!("PLAT"))
+    );
+
+    let rename = bitbucket_sim::DcRepositoryChange {
+        slug: Some("kernel".into()),
+        ..Default::default()
+    };
+    sim.control()
+        .change_dc_repository("PLAT", "core", rename)
+        .unwrap();
+    let (headers, payload) = nth_delivery(&got, 2).await;
+    assert_eq!(headers["x-event-key"], "repo:modified");
+    assert_eq!(
+        (
+            payload["old"]["slug"].clone(),
+            payload["new"]["slug"].clone()
+        ),
+        (json!("core"), json!("kernel"))
+    );
+}
