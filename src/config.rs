@@ -89,6 +89,12 @@ pub struct RunArgs {
     #[arg(long, env = "WEBHOOK_ADDRESS", default_value = "0.0.0.0:4356")]
     pub webhook_address: SocketAddr,
 
+    /// The receiver's public base URL, as Bitbucket reaches it (e.g. the Ingress:
+    /// `https://hooks.example.com`): hooks the operator registers (`spec.webhook.register`)
+    /// point at `<url>/hooks/<namespace>/<integration>`.
+    #[arg(long, env = "WEBHOOK_URL")]
+    pub webhook_url: Option<url::Url>,
+
     /// This replica's address in the cluster (the Downward API's `status.podIP`): with
     /// `--webhook-address`'s port it goes into the Lease this replica holds, so that the other
     /// replicas relay the webhook deliveries they get to the leader. Unset: deliveries that
@@ -192,6 +198,7 @@ impl RunArgs {
                 flux_input_providers: self.refresh_flux_input_providers,
                 plugin_config_map: self.plugin_config_map.clone(),
             },
+            webhook_url: self.webhook_url.clone(),
             ..Settings::default()
         }
     }

@@ -38,9 +38,23 @@ pub struct IntegrationMemory {
     pub status: Remembered<BitbucketIntegrationStatus>,
     /// Since when cleanup has found no Subscription using it, while it is being deleted.
     pub unused_since: Option<Instant>,
+    /// The last run of its hook registration (`spec.webhook.register`).
+    pub hooks: Option<HooksRun>,
     /// Whether this process found its deletion blocked (and counts it in the
     /// `blocked_deletions` gauge): set and cleared only by [`Memory::deletion_blocked`].
     deletion_blocked: bool,
+}
+
+/// What the last hook registration of an integration was for, and how it went.
+#[derive(Clone, Debug)]
+pub struct HooksRun {
+    /// A hash of what the hooks should be (URL, owners, secret, credential).
+    pub key: u64,
+    pub at: Instant,
+    /// Bitbucket refused (a missing scope or permission): not again until the key changes.
+    pub refused: bool,
+    /// SHA-256 of the secret the hooks were last given (kept in memory only).
+    pub secret: [u8; 32],
 }
 
 /// An object's transient failures in a row, and until when the backoff after the last one holds

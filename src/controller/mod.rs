@@ -76,6 +76,9 @@ pub struct Settings {
     pub lease: Option<leader::LeaseSettings>,
     /// Which GitOps tools are told when a list changes.
     pub downstream: crate::downstream::DownstreamSettings,
+    /// Where Bitbucket reaches the webhook receiver (`--webhook-url`), for the hooks the
+    /// operator registers.
+    pub webhook_url: Option<url::Url>,
 }
 
 impl Default for Settings {
@@ -93,6 +96,7 @@ impl Default for Settings {
             sweep: Duration::from_secs(300),
             lease: None,
             downstream: crate::downstream::DownstreamSettings::default(),
+            webhook_url: None,
         }
     }
 }

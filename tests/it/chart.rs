@@ -192,7 +192,7 @@ fn values_narrow_rbac_to_the_watched_namespaces_and_drop_what_is_off() {
 }
 
 #[test]
-fn telling_argo_cd_or_flux_adds_the_permission_for_that_kind_alone() {
+fn downstream_and_webhook_values_reach_the_deployment_with_only_the_permission_they_need() {
     let env_of = |chart: &BTreeMap<(String, String, String), Value>| -> BTreeMap<String, Value> {
         let deployment = &chart[&(
             "Deployment".into(),
@@ -244,6 +244,19 @@ fn telling_argo_cd_or_flux_adds_the_permission_for_that_kind_alone() {
     assert_eq!(env["REFRESH_APPLICATIONSETS"], "true");
     assert_eq!(env["PLUGIN_CONFIG_MAP"], "bbo");
     assert!(!env.contains_key("REFRESH_FLUX_INPUT_PROVIDERS"));
+
+    // The hooks integrations register point at webhooks.url, else at the Ingress's host.
+    assert!(!env_of(&off).contains_key("WEBHOOK_URL"));
+    let url = keyed(render("ops", &["webhooks.url=https://bb.example.com/x"]));
+    assert_eq!(env_of(&url)["WEBHOOK_URL"], "https://bb.example.com/x");
+    let ingress = keyed(render(
+        "ops",
+        &[
+            "webhooks.ingress.enabled=true",
+            "webhooks.ingress.host=hooks.example.com",
+        ],
+    ));
+    assert_eq!(env_of(&ingress)["WEBHOOK_URL"], "http://hooks.example.com");
 
     let flux = keyed(render("ops", &["downstream.fluxInputProviders=true"]));
     let rules = &flux[&role]["rules"];

@@ -9,15 +9,19 @@ use crate::support::{
     PATIENCE,
     env::*,
     eventually,
-    operator::{Operator, await_object, subscription},
+    operator::{Operator, await_object, subscription, sync_request},
 };
 use bitbucket_operator::{
-    api::{CredentialType, Subscription, Webhook, WebhookSecretReference},
+    api::{
+        BitbucketIntegration, CredentialType, Subscription, Webhook, WebhookSecretReference,
+        WebhookState,
+    },
     bitbucket::webhook,
     http,
     webhook::{Receiver, router},
 };
 use bitbucket_sim::CloudRepositoryChange;
+use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 
 /// The secret of the recorded signed deliveries (`testdata/bitbucket/webhooks/README.md`).
@@ -85,6 +89,7 @@ async fn with_webhook(env: &Env) -> Subscription {
             name: "acme-hook".into(),
             key: "secret".into(),
         },
+        register: false,
     });
     env.create(&acme).await;
     env.create(&env.cloud("plain", CredentialType::ApiToken, "acme-token", None))
@@ -331,4 +336,187 @@ async fn a_delivery_to_the_standby_is_relayed_to_the_leader() {
     assert!(!standby.reconciles(), "the standby did no work itself");
     a.stop().await;
     b.stop().await;
+}
+
+/// The integration's `WebhooksRegistered` condition: (status, reason, message).
+fn hooks_condition(integration: &BitbucketIntegration) -> Option<(String, String, String)> {
+    let status = integration.status.as_ref()?;
+    let condition = (status.conditions.iter()).find(|c| c.type_ == "WebhooksRegistered")?;
+    Some((
+        condition.status.clone(),
+        condition.reason.clone(),
+        condition.message.clone(),
+    ))
+}
+
+fn registering(env: &Env, name: &str, secret: &str) -> BitbucketIntegration {
+    let mut integration = env.cloud(name, CredentialType::ApiToken, secret, None);
+    integration.spec.webhook = Some(Webhook {
+        secret_ref: WebhookSecretReference {
+            name: "acme-hook".into(),
+            key: "secret".into(),
+        },
+        register: true,
+    });
+    integration
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_hooks_are_kept_and_a_new_repository_appears_without_a_sync_request() {
+    let listener = loopback().await;
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let hook_base = base.clone();
+    let env = Env::start_with("webhook-register", bitbucket_sim::Fixture::demo(), |s| {
+        s.webhook_url = Some(hook_base.parse().unwrap());
+    })
+    .await;
+    serve_on(listener, env.operator());
+    let ns = env.ns.name.clone();
+    env.secret("acme-hook", &[("secret", RECORDED_SECRET)])
+        .await;
+    let token = "FAKE-cloud-api-token-for-jdoe-hooks";
+    env.secret(
+        "hooks-token",
+        &[("email", "jdoe@example.com"), ("token", token)],
+    )
+    .await;
+    env.create(&registering(&env, "acme", "hooks-token")).await;
+    let mut ci = subscription("ci", "acme", Some("acme"), &[]);
+    ci.spec.sync_interval = "1h".into();
+    env.create(&ci).await;
+    let listed = await_object(&env.api(), "ci", "ci to sync", is_synced).await;
+    let before = listed.status.unwrap().repository_count.unwrap();
+
+    // The workspace hook is made, pointing at the receiver, with the secret.
+    let registered = |i: &BitbucketIntegration| {
+        hooks_condition(i).is_some_and(|(status, _, _)| status == "True")
+    };
+    let acme = await_object(&env.api(), "acme", "the hook registered", registered).await;
+    let shown = &acme.status.as_ref().unwrap().webhooks;
+    assert_eq!((shown.len(), shown[0].owner.as_str()), (1, "acme"));
+    assert!(shown[0].events.iter().any(|e| e == "repo:created"));
+    let hooks = env.sim.control().hooks();
+    assert_eq!(hooks.len(), 1);
+    assert_eq!(hooks[0].url, format!("{base}/hooks/{ns}/acme"));
+    assert_eq!(hooks[0].secret.as_deref(), Some(RECORDED_SECRET));
+    assert_eq!(Some(hooks[0].id.clone()), shown[0].id);
+
+    // Bitbucket delivers, signed: the new repository is listed within seconds, with no sync
+    // request and an interval of an hour.
+    let repository = serde_json::from_value(json!({"slug": "hooked", "project": "API"})).unwrap();
+    env.sim
+        .control()
+        .add_cloud_repository("acme", repository)
+        .unwrap();
+    let refreshed = await_object(
+        &env.api(),
+        "ci",
+        "the new repository",
+        move |s: &Subscription| {
+            s.status
+                .as_ref()
+                .is_some_and(|s| s.repository_count == Some(before + 1))
+        },
+    )
+    .await;
+    assert!(
+        refreshed
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .is_empty()
+    );
+    let deliveries = env.sim.control().deliveries();
+    assert_eq!(deliveries[0].event, "repo:created");
+    assert_eq!(deliveries[0].status, Some(202));
+
+    // A rotated secret is given to the hook; a hook deleted by hand comes back on a sync
+    // request.
+    env.secret("acme-hook", &[("secret", "rotated")]).await;
+    eventually("the rotated secret in Bitbucket", PATIENCE, || async {
+        (env.sim.control().hooks().first()?.secret.as_deref() == Some("rotated")).then_some(())
+    })
+    .await;
+    assert!(env.sim.control().remove_hook(&hooks[0].id));
+    (env.api::<BitbucketIntegration>())
+        .patch("acme", &PatchParams::default(), &sync_request("again"))
+        .await
+        .unwrap();
+    let back = eventually("the hook made again", PATIENCE, || async {
+        env.sim.control().hooks().first().cloned()
+    })
+    .await;
+    assert_eq!(back.url, hooks[0].url);
+
+    // It goes with the integration.
+    env.api::<Subscription>()
+        .delete("ci", &Default::default())
+        .await
+        .unwrap();
+    await_object(&env.api(), "acme", "no more users", used_by(0)).await;
+    env.api::<BitbucketIntegration>()
+        .delete("acme", &Default::default())
+        .await
+        .unwrap();
+    eventually("the hook removed", PATIENCE, || async {
+        env.sim.control().hooks().is_empty().then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_without_the_webhook_scope_is_told_once_and_not_asked_again() {
+    let env = Env::start_with("webhook-scope", bitbucket_sim::Fixture::demo(), |s| {
+        s.webhook_url = Some("https://hooks.example.com".parse().unwrap());
+    })
+    .await;
+    env.secret("acme-hook", &[("secret", RECORDED_SECRET)])
+        .await;
+    env.secret(
+        "acme-token",
+        &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
+    )
+    .await;
+    env.create(&registering(&env, "acme", "acme-token")).await;
+    env.create(&subscription("ci", "acme", Some("acme"), &[]))
+        .await;
+    let refused = |i: &BitbucketIntegration| {
+        hooks_condition(i).is_some_and(|(_, reason, _)| reason == "WebhookScopeMissing")
+    };
+    let acme = await_object(&env.api(), "acme", "the missing scope", refused).await;
+    let (status, _, message) = hooks_condition(&acme).unwrap();
+    assert_eq!(status, "False");
+    assert!(
+        message.contains("needs read:webhook:bitbucket"),
+        "{message}"
+    );
+    assert!(message.contains("workspace acme"), "{message}");
+    assert_eq!(
+        acme.status.as_ref().unwrap().webhooks[0].state,
+        WebhookState::Failed
+    );
+    assert!(
+        is_ready_integration(&acme),
+        "Ready is not the webhook's business"
+    );
+
+    // Woken again with nothing changed, it does not ask Bitbucket again.
+    let hook_calls = || {
+        let counters = env.sim.control().counters();
+        counters.endpoint("POST /2.0/workspaces/{workspace}/hooks")
+            + counters.endpoint("GET /2.0/workspaces/{workspace}/hooks")
+    };
+    let (calls, reconciles) = (hook_calls(), env.operator().reconciles_of("integration"));
+    let touch = json!({"metadata": {"labels": {"touched": "yes"}}});
+    (env.api::<BitbucketIntegration>())
+        .patch("acme", &PatchParams::default(), &Patch::Merge(touch))
+        .await
+        .unwrap();
+    eventually(
+        "a reconcile of the touched integration",
+        PATIENCE,
+        || async { (env.operator().reconciles_of("integration") > reconciles).then_some(()) },
+    )
+    .await;
+    assert_eq!(hook_calls(), calls);
 }

@@ -28,3 +28,12 @@ app.kubernetes.io/name: bitbucket-operator
   resources: [events]
   verbs: [create, patch]
 {{- end }}
+
+{{/* Where Bitbucket reaches the webhook receiver: webhooks.url, else the Ingress's host. */}}
+{{- define "bitbucket-operator.webhookUrl" -}}
+{{- if .Values.webhooks.url -}}
+{{- .Values.webhooks.url -}}
+{{- else if and .Values.webhooks.ingress.enabled .Values.webhooks.ingress.host -}}
+{{- if .Values.webhooks.ingress.tls -}}https{{- else -}}http{{- end -}}://{{ .Values.webhooks.ingress.host }}
+{{- end -}}
+{{- end }}

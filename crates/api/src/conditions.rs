@@ -10,9 +10,24 @@ pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 /// Integration only: True while deletion waits for the Subscriptions that use it.
 pub const DELETION_BLOCKED: &str = "DeletionBlocked";
+/// Integration only, with `spec.webhook.register`: whether its hooks are in place in Bitbucket.
+/// It never changes `Ready`: without hooks, lists refresh at their interval.
+pub const WEBHOOKS_REGISTERED: &str = "WebhooksRegistered";
 
 /// Condition reasons (PascalCase, also used as Event reasons).
 pub mod reasons {
+    /// Every hook the integration wants is in place (the message names the events Bitbucket
+    /// would not carry, if any).
+    pub const WEBHOOKS_REGISTERED: &str = "WebhooksRegistered";
+    /// The credential may not manage hooks: it lacks the scope the message names.
+    pub const WEBHOOK_SCOPE_MISSING: &str = "WebhookScopeMissing";
+    /// Bitbucket refused to let the credential manage hooks (not a workspace owner or project
+    /// administrator).
+    pub const WEBHOOK_NOT_PERMITTED: &str = "WebhookNotPermitted";
+    /// The operator was not told where Bitbucket reaches it (`--webhook-url`).
+    pub const WEBHOOK_URL_NOT_SET: &str = "WebhookUrlNotSet";
+    /// A hook could not be made for another reason (the message says which).
+    pub const WEBHOOK_FAILED: &str = "WebhookFailed";
     /// The credential authenticated and its identity is in status.
     pub const VALIDATED: &str = "Validated";
     /// The repository list in status is current.

@@ -124,6 +124,14 @@ pub struct Webhook {
     /// The Secret key holding the hook's secret: the same text is the hook's secret in
     /// Bitbucket, which signs each delivery with it (HMAC-SHA256).
     pub secret_ref: WebhookSecretReference,
+    /// Let the operator create the hooks in Bitbucket and keep them (re-created when deleted,
+    /// updated when the secret rotates, removed when no longer used or the integration goes):
+    /// on Cloud a workspace hook for each workspace its Subscriptions list (the credential
+    /// needs the `webhook` scope and a workspace owner), on Data Center a project hook for each
+    /// project they list (PROJECT_ADMIN). The hooks point at the operator's `--webhook-url`.
+    /// `status.webhooks` shows each; condition `WebhooksRegistered` says how it went.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub register: bool,
 }
 
 /// The Secret key holding a webhook's secret.
@@ -289,6 +297,38 @@ pub struct BitbucketIntegrationStatus {
     /// The last value of the `scm.shippable.io/sync-requested-at` annotation acted upon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_sync_request: Option<String>,
+
+    /// The hooks the operator keeps in Bitbucket for this integration
+    /// (`spec.webhook.register`), one per workspace or project.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub webhooks: Vec<RegisteredWebhook>,
+}
+
+/// A hook the operator keeps in Bitbucket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisteredWebhook {
+    /// The Cloud workspace or Data Center project it belongs to.
+    pub owner: String,
+    /// Bitbucket's id of the hook (Cloud: a UUID in braces; Data Center: a number), once made.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `Registered` or `Failed`.
+    pub state: WebhookState,
+    /// The events it carries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<String>,
+    /// Why it failed, or the events Bitbucket would not let it carry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Whether a hook is in place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum WebhookState {
+    Registered,
+    Failed,
 }
 
 /// The identity behind a credential.

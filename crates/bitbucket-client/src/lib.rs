@@ -9,6 +9,7 @@ mod cloud;
 pub mod credentials;
 mod datacenter;
 pub mod error;
+mod hooks;
 pub mod model;
 mod oauth;
 mod paging;
@@ -21,6 +22,7 @@ use url::Url;
 
 pub use credentials::Credentials;
 pub use error::{Error, ErrorClass};
+pub use hooks::{Hook, HookSpec};
 pub use model::{Identity, IdentityKind, ListScope, ListingSummary, Repository};
 pub use paging::{Bound, ListingLimits};
 pub use reach::{AllowList, RefusedNetworks};
@@ -277,6 +279,59 @@ impl Client {
             }
             (_, result) => result,
         }
+    }
+
+    /// Sends a write (`method` with a JSON `body`) with the credential, once; `secret` (what the
+    /// body carries that must never show) is redacted from errors along with the credential. An
+    /// OAuth token Bitbucket refuses is renewed, and the write sent again: it was not made.
+    async fn write(
+        &self,
+        operation: &'static str,
+        method: reqwest::Method,
+        url: &Url,
+        body: Option<Vec<u8>>,
+        secret: Option<&SecretString>,
+    ) -> Result<Response, Error> {
+        let send = |authorization: SecretString| {
+            let mut redact = self.redact.with(&authorization);
+            if let Some(secret) = secret.filter(|s| !s.expose_secret().is_empty()) {
+                redact = redact.with(secret);
+            }
+            let request = transport::Request {
+                method: method.clone(),
+                url,
+                body: body.clone(),
+            };
+            async move {
+                (self.transport)
+                    .write(operation, request, Some(&authorization), &redact)
+                    .await
+            }
+        };
+        let result = send(self.authorization().await?).await;
+        match (&self.oauth, result) {
+            (Some(oauth), Err(Error::Unauthorized { .. })) => {
+                oauth.invalidate().await;
+                send(self.authorization().await?).await
+            }
+            (_, result) => result,
+        }
+    }
+
+    /// The `next` link of a page at `current`, when it stays on the same origin.
+    fn next_page(&self, current: &Url, next: &str) -> Result<Url, Error> {
+        let url = Url::parse(next).map_err(|_| Error::PagingLoop {
+            reason: "the next link is not an absolute URL".into(),
+        })?;
+        if url.origin() != current.origin() || url == *current {
+            return Err(Error::PagingLoop {
+                reason: format!(
+                    "the next link points at {} instead of a further page",
+                    url.origin().ascii_serialization()
+                ),
+            });
+        }
+        Ok(url)
     }
 
     async fn authorization(&self) -> Result<SecretString, Error> {

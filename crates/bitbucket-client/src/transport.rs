@@ -357,11 +357,47 @@ impl Transport {
         authorization: Option<&SecretString>,
         redact: &Redactor,
     ) -> Result<Response, Error> {
+        let request = Request {
+            method: reqwest::Method::GET,
+            url,
+            body: None,
+        };
+        self.send_once(operation, request, authorization, redact)
+            .await
+    }
+
+    /// Sends `request` (a write: POST, PUT or DELETE with a JSON body) once: never retried, so
+    /// a write that may have happened is not made twice; the caller looks again before it
+    /// writes again.
+    pub async fn write(
+        &self,
+        operation: &'static str,
+        request: Request<'_>,
+        authorization: Option<&SecretString>,
+        redact: &Redactor,
+    ) -> Result<Response, Error> {
+        self.send_once(operation, request, authorization, redact)
+            .await
+    }
+
+    async fn send_once(
+        &self,
+        operation: &'static str,
+        request: Request<'_>,
+        authorization: Option<&SecretString>,
+        redact: &Redactor,
+    ) -> Result<Response, Error> {
+        let url = request.url;
         self.permit(url)?;
-        let mut request = self
-            .http
-            .get(url.clone())
-            .header(header::ACCEPT, "application/json");
+        let mut request = match request.body {
+            Some(body) => self
+                .http
+                .request(request.method, url.clone())
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(body),
+            None => self.http.request(request.method, url.clone()),
+        }
+        .header(header::ACCEPT, "application/json");
         if let Some(value) = authorization {
             let mut value =
                 http::HeaderValue::from_str(value.expose_secret()).map_err(|_| Error::Config {
@@ -403,7 +439,16 @@ impl Transport {
     pub fn timeout(&self) -> Duration {
         self.config.timeout
     }
+}
 
+/// One request: its method, URL and JSON body.
+pub struct Request<'a> {
+    pub method: reqwest::Method,
+    pub url: &'a Url,
+    pub body: Option<Vec<u8>>,
+}
+
+impl Transport {
     pub fn observe(&self, operation: &'static str, status: Option<u16>) {
         if let Some(observer) = &self.config.observer {
             observer(operation, status);

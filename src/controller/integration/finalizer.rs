@@ -56,6 +56,7 @@ pub(super) async fn with_finalizer(
             if let Cleanup::LookAgain(after) = cleanup::cleanup(integration, context).await? {
                 return Ok(Action::requeue(after));
             }
+            super::hooks::remove_with(context, integration).await;
             let path = format!("/metadata/finalizers/{index}");
             let patch = serde_json::json!([
                 {"op": "test", "path": path, "value": IN_USE_FINALIZER},

@@ -9,6 +9,7 @@
 
 mod cleanup;
 mod finalizer;
+mod hooks;
 pub mod validate;
 
 use std::{sync::Arc, time::Instant};
@@ -137,6 +138,7 @@ pub fn wire(
 
 fn uses_secret(integration: &BitbucketIntegration, name: &str) -> bool {
     integration.spec.credentials.secret_ref.name == name
+        || (integration.spec.webhook.as_ref()).is_some_and(|w| w.secret_ref.name == name)
         || integration
             .spec
             .server
@@ -180,18 +182,31 @@ async fn apply(integration: &BitbucketIntegration, context: &Context) -> Result<
             resolved => resolved,
         };
     let ask = ValidationAsk::of(integration, &shared.settings, resolved.as_ref().ok());
-    let outcome = match resolved {
-        Ok(resolved) => validate_when_due(context, integration, &mut draft, &resolved, &ask).await,
+    let uid = finish::uid(integration);
+    let (outcome, hooks) = match resolved {
+        Ok(resolved) => {
+            let outcome =
+                validate_when_due(context, integration, &mut draft, &resolved, &ask).await;
+            let valid = (shared.memory).integration(&uid, |m| {
+                m.validation.as_ref().is_some_and(|v| v.failure.is_none())
+            });
+            let hooks = match valid {
+                true => {
+                    hooks::keep(context, integration, &resolved, &draft.shown, ask.interval).await
+                }
+                false => None,
+            };
+            (outcome, hooks)
+        }
         Err(error) => {
-            let uid = finish::uid(integration);
             shared.memory.integration(&uid, |m| m.validation = None);
-            ValidationOutcome::Failed(error.into())
+            (ValidationOutcome::Failed(error.into()), None)
         }
     };
     let users = users(context, integration);
     let workspace = integration.spec.workspace.as_deref();
     let now = conditions::now();
-    let status = validate::status(
+    let mut status = validate::status(
         &draft.shown,
         &ask,
         users.as_ref(),
@@ -199,6 +214,9 @@ async fn apply(integration: &BitbucketIntegration, context: &Context) -> Result<
         &outcome,
         &now,
     );
+    if let Some(hooks) = hooks {
+        hooks.show(&mut status, ask.generation);
+    }
     finish(shared, integration, &draft, &status).await?;
     Ok(after(context, integration, &ask, outcome))
 }

@@ -50,6 +50,7 @@ pub fn test_settings(namespace: &str) -> Settings {
         sweep: Duration::from_secs(2),
         lease: None,
         downstream: Default::default(),
+        webhook_url: None,
     }
 }
 
@@ -96,6 +97,12 @@ impl Operator {
     /// RepositorySlice creates, updates and deletes this operator made, from its metrics.
     pub fn slice_writes(&self) -> u64 {
         self.counter_total("bitbucket_operator_slice_writes_total")
+    }
+
+    /// Reconciles `controller` (`integration` or `subscription`) began, from the metrics.
+    pub fn reconciles_of(&self, controller: &str) -> u64 {
+        let prefix = format!("bitbucket_operator_reconciles_total{{controller=\"{controller}\"}}");
+        self.counter_total(&prefix)
     }
 
     /// The sum of a counter over all its labels, from the metrics.
