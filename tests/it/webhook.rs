@@ -520,3 +520,77 @@ async fn a_credential_without_the_webhook_scope_is_told_once_and_not_asked_again
     .await;
     assert_eq!(hook_calls(), calls);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_bitbucket_does_not_offer_are_named_and_data_center_gets_project_hooks() {
+    let listener = loopback().await;
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let hook_base = base.clone();
+    let env = Env::start_with("webhook-events", bitbucket_sim::Fixture::demo(), |s| {
+        s.webhook_url = Some(hook_base.parse().unwrap());
+    })
+    .await;
+    serve_on(listener, env.operator());
+    env.secret("acme-hook", &[("secret", RECORDED_SECRET)])
+        .await;
+
+    // Cloud: workspace hooks that carry pushes and settings only.
+    env.sim
+        .control()
+        .set_workspace_hook_events(&["repo:push", "repo:updated"]);
+    let token = "FAKE-cloud-api-token-for-jdoe-hooks";
+    env.secret(
+        "hooks-token",
+        &[("email", "jdoe@example.com"), ("token", token)],
+    )
+    .await;
+    env.create(&registering(&env, "acme", "hooks-token")).await;
+    env.create(&subscription("ci", "acme", Some("acme"), &[]))
+        .await;
+    let registered = |i: &BitbucketIntegration| {
+        hooks_condition(i).is_some_and(|(status, _, _)| status == "True")
+    };
+    let acme = await_object(&env.api(), "acme", "the hook registered", registered).await;
+    let (_, _, message) = hooks_condition(&acme).unwrap();
+    assert!(
+        message.contains("do not carry repo:created, repo:deleted, repo:transfer"),
+        "{message}"
+    );
+    assert_eq!(
+        acme.status.unwrap().webhooks[0].events,
+        ["repo:push", "repo:updated"]
+    );
+
+    // Data Center: a project hook per listed project; a push fetches that repository.
+    env.secret(
+        "dc-basic",
+        &[("username", "jdoe"), ("password", DC_PASSWORD)],
+    )
+    .await;
+    let mut dc = env.data_center("dc", CredentialType::Basic, "dc-basic");
+    dc.spec.webhook = registering(&env, "x", "x").spec.webhook;
+    env.create(&dc).await;
+    let mut plat = subscription("plat", "dc", None, &["PLAT"]);
+    plat.spec.sync_interval = "1h".into();
+    env.create(&plat).await;
+    let dc = await_object(&env.api(), "dc", "the project hook", registered).await;
+    let shown = &dc.status.as_ref().unwrap().webhooks;
+    assert_eq!((shown.len(), shown[0].owner.as_str()), (1, "PLAT"));
+    assert_eq!(shown[0].events, ["repo:refs_changed", "repo:modified"]);
+    await_object(&env.api(), "plat", "plat to sync", is_synced).await;
+    let fetched = env.operator().requests("get_repository");
+    env.sim
+        .control()
+        .push_dc_repository("PLAT", "core")
+        .unwrap();
+    eventually("the pushed repository fetched", PATIENCE, || async {
+        (env.operator().requests("get_repository") > fetched).then_some(())
+    })
+    .await;
+    let delivered = env.sim.control().deliveries();
+    let push = delivered
+        .iter()
+        .find(|d| d.event == "repo:refs_changed")
+        .unwrap();
+    assert_eq!(push.status, Some(202));
+}
