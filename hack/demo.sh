@@ -101,7 +101,7 @@ hook_port="$(free_port)"
 # The simulator is on loopback: only the operator's own allow-list may name such a server.
 setsid "$BIN/bitbucket-operator" run --allowed-servers "cloud,$SIM_URL" \
   --metrics-address "127.0.0.1:$ops_port" --health-address "127.0.0.1:$ops_port" \
-  --webhook-address "127.0.0.1:$hook_port" \
+  --webhook-address "127.0.0.1:$hook_port" --webhook-url "http://127.0.0.1:$hook_port" \
   >"$RUN/operator.log" 2>&1 </dev/null &
 echo $! >"$RUN/operator.pid"
 wait_http "http://127.0.0.1:$ops_port/readyz" operator "$RUN/operator.pid"
@@ -125,6 +125,34 @@ echo
 echo
 # The whole list, however long, in RepositorySlices of up to 500 repositories each.
 "$KUBECTL" get -n "$NAMESPACE" repositoryslices -l scm.shippable.io/subscription=acme-api
+echo
+# Webhooks: acme's workspace hook, registered by the operator; a repository created in Bitbucket
+# reaches acme-api through its signed delivery, without a sync request (its interval is 10m).
+"$KUBECTL" wait -n "$NAMESPACE" --for=condition=WebhooksRegistered --timeout=60s bitbucketintegration/acme >/dev/null
+"$KUBECTL" get -n "$NAMESPACE" bitbucketintegration acme \
+  -o jsonpath='{range .status.webhooks[*]}webhook of workspace {.owner}: {.state} {.id}, events {.events}{"\n"}{end}'
+created=$(date +%s.%N)
+python3 - "$SIM_URL" <<'PY'
+import json, sys, urllib.request
+body = json.dumps({"slug": "created-by-the-demo", "project": "API"}).encode()
+request = urllib.request.Request(sys.argv[1] + "/_sim/cloud/workspaces/acme/repositories", body,
+                                 {"Content-Type": "application/json"}, method="POST")
+urllib.request.urlopen(request).close()
+PY
+listed=""
+for _ in $(seq 1 300); do
+  if "$KUBECTL" get -n "$NAMESPACE" subscription acme-api -o jsonpath='{.status.repositories[*].fullName}' |
+    tr ' ' '\n' | grep -qx acme/created-by-the-demo; then
+    listed=$(python3 -c "import time; print(f'{time.time() - $created:.2f}')")
+    break
+  fi
+  sleep 0.1
+done
+if [ -n "$listed" ]; then
+  echo "webhook: created acme/created-by-the-demo in Bitbucket; acme-api listed it ${listed}s later, from the signed repo:created delivery (no sync request)"
+else
+  echo "webhook: created acme/created-by-the-demo in Bitbucket; acme-api did not list it within 30s (see $RUN/operator.log)"
+fi
 cat <<EOT
 
 Try it (in another terminal):
@@ -136,6 +164,8 @@ Try it (in another terminal):
   kubectl get -n $NAMESPACE bbrs -l scm.shippable.io/subscription=acme-api   # the whole list, in slices
   kubectl delete -n $NAMESPACE bbi acme                  # in use: refused at once, naming the Subscriptions
   kubectl annotate -n $NAMESPACE bbsub acme-api scm.shippable.io/sync-requested-at="\$(date +%s)"
+  # a repository created in Bitbucket: its webhook brings it to acme-api
+  curl -XPOST -H 'Content-Type: application/json' -d '{"slug": "another", "project": "API"}' $SIM_URL/_sim/cloud/workspaces/acme/repositories
 
 Press Ctrl-C to stop everything (or run: make run-down).
 EOT

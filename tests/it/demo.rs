@@ -125,6 +125,21 @@ async fn ctrl_c_of_make_run_under_a_pipe_leaves_nothing_running() {
         }),
         "the demo shows no RepositorySlice of acme-api:\n{shown}"
     );
+    // A repository created in Bitbucket reaches acme-api through the webhook the operator
+    // registered, without a sync request.
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("webhook of workspace acme: Registered")),
+        "the demo shows no registered webhook:\n{shown}"
+    );
+    assert!(
+        shown.lines().any(
+            |l| l.starts_with("webhook: created acme/created-by-the-demo")
+                && l.contains("acme-api listed it")
+        ),
+        "the demo's new repository did not arrive by webhook:\n{shown}"
+    );
     let running: Vec<String> = started_with(&marker).into_iter().map(|(_, n)| n).collect();
     for program in [
         "etcd",
