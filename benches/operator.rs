@@ -11,6 +11,9 @@
 //! Figure 11 lists one Data Center project of 100,000 repositories (10,000 with `--quick`) with
 //! the operator binary: time to Ready, RepositorySlices, memory, writes, and the generator's and
 //! the Flux endpoint's latency.
+//! Figure 12 (`operator/webhooks.rs`): signed webhooks from the hook the operator registered in
+//! the simulator, end to end (created → listed, served, ApplicationSet annotated), the Bitbucket
+//! calls they cost, and the receiver at 500 deliveries a second.
 //! Figure 9 installs `deploy/` on the plane's node (`make bench` starts it with `--node` and
 //! builds the image first) and removes it afterwards.
 //!
@@ -23,6 +26,8 @@
 #[path = "../tests/it/support/mod.rs"]
 #[allow(dead_code)] // the benchmark uses a few of the tests' helpers
 mod support;
+#[path = "operator/webhooks.rs"]
+mod webhooks;
 
 use std::{
     collections::BTreeMap,
@@ -134,6 +139,9 @@ async fn main() {
     }
     if wanted(11) {
         rows.extend(slices_at_scale(&client, if quick { 10_000 } else { 100_000 }).await);
+    }
+    if wanted(12) {
+        rows.extend(webhooks::figure(&client, if quick { 5 } else { 20 }).await);
     }
     if wanted(8) {
         let trials = if quick { 50 } else { 200 };

@@ -106,6 +106,8 @@ pub struct SubscriptionMemory {
     pub slices: SlicesWritten,
     /// When a webhook delivery last asked for a refresh not answered yet (see `crate::webhook`).
     pub refresh: Option<Instant>,
+    /// When the first of the refreshes not answered yet was asked for.
+    pub refresh_first: Option<Instant>,
     /// Repositories webhook deliveries said changed, not fetched again yet (at most
     /// [`super::refresh::MAX_TOLD`]; more become a refresh).
     pub told: Vec<Told>,
@@ -115,7 +117,10 @@ pub struct SubscriptionMemory {
 #[derive(Clone, Debug)]
 pub struct Told {
     pub changed: crate::bitbucket::webhook::Changed,
+    /// When it was last named.
     pub at: Instant,
+    /// When it was first named since it was last fetched.
+    pub first: Instant,
 }
 
 /// RepositorySlices written (by name: the digest written, or `None` when deleted) and when,

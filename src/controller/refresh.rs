@@ -64,13 +64,19 @@ impl Refreshes {
         for subscription in subscriptions {
             memory.subscription(&finish::uid(&**subscription), |m| match what {
                 Ask::Repository(changed) if m.told.len() < MAX_TOLD => {
-                    m.told.retain(|t| t.changed.full_name != changed.full_name);
+                    let same = |t: &Told| t.changed.full_name == changed.full_name;
+                    let first = m.told.iter().find(|t| same(t)).map_or(now, |t| t.first);
+                    m.told.retain(|t| !same(t));
                     m.told.push(Told {
                         changed: (*changed).clone(),
                         at: now,
+                        first,
                     });
                 }
-                _ => m.refresh = Some(now),
+                _ => {
+                    m.refresh_first.get_or_insert(now);
+                    m.refresh = Some(now);
+                }
             });
             for waker in wakers.iter() {
                 // A closed one is gone with its controller, and with it the need.

@@ -287,6 +287,104 @@ async fn a_push_or_a_rename_fetches_that_repository_alone_and_rewrites_only_its_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_deliveries_is_coalesced_into_a_fetch_per_repository_or_one_listing() {
+    let env = Env::start("webhook-burst").await;
+    let (hooks, listed) = hooked(&env).await;
+    let hook = format!("{hooks}/acme");
+    let repositories = listed.status.unwrap().repositories;
+    let single = "GET /2.0/repositories/{workspace}/{repo_slug}";
+    let listing = "GET /2.0/repositories/{workspace}";
+    // 200 pushes over 5 repositories, as fast as 8 senders can: one fetch each.
+    let before = env.sim.control().counters();
+    send_burst(&hook, &repositories, 200, |_| "repo:push").await;
+    let fetched = |c: &bitbucket_sim::Counters| c.endpoint(single);
+    eventually("a fetch of each pushed repository", PATIENCE, || async {
+        (fetched(&env.sim.control().counters()) >= fetched(&before) + 5).then_some(())
+    })
+    .await;
+    // A sync request now is answered by a listing begun after the burst: nothing is left to do.
+    let handled = |value: &'static str| {
+        move |s: &Subscription| {
+            (s.status.as_ref())
+                .is_some_and(|s| s.last_handled_sync_request.as_deref() == Some(value))
+        }
+    };
+    (env.api::<Subscription>())
+        .patch("ci", &PatchParams::default(), &sync_request("after-pushes"))
+        .await
+        .unwrap();
+    await_object(
+        &env.api(),
+        "ci",
+        "the sync request",
+        handled("after-pushes"),
+    )
+    .await;
+    let after = env.sim.control().counters();
+    assert_eq!(
+        fetched(&after) - fetched(&before),
+        5,
+        "one fetch per repository: {after:?}"
+    );
+    let pages = after.endpoint(listing) - before.endpoint(listing);
+
+    // 100 deliveries of which 10 say a repository was created: one listing for the burst.
+    let before = env.sim.control().counters();
+    send_burst(&hook, &repositories, 100, |n| {
+        if n % 10 == 9 {
+            "repo:created"
+        } else {
+            "repo:push"
+        }
+    })
+    .await;
+    (env.api::<Subscription>())
+        .patch(
+            "ci",
+            &PatchParams::default(),
+            &sync_request("after-created"),
+        )
+        .await
+        .unwrap();
+    await_object(
+        &env.api(),
+        "ci",
+        "the sync request",
+        handled("after-created"),
+    )
+    .await;
+    let after = env.sim.control().counters();
+    let listings = (after.endpoint(listing) - before.endpoint(listing)) / pages.max(1);
+    assert!(
+        listings <= 2,
+        "{listings} listings of {pages} pages for one burst: {after:?}"
+    );
+}
+
+/// `count` signed deliveries over the first 5 of `repositories`, 8 at a time, the event of the
+/// `n`th from `event`; each must be accepted.
+async fn send_burst(
+    hook: &str,
+    repositories: &[bitbucket_operator::api::Repository],
+    count: usize,
+    event: impl Fn(usize) -> &'static str,
+) {
+    use futures::StreamExt;
+    let deliveries = (0..count).map(|n| {
+        let repository = &repositories[n % 5];
+        let body = json!({"repository": {"full_name": repository.full_name, "uuid": repository.id,
+            "workspace": {"slug": "acme"}}});
+        signed(hook, event(n), body)
+    });
+    let answers: Vec<u16> = futures::stream::iter(deliveries)
+        .buffer_unordered(8)
+        .map(|(code, _)| code)
+        .collect()
+        .await;
+    assert!(answers.iter().all(|code| *code == 202), "{answers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_to_the_standby_is_relayed_to_the_leader() {
     let env = crate::leader::env_without_operator("webhook-relay").await;
     let replica = |identity: &str, listener: &tokio::net::TcpListener| {

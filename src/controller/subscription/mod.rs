@@ -304,12 +304,26 @@ async fn list_when_due(
     let shared = &context.shared;
     let uid = finish::uid(subscription);
     let now = Instant::now();
-    let (last, backoff, told) = shared.memory.subscription(&uid, |m| {
-        (m.sync.clone(), m.failures.holding(now), m.told.clone())
+    let (last, backoff, told, asked) = shared.memory.subscription(&uid, |m| {
+        let asked = m.refresh.zip(m.refresh_first);
+        (
+            m.sync.clone(),
+            m.failures.holding(now),
+            m.told.clone(),
+            asked,
+        )
     });
+    // Webhooks asked for a re-list and are still coming: list once they stop.
+    if let Some(wait) = asked.and_then(|(last, first)| refetch::settle(last, first, now)) {
+        return SyncOutcome::Unchanged { wait };
+    }
     let fingerprint = &found.resolved.fingerprint;
     let (fresh, first) = match check::due(last.as_ref(), ask, fingerprint, backoff, now) {
         SyncDue::No { wait } if told.is_empty() => return SyncOutcome::Unchanged { wait },
+        // A burst of deliveries is still arriving: fetch once it stops.
+        SyncDue::No { .. } if let Some(wait) = refetch::settling(&told, now) => {
+            return SyncOutcome::Unchanged { wait };
+        }
         // Repositories a webhook named: fetched alone, or else answered by a fresh listing.
         SyncDue::No { .. } => match refetch::told(context, subscription, &found, &told).await {
             Some(outcome) => return outcome,
@@ -342,27 +356,7 @@ async fn list_when_due(
         listing.await
     };
     let transient = matches!(&listed, Err(e) if Reason::class(e) == Class::Transient);
-    let sync = LastSync {
-        generation: ask.generation,
-        fingerprint: fingerprint.clone(),
-        answered: if transient {
-            last.and_then(|l| l.answered)
-        } else {
-            ask.requested.clone()
-        },
-        asked: ask.requested.clone(),
-        began: now,
-        at: Instant::now(),
-        transient_failure: transient,
-    };
-    shared.memory.subscription(&uid, |m| {
-        m.sync = Some(sync);
-        if !transient {
-            // Answered: what webhooks asked for before this listing began.
-            m.refresh = m.refresh.filter(|asked| *asked > now);
-            m.told.retain(|told| told.at > now);
-        }
-    });
+    remember(shared, &uid, ask, last, fingerprint, now, transient);
     let integration = integration_summary(&found);
     match listed {
         Ok(listing) => publish_listing(context, subscription, &listing, integration).await,
@@ -371,6 +365,40 @@ async fn list_when_due(
             integration: Some(integration),
         },
     }
+}
+
+/// Remembers a listing begun at `began` (after `last`); unless it failed transiently, it
+/// answers the sync request and what webhooks asked for before it began.
+fn remember(
+    shared: &Shared,
+    uid: &str,
+    ask: &SyncAsk,
+    last: Option<LastSync>,
+    fingerprint: &str,
+    began: Instant,
+    transient: bool,
+) {
+    let sync = LastSync {
+        generation: ask.generation,
+        fingerprint: fingerprint.to_owned(),
+        answered: if transient {
+            last.and_then(|l| l.answered)
+        } else {
+            ask.requested.clone()
+        },
+        asked: ask.requested.clone(),
+        began,
+        at: Instant::now(),
+        transient_failure: transient,
+    };
+    shared.memory.subscription(uid, |m| {
+        m.sync = Some(sync);
+        if !transient {
+            m.refresh = m.refresh.filter(|asked| *asked > began);
+            m.refresh_first = m.refresh_first.filter(|_| m.refresh.is_some());
+            m.told.retain(|told| told.at > began);
+        }
+    });
 }
 
 /// The integration `found` names, as the Subscription's status shows it.

@@ -4,6 +4,8 @@
 //! list is not the complete one its status names, or a fetch fails — is left to a full
 //! listing, with its backoff. Does network I/O (Bitbucket, the API server).
 
+use std::time::{Duration, Instant};
+
 use kube::ResourceExt;
 
 use super::{
@@ -15,6 +17,28 @@ use crate::{
     catalog::Served,
     controller::{finish, memory::Told},
 };
+
+/// How long the repositories webhooks named wait for the deliveries to stop before they are
+/// fetched, and a re-list they asked for before it begins: a burst of pushes to the same
+/// repositories costs one fetch each, not one per push, and a burst of created repositories one
+/// listing.
+pub const QUIET: Duration = Duration::from_millis(250);
+/// ... but never longer than this from the first delivery, however long the burst.
+pub const MAX_WAIT: Duration = Duration::from_secs(2);
+
+/// How much longer `told` waits for quiet at `now` (`None`: fetch now).
+pub fn settling(told: &[Told], now: Instant) -> Option<Duration> {
+    let last = told.iter().map(|t| t.at).max()?;
+    let first = told.iter().map(|t| t.first).min()?;
+    settle(last, first, now)
+}
+
+/// How much longer deliveries named last at `last`, first at `first`, wait for quiet at `now`.
+pub fn settle(last: Instant, first: Instant, now: Instant) -> Option<Duration> {
+    let quiet = QUIET.saturating_sub(now.saturating_duration_since(last));
+    let limit = MAX_WAIT.saturating_sub(now.saturating_duration_since(first));
+    Some(quiet.min(limit)).filter(|wait| !wait.is_zero())
+}
 
 /// Fetches the repositories in `told` and writes their entries into the Subscription's list;
 /// `None` when a full listing must answer them instead.
@@ -84,4 +108,36 @@ fn fits(subscription: &Subscription, repository: &Repository) -> bool {
         || (repository.project.as_deref())
             .is_some_and(|p| spec.projects.iter().any(|k| k.eq_ignore_ascii_case(p)));
     in_projects && filter::keeps(&spec.repositories, repository)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bitbucket::webhook::Changed;
+
+    fn told(at: Instant, first: Instant) -> Told {
+        let changed = Changed {
+            full_name: "acme/api".into(),
+            id: None,
+            renamed_from: None,
+        };
+        Told { changed, at, first }
+    }
+
+    #[test]
+    fn a_burst_is_fetched_once_quiet_or_after_the_longest_wait() {
+        let now = Instant::now();
+        let ms = Duration::from_millis;
+        assert_eq!(settling(&[], now), None);
+        // Named 50 ms ago, the first time 1 s ago: wait for 200 ms more quiet.
+        assert_eq!(
+            settling(&[told(now - ms(50), now - ms(1000))], now),
+            Some(ms(200))
+        );
+        // Quiet for 250 ms: now.
+        assert_eq!(settling(&[told(now - ms(250), now - ms(300))], now), None);
+        // Deliveries never stop: no longer than 2 s after the first.
+        assert_eq!(settling(&[told(now, now - ms(1900))], now), Some(ms(100)));
+        assert_eq!(settling(&[told(now, now - ms(2000))], now), None);
+    }
 }
