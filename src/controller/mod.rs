@@ -79,6 +79,8 @@ pub struct Settings {
     /// Where Bitbucket reaches the webhook receiver (`--webhook-url`), for the hooks the
     /// operator registers.
     pub webhook_url: Option<url::Url>,
+    /// How long the work webhook deliveries ask for waits for a burst of them to end.
+    pub settle: subscription::refetch::Settle,
 }
 
 impl Default for Settings {
@@ -97,6 +99,7 @@ impl Default for Settings {
             lease: None,
             downstream: crate::downstream::DownstreamSettings::default(),
             webhook_url: None,
+            settle: subscription::refetch::Settle::default(),
         }
     }
 }

@@ -288,7 +288,13 @@ async fn a_push_or_a_rename_fetches_that_repository_alone_and_rewrites_only_its_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_deliveries_is_coalesced_into_a_fetch_per_repository_or_one_listing() {
-    let env = Env::start("webhook-burst").await;
+    // A burst is over after a second without a delivery (250 ms in production): the suite's
+    // other tests share the two cores, and a slow delivery must not end the burst early.
+    let env = Env::start_with("webhook-burst", bitbucket_sim::Fixture::demo(), |s| {
+        s.settle.quiet = std::time::Duration::from_secs(1);
+        s.settle.longest = std::time::Duration::from_secs(60);
+    })
+    .await;
     let (hooks, listed) = hooked(&env).await;
     let hook = format!("{hooks}/acme");
     let repositories = listed.status.unwrap().repositories;

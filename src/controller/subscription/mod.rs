@@ -11,7 +11,7 @@
 pub mod check;
 pub mod filter;
 pub mod publish;
-mod refetch;
+pub mod refetch;
 pub mod report;
 pub mod slices;
 
@@ -314,14 +314,15 @@ async fn list_when_due(
         )
     });
     // Webhooks asked for a re-list and are still coming: list once they stop.
-    if let Some(wait) = asked.and_then(|(last, first)| refetch::settle(last, first, now)) {
+    let settle = shared.settings.settle;
+    if let Some(wait) = asked.and_then(|(last, first)| settle.wait(last, first, now)) {
         return SyncOutcome::Unchanged { wait };
     }
     let fingerprint = &found.resolved.fingerprint;
     let (fresh, first) = match check::due(last.as_ref(), ask, fingerprint, backoff, now) {
         SyncDue::No { wait } if told.is_empty() => return SyncOutcome::Unchanged { wait },
         // A burst of deliveries is still arriving: fetch once it stops.
-        SyncDue::No { .. } if let Some(wait) = refetch::settling(&told, now) => {
+        SyncDue::No { .. } if let Some(wait) = settle.told(&told, now) => {
             return SyncOutcome::Unchanged { wait };
         }
         // Repositories a webhook named: fetched alone, or else answered by a fresh listing.

@@ -22,27 +22,42 @@ use crate::{
 /// fetched, and a re-list they asked for before it begins: a burst of pushes to the same
 /// repositories costs one fetch each, not one per push, and a burst of created repositories one
 /// listing.
-pub const QUIET: Duration = Duration::from_millis(250);
-/// ... but never longer than this from the first delivery, however long the burst.
-pub const MAX_WAIT: Duration = Duration::from_secs(2);
-
-/// How much longer `told` waits for quiet at `now` (`None`: fetch now).
-pub fn settling(told: &[Told], now: Instant) -> Option<Duration> {
-    let last = told.iter().map(|t| t.at).max()?;
-    let first = told.iter().map(|t| t.first).min()?;
-    settle(last, first, now)
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settle {
+    /// Without another delivery for this long, the burst is over.
+    pub quiet: Duration,
+    /// ... and never longer than this from its first delivery, however long it lasts.
+    pub longest: Duration,
 }
 
-/// How much longer deliveries named last at `last`, first at `first`, wait for quiet at `now`.
-pub fn settle(last: Instant, first: Instant, now: Instant) -> Option<Duration> {
-    let quiet = QUIET.saturating_sub(now.saturating_duration_since(last));
-    let limit = MAX_WAIT.saturating_sub(now.saturating_duration_since(first));
-    Some(quiet.min(limit)).filter(|wait| !wait.is_zero())
+impl Default for Settle {
+    fn default() -> Self {
+        Self {
+            quiet: Duration::from_millis(250),
+            longest: Duration::from_secs(2),
+        }
+    }
+}
+
+impl Settle {
+    /// How much longer `told` waits at `now` (`None`: fetch now).
+    pub fn told(&self, told: &[Told], now: Instant) -> Option<Duration> {
+        let last = told.iter().map(|t| t.at).max()?;
+        let first = told.iter().map(|t| t.first).min()?;
+        self.wait(last, first, now)
+    }
+
+    /// How much longer deliveries named last at `last`, first at `first`, wait at `now`.
+    pub fn wait(&self, last: Instant, first: Instant, now: Instant) -> Option<Duration> {
+        let quiet = (self.quiet).saturating_sub(now.saturating_duration_since(last));
+        let longest = (self.longest).saturating_sub(now.saturating_duration_since(first));
+        Some(quiet.min(longest)).filter(|wait| !wait.is_zero())
+    }
 }
 
 /// Fetches the repositories in `told` and writes their entries into the Subscription's list;
 /// `None` when a full listing must answer them instead.
-pub async fn told(
+pub(super) async fn told(
     context: &Context,
     subscription: &Subscription,
     found: &Found,
@@ -128,16 +143,15 @@ mod tests {
     fn a_burst_is_fetched_once_quiet_or_after_the_longest_wait() {
         let now = Instant::now();
         let ms = Duration::from_millis;
-        assert_eq!(settling(&[], now), None);
+        let settle = Settle::default();
+        assert_eq!(settle.told(&[], now), None);
+        let told_at = |at: u64, first: u64| [told(now - ms(at), now - ms(first))];
         // Named 50 ms ago, the first time 1 s ago: wait for 200 ms more quiet.
-        assert_eq!(
-            settling(&[told(now - ms(50), now - ms(1000))], now),
-            Some(ms(200))
-        );
+        assert_eq!(settle.told(&told_at(50, 1000), now), Some(ms(200)));
         // Quiet for 250 ms: now.
-        assert_eq!(settling(&[told(now - ms(250), now - ms(300))], now), None);
+        assert_eq!(settle.told(&told_at(250, 300), now), None);
         // Deliveries never stop: no longer than 2 s after the first.
-        assert_eq!(settling(&[told(now, now - ms(1900))], now), Some(ms(100)));
-        assert_eq!(settling(&[told(now, now - ms(2000))], now), None);
+        assert_eq!(settle.told(&told_at(0, 1900), now), Some(ms(100)));
+        assert_eq!(settle.told(&told_at(0, 2000), now), None);
     }
 }

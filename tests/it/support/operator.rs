@@ -51,6 +51,7 @@ pub fn test_settings(namespace: &str) -> Settings {
         lease: None,
         downstream: Default::default(),
         webhook_url: None,
+        settle: Default::default(),
     }
 }
 
