@@ -60,6 +60,14 @@ pub struct DownstreamLabels {
     pub outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IntegrationLabels {
+    /// One series per integration whose credential's expiry is known (bounded by the
+    /// integrations, not by anything Bitbucket sends).
+    pub namespace: String,
+    pub integration: String,
+}
+
 /// All the operator's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -72,6 +80,7 @@ pub struct Metrics {
     pub lists_served: Family<ServedLabels, Counter>,
     pub webhook_deliveries: Family<DeliveryLabels, Counter>,
     pub downstream_refreshes: Family<DownstreamLabels, Counter>,
+    pub credential_expiry: Family<IntegrationLabels, Gauge>,
     pub blocked_deletions: Gauge,
     /// 1 while this replica leads (or runs without leader election), 0 while it stands by.
     pub leader: Gauge,
@@ -114,6 +123,13 @@ impl Default for Metrics {
         let downstream_refreshes = Family::<DownstreamLabels, Counter>::default();
         let help = "Refreshes asked of Argo CD ApplicationSets and Flux input providers after a list changed";
         registry.register("downstream_refreshes", help, downstream_refreshes.clone());
+        let credential_expiry = Family::<IntegrationLabels, Gauge>::default();
+        let help = "When each integration's credential expires (Unix seconds), where its Secret declares it";
+        registry.register(
+            "credential_expiry_timestamp_seconds",
+            help,
+            credential_expiry.clone(),
+        );
         let blocked_deletions = Gauge::default();
         let help = "Integrations whose deletion this replica found waiting for Subscriptions (0 on a standby)";
         registry.register("blocked_deletions", help, blocked_deletions.clone());
@@ -136,12 +152,36 @@ impl Default for Metrics {
             lists_served,
             webhook_deliveries,
             downstream_refreshes,
+            credential_expiry,
             blocked_deletions,
         }
     }
 }
 
 impl Metrics {
+    /// Shows when `integration`'s credential expires, or nothing when that is not known.
+    pub fn credential_expiry(
+        &self,
+        integration: &crate::api::BitbucketIntegration,
+        expiry: &crate::controller::integration::expiry::Expiry,
+    ) {
+        use kube::ResourceExt;
+        let labels = IntegrationLabels {
+            namespace: integration.namespace().unwrap_or_default(),
+            integration: integration.name_any(),
+        };
+        match expiry {
+            crate::controller::integration::expiry::Expiry::At(at) => {
+                self.credential_expiry
+                    .get_or_create(&labels)
+                    .set(at.as_second());
+            }
+            _ => {
+                self.credential_expiry.remove(&labels);
+            }
+        }
+    }
+
     /// The OpenMetrics text of every metric.
     pub fn render(&self) -> String {
         let mut text = String::new();

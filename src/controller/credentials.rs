@@ -86,6 +86,8 @@ pub struct Resolved {
     secret_version: String,
     /// The Secret's resourceVersion after the client's latest own write, if it wrote.
     written: Arc<Mutex<Option<String>>>,
+    /// When the credential expires, as its Secret declares.
+    pub expiry: super::integration::expiry::Expiry,
 }
 
 /// The client for `integration`, reading its Secrets now (so rotation is seen at once) and
@@ -230,6 +232,12 @@ fn build(
             ..transport
         })?;
     }
+    let expiry = super::integration::expiry::Expiry::of(
+        secret
+            .annotations()
+            .get(crate::api::EXPIRES_AT_ANNOTATION)
+            .map(String::as_str),
+    );
     let written = Arc::new(Mutex::new(None));
     if let Some(refresh_token) = refresh_token {
         let saver = save_rotated(
@@ -246,6 +254,7 @@ fn build(
         fingerprint,
         secret_version,
         written,
+        expiry,
     })
 }
 

@@ -125,6 +125,13 @@ async fn ctrl_c_of_make_run_under_a_pipe_leaves_nothing_running() {
         }),
         "the demo shows no RepositorySlice of acme-api:\n{shown}"
     );
+    // acme-oauth's declared expiry is in the Expires column.
+    assert!(
+        shown.lines().any(|l| l.starts_with("acme-oauth ")
+            && l.split_whitespace()
+                .any(|w| w.ends_with('Z') && w.len() == 20)),
+        "the demo shows no expiry for acme-oauth:\n{shown}"
+    );
     // A repository created in Bitbucket reaches acme-api through the webhook the operator
     // registered, without a sync request.
     assert!(

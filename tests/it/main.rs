@@ -16,6 +16,7 @@ mod deletion;
 mod demo;
 mod downstream;
 mod exclusive;
+mod expiry;
 mod flux;
 mod generator;
 mod gitops;

@@ -49,12 +49,22 @@ async fn list_shows_each_integrations_server_account_health_and_users() {
     let lines: Vec<String> = text(&listed.stdout).lines().map(str::to_owned).collect();
     assert_eq!(
         lines[0].split_whitespace().collect::<Vec<_>>(),
-        ["NAME", "SERVER", "ACCOUNT", "READY", "USED", "BY"]
+        [
+            "NAME", "SERVER", "ACCOUNT", "READY", "USED", "BY", "EXPIRES"
+        ]
     );
     let row: Vec<&str> = lines[1].split_whitespace().collect();
     assert_eq!(
         row,
-        ["acme", &env.sim.cloud_api_url(), "jdoe", "True", "1:", "ci"]
+        [
+            "acme",
+            &env.sim.cloud_api_url(),
+            "jdoe",
+            "True",
+            "1:",
+            "ci",
+            "-"
+        ]
     );
 
     let json = plugin(&env, &["list", "-o", "json"]);
@@ -421,8 +431,8 @@ async fn get_repos_and_edit_show_and_change_what_a_person_asks_for() {
         .map(str::to_owned)
         .collect();
     assert_eq!(
-        header[header.len() - 5..],
-        ["BY", "TYPE", "SCOPES", "READY", "FOR"]
+        header[header.len() - 6..],
+        ["BY", "EXPIRES", "TYPE", "SCOPES", "READY", "FOR"]
     );
 
     let renamed = plugin(&env, &["edit", "acme", "--display-name", "ACME CI"]);

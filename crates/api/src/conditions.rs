@@ -10,12 +10,22 @@ pub const RECONCILING: &str = "Reconciling";
 pub const STALLED: &str = "Stalled";
 /// Integration only: True while deletion waits for the Subscriptions that use it.
 pub const DELETION_BLOCKED: &str = "DeletionBlocked";
+/// Integration only: True from 7 days before the credential's known expiry (the message gives
+/// the date); absent otherwise. `Ready` stays True until Bitbucket refuses the credential.
+pub const CREDENTIAL_EXPIRING: &str = "CredentialExpiring";
 /// Integration only, with `spec.webhook.register`: whether its hooks are in place in Bitbucket.
 /// It never changes `Ready`: without hooks, lists refresh at their interval.
 pub const WEBHOOKS_REGISTERED: &str = "WebhooksRegistered";
 
 /// Condition reasons (PascalCase, also used as Event reasons).
 pub mod reasons {
+    /// The credential expires within 7 days (`CredentialExpiring`), or within 30, 7 or 1 days
+    /// (the Warning Events).
+    pub const CREDENTIAL_EXPIRING: &str = "CredentialExpiring";
+    /// Bitbucket refused the credential after the date it was known to expire.
+    pub const CREDENTIAL_EXPIRED: &str = "CredentialExpired";
+    /// The Secret's `scm.shippable.io/expires-at` is not an RFC 3339 time.
+    pub const EXPIRY_NOT_UNDERSTOOD: &str = "ExpiryNotUnderstood";
     /// Every hook the integration wants is in place (the message names the events Bitbucket
     /// would not carry, if any).
     pub const WEBHOOKS_REGISTERED: &str = "WebhooksRegistered";

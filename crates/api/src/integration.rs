@@ -54,6 +54,11 @@ pub const MAX_NAMED_USERS: usize = 10;
         json_path = ".status.subscriptions"
     ),
     printcolumn(
+        name = "Expires",
+        type_ = "string",
+        json_path = ".status.credential.expiresAt"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -298,11 +303,30 @@ pub struct BitbucketIntegrationStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_sync_request: Option<String>,
 
+    /// What is known of the credential's lifetime.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<CredentialStatus>,
+
     /// The hooks the operator keeps in Bitbucket for this integration
     /// (`spec.webhook.register`), one per workspace or project.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100))]
     pub webhooks: Vec<RegisteredWebhook>,
+}
+
+/// What is known of a credential's lifetime.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialStatus {
+    /// When the credential expires (RFC 3339), as its Secret declares with the annotation
+    /// `scm.shippable.io/expires-at` (Bitbucket does not reveal it for API tokens, access tokens
+    /// or Data Center tokens to the token itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// The nearest warning given so far, in days before the expiry: 30, 7 or 1 (each is given
+    /// once, as a Warning Event `CredentialExpiring`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warned_days: Option<u32>,
 }
 
 /// A hook the operator keeps in Bitbucket.

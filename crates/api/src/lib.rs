@@ -54,6 +54,12 @@ pub const CREDENTIAL_TYPE_LABEL: &str = "scm.shippable.io/credential-type";
 /// (subscription); the value handled last is echoed in `status.lastHandledSyncRequest`.
 pub const SYNC_REQUESTED_AT_ANNOTATION: &str = "scm.shippable.io/sync-requested-at";
 
+/// On a credential Secret: when the credential expires (RFC 3339, e.g.
+/// `2027-06-30T00:00:00Z`), where Bitbucket does not say. The integration shows it in
+/// `status.credential.expiresAt`, warns 30, 7 and 1 days before, and says `CredentialExpiring`
+/// within 7 days.
+pub const EXPIRES_AT_ANNOTATION: &str = "scm.shippable.io/expires-at";
+
 /// Every CRD the operator serves, in a stable order. Field descriptions read as prose in
 /// `kubectl explain`: the doc comments' line breaks inside a paragraph become spaces.
 pub fn crds() -> Vec<CustomResourceDefinition> {

@@ -25,7 +25,8 @@ use super::{Outcome, show, sign_in, sync, terminal::Terminal};
 use crate::{
     api::{
         ALLOWED_SERVERS_ANNOTATION, BitbucketIntegration, BitbucketIntegrationSpec, CLOUD_API_URL,
-        CREDENTIAL_TYPE_LABEL, CredentialType, Credentials, SecretReference, Server, ServerType,
+        CREDENTIAL_TYPE_LABEL, CredentialType, Credentials, EXPIRES_AT_ANNOTATION, SecretReference,
+        Server, ServerType,
         conditions::{READY, STALLED},
         credential::{self, REFRESH_TOKEN_KEY, SecretCredential},
     },
@@ -81,8 +82,41 @@ pub struct ConnectArgs {
     /// The Secret to keep the credential in (default NAME-bitbucket).
     #[arg(long)]
     secret_name: Option<String>,
+    /// When the credential expires (RFC 3339, e.g. 2027-06-30T00:00:00Z), written on its Secret
+    /// (scm.shippable.io/expires-at): the operator warns 30, 7 and 1 days before.
+    #[arg(long, value_name = "TIME", value_parser = parse_expiry, conflicts_with = "expires_in_days")]
+    expires_at: Option<String>,
+    /// The credential's lifetime in days from now (what Bitbucket asked when it was made), in
+    /// place of --expires-at.
+    #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u16).range(1..=3660))]
+    expires_in_days: Option<u16>,
     #[command(flatten)]
     secret: SecretInput,
+}
+
+/// An RFC 3339 time, to the second, as the Secret's annotation keeps it.
+fn parse_expiry(text: &str) -> Result<String, String> {
+    let at = (text.parse::<jiff::Timestamp>())
+        .map_err(|_| format!("{text:?} is not an RFC 3339 time such as 2027-06-30T00:00:00Z"))?;
+    Ok(jiff::Timestamp::from_second(at.as_second())
+        .map_err(|e| e.to_string())?
+        .to_string())
+}
+
+impl ConnectArgs {
+    /// When the credential expires, as the flags say (to the second).
+    fn expiry(&self) -> Option<String> {
+        let at = match (&self.expires_at, self.expires_in_days) {
+            (Some(at), _) => return Some(at.clone()),
+            (None, Some(days)) => {
+                jiff::Timestamp::now() + jiff::SignedDuration::from_hours(24 * i64::from(days))
+            }
+            (None, None) => return None,
+        };
+        jiff::Timestamp::from_second(at.as_second())
+            .ok()
+            .map(|at| at.to_string())
+    }
 }
 
 #[derive(Debug, Args)]
@@ -386,7 +420,11 @@ fn plan(
         .secret_name
         .clone()
         .unwrap_or_else(|| format!("{}-bitbucket", args.name));
-    let secret = credential_secret(&secret_name, kind, &server, identity);
+    let mut secret = credential_secret(&secret_name, kind, &server, identity);
+    if let Some(at) = args.expiry() {
+        (secret.metadata.annotations.get_or_insert_default())
+            .insert(EXPIRES_AT_ANNOTATION.into(), at);
+    }
     let integration = BitbucketIntegration::new(
         &args.name,
         BitbucketIntegrationSpec {

@@ -88,7 +88,7 @@ Examples:
   printf %s \"$TOKEN\" | kubectl bitbucket connect ci --type AccessToken --workspace acme --secret-file -
   kubectl bitbucket connect dc --server-type DataCenter --url https://bitbucket.example.com --type Basic --username ci --secret-file pw.txt"
     )]
-    Connect(connect::ConnectArgs),
+    Connect(Box<connect::ConnectArgs>),
     /// Rename an integration or rotate its credential (checked before it is saved).
     #[command(after_help = "Examples:
   kubectl bitbucket edit acme --display-name \"ACME (CI)\"
@@ -194,7 +194,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<Outcome> {
     }
     let (client, namespace) = cluster(&cli.cluster).await?;
     match cli.command {
-        Command::Connect(args) => connect::connect(&client, &namespace, args).await,
+        Command::Connect(args) => connect::connect(&client, &namespace, *args).await,
         Command::Edit(args) => connect::edit(&client, &namespace, args).await,
         Command::List {
             all_namespaces,

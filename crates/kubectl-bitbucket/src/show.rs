@@ -59,9 +59,17 @@ pub async fn list(
     let terminal = Terminal::detect();
     let wide = output == Output::Wide;
     let mut rows = vec![
-        ["NAMESPACE", "NAME", "SERVER", "ACCOUNT", "READY", "USED BY"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "NAMESPACE",
+            "NAME",
+            "SERVER",
+            "ACCOUNT",
+            "READY",
+            "USED BY",
+            "EXPIRES",
+        ]
+        .map(String::from)
+        .to_vec(),
     ];
     if wide {
         rows[0].extend(["TYPE", "SCOPES", "READY FOR"].map(String::from));
@@ -82,6 +90,7 @@ pub async fn list(
                 0 => "-".to_owned(),
                 n => format!("{n}: {}", status.used_by.join(", ")),
             },
+            expires(status.credential.as_ref()),
         ];
         if wide {
             row.extend([
@@ -98,6 +107,23 @@ pub async fn list(
         });
     }
     Ok(Outcome::ok(table(&rows)))
+}
+
+/// When the credential expires, as its Secret declares: the day, and how soon within 30 days.
+fn expires(credential: Option<&bitbucket_operator_api::CredentialStatus>) -> String {
+    let Some(at) = credential.and_then(|c| c.expires_at.as_deref()) else {
+        return "-".into();
+    };
+    let Ok(at) = at.parse::<jiff::Timestamp>() else {
+        return at.to_owned();
+    };
+    let day = at.strftime("%Y-%m-%d").to_string();
+    let left = (at.as_second() - jiff::Timestamp::now().as_second()) / 86_400;
+    match left {
+        ..0 => format!("{day} (expired)"),
+        0..=30 => format!("{day} ({left}d)"),
+        _ => day,
+    }
 }
 
 pub async fn get(

@@ -8,6 +8,7 @@
 //! (`validate::due`), call Bitbucket, build the status (`validate::status`), finish (`finish`).
 
 mod cleanup;
+pub mod expiry;
 mod finalizer;
 mod hooks;
 pub mod validate;
@@ -183,6 +184,8 @@ async fn apply(integration: &BitbucketIntegration, context: &Context) -> Result<
         };
     let ask = ValidationAsk::of(integration, &shared.settings, resolved.as_ref().ok());
     let uid = finish::uid(integration);
+    // Shown as the Secret declares it; kept as shown while the Secret cannot be read.
+    let expiry = resolved.as_ref().ok().map(|r| r.expiry.clone());
     let (outcome, hooks) = match resolved {
         Ok(resolved) => {
             let outcome =
@@ -217,8 +220,16 @@ async fn apply(integration: &BitbucketIntegration, context: &Context) -> Result<
     if let Some(hooks) = hooks {
         hooks.show(&mut status, ask.generation);
     }
+    let today = jiff::Timestamp::now();
+    if let Some(expiry) = &expiry {
+        let secret = &integration.spec.credentials.secret_ref.name;
+        expiry::show(&mut status, expiry, secret, today, ask.generation);
+        expiry::expired_refusal(&mut status, expiry, today);
+        shared.metrics.credential_expiry(integration, expiry);
+    }
     finish(shared, integration, &draft, &status).await?;
-    Ok(after(context, integration, &ask, outcome))
+    let look = expiry.as_ref().and_then(|e| expiry::next_look(e, today));
+    Ok(after(context, integration, &ask, outcome, look))
 }
 
 /// Calls Bitbucket when a validation is due (saying `Reconciling` meanwhile when the user
@@ -266,23 +277,27 @@ async fn validate_when_due(
 }
 
 /// When to reconcile again after `outcome`.
+/// `look`: how long until the credential's next warning or expiry, which is looked at then.
 fn after(
     context: &Context,
     integration: &BitbucketIntegration,
     ask: &ValidationAsk,
     outcome: ValidationOutcome,
+    look: Option<std::time::Duration>,
 ) -> Action {
     let shared = &context.shared;
     let uid = finish::uid(integration);
+    let sooner = |wait: std::time::Duration| look.map_or(wait, |look| look.min(wait));
     match outcome {
         ValidationOutcome::Validated(_) => {
             finish::recovered::<BitbucketIntegration>(shared, &uid);
-            Action::requeue(ask.interval)
+            Action::requeue(sooner(ask.interval))
         }
-        ValidationOutcome::Unchanged { wait } => {
-            wait.map_or_else(Action::await_change, Action::requeue)
-        }
-        ValidationOutcome::BackingOff { wait } => Action::requeue(wait),
+        ValidationOutcome::Unchanged { wait } => match wait.or(look) {
+            Some(wait) => Action::requeue(sooner(wait)),
+            None => Action::await_change(),
+        },
+        ValidationOutcome::BackingOff { wait } => Action::requeue(sooner(wait)),
         ValidationOutcome::Failed(error) => {
             shared.count_error(CONTROLLER, error.reason());
             finish::next::<BitbucketIntegration>(shared, &uid, &error)

@@ -10,7 +10,7 @@ use super::{Error, Users};
 use crate::{
     api::{
         Account, AccountKind, BitbucketIntegration, BitbucketIntegrationStatus,
-        conditions::{DELETION_BLOCKED, READY, RECONCILING, STALLED, reasons},
+        conditions::{CREDENTIAL_EXPIRING, DELETION_BLOCKED, READY, RECONCILING, STALLED, reasons},
         text,
     },
     bitbucket::{Identity, IdentityKind},
@@ -186,6 +186,21 @@ pub fn announcements(
             reason: ready.reason.clone(),
             action: "Validate",
             note: ready.message.clone(),
+        });
+    }
+    let warned = |status: &BitbucketIntegrationStatus| {
+        (status.credential.as_ref()).and_then(|c| Some((c.expires_at.clone()?, c.warned_days?)))
+    };
+    if let Some((date, days)) = warned(after).filter(|now| warned(before).as_ref() != Some(now)) {
+        let note = match conditions::get(&after.conditions, CREDENTIAL_EXPIRING) {
+            Some(expiring) => expiring.message.clone(),
+            None => format!("the credential expires on {date}, within {days} days"),
+        };
+        announcements.push(Announcement {
+            type_: EventType::Warning,
+            reason: reasons::CREDENTIAL_EXPIRING.to_owned(),
+            action: "Validate",
+            note,
         });
     }
     let blocked_before = conditions::get(&before.conditions, DELETION_BLOCKED);

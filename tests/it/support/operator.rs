@@ -106,6 +106,11 @@ impl Operator {
         self.counter_total(&prefix)
     }
 
+    /// The metrics as Prometheus reads them.
+    pub fn metrics_text(&self) -> String {
+        self.metrics.render()
+    }
+
     /// The sum of a counter over all its labels, from the metrics.
     fn counter_total(&self, name: &str) -> u64 {
         self.metrics
