@@ -204,6 +204,8 @@ async fn connect_checks_the_credential_saves_it_with_its_integration_and_waits_f
             "jdoe@example.com",
             "--display-name",
             "ACME",
+            "--expires-at",
+            "2027-06-30T00:00:00.5Z",
             "--secret-file",
             "-",
         ],
@@ -244,6 +246,18 @@ async fn connect_checks_the_credential_saves_it_with_its_integration_and_waits_f
     assert_eq!(
         (owner.kind.as_str(), owner.uid.as_str()),
         ("BitbucketIntegration", integration.uid().unwrap().as_str())
+    );
+    // The expiry goes onto the Secret, to the second.
+    assert_eq!(
+        secret.annotations()[bitbucket_operator::api::EXPIRES_AT_ANNOTATION],
+        "2027-06-30T00:00:00Z"
+    );
+    let refused = plugin(&env, &["connect", "other", "--expires-at", "next june"]);
+    assert_eq!(refused.status.code(), Some(2), "a usage error");
+    assert!(
+        text(&refused.stderr).contains("is not an RFC 3339 time"),
+        "{}",
+        text(&refused.stderr)
     );
 
     // Connecting the same name again is refused, and changes nothing.
