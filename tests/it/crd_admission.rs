@@ -651,6 +651,7 @@ async fn kubectl_get_shows_the_printer_columns() {
                 "Account",
                 "Ready",
                 "In Use",
+                "Expires",
                 "Age",
             ],
         ),

@@ -100,6 +100,19 @@ async fn with_webhook(env: &Env) -> Subscription {
     await_object(&env.api(), "ci", "ci to sync", is_synced).await
 }
 
+/// Subscription `ci` once it counts `count` repositories (a new one came).
+async fn counted(env: &Env, count: i32) -> Subscription {
+    await_object(
+        &env.api(),
+        "ci",
+        "the new repository",
+        move |s: &Subscription| {
+            (s.status.as_ref()).is_some_and(|s| s.repository_count == Some(count))
+        },
+    )
+    .await
+}
+
 /// `body` as Bitbucket sends event `event`, signed with the webhook secret.
 async fn signed(url: &str, event: &str, body: Value) -> (u16, Value) {
     let body = body.to_string().into_bytes();
@@ -188,17 +201,7 @@ async fn a_signed_delivery_refreshes_its_subscriptions_and_nothing_else_gets_in(
         (code, answer["message"].as_str()),
         (202, Some("1 Subscriptions to refresh"))
     );
-    let refreshed = await_object(
-        &env.api(),
-        "ci",
-        "the new repository",
-        move |s: &Subscription| {
-            s.status
-                .as_ref()
-                .is_some_and(|s| s.repository_count == Some(before + 1))
-        },
-    )
-    .await;
+    let refreshed = counted(&env, before + 1).await;
     let status = refreshed.status.unwrap();
     assert!(
         status
@@ -516,17 +519,7 @@ async fn registered_hooks_are_kept_and_a_new_repository_appears_without_a_sync_r
         .control()
         .add_cloud_repository("acme", repository)
         .unwrap();
-    let refreshed = await_object(
-        &env.api(),
-        "ci",
-        "the new repository",
-        move |s: &Subscription| {
-            s.status
-                .as_ref()
-                .is_some_and(|s| s.repository_count == Some(before + 1))
-        },
-    )
-    .await;
+    let refreshed = counted(&env, before + 1).await;
     assert!(
         refreshed
             .metadata

@@ -99,15 +99,7 @@ impl Client {
 
     /// Creates a hook of `owner` as `spec` says.
     pub async fn create_hook(&self, owner: &str, spec: &HookSpec<'_>) -> Result<Hook, Error> {
-        let url = self.hooks_url(owner, None);
-        let answer = self.write(
-            "create_hook",
-            reqwest::Method::POST,
-            &url,
-            body(self, spec),
-            Some(spec.secret),
-        );
-        self.hook_of(answer.await?)
+        self.put_hook(owner, None, spec).await
     }
 
     /// Makes hook `id` of `owner` what `spec` says (its secret included).
@@ -117,14 +109,23 @@ impl Client {
         id: &str,
         spec: &HookSpec<'_>,
     ) -> Result<Hook, Error> {
-        let url = self.hooks_url(owner, Some(id));
-        let answer = self.write(
-            "update_hook",
-            reqwest::Method::PUT,
-            &url,
-            body(self, spec),
-            Some(spec.secret),
-        );
+        self.put_hook(owner, Some(id), spec).await
+    }
+
+    /// Writes `spec` as a new hook of `owner` (POST), or over hook `id` (PUT).
+    async fn put_hook(
+        &self,
+        owner: &str,
+        id: Option<&str>,
+        spec: &HookSpec<'_>,
+    ) -> Result<Hook, Error> {
+        let url = self.hooks_url(owner, id);
+        let (operation, method) = match id {
+            None => ("create_hook", reqwest::Method::POST),
+            Some(_) => ("update_hook", reqwest::Method::PUT),
+        };
+        let body = body(self, spec);
+        let answer = self.write(operation, method, &url, body, Some(spec.secret));
         self.hook_of(answer.await?)
     }
 
