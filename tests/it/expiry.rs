@@ -93,6 +93,15 @@ async fn a_declared_expiry_is_shown_warned_once_forgotten_when_renewed_and_named
         "{listed}"
     );
 
+    let shown = crate::plugin::plugin(&env, &["get", "acme"]);
+    let shown = String::from_utf8_lossy(&shown.stdout).into_owned();
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("Expires:") && l.contains(&soon[..10])),
+        "{shown}"
+    );
+
     // Renewed for a year: no condition, no warning due.
     let later = in_days(365);
     declare(&env, &later).await;

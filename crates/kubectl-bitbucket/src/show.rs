@@ -171,6 +171,9 @@ pub async fn get(
     if let Some(workspace) = &spec.workspace {
         line("Workspace", workspace);
     }
+    if status.credential.is_some() {
+        line("Expires", &expires(status.credential.as_ref()));
+    }
     line("Account", &account);
     line("Scopes", &dash(&status.scopes.join(", ")));
     line(

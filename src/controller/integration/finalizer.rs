@@ -57,6 +57,9 @@ pub(super) async fn with_finalizer(
                 return Ok(Action::requeue(after));
             }
             super::hooks::remove_with(context, integration).await;
+            // Its expiry series goes with it.
+            let gone = super::expiry::Expiry::Unknown;
+            context.shared.metrics.credential_expiry(integration, &gone);
             let path = format!("/metadata/finalizers/{index}");
             let patch = serde_json::json!([
                 {"op": "test", "path": path, "value": IN_USE_FINALIZER},
