@@ -4,6 +4,8 @@
 #   gitops-check  (hack/gitops) kstatus (sigs.k8s.io/cli-utils, Flux's health), Argo CD's
 #                 resource health and its ApplicationSet plugin client (argo-cd/v3)
 #   helm          (hack/helm) helm.sh/helm/v4/cmd/helm, for the chart's lint and rendering
+#   promtool      (hack/promtool) github.com/prometheus/prometheus/cmd/promtool, for the chart's
+#                 alerts: promtool check rules and promtool test rules
 #   flux-contract (hack/flux-contract) the Flux Operator's own ExternalService client: the test
 #                 binary of its package internal/controller (an internal package, so no other
 #                 module may import it) with hack/flux-contract/bbo_contract_test.go added and
@@ -16,7 +18,7 @@
 #                 tests of the operator's refresh annotations on the real API server
 #
 #   hack/gitops.sh build         build them (no-ops when they are there)
-#   hack/gitops.sh path NAME     print the path of gitops-check, helm, flux-contract or crds
+#   hack/gitops.sh path NAME     print the path of gitops-check, helm, promtool, flux-contract or crds
 #                                (fails when not built)
 #
 # Argo CD v3.6 needs Go 1.27: for gitops-check the go command takes the approved go1.27.3
@@ -40,13 +42,14 @@ module() { # <name> -> its wrapper module's folder
   case "$1" in
     gitops-check) echo "$HACK/gitops" ;;
     helm) echo "$HACK/helm" ;;
+    promtool) echo "$HACK/promtool" ;;
     flux-contract) echo "$HACK/flux-contract" ;;
-    *) die "no tool $1 (gitops-check, helm, flux-contract, crds)" ;;
+    *) die "no tool $1 (gitops-check, helm, promtool, flux-contract, crds)" ;;
   esac
 }
 
 toolchain() { # <name>
-  if [ "$1" = helm ]; then echo local; else echo go1.27.3; fi
+  if [ "$1" = helm ] || [ "$1" = promtool ]; then echo local; else echo go1.27.3; fi
 }
 
 cache_root() {
@@ -85,6 +88,8 @@ build() { # <name>
     say "building $1 from $dir (cold: a few minutes on 2 cores)"
     if [ "$1" = helm ]; then
       (cd "$dir" && GOTOOLCHAIN=local go build -trimpath -ldflags="-s -w" -o "$out.partial" helm.sh/helm/v4/cmd/helm)
+    elif [ "$1" = promtool ]; then
+      (cd "$dir" && GOTOOLCHAIN=local go build -trimpath -ldflags="-s -w" -o "$out.partial" github.com/prometheus/prometheus/cmd/promtool)
     elif [ "$1" = flux-contract ]; then
       build_flux_contract "$dir" "$out.partial"
     else
@@ -132,11 +137,12 @@ case "${1:-}" in
     command -v go >/dev/null 2>&1 || die "'go' is not installed (the polyglot machines ship one in /usr/local/go/bin)"
     build gitops-check
     build helm
+    build promtool
     build flux-contract
     build_crds ;;
   path)
     out="$(binary "${2:-}")"
     [ -x "$out" ] || die "${2:-} is not built: run hack/gitops.sh build (make test does)"
     echo "$out" ;;
-  *) die "usage: hack/gitops.sh build | path gitops-check|helm|flux-contract|crds" ;;
+  *) die "usage: hack/gitops.sh build | path gitops-check|helm|promtool|flux-contract|crds" ;;
 esac

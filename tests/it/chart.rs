@@ -315,3 +315,48 @@ async fn the_api_server_accepts_everything_the_chart_renders() {
         "{said}"
     );
 }
+
+#[test]
+fn monitoring_values_render_a_service_monitor_and_the_promtool_checked_alerts() {
+    let monitor = (
+        "ServiceMonitor".into(),
+        "ops".into(),
+        "bitbucket-operator".into(),
+    );
+    let rule = (
+        "PrometheusRule".into(),
+        "ops".into(),
+        "bitbucket-operator".into(),
+    );
+    let off = keyed(render("ops", &[]));
+    assert!(
+        !off.contains_key(&monitor) && !off.contains_key(&rule),
+        "off by default"
+    );
+
+    let on = keyed(render(
+        "ops",
+        &[
+            "monitoring.serviceMonitor.enabled=true",
+            "monitoring.prometheusRule.enabled=true",
+            "monitoring.prometheusRule.runbookBaseUrl=https://wiki.example.com/runbooks",
+            "monitoring.labels.release=prometheus",
+        ],
+    ));
+    let endpoints = &on[&monitor]["spec"]["endpoints"];
+    assert_eq!(endpoints[0]["port"], "metrics");
+    assert_eq!(on[&monitor]["metadata"]["labels"]["release"], "prometheus");
+    // The rule carries the very groups promtool checks, with the runbooks where the values say.
+    let file = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(CHART)
+            .join("files/alerts.yaml"),
+    )
+    .unwrap();
+    let file = file.replace(
+        "https://github.com/shippable/bitbucket-operator/blob/main/docs/runbooks",
+        "https://wiki.example.com/runbooks",
+    );
+    let groups: Value = serde_saphyr::from_str(&file).unwrap();
+    assert_eq!(on[&rule]["spec"]["groups"], groups["groups"]);
+}

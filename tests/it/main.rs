@@ -23,6 +23,7 @@ mod gitops;
 mod hostile_bitbucket;
 mod http_servers;
 mod leader;
+mod monitoring;
 mod operator;
 mod plugin;
 mod rbac;
