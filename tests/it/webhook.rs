@@ -312,23 +312,7 @@ async fn a_burst_of_deliveries_is_coalesced_into_a_fetch_per_repository_or_one_l
     })
     .await;
     // A sync request now is answered by a listing begun after the burst: nothing is left to do.
-    let handled = |value: &'static str| {
-        move |s: &Subscription| {
-            (s.status.as_ref())
-                .is_some_and(|s| s.last_handled_sync_request.as_deref() == Some(value))
-        }
-    };
-    (env.api::<Subscription>())
-        .patch("ci", &PatchParams::default(), &sync_request("after-pushes"))
-        .await
-        .unwrap();
-    await_object(
-        &env.api(),
-        "ci",
-        "the sync request",
-        handled("after-pushes"),
-    )
-    .await;
+    synced_after(&env, "after-pushes").await;
     let after = env.sim.control().counters();
     assert_eq!(
         fetched(&after) - fetched(&before),
@@ -347,27 +331,32 @@ async fn a_burst_of_deliveries_is_coalesced_into_a_fetch_per_repository_or_one_l
         }
     })
     .await;
-    (env.api::<Subscription>())
-        .patch(
-            "ci",
-            &PatchParams::default(),
-            &sync_request("after-created"),
-        )
-        .await
-        .unwrap();
-    await_object(
-        &env.api(),
-        "ci",
-        "the sync request",
-        handled("after-created"),
-    )
-    .await;
+    synced_after(&env, "after-created").await;
     let after = env.sim.control().counters();
     let listings = (after.endpoint(listing) - before.endpoint(listing)) / pages.max(1);
     assert!(
         listings <= 2,
         "{listings} listings of {pages} pages for one burst: {after:?}"
     );
+}
+
+/// Asks Subscription `ci` for a sync (`value`) and waits until it was answered: by a listing
+/// begun after everything sent before.
+async fn synced_after(env: &Env, value: &'static str) {
+    (env.api::<Subscription>())
+        .patch("ci", &PatchParams::default(), &sync_request(value))
+        .await
+        .unwrap();
+    await_object(
+        &env.api(),
+        "ci",
+        "the sync request",
+        move |s: &Subscription| {
+            (s.status.as_ref())
+                .is_some_and(|s| s.last_handled_sync_request.as_deref() == Some(value))
+        },
+    )
+    .await;
 }
 
 /// `count` signed deliveries over the first 5 of `repositories`, 8 at a time, the event of the
