@@ -97,6 +97,16 @@ async fn with_webhook(env: &Env) -> Subscription {
     let mut ci = subscription("ci", "acme", Some("acme"), &[]);
     ci.spec.sync_interval = "1h".into();
     env.create(&ci).await;
+    // Both validated before anything is counted (a late first validation is a Bitbucket call).
+    for name in ["acme", "plain"] {
+        await_object(
+            &env.api(),
+            name,
+            "the integration validated",
+            is_ready_integration,
+        )
+        .await;
+    }
     await_object(&env.api(), "ci", "ci to sync", is_synced).await
 }
 
