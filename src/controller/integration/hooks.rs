@@ -130,7 +130,8 @@ pub(super) async fn keep(
         Err(message) => return Some(failed(shown, reasons::WEBHOOK_FAILED, message)),
     };
     let cloud = matches!(client.server(), Server::Cloud { .. });
-    let wanted = wanted(&users_of(context, integration), cloud);
+    // Before the Subscriptions are listed every hook would look unwanted: wait for them.
+    let wanted = wanted(&super::subscriptions_of(context, integration)?, cloud);
     // A sync request on the integration looks again too (a hook deleted by hand comes back).
     let requested = crate::controller::sync_request(integration);
     let key = key(
@@ -209,9 +210,8 @@ async fn secret(
         .map_err(|e| format!("reading the webhook Secret {}: {e}", reference.name))?;
     let secret =
         found.ok_or_else(|| format!("the webhook Secret {} does not exist", reference.name))?;
-    let value = (secret.data.as_ref())
-        .and_then(|d| d.get(&reference.key))
-        .and_then(|v| String::from_utf8(v.0.clone()).ok())
+    let value = crate::api::credential::value_of(&secret, &reference.key)
+        .and_then(|v| String::from_utf8(v).ok())
         .filter(|v| !v.is_empty());
     value.map(SecretString::from).ok_or_else(|| {
         format!(
@@ -219,17 +219,6 @@ async fn secret(
             reference.name, reference.key
         )
     })
-}
-
-/// The Subscriptions of the integration, from the cache.
-fn users_of(
-    context: &Context,
-    integration: &BitbucketIntegration,
-) -> Vec<std::sync::Arc<Subscription>> {
-    let (name, namespace) = (integration.name_any(), integration.namespace());
-    (context.subscriptions.state().into_iter())
-        .filter(|s| s.namespace() == namespace && s.spec.integration_ref.name == name)
-        .collect()
 }
 
 fn digest(secret: &SecretString) -> [u8; 32] {

@@ -305,22 +305,28 @@ fn after(
     }
 }
 
-/// The Subscriptions (from the cache) that reference `integration`; `None` right after
-/// start-up, before the Subscriptions are listed (no users would be written, then fixed).
+/// Who uses `integration`, as status shows it; `None` right after start-up, before the
+/// Subscriptions are listed (no users would be written, then fixed).
 fn users(context: &Context, integration: &BitbucketIntegration) -> Option<Users> {
+    let users = subscriptions_of(context, integration)?;
+    Some(Users::of(users.iter().map(|s| s.name_any()).collect()))
+}
+
+/// The Subscriptions (from the cache) that reference `integration`; `None` right after
+/// start-up, before the Subscriptions are listed (an empty cache is not "nobody").
+fn subscriptions_of(
+    context: &Context,
+    integration: &BitbucketIntegration,
+) -> Option<Vec<Arc<Subscription>>> {
     if !super::is_ready(&context.subscriptions) {
         return None;
     }
-    let name = integration.name_any();
-    let namespace = integration.namespace();
-    let names = context
-        .subscriptions
-        .state()
-        .iter()
-        .filter(|s| s.namespace() == namespace && s.spec.integration_ref.name == name)
-        .map(|s| s.name_any())
-        .collect();
-    Some(Users::of(names))
+    let (name, namespace) = (integration.name_any(), integration.namespace());
+    let all = context.subscriptions.state().into_iter();
+    Some(
+        all.filter(|s| s.namespace() == namespace && s.spec.integration_ref.name == name)
+            .collect(),
+    )
 }
 
 /// Who uses an integration, as its status shows it: how many Subscriptions, and the first
