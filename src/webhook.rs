@@ -156,9 +156,9 @@ impl Receiver {
         let read = tokio::time::timeout(Duration::from_secs(5), secrets.get_opt(&reference.name));
         let secret = match read.await {
             Ok(Ok(secret)) => secret
-                .and_then(|s| s.data?.remove(&reference.key))
-                .filter(|value| !value.0.is_empty())
-                .map(|value| Arc::new(SecretSlice::from(value.0))),
+                .and_then(|s| crate::api::credential::value_of(&s, &reference.key))
+                .filter(|value| !value.is_empty())
+                .map(|value| Arc::new(SecretSlice::from(value))),
             Ok(Err(error)) => {
                 tracing::warn!(%namespace, integration = %name, %error, "reading the webhook secret");
                 None

@@ -58,7 +58,7 @@ pub async fn figure(client: &Client, trials: usize) -> Vec<Row> {
     let mut rows = vec![
         created_to_everywhere(&sim, &subscriptions, &served, &appsets, &ns.name, trials).await,
     ];
-    rows.push(calls(&sim, &operator, &served, &subscriptions).await);
+    rows.push(calls(&sim, &served, &subscriptions).await);
     rows.push(receiver_latency(&served, 500, Duration::from_secs(10)).await);
     operator.stop().await;
     rows
@@ -395,7 +395,6 @@ async fn settled_calls(
 /// signed delivery; baseline: one full listing.
 async fn calls(
     sim: &bitbucket_sim::Simulator,
-    operator: &Operator,
     served: &Served,
     subscriptions: &Api<Subscription>,
 ) -> Row {
@@ -469,7 +468,6 @@ async fn calls(
         401
     );
     let forged = settled_calls(sim, before).await;
-    let _ = operator;
 
     // A listing is this many pages (the baseline's).
     let pages = listing.endpoint(LIST).max(1);

@@ -462,6 +462,28 @@ fn hooks_in_place(integration: &BitbucketIntegration) -> bool {
         && (integration.status.as_ref()).is_some_and(|s| !s.webhooks.is_empty())
 }
 
+/// An operator whose receiver listens on loopback and is its `--webhook-url` (the base URL,
+/// returned), with the Secrets `acme-hook` (the recorded deliveries' secret) and `hooks-token`
+/// (jdoe's API token that may manage webhooks).
+async fn receiving(prefix: &str) -> (Env, String) {
+    let listener = loopback().await;
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let url = base.parse().unwrap();
+    let env = Env::start_with(prefix, bitbucket_sim::Fixture::demo(), |s| {
+        s.webhook_url = Some(url);
+    })
+    .await;
+    serve_on(listener, env.operator());
+    env.secret("acme-hook", &[("secret", RECORDED_SECRET)])
+        .await;
+    let token = [
+        ("email", "jdoe@example.com"),
+        ("token", "FAKE-cloud-api-token-for-jdoe-hooks"),
+    ];
+    env.secret("hooks-token", &token).await;
+    (env, base)
+}
+
 fn registering(env: &Env, name: &str, secret: &str) -> BitbucketIntegration {
     let mut integration = env.cloud(name, CredentialType::ApiToken, secret, None);
     integration.spec.webhook = Some(Webhook {
@@ -476,23 +498,8 @@ fn registering(env: &Env, name: &str, secret: &str) -> BitbucketIntegration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registered_hooks_are_kept_and_a_new_repository_appears_without_a_sync_request() {
-    let listener = loopback().await;
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let hook_base = base.clone();
-    let env = Env::start_with("webhook-register", bitbucket_sim::Fixture::demo(), |s| {
-        s.webhook_url = Some(hook_base.parse().unwrap());
-    })
-    .await;
-    serve_on(listener, env.operator());
+    let (env, base) = receiving("webhook-register").await;
     let ns = env.ns.name.clone();
-    env.secret("acme-hook", &[("secret", RECORDED_SECRET)])
-        .await;
-    let token = "FAKE-cloud-api-token-for-jdoe-hooks";
-    env.secret(
-        "hooks-token",
-        &[("email", "jdoe@example.com"), ("token", token)],
-    )
-    .await;
     env.create(&registering(&env, "acme", "hooks-token")).await;
     let mut ci = subscription("ci", "acme", Some("acme"), &[]);
     ci.spec.sync_interval = "1h".into();
@@ -623,27 +630,12 @@ async fn a_credential_without_the_webhook_scope_is_told_once_and_not_asked_again
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_bitbucket_does_not_offer_are_named_and_data_center_gets_project_hooks() {
-    let listener = loopback().await;
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let hook_base = base.clone();
-    let env = Env::start_with("webhook-events", bitbucket_sim::Fixture::demo(), |s| {
-        s.webhook_url = Some(hook_base.parse().unwrap());
-    })
-    .await;
-    serve_on(listener, env.operator());
-    env.secret("acme-hook", &[("secret", RECORDED_SECRET)])
-        .await;
+    let (env, _) = receiving("webhook-events").await;
 
     // Cloud: workspace hooks that carry pushes and settings only.
     env.sim
         .control()
         .set_workspace_hook_events(&["repo:push", "repo:updated"]);
-    let token = "FAKE-cloud-api-token-for-jdoe-hooks";
-    env.secret(
-        "hooks-token",
-        &[("email", "jdoe@example.com"), ("token", token)],
-    )
-    .await;
     env.create(&registering(&env, "acme", "hooks-token")).await;
     env.create(&subscription("ci", "acme", Some("acme"), &[]))
         .await;
