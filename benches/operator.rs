@@ -209,6 +209,7 @@ fn integration(
             workspace: None,
             validation_interval: "30m".into(),
             webhook: None,
+            request_budget: None,
         },
     )
 }

@@ -146,6 +146,11 @@ pub struct RunArgs {
 
     /// For demos and benchmarks only: use this many seconds instead of every
     /// validationInterval and syncInterval.
+    /// The window request budgets count in, in seconds (an hour): benchmarks speed time up
+    /// with it. Never set in production.
+    #[arg(long, hide = true)]
+    pub budget_window_seconds: Option<u64>,
+
     #[arg(long, hide = true)]
     pub interval_override_seconds: Option<u64>,
 }
@@ -193,6 +198,7 @@ impl RunArgs {
                     ..LeaseSettings::new(namespace, &self.lease_name, &self.instance)
                 }),
             interval_override: self.interval_override_seconds.map(Duration::from_secs),
+            budget_window: Duration::from_secs(self.budget_window_seconds.unwrap_or(3600).max(6)),
             downstream: DownstreamSettings {
                 applicationsets: self.refresh_applicationsets,
                 flux_input_providers: self.refresh_flux_input_providers,

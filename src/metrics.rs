@@ -68,6 +68,10 @@ pub struct IntegrationLabels {
     pub integration: String,
 }
 
+/// What reads every integration's budget: (namespace, integration, snapshot).
+pub type BudgetReader =
+    Box<dyn Fn() -> Vec<(String, String, crate::bitbucket::budget::Snapshot)> + Send + Sync>;
+
 /// All the operator's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -81,6 +85,16 @@ pub struct Metrics {
     pub webhook_deliveries: Family<DeliveryLabels, Counter>,
     pub downstream_refreshes: Family<DownstreamLabels, Counter>,
     pub credential_expiry: Family<IntegrationLabels, Gauge>,
+    /// 1 while an integration is Ready, else 0; on the replica that reconciles it.
+    pub integration_ready: Family<IntegrationLabels, Gauge>,
+    /// Each integration's request budget, read when the metrics are: requests a window, of
+    /// them planned, counted in the last window, and left.
+    pub request_budget: Family<IntegrationLabels, Gauge>,
+    pub request_budget_planned: Family<IntegrationLabels, Gauge>,
+    pub request_budget_used: Family<IntegrationLabels, Gauge>,
+    pub request_budget_remaining: Family<IntegrationLabels, Gauge>,
+    /// Reads the budgets when the metrics are rendered (set by the controllers).
+    budgets: std::sync::OnceLock<BudgetReader>,
     pub blocked_deletions: Gauge,
     /// 1 while this replica leads (or runs without leader election), 0 while it stands by.
     pub leader: Gauge,
@@ -123,13 +137,14 @@ impl Default for Metrics {
         let downstream_refreshes = Family::<DownstreamLabels, Counter>::default();
         let help = "Refreshes asked of Argo CD ApplicationSets and Flux input providers after a list changed";
         registry.register("downstream_refreshes", help, downstream_refreshes.clone());
-        let credential_expiry = Family::<IntegrationLabels, Gauge>::default();
-        let help = "When each integration's credential expires (Unix seconds), where its Secret declares it";
-        registry.register(
-            "credential_expiry_timestamp_seconds",
-            help,
-            credential_expiry.clone(),
-        );
+        let [
+            credential_expiry,
+            integration_ready,
+            request_budget,
+            request_budget_planned,
+            request_budget_used,
+            request_budget_remaining,
+        ] = per_integration(&mut registry);
         let blocked_deletions = Gauge::default();
         let help = "Integrations whose deletion this replica found waiting for Subscriptions (0 on a standby)";
         registry.register("blocked_deletions", help, blocked_deletions.clone());
@@ -153,6 +168,12 @@ impl Default for Metrics {
             webhook_deliveries,
             downstream_refreshes,
             credential_expiry,
+            integration_ready,
+            request_budget,
+            request_budget_planned,
+            request_budget_used,
+            request_budget_remaining,
+            budgets: std::sync::OnceLock::new(),
             blocked_deletions,
         }
     }
@@ -165,11 +186,7 @@ impl Metrics {
         integration: &crate::api::BitbucketIntegration,
         expiry: &crate::controller::integration::expiry::Expiry,
     ) {
-        use kube::ResourceExt;
-        let labels = IntegrationLabels {
-            namespace: integration.namespace().unwrap_or_default(),
-            integration: integration.name_any(),
-        };
+        let labels = labels_of(integration);
         match expiry {
             crate::controller::integration::expiry::Expiry::At(at) => {
                 self.credential_expiry
@@ -182,8 +199,68 @@ impl Metrics {
         }
     }
 
+    /// Shows whether `integration` is Ready.
+    pub fn integration_ready(
+        &self,
+        integration: &crate::api::BitbucketIntegration,
+        conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    ) {
+        let ready = crate::status::conditions::is_true(conditions, crate::api::conditions::READY);
+        (self
+            .integration_ready
+            .get_or_create(&labels_of(integration)))
+        .set(i64::from(ready));
+    }
+
+    /// Drops the series of a deleted integration.
+    pub fn forget_integration(&self, integration: &crate::api::BitbucketIntegration) {
+        let labels = labels_of(integration);
+        self.credential_expiry.remove(&labels);
+        self.integration_ready.remove(&labels);
+    }
+
+    /// Sets what reads the budgets when the metrics are rendered (once).
+    pub fn read_budgets_with(&self, reader: BudgetReader) {
+        let _ = self.budgets.set(reader);
+    }
+
+    /// Sets the budget series from the budgets as they are now (integrations that are gone
+    /// have none).
+    fn read_budgets(&self) {
+        let Some(reader) = self.budgets.get() else {
+            return;
+        };
+        let families = [
+            &self.request_budget,
+            &self.request_budget_planned,
+            &self.request_budget_used,
+            &self.request_budget_remaining,
+        ];
+        for family in families {
+            family.clear();
+        }
+        for (namespace, integration, snapshot) in reader() {
+            let labels = IntegrationLabels {
+                namespace,
+                integration,
+            };
+            let values = [
+                snapshot.limit,
+                snapshot.planned,
+                Some(snapshot.used),
+                snapshot.remaining(),
+            ];
+            for (family, value) in families.iter().zip(values) {
+                if let Some(value) = value {
+                    family.get_or_create(&labels).set(i64::from(value));
+                }
+            }
+        }
+    }
+
     /// The OpenMetrics text of every metric.
     pub fn render(&self) -> String {
+        self.read_budgets();
         let mut text = String::new();
         encode(&mut text, &self.registry).expect("writing to a String cannot fail");
         text
@@ -201,6 +278,49 @@ impl Metrics {
                 })
                 .inc();
         })
+    }
+}
+
+/// Registers the series kept per integration, in the order [`Metrics`] names them.
+fn per_integration(registry: &mut Registry) -> [Family<IntegrationLabels, Gauge>; 6] {
+    [
+        (
+            "credential_expiry_timestamp_seconds",
+            "When each integration's credential expires (Unix seconds), where its Secret declares it",
+        ),
+        (
+            "integration_ready",
+            "1 while the integration is Ready, 0 while it is not (on the replica reconciling it)",
+        ),
+        (
+            "request_budget",
+            "Requests the integration's credential may make in the rolling hour (its request budget)",
+        ),
+        (
+            "request_budget_planned",
+            "Of the request budget, what interval syncs may plan for",
+        ),
+        (
+            "request_budget_used",
+            "Requests the integration's credential made in the rolling hour",
+        ),
+        (
+            "request_budget_remaining",
+            "Requests left in the integration's request budget for the rolling hour",
+        ),
+    ]
+    .map(|(name, help)| {
+        let family = Family::<IntegrationLabels, Gauge>::default();
+        registry.register(name, help, family.clone());
+        family
+    })
+}
+
+fn labels_of(integration: &crate::api::BitbucketIntegration) -> IntegrationLabels {
+    use kube::ResourceExt;
+    IntegrationLabels {
+        namespace: integration.namespace().unwrap_or_default(),
+        integration: integration.name_any(),
     }
 }
 

@@ -60,6 +60,7 @@ impl Reason for bitbucket::Error {
             E::Forbidden { .. } => reasons::FORBIDDEN,
             E::NotFound { .. } => reasons::WORKSPACE_NOT_FOUND,
             E::RateLimited { .. } => reasons::RATE_LIMITED,
+            E::OverBudget { .. } => reasons::REQUEST_BUDGET_SPENT,
             E::Gone { .. } | E::Config { .. } => reasons::INVALID_SPEC,
             E::NotAllowed { .. } | E::AddressRefused(_) => reasons::SERVER_NOT_ALLOWED,
             E::RotationNotSaved { .. } => reasons::REFRESH_TOKEN_NOT_SAVED,

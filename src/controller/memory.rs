@@ -13,7 +13,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -157,6 +157,8 @@ pub struct Memory {
     subscriptions: Mutex<HashMap<String, SubscriptionMemory>>,
     /// Listings shared between the Subscriptions of one integration and scope.
     pub listings: ListingCache,
+    /// Each integration's request budget and the plan of its Subscriptions' syncs.
+    pub budgets: Arc<super::budget::Budgets>,
     /// The integrations whose deletion this process found blocked: counted from the entries,
     /// so an entry that goes (deleted, swept, forgotten when this replica stops leading) is no
     /// longer counted. A status saying `DeletionBlocked` counts nothing by itself: a new leader
@@ -170,6 +172,7 @@ pub struct Swept {
     pub integrations: usize,
     pub subscriptions: usize,
     pub listings: usize,
+    pub budgets: usize,
 }
 
 impl Memory {
@@ -214,11 +217,13 @@ impl Memory {
         self.count_blocked(&memory);
         drop(memory);
         self.listings.forget_integration(uid);
+        self.budgets.forget_integration(uid);
     }
 
     /// Drops all that is remembered about a deleted Subscription.
     pub fn forget_subscription(&self, uid: &str) {
         lock(&self.subscriptions).remove(uid);
+        self.budgets.forget_subscription(uid);
     }
 
     /// Drops the memory of every object not among the live ones (the UIDs in the stores), and
@@ -239,6 +244,7 @@ impl Memory {
             swept.subscriptions = before - memory.len();
         }
         swept.listings = self.listings.sweep(integrations);
+        swept.budgets = self.budgets.sweep(integrations, subscriptions);
         swept
     }
 
@@ -325,7 +331,8 @@ mod tests {
             Swept {
                 integrations: 1,
                 subscriptions: 0,
-                listings: 1
+                listings: 1,
+                budgets: 0,
             }
         );
         assert_eq!(memory.count(), (1, 0));

@@ -10,6 +10,7 @@
 //! `backoff`.
 
 pub mod backoff;
+pub mod budget;
 pub mod credentials;
 pub mod error;
 pub mod finish;
@@ -21,7 +22,10 @@ pub mod refresh;
 mod run;
 pub mod subscription;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use kube::{
     Api, Resource, ResourceExt,
@@ -81,6 +85,9 @@ pub struct Settings {
     pub webhook_url: Option<url::Url>,
     /// How long the work webhook deliveries ask for waits for a burst of them to end.
     pub settle: subscription::refetch::Settle,
+    /// The window request budgets count in: an hour, as Bitbucket counts, except where a
+    /// benchmark speeds time up (budgets are then scaled to it).
+    pub budget_window: Duration,
 }
 
 impl Default for Settings {
@@ -100,6 +107,7 @@ impl Default for Settings {
             downstream: crate::downstream::DownstreamSettings::default(),
             webhook_url: None,
             settle: subscription::refetch::Settle::default(),
+            budget_window: Duration::from_secs(3600),
         }
     }
 }
@@ -153,7 +161,10 @@ impl Shared {
             controller: "bitbucket-operator".into(),
             instance: Some(settings.instance.clone()),
         };
-        let memory = Memory::counting_blocked_deletions(metrics.blocked_deletions.clone());
+        let mut memory = Memory::counting_blocked_deletions(metrics.blocked_deletions.clone());
+        memory.budgets = Arc::new(budget::Budgets::new(settings.budget_window));
+        let budgets = Arc::clone(&memory.budgets);
+        metrics.read_budgets_with(Box::new(move || budgets.snapshots(Instant::now())));
         let downstream = crate::downstream::Changes::new(&settings.downstream);
         Arc::new(Self {
             recorder: Recorder::new(kube.clone(), reporter),

@@ -100,7 +100,14 @@ async fn endless_paging_is_refused_in_bounded_pages_time_and_memory() {
                     &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
                 )
                 .await;
-                env.cloud("acme", CredentialType::ApiToken, "token", None)
+                let mut acme = env.cloud("acme", CredentialType::ApiToken, "token", None);
+                // These bounds come before the request budget: a Bitbucket that allows what
+                // endless pages take (10,000 an hour, as a scaled access token gets).
+                acme.spec.request_budget = Some(bitbucket_operator::api::RequestBudget {
+                    requests_per_hour: Some(10_000),
+                    planned_percent: None,
+                });
+                acme
             }
             Kind::DataCenter => {
                 env.secret("token", &[("username", "jdoe"), ("password", DC_PASSWORD)])

@@ -8,6 +8,7 @@ mod architecture;
 mod bare_machine;
 mod bitbucket_client;
 mod bitbucket_tls;
+mod budget;
 mod chart;
 mod control_plane;
 mod crd_admission;

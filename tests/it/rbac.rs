@@ -272,6 +272,7 @@ fn cloud_integration(
             workspace: None,
             validation_interval: "30m".into(),
             webhook: None,
+            request_budget: None,
         },
     )
 }

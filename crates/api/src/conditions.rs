@@ -68,6 +68,16 @@ pub mod reasons {
     pub const BITBUCKET_MISBEHAVES: &str = "BitbucketMisbehaves";
     /// Bitbucket answered 429; the operator waits as told.
     pub const RATE_LIMITED: &str = "RateLimited";
+    /// The credential's request budget has no room now (`spec.requestBudget`): nothing was
+    /// sent, and the call is made when there is room.
+    pub const REQUEST_BUDGET_SPENT: &str = "RequestBudgetSpent";
+    /// A Subscription never listed waits for its turn in its integration's request budget
+    /// (`Reconciling`).
+    pub const WAITING_FOR_REQUEST_BUDGET: &str = "WaitingForRequestBudget";
+    /// A Subscription is synced less often than its `syncInterval`, which its integration's
+    /// request budget cannot keep for all of its Subscriptions (an Event; the interval kept is
+    /// `status.stretchedSyncInterval`).
+    pub const SYNC_INTERVAL_STRETCHED: &str = "SyncIntervalStretched";
     /// The Subscription is suspended (`Ready` True: the state asked for); the last list is
     /// kept and not refreshed.
     pub const SUSPENDED: &str = "Suspended";

@@ -120,6 +120,31 @@ pub struct BitbucketIntegrationSpec {
     /// stays the safety net. Unset: deliveries for this integration are answered 404.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<Webhook>,
+
+    /// How many requests an hour the credential may make, and how much of that interval syncs
+    /// may plan for. Unset: what the credential type allows (Bitbucket Cloud: 1,000 an hour,
+    /// or what Bitbucket reports in `X-RateLimit-Limit` to access tokens; Data Center: no
+    /// limit). Every call made with the credential counts, and syncs are spread, and their
+    /// interval stretched when needed, to stay within it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_budget: Option<RequestBudget>,
+}
+
+/// An integration's request budget.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestBudget {
+    /// Requests an hour (1-1000000): what Bitbucket allows this credential, when it is not
+    /// what the credential type says (e.g. a Data Center instance with rate limiting on, or a
+    /// Cloud user whose other tools use part of the same allowance).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1_000_000))]
+    pub requests_per_hour: Option<u32>,
+    /// The percent of the budget interval syncs may plan for (10-100, default 80); the rest
+    /// is kept for validations, sync requests and webhook refreshes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 10, max = 100))]
+    pub planned_percent: Option<u8>,
 }
 
 /// How Bitbucket's webhook deliveries for an integration are accepted.
@@ -307,11 +332,28 @@ pub struct BitbucketIntegrationStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential: Option<CredentialStatus>,
 
+    /// The request budget the credential's calls are kept within.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_budget: Option<RequestBudgetStatus>,
+
     /// The hooks the operator keeps in Bitbucket for this integration
     /// (`spec.webhook.register`), one per workspace or project.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100))]
     pub webhooks: Vec<RegisteredWebhook>,
+}
+
+/// The request budget an integration's calls are kept within.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestBudgetStatus {
+    /// Requests an hour.
+    pub requests_per_hour: u32,
+    /// Of them, what interval syncs plan for.
+    pub planned_per_hour: u32,
+    /// Where the size comes from: `credential type`, `reported by Bitbucket` or `set on the
+    /// integration`.
+    pub source: String,
 }
 
 /// What is known of a credential's lifetime.

@@ -184,6 +184,12 @@ pub struct SubscriptionStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_change_time: Option<Time>,
 
+    /// The interval the Subscription is synced at when its `syncInterval` cannot be kept
+    /// within the integration's request budget (a Go duration); absent when it is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub stretched_sync_interval: Option<String>,
+
     /// The last value of the `scm.shippable.io/sync-requested-at` annotation acted upon.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_handled_sync_request: Option<String>,

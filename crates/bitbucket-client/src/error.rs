@@ -50,6 +50,22 @@ pub enum Error {
     #[error("rate limited by Bitbucket (429){}", retry_after.map(|d| format!("; retry after {}s", d.as_secs())).unwrap_or_default())]
     RateLimited { retry_after: Option<Duration> },
 
+    /// The credential's request budget has no room for this request now; nothing was sent.
+    #[error(
+        "the credential's request budget is spent: {used} of {limit} requests in the last {} ({}); the next fits in {}s",
+        crate::budget::humanize(*window),
+        match planned { true => "the share for interval syncs", false => "all of it" },
+        retry_after.as_secs().max(1)
+    )]
+    OverBudget {
+        used: u32,
+        limit: u32,
+        window: Duration,
+        /// Whether the planned share (not the whole budget) is what is spent.
+        planned: bool,
+        retry_after: Duration,
+    },
+
     /// 5xx: Bitbucket failed.
     #[error("Bitbucket is unavailable ({status}){}", excerpt_suffix(excerpt))]
     Unavailable { status: u16, excerpt: String },
@@ -131,6 +147,7 @@ impl Error {
             } => ErrorClass::Transient,
             Self::ListingTooLarge { .. } => ErrorClass::Request,
             Self::RateLimited { .. }
+            | Self::OverBudget { .. }
             | Self::Unavailable { .. }
             | Self::Timeout { .. }
             | Self::Transport { .. }
@@ -146,6 +163,7 @@ impl Error {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::RateLimited { retry_after } => *retry_after,
+            Self::OverBudget { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }

@@ -5,6 +5,7 @@
 //! Facts about Bitbucket's behaviour are cited from `testdata/bitbucket/API-FACTS.md`
 //! (api-facts §…). Does network I/O.
 
+pub mod budget;
 mod cloud;
 pub mod credentials;
 mod datacenter;
@@ -20,6 +21,7 @@ pub mod webhook;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
+pub use budget::{Budget, Priority};
 pub use credentials::Credentials;
 pub use error::{Error, ErrorClass};
 pub use hooks::{Hook, HookSpec};

@@ -78,6 +78,8 @@ pub struct TransportConfig {
     pub retry: RetryPolicy,
     /// Metrics hook.
     pub observer: Option<RequestObserver>,
+    /// The credential's request budget, which every request is admitted by (`None`: none).
+    pub budget: Option<Arc<crate::budget::Budget>>,
     /// The servers the credential may be sent to; every request is checked.
     pub allowed: AllowList,
     /// Addresses never connected to, whatever `allowed` says.
@@ -100,6 +102,7 @@ impl Default for TransportConfig {
             timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
             observer: None,
+            budget: None,
             allowed: AllowList::cloud(),
             refused: Arc::new(RefusedNetworks::default()),
             lookup: system_lookup(),
@@ -389,6 +392,7 @@ impl Transport {
     ) -> Result<Response, Error> {
         let url = request.url;
         self.permit(url)?;
+        self.admit().await?;
         let mut request = match request.body {
             Some(body) => self
                 .http
@@ -418,6 +422,9 @@ impl Transport {
         let status = response.status();
         self.observe(operation, Some(status.as_u16()));
         let headers = response.headers().clone();
+        if let Some(budget) = &self.config.budget {
+            budget.learn(&headers);
+        }
         let body = read_bounded(response, MAX_BODY_BYTES)
             .await
             .map_err(|e| match e {
@@ -433,7 +440,52 @@ impl Transport {
                 body,
             });
         }
-        Err(classify(status, &headers, &body, url, redact))
+        let error = classify(status, &headers, &body, url, redact);
+        if let (Error::RateLimited { retry_after }, Some(budget)) = (&error, &self.config.budget) {
+            budget.refused(*retry_after, std::time::Instant::now());
+        }
+        Err(error)
+    }
+
+    /// Waits until the budget admits a request of the current work's priority (at most the
+    /// retry policy's longest wait), and counts it; a longer wait is returned as
+    /// [`Error::OverBudget`], so the caller requeues instead of holding a worker.
+    async fn admit(&self) -> Result<(), Error> {
+        use crate::budget::Priority;
+        if let Some(budget) = &self.config.budget {
+            let priority = Priority::current();
+            loop {
+                let wait = match budget.admit(priority, std::time::Instant::now()) {
+                    Ok(()) => break,
+                    Err(wait) => wait,
+                };
+                if wait > self.config.retry.max_delay {
+                    let snapshot = budget.snapshot(std::time::Instant::now());
+                    let planned = priority == Priority::Planned;
+                    let cap = if planned {
+                        snapshot.planned
+                    } else {
+                        snapshot.limit
+                    };
+                    return Err(match cap.filter(|cap| snapshot.used >= *cap) {
+                        Some(cap) => Error::OverBudget {
+                            used: snapshot.used,
+                            limit: cap,
+                            window: snapshot.window,
+                            planned,
+                            retry_after: wait,
+                        },
+                        // Not spent: planned work waits out a 429 Bitbucket sent.
+                        None => Error::RateLimited {
+                            retry_after: Some(wait),
+                        },
+                    });
+                }
+                tokio::time::sleep(wait).await;
+            }
+        }
+        crate::budget::count_request();
+        Ok(())
     }
 
     pub fn timeout(&self) -> Duration {

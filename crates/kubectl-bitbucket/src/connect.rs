@@ -437,6 +437,7 @@ fn plan(
             workspace,
             validation_interval: "30m".into(),
             webhook: None,
+            request_budget: None,
         },
     );
     Ok((integration, secret, value))

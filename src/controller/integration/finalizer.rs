@@ -56,10 +56,10 @@ pub(super) async fn with_finalizer(
             if let Cleanup::LookAgain(after) = cleanup::cleanup(integration, context).await? {
                 return Ok(Action::requeue(after));
             }
-            super::hooks::remove_with(context, integration).await;
-            // Its expiry series goes with it.
-            let gone = super::expiry::Expiry::Unknown;
-            context.shared.metrics.credential_expiry(integration, &gone);
+            let remove = super::hooks::remove_with(context, integration);
+            crate::bitbucket::Priority::Asked.run(remove).await;
+            // Its series go with it.
+            context.shared.metrics.forget_integration(integration);
             let path = format!("/metadata/finalizers/{index}");
             let patch = serde_json::json!([
                 {"op": "test", "path": path, "value": IN_USE_FINALIZER},

@@ -22,6 +22,7 @@ use kube::{
     runtime::{Controller, WatchStreamExt, controller::Action, reflector::ObjectRef, watcher},
 };
 
+use super::budget::Turn;
 use super::{
     Context, INTEGRATION_MANAGER,
     credentials::{self, ResolveError},
@@ -36,7 +37,7 @@ use crate::{
         BitbucketIntegration, BitbucketIntegrationStatus, MAX_NAMED_USERS, Subscription,
         admission::in_use_message, conditions::reasons,
     },
-    bitbucket,
+    bitbucket::{self, Priority},
     status::conditions,
 };
 use validate::{ValidationAsk, ValidationDue, ValidationOutcome};
@@ -182,8 +183,11 @@ async fn apply(integration: &BitbucketIntegration, context: &Context) -> Result<
             Err(error) if error.class() != Class::Stalled => return Err(error.into()),
             resolved => resolved,
         };
-    let ask = ValidationAsk::of(integration, &shared.settings, resolved.as_ref().ok());
+    let mut ask = ValidationAsk::of(integration, &shared.settings, resolved.as_ref().ok());
     let uid = finish::uid(integration);
+    // Validations are planned with the Subscriptions' syncs, and stretched with them.
+    let account = shared.memory.budgets.account(integration);
+    ask.interval = account.interval(&uid, ask.interval);
     // Shown as the Secret declares it; kept as shown while the Secret cannot be read.
     let expiry = resolved.as_ref().ok().map(|r| r.expiry.clone());
     let (outcome, hooks) = match resolved {
@@ -195,7 +199,9 @@ async fn apply(integration: &BitbucketIntegration, context: &Context) -> Result<
             });
             let hooks = match valid {
                 true => {
-                    hooks::keep(context, integration, &resolved, &draft.shown, ask.interval).await
+                    let keep =
+                        hooks::keep(context, integration, &resolved, &draft.shown, ask.interval);
+                    Priority::Asked.run(keep).await
                 }
                 false => None,
             };
@@ -220,6 +226,10 @@ async fn apply(integration: &BitbucketIntegration, context: &Context) -> Result<
     if let Some(hooks) = hooks {
         hooks.show(&mut status, ask.generation);
     }
+    status.request_budget = (shared.memory.budgets.get(&uid)).and_then(|a| a.status());
+    shared
+        .metrics
+        .integration_ready(integration, &status.conditions);
     let today = jiff::Timestamp::now();
     if let Some(expiry) = &expiry {
         let secret = &integration.spec.credentials.secret_ref.name;
@@ -252,15 +262,38 @@ async fn validate_when_due(
         ValidationDue::BackingOff { wait } => return ValidationOutcome::BackingOff { wait },
         ValidationDue::Yes { changed } => changed,
     };
-    let call = resolved
-        .client
-        .whoami(integration.spec.workspace.as_deref());
-    let result = if changed {
+    // A validation the user asked for goes first; one its interval calls for takes its turn.
+    let account = shared.memory.budgets.account(integration);
+    let priority = match changed {
+        true => Priority::Asked,
+        false => match account.turn(&uid, now) {
+            Turn::Now => Priority::Planned,
+            Turn::At(at) => {
+                return ValidationOutcome::Unchanged {
+                    wait: Some(at - now),
+                };
+            }
+        },
+    };
+    let whoami = (resolved.client).whoami(integration.spec.workspace.as_deref());
+    let call = bitbucket::budget::metered(priority, whoami);
+    let (result, calls) = if changed {
         let message = "validating the credential with Bitbucket";
         finish::with_progress(shared, integration, draft, message, call).await
     } else {
         call.await
     };
+    if let Err(bitbucket::Error::OverBudget { retry_after, .. }) = &result
+        && calls == 0
+    {
+        // Nothing was sent: the last validation stands until there is room.
+        return ValidationOutcome::Unchanged {
+            wait: Some(*retry_after),
+        };
+    }
+    if priority == Priority::Planned {
+        account.spent(&uid, calls);
+    }
     let validation = Validation {
         fingerprint: resolved.fingerprint.clone(),
         sync_request: ask.requested.clone(),

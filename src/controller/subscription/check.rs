@@ -79,7 +79,11 @@ pub struct SyncAsk {
     pub generation: Option<i64>,
     /// The sync annotation's value.
     pub requested: Option<String>,
+    /// The interval kept: the spec's, or longer when the integration's request budget cannot
+    /// keep that (see [`crate::controller::budget`]).
     pub interval: Duration,
+    /// The spec's interval, when `interval` is stretched from it.
+    pub stretched_from: Option<Duration>,
     /// When a webhook delivery last asked for a refresh (see `crate::webhook`): answered only
     /// by a listing begun after it, and never before a backoff is over.
     pub refresh: Option<Instant>,
@@ -168,6 +172,7 @@ mod tests {
             generation: Some(1),
             requested: requested.map(str::to_owned),
             interval: HOUR,
+            stretched_from: None,
             refresh: None,
         }
     }

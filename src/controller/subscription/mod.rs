@@ -32,6 +32,7 @@ use kube::{
 
 use super::{
     Context, SUBSCRIPTION_MANAGER, Shared,
+    budget::{self, Turn},
     credentials::{self, ResolveError, Resolved},
     error::{Class, Reason},
     finish::{self, Draft, finish},
@@ -44,7 +45,7 @@ use crate::{
         BitbucketIntegration, IntegrationSummary, MAX_LISTED_REPOSITORIES, Repository,
         Subscription, SubscriptionStatus, conditions::reasons,
     },
-    bitbucket::{self, ListScope},
+    bitbucket::{self, ListScope, Priority},
     status::conditions,
 };
 use check::{SyncAsk, SyncDue};
@@ -198,10 +199,11 @@ async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, 
     }
     let shared = &context.shared;
     let mut draft = Draft::begin(&shared.memory, subscription);
-    let ask = SyncAsk {
+    let mut ask = SyncAsk {
         generation: subscription.metadata.generation,
         requested: super::sync_request(subscription),
         interval: (shared.settings).interval(&subscription.spec.sync_interval, DEFAULT_INTERVAL),
+        stretched_from: None,
         refresh: (shared.memory).subscription(&finish::uid(subscription), |m| m.refresh),
     };
     let outcome = if subscription.spec.suspend {
@@ -215,6 +217,7 @@ async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, 
                 integration: None,
             },
             Dereferenced::Found(found) => {
+                keep_within_budget(&mut ask, subscription, &found);
                 list_when_due(context, subscription, &mut draft, &ask, found).await
             }
         }
@@ -235,11 +238,22 @@ fn tell_downstream(shared: &Shared, subscription: &Subscription, status: &Subscr
     }
 }
 
-/// The integration a Subscription uses, checked, with its client.
+/// The integration a Subscription uses, checked, with its client and its request budget.
 struct Found {
     integration: Arc<BitbucketIntegration>,
     scope: ListScope,
     resolved: Resolved,
+    account: Arc<budget::Account>,
+}
+
+/// Stretches the interval `ask` keeps when the integration's request budget cannot keep the
+/// spec's (see [`budget`]).
+fn keep_within_budget(ask: &mut SyncAsk, subscription: &Subscription, found: &Found) {
+    let kept = (found.account).interval(&finish::uid(subscription), ask.interval);
+    if kept > ask.interval {
+        ask.stretched_from = Some(ask.interval);
+        ask.interval = kept;
+    }
 }
 
 enum Dereferenced {
@@ -279,6 +293,7 @@ async fn dereference(subscription: &Subscription, context: &Context) -> Derefere
     let transport = shared.settings.transport.clone();
     match credentials::resolve(&shared.kube, &shared.memory, &integration, transport).await {
         Ok(resolved) => Dereferenced::Found(Found {
+            account: shared.memory.budgets.account(&integration),
             integration,
             scope,
             resolved,
@@ -326,36 +341,41 @@ async fn list_when_due(
             return SyncOutcome::Unchanged { wait };
         }
         // Repositories a webhook named: fetched alone, or else answered by a fresh listing.
-        SyncDue::No { .. } => match refetch::told(context, subscription, &found, &told).await {
+        SyncDue::No { .. } => match Priority::Asked
+            .run(refetch::told(context, subscription, &found, &told))
+            .await
+        {
             Some(outcome) => return outcome,
             None => (true, false),
         },
         SyncDue::BackingOff { wait } => return SyncOutcome::BackingOff { wait },
         SyncDue::Yes { fresh, first } => (fresh || !told.is_empty(), first),
     };
-    let integration_uid = finish::uid(&*found.integration);
-    let want = Want {
-        integration: &integration_uid,
-        scope: &found.scope,
-        fingerprint,
-        max_age: ask.interval,
-        fresh,
-        confirmations: shared.settings.summaries_between_listings,
-    };
-    let client = &found.resolved.client;
-    let listing = shared.memory.listings.get(
-        want,
-        client.summarize(&found.scope),
-        fetch(client, &found.scope),
-    );
-    // Only a first listing says so: the status of a listed Subscription can be large (1,000
-    // repositories), and the API server handles the whole object on each write.
-    let listed = if first {
-        let message = "listing repositories";
-        finish::with_progress(shared, subscription, draft, message, listing).await
+    // A planned sync waits for its turn in the budget; one someone asked for goes now.
+    let priority = if fresh {
+        found.account.skip_turn(&uid);
+        Priority::Asked
     } else {
-        listing.await
+        match found.account.turn(&uid, now) {
+            Turn::Now => Priority::Planned,
+            Turn::At(at) => return waiting_for_budget(&found, at - now),
+        }
     };
+    let asking = Asking {
+        fresh,
+        first,
+        priority,
+    };
+    let (listed, calls) = list(shared, subscription, draft, ask, &found, asking).await;
+    if let Err(bitbucket::Error::OverBudget { retry_after, .. }) = &listed
+        && calls == 0
+    {
+        // Nothing was sent, so nothing is remembered: the sync is still due.
+        return waiting_for_budget(&found, *retry_after);
+    }
+    if priority == Priority::Planned {
+        found.account.spent(&uid, calls);
+    }
     let transient = matches!(&listed, Err(e) if Reason::class(e) == Class::Transient);
     remember(shared, &uid, ask, last, fingerprint, now, transient);
     let integration = integration_summary(&found);
@@ -365,6 +385,60 @@ async fn list_when_due(
             error: error.into(),
             integration: Some(integration),
         },
+    }
+}
+
+/// How a listing is asked for.
+#[derive(Clone, Copy)]
+struct Asking {
+    /// Only a listing fetched after this call began will do.
+    fresh: bool,
+    /// Nothing was listed for this Subscription yet.
+    first: bool,
+    priority: Priority,
+}
+
+/// The listing of `found`'s scope, shared or fetched (with `asking.priority` in the budget),
+/// and the requests it took.
+async fn list(
+    shared: &Shared,
+    subscription: &Subscription,
+    draft: &mut Draft<SubscriptionStatus>,
+    ask: &SyncAsk,
+    found: &Found,
+    asking: Asking,
+) -> (Result<Arc<Vec<Repository>>, bitbucket::Error>, u32) {
+    let integration_uid = finish::uid(&*found.integration);
+    let want = Want {
+        integration: &integration_uid,
+        scope: &found.scope,
+        fingerprint: &found.resolved.fingerprint,
+        max_age: ask.interval,
+        fresh: asking.fresh,
+        confirmations: shared.settings.summaries_between_listings,
+    };
+    let client = &found.resolved.client;
+    let listing = shared.memory.listings.get(
+        want,
+        client.summarize(&found.scope),
+        fetch(client, &found.scope),
+    );
+    let listing = bitbucket::budget::metered(asking.priority, listing);
+    // Only a first listing says so: the status of a listed Subscription can be large (1,000
+    // repositories), and the API server handles the whole object on each write.
+    if asking.first {
+        let message = "listing repositories";
+        finish::with_progress(shared, subscription, draft, message, listing).await
+    } else {
+        listing.await
+    }
+}
+
+/// A sync that waits `wait` for room in the integration's request budget.
+fn waiting_for_budget(found: &Found, wait: Duration) -> SyncOutcome {
+    SyncOutcome::WaitingForBudget {
+        wait,
+        integration: found.account.name().to_owned(),
     }
 }
 
@@ -491,7 +565,9 @@ fn after(
             finish::recovered::<Subscription>(shared, &uid);
             Action::requeue(ask.interval)
         }
-        SyncOutcome::Unchanged { wait } | SyncOutcome::BackingOff { wait } => Action::requeue(wait),
+        SyncOutcome::Unchanged { wait }
+        | SyncOutcome::BackingOff { wait }
+        | SyncOutcome::WaitingForBudget { wait, .. } => Action::requeue(wait),
         SyncOutcome::Suspended => {
             shared.memory.subscription(&uid, |m| m.sync = None);
             Action::await_change()

@@ -41,6 +41,12 @@ pub enum SyncOutcome {
         wait: std::time::Duration,
     },
     Suspended,
+    /// A sync is due but waits `wait` for its turn in the request budget of `integration`
+    /// (nothing was sent).
+    WaitingForBudget {
+        wait: std::time::Duration,
+        integration: String,
+    },
     /// `integration` is set when the failure is the listing's (made with its credential).
     Failed {
         error: Error,
@@ -90,8 +96,15 @@ pub fn status(
         conditions::remove(&mut status.conditions, RECONCILING);
     };
     match outcome {
-        SyncOutcome::Unchanged { .. } => conditions::remove(&mut status.conditions, RECONCILING),
+        SyncOutcome::Unchanged { .. } => {
+            conditions::remove(&mut status.conditions, RECONCILING);
+            keep_interval(&mut status, ask, generation, now);
+        }
         SyncOutcome::BackingOff { .. } => {}
+        // Only a Subscription never listed says so: a listed one keeps showing its list.
+        SyncOutcome::WaitingForBudget { integration, .. } => {
+            waiting_for_budget(&mut status, integration, generation, now);
+        }
         // Suspended is a state the user asked for, so it is Ready (kstatus: Current; Flux and
         // `kubectl wait` do not wait forever); the reason says the list is not refreshed.
         SyncOutcome::Suspended => ready(
@@ -122,6 +135,7 @@ pub fn status(
                 reasons::SYNCED,
                 format!("{count} repositories"),
             );
+            keep_interval(&mut status, ask, generation, now);
         }
         SyncOutcome::Failed { error, integration } => {
             if let Some(integration) = integration {
@@ -131,6 +145,70 @@ pub fn status(
         }
     }
     status
+}
+
+/// Says `Reconciling` while a Subscription never listed waits for its turn in the request
+/// budget; a listed one keeps showing its list.
+fn waiting_for_budget(
+    status: &mut SubscriptionStatus,
+    integration: &str,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    if status.repository_count.is_some() {
+        return;
+    }
+    let message = format!(
+        "waiting for its turn in the request budget of BitbucketIntegration {integration}, \
+         which other Subscriptions share"
+    );
+    conditions::set(
+        &mut status.conditions,
+        Desired::new(
+            RECONCILING,
+            Status::True,
+            reasons::WAITING_FOR_REQUEST_BUDGET,
+            message,
+        ),
+        generation,
+        now,
+    );
+}
+
+/// Shows the interval kept when it is stretched from the spec's: in
+/// `status.stretchedSyncInterval`, and in the message of a Ready that says `Synced`.
+fn keep_interval(
+    status: &mut SubscriptionStatus,
+    ask: &SyncAsk,
+    generation: Option<i64>,
+    now: &Time,
+) {
+    let kept = ask
+        .stretched_from
+        .map(|_| bitbucket::budget::humanize(ask.interval));
+    status.stretched_sync_interval = kept;
+    let Some(ready) = conditions::get(&status.conditions, READY)
+        .filter(|r| r.status == "True" && r.reason == reasons::SYNCED)
+    else {
+        return;
+    };
+    let count = status.repository_count.unwrap_or_default();
+    let message = match (&status.stretched_sync_interval, ask.stretched_from) {
+        (Some(kept), Some(spec)) => format!(
+            "{count} repositories; synced every {kept}, not every {}: the integration's request \
+             budget cannot keep that for all of its Subscriptions",
+            bitbucket::budget::humanize(spec)
+        ),
+        _ => format!("{count} repositories"),
+    };
+    if ready.message != message {
+        conditions::set(
+            &mut status.conditions,
+            Desired::new(READY, Status::True, reasons::SYNCED, message),
+            generation,
+            now,
+        );
+    }
 }
 
 /// The longest URL an entry keeps (a longer one is left out rather than cut into a wrong one).
@@ -185,6 +263,20 @@ pub fn announcements(before: &SubscriptionStatus, after: &SubscriptionStatus) ->
             note: ready.message.clone(),
         });
     }
+    if let Some(kept) = after.stretched_sync_interval.as_ref()
+        && before.stretched_sync_interval.as_ref() != Some(kept)
+    {
+        announcements.push(Announcement {
+            type_: EventType::Warning,
+            reason: reasons::SYNC_INTERVAL_STRETCHED.to_owned(),
+            action: "Sync",
+            note: format!(
+                "synced every {kept}: the integration's request budget cannot keep syncInterval \
+                 for all of its Subscriptions (raise spec.requestBudget if Bitbucket allows \
+                 more, or lengthen the intervals)"
+            ),
+        });
+    }
     if after.last_change_time != before.last_change_time {
         let names = |status: &SubscriptionStatus| -> BTreeSet<String> {
             status
@@ -236,6 +328,7 @@ mod tests {
             generation: Some(3),
             requested: Some("now".into()),
             interval: std::time::Duration::from_secs(600),
+            stretched_from: None,
             refresh: None,
         }
     }

@@ -230,6 +230,7 @@ pub fn integration(
             workspace: workspace.map(str::to_owned),
             validation_interval: "30m".into(),
             webhook: None,
+            request_budget: None,
         },
     )
 }

@@ -52,6 +52,7 @@ pub fn test_settings(namespace: &str) -> Settings {
         downstream: Default::default(),
         webhook_url: None,
         settle: Default::default(),
+        budget_window: Duration::from_secs(3600),
     }
 }
 

@@ -1,0 +1,418 @@
+//! Each integration's request budget ([`bitbucket::Budget`], which its client's every request
+//! is admitted by) and the plan that keeps its Subscriptions' interval syncs within it:
+//!
+//! - **Demand:** each Subscription plans `calls per sync × window / interval` requests a window
+//!   (calls per sync measured, averaged; 1 until measured), and so do the integration's own
+//!   validations.
+//! - **Stretch:** when the sum is more than the turns can give (the budget's planned share, a
+//!   little less for headroom), every interval of the integration is stretched by the same factor ([`Account::interval`]), and the Subscription
+//!   says so (`status.stretchedSyncInterval`, an Event `SyncIntervalStretched`).
+//! - **Turns:** planned syncs take turns spaced by their cost ([`Account::turn`]), so
+//!   Subscriptions made together are spread over the window instead of syncing together; a
+//!   burst of a tenth of the share goes at once, so a few Subscriptions never wait.
+//!
+//! Syncs someone asked for (sync requests, webhook refreshes) and validations skip the plan and
+//! use the rest of the budget. No I/O; time is passed in.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use kube::ResourceExt;
+
+use super::lock;
+use crate::{
+    api::{BitbucketIntegration, RequestBudgetStatus, ServerType},
+    bitbucket::{Budget, budget::Snapshot},
+};
+
+/// What Bitbucket Cloud allows a credential an hour (API-FACTS §C.2): per user for API tokens
+/// and OAuth, per token for access tokens (which Bitbucket may scale up and report).
+pub const CLOUD_REQUESTS_PER_HOUR: u32 = 1_000;
+
+/// How much a new stretch must differ from the one shown before it is shown (so a measured
+/// cost that wobbles does not rewrite every Subscription's status).
+const STRETCH_HYSTERESIS: f64 = 0.1;
+
+/// How much of the last sync's cost the average takes in.
+const COST_WEIGHT: f64 = 0.3;
+
+/// Turns are given at this share of the planned rate: with the burst of a tenth of the window
+/// on top, no window ever holds more planned requests than the budget admits.
+const PACE: f64 = 0.9;
+
+/// How full the stretched plan keeps the turns: the rest absorbs syncs that cost more than
+/// their average, so a Subscription rarely waits for its turn past its interval.
+const UTILIZATION: f64 = 0.85;
+
+/// The budgets of every integration, by UID.
+pub struct Budgets {
+    window: Duration,
+    accounts: Mutex<HashMap<String, Arc<Account>>>,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Self::new(Duration::from_secs(3600))
+    }
+}
+
+impl Budgets {
+    /// Budgets counted over `window` (an hour, except in benchmarks that speed time up).
+    pub fn new(window: Duration) -> Self {
+        Self {
+            window,
+            accounts: Mutex::default(),
+        }
+    }
+
+    /// The account of `integration`, made on first use, with its spec's settings applied.
+    pub fn account(&self, integration: &BitbucketIntegration) -> Arc<Account> {
+        let uid = integration.uid().unwrap_or_default();
+        let account = lock(&self.accounts)
+            .entry(uid)
+            .or_insert_with(|| {
+                let default = match integration.spec.server.server_type {
+                    ServerType::Cloud => Some(self.scaled(CLOUD_REQUESTS_PER_HOUR)),
+                    ServerType::DataCenter => None,
+                };
+                Arc::new(Account {
+                    namespace: integration.namespace().unwrap_or_default(),
+                    name: integration.name_any(),
+                    budget: Arc::new(Budget::new(default, self.window)),
+                    plan: Mutex::default(),
+                })
+            })
+            .clone();
+        let set = integration.spec.request_budget.as_ref();
+        account.budget.configure(
+            set.and_then(|b| b.requests_per_hour)
+                .map(|n| self.scaled(n)),
+            set.and_then(|b| b.planned_percent),
+        );
+        account
+    }
+
+    /// The account of the integration `uid`, if it has one.
+    pub fn get(&self, uid: &str) -> Option<Arc<Account>> {
+        lock(&self.accounts).get(uid).cloned()
+    }
+
+    /// An hourly number of requests as a number per window (the same, unless time is sped up).
+    fn scaled(&self, per_hour: u32) -> u32 {
+        let scaled = f64::from(per_hour) * self.window.as_secs_f64() / 3600.0;
+        (scaled.round() as u32).max(1)
+    }
+
+    /// Forgets the integrations and Subscriptions not in the sets; returns the integrations
+    /// forgotten.
+    pub fn sweep(&self, integrations: &HashSet<String>, subscriptions: &HashSet<String>) -> usize {
+        let mut accounts = lock(&self.accounts);
+        let before = accounts.len();
+        accounts.retain(|uid, _| integrations.contains(uid));
+        for (integration, account) in accounts.iter() {
+            // The integration's own validations are planned too.
+            lock(&account.plan).retain(|uid| uid == integration || subscriptions.contains(uid));
+        }
+        before - accounts.len()
+    }
+
+    pub fn forget_integration(&self, uid: &str) {
+        lock(&self.accounts).remove(uid);
+    }
+
+    pub fn forget_subscription(&self, uid: &str) {
+        for account in lock(&self.accounts).values() {
+            lock(&account.plan).retain(|s| s != uid);
+        }
+    }
+
+    /// Every account's budget now, with the integration's namespace and name.
+    pub fn snapshots(&self, now: Instant) -> Vec<(String, String, Snapshot)> {
+        lock(&self.accounts)
+            .values()
+            .map(|a| (a.namespace.clone(), a.name.clone(), a.budget.snapshot(now)))
+            .collect()
+    }
+}
+
+/// One integration's budget and plan.
+pub struct Account {
+    namespace: String,
+    name: String,
+    pub budget: Arc<Budget>,
+    plan: Mutex<Plan>,
+}
+
+#[derive(Default)]
+struct Plan {
+    /// By Subscription UID.
+    demands: HashMap<String, Demand>,
+    /// The factor every interval is stretched by (1: none), as last shown.
+    stretch: f64,
+    /// The earliest a planned sync may begin that has not taken its turn yet (GCRA's
+    /// theoretical arrival time).
+    next_turn: Option<Instant>,
+    /// Turns given to Subscriptions that were told to come back for them.
+    turns: HashMap<String, Instant>,
+}
+
+struct Demand {
+    calls_per_sync: f64,
+    interval: Duration,
+}
+
+impl Plan {
+    fn retain(&mut self, keep: impl Fn(&String) -> bool) {
+        self.demands.retain(|uid, _| keep(uid));
+        self.turns.retain(|uid, _| keep(uid));
+    }
+
+    /// Requests a window all planned syncs need, at their own intervals.
+    fn demand(&self, window: Duration) -> f64 {
+        self.demands
+            .values()
+            .map(|d| d.calls_per_sync * window.as_secs_f64() / d.interval.as_secs_f64().max(1e-3))
+            .sum()
+    }
+
+    /// Recomputes the stretch for `planned` requests a window. It grows at once (the interval
+    /// shown is never shorter than the one kept), and shrinks only by more than the hysteresis.
+    fn restretch(&mut self, window: Duration, planned: Option<u32>) {
+        let wanted = match planned {
+            Some(planned) => {
+                let capacity = f64::from(planned.max(1)) * PACE * UTILIZATION;
+                (self.demand(window) / capacity).max(1.0)
+            }
+            None => 1.0,
+        };
+        let shown = self.stretch.max(1.0);
+        if wanted >= shown || wanted == 1.0 || (shown - wanted) / shown > STRETCH_HYSTERESIS {
+            self.stretch = wanted;
+        }
+    }
+}
+
+/// Where a planned sync stands in the queue of turns.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Turn {
+    /// Go now.
+    Now,
+    /// Come back at this instant, which is kept for this Subscription.
+    At(Instant),
+}
+
+impl Account {
+    /// The interval `subscription` is synced at: `interval` stretched to fit the budget, in
+    /// whole seconds (minutes from ten minutes up). Counts the Subscription in the plan.
+    pub fn interval(&self, subscription: &str, interval: Duration) -> Duration {
+        let planned = self.budget.snapshot(Instant::now()).planned;
+        let mut plan = lock(&self.plan);
+        match plan.demands.get_mut(subscription) {
+            Some(demand) if demand.interval == interval => {}
+            Some(demand) => {
+                demand.interval = interval;
+                plan.restretch(self.budget.window(), planned);
+            }
+            None => {
+                let demand = Demand {
+                    calls_per_sync: 1.0,
+                    interval,
+                };
+                plan.demands.insert(subscription.to_owned(), demand);
+                plan.restretch(self.budget.window(), planned);
+            }
+        }
+        stretched(interval, plan.stretch)
+    }
+
+    /// Records what a planned sync of `subscription` cost.
+    pub fn spent(&self, subscription: &str, calls: u32) {
+        let planned = self.budget.snapshot(Instant::now()).planned;
+        let mut plan = lock(&self.plan);
+        if let Some(demand) = plan.demands.get_mut(subscription) {
+            demand.calls_per_sync =
+                demand.calls_per_sync * (1.0 - COST_WEIGHT) + f64::from(calls) * COST_WEIGHT;
+            plan.restretch(self.budget.window(), planned);
+        }
+    }
+
+    /// Whether a planned sync of `subscription` may begin `now`, or when it may. Turns are
+    /// spaced by the Subscription's cost over the planned share; without a limit, always now.
+    pub fn turn(&self, subscription: &str, now: Instant) -> Turn {
+        let Some(planned) = self.budget.snapshot(now).planned else {
+            return Turn::Now;
+        };
+        let window = self.budget.window();
+        let mut plan = lock(&self.plan);
+        if let Some(at) = plan.turns.get(subscription).copied() {
+            if at <= now {
+                plan.turns.remove(subscription);
+                return Turn::Now;
+            }
+            return Turn::At(at);
+        }
+        let cost = (plan.demands.get(subscription)).map_or(1.0, |d| d.calls_per_sync.max(0.1));
+        let spacing = window.mul_f64(cost / (f64::from(planned.max(1)) * PACE));
+        let burst = window / 10;
+        let next = plan.next_turn.unwrap_or(now).max(now);
+        plan.next_turn = Some(next + spacing);
+        if next <= now + burst {
+            return Turn::Now;
+        }
+        let at = next - burst;
+        plan.turns.insert(subscription.to_owned(), at);
+        Turn::At(at)
+    }
+
+    /// Gives up a turn `subscription` was keeping (a sync someone asked for came first).
+    pub fn skip_turn(&self, subscription: &str) {
+        lock(&self.plan).turns.remove(subscription);
+    }
+
+    /// The budget as the integration's status shows it (`None`: no limit).
+    pub fn status(&self) -> Option<RequestBudgetStatus> {
+        let snapshot = self.budget.snapshot(Instant::now());
+        let per_hour = |n: u32| {
+            let hourly = f64::from(n) * 3600.0 / snapshot.window.as_secs_f64();
+            hourly.round() as u32
+        };
+        Some(RequestBudgetStatus {
+            requests_per_hour: per_hour(snapshot.limit?),
+            planned_per_hour: per_hour(snapshot.planned?),
+            source: snapshot.source.as_str().to_owned(),
+        })
+    }
+
+    /// The integration's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// `interval` times `stretch`, rounded up to whole seconds (whole minutes from ten minutes).
+fn stretched(interval: Duration, stretch: f64) -> Duration {
+    if stretch <= 1.0 {
+        return interval;
+    }
+    let seconds = (interval.as_secs_f64() * stretch).ceil() as u64;
+    let seconds = if seconds >= 600 {
+        seconds.div_ceil(60) * 60
+    } else {
+        seconds
+    };
+    Duration::from_secs(seconds).max(interval)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn account(limit: Option<u32>) -> Account {
+        Account {
+            namespace: "team-a".into(),
+            name: "acme".into(),
+            budget: Arc::new(Budget::new(limit, HOUR)),
+            plan: Mutex::default(),
+        }
+    }
+
+    #[test]
+    fn intervals_are_kept_while_the_plan_fits_and_stretched_together_when_it_does_not() {
+        let account = account(Some(1000));
+        let ten_minutes = Duration::from_secs(600);
+        // 100 Subscriptions of 1 call every 10 minutes: 600 an hour, within the 612 the
+        // turns plan for (800 planned, paced at 90%, filled to 85%).
+        for i in 0..100 {
+            assert_eq!(account.interval(&format!("s{i}"), ten_minutes), ten_minutes);
+        }
+        // 1,000 of them: 6,000 an hour, 9.8 times the 612.
+        for i in 0..1000 {
+            account.interval(&format!("s{i}"), ten_minutes);
+        }
+        assert_eq!(
+            account.interval("s0", ten_minutes),
+            Duration::from_secs(99 * 60)
+        );
+        // Syncs that turn out to cost 2 calls stretch it further.
+        for i in 0..1000 {
+            for _ in 0..20 {
+                account.spent(&format!("s{i}"), 2);
+            }
+        }
+        assert_eq!(
+            account.interval("s0", ten_minutes),
+            Duration::from_secs(197 * 60)
+        );
+    }
+
+    #[test]
+    fn a_small_fall_in_cost_does_not_move_the_stretch_shown_and_a_large_one_does() {
+        let account = account(Some(1000));
+        let ten_minutes = Duration::from_secs(600);
+        for i in 0..1000 {
+            account.interval(&format!("s{i}"), ten_minutes);
+        }
+        let shown = account.interval("s0", ten_minutes);
+        for i in 0..50 {
+            account.spent(&format!("s{i}"), 0);
+        }
+        assert_eq!(account.interval("s0", ten_minutes), shown);
+        for i in 0..1000 {
+            account.spent(&format!("s{i}"), 0);
+        }
+        assert!(account.interval("s0", ten_minutes) < shown.mul_f64(0.8));
+    }
+
+    #[test]
+    fn turns_let_a_burst_through_and_spread_the_rest_over_the_window() {
+        let account = account(Some(1000));
+        let now = Instant::now();
+        let mut later = Vec::new();
+        for i in 0..1000 {
+            match account.turn(&format!("s{i}"), now) {
+                Turn::Now => {}
+                Turn::At(at) => later.push(at),
+            }
+        }
+        // A tenth of the window goes at once: 72 turns 5 s apart (800 planned, paced at 90%).
+        assert_eq!(1000 - later.len(), 73);
+        // The rest come back 5 s apart, each at its own turn.
+        let spacing = later[1] - later[0];
+        assert_eq!(spacing, Duration::from_secs(5));
+        assert!(later.windows(2).all(|w| w[1] - w[0] == spacing));
+        // A Subscription that comes back for its turn gets it, and no one else does.
+        assert_eq!(account.turn("s999", now), Turn::At(*later.last().unwrap()));
+        assert_eq!(account.turn("s999", *later.last().unwrap()), Turn::Now);
+    }
+
+    #[test]
+    fn without_a_limit_nothing_waits_or_stretches() {
+        let account = account(None);
+        for i in 0..10_000 {
+            assert_eq!(account.turn(&format!("s{i}"), Instant::now()), Turn::Now);
+            assert_eq!(
+                account.interval(&format!("s{i}"), Duration::from_secs(60)),
+                Duration::from_secs(60)
+            );
+        }
+        assert_eq!(account.status(), None);
+    }
+
+    #[test]
+    fn stretched_intervals_are_whole_seconds_or_minutes() {
+        assert_eq!(
+            stretched(Duration::from_secs(6), 7.5),
+            Duration::from_secs(45)
+        );
+        assert_eq!(
+            stretched(Duration::from_secs(600), 1.01),
+            Duration::from_secs(660)
+        );
+        assert_eq!(stretched(HOUR, 1.0), HOUR);
+    }
+}

@@ -1,0 +1,181 @@
+//! The request budget, on the real API server, with time sped up: the operator's budget
+//! window and the simulator's rate-limit window are both 12 s (an "hour"), and the
+//! credential may make 10 requests in it. Four Subscriptions asking for a sync every 2 s would
+//! need 24 requests a window: the operator stretches their interval and says so, Bitbucket
+//! never answers 429, and a sync request still goes through at once.
+
+use std::time::{Duration, Instant};
+
+use crate::support::{
+    env::*,
+    operator::{await_object, condition, subscription},
+};
+use bitbucket_operator::api::{
+    CredentialType, RequestBudget, SYNC_REQUESTED_AT_ANNOTATION, Subscription,
+};
+use bitbucket_sim::Fixture;
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+
+/// The "hour" of this test.
+const WINDOW: Duration = Duration::from_secs(12);
+/// Requests the credential may make in it.
+const LIMIT: u32 = 10;
+/// The credential's id in the simulator's demo fixture.
+const CREDENTIAL: &str = "jdoe-api-token";
+
+/// Answers the simulator gave `CREDENTIAL` with status 429.
+fn too_many(sim: &bitbucket_sim::Simulator) -> u64 {
+    let counters = sim.control().counters();
+    (counters.by_credential_endpoint.get(CREDENTIAL))
+        .map(|by| {
+            (by.iter())
+                .filter(|(k, _)| k.ends_with(" 429"))
+                .map(|(_, n)| n)
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn stretched(s: &Subscription) -> Option<String> {
+    s.status.as_ref()?.stretched_sync_interval.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intervals_the_budget_cannot_keep_are_stretched_and_said_and_bitbucket_never_says_429() {
+    let env = Env::start_with("budget", Fixture::demo(), |settings| {
+        settings.budget_window = WINDOW;
+        settings.interval_override = Some(Duration::from_secs(2));
+    })
+    .await;
+    env.sim.control().set_rate_window(WINDOW);
+    env.sim.control().set_rate_limit(CREDENTIAL, Some(LIMIT));
+    env.secret(
+        "acme-token",
+        &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
+    )
+    .await;
+    let mut acme = env.cloud("acme", CredentialType::ApiToken, "acme-token", None);
+    // 10 requests a 12 s window, given per hour.
+    let per_hour = LIMIT * 3600 / u32::try_from(WINDOW.as_secs()).unwrap();
+    acme.spec.request_budget = Some(RequestBudget {
+        requests_per_hour: Some(per_hour),
+        planned_percent: None,
+    });
+    env.create(&acme).await;
+    let acme = await_object(&env.api(), "acme", "acme Ready", is_ready_integration).await;
+    let budget = acme
+        .status
+        .unwrap()
+        .request_budget
+        .expect("the budget shown");
+    assert_eq!(
+        (
+            budget.requests_per_hour,
+            budget.planned_per_hour,
+            budget.source.as_str()
+        ),
+        (per_hour, per_hour * 8 / 10, "set on the integration")
+    );
+
+    // Four Subscriptions of four scopes: each sync is one request of its own.
+    let scopes: [&[&str]; 4] = [&[], &["API"], &["WEB"], &["OPS"]];
+    for (i, projects) in scopes.iter().enumerate() {
+        env.create(&subscription(
+            &format!("s{i}"),
+            "acme",
+            Some("acme"),
+            projects,
+        ))
+        .await;
+    }
+    // 4 x 6 requests a window against 8 planned: three times the interval, or more.
+    let mut kept = Duration::ZERO;
+    for i in 0..4 {
+        let s = await_object(
+            &env.api(),
+            &format!("s{i}"),
+            "its stretched interval",
+            |s: &Subscription| {
+                let kept =
+                    stretched(s).and_then(|k| bitbucket_operator::api::parse_duration(&k).ok());
+                is_synced(s) && kept.is_some_and(|k| k >= Duration::from_secs(6))
+            },
+        )
+        .await;
+        let interval = bitbucket_operator::api::parse_duration(&stretched(&s).unwrap()).unwrap();
+        kept = kept.max(interval);
+        let status = s.status.unwrap();
+        let ready = condition(&status.conditions, "Ready").unwrap();
+        assert!(ready.message.contains("not every 2s"), "{}", ready.message);
+    }
+    env.wait_for_events(&[("s0", "SyncIntervalStretched")])
+        .await;
+
+    // Three windows of steady state, a sync request in the middle: served at once.
+    let start = Instant::now();
+    tokio::time::sleep(WINDOW + WINDOW / 2).await;
+    let asked = Instant::now();
+    let patch = json!({"metadata": {"annotations": {SYNC_REQUESTED_AT_ANNOTATION: "now"}}});
+    env.api::<Subscription>()
+        .patch("s1", &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .unwrap();
+    await_object(
+        &env.api(),
+        "s1",
+        "the sync request answered",
+        |s: &Subscription| {
+            s.status
+                .as_ref()
+                .and_then(|s| s.last_handled_sync_request.as_deref())
+                == Some("now")
+        },
+    )
+    .await;
+    let served = asked.elapsed();
+    assert!(served < Duration::from_secs(5), "served in {served:?}");
+    tokio::time::sleep((WINDOW * 2).saturating_sub(start.elapsed())).await;
+
+    // A new repository is listed by the next planned sync: within the stretched interval
+    // (twice it, for the turn it may wait for).
+    let added = Instant::now();
+    let repository =
+        serde_json::from_value(json!({"slug": "budget-new", "project": "OPS"})).unwrap();
+    (env.sim.control())
+        .add_cloud_repository("acme", repository)
+        .unwrap();
+    await_object(
+        &env.api(),
+        "s3",
+        "the new repository",
+        |s: &Subscription| {
+            (s.status.as_ref())
+                .is_some_and(|s| s.repositories.iter().any(|r| r.name == "budget-new"))
+        },
+    )
+    .await;
+    let listed = added.elapsed();
+    assert!(
+        listed <= kept * 2 + Duration::from_secs(1),
+        "listed after {listed:?}, kept {kept:?}"
+    );
+
+    assert_eq!(too_many(&env.sim), 0, "Bitbucket never said 429");
+    let text = env.operator().metrics.render();
+    let series = |name: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with(&format!("bitbucket_operator_{name}{{"))
+                    && l.contains("integration=\"acme\"")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or_else(|| panic!("no {name} series in\n{text}"))
+    };
+    assert_eq!(series("request_budget"), LIMIT);
+    assert_eq!(series("request_budget_planned"), LIMIT * 8 / 10);
+    let used = series("request_budget_used");
+    assert!(used > 0 && used <= LIMIT, "{used}");
+    assert_eq!(series("request_budget_remaining"), LIMIT - used);
+}
