@@ -60,7 +60,8 @@ impl Default for Budgets {
 }
 
 impl Budgets {
-    /// Budgets counted over `window` (an hour, except in benchmarks that speed time up).
+    /// Budgets counted over `window`: an hour, except in benchmarks that speed time up, where
+    /// the window stands for an hour (a budget of 1,000 an hour is 1,000 a window).
     pub fn new(window: Duration) -> Self {
         Self {
             window,
@@ -75,7 +76,7 @@ impl Budgets {
             .entry(uid)
             .or_insert_with(|| {
                 let default = match integration.spec.server.server_type {
-                    ServerType::Cloud => Some(self.scaled(CLOUD_REQUESTS_PER_HOUR)),
+                    ServerType::Cloud => Some(CLOUD_REQUESTS_PER_HOUR),
                     ServerType::DataCenter => None,
                 };
                 Arc::new(Account {
@@ -88,8 +89,7 @@ impl Budgets {
             .clone();
         let set = integration.spec.request_budget.as_ref();
         account.budget.configure(
-            set.and_then(|b| b.requests_per_hour)
-                .map(|n| self.scaled(n)),
+            set.and_then(|b| b.requests_per_hour),
             set.and_then(|b| b.planned_percent),
         );
         account
@@ -98,12 +98,6 @@ impl Budgets {
     /// The account of the integration `uid`, if it has one.
     pub fn get(&self, uid: &str) -> Option<Arc<Account>> {
         lock(&self.accounts).get(uid).cloned()
-    }
-
-    /// An hourly number of requests as a number per window (the same, unless time is sped up).
-    fn scaled(&self, per_hour: u32) -> u32 {
-        let scaled = f64::from(per_hour) * self.window.as_secs_f64() / 3600.0;
-        (scaled.round() as u32).max(1)
     }
 
     /// Forgets the integrations and Subscriptions not in the sets; returns the integrations
@@ -275,13 +269,9 @@ impl Account {
     /// The budget as the integration's status shows it (`None`: no limit).
     pub fn status(&self) -> Option<RequestBudgetStatus> {
         let snapshot = self.budget.snapshot(Instant::now());
-        let per_hour = |n: u32| {
-            let hourly = f64::from(n) * 3600.0 / snapshot.window.as_secs_f64();
-            hourly.round() as u32
-        };
         Some(RequestBudgetStatus {
-            requests_per_hour: per_hour(snapshot.limit?),
-            planned_per_hour: per_hour(snapshot.planned?),
+            requests_per_hour: snapshot.limit?,
+            planned_per_hour: snapshot.planned?,
             source: snapshot.source.as_str().to_owned(),
         })
     }

@@ -85,8 +85,9 @@ pub struct Settings {
     pub webhook_url: Option<url::Url>,
     /// How long the work webhook deliveries ask for waits for a burst of them to end.
     pub settle: subscription::refetch::Settle,
-    /// The window request budgets count in: an hour, as Bitbucket counts, except where a
-    /// benchmark speeds time up (budgets are then scaled to it).
+    /// The window request budgets count in: an hour, as Bitbucket counts, except where a test
+    /// or benchmark speeds time up (the window then stands for an hour: a budget of 1,000 an
+    /// hour is 1,000 a window).
     pub budget_window: Duration,
 }
 

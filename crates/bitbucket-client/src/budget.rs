@@ -273,8 +273,11 @@ impl Budget {
     }
 
     /// Bitbucket refused a request (429): planned work waits `retry_after`, or a minute.
+    /// A `Retry-After` is Bitbucket's text: at most a window is believed (an hour, where any
+    /// request counted has left it).
     pub fn refused(&self, retry_after: Option<Duration>, now: Instant) {
-        self.lock().held_until = Some(now + retry_after.unwrap_or(HOLD_AFTER_429));
+        let hold = retry_after.unwrap_or(HOLD_AFTER_429).min(self.window);
+        self.lock().held_until = Some(now + hold);
     }
 
     pub fn snapshot(&self, now: Instant) -> Snapshot {
@@ -413,6 +416,9 @@ mod tests {
         budget
             .admit(Priority::Planned, now + Duration::from_secs(30))
             .unwrap();
+        // A Retry-After of centuries is believed for a window at most.
+        budget.refused(Some(Duration::MAX), now);
+        assert_eq!(budget.admit(Priority::Planned, now), Err(HOUR));
     }
 
     #[test]
