@@ -14,6 +14,8 @@
 //! Figure 12 (`operator/webhooks.rs`): signed webhooks from the hook the operator registered in
 //! the simulator, end to end (created → listed, served, ApplicationSet annotated), the Bitbucket
 //! calls they cost, and the receiver at 500 deliveries a second.
+//! Figure 13 (`operator/budget.rs`): 1,000 Subscriptions on one API token's request budget,
+//! four simulated hours at 100× speed, against the same with the budget lifted.
 //! Figure 9 installs `deploy/` on the plane's node (`make bench` starts it with `--node` and
 //! builds the image first) and removes it afterwards.
 //!
@@ -23,6 +25,8 @@
 //! Figures 6 and 7 run the operator binary as its own process, watching the whole cluster as
 //! it is deployed, so its memory can be read from /proc.
 
+#[path = "operator/budget.rs"]
+mod budget;
 #[path = "../tests/it/support/mod.rs"]
 #[allow(dead_code)] // the benchmark uses a few of the tests' helpers
 mod support;
@@ -142,6 +146,9 @@ async fn main() {
     }
     if wanted(12) {
         rows.extend(webhooks::figure(&client, if quick { 5 } else { 20 }).await);
+    }
+    if wanted(13) {
+        rows.extend(budget::figure(&client).await);
     }
     if wanted(8) {
         let trials = if quick { 50 } else { 200 };

@@ -199,6 +199,7 @@ impl RunArgs {
                 }),
             interval_override: self.interval_override_seconds.map(Duration::from_secs),
             budget_window: Duration::from_secs(self.budget_window_seconds.unwrap_or(3600).max(6)),
+            request_budgets: true,
             downstream: DownstreamSettings {
                 applicationsets: self.refresh_applicationsets,
                 flux_input_providers: self.refresh_flux_input_providers,

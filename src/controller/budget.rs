@@ -50,6 +50,9 @@ const UTILIZATION: f64 = 0.85;
 /// The budgets of every integration, by UID.
 pub struct Budgets {
     window: Duration,
+    /// Off: no limit, nothing waits, and the clients do not count (the operator as it was
+    /// before it had budgets: the benchmark's baseline).
+    off: bool,
     accounts: Mutex<HashMap<String, Arc<Account>>>,
 }
 
@@ -65,8 +68,22 @@ impl Budgets {
     pub fn new(window: Duration) -> Self {
         Self {
             window,
+            off: false,
             accounts: Mutex::default(),
         }
+    }
+
+    /// No budgets at all: see [`Budgets::off`](Self).
+    pub fn off() -> Self {
+        Self {
+            off: true,
+            ..Self::default()
+        }
+    }
+
+    /// The budget `integration`'s clients are admitted by (`None` when budgets are off).
+    pub fn for_clients(&self, integration: &BitbucketIntegration) -> Option<Arc<Budget>> {
+        (!self.off).then(|| Arc::clone(&self.account(integration).budget))
     }
 
     /// The account of `integration`, made on first use, with its spec's settings applied.
@@ -76,6 +93,7 @@ impl Budgets {
             .entry(uid)
             .or_insert_with(|| {
                 let default = match integration.spec.server.server_type {
+                    _ if self.off => None,
                     ServerType::Cloud => Some(CLOUD_REQUESTS_PER_HOUR),
                     ServerType::DataCenter => None,
                 };
@@ -87,7 +105,11 @@ impl Budgets {
                 })
             })
             .clone();
-        let set = integration.spec.request_budget.as_ref();
+        let set = integration
+            .spec
+            .request_budget
+            .as_ref()
+            .filter(|_| !self.off);
         account.budget.configure(
             set.and_then(|b| b.requests_per_hour),
             set.and_then(|b| b.planned_percent),

@@ -101,7 +101,7 @@ pub async fn resolve(
     let secrets: Api<Secret> =
         Api::namespaced(kube.clone(), &integration.namespace().unwrap_or_default());
     // Every client of the integration counts against its one budget, kept across rebuilds.
-    transport.budget = Some(Arc::clone(&memory.budgets.account(integration).budget));
+    transport.budget = memory.budgets.for_clients(integration);
     let inputs = Inputs::read(&secrets, integration).await?;
     let uid = integration.uid().unwrap_or_default();
     let cached = memory.integration(&uid, |m| m.client.clone());

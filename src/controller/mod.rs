@@ -89,6 +89,9 @@ pub struct Settings {
     /// or benchmark speeds time up (the window then stands for an hour: a budget of 1,000 an
     /// hour is 1,000 a window).
     pub budget_window: Duration,
+    /// Request budgets on (see [`budget`]); off only for the benchmark's baseline, the
+    /// operator as it was before it had them.
+    pub request_budgets: bool,
 }
 
 impl Default for Settings {
@@ -109,6 +112,7 @@ impl Default for Settings {
             webhook_url: None,
             settle: subscription::refetch::Settle::default(),
             budget_window: Duration::from_secs(3600),
+            request_budgets: true,
         }
     }
 }
@@ -163,7 +167,10 @@ impl Shared {
             instance: Some(settings.instance.clone()),
         };
         let mut memory = Memory::counting_blocked_deletions(metrics.blocked_deletions.clone());
-        memory.budgets = Arc::new(budget::Budgets::new(settings.budget_window));
+        memory.budgets = Arc::new(match settings.request_budgets {
+            true => budget::Budgets::new(settings.budget_window),
+            false => budget::Budgets::off(),
+        });
         let budgets = Arc::clone(&memory.budgets);
         metrics.read_budgets_with(Box::new(move || budgets.snapshots(Instant::now())));
         let downstream = crate::downstream::Changes::new(&settings.downstream);

@@ -53,6 +53,7 @@ pub fn test_settings(namespace: &str) -> Settings {
         webhook_url: None,
         settle: Default::default(),
         budget_window: Duration::from_secs(3600),
+        request_budgets: true,
     }
 }
 
