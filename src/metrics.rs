@@ -29,6 +29,11 @@ pub struct RequestLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabels {
+    pub operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SliceWriteLabels {
     /// `create`, `update` or `delete`.
     pub operation: &'static str,
@@ -75,11 +80,14 @@ pub type BudgetReader =
 /// All the operator's metrics.
 pub struct Metrics {
     registry: Registry,
+    /// The name of every metric, prefix included.
+    names: Vec<String>,
     pub reconciles: Family<ControllerLabels, Counter>,
     pub reconcile_errors: Family<ErrorLabels, Counter>,
     pub reconcile_duration: Family<ControllerLabels, Histogram>,
     pub status_writes: Family<ControllerLabels, Counter>,
     pub bitbucket_requests: Family<RequestLabels, Counter>,
+    pub bitbucket_request_duration: Family<OperationLabels, Histogram>,
     pub slice_writes: Family<SliceWriteLabels, Counter>,
     pub lists_served: Family<ServedLabels, Counter>,
     pub webhook_deliveries: Family<DeliveryLabels, Counter>,
@@ -104,39 +112,11 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("bitbucket_operator");
-        let reconciles = Family::<ControllerLabels, Counter>::default();
-        let help = "Reconciles run, by controller";
-        registry.register("reconciles", help, reconciles.clone());
-        let reconcile_errors = Family::<ErrorLabels, Counter>::default();
-        let help = "Reconciles that ended in an error, by controller and condition reason";
-        registry.register("reconcile_errors", help, reconcile_errors.clone());
-        let reconcile_duration =
-            Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
-                Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
-            });
-        let help = "How long reconciles take, by controller";
-        let duration = reconcile_duration.clone();
-        registry.register("reconcile_duration_seconds", help, duration);
-        let status_writes = Family::<ControllerLabels, Counter>::default();
-        let help = "Status patches sent to the API server, by controller";
-        registry.register("status_writes", help, status_writes.clone());
-        let bitbucket_requests = Family::<RequestLabels, Counter>::default();
-        let help = "HTTP requests to Bitbucket, by operation and status code";
-        registry.register("bitbucket_requests", help, bitbucket_requests.clone());
-        let slice_writes = Family::<SliceWriteLabels, Counter>::default();
-        let help = "RepositorySlice writes sent to the API server, by operation";
-        registry.register("slice_writes", help, slice_writes.clone());
-        let lists_served = Family::<ServedLabels, Counter>::default();
-        let help =
-            "Repository lists served to Argo CD and Flux, by endpoint and which list answered";
-        registry.register("lists_served", help, lists_served.clone());
-        let webhook_deliveries = Family::<DeliveryLabels, Counter>::default();
-        let help = "Bitbucket webhook deliveries received, by what became of them";
-        registry.register("webhook_deliveries", help, webhook_deliveries.clone());
-        let downstream_refreshes = Family::<DownstreamLabels, Counter>::default();
-        let help = "Refreshes asked of Argo CD ApplicationSets and Flux input providers after a list changed";
-        registry.register("downstream_refreshes", help, downstream_refreshes.clone());
+        let mut r = Registering::default();
+        let (reconciles, reconcile_errors, reconcile_duration, status_writes) = reconciling(&mut r);
+        let (bitbucket_requests, bitbucket_request_duration) = bitbucket(&mut r);
+        let (slice_writes, lists_served, webhook_deliveries, downstream_refreshes) =
+            serving(&mut r);
         let [
             credential_expiry,
             integration_ready,
@@ -144,18 +124,25 @@ impl Default for Metrics {
             request_budget_planned,
             request_budget_used,
             request_budget_remaining,
-        ] = per_integration(&mut registry);
-        let blocked_deletions = Gauge::default();
-        let help = "Integrations whose deletion this replica found waiting for Subscriptions (0 on a standby)";
-        registry.register("blocked_deletions", help, blocked_deletions.clone());
-        let leader = Gauge::default();
-        let help = "1 while this replica holds the Lease and reconciles, 0 while it stands by";
-        registry.register("leader", help, leader.clone());
-        let reconciling_scopes = Gauge::default();
-        let help = "Watched scopes whose controllers run now (0 while this replica stands by)";
-        registry.register("reconciling_scopes", help, reconciling_scopes.clone());
+        ] = per_integration(&mut r);
+        let blocked_deletions = r.add(
+            "blocked_deletions",
+            "Integrations whose deletion this replica found waiting for Subscriptions (0 on a standby)",
+            Gauge::default(),
+        );
+        let leader = r.add(
+            "leader",
+            "1 while this replica holds the Lease and reconciles, 0 while it stands by",
+            Gauge::default(),
+        );
+        let reconciling_scopes = r.add(
+            "reconciling_scopes",
+            "Watched scopes whose controllers run now (0 while this replica stands by)",
+            Gauge::default(),
+        );
         Self {
-            registry,
+            registry: r.registry,
+            names: r.names,
             leader,
             reconciling_scopes,
             reconciles,
@@ -163,6 +150,7 @@ impl Default for Metrics {
             reconcile_duration,
             status_writes,
             bitbucket_requests,
+            bitbucket_request_duration,
             slice_writes,
             lists_served,
             webhook_deliveries,
@@ -178,6 +166,138 @@ impl Default for Metrics {
         }
     }
 }
+
+/// The controllers' metrics.
+// A tuple, destructured into named fields at once.
+#[allow(clippy::type_complexity)]
+fn reconciling(
+    r: &mut Registering,
+) -> (
+    Family<ControllerLabels, Counter>,
+    Family<ErrorLabels, Counter>,
+    Family<ControllerLabels, Histogram>,
+    Family<ControllerLabels, Counter>,
+) {
+    let reconciles = r.add(
+        "reconciles",
+        "Reconciles run, by controller",
+        Family::<ControllerLabels, Counter>::default(),
+    );
+    let reconcile_errors = r.add(
+        "reconcile_errors",
+        "Reconciles that ended in an error, by controller and condition reason",
+        Family::<ErrorLabels, Counter>::default(),
+    );
+    let reconcile_duration = r.add(
+        "reconcile_duration_seconds",
+        "How long reconciles take, by controller",
+        Family::<ControllerLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+        }),
+    );
+    let status_writes = r.add(
+        "status_writes",
+        "Status patches sent to the API server, by controller",
+        Family::<ControllerLabels, Counter>::default(),
+    );
+    (
+        reconciles,
+        reconcile_errors,
+        reconcile_duration,
+        status_writes,
+    )
+}
+
+/// What Bitbucket was asked and how long it took.
+fn bitbucket(
+    r: &mut Registering,
+) -> (
+    Family<RequestLabels, Counter>,
+    Family<OperationLabels, Histogram>,
+) {
+    let bitbucket_requests = r.add(
+        "bitbucket_requests",
+        "HTTP requests to Bitbucket, by operation and status code",
+        Family::<RequestLabels, Counter>::default(),
+    );
+    let bitbucket_request_duration = r.add(
+        "bitbucket_request_duration_seconds",
+        "How long Bitbucket took to answer (until the headers), by operation",
+        Family::<OperationLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+        }),
+    );
+    (bitbucket_requests, bitbucket_request_duration)
+}
+
+/// What was written to the API server and served to Argo CD and Flux.
+// A tuple, destructured into named fields at once.
+#[allow(clippy::type_complexity)]
+fn serving(
+    r: &mut Registering,
+) -> (
+    Family<SliceWriteLabels, Counter>,
+    Family<ServedLabels, Counter>,
+    Family<DeliveryLabels, Counter>,
+    Family<DownstreamLabels, Counter>,
+) {
+    let slice_writes = r.add(
+        "slice_writes",
+        "RepositorySlice writes sent to the API server, by operation",
+        Family::<SliceWriteLabels, Counter>::default(),
+    );
+    let lists_served = r.add(
+        "lists_served",
+        "Repository lists served to Argo CD and Flux, by endpoint and which list answered",
+        Family::<ServedLabels, Counter>::default(),
+    );
+    let webhook_deliveries = r.add(
+        "webhook_deliveries",
+        "Bitbucket webhook deliveries received, by what became of them",
+        Family::<DeliveryLabels, Counter>::default(),
+    );
+    let downstream_refreshes = r.add(
+        "downstream_refreshes",
+        "Refreshes asked of Argo CD ApplicationSets and Flux input providers after a list changed",
+        Family::<DownstreamLabels, Counter>::default(),
+    );
+    (
+        slice_writes,
+        lists_served,
+        webhook_deliveries,
+        downstream_refreshes,
+    )
+}
+
+/// A registry being filled, and the names of what it holds.
+struct Registering {
+    registry: Registry,
+    names: Vec<String>,
+}
+
+impl Default for Registering {
+    fn default() -> Self {
+        Self {
+            registry: Registry::with_prefix(PREFIX),
+            names: Vec::new(),
+        }
+    }
+}
+
+impl Registering {
+    fn add<M: prometheus_client::registry::Metric + Clone>(
+        &mut self,
+        name: &str,
+        help: &str,
+        metric: M,
+    ) -> M {
+        self.registry.register(name, help, metric.clone());
+        self.names.push(format!("{PREFIX}_{name}"));
+        metric
+    }
+}
+
+const PREFIX: &str = "bitbucket_operator";
 
 impl Metrics {
     /// Shows when `integration`'s credential expires, or nothing when that is not known.
@@ -258,6 +378,12 @@ impl Metrics {
         }
     }
 
+    /// The name of every metric (as the text names them, `_total` and the histograms'
+    /// suffixes aside).
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
     /// The OpenMetrics text of every metric.
     pub fn render(&self) -> String {
         self.read_budgets();
@@ -269,7 +395,11 @@ impl Metrics {
     /// A hook for the Bitbucket client that counts its requests.
     pub fn bitbucket_observer(self: &Arc<Self>) -> crate::bitbucket::RequestObserver {
         let metrics = Arc::clone(self);
-        Arc::new(move |operation, status| {
+        Arc::new(move |operation, status, took| {
+            metrics
+                .bitbucket_request_duration
+                .get_or_create(&OperationLabels { operation })
+                .observe(took.as_secs_f64());
             metrics
                 .bitbucket_requests
                 .get_or_create(&RequestLabels {
@@ -282,7 +412,7 @@ impl Metrics {
 }
 
 /// Registers the series kept per integration, in the order [`Metrics`] names them.
-fn per_integration(registry: &mut Registry) -> [Family<IntegrationLabels, Gauge>; 6] {
+fn per_integration(r: &mut Registering) -> [Family<IntegrationLabels, Gauge>; 6] {
     [
         (
             "credential_expiry_timestamp_seconds",
@@ -309,11 +439,7 @@ fn per_integration(registry: &mut Registry) -> [Family<IntegrationLabels, Gauge>
             "Requests left in the integration's request budget for the rolling hour",
         ),
     ]
-    .map(|(name, help)| {
-        let family = Family::<IntegrationLabels, Gauge>::default();
-        registry.register(name, help, family.clone());
-        family
-    })
+    .map(|(name, help)| r.add(name, help, Family::<IntegrationLabels, Gauge>::default()))
 }
 
 fn labels_of(integration: &crate::api::BitbucketIntegration) -> IntegrationLabels {
@@ -332,9 +458,10 @@ mod tests {
     fn requests_are_counted_by_operation_and_status() {
         let metrics = Arc::new(Metrics::default());
         let observe = metrics.bitbucket_observer();
-        observe("whoami", Some(200));
-        observe("whoami", Some(200));
-        observe("list_repositories", None);
+        let took = std::time::Duration::from_millis(30);
+        observe("whoami", Some(200), took);
+        observe("whoami", Some(200), took);
+        observe("list_repositories", None, took);
         let text = metrics.render();
         assert!(
             text.contains(
@@ -344,6 +471,10 @@ mod tests {
         );
         assert!(
             text.contains(r#"bitbucket_operator_bitbucket_requests_total{operation="list_repositories",status="none"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"bitbucket_operator_bitbucket_request_duration_seconds_count{operation="whoami"} 2"#),
             "{text}"
         );
     }

@@ -360,3 +360,40 @@ fn monitoring_values_render_a_service_monitor_and_the_promtool_checked_alerts() 
     let groups: Value = serde_saphyr::from_str(&file).unwrap();
     assert_eq!(on[&rule]["spec"]["groups"], groups["groups"]);
 }
+
+#[test]
+fn the_grafana_dashboard_renders_for_the_sidecar_and_parses() {
+    let dashboard = (
+        "ConfigMap".into(),
+        "grafana".into(),
+        "bitbucket-operator-dashboard".into(),
+    );
+    assert!(
+        !keyed(render("ops", &[])).contains_key(&dashboard),
+        "off by default"
+    );
+    let on = keyed(render(
+        "ops",
+        &[
+            "monitoring.grafanaDashboard.enabled=true",
+            "monitoring.grafanaDashboard.namespace=grafana",
+        ],
+    ));
+    let config_map = &on[&dashboard];
+    assert_eq!(config_map["metadata"]["labels"]["grafana_dashboard"], "1");
+    let json = config_map["data"]["bitbucket-operator.json"]
+        .as_str()
+        .unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(parsed["uid"], "bitbucket-operator");
+    let file = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(CHART)
+            .join("files/dashboard.json"),
+    )
+    .unwrap();
+    assert_eq!(
+        parsed,
+        serde_json::from_str::<serde_json::Value>(&file).unwrap()
+    );
+}

@@ -3,7 +3,7 @@
 //! runbook in `docs/runbooks/` for each, and the ServiceMonitor and PrometheusRule the chart
 //! renders when asked (and only then).
 
-use std::path::Path;
+use std::{collections::BTreeSet, path::Path};
 
 use crate::support::gitops_tool;
 
@@ -68,5 +68,51 @@ fn each_alert_links_a_runbook_in_the_repository() {
             .unwrap_or_else(|| panic!("{alert}: {url}"));
         assert_eq!(path, format!("docs/runbooks/{alert}.md"));
         assert!(repo(path).exists(), "{alert}: no {path}");
+    }
+}
+
+/// The metric names an expression uses, without the suffixes Prometheus adds to a histogram's
+/// and a counter's series.
+fn metrics_named(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("bitbucket_operator_") {
+        let name: String = rest[at..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        rest = &rest[at + name.len()..];
+        let name = ["_bucket", "_count", "_sum", "_total"]
+            .iter()
+            .find_map(|suffix| name.strip_suffix(suffix))
+            .map_or(name.clone(), str::to_owned);
+        names.insert(name);
+    }
+    names
+}
+
+#[test]
+fn the_alerts_and_the_dashboard_use_only_metrics_the_operator_exports() {
+    let metrics = bitbucket_operator::metrics::Metrics::default();
+    let exported: BTreeSet<String> = metrics.names().iter().cloned().collect();
+    let dashboard =
+        std::fs::read_to_string(repo("charts/bitbucket-operator/files/dashboard.json")).unwrap();
+    let parsed: serde_json::Value = serde_json::from_str(&dashboard).unwrap();
+    let mut exprs = String::new();
+    for panel in parsed["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            exprs.push_str(target["expr"].as_str().unwrap());
+            exprs.push('\n');
+        }
+    }
+    let alerts = std::fs::read_to_string(repo(ALERTS)).unwrap();
+    for (what, text) in [("dashboard", exprs), ("alerts", alerts)] {
+        let used = metrics_named(&text);
+        assert!(used.len() > 5, "{what}: {used:?}");
+        let unknown: Vec<_> = used.difference(&exported).collect();
+        assert!(
+            unknown.is_empty(),
+            "{what} uses {unknown:?}, which the operator does not export"
+        );
     }
 }

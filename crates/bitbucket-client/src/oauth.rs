@@ -292,15 +292,16 @@ enum GrantHttpError {
 async fn send(transport: &Transport, request: HttpRequest) -> Result<HttpResponse, GrantHttpError> {
     let request = reqwest::Request::try_from(request)
         .map_err(|e| GrantHttpError::Transport(e.to_string(), false))?;
+    let began = std::time::Instant::now();
     let response = match transport.http().execute(request).await {
         Ok(response) => response,
         Err(e) => {
-            transport.observe("oauth_token", None);
+            transport.observe("oauth_token", None, began.elapsed());
             return Err(transport_failure(e));
         }
     };
     let status = response.status();
-    transport.observe("oauth_token", Some(status.as_u16()));
+    transport.observe("oauth_token", Some(status.as_u16()), began.elapsed());
     if status.as_u16() == 429 || status.is_server_error() {
         let retry_after = response
             .headers()

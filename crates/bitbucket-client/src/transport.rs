@@ -63,9 +63,10 @@ pub fn equal_jitter(ceiling: Duration) -> Duration {
     half + half.mul_f64(fastrand::f64())
 }
 
-/// Called once per HTTP attempt with the operation and the status (`None` when no answer came),
-/// e.g. to count requests in metrics. Never sees URLs or headers.
-pub type RequestObserver = Arc<dyn Fn(&'static str, Option<u16>) + Send + Sync>;
+/// Called once per HTTP attempt with the operation, the status (`None` when no answer came)
+/// and how long until the answer's headers came (or the attempt failed), e.g. to count requests
+/// in metrics. Never sees URLs or headers.
+pub type RequestObserver = Arc<dyn Fn(&'static str, Option<u16>, Duration) + Send + Sync>;
 
 /// Settings of the HTTP layer.
 #[derive(Clone)]
@@ -411,16 +412,17 @@ impl Transport {
             value.set_sensitive(true);
             request = request.header(header::AUTHORIZATION, value);
         }
+        let began = std::time::Instant::now();
         let sent = request.send().await;
         let response = match sent {
             Ok(response) => response,
             Err(e) => {
-                self.observe(operation, None);
+                self.observe(operation, None, began.elapsed());
                 return Err(self.transport_error(&e, redact));
             }
         };
         let status = response.status();
-        self.observe(operation, Some(status.as_u16()));
+        self.observe(operation, Some(status.as_u16()), began.elapsed());
         let headers = response.headers().clone();
         if let Some(budget) = &self.config.budget {
             budget.learn(&headers);
@@ -501,9 +503,9 @@ pub struct Request<'a> {
 }
 
 impl Transport {
-    pub fn observe(&self, operation: &'static str, status: Option<u16>) {
+    pub fn observe(&self, operation: &'static str, status: Option<u16>, took: Duration) {
         if let Some(observer) = &self.config.observer {
-            observer(operation, status);
+            observer(operation, status, took);
         }
     }
 
