@@ -38,7 +38,7 @@ use tokio::sync::{Notify, watch};
 use crate::{
     api::{SliceRef, slice::list_digest},
     catalog::{Catalog, Served},
-    controller::{Shared, is_ready, lock},
+    controller::{Shared, lock},
 };
 
 /// The annotation Argo CD's ApplicationSet controller refreshes on (and removes afterwards).
@@ -53,6 +53,10 @@ pub const MANAGER: &str = "bitbucket-operator/downstream";
 /// How long a change waits for this replica's catalog to serve the new list before the tools
 /// are told anyway.
 const SERVED_PATIENCE: Duration = Duration::from_secs(5);
+
+/// How long a change waits for the watch of ApplicationSets or input providers to be listed
+/// (after that, the objects it would tell are not known, and it tells none).
+const WATCH_PATIENCE: Duration = Duration::from_secs(60);
 
 /// Which tools to tell.
 #[derive(Clone, Debug)]
@@ -294,7 +298,13 @@ async fn tell(
                 served(&shared.catalog, &namespace, &name, &slices).await;
                 let digest = list_digest(&slices);
                 let now = jiff::Timestamp::now().to_string();
-                for (tool, store) in stores.iter().filter(|(_, store)| is_ready(store)) {
+                for (tool, store) in stores {
+                    // A watch not listed yet (its CRD just installed, the API server slow)
+                    // would tell no one: wait for it, a while.
+                    let listed = tokio::time::timeout(WATCH_PATIENCE, store.wait_until_ready());
+                    if listed.await.is_err() {
+                        continue;
+                    }
                     let config_map = &shared.settings.downstream.plugin_config_map;
                     for object in store.state() {
                         if tool.uses(&object, config_map, &namespace, &name) {

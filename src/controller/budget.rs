@@ -16,7 +16,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
     time::{Duration, Instant},
 };
 
@@ -24,8 +24,11 @@ use kube::ResourceExt;
 
 use super::lock;
 use crate::{
-    api::{BitbucketIntegration, RequestBudgetStatus, ServerType},
-    bitbucket::{Budget, budget::Snapshot},
+    api::{AccountKind, BitbucketIntegration, RequestBudgetStatus, ServerType},
+    bitbucket::{
+        Budget,
+        budget::{BudgetSlot, Snapshot},
+    },
 };
 
 /// What Bitbucket Cloud allows a credential an hour (API-FACTS §C.2): per user for API tokens
@@ -47,13 +50,15 @@ const PACE: f64 = 0.9;
 /// their average, so a Subscription rarely waits for its turn past its interval.
 const UTILIZATION: f64 = 0.85;
 
-/// The budgets of every integration, by UID.
+/// The budgets of every integration, by UID, and the pools they draw on.
 pub struct Budgets {
     window: Duration,
     /// Off: no limit, nothing waits, and the clients do not count (the operator as it was
     /// before it had budgets: the benchmark's baseline).
     off: bool,
     accounts: Mutex<HashMap<String, Arc<Account>>>,
+    /// By [`pool_key`]; a pool lives while an account uses it.
+    pools: Mutex<HashMap<String, Weak<Pool>>>,
 }
 
 impl Default for Budgets {
@@ -70,6 +75,7 @@ impl Budgets {
             window,
             off: false,
             accounts: Mutex::default(),
+            pools: Mutex::default(),
         }
     }
 
@@ -81,40 +87,67 @@ impl Budgets {
         }
     }
 
-    /// The budget `integration`'s clients are admitted by (`None` when budgets are off).
-    pub fn for_clients(&self, integration: &BitbucketIntegration) -> Option<Arc<Budget>> {
-        (!self.off).then(|| Arc::clone(&self.account(integration).budget))
+    /// What `integration`'s clients are admitted by (`None` when budgets are off): the budget
+    /// of its pool, which may change without the client being rebuilt.
+    pub fn for_clients(&self, integration: &BitbucketIntegration) -> Option<Arc<BudgetSlot>> {
+        (!self.off).then(|| Arc::clone(&self.account(integration).slot))
     }
 
-    /// The account of `integration`, made on first use, with its spec's settings applied.
+    /// The account of `integration`, made on first use, in the pool its credential draws on
+    /// now (see [`pool_key`]), with its spec's settings applied.
     pub fn account(&self, integration: &BitbucketIntegration) -> Arc<Account> {
         let uid = integration.uid().unwrap_or_default();
-        let account = lock(&self.accounts)
-            .entry(uid)
-            .or_insert_with(|| {
-                let default = match integration.spec.server.server_type {
-                    _ if self.off => None,
-                    ServerType::Cloud => Some(CLOUD_REQUESTS_PER_HOUR),
-                    ServerType::DataCenter => None,
-                };
-                Arc::new(Account {
+        let key = pool_key(integration);
+        let found = lock(&self.accounts).get(&uid).cloned();
+        let account = match found {
+            Some(account) if account.pool().key == key => account,
+            Some(account) => {
+                account.move_to(self.pool(&key, integration));
+                account
+            }
+            None => {
+                let pool = self.pool(&key, integration);
+                let account = Arc::new(Account {
                     namespace: integration.namespace().unwrap_or_default(),
                     name: integration.name_any(),
-                    budget: Arc::new(Budget::new(default, self.window)),
-                    plan: Mutex::default(),
-                })
-            })
-            .clone();
-        let set = integration
+                    uid: uid.clone(),
+                    slot: Arc::new(BudgetSlot::new(Arc::clone(&pool.budget))),
+                    pool: Mutex::new(pool),
+                });
+                lock(&self.accounts).insert(uid, Arc::clone(&account));
+                account
+            }
+        };
+        // Only a pool of its own is sized by the integration (a shared one is the user's).
+        if let Some(set) = integration
             .spec
             .request_budget
             .as_ref()
-            .filter(|_| !self.off);
-        account.budget.configure(
-            set.and_then(|b| b.requests_per_hour),
-            set.and_then(|b| b.planned_percent),
-        );
+            .filter(|_| !self.off)
+        {
+            (account.pool().budget).configure(set.requests_per_hour, set.planned_percent);
+        }
         account
+    }
+
+    /// The pool `key` names, made for `integration` when there is none.
+    fn pool(&self, key: &str, integration: &BitbucketIntegration) -> Arc<Pool> {
+        let mut pools = lock(&self.pools);
+        if let Some(pool) = pools.get(key).and_then(Weak::upgrade) {
+            return pool;
+        }
+        let default = match integration.spec.server.server_type {
+            _ if self.off => None,
+            ServerType::Cloud => Some(CLOUD_REQUESTS_PER_HOUR),
+            ServerType::DataCenter => None,
+        };
+        let pool = Arc::new(Pool {
+            key: key.to_owned(),
+            budget: Arc::new(Budget::new(default, self.window)),
+            plan: Mutex::default(),
+        });
+        pools.insert(key.to_owned(), Arc::downgrade(&pool));
+        pool
     }
 
     /// The account of the integration `uid`, if it has one.
@@ -128,38 +161,84 @@ impl Budgets {
         let mut accounts = lock(&self.accounts);
         let before = accounts.len();
         accounts.retain(|uid, _| integrations.contains(uid));
-        for (integration, account) in accounts.iter() {
-            // The integration's own validations are planned too.
-            lock(&account.plan).retain(|uid| uid == integration || subscriptions.contains(uid));
+        for account in accounts.values() {
+            // The integrations' own validations are planned too.
+            (lock(&account.pool().plan))
+                .retain(|uid| integrations.contains(uid) || subscriptions.contains(uid));
         }
-        before - accounts.len()
+        let forgotten = before - accounts.len();
+        drop(accounts);
+        lock(&self.pools).retain(|_, pool| pool.strong_count() > 0);
+        forgotten
     }
 
     pub fn forget_integration(&self, uid: &str) {
-        lock(&self.accounts).remove(uid);
+        if let Some(account) = lock(&self.accounts).remove(uid) {
+            lock(&account.pool().plan).forget_owner(uid);
+        }
+        lock(&self.pools).retain(|_, pool| pool.strong_count() > 0);
     }
 
     pub fn forget_subscription(&self, uid: &str) {
         for account in lock(&self.accounts).values() {
-            lock(&account.plan).retain(|s| s != uid);
+            lock(&account.pool().plan).retain(|s| s != uid);
         }
     }
 
-    /// Every account's budget now, with the integration's namespace and name.
+    /// Every integration's budget now (the pool's it draws on), with its namespace and name.
     pub fn snapshots(&self, now: Instant) -> Vec<(String, String, Snapshot)> {
         lock(&self.accounts)
             .values()
-            .map(|a| (a.namespace.clone(), a.name.clone(), a.budget.snapshot(now)))
+            .map(|a| {
+                (
+                    a.namespace.clone(),
+                    a.name.clone(),
+                    a.pool().budget.snapshot(now),
+                )
+            })
             .collect()
     }
 }
 
-/// One integration's budget and plan.
+/// Which pool an integration's credential draws on. Bitbucket Cloud counts an API token's and
+/// an OAuth consumer's requests per user (or consumer, API-FACTS §C.2): integrations that
+/// authenticate as one account on one server share a pool once validated, unless they set
+/// their own budget. Anything else (an access token, which has its own allowance; Data Center;
+/// one not validated yet) has a pool of its own.
+fn pool_key(integration: &BitbucketIntegration) -> String {
+    let account = (integration.status.as_ref())
+        .and_then(|s| s.account.as_ref())
+        .filter(|a| matches!(a.kind, AccountKind::User | AccountKind::OAuthConsumer));
+    let shared = match (&integration.spec.server.server_type, account) {
+        (ServerType::Cloud, Some(account)) if integration.spec.request_budget.is_none() => {
+            account.uuid.as_ref()
+        }
+        _ => None,
+    };
+    match shared {
+        Some(uuid) => {
+            let server = integration.spec.server.url.as_deref().unwrap_or("cloud");
+            format!("account {server} {uuid}")
+        }
+        None => format!("integration {}", integration.uid().unwrap_or_default()),
+    }
+}
+
+/// A budget and the plan of the work that draws on it.
+struct Pool {
+    key: String,
+    budget: Arc<Budget>,
+    plan: Mutex<Plan>,
+}
+
+/// One integration's place in a pool.
 pub struct Account {
     namespace: String,
     name: String,
-    pub budget: Arc<Budget>,
-    plan: Mutex<Plan>,
+    uid: String,
+    /// What its clients are admitted by: the pool's budget.
+    slot: Arc<BudgetSlot>,
+    pool: Mutex<Arc<Pool>>,
 }
 
 #[derive(Default)]
@@ -176,6 +255,8 @@ struct Plan {
 }
 
 struct Demand {
+    /// The integration whose work it is.
+    owner: String,
     calls_per_sync: f64,
     interval: Duration,
 }
@@ -184,6 +265,15 @@ impl Plan {
     fn retain(&mut self, keep: impl Fn(&String) -> bool) {
         self.demands.retain(|uid, _| keep(uid));
         self.turns.retain(|uid, _| keep(uid));
+    }
+
+    /// Drops the work of the integration `owner` (gone, or moved to another pool).
+    fn forget_owner(&mut self, owner: &str) {
+        let gone: HashSet<String> = (self.demands.iter())
+            .filter(|(_, d)| d.owner == owner)
+            .map(|(uid, _)| uid.clone())
+            .collect();
+        self.retain(|uid| !gone.contains(uid));
     }
 
     /// Requests a window all planned syncs need, at their own intervals.
@@ -221,24 +311,43 @@ pub enum Turn {
 }
 
 impl Account {
+    /// The pool it draws on now.
+    fn pool(&self) -> Arc<Pool> {
+        Arc::clone(&lock(&self.pool))
+    }
+
+    /// Moves to `pool`, taking its work out of the one it leaves; its clients count against
+    /// the new pool's budget from their next request.
+    fn move_to(&self, pool: Arc<Pool>) {
+        self.slot.set(Arc::clone(&pool.budget));
+        let left = std::mem::replace(&mut *lock(&self.pool), Arc::clone(&pool));
+        lock(&left.plan).forget_owner(&self.uid);
+        // What it counted on its own (its first validation) was the same credential's.
+        if left.key.starts_with("integration ") {
+            pool.budget.absorb(&left.budget);
+        }
+    }
+
     /// The interval `subscription` is synced at: `interval` stretched to fit the budget, in
     /// whole seconds (minutes from ten minutes up). Counts the Subscription in the plan.
     pub fn interval(&self, subscription: &str, interval: Duration) -> Duration {
-        let planned = self.budget.snapshot(Instant::now()).planned;
-        let mut plan = lock(&self.plan);
+        let pool = self.pool();
+        let planned = pool.budget.snapshot(Instant::now()).planned;
+        let mut plan = lock(&pool.plan);
         match plan.demands.get_mut(subscription) {
             Some(demand) if demand.interval == interval => {}
             Some(demand) => {
                 demand.interval = interval;
-                plan.restretch(self.budget.window(), planned);
+                plan.restretch(pool.budget.window(), planned);
             }
             None => {
                 let demand = Demand {
+                    owner: self.uid.clone(),
                     calls_per_sync: 1.0,
                     interval,
                 };
                 plan.demands.insert(subscription.to_owned(), demand);
-                plan.restretch(self.budget.window(), planned);
+                plan.restretch(pool.budget.window(), planned);
             }
         }
         stretched(interval, plan.stretch)
@@ -246,23 +355,25 @@ impl Account {
 
     /// Records what a planned sync of `subscription` cost.
     pub fn spent(&self, subscription: &str, calls: u32) {
-        let planned = self.budget.snapshot(Instant::now()).planned;
-        let mut plan = lock(&self.plan);
+        let pool = self.pool();
+        let planned = pool.budget.snapshot(Instant::now()).planned;
+        let mut plan = lock(&pool.plan);
         if let Some(demand) = plan.demands.get_mut(subscription) {
             demand.calls_per_sync =
                 demand.calls_per_sync * (1.0 - COST_WEIGHT) + f64::from(calls) * COST_WEIGHT;
-            plan.restretch(self.budget.window(), planned);
+            plan.restretch(pool.budget.window(), planned);
         }
     }
 
     /// Whether a planned sync of `subscription` may begin `now`, or when it may. Turns are
     /// spaced by the Subscription's cost over the planned share; without a limit, always now.
     pub fn turn(&self, subscription: &str, now: Instant) -> Turn {
-        let Some(planned) = self.budget.snapshot(now).planned else {
+        let pool = self.pool();
+        let Some(planned) = pool.budget.snapshot(now).planned else {
             return Turn::Now;
         };
-        let window = self.budget.window();
-        let mut plan = lock(&self.plan);
+        let window = pool.budget.window();
+        let mut plan = lock(&pool.plan);
         if let Some(at) = plan.turns.get(subscription).copied() {
             if at <= now {
                 plan.turns.remove(subscription);
@@ -285,16 +396,24 @@ impl Account {
 
     /// Gives up a turn `subscription` was keeping (a sync someone asked for came first).
     pub fn skip_turn(&self, subscription: &str) {
-        lock(&self.plan).turns.remove(subscription);
+        lock(&self.pool().plan).turns.remove(subscription);
     }
 
     /// The budget as the integration's status shows it (`None`: no limit).
     pub fn status(&self) -> Option<RequestBudgetStatus> {
-        let snapshot = self.budget.snapshot(Instant::now());
+        let pool = self.pool();
+        let snapshot = pool.budget.snapshot(Instant::now());
+        let shared = pool.key.starts_with("account ");
         Some(RequestBudgetStatus {
             requests_per_hour: snapshot.limit?,
             planned_per_hour: snapshot.planned?,
-            source: snapshot.source.as_str().to_owned(),
+            source: match shared {
+                true => format!(
+                    "{}, shared by the integrations of this account",
+                    snapshot.source.as_str()
+                ),
+                false => snapshot.source.as_str().to_owned(),
+            },
         })
     }
 
@@ -321,16 +440,92 @@ fn stretched(interval: Duration, stretch: f64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bitbucket::Priority;
 
     const HOUR: Duration = Duration::from_secs(3600);
 
     fn account(limit: Option<u32>) -> Account {
+        let budget = Arc::new(Budget::new(limit, HOUR));
+        let pool = Pool {
+            key: "integration acme".into(),
+            budget: Arc::clone(&budget),
+            plan: Mutex::default(),
+        };
         Account {
             namespace: "team-a".into(),
             name: "acme".into(),
-            budget: Arc::new(Budget::new(limit, HOUR)),
-            plan: Mutex::default(),
+            uid: "acme".into(),
+            slot: Arc::new(BudgetSlot::new(budget)),
+            pool: Mutex::new(Arc::new(pool)),
         }
+    }
+
+    /// A Cloud integration `uid` validated as `account` (`kind` and UUID), if it was.
+    fn integration(uid: &str, spec: &str, account: Option<(&str, &str)>) -> BitbucketIntegration {
+        let spec = serde_saphyr::from_str(spec).unwrap();
+        let mut integration = BitbucketIntegration::new(uid, spec);
+        integration.metadata.uid = Some(uid.to_owned());
+        integration.metadata.namespace = Some("team-a".to_owned());
+        if let Some((kind, uuid)) = account {
+            let status = serde_json::json!({"account": {"kind": kind, "uuid": uuid}});
+            integration.status = Some(serde_json::from_value(status).unwrap());
+        }
+        integration
+    }
+
+    const API_TOKEN: &str = "credentials: {type: ApiToken, secretRef: {name: s}}";
+
+    #[test]
+    fn integrations_of_one_cloud_user_share_a_budget_once_validated_and_others_do_not() {
+        let budgets = Budgets::default();
+        let jdoe = Some(("User", "{jdoe}"));
+        let first = budgets.account(&integration("a", API_TOKEN, None));
+        let clients = budgets
+            .for_clients(&integration("a", API_TOKEN, None))
+            .unwrap();
+        first.interval("s1", Duration::from_secs(60));
+        // Validated as jdoe: a, then b, draw on jdoe's pool, and a's clients follow it.
+        let a = budgets.account(&integration("a", API_TOKEN, jdoe));
+        let b = budgets.account(&integration("b", API_TOKEN, jdoe));
+        assert!(Arc::ptr_eq(&a.pool(), &b.pool()));
+        assert!(Arc::ptr_eq(&clients.get(), &a.pool().budget));
+        assert!(
+            lock(&a.pool().plan).demands.is_empty(),
+            "s1 was planned in a's own pool"
+        );
+        let now = Instant::now();
+        for _ in 0..3 {
+            clients.get().admit(Priority::Asked, now).unwrap();
+        }
+        let used = |account: &Account| account.pool().budget.snapshot(now).used;
+        assert_eq!((used(&a), used(&b)), (3, 3));
+        assert_eq!(
+            b.status().unwrap().source,
+            "credential type, shared by the integrations of this account"
+        );
+        // Not shared: another user, an access token, a budget set on the integration.
+        let others = [
+            integration("c", API_TOKEN, Some(("User", "{alice}"))),
+            integration(
+                "d",
+                "credentials: {type: AccessToken, secretRef: {name: s}}\nworkspace: acme",
+                Some(("AccessToken", "{jdoe}")),
+            ),
+            integration(
+                "e",
+                &format!("{API_TOKEN}\nrequestBudget: {{requestsPerHour: 500}}"),
+                jdoe,
+            ),
+        ];
+        for other in &others {
+            let other = budgets.account(other);
+            assert!(!Arc::ptr_eq(&other.pool(), &a.pool()), "{}", other.name());
+        }
+        // The last user of a pool gone, the pool goes.
+        drop((first, a, b));
+        budgets.forget_integration("a");
+        budgets.forget_integration("b");
+        assert!(lock(&budgets.pools).keys().all(|k| !k.contains("{jdoe}")));
     }
 
     #[test]

@@ -179,3 +179,52 @@ async fn intervals_the_budget_cannot_keep_are_stretched_and_said_and_bitbucket_n
     assert!(used > 0 && used <= LIMIT, "{used}");
     assert_eq!(series("request_budget_remaining"), LIMIT - used);
 }
+
+/// The value of the operator's series `name` for integration `integration`.
+fn series(text: &str, name: &str, integration: &str) -> Option<u32> {
+    text.lines()
+        .find(|l| {
+            l.starts_with(&format!("bitbucket_operator_{name}{{"))
+                && l.contains(&format!("integration=\"{integration}\""))
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integrations_of_one_cloud_user_draw_on_one_budget() {
+    let env = Env::start("budget-shared").await;
+    env.secret(
+        "acme-token",
+        &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
+    )
+    .await;
+    for name in ["a", "b"] {
+        env.create(&env.cloud(name, CredentialType::ApiToken, "acme-token", None))
+            .await;
+        env.create(&subscription(
+            &format!("{name}-all"),
+            name,
+            Some("acme"),
+            &["API"],
+        ))
+        .await;
+    }
+    for name in ["a-all", "b-all"] {
+        await_object(&env.api(), name, "synced", is_synced).await;
+    }
+    let b = await_object(&env.api(), "b", "b Ready", is_ready_integration).await;
+    let budget = b.status.unwrap().request_budget.unwrap();
+    assert_eq!(
+        (budget.requests_per_hour, budget.source.as_str()),
+        (
+            1000,
+            "credential type, shared by the integrations of this account"
+        )
+    );
+    // Both count every request jdoe's token made: two validations and two listings at least.
+    let text = env.operator().metrics.render();
+    let used = |name| series(&text, "request_budget_used", name).unwrap();
+    assert_eq!(used("a"), used("b"), "{text}");
+    assert!(used("a") >= 4, "{text}");
+}

@@ -174,6 +174,24 @@ impl std::fmt::Debug for Budget {
     }
 }
 
+/// Which budget a client's requests count against. It can be pointed at another budget while
+/// the client lives (two integrations found to be one Bitbucket user's come to share one).
+pub struct BudgetSlot(Mutex<Arc<Budget>>);
+
+impl BudgetSlot {
+    pub fn new(budget: Arc<Budget>) -> Self {
+        Self(Mutex::new(budget))
+    }
+
+    pub fn get(&self) -> Arc<Budget> {
+        Arc::clone(&self.0.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    pub fn set(&self, budget: Arc<Budget>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = budget;
+    }
+}
+
 /// The planned share unless the integration sets another.
 pub const DEFAULT_PLANNED_PERCENT: u8 = 80;
 
@@ -257,6 +275,35 @@ impl Budget {
             }
         }
         self.window
+    }
+
+    /// Counts in this budget the requests `other` counted (the same credential's, made before
+    /// it was known to share this budget).
+    pub fn absorb(&self, other: &Budget) {
+        if std::ptr::eq(self, other) {
+            return;
+        }
+        let slot = other.window / SLOTS;
+        let counted: Vec<(Instant, u32)> = (other.lock().slots.iter())
+            .map(|(n, count)| {
+                (
+                    other.epoch + slot * u32::try_from(*n).unwrap_or(u32::MAX),
+                    *count,
+                )
+            })
+            .collect();
+        let mut state = self.lock();
+        for (at, count) in counted {
+            let number = self.slot_of(at);
+            // Slots stay in order: an older one goes at the front, a newer at the back.
+            match state.slots.iter_mut().find(|(n, _)| *n == number) {
+                Some((_, existing)) => *existing += count,
+                None => {
+                    let index = state.slots.partition_point(|(n, _)| *n < number);
+                    state.slots.insert(index, (number, count));
+                }
+            }
+        }
     }
 
     /// Learns from an answer's headers: `X-RateLimit-Limit` is the credential's hourly limit
@@ -419,6 +466,18 @@ mod tests {
         // A Retry-After of centuries is believed for a window at most.
         budget.refused(Some(Duration::MAX), now);
         assert_eq!(budget.admit(Priority::Planned, now), Err(HOUR));
+    }
+
+    #[test]
+    fn a_budget_absorbs_what_another_counted() {
+        let (shared, own) = (Budget::new(Some(10), HOUR), Budget::new(Some(10), HOUR));
+        let now = Instant::now();
+        shared.admit(Priority::Asked, now).unwrap();
+        own.admit(Priority::Asked, now).unwrap();
+        own.admit(Priority::Asked, now).unwrap();
+        shared.absorb(&own);
+        shared.absorb(&shared);
+        assert_eq!(shared.snapshot(now).used, 3);
     }
 
     #[test]

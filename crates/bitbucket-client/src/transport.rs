@@ -80,7 +80,7 @@ pub struct TransportConfig {
     /// Metrics hook.
     pub observer: Option<RequestObserver>,
     /// The credential's request budget, which every request is admitted by (`None`: none).
-    pub budget: Option<Arc<crate::budget::Budget>>,
+    pub budget: Option<Arc<crate::budget::BudgetSlot>>,
     /// The servers the credential may be sent to; every request is checked.
     pub allowed: AllowList,
     /// Addresses never connected to, whatever `allowed` says.
@@ -424,8 +424,8 @@ impl Transport {
         let status = response.status();
         self.observe(operation, Some(status.as_u16()), began.elapsed());
         let headers = response.headers().clone();
-        if let Some(budget) = &self.config.budget {
-            budget.learn(&headers);
+        if let Some(slot) = &self.config.budget {
+            slot.get().learn(&headers);
         }
         let body = read_bounded(response, MAX_BODY_BYTES)
             .await
@@ -443,8 +443,8 @@ impl Transport {
             });
         }
         let error = classify(status, &headers, &body, url, redact);
-        if let (Error::RateLimited { retry_after }, Some(budget)) = (&error, &self.config.budget) {
-            budget.refused(*retry_after, std::time::Instant::now());
+        if let (Error::RateLimited { retry_after }, Some(slot)) = (&error, &self.config.budget) {
+            slot.get().refused(*retry_after, std::time::Instant::now());
         }
         Err(error)
     }
@@ -454,7 +454,7 @@ impl Transport {
     /// [`Error::OverBudget`], so the caller requeues instead of holding a worker.
     async fn admit(&self) -> Result<(), Error> {
         use crate::budget::Priority;
-        if let Some(budget) = &self.config.budget {
+        if let Some(budget) = self.config.budget.as_ref().map(|slot| slot.get()) {
             let priority = Priority::current();
             loop {
                 let wait = match budget.admit(priority, std::time::Instant::now()) {
