@@ -227,4 +227,22 @@ async fn integrations_of_one_cloud_user_draw_on_one_budget() {
     let used = |name| series(&text, "request_budget_used", name).unwrap();
     assert_eq!(used("a"), used("b"), "{text}");
     assert!(used("a") >= 4, "{text}");
+
+    // An access token has its own allowance, which Bitbucket reports (X-RateLimit-Limit).
+    env.sim
+        .control()
+        .set_rate_limit("acme-ci-token", Some(2500));
+    env.secret("wat", &[("token", ACCESS_TOKEN)]).await;
+    env.create(&env.cloud("wat", CredentialType::AccessToken, "wat", Some("acme")))
+        .await;
+    let wat = await_object(&env.api(), "wat", "wat Ready", is_ready_integration).await;
+    let budget = wat.status.unwrap().request_budget.unwrap();
+    assert_eq!(
+        (
+            budget.requests_per_hour,
+            budget.planned_per_hour,
+            budget.source.as_str()
+        ),
+        (2500, 2000, "reported by Bitbucket")
+    );
 }

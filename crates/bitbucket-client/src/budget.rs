@@ -306,16 +306,30 @@ impl Budget {
         }
     }
 
-    /// Learns from an answer's headers: `X-RateLimit-Limit` is the credential's hourly limit
-    /// (Bitbucket sends it to access tokens only).
-    pub fn learn(&self, headers: &HeaderMap) {
-        let reported = headers
-            .get("x-ratelimit-limit")
-            .and_then(|v| v.to_str().ok())
+    /// Learns from an answer's headers (Bitbucket sends them to access tokens only):
+    /// `X-RateLimit-Limit` is the credential's hourly limit; `X-RateLimit-NearLimit: true`
+    /// while this budget's own count is below the planned share means Bitbucket counts more
+    /// than we do (another client of the same token), so planned work waits a tenth of the
+    /// window. `X-RateLimit-Resource` names the group counted (`api`, the only one called).
+    pub fn learn(&self, headers: &HeaderMap, now: Instant) {
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let reported = header("x-ratelimit-limit")
             .and_then(|v| v.trim().parse::<u32>().ok())
             .filter(|limit| *limit > 0);
+        let near = header("x-ratelimit-nearlimit").is_some_and(|v| v.trim() == "true");
+        let current = self.slot_of(now);
+        let mut state = self.lock();
         if let Some(reported) = reported {
-            self.lock().reported = Some(reported);
+            state.reported = Some(reported);
+        }
+        state.forget_before(current);
+        if near
+            && state
+                .cap(Priority::Planned)
+                .is_some_and(|cap| state.used() < cap)
+        {
+            let until = now + self.window / 10;
+            state.held_until = Some(state.held_until.map_or(until, |held| held.max(until)));
         }
     }
 
@@ -427,7 +441,7 @@ mod tests {
         let now = Instant::now();
         let mut headers = HeaderMap::new();
         headers.insert("x-ratelimit-limit", "2500".parse().unwrap());
-        budget.learn(&headers);
+        budget.learn(&headers, now);
         assert_eq!(budget.snapshot(now).limit, Some(2500));
         assert_eq!(budget.snapshot(now).source, Source::Reported);
         budget.configure(Some(300), Some(50));
@@ -466,6 +480,21 @@ mod tests {
         // A Retry-After of centuries is believed for a window at most.
         budget.refused(Some(Duration::MAX), now);
         assert_eq!(budget.admit(Priority::Planned, now), Err(HOUR));
+    }
+
+    #[test]
+    fn bitbucket_near_its_limit_while_we_count_little_holds_planned_work_a_while() {
+        let budget = Budget::new(Some(1000), HOUR);
+        let now = Instant::now();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-ratelimit-nearlimit", "false".parse().unwrap());
+        budget.learn(&headers, now);
+        budget.admit(Priority::Planned, now).unwrap();
+        headers.insert("x-ratelimit-nearlimit", "true".parse().unwrap());
+        budget.learn(&headers, now);
+        assert_eq!(budget.admit(Priority::Planned, now), Err(HOUR / 10));
+        budget.admit(Priority::Asked, now).unwrap();
+        budget.admit(Priority::Planned, now + HOUR / 10).unwrap();
     }
 
     #[test]

@@ -425,7 +425,7 @@ impl Transport {
         self.observe(operation, Some(status.as_u16()), began.elapsed());
         let headers = response.headers().clone();
         if let Some(slot) = &self.config.budget {
-            slot.get().learn(&headers);
+            slot.get().learn(&headers, std::time::Instant::now());
         }
         let body = read_bounded(response, MAX_BODY_BYTES)
             .await
