@@ -152,19 +152,6 @@ fn projects() -> Fixture {
     fixture
 }
 
-/// Answers the simulator gave the credential with status 429.
-fn too_many(sim: &Simulator) -> u64 {
-    let counters = sim.control().counters();
-    (counters.by_credential_endpoint.get(CREDENTIAL))
-        .map(|by| {
-            (by.iter())
-                .filter(|(k, _)| k.ends_with(" 429"))
-                .map(|(_, n)| n)
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 /// One run, with request budgets on or off.
 async fn run(client: &Client, budgets: bool) -> Run {
     let ns = TestNamespace::create(client, "bench-budget").await;
@@ -214,7 +201,7 @@ async fn run(client: &Client, budgets: bool) -> Run {
         .filter_map(|s| s.status.as_ref()?.stretched_sync_interval.clone())
         .max_by_key(|k| bitbucket_operator::api::parse_duration(k).unwrap_or_default());
     let run = Run {
-        too_many: too_many(&sim),
+        too_many: sim.control().counters().answered(CREDENTIAL, 429),
         per_hour,
         kept,
         longest_gap,

@@ -1,18 +1,22 @@
-//! Each integration's request budget ([`bitbucket::Budget`], which its client's every request
-//! is admitted by) and the plan that keeps its Subscriptions' interval syncs within it:
+//! Each integration's request budget and the plan that keeps its interval work within it.
 //!
+//! - **Pools:** a [`Pool`] is a budget ([`bitbucket::Budget`], which every request of its
+//!   integrations' clients is admitted by) and its plan. An integration has a pool of its own,
+//!   except that Cloud integrations validated as one user or OAuth consumer share one (see
+//!   [`pool_key`]).
 //! - **Demand:** each Subscription plans `calls per sync × window / interval` requests a window
-//!   (calls per sync measured, averaged; 1 until measured), and so do the integration's own
-//!   validations.
+//!   (calls per sync measured, averaged; 1 until measured), and so do the integrations' own
+//!   periodic validations.
 //! - **Stretch:** when the sum is more than the turns can give (the budget's planned share, a
-//!   little less for headroom), every interval of the integration is stretched by the same factor ([`Account::interval`]), and the Subscription
-//!   says so (`status.stretchedSyncInterval`, an Event `SyncIntervalStretched`).
-//! - **Turns:** planned syncs take turns spaced by their cost ([`Account::turn`]), so
+//!   little less for headroom), every interval in the pool is stretched by the same factor
+//!   ([`Account::interval`]), and each Subscription says so (`status.stretchedSyncInterval`,
+//!   an Event `SyncIntervalStretched`).
+//! - **Turns:** planned work takes turns spaced by its cost ([`Account::turn`]), so
 //!   Subscriptions made together are spread over the window instead of syncing together; a
-//!   burst of a tenth of the share goes at once, so a few Subscriptions never wait.
+//!   burst of a tenth of the window goes at once, so a few Subscriptions never wait.
 //!
-//! Syncs someone asked for (sync requests, webhook refreshes) and validations skip the plan and
-//! use the rest of the budget. No I/O; time is passed in.
+//! Work someone asked for (sync requests, webhook refreshes, validations after a change) skips
+//! the turns and may use the whole budget. No I/O; time is passed in.
 
 use std::{
     collections::{HashMap, HashSet},

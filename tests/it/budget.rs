@@ -24,19 +24,6 @@ const LIMIT: u32 = 10;
 /// The credential's id in the simulator's demo fixture.
 const CREDENTIAL: &str = "jdoe-api-token";
 
-/// Answers the simulator gave `CREDENTIAL` with status 429.
-fn too_many(sim: &bitbucket_sim::Simulator) -> u64 {
-    let counters = sim.control().counters();
-    (counters.by_credential_endpoint.get(CREDENTIAL))
-        .map(|by| {
-            (by.iter())
-                .filter(|(k, _)| k.ends_with(" 429"))
-                .map(|(_, n)| n)
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
 fn stretched(s: &Subscription) -> Option<String> {
     s.status.as_ref()?.stretched_sync_interval.clone()
 }
@@ -161,7 +148,11 @@ async fn intervals_the_budget_cannot_keep_are_stretched_and_said_and_bitbucket_n
         "listed after {listed:?}, kept {kept:?}"
     );
 
-    assert_eq!(too_many(&env.sim), 0, "Bitbucket never said 429");
+    assert_eq!(
+        env.sim.control().counters().answered(CREDENTIAL, 429),
+        0,
+        "Bitbucket never said 429"
+    );
     let text = env.operator().metrics.render();
     let series = |name: &str| {
         text.lines()

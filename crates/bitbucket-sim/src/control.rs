@@ -258,6 +258,14 @@ impl Counters {
     pub fn credential(&self, id: &str) -> u64 {
         self.by_credential.get(id).copied().unwrap_or(0)
     }
+    /// Requests made with one credential id that were answered `status` (e.g. 429).
+    pub fn answered(&self, id: &str, status: u16) -> u64 {
+        let suffix = format!(" {status}");
+        (self.by_credential_endpoint.get(id).into_iter().flatten())
+            .filter(|(endpoint, _)| endpoint.ends_with(&suffix))
+            .map(|(_, n)| n)
+            .sum()
+    }
 }
 
 #[derive(Debug, Default)]
