@@ -229,6 +229,37 @@ async fn a_data_center_user_is_named_by_x_ausername_and_described_by_its_user_re
     }
 }
 
+#[tokio::test]
+async fn a_data_center_validation_is_one_call_once_the_username_is_known() {
+    const PROBE: &str = "GET /rest/api/1.0/application-properties";
+    const USER: &str = "GET /rest/api/1.0/users/{user_slug}";
+    let sim = demo().await;
+    let calls = |sim: &bitbucket_sim::Simulator| {
+        let counters = sim.control().counters();
+        (counters.endpoint(PROBE), counters.endpoint(USER))
+    };
+    // Basic names its user: the user's own record is the answer that names the caller.
+    let basic = client(&sim, dc_basic(DC_PASSWORD));
+    basic.whoami(None).await.unwrap();
+    assert_eq!(calls(&sim), (0, 1));
+    // A token does not: the first validation probes, the client remembers who it is.
+    sim.control().reset_counters();
+    let token = client(&sim, dc_token(DC_TOKEN));
+    token.whoami(None).await.unwrap();
+    assert_eq!(calls(&sim), (1, 1));
+    let again = token.whoami(None).await.unwrap();
+    assert_eq!(calls(&sim), (1, 2));
+    assert_eq!(again.display_name.as_deref(), Some("Jane Doe"));
+    // A refused password is one failed login, not two.
+    sim.control().reset_counters();
+    let refused = client(&sim, dc_basic("wrong"))
+        .whoami(None)
+        .await
+        .unwrap_err();
+    assert!(matches!(refused, Error::Unauthorized { .. }), "{refused}");
+    assert_eq!(calls(&sim), (0, 1));
+}
+
 // --- listing ----------------------------------------------------------------------------------
 
 #[tokio::test]

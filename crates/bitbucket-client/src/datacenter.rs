@@ -15,24 +15,64 @@ use super::{
 const PAGE_LIMIT: u64 = 1000;
 
 pub(super) async fn whoami(client: &Client) -> Result<Identity, Error> {
-    // There is no "current user" endpoint; every authenticated answer names the caller in
-    // X-AUSERNAME (api-facts §D.3). application-properties is the cheapest such call.
+    // There is no "current user" endpoint, but every authenticated answer names the caller in
+    // X-AUSERNAME (api-facts §D.3). When the username is known (Basic's, or the one this
+    // client found before), the user's own details are that answer: one call.
+    let basic = match &client.credentials {
+        crate::Credentials::DataCenterBasic { username, .. } => Some(username.clone()),
+        _ => None,
+    };
+    let known = basic.clone().or_else(|| found_user(client).clone());
+    if let Some(known) = known {
+        let alone = user_alone(client, &known).await;
+        match alone {
+            Ok(Some(identity)) => return Ok(identity),
+            // A password refused: no second login attempt (bad logins lock accounts).
+            Err(error @ Error::Unauthorized { .. }) if basic.is_some() => return Err(error),
+            // Not readable as that user (a slug unlike the username, a token that may not read
+            // users): the probe decides.
+            Ok(None) | Err(Error::Unauthorized { .. }) => {}
+            Err(other) => return Err(other),
+        }
+    }
+    let identity = probe_then_details(client).await?;
+    *found_user(client) = identity.username.clone();
+    Ok(identity)
+}
+
+fn found_user(client: &Client) -> std::sync::MutexGuard<'_, Option<String>> {
+    client.found_user.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `GET /rest/api/1.0/users/{known}`: the caller (its X-AUSERNAME) and, when that is the
+/// user asked for, its display name. `None` when it is not readable (404, 403).
+async fn user_alone(client: &Client, known: &str) -> Result<Option<Identity>, Error> {
+    let url = client.url(&["rest", "api", "1.0", "users", known], &[]);
+    let response = match client.get("whoami", &url).await {
+        Ok(response) => response,
+        Err(Error::NotFound { .. } | Error::Forbidden { .. }) => return Ok(None),
+        Err(other) => return Err(other),
+    };
+    let username = caller(response.header("x-ausername"))?;
+    let user: User = response.json(&client.redact)?;
+    let mut identity = data_center_user(username.clone());
+    if user
+        .name
+        .as_deref()
+        .is_some_and(|n| n.eq_ignore_ascii_case(&username))
+    {
+        identity.display_name = user.display_name;
+    }
+    Ok(Some(identity))
+}
+
+/// The probe (`application-properties`, the cheapest authenticated answer), then the
+/// caller's details: two calls, for a credential whose username is not known yet.
+async fn probe_then_details(client: &Client) -> Result<Identity, Error> {
     let url = client.url(&["rest", "api", "1.0", "application-properties"], &[]);
     let response = client.get("whoami", &url).await?;
-    let Some(username) = response.header("x-ausername").map(str::to_owned) else {
-        return Err(Error::Unauthorized {
-            message: "Bitbucket Data Center answered anonymously: the credential was not accepted"
-                .into(),
-        });
-    };
-    let mut identity = Identity {
-        kind: IdentityKind::DataCenterUser,
-        username: Some(username.clone()),
-        display_name: None,
-        uuid: None,
-        account_id: None,
-        scopes: Vec::new(),
-    };
+    let username = caller(response.header("x-ausername"))?;
+    let mut identity = data_center_user(username.clone());
     // The details are a nicety: a token that may not read its own user still works.
     let url = client.url(&["rest", "api", "1.0", "users", &username], &[]);
     match client.get("user_details", &url).await {
@@ -44,6 +84,27 @@ pub(super) async fn whoami(client: &Client) -> Result<Identity, Error> {
         Err(other) => return Err(other),
     }
     Ok(identity)
+}
+
+/// The caller an answer names, or the refusal of an anonymous answer.
+fn caller(header: Option<&str>) -> Result<String, Error> {
+    header
+        .map(str::to_owned)
+        .ok_or_else(|| Error::Unauthorized {
+            message: "Bitbucket Data Center answered anonymously: the credential was not accepted"
+                .into(),
+        })
+}
+
+fn data_center_user(username: String) -> Identity {
+    Identity {
+        kind: IdentityKind::DataCenterUser,
+        username: Some(username),
+        display_name: None,
+        uuid: None,
+        account_id: None,
+        scopes: Vec::new(),
+    }
 }
 
 /// Every repository of `projects` (all the credential sees when empty): one listing, counted in
@@ -102,6 +163,8 @@ async fn list_pages(
 
 #[derive(Deserialize)]
 struct User {
+    #[serde(default)]
+    name: Option<String>,
     #[serde(rename = "displayName")]
     display_name: Option<String>,
 }

@@ -61,6 +61,9 @@ pub struct Client {
     transport: Transport,
     oauth: Option<OAuthConsumer>,
     redact: Redactor,
+    /// Data Center: the username this credential turned out to be, so that later validations
+    /// ask for that user alone (see `datacenter::whoami`).
+    found_user: std::sync::Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -123,6 +126,7 @@ impl Client {
             credentials,
             oauth,
             redact,
+            found_user: std::sync::Mutex::default(),
         })
     }
 
