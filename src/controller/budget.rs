@@ -30,7 +30,7 @@ use super::lock;
 use crate::{
     api::{AccountKind, BitbucketIntegration, RequestBudgetStatus, ServerType},
     bitbucket::{
-        Budget,
+        self, Budget, Priority,
         budget::{BudgetSlot, Snapshot},
     },
 };
@@ -152,11 +152,6 @@ impl Budgets {
         });
         pools.insert(key.to_owned(), Arc::downgrade(&pool));
         pool
-    }
-
-    /// The account of the integration `uid`, if it has one.
-    pub fn get(&self, uid: &str) -> Option<Arc<Account>> {
-        lock(&self.accounts).get(uid).cloned()
     }
 
     /// Forgets the integrations and Subscriptions not in the sets; returns the integrations
@@ -307,7 +302,7 @@ impl Plan {
 
 /// Where a planned sync stands in the queue of turns.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Turn {
+enum Turn {
     /// Go now.
     Now,
     /// Come back at this instant, which is kept for this Subscription.
@@ -358,7 +353,7 @@ impl Account {
     }
 
     /// Records what a planned sync of `subscription` cost.
-    pub fn spent(&self, subscription: &str, calls: u32) {
+    fn spent(&self, subscription: &str, calls: u32) {
         let pool = self.pool();
         let planned = pool.budget.snapshot(Instant::now()).planned;
         let mut plan = lock(&pool.plan);
@@ -371,7 +366,7 @@ impl Account {
 
     /// Whether a planned sync of `subscription` may begin `now`, or when it may. Turns are
     /// spaced by the Subscription's cost over the planned share; without a limit, always now.
-    pub fn turn(&self, subscription: &str, now: Instant) -> Turn {
+    fn turn(&self, subscription: &str, now: Instant) -> Turn {
         let pool = self.pool();
         let Some(planned) = pool.budget.snapshot(now).planned else {
             return Turn::Now;
@@ -399,8 +394,42 @@ impl Account {
     }
 
     /// Gives up a turn `subscription` was keeping (a sync someone asked for came first).
-    pub fn skip_turn(&self, subscription: &str) {
+    fn skip_turn(&self, subscription: &str) {
         lock(&self.pool().plan).turns.remove(subscription);
+    }
+
+    /// The priority of `key`'s work now: asked-for work goes at once (giving up a turn it
+    /// kept); planned work takes its turn, or `Err` says how long until it comes.
+    pub fn priority(&self, key: &str, asked: bool, now: Instant) -> Result<Priority, Duration> {
+        if asked {
+            self.skip_turn(key);
+            return Ok(Priority::Asked);
+        }
+        match self.turn(key, now) {
+            Turn::Now => Ok(Priority::Planned),
+            Turn::At(at) => Err(at - now),
+        }
+    }
+
+    /// After `key`'s work of `priority` made `calls` requests and ended in `result`: `Some`
+    /// wait when the budget let nothing be sent (the work is still to do, then); otherwise
+    /// planned work's cost is counted in the plan.
+    pub fn ran<T>(
+        &self,
+        key: &str,
+        priority: Priority,
+        result: &Result<T, bitbucket::Error>,
+        calls: u32,
+    ) -> Option<Duration> {
+        if let Err(bitbucket::Error::OverBudget { retry_after, .. }) = result
+            && calls == 0
+        {
+            return Some(*retry_after);
+        }
+        if priority == Priority::Planned {
+            self.spent(key, calls);
+        }
+        None
     }
 
     /// The budget as the integration's status shows it (`None`: no limit).
@@ -444,7 +473,6 @@ fn stretched(interval: Duration, stretch: f64) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bitbucket::Priority;
 
     const HOUR: Duration = Duration::from_secs(3600);
 

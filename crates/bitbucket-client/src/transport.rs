@@ -393,7 +393,9 @@ impl Transport {
     ) -> Result<Response, Error> {
         let url = request.url;
         self.permit(url)?;
-        self.admit().await?;
+        // The budget this request counts against (one look: it may be repointed meanwhile).
+        let budget = self.config.budget.as_ref().map(|slot| slot.get());
+        admit(budget.as_deref(), self.config.retry.max_delay).await?;
         let mut request = match request.body {
             Some(body) => self
                 .http
@@ -424,8 +426,8 @@ impl Transport {
         let status = response.status();
         self.observe(operation, Some(status.as_u16()), began.elapsed());
         let headers = response.headers().clone();
-        if let Some(slot) = &self.config.budget {
-            slot.get().learn(&headers, std::time::Instant::now());
+        if let Some(budget) = &budget {
+            budget.learn(&headers, std::time::Instant::now());
         }
         let body = read_bounded(response, MAX_BODY_BYTES)
             .await
@@ -443,56 +445,56 @@ impl Transport {
             });
         }
         let error = classify(status, &headers, &body, url, redact);
-        if let (Error::RateLimited { retry_after }, Some(slot)) = (&error, &self.config.budget) {
-            slot.get().refused(*retry_after, std::time::Instant::now());
+        if let (Error::RateLimited { retry_after }, Some(budget)) = (&error, &budget) {
+            budget.refused(*retry_after, std::time::Instant::now());
         }
         Err(error)
-    }
-
-    /// Waits until the budget admits a request of the current work's priority (at most the
-    /// retry policy's longest wait), and counts it; a longer wait is returned as
-    /// [`Error::OverBudget`], so the caller requeues instead of holding a worker.
-    async fn admit(&self) -> Result<(), Error> {
-        use crate::budget::Priority;
-        if let Some(budget) = self.config.budget.as_ref().map(|slot| slot.get()) {
-            let priority = Priority::current();
-            loop {
-                let wait = match budget.admit(priority, std::time::Instant::now()) {
-                    Ok(()) => break,
-                    Err(wait) => wait,
-                };
-                if wait > self.config.retry.max_delay {
-                    let snapshot = budget.snapshot(std::time::Instant::now());
-                    let planned = priority == Priority::Planned;
-                    let cap = if planned {
-                        snapshot.planned
-                    } else {
-                        snapshot.limit
-                    };
-                    return Err(match cap.filter(|cap| snapshot.used >= *cap) {
-                        Some(cap) => Error::OverBudget {
-                            used: snapshot.used,
-                            limit: cap,
-                            window: snapshot.window,
-                            planned,
-                            retry_after: wait,
-                        },
-                        // Not spent: planned work waits out a 429 Bitbucket sent.
-                        None => Error::RateLimited {
-                            retry_after: Some(wait),
-                        },
-                    });
-                }
-                tokio::time::sleep(wait).await;
-            }
-        }
-        crate::budget::count_request();
-        Ok(())
     }
 
     pub fn timeout(&self) -> Duration {
         self.config.timeout
     }
+}
+
+/// Waits until `budget` admits a request of the current work's priority (at most `max_wait`,
+/// the retry policy's longest wait), and counts it; a longer wait is returned as
+/// [`Error::OverBudget`], so the caller requeues instead of holding a worker.
+async fn admit(budget: Option<&crate::budget::Budget>, max_wait: Duration) -> Result<(), Error> {
+    use crate::budget::Priority;
+    if let Some(budget) = budget {
+        let priority = Priority::current();
+        loop {
+            let wait = match budget.admit(priority, std::time::Instant::now()) {
+                Ok(()) => break,
+                Err(wait) => wait,
+            };
+            if wait > max_wait {
+                let snapshot = budget.snapshot(std::time::Instant::now());
+                let planned = priority == Priority::Planned;
+                let cap = if planned {
+                    snapshot.planned
+                } else {
+                    snapshot.limit
+                };
+                return Err(match cap.filter(|cap| snapshot.used >= *cap) {
+                    Some(cap) => Error::OverBudget {
+                        used: snapshot.used,
+                        limit: cap,
+                        window: snapshot.window,
+                        planned,
+                        retry_after: wait,
+                    },
+                    // Not spent: planned work waits out a 429 Bitbucket sent.
+                    None => Error::RateLimited {
+                        retry_after: Some(wait),
+                    },
+                });
+            }
+            tokio::time::sleep(wait).await;
+        }
+    }
+    crate::budget::count_request();
+    Ok(())
 }
 
 /// One request: its method, URL and JSON body.

@@ -22,7 +22,6 @@ use kube::{
     runtime::{Controller, WatchStreamExt, controller::Action, reflector::ObjectRef, watcher},
 };
 
-use super::budget::Turn;
 use super::{
     Context, INTEGRATION_MANAGER,
     credentials::{self, ResolveError},
@@ -192,8 +191,14 @@ async fn apply(integration: &BitbucketIntegration, context: &Context) -> Result<
     let expiry = resolved.as_ref().ok().map(|r| r.expiry.clone());
     let (outcome, hooks) = match resolved {
         Ok(resolved) => {
-            let outcome =
-                validate_when_due(context, integration, &mut draft, &resolved, &ask).await;
+            let outcome = validate_when_due(
+                context,
+                integration,
+                &mut draft,
+                (&resolved, &account),
+                &ask,
+            )
+            .await;
             let valid = (shared.memory).integration(&uid, |m| {
                 m.validation.as_ref().is_some_and(|v| v.failure.is_none())
             });
@@ -226,7 +231,7 @@ async fn apply(integration: &BitbucketIntegration, context: &Context) -> Result<
     if let Some(hooks) = hooks {
         hooks.show(&mut status, ask.generation);
     }
-    status.request_budget = (shared.memory.budgets.get(&uid)).and_then(|a| a.status());
+    status.request_budget = account.status();
     shared
         .metrics
         .integration_ready(integration, &status.conditions);
@@ -248,7 +253,7 @@ async fn validate_when_due(
     context: &Context,
     integration: &BitbucketIntegration,
     draft: &mut Draft<BitbucketIntegrationStatus>,
-    resolved: &credentials::Resolved,
+    (resolved, account): (&credentials::Resolved, &super::budget::Account),
     ask: &ValidationAsk,
 ) -> ValidationOutcome {
     let shared = &context.shared;
@@ -263,17 +268,9 @@ async fn validate_when_due(
         ValidationDue::Yes { changed } => changed,
     };
     // A validation the user asked for goes first; one its interval calls for takes its turn.
-    let account = shared.memory.budgets.account(integration);
-    let priority = match changed {
-        true => Priority::Asked,
-        false => match account.turn(&uid, now) {
-            Turn::Now => Priority::Planned,
-            Turn::At(at) => {
-                return ValidationOutcome::Unchanged {
-                    wait: Some(at - now),
-                };
-            }
-        },
+    let priority = match account.priority(&uid, changed, now) {
+        Ok(priority) => priority,
+        Err(wait) => return ValidationOutcome::Unchanged { wait: Some(wait) },
     };
     let whoami = (resolved.client).whoami(integration.spec.workspace.as_deref());
     let call = bitbucket::budget::metered(priority, whoami);
@@ -283,16 +280,9 @@ async fn validate_when_due(
     } else {
         call.await
     };
-    if let Err(bitbucket::Error::OverBudget { retry_after, .. }) = &result
-        && calls == 0
-    {
+    if let Some(wait) = account.ran(&uid, priority, &result, calls) {
         // Nothing was sent: the last validation stands until there is room.
-        return ValidationOutcome::Unchanged {
-            wait: Some(*retry_after),
-        };
-    }
-    if priority == Priority::Planned {
-        account.spent(&uid, calls);
+        return ValidationOutcome::Unchanged { wait: Some(wait) };
     }
     let validation = Validation {
         fingerprint: resolved.fingerprint.clone(),

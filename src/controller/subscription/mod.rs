@@ -31,8 +31,7 @@ use kube::{
 };
 
 use super::{
-    Context, SUBSCRIPTION_MANAGER, Shared,
-    budget::{self, Turn},
+    Context, SUBSCRIPTION_MANAGER, Shared, budget,
     credentials::{self, ResolveError, Resolved},
     error::{Class, Reason},
     finish::{self, Draft, finish},
@@ -352,14 +351,9 @@ async fn list_when_due(
         SyncDue::Yes { fresh, first } => (fresh || !told.is_empty(), first),
     };
     // A planned sync waits for its turn in the budget; one someone asked for goes now.
-    let priority = if fresh {
-        found.account.skip_turn(&uid);
-        Priority::Asked
-    } else {
-        match found.account.turn(&uid, now) {
-            Turn::Now => Priority::Planned,
-            Turn::At(at) => return waiting_for_budget(&found, at - now),
-        }
+    let priority = match found.account.priority(&uid, fresh, now) {
+        Ok(priority) => priority,
+        Err(wait) => return waiting_for_budget(&found, wait),
     };
     let asking = Asking {
         fresh,
@@ -367,14 +361,9 @@ async fn list_when_due(
         priority,
     };
     let (listed, calls) = list(shared, subscription, draft, ask, &found, asking).await;
-    if let Err(bitbucket::Error::OverBudget { retry_after, .. }) = &listed
-        && calls == 0
-    {
+    if let Some(wait) = found.account.ran(&uid, priority, &listed, calls) {
         // Nothing was sent, so nothing is remembered: the sync is still due.
-        return waiting_for_budget(&found, *retry_after);
-    }
-    if priority == Priority::Planned {
-        found.account.spent(&uid, calls);
+        return waiting_for_budget(&found, wait);
     }
     let transient = matches!(&listed, Err(e) if Reason::class(e) == Class::Transient);
     remember(shared, &uid, ask, last, fingerprint, now, transient);
