@@ -262,15 +262,19 @@ impl Budget {
         Ok(())
     }
 
+    /// When slot `number` begins.
+    fn slot_start(&self, number: u64) -> Instant {
+        self.epoch + self.window / SLOTS * u32::try_from(number).unwrap_or(u32::MAX)
+    }
+
     /// How long until `needed` counted requests have left the window.
     fn until_room(&self, state: &State, needed: u32, now: Instant) -> Duration {
-        let slot = self.window / SLOTS;
         let mut freed = 0;
         for (number, count) in &state.slots {
             freed += count;
             if freed >= needed {
                 // The slot stops counting once a whole window has passed after its end.
-                let ends = self.epoch + slot * u32::try_from(number + 1).unwrap_or(u32::MAX);
+                let ends = self.slot_start(number + 1);
                 return (ends + self.window).saturating_duration_since(now);
             }
         }
@@ -283,14 +287,8 @@ impl Budget {
         if std::ptr::eq(self, other) {
             return;
         }
-        let slot = other.window / SLOTS;
         let counted: Vec<(Instant, u32)> = (other.lock().slots.iter())
-            .map(|(n, count)| {
-                (
-                    other.epoch + slot * u32::try_from(*n).unwrap_or(u32::MAX),
-                    *count,
-                )
-            })
+            .map(|(number, count)| (other.slot_start(*number), *count))
             .collect();
         let mut state = self.lock();
         for (at, count) in counted {
