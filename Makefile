@@ -7,7 +7,7 @@ PLANE := hack/control-plane.sh
 # cargo in ~/.cargo/bin): found without a step a newcomer must know about.
 export PATH := $(PATH)$(foreach dir,/usr/local/go/bin $(HOME)/.cargo/bin,$(if $(wildcard $(dir)),:$(dir)))
 
-.PHONY: all prerequisites build install image image-binary bench bench-quick crds test test-versions soak fuzz check fmt fmt-check clippy plane gitops cluster-up cluster-down cluster-status run run-down clean
+.PHONY: all prerequisites build install image image-binary bench bench-quick heap-profile heap-profiler crds test test-versions soak fuzz check fmt fmt-check clippy plane gitops cluster-up cluster-down cluster-status run run-down clean
 
 all: build
 
@@ -98,8 +98,17 @@ crds:
 
 ## Benchmarks on the local plane + simulator (about 4 min; bench-quick about 1 min after the
 ## release build); prints a table and writes target/bench/report.md.
-bench: prerequisites plane image
-	$(PLANE) exec --node -- $(CARGO) bench --locked -p bitbucket-operator --bench operator
+bench: prerequisites plane image heap-profiler
+	$(PLANE) exec --node -- env BBO_BENCH_HEAP_PROFILER=$(HEAP_PROFILER) $(CARGO) bench --locked -p bitbucket-operator --bench operator
+
+## Where the operator's memory goes: figures 6 and 7 again with a build that profiles its heap
+## (dhat, `--features heap-profile`), whose rows name what holds the heap idle and with the load.
+HEAP_PROFILER = $(CURDIR)/target/heap-profile/bitbucket-operator
+heap-profiler:
+	$(CARGO) build --locked --profile heap-profile --features heap-profile --bin bitbucket-operator
+
+heap-profile: prerequisites plane heap-profiler
+	$(PLANE) exec -- env BBO_BENCH_HEAP_PROFILER=$(HEAP_PROFILER) $(CARGO) bench --locked -p bitbucket-operator --bench operator -- --only 7
 
 bench-quick: prerequisites plane image
 	$(PLANE) exec --node -- $(CARGO) bench --locked -p bitbucket-operator --bench operator -- --quick

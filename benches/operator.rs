@@ -27,6 +27,8 @@
 
 #[path = "operator/budget.rs"]
 mod budget;
+#[path = "operator/heap.rs"]
+mod heap;
 #[path = "../tests/it/support/mod.rs"]
 #[allow(dead_code)] // the benchmark uses a few of the tests' helpers
 mod support;
@@ -36,12 +38,13 @@ mod webhooks;
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
+    path::Path,
     time::{Duration, Instant},
 };
 
 use bitbucket_operator::api::{
     BitbucketIntegration, BitbucketIntegrationSpec, CredentialType, Credentials, IN_USE_FINALIZER,
-    SecretReference, Server, ServerType, Subscription, conditions::READY,
+    RequestBudget, SecretReference, Server, ServerType, Subscription, conditions::READY,
 };
 use bitbucket_sim::{Fixture, Simulator};
 use k8s_openapi::api::core::v1::Secret;
@@ -132,7 +135,15 @@ async fn main() {
                 unrelated_secrets: 20_000,
             }
         };
-        rows.extend(at_scale(&client, scale).await);
+        rows.extend(at_scale(&client, scale, None).await);
+        // `make bench` builds the operator with a heap profiler too (`make heap-profile`): the
+        // same load again with that build, for what holds the heap.
+        if let Ok(profiler) = std::env::var("BBO_BENCH_HEAP_PROFILER") {
+            let profiled = at_scale(&client, scale, Some(Path::new(&profiler))).await;
+            rows.extend(
+                (profiled.into_iter()).filter(|r| r.figure.starts_with(HEAP_PROFILE_FIGURE)),
+            );
+        }
     }
 
     if wanted(9) {
@@ -961,6 +972,10 @@ async fn large_sync_time(client: &Client, n: usize, trials: usize) -> Row {
     }
 }
 
+/// The rows of what holds the heap (from a heap-profiling build's run).
+const HEAP_PROFILE_FIGURE: &str = "heap profile (dhat), what holds the heap after converging";
+
+#[derive(Clone, Copy)]
 struct Scale {
     integrations: usize,
     subscriptions: usize,
@@ -971,16 +986,19 @@ struct Scale {
 struct Process {
     child: std::process::Child,
     port: u16,
+    /// Where a heap-profiling build writes its profile when stopped.
+    heap_profile: std::path::PathBuf,
 }
 
 impl Process {
-    /// Runs the operator allowing `servers` beyond Bitbucket Cloud (`--allowed-servers`).
-    fn start(log: &str, servers: &str) -> Self {
-        Self::start_with(log, servers, &[])
+    /// Runs the operator allowing `servers` beyond Bitbucket Cloud (`--allowed-servers`), with
+    /// `more` arguments.
+    fn start_with(log: &str, servers: &str, more: &[&str]) -> Self {
+        Self::spawn(None, log, servers, more)
     }
 
-    /// [`Process::start`] with more arguments.
-    fn start_with(log: &str, servers: &str, more: &[&str]) -> Self {
+    /// [`Process::start_with`] running `binary`, if given, instead of the operator's build.
+    fn spawn(binary: Option<&Path>, log: &str, servers: &str, more: &[&str]) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .unwrap()
@@ -988,11 +1006,18 @@ impl Process {
         let address = format!("127.0.0.1:{port}");
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
         std::fs::create_dir_all(&dir).unwrap();
+        let heap_profile = dir.join(format!("{}.heap.json", log.trim_end_matches(".log")));
+        let _ = std::fs::remove_file(&heap_profile);
         let log = std::fs::File::create(dir.join(log)).unwrap();
         // BBO_BENCH_OPERATOR: another build of the operator (e.g. the image's static musl
         // binary, `make image-binary`), to measure what the image runs.
-        let binary = std::env::var("BBO_BENCH_OPERATOR")
-            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_bitbucket-operator").to_owned());
+        let binary = binary.map_or_else(
+            || {
+                std::env::var("BBO_BENCH_OPERATOR")
+                    .unwrap_or_else(|_| env!("CARGO_BIN_EXE_bitbucket-operator").to_owned())
+            },
+            |b| b.to_string_lossy().into_owned(),
+        );
         let child = std::process::Command::new(binary)
             .args([
                 "run",
@@ -1007,11 +1032,17 @@ impl Process {
             ])
             .args(more)
             .env("RUST_LOG", "info")
+            // Read only by a `--features heap-profile` build (`make heap-profile`).
+            .env("BBO_HEAP_PROFILE", &heap_profile)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
-        Self { child, port }
+        Self {
+            child,
+            port,
+            heap_profile,
+        }
     }
 
     /// Waits until /readyz answers 200 (the CRDs are served and the controllers start).
@@ -1045,6 +1076,20 @@ impl Process {
         (field("VmRSS:"), field("VmHWM:"))
     }
 
+    /// The samples of metric `name` the process reports, by their labels (`{…}`).
+    async fn samples(&self, name: &str) -> Vec<(String, f64)> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.port);
+        let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        text.lines()
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                let labels = series.strip_prefix(name)?;
+                (labels.is_empty() || labels.starts_with('{'))
+                    .then(|| Some((labels.to_owned(), value.parse().ok()?)))?
+            })
+            .collect()
+    }
+
     /// The sum of the samples of metric `name` (all labels) the process reports.
     async fn metric(&self, name: &str) -> f64 {
         let url = format!("http://127.0.0.1:{}/metrics", self.port);
@@ -1055,9 +1100,26 @@ impl Process {
             .sum()
     }
 
-    fn stop(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
+    /// SIGTERM, as Kubernetes stops a pod, and SIGKILL if it has not stopped within 60 s. A
+    /// heap-profiling build writes its profile at SIGTERM: its path, if one was written.
+    fn stop(mut self) -> Option<std::path::PathBuf> {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline && self.child.try_wait().unwrap().is_none() {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let profile = std::mem::take(&mut self.heap_profile);
+        profile.exists().then_some(profile)
+    }
+}
+
+impl Drop for Process {
+    /// A figure that panics does not leave its operator running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -1138,7 +1200,7 @@ async fn bounded<F: std::future::Future<Output = ()>>(
 /// Figures 6 and 7: memory idle and at scale, and convergence after a restart with 1,000
 /// integrations and 5,000 Subscriptions that appeared while the operator was down, against a
 /// bare client doing as many writes with the same parallelism.
-async fn at_scale(client: &Client, scale: Scale) -> Vec<Row> {
+async fn at_scale(client: &Client, scale: Scale, binary: Option<&Path>) -> Vec<Row> {
     let Scale {
         integrations: integration_count,
         subscriptions: subscription_count,
@@ -1148,11 +1210,11 @@ async fn at_scale(client: &Client, scale: Scale) -> Vec<Row> {
     let sim = Simulator::start(Fixture::demo()).await.unwrap();
 
     // Idle: the operator up, watching a cluster with none of our objects.
-    let operator = Process::start("scale-idle.log", &sim.base_url());
+    let operator = Process::spawn(binary, "scale-idle.log", &sim.base_url(), &[]);
     operator.ready().await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (idle, _) = operator.memory();
-    operator.stop();
+    let idle_profile = operator.stop();
 
     // While it is down: the unrelated Secrets (4 KiB each, in the same namespace), then the
     // integrations, their Secrets and the Subscriptions.
@@ -1193,6 +1255,13 @@ async fn at_scale(client: &Client, scale: Scale) -> Vec<Row> {
                 secret(&client, &ns, &name, &credentials).await;
                 let mut integration = cloud_integration(&name, sim);
                 integration.spec.credentials.secret_ref.name = name;
+                // Each integration stands for its own Bitbucket user (1,000 requests an hour):
+                // the Secrets here all hold one user's token, whose shared budget would be the
+                // figure.
+                integration.spec.request_budget = Some(RequestBudget {
+                    requests_per_hour: Some(1_000),
+                    planned_percent: None,
+                });
                 create(&client, &ns, &integration).await;
             }
         }),
@@ -1228,8 +1297,9 @@ async fn at_scale(client: &Client, scale: Scale) -> Vec<Row> {
     });
     let writes_before = writes(client).await;
     let started = Instant::now();
-    let operator = Process::start("scale.log", &sim.base_url());
-    support::within("every object to be Ready", async {
+    let operator = Process::spawn(binary, "scale.log", &sim.base_url(), &[]);
+    // Ten minutes: a heap-profiling build (`make heap-profile`) is several times slower.
+    tokio::time::timeout(Duration::from_secs(600), async {
         let mut seen = std::collections::HashSet::new();
         while seen.len() < integration_count {
             seen.insert(integrations_ready.recv().await.unwrap());
@@ -1239,12 +1309,19 @@ async fn at_scale(client: &Client, scale: Scale) -> Vec<Row> {
             seen.insert(subscriptions_ready.recv().await.unwrap());
         }
     })
-    .await;
+    .await
+    .expect("every object to be Ready within 10 minutes");
     let converged = started.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let written = writes(client).await - writes_before;
     let (loaded, peak) = operator.memory();
-    operator.stop();
+    let failures = operator
+        .samples("bitbucket_operator_reconcile_errors_total")
+        .await;
+    let failed = failures.iter().fold(0.0, |sum, (_, n)| sum + n);
+    let failures: Vec<String> = failures.iter().map(|(l, n)| format!("{n} {l}")).collect();
+    let failures = failures.join(", ");
+    let loaded_profile = operator.stop();
 
     // The bare client: as many writes, each re-writing an object's whole status as the
     // operator left it, with the operator's parallelism (8 reconciles per controller, two
@@ -1262,13 +1339,13 @@ async fn at_scale(client: &Client, scale: Scale) -> Vec<Row> {
     let bare = started.elapsed();
     let ratio = converged.as_secs_f64() / bare.as_secs_f64();
     let objects = integration_count + subscription_count;
-    let (idle_limit, loaded_limit) = (30.0, 150.0);
-    vec![
+    let (idle_limit, loaded_limit) = (15.0, 100.0);
+    let mut rows = vec![
         Row {
             number: 6,
             figure: "convergence after a restart: integrations + subscriptions created while the operator was down",
             measured: format!(
-                "{integration_count} + {subscription_count}: all Ready {:.1} s after start ({written} writes); bare client, {} status writes at the same parallelism: {:.1} s; ratio {ratio:.2}× (setup: {objects} objects + {unrelated_secrets} Secrets created in {:.0} s)",
+                "{integration_count} + {subscription_count}: all Ready {:.1} s after start ({written} writes; {failed} failed reconciles: {failures}); bare client, {} status writes at the same parallelism: {:.1} s; ratio {ratio:.2}× (setup: {objects} objects + {unrelated_secrets} Secrets created in {:.0} s)",
                 converged.as_secs_f64(),
                 per_kind * 2,
                 bare.as_secs_f64(),
@@ -1293,7 +1370,24 @@ async fn at_scale(client: &Client, scale: Scale) -> Vec<Row> {
             target: format!("≤ {loaded_limit} MB"),
             met: Some(peak * 1.048_576 <= loaded_limit),
         },
-    ]
+    ];
+    // A heap-profiling build (`make heap-profile`) wrote what held its heap at SIGTERM.
+    for (when, profile) in [("idle", idle_profile), ("with the load", loaded_profile)] {
+        let Some(profile) = profile else { continue };
+        let (holders, total) = heap::holders(&profile);
+        rows.push(Row {
+            number: 7,
+            figure: HEAP_PROFILE_FIGURE,
+            measured: format!(
+                "{when}: {:.1} MiB live; {}",
+                total as f64 / 1_048_576.0,
+                heap::summary(&holders, 8)
+            ),
+            target: "report".into(),
+            met: None,
+        });
+    }
+    rows
 }
 
 /// Figure 8: the latency of a `DELETE` of an integration (a server-side dry run, which passes

@@ -80,6 +80,13 @@ pub struct RunArgs {
     #[arg(long, env = "LEASE_NAME", default_value = "bitbucket-operator")]
     pub lease_name: String,
 
+    /// Own only the integrations and Subscriptions whose labels match this selector, e.g.
+    /// `scm.shippable.io/shard=shard1`, or `!scm.shippable.io/shard` for those of no shard:
+    /// several operator Deployments (each with its own `--lease-name`) then share a cluster,
+    /// one shard each. A Subscription must be in its integration's shard. Unset: all.
+    #[arg(long, env = "WATCH_LABEL_SELECTOR")]
+    pub watch_label_selector: Option<String>,
+
     /// Address serving Argo CD's ApplicationSet plugin generator (with --plugin-token-file).
     #[arg(long, env = "PLUGIN_ADDRESS", default_value = "0.0.0.0:4355")]
     pub plugin_address: SocketAddr,
@@ -175,6 +182,12 @@ impl RunArgs {
                 .filter(|n| !n.is_empty())
                 .collect(),
             concurrency: self.concurrency.max(1),
+            label_selector: self
+                .watch_label_selector
+                .as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
             transport: TransportConfig {
                 timeout: Duration::from_secs(self.bitbucket_timeout_seconds.max(1)),
                 retry: RetryPolicy::default(),

@@ -16,8 +16,23 @@ use bitbucket_operator::{
 use clap::Parser;
 use futures::FutureExt;
 
+#[cfg(feature = "heap-profile")]
+#[global_allocator]
+static ALLOCATOR: dhat::Alloc = dhat::Alloc;
+
+/// With `--features heap-profile`: counts every allocation from the start, and writes what the
+/// heap holds when the operator is told to stop (before it drops anything) to the file named by
+/// `BBO_HEAP_PROFILE` (`dhat-heap.json` by default); `hack/heap-top.py` reads it.
+#[cfg(feature = "heap-profile")]
+static HEAP_PROFILE: std::sync::Mutex<Option<dhat::Profiler>> = std::sync::Mutex::new(None);
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    #[cfg(feature = "heap-profile")]
+    {
+        let file = std::env::var("BBO_HEAP_PROFILE").unwrap_or_else(|_| "dhat-heap.json".into());
+        *HEAP_PROFILE.lock().unwrap() = Some(dhat::Profiler::builder().file_name(file).build());
+    }
     let cli = Cli::parse();
     telemetry::init(cli.log_format)?;
     match cli.command {
@@ -122,6 +137,8 @@ async fn shutdown_signal() {
         _ = interrupt => {}
         () = terminate => {}
     }
+    #[cfg(feature = "heap-profile")]
+    drop(HEAP_PROFILE.lock().unwrap().take());
     tracing::info!("shutting down");
 }
 

@@ -13,6 +13,7 @@ pub mod backoff;
 pub mod budget;
 pub mod credentials;
 pub mod error;
+pub mod events;
 pub mod finish;
 pub mod integration;
 pub mod leader;
@@ -30,7 +31,7 @@ use std::{
 use kube::{
     Api, Resource, ResourceExt,
     runtime::{
-        events::{Event, Recorder, Reporter},
+        events::{Event, Reporter},
         reflector::{ObjectRef, Store},
     },
 };
@@ -54,6 +55,9 @@ pub const SUBSCRIPTION_MANAGER: &str = "bitbucket-operator/subscription";
 pub struct Settings {
     /// Namespaces to watch; the whole cluster when empty.
     pub namespaces: Vec<String>,
+    /// Only the integrations and Subscriptions this label selector matches (a shard); `None`:
+    /// all. See [`crate::api::SHARD_LABEL`].
+    pub label_selector: Option<String>,
     /// Reconciles run at once, per controller and namespace.
     pub concurrency: u16,
     /// HTTP settings of the Bitbucket clients.
@@ -98,6 +102,7 @@ impl Default for Settings {
     fn default() -> Self {
         Self {
             namespaces: Vec::new(),
+            label_selector: None,
             concurrency: 8,
             transport: TransportConfig::default(),
             backoff_base: Duration::from_secs(2),
@@ -150,7 +155,7 @@ pub struct Shared {
     /// All that is remembered per object.
     pub memory: Memory,
     pub backoff: Backoff,
-    pub recorder: Recorder,
+    pub events: events::Events,
     /// The complete repository lists this replica serves (leader or not).
     pub catalog: crate::catalog::Catalog,
     /// Refreshes asked for by webhook deliveries.
@@ -175,7 +180,7 @@ impl Shared {
         metrics.read_budgets_with(Box::new(move || budgets.snapshots(Instant::now())));
         let downstream = crate::downstream::Changes::new(&settings.downstream);
         Arc::new(Self {
-            recorder: Recorder::new(kube.clone(), reporter),
+            events: events::Events::new(kube.clone(), reporter),
             backoff: Backoff::new(settings.backoff_base, settings.backoff_max),
             kube,
             settings,
@@ -232,7 +237,7 @@ impl Shared {
             action: announcement.action.to_owned(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
+        if let Err(e) = self.events.publish(&event, &object.object_ref(&())).await {
             tracing::warn!(error = %e, reason = %event.reason, "could not publish an Event");
         }
     }

@@ -156,7 +156,11 @@ fn slice_watch(
     impl std::future::Future<Output = ()> + use<>,
 ) {
     let (slices, writer) = reflector::store::<RepositorySlice>();
-    let selected = config.clone().labels(SUBSCRIPTION_LABEL);
+    let selector = match &config.label_selector {
+        Some(shard) => format!("{SUBSCRIPTION_LABEL},{shard}"),
+        None => SUBSCRIPTION_LABEL.to_owned(),
+    };
+    let selected = config.clone().labels(&selector);
     let feed = reflector::reflector(
         writer,
         watcher(api::<RepositorySlice>(client, namespace), selected).modify(lean),
@@ -184,7 +188,12 @@ async fn run_scope(
     mut leading: watch::Receiver<bool>,
 ) {
     let client = &shared.kube;
-    let config = watcher::Config::default().any_semantic();
+    let mut config = watcher::Config::default().any_semantic();
+    // A shard: only the objects its selector matches, slices included (they carry their
+    // Subscription's shard label).
+    if let Some(selector) = &shared.settings.label_selector {
+        config = config.labels(selector);
+    }
     // One watch and one store per kind, shared by both controllers: each reads the other kind
     // from the very stream that triggers it, and the store is updated before the event is
     // delivered, so a reconcile never sees an older state than the change that woke it (two

@@ -262,6 +262,45 @@ async fn a_data_center_validation_is_one_call_once_the_username_is_known() {
 
 // --- listing ----------------------------------------------------------------------------------
 
+/// A thousand integrations on one Bitbucket share one connection pool and TLS set-up (55 KB
+/// each when every client had its own), and each request still goes as its own credential.
+#[tokio::test]
+async fn clients_that_connect_the_same_way_share_connections_and_stay_themselves() {
+    let sim = demo().await;
+    let shared = quick();
+    let user = client_with(&sim, api_token(API_TOKEN), shared.clone());
+    let workspace = client_with(&sim, access_token(ACCESS_TOKEN), shared.clone());
+    for _ in 0..2 {
+        let (user, workspace) = (
+            user.whoami(None).await,
+            workspace.whoami(Some("acme")).await,
+        );
+        assert_eq!(user.unwrap().username.as_deref(), Some("jdoe"));
+        assert_eq!(workspace.unwrap().kind, IdentityKind::AccessToken);
+    }
+    assert_eq!(shared.http.built(), 1, "one HTTP client for both");
+    let wrong = client_with(&sim, api_token("FAKE-wrong"), shared.clone());
+    assert_eq!(
+        wrong.whoami(None).await.unwrap_err().class(),
+        ErrorClass::Credentials,
+        "a shared connection carries no one's credential"
+    );
+
+    // Other trusted CAs are another way of connecting; a client nobody holds is dropped.
+    let other_ca = TransportConfig {
+        ca_bundle_pem: Some(
+            crate::support::tls::pki("bitbucket.test")
+                .ca_pem
+                .into_bytes(),
+        ),
+        ..shared.clone()
+    };
+    let private = client_with(&sim, api_token(API_TOKEN), other_ca);
+    assert_eq!((shared.http.built(), shared.http.live()), (2, 2));
+    drop((user, workspace, wrong, private));
+    assert_eq!(shared.http.live(), 0);
+}
+
 #[tokio::test]
 async fn a_cloud_workspace_lists_every_repository_sorted_with_clean_clone_urls() {
     let sim = demo().await;

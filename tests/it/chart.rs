@@ -268,6 +268,71 @@ fn downstream_and_webhook_values_reach_the_deployment_with_only_the_permission_t
     assert_eq!(env_of(&flux)["REFRESH_FLUX_INPUT_PROVIDERS"], "true");
 }
 
+#[test]
+fn each_shard_is_a_deployment_of_its_own_with_its_lease_services_and_selector() {
+    let chart = keyed(render(
+        "ops",
+        &[
+            "sharding.shards={s1,s2}",
+            "sharding.webhookUrls.s1=https://s1.hooks.example.com",
+            "webhooks.url=https://hooks.example.com",
+        ],
+    ));
+    let env_of = |name: &str| -> BTreeMap<String, Value> {
+        let deployment = &chart[&("Deployment".into(), "ops".into(), name.into())];
+        let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+        (container["env"].as_array().unwrap().iter())
+            .map(|e| (e["name"].as_str().unwrap().to_owned(), e["value"].clone()))
+            .collect()
+    };
+    let (main, s1, s2) = (
+        env_of("bitbucket-operator"),
+        env_of("bitbucket-operator-s1"),
+        env_of("bitbucket-operator-s2"),
+    );
+    assert_eq!(main["WATCH_LABEL_SELECTOR"], "!scm.shippable.io/shard");
+    assert!(!main.contains_key("LEASE_NAME"), "the main keeps its Lease");
+    assert_eq!(s1["WATCH_LABEL_SELECTOR"], "scm.shippable.io/shard=s1");
+    assert_eq!(s1["LEASE_NAME"], "bitbucket-operator-s1");
+    assert_eq!(s2["LEASE_NAME"], "bitbucket-operator-s2");
+    assert_eq!(main["WEBHOOK_URL"], "https://hooks.example.com");
+    assert_eq!(s1["WEBHOOK_URL"], "https://s1.hooks.example.com");
+    assert!(!s2.contains_key("WEBHOOK_URL"), "{s2:?}");
+
+    // No Service or Deployment selects another's pods.
+    for name in ["bitbucket-operator", "bitbucket-operator-s1"] {
+        let deployment = &chart[&("Deployment".into(), "ops".into(), name.into())];
+        let selector = serde_json::json!({"app.kubernetes.io/name": name});
+        assert_eq!(deployment["spec"]["selector"]["matchLabels"], selector);
+        assert_eq!(
+            deployment["spec"]["template"]["metadata"]["labels"],
+            selector
+        );
+        for service in ["metrics", "webhooks", "plugin"] {
+            let service = &chart[&("Service".into(), "ops".into(), format!("{name}-{service}"))];
+            assert_eq!(service["spec"]["selector"], selector);
+        }
+        let budget = &chart[&("PodDisruptionBudget".into(), "ops".into(), name.into())];
+        assert_eq!(budget["spec"]["selector"]["matchLabels"], selector);
+    }
+    let lease = &chart[&(
+        "Role".into(),
+        "ops".into(),
+        "bitbucket-operator-lease".into(),
+    )];
+    assert_eq!(
+        lease["rules"][1]["resourceNames"],
+        serde_json::json!([
+            "bitbucket-operator",
+            "bitbucket-operator-s1",
+            "bitbucket-operator-s2"
+        ])
+    );
+    // Without shards, nothing of it.
+    let plain = keyed(render("ops", &[]));
+    assert!(!plain.keys().any(|(_, _, name)| name.contains("-s1")));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_server_accepts_everything_the_chart_renders() {
     let client = client().await;
@@ -288,6 +353,8 @@ async fn the_api_server_accepts_everything_the_chart_renders() {
         "downstream.applicationSets=true",
         "--set",
         "downstream.fluxInputProviders=true",
+        "--set",
+        "sharding.shards={s1}",
     ]);
     assert!(rendered.status.success());
     let file = std::env::temp_dir().join(format!("{}.yaml", ns.name));

@@ -28,6 +28,7 @@ mod monitoring;
 mod operator;
 mod plugin;
 mod rbac;
+mod sharding;
 mod slices;
 mod tenancy;
 mod webhook;

@@ -1303,3 +1303,66 @@ async fn a_huge_hostile_error_message_reaches_status_escaped_and_capped() {
         "nothing is obeyed"
     );
 }
+
+/// An Event repeated within six minutes is one Event whose series counts the repeats (as kube's
+/// Recorder does, without keeping each Event whole); another reason is another Event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_event_is_one_event_with_a_series() {
+    use bitbucket_operator::controller::events::Events;
+    use k8s_openapi::api::{core::v1::ConfigMap, events::v1::Event as KubeEvent};
+    use kube::{
+        Resource,
+        api::{ListParams, PostParams},
+        runtime::events::{Event, EventType, Reporter},
+    };
+
+    let client = crate::support::client().await;
+    let ns = crate::support::TestNamespace::create(&client, "events").await;
+    let config_maps: kube::Api<ConfigMap> = kube::Api::namespaced(client.clone(), &ns.name);
+    let mut object = ConfigMap::default();
+    object.metadata.name = Some("regarded".into());
+    let object = config_maps
+        .create(&PostParams::default(), &object)
+        .await
+        .unwrap();
+    let events = Events::new(
+        client.clone(),
+        Reporter {
+            controller: "bitbucket-operator".into(),
+            instance: Some("test".into()),
+        },
+    );
+    let event = |reason: &str| Event {
+        type_: EventType::Warning,
+        reason: reason.into(),
+        note: Some("the same again".into()),
+        action: "Checking".into(),
+        secondary: None,
+    };
+    let regarding = object.object_ref(&());
+    for _ in 0..3 {
+        events
+            .publish(&event("Repeated"), &regarding)
+            .await
+            .unwrap();
+    }
+    events.publish(&event("Other"), &regarding).await.unwrap();
+
+    let listed: kube::Api<KubeEvent> = kube::Api::namespaced(client.clone(), &ns.name);
+    let listed = listed.list(&ListParams::default()).await.unwrap().items;
+    let counts: Vec<(String, Option<i32>)> = listed
+        .iter()
+        .map(|e| {
+            (
+                e.reason.clone().unwrap_or_default(),
+                e.series.as_ref().map(|s| s.count),
+            )
+        })
+        .collect();
+    let mut counts = counts;
+    counts.sort();
+    assert_eq!(
+        counts,
+        [("Other".to_owned(), None), ("Repeated".to_owned(), Some(3))]
+    );
+}

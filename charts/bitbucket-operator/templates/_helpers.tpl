@@ -3,6 +3,16 @@
 app.kubernetes.io/name: bitbucket-operator
 {{- end }}
 
+{{/* The name of the Deployment of shard `.` (and of its Lease and Services): the main one for "". */}}
+{{- define "bitbucket-operator.name" -}}
+bitbucket-operator{{ if . }}-{{ . }}{{ end }}
+{{- end }}
+
+{{/* The pod labels a Deployment of shard `.` selects (its Services and PodDisruptionBudget too). */}}
+{{- define "bitbucket-operator.selector" -}}
+app.kubernetes.io/name: {{ include "bitbucket-operator.name" . }}
+{{- end }}
+
 {{/* The operator's permissions, the same for the ClusterRole and each namespaced Role. */}}
 {{- define "bitbucket-operator.rules" -}}
 - apiGroups: [scm.shippable.io]

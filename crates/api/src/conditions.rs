@@ -52,6 +52,9 @@ pub mod reasons {
     pub const SECRET_KEY_MISSING: &str = "SecretKeyMissing";
     /// The referenced integration does not exist.
     pub const INTEGRATION_NOT_FOUND: &str = "IntegrationNotFound";
+    /// The referenced integration is in another shard (`scm.shippable.io/shard`) than the
+    /// Subscription: no operator owns both, so label them alike.
+    pub const INTEGRATION_IN_ANOTHER_SHARD: &str = "IntegrationInAnotherShard";
     /// The referenced integration exists but is not Ready.
     pub const INTEGRATION_NOT_READY: &str = "IntegrationNotReady";
     /// The workspace does not exist or is not visible to the credential.

@@ -36,6 +36,12 @@ pub const GROUP: &str = "scm.shippable.io";
 /// The only served (and stored) version.
 pub const VERSION: &str = "v1alpha1";
 
+/// The label that puts an integration and its Subscriptions in one shard: an operator started
+/// with `--watch-label-selector scm.shippable.io/shard=<shard>` owns the objects labelled so,
+/// and one started with `'!scm.shippable.io/shard'` those without it (Flux's
+/// `sharding.fluxcd.io/key` convention). RepositorySlices carry their Subscription's.
+pub const SHARD_LABEL: &str = "scm.shippable.io/shard";
+
 /// Held by every integration while Subscriptions may still reference it.
 pub const IN_USE_FINALIZER: &str = "scm.shippable.io/in-use";
 

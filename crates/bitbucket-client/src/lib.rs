@@ -29,7 +29,7 @@ pub use model::{Identity, IdentityKind, ListScope, ListingSummary, Repository};
 pub use paging::{Bound, ListingLimits};
 pub use reach::{AllowList, RefusedNetworks};
 pub use transport::{
-    RequestObserver, RetryPolicy, TransportConfig, equal_jitter, exponential_backoff,
+    HttpClients, RequestObserver, RetryPolicy, TransportConfig, equal_jitter, exponential_backoff,
 };
 
 use oauth::OAuthConsumer;

@@ -3,7 +3,11 @@
 //! with authorization, bounded retries of transient failures, and the mapping of Bitbucket's
 //! error answers (Cloud JSON, Data Center JSON, `text/plain`) to [`Error`]. Does network I/O.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Weak},
+    time::Duration,
+};
 
 use http::{HeaderMap, StatusCode, header};
 use rustls_pki_types::{CertificateDer, pem::PemObject};
@@ -94,6 +98,68 @@ pub struct TransportConfig {
     /// alone name a loopback or cluster-internal server ([`crate::reach::internal`]). Off by
     /// default: only the administrator's list may; for a local simulator, on.
     pub internal_by_consent: bool,
+    /// Where HTTP clients are shared: every transport built from configs that share it (clones
+    /// of one) and connect the same way uses one connection pool and one TLS set-up.
+    pub http: HttpClients,
+}
+
+/// HTTP clients shared by the credentials that connect the same way: the same trusted CAs,
+/// timeout, refused networks and resolver. One pool of connections and one TLS configuration
+/// (roots, session cache) per way, not per integration: with a thousand integrations on one
+/// Bitbucket that was a thousand of each, 55 KB apiece. No credential rides on a connection:
+/// every request carries its own `Authorization`, and redirects are never followed.
+#[derive(Clone, Default)]
+pub struct HttpClients(Arc<Shared>);
+
+#[derive(Default)]
+struct Shared {
+    clients: std::sync::Mutex<HashMap<HttpKey, Weak<reqwest::Client>>>,
+    built: std::sync::atomic::AtomicUsize,
+}
+
+/// What an HTTP client is built from. The pointers name the refused networks and resolver the
+/// client holds (so they stay alive, and unique, as long as the entry can be upgraded).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct HttpKey {
+    ca_bundle: Option<[u8; 32]>,
+    timeout: Duration,
+    refused: usize,
+    lookup: usize,
+}
+
+impl HttpClients {
+    /// The client for `config`: a live one built for the same key, or a new one.
+    fn get(&self, config: &TransportConfig) -> Result<Arc<reqwest::Client>, Error> {
+        let key = HttpKey {
+            ca_bundle: config.ca_bundle_pem.as_deref().map(|pem| {
+                let digest = ring::digest::digest(&ring::digest::SHA256, pem);
+                digest.as_ref().try_into().expect("SHA-256 is 32 bytes")
+            }),
+            timeout: config.timeout,
+            refused: Arc::as_ptr(&config.refused) as usize,
+            lookup: Arc::as_ptr(&config.lookup).cast::<()>() as usize,
+        };
+        let mut clients = self.0.clients.lock().expect("HTTP clients lock");
+        if let Some(client) = clients.get(&key).and_then(Weak::upgrade) {
+            return Ok(client);
+        }
+        let client = Arc::new(http_client(config)?);
+        (self.0.built).fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        clients.retain(|_, client| client.strong_count() > 0);
+        clients.insert(key, Arc::downgrade(&client));
+        Ok(client)
+    }
+
+    /// How many distinct clients are alive.
+    pub fn live(&self) -> usize {
+        let clients = self.0.clients.lock().expect("HTTP clients lock");
+        clients.values().filter(|c| c.strong_count() > 0).count()
+    }
+
+    /// How many clients were built.
+    pub fn built(&self) -> usize {
+        self.0.built.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 impl Default for TransportConfig {
@@ -109,6 +175,7 @@ impl Default for TransportConfig {
             lookup: system_lookup(),
             listing: crate::ListingLimits::default(),
             internal_by_consent: false,
+            http: HttpClients::default(),
         }
     }
 }
@@ -266,8 +333,31 @@ impl Redactor {
 
 /// The HTTP client of one integration.
 pub(crate) struct Transport {
-    http: reqwest::Client,
+    http: Arc<reqwest::Client>,
     config: TransportConfig,
+}
+
+/// A new HTTP client connecting as `config` says.
+fn http_client(config: &TransportConfig) -> Result<reqwest::Client, Error> {
+    let tls = tls_config(config.ca_bundle_pem.as_deref())?;
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .timeout(config.timeout)
+        .connect_timeout(config.timeout.min(Duration::from_secs(10)))
+        .pool_idle_timeout(Duration::from_secs(90))
+        // Never follow redirects: a redirect to another host would carry the credential
+        // there, and Bitbucket's API does not redirect the calls we make.
+        .redirect(reqwest::redirect::Policy::none())
+        // Host names resolve only to addresses outside the refused networks.
+        .dns_resolver(Arc::new(Guarded {
+            refused: Arc::clone(&config.refused),
+            lookup: Arc::clone(&config.lookup),
+        }))
+        .user_agent(concat!("bitbucket-operator/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| Error::Config {
+            message: format!("building the HTTP client: {e}"),
+        })
 }
 
 impl Transport {
@@ -277,25 +367,7 @@ impl Transport {
     }
 
     pub fn new(config: TransportConfig) -> Result<Self, Error> {
-        let tls = tls_config(config.ca_bundle_pem.as_deref())?;
-        let http = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .timeout(config.timeout)
-            .connect_timeout(config.timeout.min(Duration::from_secs(10)))
-            .pool_idle_timeout(Duration::from_secs(90))
-            // Never follow redirects: a redirect to another host would carry the credential
-            // there, and Bitbucket's API does not redirect the calls we make.
-            .redirect(reqwest::redirect::Policy::none())
-            // Host names resolve only to addresses outside the refused networks.
-            .dns_resolver(Arc::new(Guarded {
-                refused: Arc::clone(&config.refused),
-                lookup: Arc::clone(&config.lookup),
-            }))
-            .user_agent(concat!("bitbucket-operator/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| Error::Config {
-                message: format!("building the HTTP client: {e}"),
-            })?;
+        let http = config.http.get(&config)?;
         Ok(Self { http, config })
     }
 

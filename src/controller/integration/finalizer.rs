@@ -47,9 +47,24 @@ pub(super) async fn with_finalizer(
                     {"op": "add", "path": "/metadata/finalizers/-", "value": IN_USE_FINALIZER},
                 ])
             };
-            let patched = api
+            let patched = match api
                 .patch(&name, &PatchParams::default(), &json_patch(patch))
-                .await?;
+                .await
+            {
+                Ok(patched) => patched,
+                // The `test` failed: the cached copy is older than the object, as when this
+                // look follows the one that added the finalizer before its watch event came.
+                // Read the object instead of failing and waiting out a backoff.
+                Err(kube::Error::Api(status)) if status.code == 422 => {
+                    let fresh = api.get(&name).await?;
+                    if !fresh.finalizers().iter().any(|f| f == IN_USE_FINALIZER) {
+                        return Err(kube::Error::Api(status).into());
+                    }
+                    // Held now: validation, or cleanup if it is being deleted.
+                    return Box::pin(with_finalizer(&fresh, context)).await;
+                }
+                Err(e) => return Err(e.into()),
+            };
             apply(&patched, context).await
         }
         (Some(index), true) => {

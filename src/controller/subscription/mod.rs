@@ -21,7 +21,7 @@ use std::{
 };
 
 use kube::{
-    ResourceExt,
+    Api, ResourceExt,
     runtime::{
         Controller,
         controller::Action,
@@ -59,6 +59,17 @@ const DEFAULT_INTERVAL: Duration = Duration::from_secs(10 * 60);
 pub enum Error {
     #[error("BitbucketIntegration {0} not found")]
     IntegrationNotFound(String),
+    /// The integration's shard and the Subscription's, as their labels name them.
+    #[error(
+        "BitbucketIntegration {name} is in {theirs} and this Subscription in {ours}: no operator \
+         owns both; give both the same label {label}",
+        label = crate::api::SHARD_LABEL
+    )]
+    IntegrationInAnotherShard {
+        name: String,
+        theirs: String,
+        ours: String,
+    },
     /// `why` is empty, or ": " and the integration's own Ready message.
     #[error("BitbucketIntegration {name} is not ready{why}")]
     IntegrationNotReady { name: String, why: String },
@@ -81,6 +92,7 @@ impl Reason for Error {
     fn reason(&self) -> &'static str {
         match self {
             Self::IntegrationNotFound(_) => reasons::INTEGRATION_NOT_FOUND,
+            Self::IntegrationInAnotherShard { .. } => reasons::INTEGRATION_IN_ANOTHER_SHARD,
             Self::IntegrationNotReady { .. } | Self::IntegrationCredential { .. } => {
                 reasons::INTEGRATION_NOT_READY
             }
@@ -96,7 +108,7 @@ impl Reason for Error {
             Self::IntegrationNotFound(_)
             | Self::IntegrationNotReady { .. }
             | Self::IntegrationCredential { .. } => Class::Waiting,
-            Self::InvalidSpec(_) => Class::Stalled,
+            Self::InvalidSpec(_) | Self::IntegrationInAnotherShard { .. } => Class::Stalled,
             Self::Bitbucket(e) => Reason::class(e),
             Self::Kube(e) | Self::Slices(e) => e.class(),
         }
@@ -255,6 +267,35 @@ fn keep_within_budget(ask: &mut SyncAsk, subscription: &Subscription, found: &Fo
     }
 }
 
+/// Why the integration `reference` is not in the store: it does not exist, or (when this
+/// operator owns a shard) it is in another shard, which one read tells.
+async fn not_here(
+    subscription: &Subscription,
+    reference: ObjectRef<BitbucketIntegration>,
+    context: &Context,
+) -> Error {
+    let name = reference.name;
+    if context.shared.settings.label_selector.is_none() {
+        return Error::IntegrationNotFound(name);
+    }
+    let namespace = reference.namespace.unwrap_or_default();
+    let api: Api<BitbucketIntegration> = Api::namespaced(context.shared.kube.clone(), &namespace);
+    let shard = |labels: &std::collections::BTreeMap<String, String>| {
+        labels
+            .get(crate::api::SHARD_LABEL)
+            .map_or_else(|| "no shard".to_owned(), |s| format!("shard {s:?}"))
+    };
+    match api.get_opt(&name).await {
+        Ok(Some(integration)) => Error::IntegrationInAnotherShard {
+            name,
+            theirs: shard(integration.labels()),
+            ours: shard(subscription.labels()),
+        },
+        Ok(None) => Error::IntegrationNotFound(name),
+        Err(e) => Error::Kube(e),
+    }
+}
+
 enum Dereferenced {
     Found(Found),
     /// Not yet: look again after this long, writing nothing.
@@ -274,7 +315,7 @@ async fn dereference(subscription: &Subscription, context: &Context) -> Derefere
     }
     let reference = integration_of(subscription);
     let Some(integration) = context.integrations.get(&reference) else {
-        return Dereferenced::Failed(Error::IntegrationNotFound(reference.name));
+        return Dereferenced::Failed(not_here(subscription, reference, context).await);
     };
     let patience = shared.settings.recheck;
     if let Some(wait) =

@@ -14,7 +14,7 @@ use kube::{
 
 use super::slices::{self, Current, Existing};
 use crate::{
-    api::{Repository, RepositorySlice, SUBSCRIPTION_LABEL, SliceRef, Subscription},
+    api::{Repository, RepositorySlice, SHARD_LABEL, SUBSCRIPTION_LABEL, SliceRef, Subscription},
     controller::{Shared, finish},
 };
 
@@ -114,6 +114,19 @@ pub async fn publish(
     Ok(slices)
 }
 
+/// The labels of a slice of `subscription`: whose it is, and its shard if it has one (an
+/// operator that owns a shard watches only that shard's slices).
+fn labels(subscription: &Subscription) -> std::collections::BTreeMap<String, String> {
+    let mut labels = std::collections::BTreeMap::from([(
+        SUBSCRIPTION_LABEL.to_owned(),
+        crate::api::subscription_label(&subscription.name_any()),
+    )]);
+    if let Some(shard) = subscription.labels().get(SHARD_LABEL) {
+        labels.insert(SHARD_LABEL.to_owned(), shard.clone());
+    }
+    labels
+}
+
 /// Writes the slices of one Subscription, remembering each write (see [`unsettled`]) and
 /// counting it in the metrics.
 struct Writer<'a> {
@@ -175,13 +188,7 @@ impl<'a> Writer<'a> {
         slice.metadata = kube::api::ObjectMeta {
             generate_name: Some(format!("{name}-")),
             namespace: Some(self.namespace.clone()),
-            labels: Some(
-                [(
-                    SUBSCRIPTION_LABEL.to_owned(),
-                    crate::api::subscription_label(&name),
-                )]
-                .into(),
-            ),
+            labels: Some(labels(subscription)),
             owner_references: subscription.controller_owner_ref(&()).map(|o| vec![o]),
             ..Default::default()
         };

@@ -28,6 +28,7 @@ pub struct Operator {
 pub fn test_settings(namespace: &str) -> Settings {
     Settings {
         namespaces: vec![namespace.to_owned()],
+        label_selector: None,
         concurrency: 4,
         transport: TransportConfig {
             timeout: Duration::from_secs(5),
