@@ -99,7 +99,10 @@ crds:
 ## Benchmarks on the local plane + simulator (about 4 min; bench-quick about 1 min after the
 ## release build); prints a table and writes target/bench/report.md.
 bench: prerequisites plane image heap-profiler
-	$(PLANE) exec --node -- env BBO_BENCH_HEAP_PROFILER=$(HEAP_PROFILER) $(CARGO) bench --locked -p bitbucket-operator --bench operator
+	$(PLANE) exec --node -- env BBO_BENCH_OPERATOR=$(IMAGE_BINARY) BBO_BENCH_HEAP_PROFILER=$(HEAP_PROFILER) $(CARGO) bench --locked -p bitbucket-operator --bench operator
+
+## Figures 6, 7 and 11 run the binary the image holds (static, musl), as deployed.
+IMAGE_BINARY = $(CURDIR)/target/image/bitbucket-operator
 
 ## Where the operator's memory goes: figures 6 and 7 again with a build that profiles its heap
 ## (dhat, `--features heap-profile`), whose rows name what holds the heap idle and with the load.
@@ -111,7 +114,7 @@ heap-profile: prerequisites plane heap-profiler
 	$(PLANE) exec -- env BBO_BENCH_HEAP_PROFILER=$(HEAP_PROFILER) $(CARGO) bench --locked -p bitbucket-operator --bench operator -- --only 7
 
 bench-quick: prerequisites plane image
-	$(PLANE) exec --node -- $(CARGO) bench --locked -p bitbucket-operator --bench operator -- --quick
+	$(PLANE) exec --node -- env BBO_BENCH_OPERATOR=$(IMAGE_BINARY) $(CARGO) bench --locked -p bitbucket-operator --bench operator -- --quick
 
 fmt:
 	$(CARGO) fmt --all

@@ -1011,13 +1011,7 @@ impl Process {
         let log = std::fs::File::create(dir.join(log)).unwrap();
         // BBO_BENCH_OPERATOR: another build of the operator (e.g. the image's static musl
         // binary, `make image-binary`), to measure what the image runs.
-        let binary = binary.map_or_else(
-            || {
-                std::env::var("BBO_BENCH_OPERATOR")
-                    .unwrap_or_else(|_| env!("CARGO_BIN_EXE_bitbucket-operator").to_owned())
-            },
-            |b| b.to_string_lossy().into_owned(),
-        );
+        let binary = operator_binary(binary);
         let child = std::process::Command::new(binary)
             .args([
                 "run",
@@ -1112,6 +1106,29 @@ impl Process {
         }
         let profile = std::mem::take(&mut self.heap_profile);
         profile.exists().then_some(profile)
+    }
+}
+
+/// The operator binary to run: `binary`, else `BBO_BENCH_OPERATOR`, else cargo's build.
+fn operator_binary(binary: Option<&Path>) -> String {
+    binary.map_or_else(
+        || {
+            std::env::var("BBO_BENCH_OPERATOR")
+                .unwrap_or_else(|_| env!("CARGO_BIN_EXE_bitbucket-operator").to_owned())
+        },
+        |b| b.to_string_lossy().into_owned(),
+    )
+}
+
+/// Which build [`operator_binary`] runs, for the report.
+fn build_of(binary: Option<&Path>) -> &'static str {
+    let binary = operator_binary(binary);
+    if binary.contains("/target/image/") {
+        "the image's static binary (musl)"
+    } else if binary.contains("heap-profile") {
+        "the heap-profiling build"
+    } else {
+        "cargo's release build (glibc)"
     }
 }
 
@@ -1357,7 +1374,7 @@ async fn at_scale(client: &Client, scale: Scale, binary: Option<&Path>) -> Vec<R
         Row {
             number: 7,
             figure: "operator resident memory, idle",
-            measured: format!("{idle:.1} MiB"),
+            measured: format!("{idle:.1} MiB ({})", build_of(binary)),
             target: format!("≤ {idle_limit} MB"),
             met: Some(idle * 1.048_576 <= idle_limit),
         },
@@ -1365,7 +1382,8 @@ async fn at_scale(client: &Client, scale: Scale, binary: Option<&Path>) -> Vec<R
             number: 7,
             figure: "operator resident memory with the subscriptions and unrelated 4 KiB Secrets",
             measured: format!(
-                "{loaded:.1} MiB after converging (peak {peak:.1} MiB); {subscription_count} subscriptions, {integration_count} integrations, {unrelated_secrets} unrelated Secrets"
+                "{loaded:.1} MiB after converging (peak {peak:.1} MiB; {}); {subscription_count} subscriptions, {integration_count} integrations, {unrelated_secrets} unrelated Secrets",
+                build_of(binary)
             ),
             target: format!("≤ {loaded_limit} MB"),
             met: Some(peak * 1.048_576 <= loaded_limit),

@@ -284,6 +284,8 @@ pub struct Context {
     pub slices: Store<crate::api::RepositorySlice>,
     /// Wakes an integration (the integration controller reconciles it soon).
     pub wake_integration: futures::channel::mpsc::UnboundedSender<ObjectRef<BitbucketIntegration>>,
+    /// When these controllers started (this replica's term as leader).
+    pub started: jiff::Timestamp,
 }
 
 /// The object reference of the integration a Subscription points at.

@@ -298,6 +298,7 @@ async fn controllers(
         subscriptions: subscription_watch.store.clone(),
         slices: slices.clone(),
         wake_integration,
+        started: jiff::Timestamp::now(),
     });
     let subscriptions_store = subscriptions.store();
     let integrations = integration::wire(

@@ -15,20 +15,24 @@ use crate::{
 };
 
 /// How long to wait quietly for an integration that has not finished its first validation (no
-/// Ready condition yet) and is younger than `patience`; `None` once it has, or is older. Its
-/// first status will wake the Subscription; saying "not ready" meanwhile would be one more
-/// write and a moment later wrong.
+/// Ready condition yet), for `patience` after it was created or the controllers started
+/// (`started`: integrations created while the operator was down are validated after it
+/// starts), whichever is later; `None` once it has, or patience is over. Its first status will
+/// wake the Subscription; saying "not ready" meanwhile would be one more write and a moment
+/// later wrong.
 pub fn first_validation_pending(
     integration: &BitbucketIntegration,
     patience: Duration,
     now: jiff::Timestamp,
+    started: jiff::Timestamp,
 ) -> Option<Duration> {
     let status = integration.status.as_ref();
     if status.is_some_and(|s| conditions::get(&s.conditions, READY).is_some()) {
         return None;
     }
     let created = integration.metadata.creation_timestamp.as_ref()?;
-    let age = Duration::try_from(now.duration_since(created.0)).unwrap_or_default();
+    let since = created.0.max(started);
+    let age = Duration::try_from(now.duration_since(since)).unwrap_or_default();
     patience.checked_sub(age).filter(|left| !left.is_zero())
 }
 
@@ -264,22 +268,20 @@ mod tests {
         let acme = integration("credentials: {type: ApiToken, secretRef: {name: s}}");
         let created = jiff::Timestamp::from_second(1_000).unwrap();
         let patience = Duration::from_secs(30);
+        let after = |seconds| created + jiff::SignedDuration::from_secs(seconds);
         assert_eq!(
-            first_validation_pending(
-                &acme,
-                patience,
-                created + jiff::SignedDuration::from_secs(10)
-            ),
+            first_validation_pending(&acme, patience, after(10), created),
             Some(Duration::from_secs(20))
         );
         assert_eq!(
-            first_validation_pending(
-                &acme,
-                patience,
-                created + jiff::SignedDuration::from_secs(31)
-            ),
+            first_validation_pending(&acme, patience, after(31), created),
             None,
             "a validation that hangs: say what we wait for"
+        );
+        assert_eq!(
+            first_validation_pending(&acme, patience, after(310), after(300)),
+            Some(Duration::from_secs(20)),
+            "created while the operator was down: waited for as long after it started"
         );
         let mut validated = acme.clone();
         validated.status = Some(BitbucketIntegrationStatus {
@@ -294,7 +296,7 @@ mod tests {
             ..BitbucketIntegrationStatus::default()
         });
         assert_eq!(
-            first_validation_pending(&validated, patience, created),
+            first_validation_pending(&validated, patience, created, created),
             None
         );
         assert_eq!(

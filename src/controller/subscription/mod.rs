@@ -318,9 +318,12 @@ async fn dereference(subscription: &Subscription, context: &Context) -> Derefere
         return Dereferenced::Failed(not_here(subscription, reference, context).await);
     };
     let patience = shared.settings.recheck;
-    if let Some(wait) =
-        check::first_validation_pending(&integration, patience, jiff::Timestamp::now())
-    {
+    if let Some(wait) = check::first_validation_pending(
+        &integration,
+        patience,
+        jiff::Timestamp::now(),
+        context.started,
+    ) {
         return Dereferenced::Later(wait);
     }
     let status = integration.status.clone().unwrap_or_default();
