@@ -243,11 +243,27 @@ pub fn next<K: Kind>(shared: &Shared, uid: &str, error: &impl Reason) -> Action 
     })
 }
 
-/// After a Bitbucket call succeeded: the object's backoff starts again from the beginning.
-pub fn recovered<K: Kind>(shared: &Shared, uid: &str) {
+/// After a Bitbucket call to `server` succeeded: the object's backoff starts again from the
+/// beginning, and the objects waiting for `server` to answer again are released (see
+/// [`super::recovery`]).
+pub fn recovered<K: Kind>(shared: &Shared, uid: &str, server: &str) {
     K::failures(&shared.memory, uid, |failures| {
         *failures = Failures::default()
     });
+    let released = shared.recovery.recovered(server, &shared.memory);
+    if released > 0 {
+        tracing::info!(
+            server,
+            released,
+            "Bitbucket answers again: released the objects waiting for it"
+        );
+    }
+}
+
+/// Whether `error` is a server that did not answer (and said nothing of when to come back):
+/// the object then waits for the server's recovery as well as its own backoff.
+pub fn waits_for_server(error: &impl Reason) -> bool {
+    error.reason() == reasons::BITBUCKET_UNAVAILABLE && error.retry_after().is_none()
 }
 
 /// The object's UID (empty for an object not yet stored, which never reaches a reconcile).

@@ -19,6 +19,7 @@ pub mod integration;
 pub mod leader;
 pub mod listing;
 pub mod memory;
+pub mod recovery;
 pub mod refresh;
 mod run;
 pub mod subscription;
@@ -160,6 +161,8 @@ pub struct Shared {
     pub catalog: crate::catalog::Catalog,
     /// Refreshes asked for by webhook deliveries.
     pub refreshes: refresh::Refreshes,
+    /// The objects waiting for a Bitbucket server to answer again.
+    pub recovery: recovery::Recovery,
     /// Lists that changed, for Argo CD and Flux to be told.
     pub downstream: crate::downstream::Changes,
 }
@@ -188,6 +191,7 @@ impl Shared {
             memory,
             catalog: crate::catalog::Catalog::default(),
             refreshes: refresh::Refreshes::default(),
+            recovery: recovery::Recovery::default(),
             downstream,
         })
     }

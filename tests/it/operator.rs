@@ -1369,3 +1369,54 @@ async fn a_repeated_event_is_one_event_with_a_series() {
         [("Other".to_owned(), None), ("Repeated".to_owned(), Some(3))]
     );
 }
+
+/// Once Bitbucket answers again, the objects that backed off while it did not are not left to
+/// wait out backoffs grown during the outage: the first success on the server releases them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_answer_after_an_outage_releases_everything_waiting_on_that_server() {
+    let env = Env::start_with("recovery", Fixture::demo(), |s| {
+        // Backoffs as long as in production: without the release, each Subscription would
+        // wait out its own, grown during the outage to tens of seconds.
+        s.backoff_base = Duration::from_secs(4);
+        s.backoff_max = Duration::from_secs(120);
+    })
+    .await;
+    env.ready_cloud_integration().await;
+    let control = env.sim.control();
+    control.add_fault(FaultRule::status(503).on_path("/2.0/repositories"));
+    let names: Vec<String> = (0..6).map(|i| format!("s{i}")).collect();
+    for name in &names {
+        env.create(&subscription(name, "acme", Some("acme"), &[]))
+            .await;
+    }
+    let listings = || {
+        env.sim
+            .control()
+            .counters()
+            .endpoint("GET /2.0/repositories/{workspace}")
+    };
+    // Each has failed three times (two attempts each): its backoff is 8 to 32 s now.
+    eventually("three failures each", Duration::from_secs(90), || async {
+        (listings() >= 6 * 3 * 2).then_some(())
+    })
+    .await;
+    control.clear_faults();
+    // The integration's validation is the first call to answer: a sync request asks for one.
+    let integrations = env.api::<BitbucketIntegration>();
+    integrations
+        .patch("acme", &PatchParams::default(), &sync_request("back"))
+        .await
+        .unwrap();
+    let answered = std::time::Instant::now();
+    let subscriptions = env.api::<Subscription>();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        for name in &names {
+            await_object(&subscriptions, name, "to sync once released", is_synced).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| {
+        panic!("not all listed within 5 s of Bitbucket answering again (backoffs waited out)")
+    });
+    eprintln!("all listed {:?} after the first answer", answered.elapsed());
+}

@@ -29,6 +29,7 @@ use super::{
     finish::{self, Draft, finish},
     integration_of,
     memory::Validation,
+    recovery::{self, Waiter},
     run::api,
 };
 use crate::{
@@ -313,7 +314,8 @@ fn after(
     let sooner = |wait: std::time::Duration| look.map_or(wait, |look| look.min(wait));
     match outcome {
         ValidationOutcome::Validated(_) => {
-            finish::recovered::<BitbucketIntegration>(shared, &uid);
+            let server = recovery::server_of(integration);
+            finish::recovered::<BitbucketIntegration>(shared, &uid, &server);
             Action::requeue(sooner(ask.interval))
         }
         ValidationOutcome::Unchanged { wait } => match wait.or(look) {
@@ -323,6 +325,12 @@ fn after(
         ValidationOutcome::BackingOff { wait } => Action::requeue(sooner(wait)),
         ValidationOutcome::Failed(error) => {
             shared.count_error(CONTROLLER, error.reason());
+            if finish::waits_for_server(&error) {
+                let waiter = Waiter::Integration(uid.clone(), ObjectRef::from_obj(integration));
+                shared
+                    .recovery
+                    .waits(&recovery::server_of(integration), waiter);
+            }
             finish::next::<BitbucketIntegration>(shared, &uid, &error)
         }
     }

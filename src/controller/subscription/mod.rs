@@ -38,6 +38,7 @@ use super::{
     integration_of, is_ready,
     listing::{Fetched, Want},
     memory::LastSync,
+    recovery::{self, Waiter},
 };
 use crate::{
     api::{
@@ -595,7 +596,9 @@ fn after(
     let uid = finish::uid(subscription);
     match outcome {
         SyncOutcome::Listed { .. } => {
-            finish::recovered::<Subscription>(shared, &uid);
+            if let Some(server) = server(context, subscription) {
+                finish::recovered::<Subscription>(shared, &uid, &server);
+            }
             Action::requeue(ask.interval)
         }
         SyncOutcome::Unchanged { wait }
@@ -610,7 +613,19 @@ fn after(
                 shared.memory.subscription(&uid, |m| m.sync = None);
             }
             shared.count_error(CONTROLLER, error.reason());
+            if finish::waits_for_server(&error)
+                && let Some(server) = server(context, subscription)
+            {
+                let waiter = Waiter::Subscription(uid.clone(), ObjectRef::from_obj(subscription));
+                shared.recovery.waits(&server, waiter);
+            }
             finish::next::<Subscription>(shared, &uid, &error)
         }
     }
+}
+
+/// The server of the Subscription's integration (see [`recovery::server_of`]).
+fn server(context: &Context, subscription: &Subscription) -> Option<String> {
+    let integration = context.integrations.get(&integration_of(subscription))?;
+    Some(recovery::server_of(&integration))
 }

@@ -1,0 +1,148 @@
+//! Recovery once Bitbucket answers again. An object whose call failed because a server was
+//! unavailable backs off, up to `--backoff-max` (5 minutes), and is not called again before its
+//! backoff is over (no call storms while the server is down). But once a call to the same
+//! server succeeds, the server is back: every object waiting on it is released then, its
+//! backoff cut short, a few milliseconds apart so that they do not all call at once, and woken.
+//! After an outage everything converges within seconds of the first success, instead of each
+//! object waiting out a backoff grown during the outage. A `Retry-After` is not cut short: only
+//! objects that failed with `BitbucketUnavailable` wait here. No I/O.
+
+use std::{
+    collections::HashMap,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
+use kube::runtime::reflector::ObjectRef;
+
+use super::{lock, memory::Memory};
+use crate::api::{BitbucketIntegration, Subscription};
+
+/// How far apart the objects released together call again: at most 200 a second per server
+/// (each reconcile then waits its turn among `--concurrency` too).
+pub const SPACING: Duration = Duration::from_millis(5);
+
+/// The objects waiting on each Bitbucket server, and the controllers that wake them.
+#[derive(Default)]
+pub struct Recovery {
+    waiting: Mutex<HashMap<String, Waiting>>,
+    integration_wakers: Mutex<Vec<UnboundedSender<ObjectRef<BitbucketIntegration>>>>,
+    subscription_wakers: Mutex<Vec<UnboundedSender<ObjectRef<Subscription>>>>,
+}
+
+/// Who waits on one server, by UID.
+#[derive(Default)]
+struct Waiting {
+    integrations: HashMap<String, ObjectRef<BitbucketIntegration>>,
+    subscriptions: HashMap<String, ObjectRef<Subscription>>,
+}
+
+/// An object that waits on a server.
+pub enum Waiter {
+    Integration(String, ObjectRef<BitbucketIntegration>),
+    Subscription(String, ObjectRef<Subscription>),
+}
+
+impl Recovery {
+    /// The integrations to reconcile, for one controller (its term ends when it drops them).
+    pub fn integration_wakes(&self) -> UnboundedReceiver<ObjectRef<BitbucketIntegration>> {
+        let (waker, woken) = unbounded();
+        lock(&self.integration_wakers).push(waker);
+        woken
+    }
+
+    /// The Subscriptions to reconcile, for one controller.
+    pub fn subscription_wakes(&self) -> UnboundedReceiver<ObjectRef<Subscription>> {
+        let (waker, woken) = unbounded();
+        lock(&self.subscription_wakers).push(waker);
+        woken
+    }
+
+    /// `waiter`'s call to `server` failed because the server was unavailable.
+    pub fn waits(&self, server: &str, waiter: Waiter) {
+        let mut waiting = lock(&self.waiting);
+        let on = waiting.entry(server.to_owned()).or_default();
+        match waiter {
+            Waiter::Integration(uid, object) => on.integrations.insert(uid, object).map(drop),
+            Waiter::Subscription(uid, object) => on.subscriptions.insert(uid, object).map(drop),
+        };
+    }
+
+    /// A call to `server` succeeded: the objects waiting on it may call again, `SPACING` apart,
+    /// and are woken. Returns how many were released.
+    pub fn recovered(&self, server: &str, memory: &Memory) -> usize {
+        let Some(released) = lock(&self.waiting).remove(server) else {
+            return 0;
+        };
+        let now = Instant::now();
+        let mut at = (0u32..).map(|i| now + SPACING * i);
+        let mut shorten = |failures: &mut super::memory::Failures| {
+            let at = at.next().expect("an endless sequence");
+            failures.retry_at = failures.retry_at.map(|retry| retry.min(at));
+        };
+        let mut integrations = lock(&self.integration_wakers);
+        integrations.retain(|waker| !waker.is_closed());
+        for (uid, object) in &released.integrations {
+            memory.integration(uid, |m| shorten(&mut m.failures));
+            for waker in integrations.iter() {
+                let _ = waker.unbounded_send(object.clone());
+            }
+        }
+        drop(integrations);
+        let mut subscriptions = lock(&self.subscription_wakers);
+        subscriptions.retain(|waker| !waker.is_closed());
+        for (uid, object) in &released.subscriptions {
+            memory.subscription(uid, |m| shorten(&mut m.failures));
+            for waker in subscriptions.iter() {
+                let _ = waker.unbounded_send(object.clone());
+            }
+        }
+        released.integrations.len() + released.subscriptions.len()
+    }
+}
+
+/// The key of an integration's server: its type and URL as the spec says them.
+pub fn server_of(integration: &BitbucketIntegration) -> String {
+    let server = &integration.spec.server;
+    format!(
+        "{:?} {}",
+        server.server_type,
+        server.url.as_deref().unwrap_or_default()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_success_releases_the_objects_waiting_on_that_server_only_spaced_and_woken() {
+        let (recovery, memory) = (Recovery::default(), Memory::default());
+        let mut woken = recovery.subscription_wakes();
+        let later = Instant::now() + Duration::from_secs(300);
+        for uid in ["a", "b", "c"] {
+            memory.subscription(uid, |m| m.failures.retry_at = Some(later));
+            let object = ObjectRef::new(uid).within("ns");
+            let server = if uid == "c" { "other" } else { "cloud" };
+            recovery.waits(server, Waiter::Subscription(uid.into(), object));
+        }
+        assert_eq!(recovery.recovered("cloud", &memory), 2);
+        let released: Vec<Duration> = ["a", "b"]
+            .iter()
+            .map(|uid| memory.subscription(uid, |m| m.failures.holding(Instant::now())))
+            .map(Option::unwrap_or_default)
+            .collect();
+        assert!(released.iter().all(|wait| *wait <= SPACING), "{released:?}");
+        let woken: Vec<String> = woken.by_ref().take(2).map(|o| o.name).collect().await;
+        assert_eq!(woken.len(), 2);
+        let other = memory.subscription("c", |m| m.failures.holding(Instant::now()));
+        assert!(
+            other.unwrap() > Duration::from_secs(290),
+            "another server's wait stays"
+        );
+        assert_eq!(recovery.recovered("cloud", &memory), 0, "released once");
+    }
+}
