@@ -96,8 +96,9 @@ crds:
 	@mkdir -p crds charts/bitbucket-operator/crds charts/bitbucket-operator/templates
 	$(CARGO) run --quiet --locked -p bitbucket-operator --bin bitbucket-operator -- crds --output-dir crds --chart-dir charts/bitbucket-operator
 
-## Benchmarks on the local plane + simulator (about 4 min; bench-quick about 1 min after the
-## release build); prints a table and writes target/bench/report.md.
+## Benchmarks on the local plane + simulator (bench-quick about 1 min after the release build;
+## bench adds the heap profile of figure 7, about 15 min); prints a table and writes
+## target/bench/report.md.
 bench: prerequisites plane image heap-profiler
 	$(PLANE) exec --node -- env BBO_BENCH_OPERATOR=$(IMAGE_BINARY) BBO_BENCH_HEAP_PROFILER=$(HEAP_PROFILER) $(CARGO) bench --locked -p bitbucket-operator --bench operator
 

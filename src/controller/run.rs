@@ -205,6 +205,7 @@ async fn run_scope(
     let (integrations, integration_feed) = SharedWatch::new(
         api::<BitbucketIntegration>(client, &namespace),
         &config,
+        |_| {},
         move |integration| {
             forget
                 .memory
@@ -215,6 +216,7 @@ async fn run_scope(
     let (subscriptions, subscription_feed) = SharedWatch::new(
         api::<Subscription>(client, &namespace),
         &config,
+        without_status_list,
         move |subscription| {
             forget
                 .memory
@@ -369,15 +371,20 @@ where
         + Sync
         + 'static,
 {
+    /// `trim` drops more of each object before it is cached (see [`lean`]).
     fn new(
         api: Api<K>,
         config: &watcher::Config,
+        trim: impl Fn(&mut K) + Send + 'static,
         forget: impl Fn(&K) + Send + 'static,
     ) -> (Self, futures::future::BoxFuture<'static, ()>) {
         let (store, writer) = reflector::store();
         let consumers: Consumers<K> = Arc::default();
-        let events = reflector::reflector(writer, watcher(api, config.clone()).modify(lean))
-            .default_backoff();
+        let watch = watcher(api, config.clone()).modify(move |object| {
+            lean(object);
+            trim(object);
+        });
+        let events = reflector::reflector(writer, watch).default_backoff();
         let feeding = Arc::clone(&consumers);
         let feed = async move {
             let mut events = std::pin::pin!(events);
@@ -417,6 +424,16 @@ where
         let (to_trigger, trigger) = futures::channel::mpsc::channel(BUFFER);
         *self.consumers.lock().await = Some((to_primary, to_trigger));
         (primary, trigger)
+    }
+}
+
+/// Drops a Subscription's `status.repositories` from its cached copy: the first 1,000 entries
+/// of the list its RepositorySlices hold, which the slices' cache already holds (at 5,000
+/// Subscriptions, 21.6 of 118 MiB of heap). A reconcile puts them back before it compares or
+/// writes the status (`subscription::with_status_list`).
+fn without_status_list(subscription: &mut Subscription) {
+    if let Some(status) = subscription.status.as_mut() {
+        status.repositories = Vec::new();
     }
 }
 

@@ -934,6 +934,8 @@ async fn unchanged_data_over_several_intervals_writes_nothing() {
         )
     };
     let before = versions().await;
+    let before_status =
+        serde_json::to_string(&integrations.get("acme").await.unwrap().status).unwrap();
     let listings = || {
         env.sim
             .control()
@@ -949,10 +951,13 @@ async fn unchanged_data_over_several_intervals_writes_nothing() {
         || async { (listings() >= listed + 5 && validations() >= validated + 5).then_some(()) },
     )
     .await;
+    let after_status =
+        serde_json::to_string(&integrations.get("acme").await.unwrap().status).unwrap();
     assert_eq!(
         versions().await,
         before,
-        "a re-sync that finds the same data writes nothing"
+        "a re-sync that finds the same data writes nothing; the integration's status was \
+         {before_status}\nand is {after_status}"
     );
 }
 

@@ -165,8 +165,48 @@ pub async fn reconcile(
     subscription: Arc<Subscription>,
     context: Arc<Context>,
 ) -> Result<Action, Error> {
-    let reconcile = sync(&subscription, &context);
+    let reconcile = async {
+        let subscription = with_status_list(&subscription, &context).await?;
+        sync(&subscription, &context).await
+    };
     context.shared.measured(CONTROLLER, reconcile).await
+}
+
+/// The Subscription with its `status.repositories`, which its cached copy is kept without (see
+/// `run::without_status_list`): the first 1,000 of the complete list its slices hold, from the
+/// catalog when that is the list the status names, else read from the API server (right after
+/// the slices changed, before the cache shows them all).
+async fn with_status_list<'a>(
+    subscription: &'a Subscription,
+    context: &Context,
+) -> Result<std::borrow::Cow<'a, Subscription>, kube::Error> {
+    use std::borrow::Cow;
+    let Some(status) = subscription.status.as_ref() else {
+        return Ok(Cow::Borrowed(subscription));
+    };
+    let count = usize::try_from(status.repository_count.unwrap_or(0)).unwrap_or(0);
+    if count == 0 || !status.repositories.is_empty() {
+        return Ok(Cow::Borrowed(subscription));
+    }
+    // Right after start-up the slices may not be listed yet: wait for them (their watch is
+    // fed apart from this controller) rather than read every Subscription back.
+    let _ = tokio::time::timeout(Duration::from_secs(10), context.slices.wait_until_ready()).await;
+    let (namespace, name) = (
+        subscription.namespace().unwrap_or_default(),
+        subscription.name_any(),
+    );
+    if let Ok(crate::catalog::Served::Complete(list)) =
+        context.shared.catalog.list(&namespace, &name)
+        && Some(list.named()) == status.slices.as_deref()
+        && list.len() == count
+    {
+        let mut restored = subscription.clone();
+        let shown = list.iter().take(MAX_LISTED_REPOSITORIES).cloned().collect();
+        restored.status.get_or_insert_default().repositories = shown;
+        return Ok(Cow::Owned(restored));
+    }
+    let api: Api<Subscription> = Api::namespaced(context.shared.kube.clone(), &namespace);
+    Ok(Cow::Owned(api.get_status(&name).await?))
 }
 
 /// After an error the reconcile could not describe in status.
