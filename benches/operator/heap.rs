@@ -90,17 +90,21 @@ fn holder(frames: &[(&str, &str)]) -> String {
         return "Kubernetes API connections (hyper's buffers)".into();
     }
     // The operator's own files, as dhat names them (its dependencies' are named alike, `src/…`,
-    // so only the operator's modules count).
+    // so only the operator's modules count; kube-runtime has `src/controller/` too).
+    let kube = [
+        "src/controller/runner.rs",
+        "src/controller/future_hash_map.rs",
+    ];
     let ours = |place: &str| {
-        [
+        let our_dirs = [
             "src/controller/",
             "src/status/",
             "src/plugin/",
             "bitbucket-client/",
             "api/src/",
-        ]
-        .iter()
-        .any(|dir| place.starts_with(dir))
+        ];
+        our_dirs.iter().any(|dir| place.starts_with(dir))
+            && !kube.iter().any(|file| place.starts_with(file))
             || [
                 "catalog",
                 "downstream",
