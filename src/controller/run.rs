@@ -180,6 +180,24 @@ where
     }
 }
 
+/// How every watch of a scope lists and watches: any resource version, and for a shard only
+/// the objects its selector matches (slices included: they carry their Subscription's shard
+/// label).
+fn watch_config(settings: &super::Settings) -> watcher::Config {
+    let config = watcher::Config::default().any_semantic();
+    match &settings.label_selector {
+        Some(selector) => config.labels(selector),
+        None => config,
+    }
+}
+
+/// One scope's watches and, while this replica leads, its controllers. One watch and one
+/// store per kind, shared by both controllers: each reads the other kind from the very stream
+/// that triggers it, and the store is updated before the event is delivered, so a reconcile
+/// never sees an older state than the change that woke it (two independent watches could
+/// disagree for a moment: a Subscription woken by its integration turning Ready could still
+/// read it as not Ready). One store also means one copy of each object in memory. The watches
+/// run while this replica does not lead too: a standby that takes over has its caches warm.
 async fn run_scope(
     shared: Arc<Shared>,
     namespace: Option<String>,
@@ -188,19 +206,7 @@ async fn run_scope(
     mut leading: watch::Receiver<bool>,
 ) {
     let client = &shared.kube;
-    let mut config = watcher::Config::default().any_semantic();
-    // A shard: only the objects its selector matches, slices included (they carry their
-    // Subscription's shard label).
-    if let Some(selector) = &shared.settings.label_selector {
-        config = config.labels(selector);
-    }
-    // One watch and one store per kind, shared by both controllers: each reads the other kind
-    // from the very stream that triggers it, and the store is updated before the event is
-    // delivered, so a reconcile never sees an older state than the change that woke it (two
-    // independent watches could disagree for a moment: a Subscription woken by its integration
-    // turning Ready could still read it as not Ready). One store also means one copy of each
-    // object in memory. The watches run while this replica does not lead too: a standby that
-    // takes over has its caches warm.
+    let config = watch_config(&shared.settings);
     let forget = Arc::clone(&shared);
     let (integrations, integration_feed) = SharedWatch::new(
         api::<BitbucketIntegration>(client, &namespace),
