@@ -27,8 +27,39 @@ pub const SPACING: Duration = Duration::from_millis(5);
 #[derive(Default)]
 pub struct Recovery {
     waiting: Mutex<HashMap<String, Waiting>>,
-    integration_wakers: Mutex<Vec<UnboundedSender<ObjectRef<BitbucketIntegration>>>>,
-    subscription_wakers: Mutex<Vec<UnboundedSender<ObjectRef<Subscription>>>>,
+    integration_wakers: Wakers<BitbucketIntegration>,
+    subscription_wakers: Wakers<Subscription>,
+}
+
+/// The wake-ups of the controllers of one kind running in this process (one per scope, while
+/// it leads).
+struct Wakers<K: kube::Resource>(Mutex<Vec<UnboundedSender<ObjectRef<K>>>>);
+
+impl<K: kube::Resource> Default for Wakers<K> {
+    fn default() -> Self {
+        Self(Mutex::default())
+    }
+}
+
+impl<K: kube::Resource<DynamicType = ()>> Wakers<K> {
+    /// The objects to reconcile, for one controller (its term ends when it drops them).
+    fn wakes(&self) -> UnboundedReceiver<ObjectRef<K>> {
+        let (waker, woken) = unbounded();
+        lock(&self.0).push(waker);
+        woken
+    }
+
+    /// Runs `release` on each object of `released` (by UID), then wakes it.
+    fn release(&self, released: &HashMap<String, ObjectRef<K>>, mut release: impl FnMut(&str)) {
+        let mut wakers = lock(&self.0);
+        wakers.retain(|waker| !waker.is_closed());
+        for (uid, object) in released {
+            release(uid);
+            for waker in wakers.iter() {
+                let _ = waker.unbounded_send(object.clone());
+            }
+        }
+    }
 }
 
 /// Who waits on one server, by UID.
@@ -47,16 +78,12 @@ pub enum Waiter {
 impl Recovery {
     /// The integrations to reconcile, for one controller (its term ends when it drops them).
     pub fn integration_wakes(&self) -> UnboundedReceiver<ObjectRef<BitbucketIntegration>> {
-        let (waker, woken) = unbounded();
-        lock(&self.integration_wakers).push(waker);
-        woken
+        self.integration_wakers.wakes()
     }
 
     /// The Subscriptions to reconcile, for one controller.
     pub fn subscription_wakes(&self) -> UnboundedReceiver<ObjectRef<Subscription>> {
-        let (waker, woken) = unbounded();
-        lock(&self.subscription_wakers).push(waker);
-        woken
+        self.subscription_wakers.wakes()
     }
 
     /// `waiter`'s call to `server` failed because the server was unavailable.
@@ -81,23 +108,12 @@ impl Recovery {
             let at = at.next().expect("an endless sequence");
             failures.retry_at = failures.retry_at.map(|retry| retry.min(at));
         };
-        let mut integrations = lock(&self.integration_wakers);
-        integrations.retain(|waker| !waker.is_closed());
-        for (uid, object) in &released.integrations {
+        (self.integration_wakers).release(&released.integrations, |uid| {
             memory.integration(uid, |m| shorten(&mut m.failures));
-            for waker in integrations.iter() {
-                let _ = waker.unbounded_send(object.clone());
-            }
-        }
-        drop(integrations);
-        let mut subscriptions = lock(&self.subscription_wakers);
-        subscriptions.retain(|waker| !waker.is_closed());
-        for (uid, object) in &released.subscriptions {
+        });
+        (self.subscription_wakers).release(&released.subscriptions, |uid| {
             memory.subscription(uid, |m| shorten(&mut m.failures));
-            for waker in subscriptions.iter() {
-                let _ = waker.unbounded_send(object.clone());
-            }
-        }
+        });
         released.integrations.len() + released.subscriptions.len()
     }
 }
