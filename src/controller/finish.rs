@@ -246,10 +246,11 @@ pub fn next<K: Kind>(shared: &Shared, uid: &str, error: &impl Reason) -> Action 
 /// After a Bitbucket call to `server` succeeded: the object's backoff starts again from the
 /// beginning, and the objects waiting for `server` to answer again are released (see
 /// [`super::recovery`]).
-pub fn recovered<K: Kind>(shared: &Shared, uid: &str, server: &str) {
+pub fn recovered<K: Kind>(shared: &Shared, uid: &str, server: Option<&str>) {
     K::failures(&shared.memory, uid, |failures| {
         *failures = Failures::default()
     });
+    let Some(server) = server else { return };
     let released = shared.recovery.recovered(server, &shared.memory);
     if released > 0 {
         tracing::info!(

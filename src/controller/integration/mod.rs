@@ -315,7 +315,7 @@ fn after(
     match outcome {
         ValidationOutcome::Validated(_) => {
             let server = recovery::server_of(integration);
-            finish::recovered::<BitbucketIntegration>(shared, &uid, &server);
+            finish::recovered::<BitbucketIntegration>(shared, &uid, Some(&server));
             Action::requeue(sooner(ask.interval))
         }
         ValidationOutcome::Unchanged { wait } => match wait.or(look) {

@@ -636,9 +636,8 @@ fn after(
     let uid = finish::uid(subscription);
     match outcome {
         SyncOutcome::Listed { .. } => {
-            if let Some(server) = server(context, subscription) {
-                finish::recovered::<Subscription>(shared, &uid, &server);
-            }
+            let server = server(context, subscription);
+            finish::recovered::<Subscription>(shared, &uid, server.as_deref());
             Action::requeue(ask.interval)
         }
         SyncOutcome::Unchanged { wait }
