@@ -250,6 +250,13 @@ async fn a_data_center_validation_is_one_call_once_the_username_is_known() {
     let again = token.whoami(None).await.unwrap();
     assert_eq!(calls(&sim), (1, 2));
     assert_eq!(again.display_name.as_deref(), Some("Jane Doe"));
+    // Revoked once its user is known, the token is refused in that one call: the probe does
+    // not ask again (the chaos soak counted two refusals per validation).
+    sim.control().revoke_credential("jdoe-pat");
+    sim.control().reset_counters();
+    let revoked = token.whoami(None).await.unwrap_err();
+    assert!(matches!(revoked, Error::Unauthorized { .. }), "{revoked}");
+    assert_eq!(calls(&sim), (0, 1));
     // A refused password is one failed login, not two.
     sim.control().reset_counters();
     let refused = client(&sim, dc_basic("wrong"))

@@ -27,11 +27,12 @@ pub(super) async fn whoami(client: &Client) -> Result<Identity, Error> {
         let alone = user_alone(client, &known).await;
         match alone {
             Ok(Some(identity)) => return Ok(identity),
-            // A password refused: no second login attempt (bad logins lock accounts).
-            Err(error @ Error::Unauthorized { .. }) if basic.is_some() => return Err(error),
-            // Not readable as that user (a slug unlike the username, a token that may not read
-            // users): the probe decides.
-            Ok(None) | Err(Error::Unauthorized { .. }) => {}
+            // Not readable as that user (a slug unlike the username; a token that may not read
+            // users, whose 401 names an `AuthorisationException` and is `Forbidden`): the
+            // probe decides.
+            Ok(None) => {}
+            // Refused, a password or a revoked token: no second attempt (bad logins lock
+            // accounts, and a refused credential is asked once).
             Err(other) => return Err(other),
         }
     }

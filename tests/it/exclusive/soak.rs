@@ -209,22 +209,16 @@ impl Soak {
         self.sim.control().counters().credential(credential)
     }
 
-    /// The requests with `credential` that the simulator refused (401): what the operator
-    /// asked after being told no. (All requests would also count those sent just before a
-    /// revocation, or answered before it took effect.)
-    fn refused(&self, credential: &str) -> u64 {
-        self.sim
-            .control()
-            .counters()
-            .by_credential_endpoint
-            .get(credential)
-            .map_or(0, |endpoints| {
-                endpoints
-                    .iter()
-                    .filter(|(endpoint, _)| endpoint.ends_with(" 401"))
-                    .map(|(_, count)| count)
-                    .sum()
-            })
+    /// The requests with `credential` that the simulator refused (401), by endpoint and
+    /// status: what the operator asked after being told no. (All requests would also count
+    /// those sent just before a revocation, or answered before it took effect.)
+    fn refused(&self, credential: &str) -> BTreeMap<String, u64> {
+        let counters = self.sim.control().counters();
+        let endpoints = counters.by_credential_endpoint.get(credential);
+        (endpoints.into_iter().flatten())
+            .filter(|(endpoint, _)| endpoint.ends_with(" 401"))
+            .map(|(endpoint, count)| (endpoint.clone(), *count))
+            .collect()
     }
 
     fn integration(&self, member: &Member) -> BitbucketIntegration {
@@ -1626,7 +1620,7 @@ async fn revoke(soak: &Soak, member: &Member, hold: Duration) {
     // failure.
     tokio::time::sleep(hold + Duration::from_secs(30)).await;
     soak.observer
-        .restored(&credential, soak.refused(&credential));
+        .restored(&credential, &soak.refused(&credential));
     soak.sim.control().restore_credential(&credential);
     soak.world.lock().unwrap().frozen.remove(&member.name);
     // The operator learns of the restored credential when someone says so: a sync request.

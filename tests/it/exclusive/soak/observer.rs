@@ -42,7 +42,8 @@ fn resource(client: &Client, namespace: &str, kind: &str) -> Api<DynamicObject> 
 /// A credential revoked by the soak, and what it may still do.
 struct Revocation {
     since: Instant,
-    requests_before: u64,
+    /// The refused requests (401) until then, by endpoint.
+    requests_before: BTreeMap<String, u64>,
     starts_before: u32,
     users: u64,
     /// Requests one attempt may make: 2 with an OAuth token grant before the request.
@@ -353,15 +354,21 @@ impl Observer {
     }
 
     /// The soak revoked `credential`, used by an integration with `users` Subscriptions;
-    /// `requests_so_far` counts its refused requests (401) until now.
-    pub fn revoked(&self, credential: &str, requests_so_far: u64, users: u64, per_attempt: u64) {
+    /// `refused_so_far` counts its refused requests (401) until now, by endpoint.
+    pub fn revoked(
+        &self,
+        credential: &str,
+        refused_so_far: BTreeMap<String, u64>,
+        users: u64,
+        per_attempt: u64,
+    ) {
         let mut state = self.state.lock().unwrap();
         let starts_before = state.starts;
         state.revoked.insert(
             credential.to_owned(),
             Revocation {
                 since: Instant::now(),
-                requests_before: requests_so_far,
+                requests_before: refused_so_far,
                 starts_before,
                 users,
                 per_attempt,
@@ -371,17 +378,30 @@ impl Observer {
 
     /// The soak restored `credential`: after a 401 the operator may ask again only when
     /// something changed. It may notice the revocation once per object (the integration and
-    /// each Subscription), and once more per operator start.
-    pub fn restored(&self, credential: &str, requests_now: u64) -> Option<(u64, u64)> {
+    /// each Subscription), and once more per operator start. A violation names the endpoints
+    /// asked, so the object that asked again can be told.
+    pub fn restored(
+        &self,
+        credential: &str,
+        refused_now: &BTreeMap<String, u64>,
+    ) -> Option<(u64, u64)> {
         let revocation = self.state.lock().unwrap().revoked.remove(credential)?;
         let starts = self.state.lock().unwrap().starts - revocation.starts_before;
-        let made = requests_now - revocation.requests_before;
+        let asked: BTreeMap<&str, u64> = (refused_now.iter())
+            .map(|(endpoint, n)| {
+                let before = revocation.requests_before.get(endpoint).copied();
+                (endpoint.as_str(), n - before.unwrap_or(0))
+            })
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        let made = asked.values().sum();
         let per_round = (1 + revocation.users) * revocation.per_attempt;
         let allowed = per_round * (1 + u64::from(starts));
         if made > allowed {
             self.violation(format!(
                 "credential {credential} was refused (401) and asked {made} more times in {:.0}s \
-                 with nothing changed (at most {allowed}: {} objects, {starts} operator starts)",
+                 with nothing changed (at most {allowed}: {} objects, {starts} operator starts): \
+                 {asked:?}",
                 revocation.since.elapsed().as_secs_f64(),
                 1 + revocation.users
             ));
