@@ -22,13 +22,16 @@
 //! Figure 8 removes the admission policies' bindings for a moment (to measure without them)
 //! and puts them back: run it on a plane no test is using.
 //!
-//! Figures 6 and 7 run the operator binary as its own process, watching the whole cluster as
-//! it is deployed, so its memory can be read from /proc.
+//! Figures 6, 7 and 14 (`operator/scale.rs`) run the operator binary as its own process,
+//! watching the whole cluster as it is deployed, so its memory and CPU can be read from /proc.
+//! Figure 14 is ten times figure 6's load: 10,000 integrations and 50,000 Subscriptions.
 
 #[path = "operator/budget.rs"]
 mod budget;
 #[path = "operator/heap.rs"]
 mod heap;
+#[path = "operator/scale.rs"]
+mod scale;
 #[path = "../tests/it/support/mod.rs"]
 #[allow(dead_code)] // the benchmark uses a few of the tests' helpers
 mod support;
@@ -36,7 +39,6 @@ mod support;
 mod webhooks;
 
 use std::{
-    collections::BTreeMap,
     fmt::Write as _,
     path::Path,
     time::{Duration, Instant},
@@ -44,14 +46,15 @@ use std::{
 
 use bitbucket_operator::api::{
     BitbucketIntegration, BitbucketIntegrationSpec, CredentialType, Credentials, IN_USE_FINALIZER,
-    RequestBudget, SecretReference, Server, ServerType, Subscription, conditions::READY,
+    SecretReference, Server, ServerType, Subscription, conditions::READY,
 };
 use bitbucket_sim::{Fixture, Simulator};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client,
-    api::{ObjectMeta, Patch, PatchParams, PostParams},
+    api::{Patch, PatchParams, PostParams},
 };
+use scale::Scale;
 use support::{
     TestNamespace, client, install_crds,
     operator::{Operator, await_object, condition, subscription, test_settings},
@@ -135,15 +138,33 @@ async fn main() {
                 unrelated_secrets: 20_000,
             }
         };
-        rows.extend(at_scale(&client, scale, None).await);
+        rows.extend(scale::figures_6_and_7(&client, scale, None).await);
         // `make bench` builds the operator with a heap profiler too (`make heap-profile`): the
         // same load again with that build, for what holds the heap.
         if let Ok(profiler) = std::env::var("BBO_BENCH_HEAP_PROFILER") {
-            let profiled = at_scale(&client, scale, Some(Path::new(&profiler))).await;
+            let profiler = Some(Path::new(&profiler));
+            let profiled = scale::figures_6_and_7(&client, scale, profiler).await;
             rows.extend(
-                (profiled.into_iter()).filter(|r| r.figure.starts_with(HEAP_PROFILE_FIGURE)),
+                (profiled.into_iter()).filter(|r| r.figure.starts_with(scale::HEAP_PROFILE_FIGURE)),
             );
         }
+    }
+    if wanted(14) {
+        // Ten times figure 6's integrations and Subscriptions (two with `--quick`).
+        let scale = if quick {
+            Scale {
+                integrations: 2_000,
+                subscriptions: 10_000,
+                unrelated_secrets: 0,
+            }
+        } else {
+            Scale {
+                integrations: 10_000,
+                subscriptions: 50_000,
+                unrelated_secrets: 0,
+            }
+        };
+        rows.extend(scale::figure_14(&client, scale, None).await);
     }
 
     if wanted(9) {
@@ -972,16 +993,6 @@ async fn large_sync_time(client: &Client, n: usize, trials: usize) -> Row {
     }
 }
 
-/// The rows of what holds the heap (from a heap-profiling build's run).
-const HEAP_PROFILE_FIGURE: &str = "heap profile (dhat), what holds the heap after converging";
-
-#[derive(Clone, Copy)]
-struct Scale {
-    integrations: usize,
-    subscriptions: usize,
-    unrelated_secrets: usize,
-}
-
 /// The operator binary, watching the whole cluster, with its log in `target/bench/`.
 struct Process {
     child: std::process::Child,
@@ -1054,6 +1065,10 @@ impl Process {
             }
         })
         .await;
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Resident memory (VmRSS) and its peak (VmHWM), in MiB.
@@ -1164,44 +1179,6 @@ async fn quiet_cluster(client: &Client) {
     .unwrap_or_else(|_| panic!("test namespaces still present after {patience:?}"));
 }
 
-/// Each object's name and status, as JSON.
-async fn statuses<K>(api: &Api<K>) -> Vec<(String, serde_json::Value)>
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    let list = api.list(&kube::api::ListParams::default()).await.unwrap();
-    list.items
-        .into_iter()
-        .map(|object| {
-            let name = object.meta().name.clone().unwrap();
-            (name, serde_json::to_value(object).unwrap()["status"].take())
-        })
-        .collect()
-}
-
-/// Writes `count` statuses, 8 at a time, going round `statuses`: each write re-writes one
-/// object's whole status, bumping observedGeneration so that every write reaches etcd.
-async fn rewrite_statuses<K>(api: &Api<K>, statuses: &[(String, serde_json::Value)], count: usize)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    bounded(
-        (0..count).map(|k| {
-            let (name, status) = &statuses[k % statuses.len()];
-            let mut status = status.clone();
-            status["observedGeneration"] = serde_json::json!(100 + k / statuses.len());
-            let patch = Patch::Merge(serde_json::json!({ "status": status }));
-            async move {
-                api.patch_status(name, &PatchParams::default(), &patch)
-                    .await
-                    .unwrap();
-            }
-        }),
-        8,
-    )
-    .await;
-}
-
 /// Runs `futures` at most `limit` at a time.
 async fn bounded<F: std::future::Future<Output = ()>>(
     futures: impl IntoIterator<Item = F>,
@@ -1212,200 +1189,6 @@ async fn bounded<F: std::future::Future<Output = ()>>(
         .buffer_unordered(limit)
         .collect::<Vec<()>>()
         .await;
-}
-
-/// Figures 6 and 7: memory idle and at scale, and convergence after a restart with 1,000
-/// integrations and 5,000 Subscriptions that appeared while the operator was down, against a
-/// bare client doing as many writes with the same parallelism.
-async fn at_scale(client: &Client, scale: Scale, binary: Option<&Path>) -> Vec<Row> {
-    let Scale {
-        integrations: integration_count,
-        subscriptions: subscription_count,
-        unrelated_secrets,
-    } = scale;
-    quiet_cluster(client).await;
-    let sim = Simulator::start(Fixture::demo()).await.unwrap();
-
-    // Idle: the operator up, watching a cluster with none of our objects.
-    let operator = Process::spawn(binary, "scale-idle.log", &sim.base_url(), &[]);
-    operator.ready().await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let (idle, _) = operator.memory();
-    let idle_profile = operator.stop();
-
-    // While it is down: the unrelated Secrets (4 KiB each, in the same namespace), then the
-    // integrations, their Secrets and the Subscriptions.
-    let ns = TestNamespace::create(client, "bench-scale").await;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns.name);
-    let payload = k8s_openapi::ByteString((0..4096).map(|i| (i % 251) as u8).collect());
-    let created = Instant::now();
-    bounded(
-        (0..unrelated_secrets).map(|i| {
-            let secrets = secrets.clone();
-            let secret = Secret {
-                metadata: ObjectMeta {
-                    name: Some(format!("unrelated-{i}")),
-                    ..ObjectMeta::default()
-                },
-                data: Some(BTreeMap::from([("blob".to_owned(), payload.clone())])),
-                ..Secret::default()
-            };
-            async move {
-                secrets
-                    .create(&PostParams::default(), &secret)
-                    .await
-                    .unwrap();
-            }
-        }),
-        32,
-    )
-    .await;
-    let credentials = [
-        ("email", "jdoe@example.com"),
-        ("token", "FAKE-cloud-api-token-for-jdoe"),
-    ];
-    bounded(
-        (0..integration_count).map(|i| {
-            let (client, ns, sim) = (client.clone(), ns.name.clone(), &sim);
-            async move {
-                let name = format!("i{i}");
-                secret(&client, &ns, &name, &credentials).await;
-                let mut integration = cloud_integration(&name, sim);
-                integration.spec.credentials.secret_ref.name = name;
-                // Each integration stands for its own Bitbucket user (1,000 requests an hour):
-                // the Secrets here all hold one user's token, whose shared budget would be the
-                // figure.
-                integration.spec.request_budget = Some(RequestBudget {
-                    requests_per_hour: Some(1_000),
-                    planned_percent: None,
-                });
-                create(&client, &ns, &integration).await;
-            }
-        }),
-        32,
-    )
-    .await;
-    bounded(
-        (0..subscription_count).map(|i| {
-            let (client, ns) = (client.clone(), ns.name.clone());
-            async move {
-                let integration = format!("i{}", i % integration_count);
-                create(
-                    &client,
-                    &ns,
-                    &subscription(&format!("s{i}"), &integration, Some("acme"), &[]),
-                )
-                .await;
-            }
-        }),
-        32,
-    )
-    .await;
-    let setup = created.elapsed();
-
-    // Restart, and time until every object is Ready.
-    let integrations: Api<BitbucketIntegration> = Api::namespaced(client.clone(), &ns.name);
-    let subscriptions: Api<Subscription> = Api::namespaced(client.clone(), &ns.name);
-    let mut integrations_ready = ready_names(integrations.clone(), |i: &BitbucketIntegration| {
-        i.status.as_ref().is_some_and(|s| is_ready(&s.conditions))
-    });
-    let mut subscriptions_ready = ready_names(subscriptions.clone(), |s: &Subscription| {
-        s.status.as_ref().is_some_and(|s| is_ready(&s.conditions))
-    });
-    let writes_before = writes(client).await;
-    let started = Instant::now();
-    let operator = Process::spawn(binary, "scale.log", &sim.base_url(), &[]);
-    // Ten minutes: a heap-profiling build (`make heap-profile`) is several times slower.
-    tokio::time::timeout(Duration::from_secs(600), async {
-        let mut seen = std::collections::HashSet::new();
-        while seen.len() < integration_count {
-            seen.insert(integrations_ready.recv().await.unwrap());
-        }
-        let mut seen = std::collections::HashSet::new();
-        while seen.len() < subscription_count {
-            seen.insert(subscriptions_ready.recv().await.unwrap());
-        }
-    })
-    .await
-    .expect("every object to be Ready within 10 minutes");
-    let converged = started.elapsed();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let written = writes(client).await - writes_before;
-    let (loaded, peak) = operator.memory();
-    let failures = operator
-        .samples("bitbucket_operator_reconcile_errors_total")
-        .await;
-    let failed = failures.iter().fold(0.0, |sum, (_, n)| sum + n);
-    let failures: Vec<String> = failures.iter().map(|(l, n)| format!("{n} {l}")).collect();
-    let failures = failures.join(", ");
-    let loaded_profile = operator.stop();
-
-    // The bare client: as many writes, each re-writing an object's whole status as the
-    // operator left it, with the operator's parallelism (8 reconciles per controller, two
-    // controllers).
-    let per_kind = written.div_ceil(2) as usize;
-    let (integration_statuses, subscription_statuses) = (
-        statuses(&integrations).await,
-        statuses(&subscriptions).await,
-    );
-    let started = Instant::now();
-    futures::join!(
-        rewrite_statuses(&integrations, &integration_statuses, per_kind),
-        rewrite_statuses(&subscriptions, &subscription_statuses, per_kind),
-    );
-    let bare = started.elapsed();
-    let ratio = converged.as_secs_f64() / bare.as_secs_f64();
-    let objects = integration_count + subscription_count;
-    let (idle_limit, loaded_limit) = (15.0, 100.0);
-    let mut rows = vec![
-        Row {
-            number: 6,
-            figure: "convergence after a restart: integrations + subscriptions created while the operator was down",
-            measured: format!(
-                "{integration_count} + {subscription_count}: all Ready {:.1} s after start ({written} writes; {failed} failed reconciles: {failures}); bare client, {} status writes at the same parallelism: {:.1} s; ratio {ratio:.2}× (setup: {objects} objects + {unrelated_secrets} Secrets created in {:.0} s)",
-                converged.as_secs_f64(),
-                per_kind * 2,
-                bare.as_secs_f64(),
-                setup.as_secs_f64()
-            ),
-            target: "≤ 1.5×".into(),
-            met: Some(ratio <= 1.5),
-        },
-        Row {
-            number: 7,
-            figure: "operator resident memory, idle",
-            measured: format!("{idle:.1} MiB ({})", build_of(binary)),
-            target: format!("≤ {idle_limit} MB"),
-            met: Some(idle * 1.048_576 <= idle_limit),
-        },
-        Row {
-            number: 7,
-            figure: "operator resident memory with the subscriptions and unrelated 4 KiB Secrets",
-            measured: format!(
-                "{loaded:.1} MiB after converging (peak {peak:.1} MiB; {}); {subscription_count} subscriptions, {integration_count} integrations, {unrelated_secrets} unrelated Secrets",
-                build_of(binary)
-            ),
-            target: format!("≤ {loaded_limit} MB"),
-            met: Some(peak * 1.048_576 <= loaded_limit),
-        },
-    ];
-    // A heap-profiling build (`make heap-profile`) wrote what held its heap at SIGTERM.
-    for (when, profile) in [("idle", idle_profile), ("with the load", loaded_profile)] {
-        let Some(profile) = profile else { continue };
-        let (holders, total) = heap::holders(&profile);
-        rows.push(Row {
-            number: 7,
-            figure: HEAP_PROFILE_FIGURE,
-            measured: format!(
-                "{when}: {:.1} MiB live; {}",
-                total as f64 / 1_048_576.0,
-                heap::summary(&holders, 8)
-            ),
-            target: "report".into(),
-            met: None,
-        });
-    }
-    rows
 }
 
 /// Figure 8: the latency of a `DELETE` of an integration (a server-side dry run, which passes
