@@ -3,6 +3,13 @@
 //! with the same parallelism. Figure 14 runs ten times figure 6's load (10,000 integrations
 //! and 50,000 Subscriptions) and adds what the API server answers in steady state and the CPU
 //! the operator, the API server and etcd spend, to say which of them is the limit.
+//!
+//! Figure 6 keeps all its objects in one namespace, as it always has. Figure 14 spreads them
+//! over namespaces as tenants hold them: the admission policy that refuses a Subscription
+//! pointed at an integration being deleted takes every integration of the Subscription's
+//! namespace as a parameter, so one create costs the API server a CEL evaluation per
+//! integration there (about 33 µs each on this machine: 10,000 integrations in one namespace
+//! would make each Subscription create cost a third of a second).
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -34,6 +41,9 @@ pub struct Scale {
     pub integrations: usize,
     pub subscriptions: usize,
     pub unrelated_secrets: usize,
+    /// How many namespaces hold them: integration `i` is in namespace `i % namespaces`, each
+    /// Subscription beside its integration, the unrelated Secrets in the first.
+    pub namespaces: usize,
 }
 
 impl Scale {
@@ -174,9 +184,10 @@ pub async fn figure_14(client: &Client, scale: Scale, binary: Option<&Path>) -> 
 /// Figures 6's and 14's measured text.
 fn convergence(scale: Scale, m: &Measured) -> String {
     format!(
-        "{} + {}: all Ready {:.1} s after start ({} writes; {} failed reconciles: {}); bare client, {} status writes at the same parallelism: {:.1} s; ratio {:.2}× (setup: {} objects + {} Secrets created in {:.0} s)",
+        "{} + {} in {} namespace(s): all Ready {:.1} s after start ({} writes; {} failed reconciles: {}); bare client, {} status writes at the same parallelism: {:.1} s; ratio {:.2}× (setup: {} objects + {} Secrets created in {:.0} s)",
         scale.integrations,
         scale.subscriptions,
+        scale.namespaces,
         m.converged.as_secs_f64(),
         m.written,
         m.failed,
@@ -219,14 +230,19 @@ async fn measure(client: &Client, scale: Scale, binary: Option<&Path>, steady: b
 
     // While it is down: the unrelated Secrets, then the integrations, their Secrets and the
     // Subscriptions.
-    let ns = TestNamespace::create(client, "bench-scale").await;
     let created = Instant::now();
-    create_objects(client, &ns.name, &sim, scale).await;
+    let mut namespaces = Vec::new();
+    for _ in 0..scale.namespaces {
+        namespaces.push(TestNamespace::create(client, "bench-scale").await);
+    }
+    let names: Vec<&str> = namespaces.iter().map(|ns| ns.name.as_str()).collect();
+    create_objects(client, &names, &sim, scale).await;
     let setup = created.elapsed();
 
-    // Restart, and time until every object is Ready.
-    let integrations: Api<BitbucketIntegration> = Api::namespaced(client.clone(), &ns.name);
-    let subscriptions: Api<Subscription> = Api::namespaced(client.clone(), &ns.name);
+    // Restart, and time until every object is Ready (names are unique across namespaces, and
+    // no other namespace holds our kinds: `quiet_cluster`).
+    let integrations: Api<BitbucketIntegration> = Api::all(client.clone());
+    let subscriptions: Api<Subscription> = Api::all(client.clone());
     let mut integrations_ready = ready_names(integrations.clone(), |i: &BitbucketIntegration| {
         i.status.as_ref().is_some_and(|s| is_ready(&s.conditions))
     });
@@ -280,8 +296,8 @@ async fn measure(client: &Client, scale: Scale, binary: Option<&Path>, steady: b
     );
     let started = Instant::now();
     futures::join!(
-        rewrite_statuses(&integrations, &integration_statuses, per_kind),
-        rewrite_statuses(&subscriptions, &subscription_statuses, per_kind),
+        rewrite_statuses::<BitbucketIntegration>(client, &integration_statuses, per_kind),
+        rewrite_statuses::<Subscription>(client, &subscription_statuses, per_kind),
     );
     let bare = started.elapsed();
     Measured {
@@ -302,10 +318,11 @@ async fn measure(client: &Client, scale: Scale, binary: Option<&Path>, steady: b
     }
 }
 
-/// Creates `scale`'s objects in `ns`, 32 at a time: the unrelated Secrets (4 KiB each), then
-/// each integration with its Secret, then the Subscriptions, spread over the integrations.
-async fn create_objects(client: &Client, ns: &str, sim: &Simulator, scale: Scale) {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+/// Creates `scale`'s objects in `namespaces`, 32 at a time: the unrelated Secrets (4 KiB each),
+/// then each integration with its Secret, then the Subscriptions, spread over the
+/// integrations.
+async fn create_objects(client: &Client, namespaces: &[&str], sim: &Simulator, scale: Scale) {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespaces[0]);
     let payload = k8s_openapi::ByteString((0..4096).map(|i| (i % 251) as u8).collect());
     bounded(
         (0..scale.unrelated_secrets).map(|i| {
@@ -334,6 +351,7 @@ async fn create_objects(client: &Client, ns: &str, sim: &Simulator, scale: Scale
     ];
     bounded(
         (0..scale.integrations).map(|i| async move {
+            let ns = namespaces[i % namespaces.len()];
             let name = format!("i{i}");
             secret(client, ns, &name, &credentials).await;
             let mut integration = cloud_integration(&name, sim);
@@ -351,7 +369,8 @@ async fn create_objects(client: &Client, ns: &str, sim: &Simulator, scale: Scale
     .await;
     bounded(
         (0..scale.subscriptions).map(|i| async move {
-            let integration = format!("i{}", i % scale.integrations);
+            let of = i % scale.integrations;
+            let (ns, integration) = (namespaces[of % namespaces.len()], format!("i{of}"));
             let name = format!("s{i}");
             create(
                 client,
@@ -365,8 +384,11 @@ async fn create_objects(client: &Client, ns: &str, sim: &Simulator, scale: Scale
     .await;
 }
 
-/// Each object's name and status, as JSON.
-async fn statuses<K>(api: &Api<K>) -> Vec<(String, serde_json::Value)>
+/// An object's namespace, name and status (as JSON).
+type Stored = (String, String, serde_json::Value);
+
+/// Each object's namespace, name and status.
+async fn statuses<K>(api: &Api<K>) -> Vec<Stored>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
 {
@@ -374,24 +396,30 @@ where
     list.items
         .into_iter()
         .map(|object| {
+            let namespace = object.meta().namespace.clone().unwrap();
             let name = object.meta().name.clone().unwrap();
-            (name, serde_json::to_value(object).unwrap()["status"].take())
+            let status = serde_json::to_value(object).unwrap()["status"].take();
+            (namespace, name, status)
         })
         .collect()
 }
 
 /// Writes `count` statuses, 8 at a time, going round `statuses`: each write re-writes one
 /// object's whole status, bumping observedGeneration so that every write reaches etcd.
-async fn rewrite_statuses<K>(api: &Api<K>, statuses: &[(String, serde_json::Value)], count: usize)
+async fn rewrite_statuses<K>(client: &Client, statuses: &[Stored], count: usize)
 where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
 {
     bounded(
         (0..count).map(|k| {
-            let (name, status) = &statuses[k % statuses.len()];
+            let (namespace, name, status) = &statuses[k % statuses.len()];
             let mut status = status.clone();
             status["observedGeneration"] = serde_json::json!(100 + k / statuses.len());
             let patch = Patch::Merge(serde_json::json!({ "status": status }));
+            let api: Api<K> = Api::namespaced(client.clone(), namespace);
             async move {
                 api.patch_status(name, &PatchParams::default(), &patch)
                     .await

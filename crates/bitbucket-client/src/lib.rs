@@ -19,6 +19,7 @@ pub mod transport;
 pub mod webhook;
 
 use secrecy::{ExposeSecret, SecretString};
+use tracing::Instrument as _;
 use url::Url;
 
 pub use budget::{Budget, Priority};
@@ -266,8 +267,18 @@ impl Client {
         url
     }
 
-    /// GETs `url` with the credential. An OAuth token Bitbucket refuses is renewed once.
+    /// GETs `url` with the credential. An OAuth token Bitbucket refuses is renewed once. In a
+    /// `bitbucket` span (debug, named by `operation`: where a reconcile's time goes).
     async fn get(&self, operation: &'static str, url: &Url) -> Result<Response, Error> {
+        let span = tracing::debug_span!("bitbucket", operation);
+        self.get_with_renewal(operation, url).instrument(span).await
+    }
+
+    async fn get_with_renewal(
+        &self,
+        operation: &'static str,
+        url: &Url,
+    ) -> Result<Response, Error> {
         let authorization = self.authorization().await?;
         let redact = self.redact.with(&authorization);
         let result = self
