@@ -5,11 +5,18 @@
 //! [`Memory`](super::memory::Memory)). For a signed-in OAuth user, the client saves each refresh
 //! token Bitbucket rotates back to the Secret ([`save_rotated`]); that write of the operator's
 //! own does not count as a change. Shared by both controllers. Does API-server I/O.
+//!
+//! The Secrets' metadata watch (which wakes an integration when its Secret changes) also keeps
+//! the version of each Secret in use ([`SecretVersions`]): while those are the versions the
+//! remembered client was built from, a reconcile reuses it without reading the Secret again.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use k8s_openapi::{ByteString, api::core::v1::Secret};
-use kube::{Api, ResourceExt};
+use kube::{Api, ResourceExt, core::PartialObjectMeta};
 use url::Url;
 
 use super::{
@@ -102,9 +109,14 @@ pub async fn resolve(
         Api::namespaced(kube.clone(), &integration.namespace().unwrap_or_default());
     // Every client of the integration counts against its one budget, kept across rebuilds.
     transport.budget = memory.budgets.for_clients(integration);
-    let inputs = Inputs::read(&secrets, integration).await?;
     let uid = integration.uid().unwrap_or_default();
     let cached = memory.integration(&uid, |m| m.client.clone());
+    if let Some(cached) = cached.as_ref()
+        && memory.secret_versions.unchanged(integration, cached)
+    {
+        return Ok(cached.clone());
+    }
+    let inputs = Inputs::read(&secrets, integration).await?;
     let (fingerprint, secret_version) = inputs.fingerprint(integration, cached.as_ref());
     if let Some(cached) = cached.as_ref().filter(|c| c.fingerprint == fingerprint) {
         return Ok(cached.clone());
@@ -165,19 +177,90 @@ impl Inputs {
         integration: &BitbucketIntegration,
         cached: Option<&Resolved>,
     ) -> (String, String) {
-        let mut secret_version = self.secret.resource_version().unwrap_or_default();
-        if let Some(cached) = cached
-            && lock(&cached.written).as_deref() == Some(secret_version.as_str())
-        {
-            secret_version.clone_from(&cached.secret_version);
-        }
-        let fingerprint = format!(
-            "{}/{}/{}",
-            integration.metadata.generation.unwrap_or_default(),
+        let secret_version = self.secret.resource_version().unwrap_or_default();
+        let ca_version = self.ca.as_ref().map(|(_, rv)| rv.as_str());
+        fingerprint(integration, secret_version, ca_version, cached)
+    }
+}
+
+/// The fingerprint of a client built for `integration` from the credential Secret at
+/// `secret_version` and the CA bundle Secret at `ca_version`, and the credential Secret's
+/// version it counts: a version the cached client wrote itself (a rotated refresh token)
+/// counts as the version it was built from, since the credential is the same.
+fn fingerprint(
+    integration: &BitbucketIntegration,
+    mut secret_version: String,
+    ca_version: Option<&str>,
+    cached: Option<&Resolved>,
+) -> (String, String) {
+    if let Some(cached) = cached
+        && lock(&cached.written).as_deref() == Some(secret_version.as_str())
+    {
+        secret_version.clone_from(&cached.secret_version);
+    }
+    let fingerprint = format!(
+        "{}/{}/{}",
+        integration.metadata.generation.unwrap_or_default(),
+        secret_version,
+        ca_version.unwrap_or("-")
+    );
+    (fingerprint, secret_version)
+}
+
+/// The resourceVersion of each Secret an integration uses (by namespace and name), as the
+/// Secrets' metadata watch last showed it. A Secret no integration used when it was seen, one
+/// deleted, and every Secret while the watch lists again are unknown: their readers read them.
+#[derive(Default)]
+pub struct SecretVersions(Mutex<HashMap<(String, String), String>>);
+
+impl SecretVersions {
+    /// The watch shows `secret`; `used`: an integration in the store uses it.
+    pub fn seen(&self, secret: &PartialObjectMeta<Secret>, used: bool) {
+        let key = (secret.namespace().unwrap_or_default(), secret.name_any());
+        let mut versions = lock(&self.0);
+        match secret.resource_version().filter(|_| used) {
+            Some(version) => versions.insert(key, version),
+            None => versions.remove(&key),
+        };
+    }
+
+    /// The watch shows `secret` deleted.
+    pub fn gone(&self, secret: &PartialObjectMeta<Secret>) {
+        let key = (secret.namespace().unwrap_or_default(), secret.name_any());
+        lock(&self.0).remove(&key);
+    }
+
+    /// The watch lists the Secrets again: what it showed before may have changed since.
+    pub fn relisting(&self) {
+        lock(&self.0).clear();
+    }
+
+    /// Whether the Secrets `integration` uses are at the versions `cached` was built from, as
+    /// far as the watch shows them: then the client stands without reading them.
+    fn unchanged(&self, integration: &BitbucketIntegration, cached: &Resolved) -> bool {
+        let namespace = integration.namespace().unwrap_or_default();
+        let version = |name: &str| {
+            let versions = lock(&self.0);
+            versions.get(&(namespace.clone(), name.to_owned())).cloned()
+        };
+        let spec = &integration.spec;
+        let Some(secret_version) = version(&spec.credentials.secret_ref.name) else {
+            return false;
+        };
+        let ca_version = match &spec.server.ca_bundle_secret_ref {
+            Some(reference) => match version(&reference.name) {
+                Some(version) => Some(version),
+                None => return false,
+            },
+            None => None,
+        };
+        let (fingerprint, _) = fingerprint(
+            integration,
             secret_version,
-            self.ca.as_ref().map_or("-", |(_, rv)| rv.as_str())
+            ca_version.as_deref(),
+            Some(cached),
         );
-        (fingerprint, secret_version)
+        fingerprint == cached.fingerprint
     }
 }
 
@@ -412,4 +495,79 @@ async fn read(secrets: &Api<Secret>, name: &str) -> Result<Secret, ResolveError>
             source,
         })?
         .ok_or_else(|| ResolveError::SecretNotFound(name.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::{api::ObjectMeta, core::PartialObjectMetaExt as _};
+
+    use super::*;
+    use crate::api::BitbucketIntegrationSpec;
+
+    fn integration() -> BitbucketIntegration {
+        let yaml = "credentials: {type: ApiToken, secretRef: {name: creds}}";
+        let spec: BitbucketIntegrationSpec = serde_saphyr::from_str(yaml).unwrap();
+        let mut integration = BitbucketIntegration::new("acme", spec);
+        integration.metadata.namespace = Some("ns".into());
+        integration.metadata.generation = Some(1);
+        integration
+    }
+
+    /// A client remembered as built from the credential Secret at `version`.
+    fn built_from(integration: &BitbucketIntegration, version: &str) -> Resolved {
+        let server = bitbucket::Server::Cloud {
+            api_url: Url::parse("https://api.bitbucket.org/2.0").unwrap(),
+        };
+        let credentials = bitbucket::Credentials::CloudApiToken {
+            email: "jdoe@example.com".into(),
+            token: "FAKE".into(),
+        };
+        let client = bitbucket::Client::new(server, credentials, TransportConfig::default());
+        Resolved {
+            client: Arc::new(client.unwrap()),
+            fingerprint: fingerprint(integration, version.into(), None, None).0,
+            secret_version: version.into(),
+            written: Arc::default(),
+            expiry: super::super::integration::expiry::Expiry::Unknown,
+        }
+    }
+
+    fn secret(name: &str, version: &str) -> PartialObjectMeta<Secret> {
+        ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some("ns".into()),
+            resource_version: Some(version.into()),
+            ..ObjectMeta::default()
+        }
+        .into_response_partial()
+    }
+
+    #[test]
+    fn the_secrets_watch_vouches_for_a_client_until_its_secret_changes_goes_or_is_listed_again() {
+        let (integration, versions) = (integration(), SecretVersions::default());
+        let cached = built_from(&integration, "5");
+        let unchanged = || versions.unchanged(&integration, &cached);
+        assert!(!unchanged(), "not seen yet: read");
+        versions.seen(&secret("creds", "5"), true);
+        assert!(unchanged(), "the version it was built from");
+        versions.seen(&secret("other", "9"), true);
+        assert!(unchanged(), "another Secret changed");
+        versions.seen(&secret("creds", "6"), true);
+        assert!(!unchanged(), "rotated: read");
+        versions.seen(&secret("creds", "5"), false);
+        assert!(!unchanged(), "seen while no integration used it: read");
+        versions.seen(&secret("creds", "5"), true);
+        versions.gone(&secret("creds", "5"));
+        assert!(!unchanged(), "deleted: read (and find it missing)");
+        versions.seen(&secret("creds", "5"), true);
+        versions.relisting();
+        assert!(!unchanged(), "the watch lists again: read");
+        // The operator's own write of a rotated refresh token is the same credential.
+        *lock(&cached.written) = Some("7".into());
+        versions.seen(&secret("creds", "7"), true);
+        assert!(unchanged(), "its own write");
+        let mut edited = integration.clone();
+        edited.metadata.generation = Some(2);
+        assert!(!versions.unchanged(&edited, &cached), "a new spec: read");
+    }
 }

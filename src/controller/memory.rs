@@ -164,6 +164,8 @@ pub struct Memory {
     /// longer counted. A status saying `DeletionBlocked` counts nothing by itself: a new leader
     /// reads it from an object it never saw blocked.
     pub blocked_deletions: Gauge,
+    /// The versions of the Secrets in use, as their watch shows them.
+    pub secret_versions: super::credentials::SecretVersions,
 }
 
 /// How many entries a [`Memory::sweep`] dropped.

@@ -15,6 +15,7 @@ pub mod validate;
 
 use std::{sync::Arc, time::Instant};
 
+use futures::StreamExt as _;
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     ResourceExt,
@@ -110,11 +111,20 @@ pub fn wire(
     woken: impl futures::Stream<Item = ObjectRef<BitbucketIntegration>> + Send + 'static,
 ) -> Controller<BitbucketIntegration> {
     let client = &context.shared.kube;
+    let (seen, relisted) = (Arc::clone(context), Arc::clone(context));
     let secrets = watcher(
         api::<PartialObjectMeta<Secret>>(client, namespace),
         watcher::Config::default(),
     )
     .default_backoff()
+    .inspect(move |event| {
+        let versions = &relisted.shared.memory.secret_versions;
+        match event {
+            Ok(watcher::Event::Delete(secret)) => versions.gone(secret),
+            Ok(watcher::Event::Init) => versions.relisting(),
+            _ => {}
+        }
+    })
     .touched_objects();
     // This controller's own store: an integration it has reconciled is surely in it, so a
     // Secret created after the integration always finds it.
@@ -123,12 +133,14 @@ pub fn wire(
         .watches_stream(secrets, move |secret| {
             let name = secret.name_any();
             let namespace = secret.namespace();
-            integrations
+            let users: Vec<_> = integrations
                 .state()
                 .into_iter()
                 .filter(|i| i.namespace() == namespace && uses_secret(i, &name))
                 .map(|i| ObjectRef::from_obj(&*i))
-                .collect::<Vec<_>>()
+                .collect();
+            (seen.shared.memory.secret_versions).seen(&secret, !users.is_empty());
+            users
         })
         // The integration a Subscription left when re-pointed is woken by the Subscription's
         // reconcile (`subscription::wake_the_integration_left`), through `woken`.
