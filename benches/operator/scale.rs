@@ -165,8 +165,8 @@ pub async fn figure_14(client: &Client, scale: Scale, binary: Option<&Path>) -> 
                 steady.writes as f64 / STEADY.as_secs_f64(),
                 steady.by_verb,
             ),
-            target: "only what the intervals require: no writes when nothing changed".into(),
-            met: Some(steady.writes == 0),
+            target: "only what the intervals require: no writes when nothing changed but the Lease's renewals".into(),
+            met: Some(steady.writes == steady.lease_renewals),
         },
         Row {
             number: 14,
@@ -435,6 +435,8 @@ where
 struct Steady {
     requests: u64,
     writes: u64,
+    /// Of the writes, the leader's Lease renewals (`PUT leases`).
+    lease_renewals: u64,
     /// The requests by verb and resource, as the report says them.
     by_verb: String,
     cpu: Cpu,
@@ -463,9 +465,11 @@ impl Steady {
         let by_verb: Vec<String> = (after.iter())
             .map(|((verb, resource), n)| format!("{n} {verb} {resource}"))
             .collect();
+        let renewals = after.get(&("PUT".to_owned(), "leases".to_owned()));
         Self {
             requests: sum(true) + sum(false),
             writes: sum(true),
+            lease_renewals: renewals.map_or(0, |n| *n as u64),
             by_verb: if by_verb.is_empty() {
                 "none".into()
             } else {

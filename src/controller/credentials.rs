@@ -82,6 +82,16 @@ impl Reason for ResolveError {
     }
 }
 
+/// The client remembered for `integration`, when the Secrets' watch shows the versions it was
+/// built from (no read: `None` when that is not known).
+pub fn current(memory: &Memory, integration: &BitbucketIntegration) -> Option<Resolved> {
+    let uid = integration.uid().unwrap_or_default();
+    let cached = memory.integration(&uid, |m| m.client.clone())?;
+    (memory.secret_versions)
+        .unchanged(integration, &cached)
+        .then_some(cached)
+}
+
 /// A client and what it was built from.
 #[derive(Clone)]
 pub struct Resolved {

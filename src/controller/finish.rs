@@ -251,7 +251,7 @@ pub fn recovered<K: Kind>(shared: &Shared, uid: &str, server: Option<&str>) {
         *failures = Failures::default()
     });
     let Some(server) = server else { return };
-    let released = shared.recovery.recovered(server, &shared.memory);
+    let released = (shared.recovery).recovered(server, &shared.memory, &shared.wakes);
     if released > 0 {
         tracing::info!(
             server,

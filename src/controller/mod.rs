@@ -23,6 +23,7 @@ pub mod recovery;
 pub mod refresh;
 mod run;
 pub mod subscription;
+pub mod wakes;
 
 use std::{
     sync::Arc,
@@ -163,6 +164,8 @@ pub struct Shared {
     pub refreshes: refresh::Refreshes,
     /// The objects waiting for a Bitbucket server to answer again.
     pub recovery: recovery::Recovery,
+    /// Wake-ups from inside the operator, for the controllers running in this process.
+    pub wakes: wakes::Wakes,
     /// Lists that changed, for Argo CD and Flux to be told.
     pub downstream: crate::downstream::Changes,
 }
@@ -192,6 +195,7 @@ impl Shared {
             catalog: crate::catalog::Catalog::default(),
             refreshes: refresh::Refreshes::default(),
             recovery: recovery::Recovery::default(),
+            wakes: wakes::Wakes::default(),
             downstream,
         })
     }

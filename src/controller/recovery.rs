@@ -5,7 +5,8 @@
 //! backoff cut short, a few milliseconds apart so that they do not all call at once, and woken.
 //! After an outage everything converges within seconds of the first success, instead of each
 //! object waiting out a backoff grown during the outage. A `Retry-After` is not cut short: only
-//! objects that failed with `BitbucketUnavailable` wait here. No I/O.
+//! objects that failed with `BitbucketUnavailable` wait here. Woken through
+//! [`Wakes`](super::wakes::Wakes). No I/O.
 
 use std::{
     collections::HashMap,
@@ -13,53 +14,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
 use kube::runtime::reflector::ObjectRef;
 
-use super::{lock, memory::Memory};
+use super::{lock, memory::Memory, wakes::Wakes};
 use crate::api::{BitbucketIntegration, Subscription};
 
 /// How far apart the objects released together call again: at most 200 a second per server
 /// (each reconcile then waits its turn among `--concurrency` too).
 pub const SPACING: Duration = Duration::from_millis(5);
 
-/// The objects waiting on each Bitbucket server, and the controllers that wake them.
+/// The objects waiting on each Bitbucket server.
 #[derive(Default)]
 pub struct Recovery {
     waiting: Mutex<HashMap<String, Waiting>>,
-    integration_wakers: Wakers<BitbucketIntegration>,
-    subscription_wakers: Wakers<Subscription>,
-}
-
-/// The wake-ups of the controllers of one kind running in this process (one per scope, while
-/// it leads).
-struct Wakers<K: kube::Resource>(Mutex<Vec<UnboundedSender<ObjectRef<K>>>>);
-
-impl<K: kube::Resource> Default for Wakers<K> {
-    fn default() -> Self {
-        Self(Mutex::default())
-    }
-}
-
-impl<K: kube::Resource<DynamicType = ()>> Wakers<K> {
-    /// The objects to reconcile, for one controller (its term ends when it drops them).
-    fn wakes(&self) -> UnboundedReceiver<ObjectRef<K>> {
-        let (waker, woken) = unbounded();
-        lock(&self.0).push(waker);
-        woken
-    }
-
-    /// Runs `release` on each object of `released` (by UID), then wakes it.
-    fn release(&self, released: &HashMap<String, ObjectRef<K>>, mut release: impl FnMut(&str)) {
-        let mut wakers = lock(&self.0);
-        wakers.retain(|waker| !waker.is_closed());
-        for (uid, object) in released {
-            release(uid);
-            for waker in wakers.iter() {
-                let _ = waker.unbounded_send(object.clone());
-            }
-        }
-    }
 }
 
 /// Who waits on one server, by UID.
@@ -76,16 +43,6 @@ pub enum Waiter {
 }
 
 impl Recovery {
-    /// The integrations to reconcile, for one controller (its term ends when it drops them).
-    pub fn integration_wakes(&self) -> UnboundedReceiver<ObjectRef<BitbucketIntegration>> {
-        self.integration_wakers.wakes()
-    }
-
-    /// The Subscriptions to reconcile, for one controller.
-    pub fn subscription_wakes(&self) -> UnboundedReceiver<ObjectRef<Subscription>> {
-        self.subscription_wakers.wakes()
-    }
-
     /// `waiter`'s call to `server` failed because the server was unavailable.
     pub fn waits(&self, server: &str, waiter: Waiter) {
         let mut waiting = lock(&self.waiting);
@@ -98,7 +55,7 @@ impl Recovery {
 
     /// A call to `server` succeeded: the objects waiting on it may call again, `SPACING` apart,
     /// and are woken. Returns how many were released.
-    pub fn recovered(&self, server: &str, memory: &Memory) -> usize {
+    pub fn recovered(&self, server: &str, memory: &Memory, wakes: &Wakes) -> usize {
         let Some(released) = lock(&self.waiting).remove(server) else {
             return 0;
         };
@@ -108,13 +65,16 @@ impl Recovery {
             let at = at.next().expect("an endless sequence");
             failures.retry_at = failures.retry_at.map(|retry| retry.min(at));
         };
-        (self.integration_wakers).release(&released.integrations, |uid| {
+        for uid in released.integrations.keys() {
             memory.integration(uid, |m| shorten(&mut m.failures));
-        });
-        (self.subscription_wakers).release(&released.subscriptions, |uid| {
+        }
+        for uid in released.subscriptions.keys() {
             memory.subscription(uid, |m| shorten(&mut m.failures));
-        });
-        released.integrations.len() + released.subscriptions.len()
+        }
+        let count = released.integrations.len() + released.subscriptions.len();
+        (wakes.integrations).wake(released.integrations.into_values());
+        (wakes.subscriptions).wake(released.subscriptions.into_values());
+        count
     }
 }
 
@@ -136,8 +96,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_success_releases_the_objects_waiting_on_that_server_only_spaced_and_woken() {
-        let (recovery, memory) = (Recovery::default(), Memory::default());
-        let mut woken = recovery.subscription_wakes();
+        let (recovery, memory, wakes) = (Recovery::default(), Memory::default(), Wakes::default());
+        let mut woken = wakes.subscriptions.wakes();
         let later = Instant::now() + Duration::from_secs(300);
         for uid in ["a", "b", "c"] {
             memory.subscription(uid, |m| m.failures.retry_at = Some(later));
@@ -145,7 +105,7 @@ mod tests {
             let server = if uid == "c" { "other" } else { "cloud" };
             recovery.waits(server, Waiter::Subscription(uid.into(), object));
         }
-        assert_eq!(recovery.recovered("cloud", &memory), 2);
+        assert_eq!(recovery.recovered("cloud", &memory, &wakes), 2);
         let released: Vec<Duration> = ["a", "b"]
             .iter()
             .map(|uid| memory.subscription(uid, |m| m.failures.holding(Instant::now())))
@@ -159,6 +119,10 @@ mod tests {
             other.unwrap() > Duration::from_secs(290),
             "another server's wait stays"
         );
-        assert_eq!(recovery.recovered("cloud", &memory), 0, "released once");
+        assert_eq!(
+            recovery.recovered("cloud", &memory, &wakes),
+            0,
+            "released once"
+        );
     }
 }

@@ -294,13 +294,13 @@ async fn controllers(
     let integrations = Controller::for_stream(integration_primary, integration_watch.store.clone())
         .with_config(controller_config.clone())
         .reconcile_all_on(everything())
-        .reconcile_on(shared.recovery.integration_wakes());
+        .reconcile_on(shared.wakes.integrations.wakes());
     let subscriptions =
         Controller::for_stream(subscription_primary, subscription_watch.store.clone())
             .with_config(controller_config)
             .reconcile_all_on(everything())
             .reconcile_on(shared.refreshes.wakes())
-            .reconcile_on(shared.recovery.subscription_wakes());
+            .reconcile_on(shared.wakes.subscriptions.wakes());
     let (wake_integration, woken) = futures::channel::mpsc::unbounded();
     let context = Arc::new(Context {
         shared: Arc::clone(shared),

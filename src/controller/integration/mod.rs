@@ -204,6 +204,7 @@ async fn apply(integration: &BitbucketIntegration, context: &Context) -> Result<
     let expiry = resolved.as_ref().ok().map(|r| r.expiry.clone());
     let (outcome, hooks) = match resolved {
         Ok(resolved) => {
+            let was_valid = validated_here(&shared.memory, integration);
             let outcome = validate_when_due(
                 context,
                 integration,
@@ -215,6 +216,9 @@ async fn apply(integration: &BitbucketIntegration, context: &Context) -> Result<
             let valid = (shared.memory).integration(&uid, |m| {
                 m.validation.as_ref().is_some_and(|v| v.failure.is_none())
             });
+            if valid && !was_valid {
+                wake_users(context, integration);
+            }
             let hooks = match valid {
                 true => {
                     let keep =
@@ -345,6 +349,27 @@ fn after(
             }
             finish::next::<BitbucketIntegration>(shared, &uid, &error)
         }
+    }
+}
+
+/// Whether this process validated `integration` with the client it holds now, and Bitbucket
+/// accepted it: its status may not show it yet.
+pub fn validated_here(memory: &super::memory::Memory, integration: &BitbucketIntegration) -> bool {
+    let Some(client) = credentials::current(memory, integration) else {
+        return false;
+    };
+    memory.integration(&finish::uid(integration), |m| {
+        (m.validation.as_ref())
+            .is_some_and(|v| v.failure.is_none() && v.fingerprint == client.fingerprint)
+    })
+}
+
+/// After a validation that succeeded where the last did not: the integration's Subscriptions
+/// may list now, before its status is written and the watch brings it to them.
+fn wake_users(context: &Context, integration: &BitbucketIntegration) {
+    if let Some(users) = subscriptions_of(context, integration) {
+        let users = users.iter().map(|s| ObjectRef::from_obj(&**s));
+        context.shared.wakes.subscriptions.wake(users);
     }
 }
 

@@ -359,17 +359,25 @@ async fn dereference(subscription: &Subscription, context: &Context) -> Derefere
         return Dereferenced::Failed(not_here(subscription, reference, context).await);
     };
     let patience = shared.settings.recheck;
-    if let Some(wait) = check::first_validation_pending(
+    let pending = check::first_validation_pending(
         &integration,
         patience,
         jiff::Timestamp::now(),
         context.started,
-    ) {
+    );
+    // A first validation this process made may be ahead of the status that will say so: the
+    // integration woke its Subscriptions when it succeeded (`integration::wake_users`).
+    let validated =
+        pending.is_some() && super::integration::validated_here(&shared.memory, &integration);
+    if let Some(wait) = pending.filter(|_| !validated) {
         return Dereferenced::Later(wait);
     }
     let status = integration.status.clone().unwrap_or_default();
-    let checked = check::integration_ready(&reference.name, &status)
-        .and_then(|()| check::scope(subscription, &integration));
+    let ready = match validated {
+        true => Ok(()),
+        false => check::integration_ready(&reference.name, &status),
+    };
+    let checked = ready.and_then(|()| check::scope(subscription, &integration));
     let scope = match checked {
         Ok(scope) => scope,
         Err(error) => return Dereferenced::Failed(error),
