@@ -217,26 +217,30 @@ fn fingerprint(
     (fingerprint, secret_version)
 }
 
-/// The resourceVersion of each Secret an integration uses (by namespace and name), as the
-/// Secrets' metadata watch last showed it. A Secret no integration used when it was seen, one
-/// deleted, and every Secret while the watch lists again are unknown: their readers read them.
+/// The resourceVersion of each Secret, as the Secrets' metadata watch last showed it. Kept as
+/// hashes (of namespace and name, and of the version): 16 bytes a Secret, however many Secrets
+/// the cluster holds. A Secret deleted, and every Secret while the watch lists again, is
+/// unknown: its readers read it.
 #[derive(Default)]
-pub struct SecretVersions(Mutex<HashMap<(String, String), String>>);
+pub struct SecretVersions(Mutex<HashMap<u64, u64>>);
+
+/// The key or version hash of [`SecretVersions`] (the same text always hashes the same).
+fn hashed(parts: &[&str]) -> u64 {
+    use std::hash::{BuildHasher as _, DefaultHasher};
+    std::hash::BuildHasherDefault::<DefaultHasher>::default().hash_one(parts)
+}
 
 impl SecretVersions {
-    /// The watch shows `secret`; `used`: an integration in the store uses it.
-    pub fn seen(&self, secret: &PartialObjectMeta<Secret>, used: bool) {
-        let key = (secret.namespace().unwrap_or_default(), secret.name_any());
-        let mut versions = lock(&self.0);
-        match secret.resource_version().filter(|_| used) {
-            Some(version) => versions.insert(key, version),
-            None => versions.remove(&key),
-        };
+    /// The watch shows `secret`.
+    pub fn seen(&self, secret: &PartialObjectMeta<Secret>) {
+        let key = hashed(&[&secret.namespace().unwrap_or_default(), &secret.name_any()]);
+        let version = hashed(&[&secret.resource_version().unwrap_or_default()]);
+        lock(&self.0).insert(key, version);
     }
 
     /// The watch shows `secret` deleted.
     pub fn gone(&self, secret: &PartialObjectMeta<Secret>) {
-        let key = (secret.namespace().unwrap_or_default(), secret.name_any());
+        let key = hashed(&[&secret.namespace().unwrap_or_default(), &secret.name_any()]);
         lock(&self.0).remove(&key);
     }
 
@@ -245,32 +249,34 @@ impl SecretVersions {
         lock(&self.0).clear();
     }
 
+    /// Whether the watch shows Secret `name` of `namespace` at `version`.
+    fn at(&self, namespace: &str, name: &str, version: &str) -> bool {
+        let key = hashed(&[namespace, name]);
+        lock(&self.0).get(&key) == Some(&hashed(&[version]))
+    }
+
     /// Whether the Secrets `integration` uses are at the versions `cached` was built from, as
     /// far as the watch shows them: then the client stands without reading them.
     fn unchanged(&self, integration: &BitbucketIntegration, cached: &Resolved) -> bool {
         let namespace = integration.namespace().unwrap_or_default();
-        let version = |name: &str| {
-            let versions = lock(&self.0);
-            versions.get(&(namespace.clone(), name.to_owned())).cloned()
-        };
         let spec = &integration.spec;
-        let Some(secret_version) = version(&spec.credentials.secret_ref.name) else {
+        // The fingerprint names what it was built from: generation/secret version/CA version.
+        let mut parts = cached.fingerprint.splitn(3, '/');
+        let (Some(generation), Some(_), Some(ca)) = (parts.next(), parts.next(), parts.next())
+        else {
             return false;
         };
-        let ca_version = match &spec.server.ca_bundle_secret_ref {
-            Some(reference) => match version(&reference.name) {
-                Some(version) => Some(version),
-                None => return false,
-            },
-            None => None,
+        let generation_now = integration.metadata.generation.unwrap_or_default();
+        let secret = &spec.credentials.secret_ref.name;
+        // The version it was built from, or its own later write of a rotated refresh token.
+        let written = lock(&cached.written).clone();
+        let secret_unchanged = self.at(&namespace, secret, &cached.secret_version)
+            || written.is_some_and(|w| self.at(&namespace, secret, &w));
+        let ca_unchanged = match &spec.server.ca_bundle_secret_ref {
+            Some(reference) => self.at(&namespace, &reference.name, ca),
+            None => ca == "-",
         };
-        let (fingerprint, _) = fingerprint(
-            integration,
-            secret_version,
-            ca_version.as_deref(),
-            Some(cached),
-        );
-        fingerprint == cached.fingerprint
+        generation == generation_now.to_string() && secret_unchanged && ca_unchanged
     }
 }
 
@@ -558,23 +564,21 @@ mod tests {
         let cached = built_from(&integration, "5");
         let unchanged = || versions.unchanged(&integration, &cached);
         assert!(!unchanged(), "not seen yet: read");
-        versions.seen(&secret("creds", "5"), true);
+        versions.seen(&secret("creds", "5"));
         assert!(unchanged(), "the version it was built from");
-        versions.seen(&secret("other", "9"), true);
+        versions.seen(&secret("other", "9"));
         assert!(unchanged(), "another Secret changed");
-        versions.seen(&secret("creds", "6"), true);
+        versions.seen(&secret("creds", "6"));
         assert!(!unchanged(), "rotated: read");
-        versions.seen(&secret("creds", "5"), false);
-        assert!(!unchanged(), "seen while no integration used it: read");
-        versions.seen(&secret("creds", "5"), true);
+        versions.seen(&secret("creds", "5"));
         versions.gone(&secret("creds", "5"));
         assert!(!unchanged(), "deleted: read (and find it missing)");
-        versions.seen(&secret("creds", "5"), true);
+        versions.seen(&secret("creds", "5"));
         versions.relisting();
         assert!(!unchanged(), "the watch lists again: read");
         // The operator's own write of a rotated refresh token is the same credential.
         *lock(&cached.written) = Some("7".into());
-        versions.seen(&secret("creds", "7"), true);
+        versions.seen(&secret("creds", "7"));
         assert!(unchanged(), "its own write");
         let mut edited = integration.clone();
         edited.metadata.generation = Some(2);

@@ -139,7 +139,7 @@ pub fn wire(
                 .filter(|i| i.namespace() == namespace && uses_secret(i, &name))
                 .map(|i| ObjectRef::from_obj(&*i))
                 .collect();
-            (seen.shared.memory.secret_versions).seen(&secret, !users.is_empty());
+            seen.shared.memory.secret_versions.seen(&secret);
             users
         })
         // The integration a Subscription left when re-pointed is woken by the Subscription's
