@@ -358,7 +358,15 @@ async fn dereference(subscription: &Subscription, context: &Context) -> Derefere
     let Some(integration) = context.integrations.get(&reference) else {
         return Dereferenced::Failed(not_here(subscription, reference, context).await);
     };
-    let patience = shared.settings.recheck;
+    // An integration this process has not tried to validate yet is queued behind others (at a
+    // start with thousands of them, for longer than `recheck`): its first status will come.
+    let tried = (shared.memory).integration(&finish::uid(&*integration), |m| {
+        m.validation.is_some() || m.failures.in_a_row > 0
+    });
+    let patience = match tried {
+        true => shared.settings.recheck,
+        false => shared.settings.recheck * 10,
+    };
     let pending = check::first_validation_pending(
         &integration,
         patience,
