@@ -15,6 +15,7 @@ pub mod credentials;
 pub mod error;
 pub mod events;
 pub mod finish;
+pub mod index;
 pub mod integration;
 pub mod leader;
 pub mod listing;
@@ -288,8 +289,12 @@ pub struct Context {
     pub integrations: Store<BitbucketIntegration>,
     /// Subscriptions as the integration controller's trigger stream saw them.
     pub subscriptions: Store<Subscription>,
+    /// The Subscriptions of each integration (by [`index::integration_key`]).
+    pub users: Arc<index::Index<Subscription>>,
     /// The RepositorySlices of the scope.
     pub slices: Store<crate::api::RepositorySlice>,
+    /// The RepositorySlices of each Subscription (by its UID).
+    pub slices_of: Arc<index::Index<crate::api::RepositorySlice>>,
     /// Wakes an integration (the integration controller reconciles it soon).
     pub wake_integration: futures::channel::mpsc::UnboundedSender<ObjectRef<BitbucketIntegration>>,
     /// When these controllers started (this replica's term as leader).

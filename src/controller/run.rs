@@ -21,7 +21,11 @@ use kube::{
 use tokio::sync::watch;
 
 use super::{
-    Context, Settings, Shared, integration, is_ready, leader::Election, lock, subscription,
+    Context, Settings, Shared,
+    index::{Index, integration_key},
+    integration, is_ready,
+    leader::Election,
+    lock, subscription,
 };
 use crate::api::{BitbucketIntegration, RepositorySlice, SUBSCRIPTION_LABEL, Subscription};
 
@@ -145,17 +149,28 @@ async fn sweep(shared: &Shared, scopes: &Scopes, expected: usize) {
     }
 }
 
+/// The RepositorySlices' store and their index by Subscription.
+type Slices<'a> = (&'a Store<RepositorySlice>, &'a Arc<Index<RepositorySlice>>);
+
 /// The watch of RepositorySlices, on every replica: the catalog serves lists from its store, and
-/// the leader plans its writes from it. The feed (returned beside it) drives it.
+/// the leader plans its writes from it, and its index by Subscription. The feed (returned
+/// beside them) drives it.
 fn slice_watch(
     client: &kube::Client,
     namespace: &Option<String>,
     config: &watcher::Config,
 ) -> (
-    Store<RepositorySlice>,
+    (Store<RepositorySlice>, Arc<Index<RepositorySlice>>),
     impl std::future::Future<Output = ()> + use<>,
 ) {
     let (slices, writer) = reflector::store::<RepositorySlice>();
+    // By the UID of the Subscription that controls each.
+    let index = Index::new(|slice: &RepositorySlice| {
+        let owners = slice.metadata.owner_references.iter().flatten();
+        let controller = owners.filter(|o| o.controller == Some(true));
+        controller.map(|o| o.uid.clone()).take(1).collect()
+    });
+    let indexing = Arc::clone(&index);
     let selector = match &config.label_selector {
         Some(shard) => format!("{SUBSCRIPTION_LABEL},{shard}"),
         None => SUBSCRIPTION_LABEL.to_owned(),
@@ -166,8 +181,13 @@ fn slice_watch(
         watcher(api::<RepositorySlice>(client, namespace), selected).modify(lean),
     )
     .default_backoff()
-    .for_each(|_| futures::future::ready(()));
-    (slices, feed)
+    .for_each(move |event| {
+        if let Ok(event) = &event {
+            indexing.apply(event);
+        }
+        futures::future::ready(())
+    });
+    ((slices, index), feed)
 }
 
 pub(super) fn api<K>(client: &kube::Client, namespace: &Option<String>) -> Api<K>
@@ -211,7 +231,7 @@ async fn run_scope(
     let (integrations, integration_feed) = SharedWatch::new(
         api::<BitbucketIntegration>(client, &namespace),
         &config,
-        |_| {},
+        (|_| {}, integration::secrets_used),
         move |integration| {
             forget
                 .memory
@@ -222,14 +242,17 @@ async fn run_scope(
     let (subscriptions, subscription_feed) = SharedWatch::new(
         api::<Subscription>(client, &namespace),
         &config,
-        without_status_list,
+        (without_status_list, |s| {
+            let namespace = s.metadata.namespace.as_deref().unwrap_or_default();
+            vec![integration_key(namespace, &s.spec.integration_ref.name)]
+        }),
         move |subscription| {
             forget
                 .memory
                 .forget_subscription(&subscription.uid().unwrap_or_default());
         },
     );
-    let (slices, slice_feed) = slice_watch(client, &namespace, &config);
+    let ((slices, slices_of), slice_feed) = slice_watch(client, &namespace, &config);
     lock(&scopes).push((integrations.store.clone(), subscriptions.store.clone()));
     shared.catalog.watch(
         namespace.clone(),
@@ -247,7 +270,7 @@ async fn run_scope(
             let controllers = controllers(
                 &shared,
                 &namespace,
-                (&integrations, &subscriptions, &slices),
+                (&integrations, &subscriptions, (&slices, &slices_of)),
                 shutdown.clone(),
             )
             .await;
@@ -279,10 +302,10 @@ async fn run_scope(
 async fn controllers(
     shared: &Arc<Shared>,
     namespace: &Option<String>,
-    (integration_watch, subscription_watch, slices): (
+    (integration_watch, subscription_watch, (slices, slices_of)): (
         &SharedWatch<BitbucketIntegration>,
         &SharedWatch<Subscription>,
-        &Store<RepositorySlice>,
+        Slices<'_>,
     ),
     shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
 ) -> impl std::future::Future<Output = ()> {
@@ -306,14 +329,16 @@ async fn controllers(
         shared: Arc::clone(shared),
         integrations: integration_watch.store.clone(),
         subscriptions: subscription_watch.store.clone(),
+        users: Arc::clone(&subscription_watch.index),
         slices: slices.clone(),
+        slices_of: Arc::clone(slices_of),
         wake_integration,
         started: jiff::Timestamp::now(),
     });
-    let subscriptions_store = subscriptions.store();
+    let by_secret = Arc::clone(&integration_watch.index);
     let integrations = integration::wire(
         integrations,
-        &context,
+        (&context, by_secret),
         namespace,
         subscription_events,
         woken,
@@ -329,7 +354,8 @@ async fn controllers(
             tracing::debug!(error = %e, "integration reconcile failed");
         }
     });
-    let subscriptions = subscription::wire(subscriptions, subscriptions_store, integration_events)
+    let users = Arc::clone(&subscription_watch.index);
+    let subscriptions = subscription::wire(subscriptions, users, integration_events)
         .graceful_shutdown_on(shutdown)
         .run(
             subscription::reconcile,
@@ -360,6 +386,8 @@ async fn controllers(
 /// forgotten on delete, so this fan-out forwards deleted objects to `trigger` itself.
 struct SharedWatch<K: Resource<DynamicType = ()> + 'static> {
     store: Store<K>,
+    /// The objects by the key `new` was given.
+    index: Arc<Index<K>>,
     consumers: Consumers<K>,
 }
 
@@ -377,14 +405,17 @@ where
         + Sync
         + 'static,
 {
-    /// `trim` drops more of each object before it is cached (see [`lean`]).
+    /// `trim` drops more of each object before it is cached (see [`lean`]); `keys` index
+    /// the objects (see [`Index`]).
     fn new(
         api: Api<K>,
         config: &watcher::Config,
-        trim: impl Fn(&mut K) + Send + 'static,
+        (trim, keys): (impl Fn(&mut K) + Send + 'static, fn(&K) -> Vec<String>),
         forget: impl Fn(&K) + Send + 'static,
     ) -> (Self, futures::future::BoxFuture<'static, ()>) {
         let (store, writer) = reflector::store();
+        let index = Index::new(keys);
+        let indexing = Arc::clone(&index);
         let consumers: Consumers<K> = Arc::default();
         let watch = watcher(api, config.clone()).modify(move |object| {
             lean(object);
@@ -395,6 +426,9 @@ where
         let feed = async move {
             let mut events = std::pin::pin!(events);
             while let Some(event) = events.next().await {
+                if let Ok(event) = &event {
+                    indexing.apply(event);
+                }
                 if let Ok(watcher::Event::Delete(object)) = &event {
                     forget(object);
                 }
@@ -418,7 +452,12 @@ where
             }
         }
         .boxed();
-        (Self { store, consumers }, feed)
+        let watch = Self {
+            store,
+            index,
+            consumers,
+        };
+        (watch, feed)
     }
 
     /// New streams for a new pair of controllers: `primary` and `trigger` get every event

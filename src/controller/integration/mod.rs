@@ -28,6 +28,7 @@ use super::{
     credentials::{self, ResolveError},
     error::{Class, Reason},
     finish::{self, Draft, finish},
+    index::{Index, integration_key},
     integration_of,
     memory::Validation,
     recovery::{self, Waiter},
@@ -100,10 +101,11 @@ finish::reconciled_kind!(BitbucketIntegration {
 /// Adds the watches that trigger an integration: its Secrets (metadata only: Secret data never
 /// enters the operator's memory), the Subscriptions that use it (`subscription_events`, the
 /// stream feeding `context.subscriptions`), and the integrations Subscriptions left (`woken`).
-/// The mappers only map: what to wake is decided by reconciles.
+/// The mappers only map: what to wake is decided by reconciles. `by_secret`: the integrations
+/// that use each Secret (keyed by [`secrets_used`]), fed before this controller sees them.
 pub fn wire(
     controller: Controller<BitbucketIntegration>,
-    context: &Arc<Context>,
+    (context, by_secret): (&Arc<Context>, Arc<Index<BitbucketIntegration>>),
     namespace: &Option<String>,
     subscription_events: impl futures::Stream<Item = Result<Subscription, watcher::Error>>
     + Send
@@ -126,21 +128,11 @@ pub fn wire(
         }
     })
     .touched_objects();
-    // This controller's own store: an integration it has reconciled is surely in it, so a
-    // Secret created after the integration always finds it.
-    let integrations = controller.store();
     controller
         .watches_stream(secrets, move |secret| {
-            let name = secret.name_any();
-            let namespace = secret.namespace();
-            let users: Vec<_> = integrations
-                .state()
-                .into_iter()
-                .filter(|i| i.namespace() == namespace && uses_secret(i, &name))
-                .map(|i| ObjectRef::from_obj(&*i))
-                .collect();
             seen.shared.memory.secret_versions.seen(&secret);
-            users
+            let namespace = secret.namespace().unwrap_or_default();
+            by_secret.get(&integration_key(&namespace, &secret.name_any()))
         })
         // The integration a Subscription left when re-pointed is woken by the Subscription's
         // reconcile (`subscription::wake_the_integration_left`), through `woken`.
@@ -150,15 +142,21 @@ pub fn wire(
         .reconcile_on(woken)
 }
 
-fn uses_secret(integration: &BitbucketIntegration, name: &str) -> bool {
-    integration.spec.credentials.secret_ref.name == name
-        || (integration.spec.webhook.as_ref()).is_some_and(|w| w.secret_ref.name == name)
-        || integration
-            .spec
-            .server
-            .ca_bundle_secret_ref
-            .as_ref()
-            .is_some_and(|r| r.name == name)
+/// The Secrets `integration` uses, as keys of the index of integrations by Secret
+/// ([`integration_key`] of the Secret): its credential, its webhook secret, its CA bundle.
+pub fn secrets_used(integration: &BitbucketIntegration) -> Vec<String> {
+    let namespace = integration
+        .metadata
+        .namespace
+        .as_deref()
+        .unwrap_or_default();
+    let spec = &integration.spec;
+    let webhook = spec.webhook.as_ref().map(|w| &w.secret_ref.name);
+    let ca = spec.server.ca_bundle_secret_ref.as_ref().map(|r| &r.name);
+    let names = std::iter::once(&spec.credentials.secret_ref.name)
+        .chain(webhook)
+        .chain(ca);
+    names.map(|name| integration_key(namespace, name)).collect()
 }
 
 /// Reconciles one integration: finalizer first, then validation or deletion handling.
@@ -389,12 +387,9 @@ fn subscriptions_of(
     if !super::is_ready(&context.subscriptions) {
         return None;
     }
-    let (name, namespace) = (integration.name_any(), integration.namespace());
-    let all = context.subscriptions.state().into_iter();
-    Some(
-        all.filter(|s| s.namespace() == namespace && s.spec.integration_ref.name == name)
-            .collect(),
-    )
+    let namespace = integration.namespace().unwrap_or_default();
+    let key = integration_key(&namespace, &integration.name_any());
+    Some(context.users.find(&context.subscriptions, &key))
 }
 
 /// Who uses an integration, as its status shows it: how many Subscriptions, and the first

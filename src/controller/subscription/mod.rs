@@ -22,12 +22,7 @@ use std::{
 
 use kube::{
     Api, ResourceExt,
-    runtime::{
-        Controller,
-        controller::Action,
-        reflector::{ObjectRef, Store},
-        watcher,
-    },
+    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
 };
 
 use super::{
@@ -35,6 +30,7 @@ use super::{
     credentials::{self, ResolveError, Resolved},
     error::{Class, Reason},
     finish::{self, Draft, finish},
+    index::{Index, integration_key},
     integration_of, is_ready,
     listing::{Fetched, Want},
     memory::LastSync,
@@ -143,20 +139,14 @@ finish::reconciled_kind!(Subscription {
 /// `context.integrations`; `subscriptions` is this controller's own store.
 pub fn wire(
     controller: Controller<Subscription>,
-    subscriptions: Store<Subscription>,
+    users: Arc<Index<Subscription>>,
     integration_events: impl futures::Stream<Item = Result<BitbucketIntegration, watcher::Error>>
     + Send
     + 'static,
 ) -> Controller<Subscription> {
     controller.watches_stream(integration_events, move |integration| {
-        let name = integration.name_any();
-        let namespace = integration.namespace();
-        subscriptions
-            .state()
-            .into_iter()
-            .filter(|s| s.namespace() == namespace && s.spec.integration_ref.name == name)
-            .map(|s| ObjectRef::from_obj(&*s))
-            .collect::<Vec<_>>()
+        let namespace = integration.namespace().unwrap_or_default();
+        users.get(&integration_key(&namespace, &integration.name_any()))
     })
 }
 
@@ -615,8 +605,8 @@ async fn publish_entries(
     let first = (repositories.iter().take(MAX_LISTED_REPOSITORIES))
         .map(|r| (*r).clone())
         .collect();
-    let published =
-        publish::publish(&context.shared, &context.slices, subscription, repositories).await;
+    let slices = (&context.slices, &*context.slices_of);
+    let published = publish::publish(&context.shared, slices, subscription, repositories).await;
     match published {
         Ok(slices) => SyncOutcome::Listed {
             first,

@@ -15,7 +15,7 @@ use kube::{
 use super::slices::{self, Current, Existing};
 use crate::{
     api::{Repository, RepositorySlice, SHARD_LABEL, SUBSCRIPTION_LABEL, SliceRef, Subscription},
-    controller::{Shared, finish},
+    controller::{Shared, finish, index::Index},
 };
 
 /// The field manager of slice writes.
@@ -25,18 +25,18 @@ pub const MANAGER: &str = "bitbucket-operator/slices";
 /// plans from what the cache shows (someone else changed them meanwhile).
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// The slices of `subscription` in the cache: those it controls (by ownerReference), by name.
+/// The slices of `subscription` in the cache: those it controls (by ownerReference, found
+/// through `index`), by name.
 pub fn owned(
-    store: &Store<RepositorySlice>,
+    (store, index): (&Store<RepositorySlice>, &Index<RepositorySlice>),
     subscription: &Subscription,
 ) -> Vec<std::sync::Arc<RepositorySlice>> {
-    let (namespace, uid) = (subscription.namespace(), subscription.uid());
-    let mut owned: Vec<_> = store
-        .state()
-        .into_iter()
-        .filter(|s| {
-            s.namespace() == namespace && uid.as_deref().is_some_and(|u| s.controlled_by(u))
-        })
+    let (namespace, uid) = (
+        subscription.namespace(),
+        subscription.uid().unwrap_or_default(),
+    );
+    let mut owned: Vec<_> = (index.find(store, &uid).into_iter())
+        .filter(|s| s.namespace() == namespace && s.controlled_by(&uid))
         .collect();
     owned.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
     owned
@@ -75,11 +75,11 @@ pub fn unsettled(
 /// ends it: the slices written so far stay, and the status keeps naming the last complete set.
 pub async fn publish(
     shared: &Shared,
-    store: &Store<RepositorySlice>,
+    (store, index): (&Store<RepositorySlice>, &Index<RepositorySlice>),
     subscription: &Subscription,
     list: Vec<&Repository>,
 ) -> Result<Vec<SliceRef>, kube::Error> {
-    let existing = owned(store, subscription);
+    let existing = owned((store, index), subscription);
     let current: Vec<Current<'_>> = existing
         .iter()
         .map(|s| Current {
