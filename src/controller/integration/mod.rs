@@ -37,7 +37,8 @@ use super::{
 use crate::{
     api::{
         BitbucketIntegration, BitbucketIntegrationStatus, MAX_NAMED_USERS, Subscription,
-        admission::in_use_message, conditions::reasons,
+        admission::in_use_message,
+        conditions::{READY, reasons},
     },
     bitbucket::{self, Priority},
     status::conditions,
@@ -277,6 +278,10 @@ async fn validate_when_due(
     let (last, backoff) = shared
         .memory
         .integration(&uid, |m| (m.validation.clone(), m.failures.holding(now)));
+    // A validation whose status was never shown (its write failed, and the API server took a
+    // later write without it) is made again: the status must say how the credential fared.
+    let shown = conditions::get(&draft.shown.conditions, READY).is_some();
+    let last = last.filter(|_| shown);
     let changed = match validate::due(last.as_ref(), ask, backoff, now) {
         ValidationDue::No { wait } => return ValidationOutcome::Unchanged { wait },
         ValidationDue::BackingOff { wait } => return ValidationOutcome::BackingOff { wait },

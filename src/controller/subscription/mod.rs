@@ -39,7 +39,8 @@ use super::{
 use crate::{
     api::{
         BitbucketIntegration, IntegrationSummary, MAX_LISTED_REPOSITORIES, Repository,
-        Subscription, SubscriptionStatus, conditions::reasons,
+        Subscription, SubscriptionStatus,
+        conditions::{READY, reasons},
     },
     bitbucket::{self, ListScope, Priority},
     status::conditions,
@@ -363,10 +364,13 @@ async fn dereference(subscription: &Subscription, context: &Context) -> Derefere
         jiff::Timestamp::now(),
         context.started,
     );
-    // A first validation this process made may be ahead of the status that will say so: the
-    // integration woke its Subscriptions when it succeeded (`integration::wake_users`).
+    // A first validation this process made may be ahead of the status that will say so (the
+    // integration woke its Subscriptions when it succeeded, `integration::wake_users`), also
+    // after `patience`, while the API server is slow to store that status.
+    let status_says = (integration.status.as_ref())
+        .is_some_and(|s| conditions::get(&s.conditions, READY).is_some());
     let validated =
-        pending.is_some() && super::integration::validated_here(&shared.memory, &integration);
+        !status_says && super::integration::validated_here(&shared.memory, &integration);
     if let Some(wait) = pending.filter(|_| !validated) {
         return Dereferenced::Later(wait);
     }
