@@ -119,13 +119,11 @@ pub async fn resolve(
         Api::namespaced(kube.clone(), &integration.namespace().unwrap_or_default());
     // Every client of the integration counts against its one budget, kept across rebuilds.
     transport.budget = memory.budgets.for_clients(integration);
+    if let Some(current) = current(memory, integration) {
+        return Ok(current);
+    }
     let uid = integration.uid().unwrap_or_default();
     let cached = memory.integration(&uid, |m| m.client.clone());
-    if let Some(cached) = cached.as_ref()
-        && memory.secret_versions.unchanged(integration, cached)
-    {
-        return Ok(cached.clone());
-    }
     let inputs = Inputs::read(&secrets, integration).await?;
     let (fingerprint, secret_version) = inputs.fingerprint(integration, cached.as_ref());
     if let Some(cached) = cached.as_ref().filter(|c| c.fingerprint == fingerprint) {
@@ -230,18 +228,22 @@ fn hashed(parts: &[&str]) -> u64 {
     std::hash::BuildHasherDefault::<DefaultHasher>::default().hash_one(parts)
 }
 
+/// The key of `secret` in [`SecretVersions`].
+fn key_of(secret: &PartialObjectMeta<Secret>) -> u64 {
+    hashed(&[&secret.namespace().unwrap_or_default(), &secret.name_any()])
+}
+
 impl SecretVersions {
     /// The watch shows `secret`.
     pub fn seen(&self, secret: &PartialObjectMeta<Secret>) {
-        let key = hashed(&[&secret.namespace().unwrap_or_default(), &secret.name_any()]);
+        let key = key_of(secret);
         let version = hashed(&[&secret.resource_version().unwrap_or_default()]);
         lock(&self.0).insert(key, version);
     }
 
     /// The watch shows `secret` deleted.
     pub fn gone(&self, secret: &PartialObjectMeta<Secret>) {
-        let key = hashed(&[&secret.namespace().unwrap_or_default(), &secret.name_any()]);
-        lock(&self.0).remove(&key);
+        lock(&self.0).remove(&key_of(secret));
     }
 
     /// The watch lists the Secrets again: what it showed before may have changed since.
