@@ -67,6 +67,8 @@ pub struct HooksRun {
 pub struct Failures {
     pub in_a_row: u32,
     pub retry_at: Option<Instant>,
+    /// When a server's recovery last cut this backoff short (see [`super::recovery`]).
+    pub released_at: Option<Instant>,
 }
 
 impl Failures {

@@ -5,8 +5,11 @@
 //! backoff cut short, a few milliseconds apart so that they do not all call at once, and woken.
 //! After an outage everything converges within seconds of the first success, instead of each
 //! object waiting out a backoff grown during the outage. A `Retry-After` is not cut short: only
-//! objects that failed with `BitbucketUnavailable` wait here. Woken through
-//! [`Wakes`](super::wakes::Wakes). No I/O.
+//! objects that failed with `BitbucketUnavailable` wait here. An object is released at most
+//! once every [`RELEASE_AT_MOST_EVERY`]: one whose own calls fail while the server answers
+//! others (a credential the server keeps answering with 503, as the chaos soak's `soak-5xx`)
+//! would otherwise be released by every other object's success and call as fast as they do.
+//! Woken through [`Wakes`](super::wakes::Wakes). No I/O.
 
 use std::{
     collections::HashMap,
@@ -22,6 +25,10 @@ use crate::api::{BitbucketIntegration, Subscription};
 /// How far apart the objects released together call again: at most 200 a second per server
 /// (each reconcile then waits its turn among `--concurrency` too).
 pub const SPACING: Duration = Duration::from_millis(5);
+
+/// How often one object's backoff may be cut short: it fails again after a release, and waits
+/// out its own backoff (a minute at most) until the next.
+pub const RELEASE_AT_MOST_EVERY: Duration = Duration::from_secs(60);
 
 /// The objects waiting on each Bitbucket server.
 #[derive(Default)]
@@ -54,26 +61,37 @@ impl Recovery {
     }
 
     /// A call to `server` succeeded: the objects waiting on it may call again, `SPACING` apart,
-    /// and are woken. Returns how many were released.
+    /// and are woken; but not those released less than [`RELEASE_AT_MOST_EVERY`] ago, which
+    /// wait out their backoff. Returns how many were released.
     pub fn recovered(&self, server: &str, memory: &Memory, wakes: &Wakes) -> usize {
-        let Some(released) = lock(&self.waiting).remove(server) else {
+        let Some(waiting) = lock(&self.waiting).remove(server) else {
             return 0;
         };
         let now = Instant::now();
         let mut at = (0u32..).map(|i| now + SPACING * i);
-        let mut shorten = |failures: &mut super::memory::Failures| {
+        let mut release = |failures: &mut super::memory::Failures| {
+            if failures
+                .released_at
+                .is_some_and(|last| now.saturating_duration_since(last) < RELEASE_AT_MOST_EVERY)
+            {
+                return false;
+            }
             let at = at.next().expect("an endless sequence");
             failures.retry_at = failures.retry_at.map(|retry| retry.min(at));
+            failures.released_at = Some(now);
+            true
         };
-        for uid in released.integrations.keys() {
-            memory.integration(uid, |m| shorten(&mut m.failures));
-        }
-        for uid in released.subscriptions.keys() {
-            memory.subscription(uid, |m| shorten(&mut m.failures));
-        }
-        let count = released.integrations.len() + released.subscriptions.len();
-        (wakes.integrations).wake(released.integrations.into_values());
-        (wakes.subscriptions).wake(released.subscriptions.into_values());
+        let integrations: Vec<_> = (waiting.integrations.into_iter())
+            .filter(|(uid, _)| memory.integration(uid, |m| release(&mut m.failures)))
+            .map(|(_, object)| object)
+            .collect();
+        let subscriptions: Vec<_> = (waiting.subscriptions.into_iter())
+            .filter(|(uid, _)| memory.subscription(uid, |m| release(&mut m.failures)))
+            .map(|(_, object)| object)
+            .collect();
+        let count = integrations.len() + subscriptions.len();
+        (wakes.integrations).wake(integrations);
+        (wakes.subscriptions).wake(subscriptions);
         count
     }
 }
@@ -124,5 +142,36 @@ mod tests {
             0,
             "released once"
         );
+    }
+
+    #[tokio::test]
+    async fn an_object_is_released_at_most_once_a_minute() {
+        let (recovery, memory, wakes) = (Recovery::default(), Memory::default(), Wakes::default());
+        let mut woken = wakes.integrations.wakes();
+        let later = Instant::now() + Duration::from_secs(300);
+        let fail = |uid: &str| {
+            memory.integration(uid, |m| m.failures.retry_at = Some(later));
+            let object = ObjectRef::new(uid).within("ns");
+            recovery.waits("cloud", Waiter::Integration(uid.into(), object));
+        };
+        let holding = |uid: &str| memory.integration(uid, |m| m.failures.holding(Instant::now()));
+        fail("own-503");
+        assert_eq!(recovery.recovered("cloud", &memory, &wakes), 1);
+        assert_eq!(woken.next().await.unwrap().name, "own-503");
+        // Its own calls fail again while the server answers others.
+        fail("own-503");
+        fail("outage");
+        assert_eq!(recovery.recovered("cloud", &memory, &wakes), 1);
+        assert_eq!(woken.next().await.unwrap().name, "outage");
+        assert!(
+            holding("own-503").unwrap() > Duration::from_secs(290),
+            "released a moment ago: its backoff stays"
+        );
+        memory.integration("own-503", |m| {
+            m.failures.released_at = Some(Instant::now() - RELEASE_AT_MOST_EVERY)
+        });
+        fail("own-503");
+        assert_eq!(recovery.recovered("cloud", &memory, &wakes), 1);
+        assert!(holding("own-503").unwrap_or_default() <= SPACING);
     }
 }

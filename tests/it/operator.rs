@@ -1425,3 +1425,57 @@ async fn the_first_answer_after_an_outage_releases_everything_waiting_on_that_se
     });
     eprintln!("all listed {:?} after the first answer", answered.elapsed());
 }
+
+/// A Subscription whose own calls keep failing while the server answers others is not released
+/// by each of their answers: it calls at its backoff's pace, plus one release a minute at most
+/// (without the limit, every validation of its integration let it call again at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_object_failing_alone_waits_out_its_backoff_while_others_succeed() {
+    let env = Env::start_with("recovery-alone", Fixture::demo(), |s| {
+        s.backoff_base = Duration::from_secs(4);
+        s.backoff_max = Duration::from_secs(120);
+    })
+    .await;
+    env.ready_cloud_integration().await;
+    let control = env.sim.control();
+    control.add_fault(FaultRule::status(503).on_path("/2.0/repositories"));
+    let listings = || {
+        env.sim
+            .control()
+            .counters()
+            .endpoint("GET /2.0/repositories/{workspace}")
+    };
+    env.create(&subscription("alone", "acme", Some("acme"), &[]))
+        .await;
+    eventually("the first failure", Duration::from_secs(30), || async {
+        (listings() >= 1).then_some(())
+    })
+    .await;
+    let before = listings();
+    // Twenty seconds of the integration's validations succeeding, four a second.
+    let integrations = env.api::<BitbucketIntegration>();
+    let validations = control.counters().endpoint("GET /2.0/user");
+    let started = std::time::Instant::now();
+    let mut n = 0;
+    while started.elapsed() < Duration::from_secs(20) {
+        n += 1;
+        integrations
+            .patch(
+                "acme",
+                &PatchParams::default(),
+                &sync_request(&format!("v{n}")),
+            )
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let answered = control.counters().endpoint("GET /2.0/user") - validations;
+    assert!(answered >= 20, "the others succeeded {answered} times");
+    // Backoffs of 2-4, 4-8, 8-16 s after the failures: 4 attempts at most in 20 s, one more
+    // for a release, of 2 tries each.
+    let during = listings() - before;
+    assert!(
+        during <= 5 * 2,
+        "{during} listing requests in 20 s while {answered} validations succeeded"
+    );
+}
