@@ -90,6 +90,9 @@ pub struct Validation {
     pub at: Instant,
     /// `None` when it succeeded.
     pub failure: Option<Class>,
+    /// Who the credential authenticated as, as status shows it (`status.account`'s username,
+    /// else its display name), when it succeeded.
+    pub account: Option<String>,
 }
 
 /// What is remembered about one Subscription.

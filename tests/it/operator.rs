@@ -295,6 +295,36 @@ async fn a_subscription_lists_the_filtered_repositories_of_its_workspace() {
     assert_eq!(count.status.unwrap().subscriptions, Some(1));
 }
 
+/// Applied together with its integration, a Subscription lists as soon as the integration's
+/// validation succeeds, before its status is stored: its first Synced status names the account
+/// all the same (it named none until its next sync, ten minutes later, which then wrote again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_applied_with_their_integration_name_its_account_at_once() {
+    let env = Env::start("together").await;
+    env.secret(
+        "acme-token",
+        &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
+    )
+    .await;
+    let names: Vec<String> = (0..8).map(|i| format!("ci-{i}")).collect();
+    for name in &names {
+        env.create(&subscription(name, "acme", Some("acme"), &[]))
+            .await;
+    }
+    env.create(&env.cloud("acme", CredentialType::ApiToken, "acme-token", None))
+        .await;
+    let subscriptions = env.api::<Subscription>();
+    for name in &names {
+        let synced = await_object(&subscriptions, name, "to sync", is_synced).await;
+        let integration = synced.status.unwrap().integration.unwrap();
+        assert_eq!(
+            integration.account.as_deref(),
+            Some("jdoe"),
+            "{name}'s first Synced status"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_center_subscription_lists_its_projects() {
     let env = Env::start("dclist").await;

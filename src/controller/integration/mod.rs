@@ -309,6 +309,7 @@ async fn validate_when_due(
         sync_request: ask.requested.clone(),
         at: Instant::now(),
         failure: result.as_ref().err().map(Reason::class),
+        account: result.as_ref().ok().and_then(validate::account_name),
     };
     shared
         .memory
@@ -358,12 +359,19 @@ fn after(
 /// Whether this process validated `integration` with the client it holds now, and Bitbucket
 /// accepted it: its status may not show it yet.
 pub fn validated_here(memory: &super::memory::Memory, integration: &BitbucketIntegration) -> bool {
-    let Some(client) = credentials::current(memory, integration) else {
-        return false;
-    };
+    validation_here(memory, integration).is_some()
+}
+
+/// This process's last validation of `integration`, when it succeeded with the client the
+/// Secrets' watch shows current (it may be ahead of the status that will say so).
+pub fn validation_here(
+    memory: &super::memory::Memory,
+    integration: &BitbucketIntegration,
+) -> Option<Validation> {
+    let client = credentials::current(memory, integration)?;
     memory.integration(&finish::uid(integration), |m| {
-        (m.validation.as_ref())
-            .is_some_and(|v| v.failure.is_none() && v.fingerprint == client.fingerprint)
+        (m.validation.clone())
+            .filter(|v| v.failure.is_none() && v.fingerprint == client.fingerprint)
     })
 }
 

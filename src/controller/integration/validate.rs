@@ -238,6 +238,12 @@ fn quoted(value: &str) -> String {
     text::for_the_api(value, text::MAX_QUOTED_BYTES).into_owned()
 }
 
+/// Who `identity` is, as a Subscription's `status.integration.account` names it.
+pub fn account_name(identity: &Identity) -> Option<String> {
+    let account = account(identity);
+    account.username.or(account.display_name)
+}
+
 fn account(identity: &Identity) -> Account {
     Account {
         kind: match identity.kind {
@@ -271,6 +277,7 @@ mod tests {
 
     fn validation(at: Instant, failure: Option<Class>) -> Validation {
         Validation {
+            account: None,
             fingerprint: "f".into(),
             sync_request: None,
             at,

@@ -33,7 +33,7 @@ use super::{
     index::{Index, integration_key},
     integration_of, is_ready,
     listing::{Fetched, Want},
-    memory::LastSync,
+    memory::{LastSync, Validation},
     recovery::{self, Waiter},
 };
 use crate::{
@@ -287,6 +287,8 @@ struct Found {
     scope: ListScope,
     resolved: Resolved,
     account: Arc<budget::Account>,
+    /// The integration as status names it (see [`summary`]).
+    summary: IntegrationSummary,
 }
 
 /// Stretches the interval `ask` keeps when the integration's request budget cannot keep the
@@ -369,8 +371,8 @@ async fn dereference(subscription: &Subscription, context: &Context) -> Derefere
     // after `patience`, while the API server is slow to store that status.
     let status_says = (integration.status.as_ref())
         .is_some_and(|s| conditions::get(&s.conditions, READY).is_some());
-    let validated =
-        !status_says && super::integration::validated_here(&shared.memory, &integration);
+    let here = super::integration::validation_here(&shared.memory, &integration);
+    let validated = !status_says && here.is_some();
     if let Some(wait) = pending.filter(|_| !validated) {
         return Dereferenced::Later(wait);
     }
@@ -388,6 +390,7 @@ async fn dereference(subscription: &Subscription, context: &Context) -> Derefere
     match credentials::resolve(&shared.kube, &shared.memory, &integration, transport).await {
         Ok(resolved) => Dereferenced::Found(Found {
             account: shared.memory.budgets.account(&integration),
+            summary: summary(&integration, here),
             integration,
             scope,
             resolved,
@@ -462,7 +465,7 @@ async fn list_when_due(
     }
     let transient = matches!(&listed, Err(e) if Reason::class(e) == Class::Transient);
     remember(shared, &uid, ask, last, fingerprint, now, transient);
-    let integration = integration_summary(&found);
+    let integration = found.summary.clone();
     match listed {
         Ok(listing) => publish_listing(context, subscription, &listing, integration).await,
         Err(error) => SyncOutcome::Failed {
@@ -560,13 +563,16 @@ fn remember(
     });
 }
 
-/// The integration `found` names, as the Subscription's status shows it.
-fn integration_summary(found: &Found) -> IntegrationSummary {
+/// `integration` as the Subscription's status shows it: who it authenticates as by this
+/// process's validation `here`, else by its status (so a Subscription that lists before the
+/// integration's status is stored names the account at once, not at its next sync).
+fn summary(integration: &BitbucketIntegration, here: Option<Validation>) -> IntegrationSummary {
+    let shown = (integration.status.as_ref())
+        .and_then(|s| s.account.as_ref())
+        .and_then(|a| a.username.clone().or_else(|| a.display_name.clone()));
     IntegrationSummary {
-        name: found.integration.name_any(),
-        account: (found.integration.status.as_ref())
-            .and_then(|s| s.account.as_ref())
-            .and_then(|a| a.username.clone().or_else(|| a.display_name.clone())),
+        name: integration.name_any(),
+        account: here.and_then(|v| v.account).or(shown),
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use kube::ResourceExt;
 
 use super::{
-    Context, Found, filter, integration_summary, publish_entries,
+    Context, Found, filter, publish_entries,
     report::{self, SyncOutcome},
 };
 use crate::{
@@ -92,7 +92,7 @@ pub(super) async fn told(
     );
     // The cached listing shows these repositories as they were: the next sync lists afresh.
     (shared.memory.listings).forget(&finish::uid(&*found.integration), &found.scope);
-    let integration = integration_summary(found);
+    let integration = found.summary.clone();
     let outcome = publish_entries(context, subscription, entries, integration).await;
     if matches!(outcome, SyncOutcome::Listed { .. }) {
         let answered = |t: &Told| {
