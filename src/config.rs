@@ -151,13 +151,13 @@ pub struct RunArgs {
     #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = ServerLimits::default().max_connections)]
     pub http_max_connections: usize,
 
-    /// For demos and benchmarks only: use this many seconds instead of every
-    /// validationInterval and syncInterval.
     /// The window request budgets count in, in seconds (an hour): benchmarks speed time up
     /// with it. Never set in production.
     #[arg(long, hide = true)]
     pub budget_window_seconds: Option<u64>,
 
+    /// For demos and benchmarks only: use this many seconds instead of every
+    /// validationInterval and syncInterval.
     #[arg(long, hide = true)]
     pub interval_override_seconds: Option<u64>,
 }

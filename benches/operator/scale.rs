@@ -112,25 +112,7 @@ pub async fn figures_6_and_7(client: &Client, scale: Scale, binary: Option<&Path
             met: Some(m.peak * 1.048_576 <= loaded_limit),
         },
     ];
-    // A heap-profiling build (`make heap-profile`) wrote what held its heap at SIGTERM.
-    for (when, profile) in [
-        ("idle", &m.idle_profile),
-        ("with the load", &m.loaded_profile),
-    ] {
-        let Some(profile) = profile else { continue };
-        let (holders, total) = heap::holders(profile);
-        rows.push(Row {
-            number: 7,
-            figure: HEAP_PROFILE_FIGURE,
-            measured: format!(
-                "{when}: {:.1} MiB live; {}",
-                total as f64 / 1_048_576.0,
-                heap::summary(&holders, 8)
-            ),
-            target: "report".into(),
-            met: None,
-        });
-    }
+    rows.extend(heap_rows(7, &m));
     rows
 }
 
@@ -140,7 +122,7 @@ pub async fn figure_14(client: &Client, scale: Scale, binary: Option<&Path>) -> 
     let m = measure(client, scale, binary, true).await;
     let steady = m.steady.as_ref().expect("measured with a steady phase");
     let rss_limit = 300.0;
-    vec![
+    let mut rows = vec![
         Row {
             number: 14,
             figure: "ten times the scale: convergence after a restart",
@@ -178,7 +160,37 @@ pub async fn figure_14(client: &Client, scale: Scale, binary: Option<&Path>) -> 
             target: "report (2 cores)".into(),
             met: None,
         },
-    ]
+    ];
+    rows.extend(heap_rows(14, &m));
+    rows
+}
+
+/// What held a heap-profiling build's heap (`make heap-profile`), idle and with the load,
+/// as it wrote it at SIGTERM: none for another build.
+fn heap_rows(number: u8, m: &Measured) -> Vec<Row> {
+    let profiles = [
+        ("idle", &m.idle_profile),
+        ("with the load", &m.loaded_profile),
+    ];
+    let profiles = profiles
+        .into_iter()
+        .filter_map(|(when, p)| Some((when, p.as_ref()?)));
+    profiles
+        .map(|(when, profile)| {
+            let (holders, total) = heap::holders(profile);
+            Row {
+                number,
+                figure: HEAP_PROFILE_FIGURE,
+                measured: format!(
+                    "{when}: {:.1} MiB live; {}",
+                    total as f64 / 1_048_576.0,
+                    heap::summary(&holders, 8)
+                ),
+                target: "report".into(),
+                met: None,
+            }
+        })
+        .collect()
 }
 
 /// Figures 6's and 14's measured text.

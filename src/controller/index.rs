@@ -8,6 +8,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    hash::BuildHasher,
     sync::{Arc, Mutex},
 };
 
@@ -18,16 +19,21 @@ use kube::runtime::{
 
 use super::lock;
 
-/// The objects of kind `K` by key, as their watch shows them.
+/// The objects of kind `K` by key, as their watch shows them. Kept small, since it holds an
+/// entry for every object: keys as 64-bit hashes, references without resourceVersion and UID
+/// (an object found under a key is checked against its keys before it is returned).
 pub struct Index<K: kube::Resource<DynamicType = ()>> {
     /// An object's keys (none: not indexed).
     keys: fn(&K) -> Vec<String>,
     state: Mutex<State<K>>,
 }
 
+/// A key's hash.
+type Hashed = u64;
+
 struct State<K: kube::Resource<DynamicType = ()>> {
-    by_key: HashMap<String, HashSet<ObjectRef<K>>>,
-    keys_of: HashMap<ObjectRef<K>, Vec<String>>,
+    by_key: HashMap<Hashed, Vec<ObjectRef<K>>>,
+    keys_of: HashMap<ObjectRef<K>, Box<[Hashed]>>,
     /// While the watch lists again: the objects listed so far. Those not listed by its end
     /// are gone (until then the index keeps them, as the store does).
     listing: Option<HashSet<ObjectRef<K>>>,
@@ -43,6 +49,19 @@ impl<K: kube::Resource<DynamicType = ()>> Default for State<K> {
     }
 }
 
+/// `key`'s hash (the same in every process run: only the index uses it).
+fn hashed(key: &str) -> Hashed {
+    std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+        .hash_one(key)
+}
+
+/// `object`'s reference as the index keeps it: its name and namespace only.
+fn reference<K: kube::Resource<DynamicType = ()>>(object: &K) -> ObjectRef<K> {
+    let mut reference = ObjectRef::from_obj(object);
+    reference.extra = Default::default();
+    reference
+}
+
 impl<K: kube::Resource<DynamicType = ()> + Clone> Index<K> {
     pub fn new(keys: fn(&K) -> Vec<String>) -> Arc<Self> {
         Arc::new(Self {
@@ -53,19 +72,23 @@ impl<K: kube::Resource<DynamicType = ()> + Clone> Index<K> {
 
     /// Follows one event of the watch.
     pub fn apply(&self, event: &watcher::Event<K>) {
+        let keys = |object: &K| {
+            let mut keys: Vec<Hashed> = (self.keys)(object).iter().map(|k| hashed(k)).collect();
+            keys.sort_unstable();
+            keys.dedup();
+            keys.into_boxed_slice()
+        };
         let mut state = lock(&self.state);
         match event {
-            watcher::Event::Apply(object) => {
-                state.put(ObjectRef::from_obj(object), (self.keys)(object));
-            }
+            watcher::Event::Apply(object) => state.put(reference(object), keys(object)),
             watcher::Event::InitApply(object) => {
-                let reference = ObjectRef::from_obj(object);
+                let reference = reference(object);
                 if let Some(listed) = state.listing.as_mut() {
                     listed.insert(reference.clone());
                 }
-                state.put(reference, (self.keys)(object));
+                state.put(reference, keys(object));
             }
-            watcher::Event::Delete(object) => state.put(ObjectRef::from_obj(object), Vec::new()),
+            watcher::Event::Delete(object) => state.put(reference(object), Box::default()),
             watcher::Event::Init => state.listing = Some(HashSet::new()),
             watcher::Event::InitDone => {
                 let Some(listed) = state.listing.take() else {
@@ -76,36 +99,37 @@ impl<K: kube::Resource<DynamicType = ()> + Clone> Index<K> {
                     .cloned()
                     .collect();
                 for reference in gone {
-                    state.put(reference, Vec::new());
+                    state.put(reference, Box::default());
                 }
             }
         }
     }
 
-    /// The objects with `key`.
+    /// The objects with `key`, and any whose key has the same hash: enough for a wake-up (an
+    /// object woken in vain finds nothing to do); [`Index::find`] checks.
     pub fn get(&self, key: &str) -> Vec<ObjectRef<K>> {
         let state = lock(&self.state);
-        state
-            .by_key
-            .get(key)
-            .into_iter()
-            .flatten()
+        (state.by_key.get(&hashed(key)).into_iter().flatten())
             .cloned()
             .collect()
     }
 
     /// The objects with `key` that `store` holds.
     pub fn find(&self, store: &Store<K>, key: &str) -> Vec<Arc<K>> {
-        self.get(key).iter().filter_map(|r| store.get(r)).collect()
+        // Two keys with one hash share an entry: each object found is checked.
+        (self.get(key).iter())
+            .filter_map(|r| store.get(r))
+            .filter(|object| (self.keys)(object).iter().any(|k| k == key))
+            .collect()
     }
 }
 
 impl<K: kube::Resource<DynamicType = ()>> State<K> {
     /// `reference` now has `keys` (none: is no longer indexed).
-    fn put(&mut self, reference: ObjectRef<K>, keys: Vec<String>) {
+    fn put(&mut self, reference: ObjectRef<K>, keys: Box<[Hashed]>) {
         for old in self.keys_of.remove(&reference).into_iter().flatten() {
             if let Some(objects) = self.by_key.get_mut(&old) {
-                objects.remove(&reference);
+                objects.retain(|o| *o != reference);
                 if objects.is_empty() {
                     self.by_key.remove(&old);
                 }
@@ -114,9 +138,9 @@ impl<K: kube::Resource<DynamicType = ()>> State<K> {
         if keys.is_empty() {
             return;
         }
+        // Its old keys no longer list it, and `keys` holds each key once.
         for key in &keys {
-            let objects = self.by_key.entry(key.clone()).or_default();
-            objects.insert(reference.clone());
+            self.by_key.entry(*key).or_default().push(reference.clone());
         }
         self.keys_of.insert(reference, keys);
     }
@@ -141,38 +165,58 @@ mod tests {
         subscription
     }
 
-    fn users(index: &Index<Subscription>, integration: &str) -> Vec<String> {
-        let mut names: Vec<String> = (index.get(&integration_key("ns", integration)))
-            .into_iter()
-            .map(|r| r.name)
-            .collect();
-        names.sort();
-        names
+    /// An index and the store it finds objects in, fed the same events.
+    struct Indexed {
+        index: Arc<Index<Subscription>>,
+        store: Store<Subscription>,
+        writer: kube::runtime::reflector::store::Writer<Subscription>,
+    }
+
+    impl Indexed {
+        fn apply(&mut self, event: watcher::Event<Subscription>) {
+            self.writer.apply_watcher_event(&event);
+            self.index.apply(&event);
+        }
+
+        fn users(&self, integration: &str) -> Vec<String> {
+            let key = integration_key("ns", integration);
+            let mut names: Vec<String> = (self.index.find(&self.store, &key).iter())
+                .map(|s| s.metadata.name.clone().unwrap())
+                .collect();
+            names.sort();
+            names
+        }
     }
 
     #[test]
     fn the_index_follows_re_points_deletes_and_a_new_listing() {
-        let index = Index::new(|s: &Subscription| {
-            let namespace = s.metadata.namespace.as_deref().unwrap_or_default();
-            vec![integration_key(namespace, &s.spec.integration_ref.name)]
-        });
-        let apply =
-            |name: &str, to: &str| index.apply(&watcher::Event::Apply(subscription(name, to)));
-        apply("a", "acme");
-        apply("b", "acme");
-        apply("c", "other");
-        assert_eq!(users(&index, "acme"), ["a", "b"]);
-        apply("b", "other");
-        assert_eq!(users(&index, "acme"), ["a"], "re-pointed");
-        assert_eq!(users(&index, "other"), ["b", "c"]);
-        index.apply(&watcher::Event::Delete(subscription("c", "other")));
-        assert_eq!(users(&index, "other"), ["b"], "deleted");
+        let (store, writer) = kube::runtime::reflector::store();
+        let mut indexed = Indexed {
+            index: Index::new(|s: &Subscription| {
+                let namespace = s.metadata.namespace.as_deref().unwrap_or_default();
+                vec![integration_key(namespace, &s.spec.integration_ref.name)]
+            }),
+            store,
+            writer,
+        };
+        let apply = |indexed: &mut Indexed, name: &str, to: &str| {
+            indexed.apply(watcher::Event::Apply(subscription(name, to)))
+        };
+        apply(&mut indexed, "a", "acme");
+        apply(&mut indexed, "b", "acme");
+        apply(&mut indexed, "c", "other");
+        assert_eq!(indexed.users("acme"), ["a", "b"]);
+        apply(&mut indexed, "b", "other");
+        assert_eq!(indexed.users("acme"), ["a"], "re-pointed");
+        assert_eq!(indexed.users("other"), ["b", "c"]);
+        indexed.apply(watcher::Event::Delete(subscription("c", "other")));
+        assert_eq!(indexed.users("other"), ["b"], "deleted");
         // A new listing: kept until it ends, then what it did not list is gone.
-        index.apply(&watcher::Event::Init);
-        index.apply(&watcher::Event::InitApply(subscription("a", "acme")));
-        assert_eq!(users(&index, "other"), ["b"], "kept while listing");
-        index.apply(&watcher::Event::InitDone);
-        assert_eq!(users(&index, "acme"), ["a"]);
-        assert!(users(&index, "other").is_empty(), "not listed again: gone");
+        indexed.apply(watcher::Event::Init);
+        indexed.apply(watcher::Event::InitApply(subscription("a", "acme")));
+        assert_eq!(indexed.users("other"), ["b"], "kept while listing");
+        indexed.apply(watcher::Event::InitDone);
+        assert_eq!(indexed.users("acme"), ["a"]);
+        assert!(indexed.users("other").is_empty(), "not listed again: gone");
     }
 }

@@ -814,10 +814,10 @@ async fn the_operator_keeps_its_promises_under_overlapping_faults() {
         "- convergence after the last fault: {:.1} s (bound {} s){}",
         convergence_time.as_secs_f64(),
         CONVERGENCE_BOUND.as_secs(),
-        if convergence.is_ok() {
-            ""
-        } else {
-            " — NOT converged"
+        match &convergence {
+            Ok(None) => String::new(),
+            Ok(Some(last)) => format!("; the last to converge was {}", cut(last, 400)),
+            Err(_) => " — NOT converged".to_owned(),
         }
     );
     let _ = writeln!(
@@ -931,14 +931,20 @@ where
     .await;
 }
 
-async fn converged(soak: &Soak, bound: Duration) -> Result<(), String> {
+/// Waits until every object agrees with Bitbucket, within `bound`. Converged: the last object
+/// that did not yet, and why (`None` when all did at the first look).
+async fn converged(soak: &Soak, bound: Duration) -> Result<Option<String>, String> {
     let deadline = Instant::now() + bound;
+    let mut last = None;
     loop {
         let why = unconverged(soak).await;
         match why {
-            None => return Ok(()),
+            None => return Ok(last),
             Some(why) if Instant::now() >= deadline => return Err(why),
-            Some(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+            Some(why) => {
+                last = Some(why);
+                tokio::time::sleep(Duration::from_secs(1)).await
+            }
         }
     }
 }
@@ -1776,4 +1782,14 @@ impl Fault {
             Self::OperatorKilled => "operator killed (SIGKILL) and restarted",
         }
     }
+}
+
+/// `text`'s first `max` bytes or fewer, cut at a character boundary.
+fn cut(text: &str, max: usize) -> &str {
+    let end = (text.char_indices().map(|(i, _)| i))
+        .chain([text.len()])
+        .take_while(|i| *i <= max)
+        .last()
+        .unwrap_or(0);
+    &text[..end]
 }
