@@ -29,6 +29,22 @@ impl Backoff {
         let jittered = crate::bitbucket::exponential_backoff(self.base, self.max, failures.min(16));
         jittered.max(at_least.unwrap_or_default().min(MAX_RETRY_AFTER))
     }
+
+    /// How many failures in a row fit in `elapsed`, each followed by its shortest wait: where
+    /// a process that has failed all along would be in its backoff (at least), for one that
+    /// takes over from it (see [`super::finish::resume_backoff`]).
+    pub fn failures_within(&self, elapsed: Duration) -> u32 {
+        let mut spent = Duration::ZERO;
+        for failures in 0..16u32 {
+            let shortest =
+                (self.base.saturating_mul(2u32.saturating_pow(failures))).min(self.max) / 2;
+            spent = spent.saturating_add(shortest);
+            if spent > elapsed {
+                return failures;
+            }
+        }
+        16
+    }
 }
 
 #[cfg(test)]
@@ -59,6 +75,19 @@ mod tests {
             proptest::prop_assert!(wait <= MAX_RETRY_AFTER);
             proptest::prop_assert!(wait >= asked.unwrap_or_default().min(MAX_RETRY_AFTER));
         }
+    }
+
+    #[test]
+    fn a_failure_streak_is_placed_in_the_backoff_by_its_length() {
+        let backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(300));
+        assert_eq!(backoff.failures_within(Duration::ZERO), 0);
+        // Shortest waits 1, 2, 4, 8, 16, 32 s: 63 s hold six failures, 62 s five.
+        assert_eq!(backoff.failures_within(Duration::from_secs(62)), 5);
+        assert_eq!(backoff.failures_within(Duration::from_secs(63)), 6);
+        assert_eq!(backoff.failures_within(Duration::from_secs(86_400)), 16);
+        // Its next wait is as long as the process that failed all along would have waited.
+        let next = backoff.wait(backoff.failures_within(Duration::from_secs(600)), None);
+        assert!(next >= Duration::from_secs(150), "{next:?}");
     }
 
     #[test]

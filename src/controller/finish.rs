@@ -243,6 +243,37 @@ pub fn next<K: Kind>(shared: &Shared, uid: &str, error: &impl Reason) -> Action 
     })
 }
 
+/// Continues the backoff of an object that `shown` says is failing transiently (`Reconciling`
+/// with `ProgressingWithRetry`) when this process has counted no failure of it yet: a process
+/// that takes over (a restart, a new leader) places it by how long it has failed, instead of
+/// starting again from the shortest wait. So an operator that restarts again and again, while
+/// Bitbucket keeps refusing a credential, tries such an object once per start and then waits
+/// as long as the process before it would have (the chaos soak kills the operator about every
+/// 40 s: each start could validate its credential answered 503 six times in its first minute).
+pub fn resume_backoff<K: Kind>(shared: &Shared, uid: &str, shown: &[Condition]) {
+    let Some(since) = failing_since(shown) else {
+        return;
+    };
+    let elapsed = jiff::Timestamp::now().duration_since(since);
+    let elapsed = std::time::Duration::try_from(elapsed).unwrap_or_default();
+    K::failures(&shared.memory, uid, |failures| {
+        if failures.in_a_row == 0 {
+            failures.in_a_row = shared.backoff.failures_within(elapsed);
+        }
+    });
+}
+
+/// Since when `conditions` say the object has failed transiently: the later of `Ready`'s and
+/// `Reconciling`'s last transitions, while `Reconciling` says it retries with backoff.
+fn failing_since(conditions: &[Condition]) -> Option<jiff::Timestamp> {
+    let retrying = conditions::get(conditions, RECONCILING)
+        .filter(|c| c.status == "True" && c.reason == reasons::PROGRESSING_WITH_RETRY)?;
+    let ready = conditions::get(conditions, crate::api::conditions::READY);
+    (ready.into_iter().map(|r| r.last_transition_time.0))
+        .chain([retrying.last_transition_time.0])
+        .max()
+}
+
 /// After a Bitbucket call to `server` succeeded: the object's backoff starts again from the
 /// beginning, and the objects waiting for `server` to answer again are released (see
 /// [`super::recovery`]).

@@ -1456,6 +1456,55 @@ async fn the_first_answer_after_an_outage_releases_everything_waiting_on_that_se
     eprintln!("all listed {:?} after the first answer", answered.elapsed());
 }
 
+/// An operator that takes over an integration Bitbucket keeps refusing with 503 (a restart,
+/// a new leader) tries it once and goes on with the backoff where the failures so far leave it,
+/// read from the status, instead of starting again from the shortest wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_operator_goes_on_with_the_backoff_of_a_failing_integration() {
+    let mut env = Env::start_with("resume", Fixture::demo(), |s| {
+        s.backoff_base = Duration::from_secs(2);
+        s.backoff_max = Duration::from_secs(300);
+    })
+    .await;
+    env.ready_cloud_integration().await;
+    let control = env.sim.control().clone();
+    control.add_fault(FaultRule::status(503).on_path("/2.0/user"));
+    let integrations = env.api::<BitbucketIntegration>();
+    integrations
+        .patch("acme", &PatchParams::default(), &sync_request("outage"))
+        .await
+        .unwrap();
+    let validations = || control.counters().endpoint("GET /2.0/user");
+    // Four failed validations of two requests each (one retry by the client): about 7 s of
+    // failures, after waits of 1-2, 2-4 and 4-8 s.
+    eventually(
+        "four failed validations",
+        Duration::from_secs(60),
+        || async { (validations() >= 8).then_some(()) },
+    )
+    .await;
+    env.operator.take().unwrap().stop().await;
+    let before = validations();
+    env.restart_operator();
+    let restarted = std::time::Instant::now();
+    eventually(
+        "the first validation after the restart",
+        PATIENCE,
+        || async { (validations() > before).then_some(()) },
+    )
+    .await;
+    // The next waits 8 s at least (the fourth failure's backoff); from the shortest wait it
+    // would have been three more validations within 1 + 2 + 4 s.
+    while restarted.elapsed() < Duration::from_secs(8) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let after = validations() - before;
+    assert!(
+        after <= 2,
+        "{after} requests in the 8 s after the restart: one validation of two tries at most"
+    );
+}
+
 /// A Subscription whose own calls keep failing while the server answers others is not released
 /// by each of their answers: it calls at its backoff's pace, plus one release a minute at most
 /// (without the limit, every validation of its integration let it call again at once).

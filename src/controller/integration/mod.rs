@@ -274,6 +274,7 @@ async fn validate_when_due(
 ) -> ValidationOutcome {
     let shared = &context.shared;
     let uid = finish::uid(integration);
+    finish::resume_backoff::<BitbucketIntegration>(shared, &uid, &draft.shown.conditions);
     let now = Instant::now();
     let (last, backoff) = shared
         .memory

@@ -415,6 +415,7 @@ async fn list_when_due(
 ) -> SyncOutcome {
     let shared = &context.shared;
     let uid = finish::uid(subscription);
+    finish::resume_backoff::<Subscription>(shared, &uid, &draft.shown.conditions);
     let now = Instant::now();
     let (last, backoff, told, asked) = shared.memory.subscription(&uid, |m| {
         let asked = m.refresh.zip(m.refresh_first);

@@ -31,6 +31,8 @@ pub struct Env {
     pub ns: TestNamespace,
     pub sim: Simulator,
     pub operator: Option<Operator>,
+    /// The operator's settings, as [`Env::restart_operator`] starts it again.
+    settings: bitbucket_operator::controller::Settings,
 }
 
 impl Env {
@@ -57,12 +59,13 @@ impl Env {
         let sim = Simulator::start(fixture).await.unwrap();
         let mut settings = test_settings(&ns.name);
         tune(&mut settings);
-        let operator = Some(Operator::start(client.clone(), settings));
+        let operator = Some(Operator::start(client.clone(), settings.clone()));
         Self {
             client,
             ns,
             sim,
             operator,
+            settings,
         }
     }
 
@@ -73,12 +76,10 @@ impl Env {
         Api::namespaced(self.client.clone(), &self.ns.name)
     }
 
-    /// Starts an operator again (after `env.operator.take().unwrap().stop()`).
+    /// Starts an operator again (after `env.operator.take().unwrap().stop()`), with the
+    /// settings the first had.
     pub fn restart_operator(&mut self) {
-        self.operator = Some(Operator::start(
-            self.client.clone(),
-            test_settings(&self.ns.name),
-        ));
+        self.operator = Some(Operator::start(self.client.clone(), self.settings.clone()));
     }
 
     pub fn operator(&self) -> &Operator {

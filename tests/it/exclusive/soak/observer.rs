@@ -321,8 +321,9 @@ impl Observer {
                 }
                 let in_minute = total - samples.front().map_or(*total, |(_, n)| *n);
                 let objects = Self::objects(&state, credential);
-                // A new operator process knows no backoff: each start may try every object once
-                // more (three tries behind a grant).
+                // A new operator process goes on with each failing object's backoff as its
+                // status shows it (`finish::resume_backoff`), but may try it once at its start
+                // and once more when its server answers others (three tries behind a grant).
                 let starts = state
                     .started_at
                     .iter()
