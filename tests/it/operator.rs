@@ -1405,20 +1405,27 @@ async fn a_repeated_event_is_one_event_with_a_series() {
     );
 }
 
-/// Once Bitbucket answers again, the objects that backed off while it did not are not left to
-/// wait out backoffs grown during the outage: the first success on the server releases them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_first_answer_after_an_outage_releases_everything_waiting_on_that_server() {
-    let env = Env::start_with("recovery", Fixture::demo(), |s| {
-        // Backoffs as long as in production: without the release, each Subscription would
-        // wait out its own, grown during the outage to tens of seconds.
+/// An operator with backoffs as long as in production (4 s doubling up to 2 minutes), its
+/// integration `acme` Ready, and Bitbucket answering every listing 503 from now on.
+async fn listings_refused(prefix: &str) -> Env {
+    let env = Env::start_with(prefix, Fixture::demo(), |s| {
         s.backoff_base = Duration::from_secs(4);
         s.backoff_max = Duration::from_secs(120);
     })
     .await;
     env.ready_cloud_integration().await;
+    (env.sim.control()).add_fault(FaultRule::status(503).on_path("/2.0/repositories"));
+    env
+}
+
+/// Once Bitbucket answers again, the objects that backed off while it did not are not left to
+/// wait out backoffs grown during the outage: the first success on the server releases them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_answer_after_an_outage_releases_everything_waiting_on_that_server() {
+    // Without the release, each Subscription would wait out its own backoff, grown during the
+    // outage to tens of seconds.
+    let env = listings_refused("recovery").await;
     let control = env.sim.control();
-    control.add_fault(FaultRule::status(503).on_path("/2.0/repositories"));
     let names: Vec<String> = (0..6).map(|i| format!("s{i}")).collect();
     for name in &names {
         env.create(&subscription(name, "acme", Some("acme"), &[]))
@@ -1510,14 +1517,8 @@ async fn a_restarted_operator_goes_on_with_the_backoff_of_a_failing_integration(
 /// (without the limit, every validation of its integration let it call again at once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_object_failing_alone_waits_out_its_backoff_while_others_succeed() {
-    let env = Env::start_with("recovery-alone", Fixture::demo(), |s| {
-        s.backoff_base = Duration::from_secs(4);
-        s.backoff_max = Duration::from_secs(120);
-    })
-    .await;
-    env.ready_cloud_integration().await;
+    let env = listings_refused("recovery-alone").await;
     let control = env.sim.control();
-    control.add_fault(FaultRule::status(503).on_path("/2.0/repositories"));
     let listings = || {
         env.sim
             .control()
