@@ -240,8 +240,13 @@ fn quoted(value: &str) -> String {
 
 /// Who `identity` is, as a Subscription's `status.integration.account` names it.
 pub fn account_name(identity: &Identity) -> Option<String> {
-    let account = account(identity);
-    account.username.or(account.display_name)
+    name_of(&account(identity))
+}
+
+/// How a Subscription's `status.integration.account` names `account`: its username, else its
+/// display name.
+pub fn name_of(account: &Account) -> Option<String> {
+    (account.username.clone()).or_else(|| account.display_name.clone())
 }
 
 fn account(identity: &Identity) -> Account {

@@ -570,7 +570,7 @@ fn remember(
 fn summary(integration: &BitbucketIntegration, here: Option<Validation>) -> IntegrationSummary {
     let shown = (integration.status.as_ref())
         .and_then(|s| s.account.as_ref())
-        .and_then(|a| a.username.clone().or_else(|| a.display_name.clone()));
+        .and_then(super::integration::validate::name_of);
     IntegrationSummary {
         name: integration.name_any(),
         account: here.and_then(|v| v.account).or(shown),
