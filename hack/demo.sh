@@ -95,6 +95,30 @@ say "Bitbucket simulator on $SIM_URL (Cloud API $SIM_URL/2.0)"
 
 "$KUBECTL" apply --server-side -f "$REPO/crds/" >/dev/null
 "$KUBECTL" wait --for=condition=Established --timeout=60s crd/bitbucketintegrations.scm.shippable.io crd/subscriptions.scm.shippable.io >/dev/null
+# The policy subscription-integration-deleting takes a BitbucketIntegration as its parameter. The
+# API server's admission reads new kinds every 30 s: until then it refuses every Subscription
+# ("failed to configure policy: failed to find resource referenced by paramKind"). Wait for it,
+# with a Subscription that is only tried (server dry run), as a script that applies Subscriptions
+# right after installing crds/ must (Argo CD and Flux retry).
+policies_in_force() {
+  local out waited
+  for waited in $(seq 0 89); do
+    if out="$("$KUBECTL" create --dry-run=server -n default -f - 2>&1 <<'EOT'
+apiVersion: scm.shippable.io/v1alpha1
+kind: Subscription
+metadata: {name: policies-in-force-probe}
+spec: {integrationRef: {name: probe}, workspace: probe}
+EOT
+)"; then
+      [ "$waited" = 0 ] || say "the API server put the admission policies in force ${waited}s after the CRDs"
+      return 0
+    fi
+    grep -q 'failed to configure policy' <<<"$out" || { say "the probe Subscription was refused: $out"; exit 1; }
+    sleep 1
+  done
+  say "the API server did not put the admission policies in force within 90s: $out"; exit 1
+}
+policies_in_force
 
 ops_port="$(free_port)"
 hook_port="$(free_port)"

@@ -228,6 +228,45 @@ pub async fn install_crds(client: &Client) {
         .unwrap();
     }
     install_policies(client, &params).await;
+    policies_in_force(client).await;
+}
+
+/// Waits until the API server's admission has configured the policies. The policy
+/// `subscription-integration-deleting` takes a BitbucketIntegration as its parameter, and the
+/// admission plugin reads new kinds every 30 s: until it has, every Subscription is refused
+/// ("failed to configure policy"). One dry-run create tells; once in force, it costs a request.
+async fn policies_in_force(client: &Client) {
+    use bitbucket_operator::api::Subscription;
+    use kube::api::PostParams;
+    let subscriptions: Api<Subscription> = Api::namespaced(client.clone(), "default");
+    let probe: Subscription = serde_json::from_value(serde_json::json!({
+        "apiVersion": "scm.shippable.io/v1alpha1",
+        "kind": "Subscription",
+        "metadata": {"name": "policies-in-force-probe"},
+        "spec": {"integrationRef": {"name": "probe"}, "workspace": "probe"},
+    }))
+    .expect("a valid Subscription");
+    let dry_run = PostParams {
+        dry_run: true,
+        ..PostParams::default()
+    };
+    eventually(
+        "the admission policies to be in force",
+        Duration::from_secs(90),
+        || async {
+            match subscriptions.create(&dry_run, &probe).await {
+                Err(kube::Error::Api(status))
+                    if status.message.contains("failed to configure policy") =>
+                {
+                    None
+                }
+                Err(kube::Error::Api(status)) if status.is_already_exists() => Some(()),
+                Err(e) => panic!("the probe Subscription was refused: {e}"),
+                Ok(_) => Some(()),
+            }
+        },
+    )
+    .await;
 }
 
 async fn install_policies(client: &Client, params: &kube::api::PatchParams) {
