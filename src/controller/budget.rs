@@ -20,7 +20,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    sync::{Arc, Mutex, Weak},
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -61,8 +61,10 @@ pub struct Budgets {
     /// before it had budgets: the benchmark's baseline).
     off: bool,
     accounts: Mutex<HashMap<String, Arc<Account>>>,
-    /// By [`pool_key`]; a pool lives while an account uses it.
-    pools: Mutex<HashMap<String, Weak<Pool>>>,
+    /// By [`pool_key`]. A pool lives while an account uses it, and after that while its
+    /// window still counts requests: Bitbucket still counts them, so an account that comes
+    /// back finds them (see [`Budgets::drop_unused_pools`]).
+    pools: Mutex<HashMap<String, Arc<Pool>>>,
 }
 
 impl Default for Budgets {
@@ -101,8 +103,14 @@ impl Budgets {
     /// now (see [`pool_key`]), with its spec's settings applied.
     pub fn account(&self, integration: &BitbucketIntegration) -> Arc<Account> {
         let uid = integration.uid().unwrap_or_default();
-        let key = pool_key(integration);
         let found = lock(&self.accounts).get(&uid).cloned();
+        // An object that does not say which account (a copy from before the validation that
+        // named it) leaves the account where it is.
+        let key = match (pool_key(integration), &found) {
+            (Some(key), _) => key,
+            (None, Some(account)) => account.pool().key.clone(),
+            (None, None) => own_pool_key(integration),
+        };
         let account = match found {
             Some(account) if account.pool().key == key => account,
             Some(account) => {
@@ -137,8 +145,8 @@ impl Budgets {
     /// The pool `key` names, made for `integration` when there is none.
     fn pool(&self, key: &str, integration: &BitbucketIntegration) -> Arc<Pool> {
         let mut pools = lock(&self.pools);
-        if let Some(pool) = pools.get(key).and_then(Weak::upgrade) {
-            return pool;
+        if let Some(pool) = pools.get(key) {
+            return Arc::clone(pool);
         }
         let default = match integration.spec.server.server_type {
             _ if self.off => None,
@@ -150,8 +158,16 @@ impl Budgets {
             budget: Arc::new(Budget::new(default, self.window)),
             plan: Mutex::default(),
         });
-        pools.insert(key.to_owned(), Arc::downgrade(&pool));
+        pools.insert(key.to_owned(), Arc::clone(&pool));
         pool
+    }
+
+    /// Drops the pools no account uses whose window counts no request any more.
+    fn drop_unused_pools(&self, now: Instant) {
+        lock(&self.pools).retain(|_, pool| {
+            // One reference is the map's own.
+            Arc::strong_count(pool) > 1 || pool.budget.snapshot(now).used > 0
+        });
     }
 
     /// Forgets the integrations and Subscriptions not in the sets; returns the integrations
@@ -167,7 +183,7 @@ impl Budgets {
         }
         let forgotten = before - accounts.len();
         drop(accounts);
-        lock(&self.pools).retain(|_, pool| pool.strong_count() > 0);
+        self.drop_unused_pools(Instant::now());
         forgotten
     }
 
@@ -175,7 +191,7 @@ impl Budgets {
         if let Some(account) = lock(&self.accounts).remove(uid) {
             lock(&account.pool().plan).forget_owner(uid);
         }
-        lock(&self.pools).retain(|_, pool| pool.strong_count() > 0);
+        self.drop_unused_pools(Instant::now());
     }
 
     pub fn forget_subscription(&self, uid: &str) {
@@ -203,24 +219,25 @@ impl Budgets {
 /// an OAuth consumer's requests per user (or consumer, API-FACTS §C.2): integrations that
 /// authenticate as one account on one server share a pool once validated, unless they set
 /// their own budget. Anything else (an access token, which has its own allowance; Data Center;
-/// one not validated yet) has a pool of its own.
-fn pool_key(integration: &BitbucketIntegration) -> String {
-    let account = (integration.status.as_ref())
-        .and_then(|s| s.account.as_ref())
-        .filter(|a| matches!(a.kind, AccountKind::User | AccountKind::OAuthConsumer));
-    let shared = match (&integration.spec.server.server_type, account) {
-        (ServerType::Cloud, Some(account)) if integration.spec.request_budget.is_none() => {
-            account.uuid.as_ref()
-        }
-        _ => None,
-    };
-    match shared {
-        Some(uuid) => {
-            let server = integration.spec.server.url.as_deref().unwrap_or("cloud");
-            format!("account {server} {uuid}")
-        }
-        None => format!("integration {}", integration.uid().unwrap_or_default()),
+/// one not validated yet) has a pool of its own. `None`: the object does not say (a Cloud
+/// integration whose status names no account), so the pool it drew on so far stands.
+fn pool_key(integration: &BitbucketIntegration) -> Option<String> {
+    let spec = &integration.spec;
+    if spec.server.server_type != ServerType::Cloud || spec.request_budget.is_some() {
+        return Some(own_pool_key(integration));
     }
+    let account = integration.status.as_ref()?.account.as_ref()?;
+    match (&account.kind, &account.uuid) {
+        (AccountKind::User | AccountKind::OAuthConsumer, Some(uuid)) => {
+            let server = spec.server.url.as_deref().unwrap_or("cloud");
+            Some(format!("account {server} {uuid}"))
+        }
+        _ => Some(own_pool_key(integration)),
+    }
+}
+
+fn own_pool_key(integration: &BitbucketIntegration) -> String {
+    format!("integration {}", integration.uid().unwrap_or_default())
 }
 
 /// A budget and the plan of the work that draws on it.
@@ -553,10 +570,21 @@ mod tests {
             let other = budgets.account(other);
             assert!(!Arc::ptr_eq(&other.pool(), &a.pool()), "{}", other.name());
         }
-        // The last user of a pool gone, the pool goes.
-        drop((first, a, b));
+        // A copy of a from before its validation (another controller's cache may lag) says
+        // nothing of its account: a stays in jdoe's pool, and the pool keeps its count.
+        let stale = budgets.account(&integration("a", API_TOKEN, None));
+        assert!(Arc::ptr_eq(&stale.pool(), &b.pool()));
+        assert_eq!(used(&stale), 3);
+        // The last user of a pool gone, the pool stays while Bitbucket still counts its
+        // requests: a user of jdoe's coming back within the hour finds them.
+        drop((first, a, b, stale));
         budgets.forget_integration("a");
         budgets.forget_integration("b");
+        let back = budgets.account(&integration("f", API_TOKEN, jdoe));
+        assert_eq!(used(&back), 3);
+        drop(back);
+        budgets.forget_integration("f");
+        budgets.drop_unused_pools(now + HOUR + HOUR / 10);
         assert!(lock(&budgets.pools).keys().all(|k| !k.contains("{jdoe}")));
     }
 
