@@ -430,7 +430,9 @@ impl Account {
 
     /// After `key`'s work of `priority` made `calls` requests and ended in `result`: `Some`
     /// wait when the budget let nothing be sent (the work is still to do, then); otherwise
-    /// planned work's cost is counted in the plan.
+    /// planned work's cost is counted in the plan. Nothing is sent when the budget is spent,
+    /// or, for planned work, while a 429 holds it (the transport's `RateLimited` with no
+    /// request made): nothing failed then, and the last state stands.
     pub fn ran<T>(
         &self,
         key: &str,
@@ -438,10 +440,18 @@ impl Account {
         result: &Result<T, bitbucket::Error>,
         calls: u32,
     ) -> Option<Duration> {
-        if let Err(bitbucket::Error::OverBudget { retry_after, .. }) = result
-            && calls == 0
+        use bitbucket::Error::{OverBudget, RateLimited};
+        if calls == 0
+            && let Err(
+                OverBudget { retry_after, .. }
+                | RateLimited {
+                    retry_after: Some(retry_after),
+                },
+            ) = result
         {
-            return Some(*retry_after);
+            // A 429 another task's request met (a shared listing) says what Bitbucket sent:
+            // at most a window is believed.
+            return Some((*retry_after).min(self.pool().budget.window()));
         }
         if priority == Priority::Planned {
             self.spent(key, calls);

@@ -7,13 +7,15 @@
 use std::time::{Duration, Instant};
 
 use crate::support::{
+    PATIENCE,
     env::*,
-    operator::{await_object, condition, subscription},
+    eventually,
+    operator::{await_object, condition, subscription, sync_request},
 };
 use bitbucket_operator::api::{
-    CredentialType, RequestBudget, SYNC_REQUESTED_AT_ANNOTATION, Subscription,
+    BitbucketIntegration, CredentialType, RequestBudget, SYNC_REQUESTED_AT_ANNOTATION, Subscription,
 };
-use bitbucket_sim::Fixture;
+use bitbucket_sim::{FaultRule, Fixture};
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
@@ -241,4 +243,82 @@ async fn integrations_of_one_cloud_user_draw_on_one_budget() {
         ),
         (2500, 2000, "reported by Bitbucket")
     );
+}
+
+/// A 429 holds planned work for its `Retry-After`. Interval syncs and validations that fall
+/// in the hold send nothing, so nothing failed: each keeps its list and says nothing new (it
+/// showed `Ready=False RateLimited`, "retry after 598s", for a 429 another object met).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn planned_work_held_by_a_rate_limit_sends_nothing_and_keeps_its_state() {
+    let env = Env::start_with("held", Fixture::demo(), |s| {
+        s.interval_override = Some(Duration::from_secs(2));
+    })
+    .await;
+    env.ready_cloud_integration().await;
+    for (name, project) in [("a", "API"), ("b", "WEB")] {
+        env.create(&subscription(name, "acme", Some("acme"), &[project]))
+            .await;
+        await_object(&env.api(), name, "synced", is_synced).await;
+    }
+    let control = env.sim.control();
+    control.add_fault(
+        FaultRule::status(429)
+            .with_retry_after("600")
+            .on_path("/2.0/repositories")
+            .times(1),
+    );
+    let api = env.api::<Subscription>();
+    api.patch("b", &PatchParams::default(), &sync_request("limited"))
+        .await
+        .unwrap();
+    await_object(
+        &api,
+        "b",
+        "b to meet the 429",
+        subscription_reason_is("RateLimited"),
+    )
+    .await;
+    let validations = || control.counters().endpoint("GET /2.0/user");
+    let before = validations();
+    // a's next interval sync and the integration's next validation (2 s apart each), planned
+    // and held (each then waits for the hold's end).
+    let operator = env.operator();
+    let (subscriptions, integrations) = (
+        operator.reconciles_of("subscription"),
+        operator.reconciles_of("integration"),
+    );
+    eventually("the next interval work of a and acme", PATIENCE, || async {
+        (operator.reconciles_of("subscription") >= subscriptions + 2
+            && operator.reconciles_of("integration") > integrations)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        validations(),
+        before,
+        "a planned validation was sent during the hold"
+    );
+    let a = api.get("a").await.unwrap();
+    assert!(is_synced(&a), "{:#?}", a.status);
+    let integration = env.api::<BitbucketIntegration>().get("acme").await.unwrap();
+    assert!(
+        is_ready_integration(&integration),
+        "{:#?}",
+        integration.status
+    );
+    // Asked-for work is not held.
+    api.patch("a", &PatchParams::default(), &sync_request("asked"))
+        .await
+        .unwrap();
+    await_object(
+        &api,
+        "a",
+        "a's sync request answered",
+        |s: &Subscription| {
+            s.status
+                .as_ref()
+                .is_some_and(|s| s.last_handled_sync_request.as_deref() == Some("asked"))
+        },
+    )
+    .await;
 }
