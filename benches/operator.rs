@@ -1733,7 +1733,7 @@ async fn slices_at_scale(client: &Client, n: usize) -> Vec<Row> {
     let copies: Vec<RepositorySlice> = stored
         .iter()
         .map(|s| {
-            let mut copy = RepositorySlice::new("", s.repositories.clone());
+            let mut copy = RepositorySlice::new("", s.repositories.to_vec());
             copy.metadata.generate_name = Some("copy-".into());
             copy
         })

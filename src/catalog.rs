@@ -48,15 +48,25 @@ pub struct Catalog {
     complete: Mutex<HashMap<String, Arc<List>>>,
 }
 
-/// A complete repository list: the slices that held it, and their entries' order by full name.
+/// A complete repository list: the slices that held it (their entries compact, as the cache
+/// keeps them), and those entries parsed while they are asked for.
 pub struct List {
     /// The slices as `status.slices` named them.
     named: Vec<SliceRef>,
     slices: Vec<Arc<RepositorySlice>>,
-    /// (slice, entry) of each repository, sorted by full name.
-    order: Vec<(u32, u32)>,
+    len: usize,
+    /// The entries, parsed and sorted by full name, kept while they are asked for (see
+    /// [`List::entries`]).
+    parsed: Mutex<Option<Parsed>>,
     /// An answer rendered from this list, kept while it is asked for (see [`List::rendered`]).
     rendered: Mutex<Option<Rendered>>,
+}
+
+/// What [`List::entries`] keeps.
+struct Parsed {
+    entries: Arc<[Repository]>,
+    /// Whether they were asked for since the last [`Catalog::sweep`].
+    asked: bool,
 }
 
 /// What [`List::keep_rendered`] keeps.
@@ -70,19 +80,27 @@ struct Rendered {
 
 impl List {
     fn new(named: Vec<SliceRef>, slices: Vec<Arc<RepositorySlice>>) -> Self {
-        let mut order: Vec<(u32, u32)> = slices
-            .iter()
-            .enumerate()
-            .flat_map(|(s, slice)| (0..slice.repositories.len()).map(move |e| (index(s), index(e))))
-            .collect();
-        let entry = |(s, e): &(u32, u32)| &slices[*s as usize].repositories[*e as usize];
-        order.sort_unstable_by(|a, b| entry(a).full_name.cmp(&entry(b).full_name));
+        let len = slices.iter().map(|s| s.repositories.len()).sum();
         Self {
             named,
             slices,
-            order,
+            len,
+            parsed: Mutex::default(),
             rendered: Mutex::default(),
         }
+    }
+
+    /// The repositories, sorted by full name, for a reader that serves them: parsed from the
+    /// slices on first use, and kept until a [`Catalog::sweep`] finds nobody asked for them
+    /// since the sweep before.
+    pub fn entries(&self) -> Arc<[Repository]> {
+        let mut parsed = lock(&self.parsed);
+        let kept = parsed.get_or_insert_with(|| Parsed {
+            entries: slice::entries(&self.slices).into(),
+            asked: true,
+        });
+        kept.asked = true;
+        Arc::clone(&kept.entries)
     }
 
     /// The answer rendered from this list under `key` (whatever else it depends on), when one
@@ -110,24 +128,32 @@ impl List {
         &self.named
     }
 
-    /// The repositories, sorted by full name.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = &Repository> {
-        self.order
-            .iter()
-            .map(|(s, e)| &self.slices[*s as usize].repositories[*e as usize])
+    /// The repositories, sorted by full name, for the operator's own use once (a webhook's
+    /// refresh): the parsed entries if they are kept, else parsed without keeping them (keeping
+    /// each list parsed would undo the slices' compact form).
+    pub fn parse(&self) -> Arc<[Repository]> {
+        match lock(&self.parsed).as_ref() {
+            Some(kept) => Arc::clone(&kept.entries),
+            None => slice::entries(&self.slices).into(),
+        }
+    }
+
+    /// The first `n` repositories by full name (a status restored on every reconcile),
+    /// parsing only those.
+    pub fn first(&self, n: usize) -> Vec<Repository> {
+        match lock(&self.parsed).as_ref() {
+            Some(kept) => kept.entries.iter().take(n).cloned().collect(),
+            None => slice::first_entries(&self.slices, n),
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.order.len()
+        self.len
     }
 
     pub fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.len == 0
     }
-}
-
-fn index(i: usize) -> u32 {
-    u32::try_from(i).expect("fewer than 2^32 slices and entries")
 }
 
 /// Which list answers.
@@ -279,8 +305,8 @@ impl Catalog {
         }
     }
 
-    /// Drops the lists of Subscriptions not among `live` (UIDs), and the rendered answers
-    /// nobody asked for since the last sweep.
+    /// Drops the lists of Subscriptions not among `live` (UIDs), and the parsed entries and
+    /// rendered answers nobody asked for since the last sweep.
     pub fn sweep(&self, live: &HashSet<String>) {
         let mut complete = lock(&self.complete);
         complete.retain(|uid, _| live.contains(uid));
@@ -289,6 +315,11 @@ impl Catalog {
             match rendered.as_mut() {
                 Some(kept) if kept.asked => kept.asked = false,
                 _ => *rendered = None,
+            }
+            let mut parsed = lock(&list.parsed);
+            match parsed.as_mut() {
+                Some(kept) if kept.asked => kept.asked = false,
+                _ => *parsed = None,
             }
         }
     }
@@ -384,7 +415,7 @@ mod tests {
         }
 
         fn served(&self) -> Result<(&'static str, Vec<String>), String> {
-            let names = |list: &List| list.iter().map(|r| r.name.clone()).collect();
+            let names = |list: &List| list.entries().iter().map(|r| r.name.clone()).collect();
             match self.catalog.list("ci", "big") {
                 Ok(Served::Complete(list)) => Ok(("complete", names(&list))),
                 Ok(Served::Previous(list)) => Ok(("previous", names(&list))),

@@ -144,7 +144,8 @@ fn answer(
     input: impl Fn(&Repository, &mut Vec<u8>),
 ) -> Result<Vec<u8>, usize> {
     let mut body = b"{\"inputs\":[".to_vec();
-    let kept = list
+    let entries = list.entries();
+    let kept = entries
         .iter()
         .filter(|r| filters.keeps(r))
         .take(filters.limit.unwrap_or(usize::MAX));
@@ -154,7 +155,7 @@ fn answer(
         }
         input(repository, &mut body);
         if body.len() + 2 > MAX_ANSWER_BYTES {
-            let rest = list.iter().filter(|r| filters.keeps(r)).count();
+            let rest = entries.iter().filter(|r| filters.keeps(r)).count();
             return Err(filters.limit.map_or(rest, |limit| rest.min(limit)));
         }
     }

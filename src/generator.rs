@@ -160,7 +160,7 @@ async fn render(
             b"{\"output\":{\"parameters\":[",
         ));
         let mut chunk = Vec::new();
-        for (i, repository) in list.iter().enumerate() {
+        for (i, repository) in list.entries().iter().enumerate() {
             if i > 0 {
                 chunk.push(b',');
             }

@@ -57,7 +57,7 @@ async fn slices_of(env: &Env, name: &str) -> Vec<RepositorySlice> {
 fn held_once(slices: &[RepositorySlice]) -> BTreeSet<String> {
     let mut held = BTreeSet::new();
     for slice in slices {
-        for r in &slice.repositories {
+        for r in slice.repositories.to_vec() {
             assert!(
                 held.insert(r.full_name.clone()),
                 "{} held twice",

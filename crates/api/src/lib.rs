@@ -26,8 +26,8 @@ pub use common::*;
 pub use duration::{DurationError, parse_duration};
 pub use integration::*;
 pub use slice::{
-    Incomplete, MAX_REPOSITORIES_PER_SLICE, MAX_SLICE_BYTES, RepositorySlice, SUBSCRIPTION_LABEL,
-    SliceRef, subscription_label,
+    Entries, Incomplete, MAX_REPOSITORIES_PER_SLICE, MAX_SLICE_BYTES, RepositorySlice,
+    SUBSCRIPTION_LABEL, SliceRef, subscription_label,
 };
 pub use subscription::*;
 

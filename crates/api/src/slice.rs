@@ -67,10 +67,88 @@ pub struct SliceRef {
 /// A digest of a slice's entries: 32 hex digits of the SHA-256 of their JSON, as the API server
 /// stores them (so what the operator wrote and what a reader reads back digest alike).
 pub fn digest(repositories: &[Repository]) -> String {
-    use sha2::Digest;
-    let json = serde_json::to_vec(repositories).expect("repositories serialise to JSON");
-    let hash = sha2::Sha256::digest(&json);
-    hash[..16].iter().map(|b| format!("{b:02x}")).collect()
+    Entries::from(repositories.to_vec()).digest()
+}
+
+/// A slice's entries, kept as one allocation: their JSON (compact, fields in [`Repository`]'s
+/// order, as `serde_json` writes them), parsed when read. Every replica caches every slice, and
+/// at ten thousand Subscriptions the entries as structs were half the operator's heap (about 650
+/// bytes and 10 allocations an entry; their JSON is about half as long). Reads and writes as the
+/// array of entries the CRD's schema describes.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Entries {
+    json: Box<str>,
+    len: u32,
+}
+
+impl Entries {
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The entries, parsed.
+    pub fn to_vec(&self) -> Vec<Repository> {
+        serde_json::from_str(&self.json).expect("entries hold the JSON they were made from")
+    }
+
+    /// See [`digest`]: the digest of the JSON kept.
+    pub fn digest(&self) -> String {
+        use sha2::Digest;
+        let hash = sha2::Sha256::digest(self.json.as_bytes());
+        hash[..16].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl From<Vec<Repository>> for Entries {
+    fn from(repositories: Vec<Repository>) -> Self {
+        let json = serde_json::to_string(&repositories).expect("repositories serialise to JSON");
+        Self {
+            json: json.into_boxed_str(),
+            len: u32::try_from(repositories.len()).unwrap_or(u32::MAX),
+        }
+    }
+}
+
+impl Default for Entries {
+    fn default() -> Self {
+        Vec::new().into()
+    }
+}
+
+impl std::fmt::Debug for Entries {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.to_vec()).finish()
+    }
+}
+
+impl Serialize for Entries {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.to_vec())
+    }
+}
+
+impl<'de> Deserialize<'de> for Entries {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Vec::<Repository>::deserialize(deserializer).map(Self::from)
+    }
+}
+
+impl JsonSchema for Entries {
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn schema_name() -> Cow<'static, str> {
+        <Vec<Repository>>::schema_name()
+    }
+
+    fn json_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        <Vec<Repository>>::json_schema(generator)
+    }
 }
 
 /// A digest of a whole list, from the slices that hold it (as `status.slices` names them): 32
@@ -127,13 +205,48 @@ pub fn complete<S: std::borrow::Borrow<RepositorySlice>>(
 }
 
 /// The entries of `slices`, sorted by full name.
-pub fn entries<S: std::borrow::Borrow<RepositorySlice>>(slices: &[S]) -> Vec<&Repository> {
-    let mut list: Vec<&Repository> = slices
+pub fn entries<S: std::borrow::Borrow<RepositorySlice>>(slices: &[S]) -> Vec<Repository> {
+    let mut list: Vec<Repository> = slices
         .iter()
-        .flat_map(|s| s.borrow().repositories.iter())
+        .flat_map(|s| s.borrow().repositories.to_vec())
         .collect();
     list.sort_unstable_by(|a, b| a.full_name.cmp(&b.full_name));
     list
+}
+
+/// The first `n` entries of `slices` by full name, parsing only those `n` whole (the others'
+/// names are read where they lie): a Subscription's status shows the first 1,000 of a list
+/// that may hold 100,000.
+pub fn first_entries<S: std::borrow::Borrow<RepositorySlice>>(
+    slices: &[S],
+    n: usize,
+) -> Vec<Repository> {
+    #[derive(Deserialize)]
+    struct Named<'a> {
+        #[serde(borrow, rename = "fullName")]
+        full_name: Cow<'a, str>,
+    }
+    fn raw(json: &str) -> Vec<&serde_json::value::RawValue> {
+        serde_json::from_str(json).expect("entries hold the JSON they were made from")
+    }
+    let mut named: Vec<(Cow<'_, str>, &serde_json::value::RawValue)> = slices
+        .iter()
+        .flat_map(|s| raw(&s.borrow().repositories.json))
+        .map(|entry| {
+            let named: Named<'_> =
+                serde_json::from_str(entry.get()).expect("every entry has a full name");
+            (named.full_name, entry)
+        })
+        .collect();
+    if named.len() > n {
+        named.select_nth_unstable_by(n, |a, b| a.0.cmp(&b.0));
+        named.truncate(n);
+    }
+    named.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    named
+        .into_iter()
+        .map(|(_, entry)| serde_json::from_str(entry.get()).expect("entries parse"))
+        .collect()
 }
 
 /// Up to 500 repositories of one Subscription; together its slices hold its whole list.
@@ -152,7 +265,7 @@ pub struct RepositorySlice {
     /// each repository of the Subscription is in exactly one of its slices.
     #[serde(default)]
     #[schemars(length(max = 500))]
-    pub repositories: Vec<Repository>,
+    pub repositories: Entries,
     /// How many entries `repositories` holds (shown by `kubectl get`).
     #[serde(default)]
     pub repository_count: i32,
@@ -173,6 +286,7 @@ fn kind() -> String {
 impl RepositorySlice {
     /// A slice named `name` holding `repositories` (its count set to match).
     pub fn new(name: &str, repositories: Vec<Repository>) -> Self {
+        let repositories = Entries::from(repositories);
         Self {
             api_version: api_version(),
             kind: kind(),
@@ -181,7 +295,7 @@ impl RepositorySlice {
                 ..ObjectMeta::default()
             },
             repository_count: i32::try_from(repositories.len()).unwrap_or(i32::MAX),
-            digest: digest(&repositories),
+            digest: repositories.digest(),
             repositories,
         }
     }
@@ -352,6 +466,41 @@ mod tests {
     }
 
     #[test]
+    fn entries_are_kept_compact_and_read_and_write_as_the_array_of_repositories() {
+        let repositories = entries_named(&["web", "api", "db\u{202e}"]);
+        let entries = Entries::from(repositories.clone());
+        assert_eq!((entries.len(), entries.to_vec()), (3, repositories.clone()));
+        let written = serde_json::to_value(&entries).unwrap();
+        assert_eq!(written, serde_json::to_value(&repositories).unwrap());
+        let read: Entries = serde_json::from_value(written).unwrap();
+        assert_eq!(read, entries);
+        // The digest is of the JSON the API server stores (and gives back, keys in order).
+        use sha2::Digest;
+        let stored = serde_json::to_vec(&repositories).unwrap();
+        let hash = sha2::Sha256::digest(&stored);
+        let expected: String = hash[..16].iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(entries.digest(), expected);
+        assert_eq!(digest(&repositories), expected);
+    }
+
+    #[test]
+    fn the_first_entries_are_the_first_of_the_sorted_list() {
+        let names: Vec<String> = (0..300).map(|i| format!("r{:03}", (i * 7919) % 300)).collect();
+        let slices: Vec<RepositorySlice> = names
+            .chunks(70)
+            .enumerate()
+            .map(|(i, chunk)| {
+                let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
+                RepositorySlice::new(&format!("s{i}"), entries_named(&chunk))
+            })
+            .collect();
+        let all = entries(&slices);
+        for n in [0, 1, 69, 250, 300, 1000] {
+            assert_eq!(first_entries(&slices, n), all[..n.min(300)].to_vec(), "{n}");
+        }
+    }
+
+    #[test]
     fn every_subscription_name_gives_a_label_value() {
         assert_eq!(subscription_label("acme-ci"), "acme-ci");
         let long = format!("{}.{}", "a".repeat(45), "b".repeat(200));
@@ -372,7 +521,7 @@ mod tests {
             "repositoryCount": 1
         }))
         .unwrap();
-        assert_eq!(slice.repositories[0].full_name, "acme/api");
+        assert_eq!(slice.repositories.to_vec()[0].full_name, "acme/api");
         let written = serde_json::to_value(&slice).unwrap();
         assert_eq!(written["kind"], "RepositorySlice");
         assert_eq!(written["apiVersion"], "scm.shippable.io/v1alpha1");

@@ -334,7 +334,7 @@ async fn whole_list(
                 .find(|s| s.metadata.name.as_deref() == Some(name) && s.controlled_by(&uid))
         });
         if let Ok(found) = found {
-            return Ok(Some(slice::entries(&found).into_iter().cloned().collect()));
+            return Ok(Some(slice::entries(&found)));
         }
     }
     Ok(None)

@@ -192,7 +192,7 @@ async fn with_status_list<'a>(
         && list.len() == count
     {
         let mut restored = subscription.clone();
-        let shown = list.iter().take(MAX_LISTED_REPOSITORIES).cloned().collect();
+        let shown = list.first(MAX_LISTED_REPOSITORIES);
         restored.status.get_or_insert_default().repositories = shown;
         return Ok(Cow::Owned(restored));
     }

@@ -80,11 +80,14 @@ pub async fn publish(
     list: Vec<&Repository>,
 ) -> Result<Vec<SliceRef>, kube::Error> {
     let existing = owned((store, index), subscription);
+    // The cache keeps entries compact; the plan reads them parsed.
+    let parsed: Vec<Vec<Repository>> = existing.iter().map(|s| s.repositories.to_vec()).collect();
     let current: Vec<Current<'_>> = existing
         .iter()
-        .map(|s| Current {
+        .zip(&parsed)
+        .map(|(s, repositories)| Current {
             name: s.metadata.name.as_deref().unwrap_or_default(),
-            repositories: &s.repositories,
+            repositories,
         })
         .collect();
     let plan = slices::plan(list, &current);

@@ -85,7 +85,8 @@ pub(super) async fn told(
         }
     }
     let named = |entry: &Repository| told.iter().any(|t| names(t, entry));
-    let kept = list.iter().filter(|r| !named(r));
+    let listed = list.parse();
+    let kept = listed.iter().filter(|r| !named(r));
     let entries = report::in_order(
         kept.chain(fetched.iter().filter(|r| fits(subscription, r)))
             .collect(),
