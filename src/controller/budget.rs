@@ -240,6 +240,15 @@ fn own_pool_key(integration: &BitbucketIntegration) -> String {
     format!("integration {}", integration.uid().unwrap_or_default())
 }
 
+/// Work the budget let nothing be sent for (see [`Account::ran`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotSent {
+    /// Until there is room.
+    pub wait: Duration,
+    /// Held by a 429 Bitbucket answered (its `Retry-After`), not by the budget's own count.
+    pub rate_limited: bool,
+}
+
 /// A budget and the plan of the work that draws on it.
 struct Pool {
     key: String,
@@ -429,29 +438,37 @@ impl Account {
     }
 
     /// After `key`'s work of `priority` made `calls` requests and ended in `result`: `Some`
-    /// wait when the budget let nothing be sent (the work is still to do, then); otherwise
-    /// planned work's cost is counted in the plan. Nothing is sent when the budget is spent,
-    /// or, for planned work, while a 429 holds it (the transport's `RateLimited` with no
-    /// request made): nothing failed then, and the last state stands.
+    /// when the budget let nothing be sent (the work is still to do, then); otherwise planned
+    /// work's cost is counted in the plan. Nothing is sent when the budget is spent, or, for
+    /// planned work, while a 429 holds it (the transport's `RateLimited` with no request
+    /// made): nothing failed then, and the last state stands.
     pub fn ran<T>(
         &self,
         key: &str,
         priority: Priority,
         result: &Result<T, bitbucket::Error>,
         calls: u32,
-    ) -> Option<Duration> {
+    ) -> Option<NotSent> {
         use bitbucket::Error::{OverBudget, RateLimited};
-        if calls == 0
-            && let Err(
-                OverBudget { retry_after, .. }
-                | RateLimited {
-                    retry_after: Some(retry_after),
-                },
-            ) = result
-        {
-            // A 429 another task's request met (a shared listing) says what Bitbucket sent:
-            // at most a window is believed.
-            return Some((*retry_after).min(self.pool().budget.window()));
+        // A 429 another task's request met (a shared listing) says what Bitbucket sent: at
+        // most a window is believed.
+        let window = self.pool().budget.window();
+        match result {
+            Err(OverBudget { retry_after, .. }) if calls == 0 => {
+                return Some(NotSent {
+                    wait: (*retry_after).min(window),
+                    rate_limited: false,
+                });
+            }
+            Err(RateLimited {
+                retry_after: Some(retry_after),
+            }) if calls == 0 => {
+                return Some(NotSent {
+                    wait: (*retry_after).min(window),
+                    rate_limited: true,
+                });
+            }
+            _ => {}
         }
         if priority == Priority::Planned {
             self.spent(key, calls);

@@ -485,7 +485,9 @@ mod tests {
 
     #[test]
     fn the_first_entries_are_the_first_of_the_sorted_list() {
-        let names: Vec<String> = (0..300).map(|i| format!("r{:03}", (i * 7919) % 300)).collect();
+        let names: Vec<String> = (0..300)
+            .map(|i| format!("r{:03}", (i * 7919) % 300))
+            .collect();
         let slices: Vec<RepositorySlice> = names
             .chunks(70)
             .enumerate()

@@ -301,9 +301,11 @@ async fn validate_when_due(
     } else {
         call.await
     };
-    if let Some(wait) = account.ran(&uid, priority, &result, calls) {
+    if let Some(not_sent) = account.ran(&uid, priority, &result, calls) {
         // Nothing was sent: the last validation stands until there is room.
-        return ValidationOutcome::Unchanged { wait: Some(wait) };
+        return ValidationOutcome::Unchanged {
+            wait: Some(not_sent.wait),
+        };
     }
     let validation = Validation {
         fingerprint: resolved.fingerprint.clone(),

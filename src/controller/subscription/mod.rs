@@ -452,7 +452,7 @@ async fn list_when_due(
     // A planned sync waits for its turn in the budget; one someone asked for goes now.
     let priority = match found.account.priority(&uid, fresh, now) {
         Ok(priority) => priority,
-        Err(wait) => return waiting_for_budget(&found, wait),
+        Err(wait) => return waiting_for_budget(&found, wait, false),
     };
     let asking = Asking {
         fresh,
@@ -460,9 +460,9 @@ async fn list_when_due(
         priority,
     };
     let (listed, calls) = list(shared, subscription, draft, ask, &found, asking).await;
-    if let Some(wait) = found.account.ran(&uid, priority, &listed, calls) {
+    if let Some(not_sent) = found.account.ran(&uid, priority, &listed, calls) {
         // Nothing was sent, so nothing is remembered: the sync is still due.
-        return waiting_for_budget(&found, wait);
+        return waiting_for_budget(&found, not_sent.wait, not_sent.rate_limited);
     }
     let transient = matches!(&listed, Err(e) if Reason::class(e) == Class::Transient);
     remember(shared, &uid, ask, last, fingerprint, now, transient);
@@ -523,10 +523,11 @@ async fn list(
 }
 
 /// A sync that waits `wait` for room in the integration's request budget.
-fn waiting_for_budget(found: &Found, wait: Duration) -> SyncOutcome {
+fn waiting_for_budget(found: &Found, wait: Duration, rate_limited: bool) -> SyncOutcome {
     SyncOutcome::WaitingForBudget {
         wait,
         integration: found.account.name().to_owned(),
+        rate_limited,
     }
 }
 

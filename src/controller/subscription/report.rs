@@ -46,6 +46,8 @@ pub enum SyncOutcome {
     WaitingForBudget {
         wait: std::time::Duration,
         integration: String,
+        /// Held by a 429 Bitbucket answered the credential, rather than by the turns.
+        rate_limited: bool,
     },
     /// `integration` is set when the failure is the listing's (made with its credential).
     Failed {
@@ -102,8 +104,17 @@ pub fn status(
         }
         SyncOutcome::BackingOff { .. } => {}
         // Only a Subscription never listed says so: a listed one keeps showing its list.
-        SyncOutcome::WaitingForBudget { integration, .. } => {
-            waiting_for_budget(&mut status, integration, generation, now);
+        SyncOutcome::WaitingForBudget {
+            integration,
+            wait,
+            rate_limited,
+        } => {
+            let waiting = Waiting {
+                integration,
+                wait: *wait,
+                rate_limited: *rate_limited,
+            };
+            waiting_for_budget(&mut status, &waiting, generation, now);
         }
         // Suspended is a state the user asked for, so it is Ready (kstatus: Current; Flux and
         // `kubectl wait` do not wait forever); the reason says the list is not refreshed.
@@ -149,27 +160,43 @@ pub fn status(
 
 /// Says `Reconciling` while a Subscription never listed waits for its turn in the request
 /// budget; a listed one keeps showing its list.
+/// What a Subscription never listed waits for.
+struct Waiting<'a> {
+    integration: &'a str,
+    wait: std::time::Duration,
+    rate_limited: bool,
+}
+
 fn waiting_for_budget(
     status: &mut SubscriptionStatus,
-    integration: &str,
+    waiting: &Waiting<'_>,
     generation: Option<i64>,
     now: &Time,
 ) {
     if status.repository_count.is_some() {
         return;
     }
-    let message = format!(
-        "waiting for its turn in the request budget of BitbucketIntegration {integration}, \
-         which other Subscriptions share"
-    );
+    let integration = waiting.integration;
+    let (reason, message) = match waiting.rate_limited {
+        false => (
+            reasons::WAITING_FOR_REQUEST_BUDGET,
+            format!(
+                "waiting for its turn in the request budget of BitbucketIntegration \
+                 {integration}, which other Subscriptions share"
+            ),
+        ),
+        true => (
+            reasons::RATE_LIMITED,
+            format!(
+                "Bitbucket rate-limited the credential of BitbucketIntegration {integration} \
+                 (429): its planned work waits {}s, as Bitbucket asked",
+                waiting.wait.as_secs()
+            ),
+        ),
+    };
     conditions::set(
         &mut status.conditions,
-        Desired::new(
-            RECONCILING,
-            Status::True,
-            reasons::WAITING_FOR_REQUEST_BUDGET,
-            message,
-        ),
+        Desired::new(RECONCILING, Status::True, reason, message),
         generation,
         now,
     );
@@ -367,6 +394,35 @@ mod tests {
         let latest = Time(jiff::Timestamp::from_second(1_000_120).unwrap());
         let same = status(&second, &ask(), &listed(&["api", "docs"], &filter), &latest);
         assert_eq!(same, second, "the same listing changes nothing");
+    }
+
+    #[test]
+    fn a_subscription_never_listed_says_what_its_first_listing_waits_for() {
+        let waiting = |rate_limited| SyncOutcome::WaitingForBudget {
+            wait: std::time::Duration::from_secs(598),
+            integration: "acme".into(),
+            rate_limited,
+        };
+        let reconciling = |status: &SubscriptionStatus| {
+            let c = conditions::get(&status.conditions, RECONCILING).unwrap();
+            (c.reason.clone(), c.message.clone())
+        };
+        let new = SubscriptionStatus::default();
+        let turn = status(&new, &ask(), &waiting(false), &now());
+        assert_eq!(reconciling(&turn).0, "WaitingForRequestBudget");
+        let held = status(&new, &ask(), &waiting(true), &now());
+        assert_eq!(
+            reconciling(&held),
+            (
+                "RateLimited".to_owned(),
+                "Bitbucket rate-limited the credential of BitbucketIntegration acme (429): its \
+                 planned work waits 598s, as Bitbucket asked"
+                    .to_owned()
+            )
+        );
+        // A listed one keeps showing its list, and says nothing new.
+        let synced = status(&new, &ask(), &listed(&["api"], &Default::default()), &now());
+        assert_eq!(status(&synced, &ask(), &waiting(true), &now()), synced);
     }
 
     #[test]
