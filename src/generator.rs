@@ -160,7 +160,8 @@ async fn render(
             b"{\"output\":{\"parameters\":[",
         ));
         let mut chunk = Vec::new();
-        for (i, repository) in list.entries().iter().enumerate() {
+        // Parsed for this rendering only: the rendered answer is what is kept.
+        for (i, repository) in list.parse().iter().enumerate() {
             if i > 0 {
                 chunk.push(b',');
             }
