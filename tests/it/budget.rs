@@ -341,3 +341,133 @@ async fn planned_work_held_by_a_rate_limit_sends_nothing_and_keeps_its_state() {
     )
     .await;
 }
+
+/// After a 429 whose `Retry-After` is an hour (or nonsense), a sync request still validates at
+/// once, and the integration stays Ready through the planned validations after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_request_after_a_long_retry_after_validates_at_once_and_stays_ready() {
+    let env = Env::start_with("long-429", Fixture::demo(), |s| {
+        s.interval_override = Some(Duration::from_secs(2));
+    })
+    .await;
+    env.secret("dc-token", &[("token", DC_TOKEN)]).await;
+    env.create(&env.data_center("dc", CredentialType::AccessToken, "dc-token"))
+        .await;
+    let integrations = env.api::<BitbucketIntegration>();
+    await_object(&integrations, "dc", "dc Ready", is_ready_integration).await;
+    let control = env.sim.control();
+    control.add_fault(
+        FaultRule::status(429)
+            .with_retry_after("18446744073709551615")
+            .on_path("/rest")
+            .times(1),
+    );
+    integrations
+        .patch("dc", &PatchParams::default(), &sync_request("limited"))
+        .await
+        .unwrap();
+    let reason_is = |reason: &'static str| {
+        move |i: &BitbucketIntegration| {
+            i.status.as_ref().is_some_and(|s| {
+                condition(&s.conditions, "Ready").is_some_and(|c| c.reason == reason)
+            })
+        }
+    };
+    await_object(
+        &integrations,
+        "dc",
+        "dc rate limited",
+        reason_is("RateLimited"),
+    )
+    .await;
+    integrations
+        .patch("dc", &PatchParams::default(), &sync_request("after"))
+        .await
+        .unwrap();
+    await_object(
+        &integrations,
+        "dc",
+        "dc Ready again",
+        |i: &BitbucketIntegration| {
+            is_ready_integration(i)
+                && i.status
+                    .as_ref()
+                    .and_then(|s| s.last_handled_sync_request.as_deref())
+                    == Some("after")
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let dc = integrations.get("dc").await.unwrap();
+    assert!(is_ready_integration(&dc), "{:#?}", dc.status);
+}
+
+/// A sync request that finds the credential's budget spent is not sent, and not handled yet:
+/// the integration says it waits (`Reconciling`, `RequestBudgetSpent`), keeps its last
+/// validation, and validates once the window has room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_request_that_finds_the_budget_spent_says_it_waits_until_there_is_room() {
+    let env = Env::start_with("spent", Fixture::demo(), |s| {
+        s.budget_window = WINDOW;
+    })
+    .await;
+    env.secret(
+        "acme-token",
+        &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
+    )
+    .await;
+    let mut acme = env.cloud("acme", CredentialType::ApiToken, "acme-token", None);
+    acme.spec.request_budget = Some(RequestBudget {
+        requests_per_hour: Some(2),
+        planned_percent: None,
+    });
+    env.create(&acme).await;
+    let integrations = env.api::<BitbucketIntegration>();
+    let handled = |value: &'static str| {
+        move |i: &BitbucketIntegration| {
+            is_ready_integration(i)
+                && i.status
+                    .as_ref()
+                    .and_then(|s| s.last_handled_sync_request.as_deref())
+                    == Some(value)
+        }
+    };
+    await_object(&integrations, "acme", "acme Ready", is_ready_integration).await;
+    integrations
+        .patch("acme", &PatchParams::default(), &sync_request("one"))
+        .await
+        .unwrap();
+    await_object(&integrations, "acme", "request one handled", handled("one")).await;
+    let requests = env.sim.control().counters().credential(CREDENTIAL);
+    integrations
+        .patch("acme", &PatchParams::default(), &sync_request("two"))
+        .await
+        .unwrap();
+    let waiting = await_object(
+        &integrations,
+        "acme",
+        "acme to say it waits",
+        |i: &BitbucketIntegration| {
+            i.status.as_ref().is_some_and(|s| {
+                condition(&s.conditions, "Reconciling")
+                    .is_some_and(|c| c.reason == "RequestBudgetSpent")
+            })
+        },
+    )
+    .await;
+    let status = waiting.status.unwrap();
+    assert_eq!(status.last_handled_sync_request.as_deref(), Some("one"));
+    assert!(is_ready_integration(
+        &integrations.get("acme").await.unwrap()
+    ));
+    assert_eq!(
+        env.sim.control().counters().credential(CREDENTIAL),
+        requests
+    );
+    await_object(&integrations, "acme", "request two handled", handled("two")).await;
+    let done = integrations.get("acme").await.unwrap().status.unwrap();
+    assert!(
+        condition(&done.conditions, "Reconciling").is_none(),
+        "{done:#?}"
+    );
+}

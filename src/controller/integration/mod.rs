@@ -302,9 +302,12 @@ async fn validate_when_due(
         call.await
     };
     if let Some(not_sent) = account.ran(&uid, priority, &result, calls) {
-        // Nothing was sent: the last validation stands until there is room.
-        return ValidationOutcome::Unchanged {
-            wait: Some(not_sent.wait),
+        // Nothing was sent: the last validation stands until there is room, and one that was
+        // asked for says it waits.
+        let wait = not_sent.wait;
+        return match changed {
+            true => ValidationOutcome::WaitingForBudget { wait },
+            false => ValidationOutcome::Unchanged { wait: Some(wait) },
         };
     }
     let validation = Validation {
@@ -345,7 +348,9 @@ fn after(
             Some(wait) => Action::requeue(sooner(wait)),
             None => Action::await_change(),
         },
-        ValidationOutcome::BackingOff { wait } => Action::requeue(sooner(wait)),
+        ValidationOutcome::BackingOff { wait } | ValidationOutcome::WaitingForBudget { wait } => {
+            Action::requeue(sooner(wait))
+        }
         ValidationOutcome::Failed(error) => {
             shared.count_error(CONTROLLER, error.reason());
             if finish::waits_for_server(&error) {

@@ -113,6 +113,12 @@ pub enum ValidationOutcome {
     BackingOff {
         wait: Duration,
     },
+    /// A validation someone asked for (a sync request, a changed spec or Secret) that the
+    /// credential's spent request budget let nothing be sent for: the last validation stands,
+    /// `Reconciling` says it waits, and the request is not handled yet.
+    WaitingForBudget {
+        wait: Duration,
+    },
     Failed(Error),
 }
 
@@ -132,11 +138,26 @@ pub fn status(
     if let Some(users) = users {
         users.show(&mut status);
     }
-    if ask.requested.is_some() {
+    let waiting = matches!(outcome, ValidationOutcome::WaitingForBudget { .. });
+    if ask.requested.is_some() && !waiting {
         status.last_handled_sync_request = ask.requested.clone();
     }
     conditions::remove(&mut status.conditions, DELETION_BLOCKED);
     match outcome {
+        ValidationOutcome::WaitingForBudget { wait } => {
+            let message = format!(
+                "the validation asked for waits for room in the credential's request budget \
+                 (status.requestBudget), about {}",
+                crate::bitbucket::budget::humanize(*wait)
+            );
+            let waits = Desired::new(
+                RECONCILING,
+                Status::True,
+                reasons::REQUEST_BUDGET_SPENT,
+                message,
+            );
+            conditions::set(&mut status.conditions, waits, generation, now);
+        }
         ValidationOutcome::Unchanged { .. } => {
             conditions::remove(&mut status.conditions, RECONCILING)
         }

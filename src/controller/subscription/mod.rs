@@ -452,7 +452,7 @@ async fn list_when_due(
     // A planned sync waits for its turn in the budget; one someone asked for goes now.
     let priority = match found.account.priority(&uid, fresh, now) {
         Ok(priority) => priority,
-        Err(wait) => return waiting_for_budget(&found, wait, false),
+        Err(wait) => return waiting_for_budget(&found, wait, (false, false)),
     };
     let asking = Asking {
         fresh,
@@ -462,7 +462,8 @@ async fn list_when_due(
     let (listed, calls) = list(shared, subscription, draft, ask, &found, asking).await;
     if let Some(not_sent) = found.account.ran(&uid, priority, &listed, calls) {
         // Nothing was sent, so nothing is remembered: the sync is still due.
-        return waiting_for_budget(&found, not_sent.wait, not_sent.rate_limited);
+        let why = (fresh, not_sent.rate_limited);
+        return waiting_for_budget(&found, not_sent.wait, why);
     }
     let transient = matches!(&listed, Err(e) if Reason::class(e) == Class::Transient);
     remember(shared, &uid, ask, last, fingerprint, now, transient);
@@ -523,10 +524,17 @@ async fn list(
 }
 
 /// A sync that waits `wait` for room in the integration's request budget.
-fn waiting_for_budget(found: &Found, wait: Duration, rate_limited: bool) -> SyncOutcome {
+/// `(asked, rate_limited)`: whether someone asked for the sync, and whether a 429's hold
+/// rather than the budget keeps it back.
+fn waiting_for_budget(
+    found: &Found,
+    wait: Duration,
+    (asked, rate_limited): (bool, bool),
+) -> SyncOutcome {
     SyncOutcome::WaitingForBudget {
         wait,
         integration: found.account.name().to_owned(),
+        asked,
         rate_limited,
     }
 }

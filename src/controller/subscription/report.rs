@@ -46,6 +46,8 @@ pub enum SyncOutcome {
     WaitingForBudget {
         wait: std::time::Duration,
         integration: String,
+        /// Someone asked for the sync (a sync request, a webhook): the budget is spent.
+        asked: bool,
         /// Held by a 429 Bitbucket answered the credential, rather than by the turns.
         rate_limited: bool,
     },
@@ -84,7 +86,8 @@ pub fn status(
     let mut status = shown.clone();
     let generation = ask.generation;
     status.observed_generation = generation;
-    if ask.requested.is_some() {
+    let waiting = matches!(outcome, SyncOutcome::WaitingForBudget { .. });
+    if ask.requested.is_some() && !waiting {
         status.last_handled_sync_request = ask.requested.clone();
     }
     let ready = |status: &mut SubscriptionStatus, ready, reason, message: String| {
@@ -107,11 +110,13 @@ pub fn status(
         SyncOutcome::WaitingForBudget {
             integration,
             wait,
+            asked,
             rate_limited,
         } => {
             let waiting = Waiting {
                 integration,
                 wait: *wait,
+                asked: *asked,
                 rate_limited: *rate_limited,
             };
             waiting_for_budget(&mut status, &waiting, generation, now);
@@ -164,6 +169,7 @@ pub fn status(
 struct Waiting<'a> {
     integration: &'a str,
     wait: std::time::Duration,
+    asked: bool,
     rate_limited: bool,
 }
 
@@ -173,11 +179,20 @@ fn waiting_for_budget(
     generation: Option<i64>,
     now: &Time,
 ) {
-    if status.repository_count.is_some() {
+    // A listed one keeps showing its list, and says nothing new unless someone asked.
+    if status.repository_count.is_some() && !waiting.asked {
         return;
     }
     let integration = waiting.integration;
     let (reason, message) = match waiting.rate_limited {
+        false if waiting.asked => (
+            reasons::REQUEST_BUDGET_SPENT,
+            format!(
+                "the sync asked for waits for room in the request budget of \
+                 BitbucketIntegration {integration} (its status.requestBudget), about {}",
+                crate::bitbucket::budget::humanize(waiting.wait)
+            ),
+        ),
         false => (
             reasons::WAITING_FOR_REQUEST_BUDGET,
             format!(
@@ -401,6 +416,7 @@ mod tests {
         let waiting = |rate_limited| SyncOutcome::WaitingForBudget {
             wait: std::time::Duration::from_secs(598),
             integration: "acme".into(),
+            asked: false,
             rate_limited,
         };
         let reconciling = |status: &SubscriptionStatus| {
@@ -423,6 +439,29 @@ mod tests {
         // A listed one keeps showing its list, and says nothing new.
         let synced = status(&new, &ask(), &listed(&["api"], &Default::default()), &now());
         assert_eq!(status(&synced, &ask(), &waiting(true), &now()), synced);
+        // Unless someone asked: the sync request waits for a spent budget, and is not handled.
+        let asked = SyncAsk {
+            requested: Some("later".into()),
+            ..ask()
+        };
+        let spent = SyncOutcome::WaitingForBudget {
+            wait: std::time::Duration::from_secs(600),
+            integration: "acme".into(),
+            asked: true,
+            rate_limited: false,
+        };
+        let waits = status(&synced, &asked, &spent, &now());
+        assert_eq!(waits.repositories, synced.repositories);
+        assert_eq!(waits.last_handled_sync_request.as_deref(), Some("now"));
+        assert_eq!(
+            reconciling(&waits),
+            (
+                "RequestBudgetSpent".to_owned(),
+                "the sync asked for waits for room in the request budget of BitbucketIntegration \
+                 acme (its status.requestBudget), about 10m"
+                    .to_owned()
+            )
+        );
     }
 
     #[test]
