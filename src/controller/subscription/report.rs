@@ -107,19 +107,8 @@ pub fn status(
         }
         SyncOutcome::BackingOff { .. } => {}
         // Only a Subscription never listed says so: a listed one keeps showing its list.
-        SyncOutcome::WaitingForBudget {
-            integration,
-            wait,
-            asked,
-            rate_limited,
-        } => {
-            let waiting = Waiting {
-                integration,
-                wait: *wait,
-                asked: *asked,
-                rate_limited: *rate_limited,
-            };
-            waiting_for_budget(&mut status, &waiting, generation, now);
+        SyncOutcome::WaitingForBudget { .. } => {
+            waiting_for_budget(&mut status, outcome, generation, now);
         }
         // Suspended is a state the user asked for, so it is Ready (kstatus: Current; Flux and
         // `kubectl wait` do not wait forever); the reason says the list is not refreshed.
@@ -165,32 +154,33 @@ pub fn status(
 
 /// Says `Reconciling` while a Subscription never listed waits for its turn in the request
 /// budget; a listed one keeps showing its list.
-/// What a Subscription never listed waits for.
-struct Waiting<'a> {
-    integration: &'a str,
-    wait: std::time::Duration,
-    asked: bool,
-    rate_limited: bool,
-}
-
+/// What a Subscription waits for (`outcome` is [`SyncOutcome::WaitingForBudget`]).
 fn waiting_for_budget(
     status: &mut SubscriptionStatus,
-    waiting: &Waiting<'_>,
+    outcome: &SyncOutcome,
     generation: Option<i64>,
     now: &Time,
 ) {
+    let SyncOutcome::WaitingForBudget {
+        integration,
+        wait,
+        asked,
+        rate_limited,
+    } = outcome
+    else {
+        return;
+    };
     // A listed one keeps showing its list, and says nothing new unless someone asked.
-    if status.repository_count.is_some() && !waiting.asked {
+    if status.repository_count.is_some() && !asked {
         return;
     }
-    let integration = waiting.integration;
-    let (reason, message) = match waiting.rate_limited {
-        false if waiting.asked => (
+    let (reason, message) = match rate_limited {
+        false if *asked => (
             reasons::REQUEST_BUDGET_SPENT,
             format!(
                 "the sync asked for waits for room in the request budget of \
                  BitbucketIntegration {integration} (its status.requestBudget), about {}",
-                crate::bitbucket::budget::humanize(waiting.wait)
+                crate::bitbucket::budget::humanize(*wait)
             ),
         ),
         false => (
@@ -205,7 +195,7 @@ fn waiting_for_budget(
             format!(
                 "Bitbucket rate-limited the credential of BitbucketIntegration {integration} \
                  (429): its planned work waits {}s, as Bitbucket asked",
-                waiting.wait.as_secs()
+                wait.as_secs()
             ),
         ),
     };
