@@ -311,17 +311,18 @@ impl Catalog {
         let mut complete = lock(&self.complete);
         complete.retain(|uid, _| live.contains(uid));
         for list in complete.values() {
-            let mut rendered = lock(&list.rendered);
-            match rendered.as_mut() {
-                Some(kept) if kept.asked => kept.asked = false,
-                _ => *rendered = None,
-            }
-            let mut parsed = lock(&list.parsed);
-            match parsed.as_mut() {
-                Some(kept) if kept.asked => kept.asked = false,
-                _ => *parsed = None,
-            }
+            keep_if_asked(&mut lock(&list.rendered), |r| &mut r.asked);
+            keep_if_asked(&mut lock(&list.parsed), |p| &mut p.asked);
         }
+    }
+}
+
+/// Drops what `kept` holds unless it was asked for since the last sweep, and starts counting
+/// again (`asked` is its flag).
+fn keep_if_asked<T>(kept: &mut Option<T>, asked: impl Fn(&mut T) -> &mut bool) {
+    match kept.as_mut().map(asked) {
+        Some(flag) if *flag => *flag = false,
+        _ => *kept = None,
     }
 }
 

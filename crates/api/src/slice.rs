@@ -67,7 +67,14 @@ pub struct SliceRef {
 /// A digest of a slice's entries: 32 hex digits of the SHA-256 of their JSON, as the API server
 /// stores them (so what the operator wrote and what a reader reads back digest alike).
 pub fn digest(repositories: &[Repository]) -> String {
-    Entries::from(repositories.to_vec()).digest()
+    hex_digest(&serde_json::to_vec(repositories).expect("repositories serialise to JSON"))
+}
+
+/// 32 hex digits of the SHA-256 of `json`.
+fn hex_digest(json: &[u8]) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(json);
+    hash[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A slice's entries, kept as one allocation: their JSON (compact, fields in [`Repository`]'s
@@ -108,9 +115,7 @@ impl Entries {
 
     /// See [`digest`]: the digest of the JSON kept.
     pub fn digest(&self) -> String {
-        use sha2::Digest;
-        let hash = sha2::Sha256::digest(self.json().as_bytes());
-        hash[..16].iter().map(|b| format!("{b:02x}")).collect()
+        hex_digest(self.json().as_bytes())
     }
 }
 
