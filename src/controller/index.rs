@@ -138,9 +138,14 @@ impl<K: kube::Resource<DynamicType = ()>> State<K> {
         if keys.is_empty() {
             return;
         }
-        // Its old keys no longer list it, and `keys` holds each key once.
+        // Its old keys no longer list it, and `keys` holds each key once. Most keys have one
+        // object (a Subscription's slice): room for one, not the four a first push makes.
         for key in &keys {
-            self.by_key.entry(*key).or_default().push(reference.clone());
+            let objects = self
+                .by_key
+                .entry(*key)
+                .or_insert_with(|| Vec::with_capacity(1));
+            objects.push(reference.clone());
         }
         self.keys_of.insert(reference, keys);
     }

@@ -13,7 +13,7 @@ use std::{
 
 use super::lock;
 use crate::{
-    api::Repository,
+    api::{Entries, Repository},
     bitbucket::{self, ListScope, ListingSummary},
 };
 
@@ -45,7 +45,9 @@ struct Listing {
     /// Summaries that confirmed it since the full fetch.
     confirmed: u32,
     summary: ListingSummary,
-    repositories: Arc<Vec<Repository>>,
+    /// Compact, as a slice's entries are (one listing is kept per integration and scope: at
+    /// 10,000 integrations, about 50 MiB as structs), and parsed for each Subscription given it.
+    repositories: Entries,
 }
 
 type Slot = Arc<tokio::sync::Mutex<Option<Listing>>>;
@@ -114,16 +116,16 @@ impl ListingCache {
         {
             if want.fresh {
                 if cached.fetched_at >= asked_at {
-                    return Ok(Arc::clone(&cached.repositories));
+                    return Ok(Arc::new(cached.repositories.to_vec()));
                 }
             } else if cached.checked_at.elapsed() < want.max_age {
-                return Ok(Arc::clone(&cached.repositories));
+                return Ok(Arc::new(cached.repositories.to_vec()));
             } else if cached.confirmed < want.confirmations
                 && summarize.await?.as_ref() == Some(&cached.summary)
             {
                 cached.checked_at = Instant::now();
                 cached.confirmed += 1;
-                return Ok(Arc::clone(&cached.repositories));
+                return Ok(Arc::new(cached.repositories.to_vec()));
             }
         }
         // The listing being replaced goes before the new one is fetched: two listings of a
@@ -141,11 +143,9 @@ impl ListingCache {
             checked_at: now,
             confirmed: 0,
             summary,
-            repositories: Arc::new(repositories),
+            repositories: Entries::from(repositories.as_slice()),
         });
-        Ok(Arc::clone(
-            &listing.as_ref().expect("just stored").repositories,
-        ))
+        Ok(Arc::new(repositories))
     }
 
     /// Drops the listing of integration `uid` and `scope` (a repository of it was fetched

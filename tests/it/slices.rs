@@ -53,6 +53,34 @@ async fn slices_of(env: &Env, name: &str) -> Vec<RepositorySlice> {
         .items
 }
 
+/// Each of `slices` is controlled by `subscription`, with a whole controller reference (as
+/// the garbage collector and `kubectl` read it).
+fn assert_owned_by(slices: &[RepositorySlice], subscription: &Subscription) {
+    for slice in slices {
+        let owners = slice.owner_references();
+        assert_eq!(owners.len(), 1, "{}: {owners:?}", slice.name_any());
+        let owner = &owners[0];
+        assert_eq!(
+            (
+                owner.api_version.as_str(),
+                owner.kind.as_str(),
+                owner.name.as_str(),
+                owner.uid.as_str(),
+                owner.controller,
+            ),
+            (
+                "scm.shippable.io/v1alpha1",
+                "Subscription",
+                subscription.name_any().as_str(),
+                subscription.uid().unwrap().as_str(),
+                Some(true)
+            ),
+            "{}",
+            slice.name_any()
+        );
+    }
+}
+
 /// The full names the slices hold, each checked to be held once.
 fn held_once(slices: &[RepositorySlice]) -> BTreeSet<String> {
     let mut held = BTreeSet::new();
@@ -125,12 +153,8 @@ async fn the_slices_hold_the_whole_list_and_writes_follow_what_changed() {
     for slice in &slices {
         assert!(slice.repositories.len() <= MAX_REPOSITORIES_PER_SLICE);
         assert_eq!(slice.repository_count as usize, slice.repositories.len());
-        let owner = &slice.owner_references()[0];
-        assert_eq!(
-            (owner.kind.as_str(), owner.uid.as_str(), owner.controller),
-            ("Subscription", created.uid().unwrap().as_str(), Some(true))
-        );
     }
+    assert_owned_by(&slices, &created);
     let named: BTreeSet<(String, String)> = slices
         .iter()
         .map(|s| (s.name_any(), s.digest.clone()))
@@ -212,6 +236,9 @@ async fn the_slices_hold_the_whole_list_and_writes_follow_what_changed() {
         &expected,
         "the slices after ten were added",
     );
+    // The slice updated still carries its label (`slices_of` found it by it) and its whole
+    // controller reference, though the operator's cache keeps neither.
+    assert_owned_by(&slices, &created);
 
     // Deleting the Subscription: the garbage collector removes its slices.
     env.api::<Subscription>()

@@ -121,7 +121,13 @@ impl Entries {
 
 impl From<Vec<Repository>> for Entries {
     fn from(repositories: Vec<Repository>) -> Self {
-        let json = serde_json::to_vec(&repositories).expect("repositories serialise to JSON");
+        repositories.as_slice().into()
+    }
+}
+
+impl From<&[Repository]> for Entries {
+    fn from(repositories: &[Repository]) -> Self {
+        let json = serde_json::to_vec(repositories).expect("repositories serialise to JSON");
         let deflated = miniz_oxide::deflate::compress_to_vec(&json, DEFLATE_LEVEL);
         Self {
             deflated: deflated.into_boxed_slice(),

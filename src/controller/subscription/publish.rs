@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, PostParams, Preconditions},
@@ -139,6 +140,10 @@ struct Writer<'a> {
     namespace: String,
     uid: String,
     params: PostParams,
+    /// What every slice of the Subscription carries, written again with each update: the
+    /// cache keeps neither (`run::lean_slice`).
+    labels: std::collections::BTreeMap<String, String>,
+    owner: Option<OwnerReference>,
 }
 
 impl<'a> Writer<'a> {
@@ -158,6 +163,8 @@ impl<'a> Writer<'a> {
                 field_manager: Some(MANAGER.into()),
                 ..PostParams::default()
             },
+            labels: labels(subscription),
+            owner: subscription.controller_owner_ref(&()),
         }
     }
 
@@ -191,8 +198,8 @@ impl<'a> Writer<'a> {
         slice.metadata = kube::api::ObjectMeta {
             generate_name: Some(format!("{name}-")),
             namespace: Some(self.namespace.clone()),
-            labels: Some(labels(subscription)),
-            owner_references: subscription.controller_owner_ref(&()).map(|o| vec![o]),
+            labels: Some(self.labels.clone()),
+            owner_references: self.owner.clone().map(|o| vec![o]),
             ..Default::default()
         };
         let created = self.api.create(&self.params, &slice).await?;
@@ -206,7 +213,11 @@ impl<'a> Writer<'a> {
         // Gone from the cache since the plan: the next sync plans again.
         let cached = self.cached(&name).ok_or_else(|| gone(&name))?;
         let mut slice = RepositorySlice::new(&name, repositories);
-        slice.metadata = cached.metadata.clone();
+        slice.metadata = kube::api::ObjectMeta {
+            labels: Some(self.labels.clone()),
+            owner_references: self.owner.clone().map(|o| vec![o]),
+            ..cached.metadata.clone()
+        };
         let updated = self.api.replace(&name, &self.params, &slice).await?;
         self.written("update", &name, Some(updated.digest.clone()));
         Ok(reference(&updated))
