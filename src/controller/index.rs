@@ -20,46 +20,56 @@ use kube::runtime::{
 use super::lock;
 
 /// The objects of kind `K` by key, as their watch shows them. Kept small, since it holds an
-/// entry for every object: keys as 64-bit hashes, references without resourceVersion and UID
-/// (an object found under a key is checked against its keys before it is returned).
+/// entry for every object: keys as 64-bit hashes, objects by name and namespace only (an object
+/// found under a key is checked against its keys before it is returned).
 pub struct Index<K: kube::Resource<DynamicType = ()>> {
     /// An object's keys (none: not indexed).
     keys: fn(&K) -> Vec<String>,
-    state: Mutex<State<K>>,
+    state: Mutex<State>,
 }
 
 /// A key's hash.
 type Hashed = u64;
 
-struct State<K: kube::Resource<DynamicType = ()>> {
-    by_key: HashMap<Hashed, Vec<ObjectRef<K>>>,
-    keys_of: HashMap<ObjectRef<K>, Box<[Hashed]>>,
-    /// While the watch lists again: the objects listed so far. Those not listed by its end
-    /// are gone (until then the index keeps them, as the store does).
-    listing: Option<HashSet<ObjectRef<K>>>,
+/// An object as the index keeps it: its namespace and name, a third of an `ObjectRef`'s size
+/// (which has room for a resourceVersion and a UID). Held twice for every object.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Ref {
+    namespace: Option<Box<str>>,
+    name: Box<str>,
 }
 
-impl<K: kube::Resource<DynamicType = ()>> Default for State<K> {
-    fn default() -> Self {
+impl Ref {
+    fn of(object: &impl kube::Resource) -> Self {
+        let meta = object.meta();
         Self {
-            by_key: HashMap::new(),
-            keys_of: HashMap::new(),
-            listing: None,
+            namespace: meta.namespace.as_deref().map(Box::from),
+            name: meta.name.as_deref().unwrap_or_default().into(),
         }
     }
+
+    fn object_ref<K: kube::Resource<DynamicType = ()>>(&self) -> ObjectRef<K> {
+        let reference = ObjectRef::new(&self.name);
+        match &self.namespace {
+            Some(namespace) => reference.within(namespace),
+            None => reference,
+        }
+    }
+}
+
+#[derive(Default)]
+struct State {
+    by_key: HashMap<Hashed, Vec<Ref>>,
+    keys_of: HashMap<Ref, Box<[Hashed]>>,
+    /// While the watch lists again: the objects listed so far. Those not listed by its end
+    /// are gone (until then the index keeps them, as the store does).
+    listing: Option<HashSet<Ref>>,
 }
 
 /// `key`'s hash (the same in every process run: only the index uses it).
 fn hashed(key: &str) -> Hashed {
     std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
         .hash_one(key)
-}
-
-/// `object`'s reference as the index keeps it: its name and namespace only.
-fn reference<K: kube::Resource<DynamicType = ()>>(object: &K) -> ObjectRef<K> {
-    let mut reference = ObjectRef::from_obj(object);
-    reference.extra = Default::default();
-    reference
 }
 
 impl<K: kube::Resource<DynamicType = ()> + Clone> Index<K> {
@@ -80,21 +90,21 @@ impl<K: kube::Resource<DynamicType = ()> + Clone> Index<K> {
         };
         let mut state = lock(&self.state);
         match event {
-            watcher::Event::Apply(object) => state.put(reference(object), keys(object)),
+            watcher::Event::Apply(object) => state.put(Ref::of(object), keys(object)),
             watcher::Event::InitApply(object) => {
-                let reference = reference(object);
+                let reference = Ref::of(object);
                 if let Some(listed) = state.listing.as_mut() {
                     listed.insert(reference.clone());
                 }
                 state.put(reference, keys(object));
             }
-            watcher::Event::Delete(object) => state.put(reference(object), Box::default()),
+            watcher::Event::Delete(object) => state.put(Ref::of(object), Box::default()),
             watcher::Event::Init => state.listing = Some(HashSet::new()),
             watcher::Event::InitDone => {
                 let Some(listed) = state.listing.take() else {
                     return;
                 };
-                let gone: Vec<ObjectRef<K>> = (state.keys_of.keys())
+                let gone: Vec<Ref> = (state.keys_of.keys())
                     .filter(|reference| !listed.contains(*reference))
                     .cloned()
                     .collect();
@@ -110,7 +120,7 @@ impl<K: kube::Resource<DynamicType = ()> + Clone> Index<K> {
     pub fn get(&self, key: &str) -> Vec<ObjectRef<K>> {
         let state = lock(&self.state);
         (state.by_key.get(&hashed(key)).into_iter().flatten())
-            .cloned()
+            .map(Ref::object_ref)
             .collect()
     }
 
@@ -124,9 +134,9 @@ impl<K: kube::Resource<DynamicType = ()> + Clone> Index<K> {
     }
 }
 
-impl<K: kube::Resource<DynamicType = ()>> State<K> {
+impl State {
     /// `reference` now has `keys` (none: is no longer indexed).
-    fn put(&mut self, reference: ObjectRef<K>, keys: Box<[Hashed]>) {
+    fn put(&mut self, reference: Ref, keys: Box<[Hashed]>) {
         for old in self.keys_of.remove(&reference).into_iter().flatten() {
             if let Some(objects) = self.by_key.get_mut(&old) {
                 objects.retain(|o| *o != reference);
