@@ -548,8 +548,8 @@ impl CpuClock {
     fn start(operator: u32) -> Self {
         let processes = [
             ("operator", Some(operator)),
-            ("kube-apiserver", pid_of("kube-apiserver")),
-            ("etcd", pid_of("etcd")),
+            ("kube-apiserver", plane_pid("kube-apiserver")),
+            ("etcd", plane_pid("etcd")),
         ];
         Self {
             started: Instant::now(),
@@ -566,6 +566,17 @@ impl CpuClock {
             .filter_map(|(who, pid, before)| Some((*who, (cpu_seconds((*pid)?) - before) / wall)))
             .collect())
     }
+}
+
+/// The process `name` of the plane the benchmark runs on: the PID file beside its kubeconfig
+/// (`hack/control-plane.sh` writes both), else the first process of that name. Another plane
+/// on the machine (the chaos soak's, whose API server it kills) must not be read instead.
+fn plane_pid(name: &str) -> Option<u32> {
+    let kubeconfig = std::path::PathBuf::from(std::env::var_os("KUBECONFIG")?);
+    let pid_file = kubeconfig.parent()?.join(format!("{name}.pid"));
+    (std::fs::read_to_string(pid_file).ok())
+        .and_then(|pid| pid.trim().parse().ok())
+        .or_else(|| pid_of(name))
 }
 
 /// The process whose command is `name` (the first found).
