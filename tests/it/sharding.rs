@@ -17,7 +17,9 @@ use kube::{
 use crate::{
     generator::{TOKEN, ask, naming, offered, serve_from},
     support::{
+        PATIENCE,
         env::{API_TOKEN, Env, is_synced, subscription_reason_is},
+        eventually,
         operator::{Operator, await_object, subscription, sync_request, test_settings},
     },
 };
@@ -145,11 +147,15 @@ async fn two_shards_each_own_their_objects_and_nothing_twice() {
         Some("b-1"),
         "shard a's operator handled a Subscription of no shard"
     );
-    assert_eq!(
-        env.operator().status_writes() - writes_before,
-        1,
-        "A wrote sa's status once, and nothing of B's"
-    );
+    // The watch may show the write before the write's own call has returned and counted it.
+    let written = || env.operator().status_writes() - writes_before;
+    eventually(
+        "A's write of sa's status to be counted",
+        PATIENCE,
+        || async { (written() >= 1).then_some(()) },
+    )
+    .await;
+    assert_eq!(written(), 1, "A wrote sa's status once, and nothing of B's");
     let mut settings = test_settings(&env.ns.name);
     settings.label_selector = Some(NO_SHARD.into());
     let _b = Operator::start(env.client.clone(), settings);
