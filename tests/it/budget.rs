@@ -37,11 +37,7 @@ async fn intervals_the_budget_cannot_keep_are_stretched_and_said_and_bitbucket_n
     .await;
     env.sim.control().set_rate_window(WINDOW);
     env.sim.control().set_rate_limit(CREDENTIAL, Some(LIMIT));
-    env.secret(
-        "acme-token",
-        &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
-    )
-    .await;
+    env.jdoe_token_secret("acme-token").await;
     let mut acme = env.cloud("acme", CredentialType::ApiToken, "acme-token", None);
     // The window stands for an hour.
     let per_hour = LIMIT;
@@ -185,11 +181,7 @@ fn series(text: &str, name: &str, integration: &str) -> Option<u32> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn integrations_of_one_cloud_user_draw_on_one_budget() {
     let env = Env::start("budget-shared").await;
-    env.secret(
-        "acme-token",
-        &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
-    )
-    .await;
+    env.jdoe_token_secret("acme-token").await;
     for name in ["a", "b"] {
         env.create(&env.cloud(name, CredentialType::ApiToken, "acme-token", None))
             .await;
@@ -411,11 +403,7 @@ async fn a_sync_request_that_finds_the_budget_spent_says_it_waits_until_there_is
         s.budget_window = WINDOW;
     })
     .await;
-    env.secret(
-        "acme-token",
-        &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
-    )
-    .await;
+    env.jdoe_token_secret("acme-token").await;
     let mut acme = env.cloud("acme", CredentialType::ApiToken, "acme-token", None);
     acme.spec.request_budget = Some(RequestBudget {
         requests_per_hour: Some(2),

@@ -70,11 +70,7 @@ impl Env {
     /// A second Ready Cloud integration, `name`, with its own Secret.
     async fn other_ready_integration(&self, name: &str) {
         let secret = format!("{name}-token");
-        self.secret(
-            &secret,
-            &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
-        )
-        .await;
+        self.jdoe_token_secret(&secret).await;
         self.create(&self.cloud(name, CredentialType::ApiToken, &secret, None))
             .await;
         await_object(

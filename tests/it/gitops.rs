@@ -104,11 +104,7 @@ async fn flux_and_argo_cd_see_each_state_as_its_users_expect() {
     env.sim
         .control()
         .add_fault(FaultRule::latency(3000).on_path("/2.0/user").times(1));
-    env.secret(
-        "slow",
-        &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
-    )
-    .await;
+    env.jdoe_token_secret("slow").await;
     env.create(&env.cloud("validating", CredentialType::ApiToken, "slow", None))
         .await;
     let validating = await_object(&integrations, "validating", "Reconciling", |i| {
@@ -158,11 +154,7 @@ async fn flux_and_argo_cd_see_each_state_as_its_users_expect() {
 
     // Deletion blocked: a Subscription arrived while the operator was away, and the
     // integration was deleted then (the finalizer holds it).
-    env.secret(
-        "held-token",
-        &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
-    )
-    .await;
+    env.jdoe_token_secret("held-token").await;
     env.create(&env.cloud("held", CredentialType::ApiToken, "held-token", None))
         .await;
     await_object(

@@ -95,11 +95,7 @@ async fn endless_paging_is_refused_in_bounded_pages_time_and_memory() {
         }
         let integration = match case.server {
             Kind::Cloud => {
-                env.secret(
-                    "token",
-                    &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
-                )
-                .await;
+                env.jdoe_token_secret("token").await;
                 let mut acme = env.cloud("acme", CredentialType::ApiToken, "token", None);
                 // These bounds come before the request budget: a Bitbucket that allows what
                 // endless pages take (10,000 an hour, as a scaled access token gets).

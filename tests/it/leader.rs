@@ -84,11 +84,7 @@ pub async fn env_without_operator(prefix: &str) -> Env {
 pub async fn env_without_operator_with(prefix: &str, fixture: bitbucket_sim::Fixture) -> Env {
     let mut env = Env::start_with(prefix, fixture, |_| {}).await;
     env.operator.take().unwrap().stop().await;
-    env.secret(
-        "acme-token",
-        &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
-    )
-    .await;
+    env.jdoe_token_secret("acme-token").await;
     env
 }
 

@@ -27,11 +27,7 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_credential_kind_becomes_ready_with_its_identity() {
     let env = Env::start("kinds").await;
-    env.secret(
-        "api",
-        &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
-    )
-    .await;
+    env.jdoe_token_secret("api").await;
     env.secret("wat", &[("token", ACCESS_TOKEN)]).await;
     env.secret(
         "oauth",
@@ -162,11 +158,7 @@ async fn a_wrong_token_stalls_and_fixing_the_secret_makes_it_ready_without_a_res
         "401 is not retried"
     );
 
-    env.secret(
-        "acme-token",
-        &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
-    )
-    .await;
+    env.jdoe_token_secret("acme-token").await;
     let ready = await_object(
         &api,
         "acme",
@@ -212,11 +204,7 @@ async fn a_missing_secret_or_key_stalls_without_calling_bitbucket() {
         "no Bitbucket call without a credential"
     );
 
-    env.secret(
-        "acme-token",
-        &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
-    )
-    .await;
+    env.jdoe_token_secret("acme-token").await;
     await_object(&api, "acme", "acme to be Ready", is_ready_integration).await;
 }
 
@@ -301,11 +289,7 @@ async fn a_subscription_lists_the_filtered_repositories_of_its_workspace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriptions_applied_with_their_integration_name_its_account_at_once() {
     let env = Env::start("together").await;
-    env.secret(
-        "acme-token",
-        &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
-    )
-    .await;
+    env.jdoe_token_secret("acme-token").await;
     let names: Vec<String> = (0..8).map(|i| format!("ci-{i}")).collect();
     for name in &names {
         env.create(&subscription(name, "acme", Some("acme"), &[]))
@@ -391,11 +375,7 @@ async fn a_subscription_waits_for_its_integration_and_syncs_once_it_is_ready() {
         move |s| message(s).contains("Secret acme-token not found"),
     )
     .await;
-    env.secret(
-        "acme-token",
-        &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
-    )
-    .await;
+    env.jdoe_token_secret("acme-token").await;
     let synced = await_object(&api, "early", "early to sync", is_synced).await;
     assert_eq!(synced.status.unwrap().repository_count, Some(10));
 }
@@ -891,11 +871,7 @@ async fn a_subscription_says_it_waits_when_its_integrations_first_validation_han
     env.sim
         .control()
         .add_fault(FaultRule::latency(60_000).on_path("/2.0/user"));
-    env.secret(
-        "acme-token",
-        &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
-    )
-    .await;
+    env.jdoe_token_secret("acme-token").await;
     env.create(&env.cloud("acme", CredentialType::ApiToken, "acme-token", None))
         .await;
     env.create(&subscription("ci", "acme", Some("acme"), &[]))
@@ -1040,11 +1016,7 @@ async fn a_restarted_operator_converges_without_repeating_events() {
 async fn no_token_appears_in_events_status_or_logs() {
     let ((env, signed_in), logs) = crate::support::logs_of(async {
         let env = Env::start("secrets").await;
-        env.secret(
-            "good",
-            &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
-        )
-        .await;
+        env.jdoe_token_secret("good").await;
         env.secret(
             "bad",
             &[

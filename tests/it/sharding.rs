@@ -18,7 +18,7 @@ use crate::{
     generator::{TOKEN, ask, naming, offered, serve_from},
     support::{
         PATIENCE,
-        env::{API_TOKEN, Env, is_synced, subscription_reason_is},
+        env::{Env, is_synced, subscription_reason_is},
         eventually,
         operator::{Operator, await_object, subscription, sync_request, test_settings},
     },
@@ -59,11 +59,7 @@ async fn two_shards_each_own_their_objects_and_nothing_twice() {
     settings.label_selector = Some(NO_SHARD.into());
     settings.instance = "shard-b".into();
     let b = Operator::start(env.client.clone(), settings);
-    env.secret(
-        "token",
-        &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
-    )
-    .await;
+    env.jdoe_token_secret("token").await;
     let cloud = |name| env.cloud(name, CredentialType::ApiToken, "token", None);
     env.create(&in_shard_a(cloud("ia"))).await;
     env.create(&cloud("ib")).await;

@@ -82,11 +82,7 @@ impl Tenancy {
         settings: impl FnOnce(&mut bitbucket_operator::controller::Settings),
     ) -> Self {
         let env = Env::start_with(prefix, Fixture::demo(), settings).await;
-        env.secret(
-            "team-token",
-            &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
-        )
-        .await;
+        env.jdoe_token_secret("team-token").await;
         for result in apply_manifests(&env.client, &env.ns.name, &tenant_role()).await {
             result.unwrap();
         }

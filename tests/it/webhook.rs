@@ -78,11 +78,7 @@ async fn hooked(env: &Env) -> (String, Subscription) {
 async fn with_webhook(env: &Env) -> Subscription {
     env.secret("acme-hook", &[("secret", RECORDED_SECRET)])
         .await;
-    env.secret(
-        "acme-token",
-        &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
-    )
-    .await;
+    env.jdoe_token_secret("acme-token").await;
     let mut acme = env.cloud("acme", CredentialType::ApiToken, "acme-token", None);
     acme.spec.webhook = Some(Webhook {
         secret_ref: WebhookSecretReference {
@@ -579,11 +575,7 @@ async fn a_credential_without_the_webhook_scope_is_told_once_and_not_asked_again
     .await;
     env.secret("acme-hook", &[("secret", RECORDED_SECRET)])
         .await;
-    env.secret(
-        "acme-token",
-        &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
-    )
-    .await;
+    env.jdoe_token_secret("acme-token").await;
     env.create(&registering(&env, "acme", "acme-token")).await;
     env.create(&subscription("ci", "acme", Some("acme"), &[]))
         .await;

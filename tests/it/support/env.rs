@@ -97,6 +97,13 @@ impl Env {
             .unwrap();
     }
 
+    /// Creates Secret `name` holding jdoe's Cloud API token (the simulator's demo user): the
+    /// credential most tests' Cloud integrations use.
+    pub async fn jdoe_token_secret(&self, name: &str) {
+        self.secret(name, &[("email", "jdoe@example.com"), ("token", API_TOKEN)])
+            .await;
+    }
+
     pub fn cloud(
         &self,
         name: &str,
@@ -146,11 +153,7 @@ impl Env {
 
     /// The standard Cloud API token integration `acme`, Ready.
     pub async fn ready_cloud_integration(&self) -> BitbucketIntegration {
-        self.secret(
-            "acme-token",
-            &[("email", "jdoe@example.com"), ("token", API_TOKEN)],
-        )
-        .await;
+        self.jdoe_token_secret("acme-token").await;
         self.create(&self.cloud("acme", CredentialType::ApiToken, "acme-token", None))
             .await;
         await_object(
