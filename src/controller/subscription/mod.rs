@@ -26,7 +26,8 @@ use kube::{
 };
 
 use super::{
-    Context, SUBSCRIPTION_MANAGER, Shared, budget,
+    Context, SUBSCRIPTION_MANAGER, Shared,
+    budget::{self, NotSent},
     credentials::{self, ResolveError, Resolved},
     error::{Class, Reason},
     finish::{self, Draft, finish},
@@ -452,7 +453,13 @@ async fn list_when_due(
     // A planned sync waits for its turn in the budget; one someone asked for goes now.
     let priority = match found.account.priority(&uid, fresh, now) {
         Ok(priority) => priority,
-        Err(wait) => return waiting_for_budget(&found, wait, (false, false)),
+        Err(wait) => {
+            let not_sent = NotSent {
+                wait,
+                rate_limited: false,
+            };
+            return waiting_for_budget(&found, not_sent, false);
+        }
     };
     let asking = Asking {
         fresh,
@@ -462,8 +469,7 @@ async fn list_when_due(
     let (listed, calls) = list(shared, subscription, draft, ask, &found, asking).await;
     if let Some(not_sent) = found.account.ran(&uid, priority, &listed, calls) {
         // Nothing was sent, so nothing is remembered: the sync is still due.
-        let why = (fresh, not_sent.rate_limited);
-        return waiting_for_budget(&found, not_sent.wait, why);
+        return waiting_for_budget(&found, not_sent, fresh);
     }
     let transient = matches!(&listed, Err(e) if Reason::class(e) == Class::Transient);
     remember(shared, &uid, ask, last, fingerprint, now, transient);
@@ -523,19 +529,14 @@ async fn list(
     }
 }
 
-/// A sync that waits `wait` for room in the integration's request budget.
-/// `(asked, rate_limited)`: whether someone asked for the sync, and whether a 429's hold
-/// rather than the budget keeps it back.
-fn waiting_for_budget(
-    found: &Found,
-    wait: Duration,
-    (asked, rate_limited): (bool, bool),
-) -> SyncOutcome {
+/// A sync that was not sent (`not_sent`: for how long, and whether a 429's hold rather than
+/// the budget keeps it back); `asked`: whether someone asked for it.
+fn waiting_for_budget(found: &Found, not_sent: NotSent, asked: bool) -> SyncOutcome {
     SyncOutcome::WaitingForBudget {
-        wait,
+        wait: not_sent.wait,
         integration: found.account.name().to_owned(),
         asked,
-        rate_limited,
+        rate_limited: not_sent.rate_limited,
     }
 }
 
