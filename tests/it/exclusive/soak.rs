@@ -953,8 +953,12 @@ type Converged = (Option<String>, Vec<String>);
 async fn converged(soak: &Soak, bound: Duration) -> Result<Converged, String> {
     let deadline = Instant::now() + bound;
     let mut last = None;
+    // A budget seen spent since the faults stopped: its window slides, so its remaining room
+    // flickers above 0 as old requests leave it, one object at a time getting a turn.
+    let mut spent = BTreeSet::new();
     loop {
-        let why = unconverged(soak).await;
+        spent.extend(spent_budgets(soak).await);
+        let why = unconverged_why(soak, &spent).await;
         match why {
             Ok(waiting) => return Ok((last, waiting)),
             Err(why) if Instant::now() >= deadline => return Err(why),
@@ -992,6 +996,28 @@ async fn spent_budgets(soak: &Soak) -> BTreeSet<String> {
         .collect()
 }
 
+/// What `object`'s status says, for a report of why it has not converged: the sync request
+/// it handled last and its conditions.
+fn what_it_says(object: &kube::api::DynamicObject) -> String {
+    let status = &object.data["status"];
+    let conditions: Vec<String> = (status["conditions"].as_array().into_iter().flatten())
+        .map(|c| {
+            format!(
+                "{}={} {}: {}",
+                c["type"].as_str().unwrap_or_default(),
+                c["status"].as_str().unwrap_or_default(),
+                c["reason"].as_str().unwrap_or_default(),
+                c["message"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    format!(
+        "it handled sync request {}; {}",
+        status["lastHandledSyncRequest"],
+        conditions.join("; ")
+    )
+}
+
 /// Whether `object` says it waits for room in a spent request budget.
 fn says_budget_spent(object: &kube::api::DynamicObject) -> bool {
     (object.data["status"]["conditions"]
@@ -1001,11 +1027,8 @@ fn says_budget_spent(object: &kube::api::DynamicObject) -> bool {
     .any(|c| c["type"] == "Reconciling" && c["reason"] == "RequestBudgetSpent")
 }
 
-/// `Err` names an object that has not converged; `Ok` lists those waiting for a spent budget.
-async fn unconverged(soak: &Soak) -> Result<Vec<String>, String> {
-    unconverged_why(soak, &spent_budgets(soak).await).await
-}
-
+/// `Err` names an object that has not converged; `Ok` lists those waiting for a budget in
+/// `spent`.
 async fn unconverged_why(soak: &Soak, spent: &BTreeSet<String>) -> Result<Vec<String>, String> {
     let mut waiting = Vec::new();
     let integrations = match observer::integrations(&soak.client, &soak.namespace)
@@ -1084,11 +1107,12 @@ async fn unconverged_why(soak: &Soak, spent: &BTreeSet<String>) -> Result<Vec<St
             .collect();
         if &listed != truth {
             return Err(format!(
-                "subscription/{name} lists {} repositories, the simulator holds {}: missing {:?}, extra {:?}",
+                "subscription/{name} lists {} repositories, the simulator holds {}: missing {:?}, extra {:?}; {}",
                 listed.len(),
                 truth.len(),
                 truth.difference(&listed).take(3).collect::<Vec<_>>(),
-                listed.difference(truth).take(3).collect::<Vec<_>>()
+                listed.difference(truth).take(3).collect::<Vec<_>>(),
+                what_it_says(subscription)
             ));
         }
     }
