@@ -500,6 +500,7 @@ async fn connect_on_a_terminal_asks_for_each_value_and_never_shows_the_token() {
     terminal.expect("Friendly name", patience);
     terminal.send("ACME\r");
     terminal.expect("API token", patience);
+    terminal.expect_no_echo(patience);
     let arguments = std::fs::read(format!("/proc/{}/cmdline", terminal.id())).unwrap();
     terminal.send(&format!("{API_TOKEN}\r"));
     let (status, screen) = terminal.wait(std::time::Duration::from_secs(120));

@@ -107,6 +107,30 @@ impl Pty {
     }
 
     /// Types `text` (use `\r` for Enter, `\x1b[B` for the down arrow).
+    /// Waits until the program has turned the terminal's echo off, as a secret prompt does
+    /// once it is shown: a person reads the prompt and then types, and what is typed before
+    /// the echo is off is echoed by the terminal itself (and may be flushed unread).
+    pub fn expect_no_echo(&mut self, within: Duration) {
+        use std::os::fd::AsRawFd as _;
+        let deadline = Instant::now() + within;
+        loop {
+            // SAFETY: termios is plain data; tcgetattr fills it from our own descriptor (a
+            // pseudo-terminal's master reports its other end's settings).
+            let mut termios: libc::termios = unsafe { std::mem::zeroed() };
+            let got = unsafe { libc::tcgetattr(self.input.as_raw_fd(), &mut termios) };
+            assert_eq!(got, 0, "tcgetattr: {}", std::io::Error::last_os_error());
+            if termios.c_lflag & libc::ECHO == 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the terminal still echoes after {within:?}; it shows:\n{}",
+                &self.screen.lock().unwrap()[self.seen..]
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     pub fn send(&mut self, text: &str) {
         self.input.write_all(text.as_bytes()).unwrap();
         self.input.flush().unwrap();
