@@ -501,18 +501,15 @@ fn lean<K: Resource>(object: &mut K) {
 fn lean_slice(slice: &mut RepositorySlice) {
     lean(slice);
     slice.metadata.labels = None;
-    if let Some(owners) = slice.metadata.owner_references.as_mut() {
-        owners.retain(|o| o.controller == Some(true));
-        owners.truncate(1);
-        for owner in owners.iter_mut() {
-            *owner = OwnerReference {
-                uid: std::mem::take(&mut owner.uid),
-                controller: Some(true),
-                ..OwnerReference::default()
-            };
-        }
-        owners.shrink_to_fit();
-    }
+    let owners = slice.metadata.owner_references.take().unwrap_or_default();
+    let controller = owners.into_iter().find(|o| o.controller == Some(true));
+    slice.metadata.owner_references = controller.map(|owner| {
+        vec![OwnerReference {
+            uid: owner.uid,
+            controller: Some(true),
+            ..OwnerReference::default()
+        }]
+    });
 }
 
 /// Why the controllers cannot start yet, from the error of listing a kind: the CRDs are not
