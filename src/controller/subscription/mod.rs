@@ -266,6 +266,7 @@ async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, 
             }
         }
     };
+    outcome.trace(subscription, ask.requested.as_deref());
     let status = report::status(&draft.shown, &ask, &outcome, &conditions::now());
     finish(shared, subscription, &draft, &status).await?;
     tell_downstream(shared, subscription, &status);

@@ -4,13 +4,13 @@
 use std::{borrow::Cow, collections::BTreeSet};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::runtime::events::EventType;
+use kube::{ResourceExt, runtime::events::EventType};
 
 use super::{Error, check::SyncAsk, filter};
 use crate::{
     api::{
         CloneUrls, IntegrationSummary, MAX_LISTED_REPOSITORIES, Repository, RepositoryFilter,
-        SliceRef, SubscriptionStatus,
+        SliceRef, Subscription, SubscriptionStatus,
         conditions::{READY, RECONCILING, STALLED, reasons},
         text,
     },
@@ -56,6 +56,43 @@ pub enum SyncOutcome {
         error: Error,
         integration: Option<IntegrationSummary>,
     },
+}
+
+impl SyncOutcome {
+    /// One debug line saying what a sync of `subscription` decided, with the sync request it
+    /// had to answer: what a replay of a soak needs to tell a stale list from one waiting its
+    /// turn. (Fields are only evaluated when debug is on.)
+    pub fn trace(&self, subscription: &Subscription, requested: Option<&str>) {
+        let name = || subscription.name_any();
+        match self {
+            Self::Listed { count, .. } => {
+                tracing::debug!(subscription = %name(), ?requested, count, "listed")
+            }
+            Self::Unchanged { wait } => {
+                tracing::debug!(subscription = %name(), ?requested, ?wait, "not due")
+            }
+            Self::BackingOff { wait } => {
+                tracing::debug!(subscription = %name(), ?requested, ?wait, "backing off")
+            }
+            Self::Suspended => tracing::debug!(subscription = %name(), "suspended"),
+            Self::WaitingForBudget {
+                wait,
+                asked,
+                rate_limited,
+                ..
+            } => tracing::debug!(
+                subscription = %name(),
+                ?requested,
+                ?wait,
+                asked,
+                rate_limited,
+                "waiting for the request budget"
+            ),
+            Self::Failed { error, .. } => {
+                tracing::debug!(subscription = %name(), ?requested, %error, "sync failed")
+            }
+        }
+    }
 }
 
 /// The repositories of a listing that pass the Subscription's filters, as status and slices
