@@ -25,10 +25,13 @@ use kube::{
 
 use crate::{
     api::{
-        BitbucketIntegration, Incomplete, Repository, RepositorySlice, SliceRef, Subscription,
-        slice,
+        BitbucketIntegration, Incomplete, Repository, SliceRef, Subscription,
+        slice::{self, Holding},
     },
-    controller::{is_ready, lock},
+    controller::{
+        is_ready, lock,
+        slice_cache::{CachedSlice, SliceCache},
+    },
 };
 
 /// The caches of one watched scope (a namespace, or the whole cluster).
@@ -36,7 +39,7 @@ struct Scope {
     namespace: Option<String>,
     integrations: Store<BitbucketIntegration>,
     subscriptions: Store<Subscription>,
-    slices: Store<RepositorySlice>,
+    slices: Arc<SliceCache>,
 }
 
 /// What every replica serves from: the caches of each watched scope, and the last complete
@@ -53,7 +56,7 @@ pub struct Catalog {
 pub struct List {
     /// The slices as `status.slices` named them.
     named: Vec<SliceRef>,
-    slices: Vec<Arc<RepositorySlice>>,
+    slices: Vec<Arc<CachedSlice>>,
     len: usize,
     /// The entries, parsed and sorted by full name, kept while they are asked for (see
     /// [`List::entries`]).
@@ -79,8 +82,8 @@ struct Rendered {
 }
 
 impl List {
-    fn new(named: Vec<SliceRef>, slices: Vec<Arc<RepositorySlice>>) -> Self {
-        let len = slices.iter().map(|s| s.repositories.len()).sum();
+    fn new(named: Vec<SliceRef>, slices: Vec<Arc<CachedSlice>>) -> Self {
+        let len = slices.iter().map(|s| s.entries().len()).sum();
         Self {
             named,
             slices,
@@ -185,7 +188,7 @@ impl Catalog {
         namespace: Option<String>,
         integrations: Store<BitbucketIntegration>,
         subscriptions: Store<Subscription>,
-        slices: Store<RepositorySlice>,
+        slices: Arc<SliceCache>,
     ) {
         lock(&self.scopes).push(Scope {
             namespace,
@@ -232,7 +235,7 @@ impl Catalog {
         watched.len() == scopes
             && watched
                 .iter()
-                .all(|s| is_ready(&s.subscriptions) && is_ready(&s.slices))
+                .all(|s| is_ready(&s.subscriptions) && s.slices.is_ready())
     }
 
     /// The Subscription `namespace/name` as cached, with the slice cache of its scope.
@@ -240,20 +243,20 @@ impl Catalog {
         &self,
         namespace: &str,
         name: &str,
-    ) -> Result<(Arc<Subscription>, Store<RepositorySlice>), NotServed> {
+    ) -> Result<(Arc<Subscription>, Arc<SliceCache>), NotServed> {
         let scopes = lock(&self.scopes);
         let scope = scopes
             .iter()
             .find(|s| s.namespace.as_deref().is_none_or(|n| n == namespace))
             .ok_or_else(|| NotServed::NotFound(namespace.into(), name.into()))?;
-        if !is_ready(&scope.subscriptions) || !is_ready(&scope.slices) {
+        if !is_ready(&scope.subscriptions) || !scope.slices.is_ready() {
             return Err(NotServed::Starting);
         }
         let subscription = scope
             .subscriptions
             .get(&ObjectRef::new(name).within(namespace))
             .ok_or_else(|| NotServed::NotFound(namespace.into(), name.into()))?;
-        Ok((subscription, scope.slices.clone()))
+        Ok((subscription, Arc::clone(&scope.slices)))
     }
 
     /// The Subscription `namespace/name`, as this replica's cache holds it.
@@ -284,9 +287,7 @@ impl Catalog {
             return Ok(Served::Complete(Arc::clone(list)));
         }
         let found = slice::complete(named, |slice_name| {
-            slices
-                .get(&ObjectRef::new(slice_name).within(namespace))
-                .filter(|s| s.controlled_by(&uid))
+            (slices.get(namespace, slice_name)).filter(|s| s.controlled_by(&uid))
         });
         match found {
             Ok(found) => {
@@ -331,7 +332,7 @@ mod tests {
     use kube::runtime::{reflector, watcher::Event};
 
     use super::*;
-    use crate::api::{SubscriptionSpec, SubscriptionStatus};
+    use crate::api::{RepositorySlice, SubscriptionSpec, SubscriptionStatus};
 
     fn subscription(uid: &str, named: &[&RepositorySlice]) -> Subscription {
         let spec: SubscriptionSpec =
@@ -382,22 +383,22 @@ mod tests {
     struct Caches {
         catalog: Catalog,
         subscriptions: reflector::store::Writer<Subscription>,
-        slices: reflector::store::Writer<RepositorySlice>,
+        slices: Arc<SliceCache>,
     }
 
     impl Caches {
         fn new() -> Self {
             let (integration_store, _) = reflector::store();
             let (subscription_store, mut subscriptions) = reflector::store();
-            let (slice_store, mut slices) = reflector::store();
+            let slices = Arc::new(SliceCache::default());
             subscriptions.apply_watcher_event(&Event::InitDone);
-            slices.apply_watcher_event(&Event::InitDone);
+            slices.apply(Event::InitDone);
             let catalog = Catalog::default();
             catalog.watch(
                 Some("ci".into()),
                 integration_store,
                 subscription_store,
-                slice_store,
+                Arc::clone(&slices),
             );
             Self {
                 catalog,
@@ -410,8 +411,7 @@ mod tests {
             self.subscriptions
                 .apply_watcher_event(&Event::Apply(subscription.clone()));
             for slice in slices {
-                self.slices
-                    .apply_watcher_event(&Event::Apply((*slice).clone()));
+                self.slices.apply(Event::Apply((*slice).clone()));
             }
         }
 

@@ -23,6 +23,7 @@ pub mod memory;
 pub mod recovery;
 pub mod refresh;
 mod run;
+pub mod slice_cache;
 pub mod subscription;
 pub mod wakes;
 
@@ -291,10 +292,8 @@ pub struct Context {
     pub subscriptions: Store<Subscription>,
     /// The Subscriptions of each integration (by [`index::integration_key`]).
     pub users: Arc<index::Index<Subscription>>,
-    /// The RepositorySlices of the scope.
-    pub slices: Store<crate::api::RepositorySlice>,
-    /// The RepositorySlices of each Subscription (by its UID).
-    pub slices_of: Arc<index::Index<crate::api::RepositorySlice>>,
+    /// The RepositorySlices of the scope, by name and by Subscription.
+    pub slices: Arc<slice_cache::SliceCache>,
     /// Wakes an integration (the integration controller reconciles it soon).
     pub wake_integration: futures::channel::mpsc::UnboundedSender<ObjectRef<BitbucketIntegration>>,
     /// When these controllers started (this replica's term as leader).

@@ -9,7 +9,6 @@ use std::{
 };
 
 use futures::{FutureExt, SinkExt, StreamExt, future::join_all};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{
     Api, Resource, ResourceExt,
     runtime::{
@@ -26,7 +25,9 @@ use super::{
     index::{Index, integration_key},
     integration, is_ready,
     leader::Election,
-    lock, subscription,
+    lock,
+    slice_cache::SliceCache,
+    subscription,
 };
 use crate::api::{BitbucketIntegration, RepositorySlice, SUBSCRIPTION_LABEL, Subscription};
 
@@ -150,45 +151,32 @@ async fn sweep(shared: &Shared, scopes: &Scopes, expected: usize) {
     }
 }
 
-/// The RepositorySlices' store and their index by Subscription.
-type Slices<'a> = (&'a Store<RepositorySlice>, &'a Arc<Index<RepositorySlice>>);
-
-/// The watch of RepositorySlices, on every replica: the catalog serves lists from its store, and
-/// the leader plans its writes from it, and its index by Subscription. The feed (returned
-/// beside them) drives it.
+/// The watch of RepositorySlices, on every replica: the catalog serves lists from its cache,
+/// and the leader plans its writes from it. The feed (returned beside it) drives it.
 fn slice_watch(
     client: &kube::Client,
     namespace: &Option<String>,
     config: &watcher::Config,
 ) -> (
-    (Store<RepositorySlice>, Arc<Index<RepositorySlice>>),
+    Arc<SliceCache>,
     impl std::future::Future<Output = ()> + use<>,
 ) {
-    let (slices, writer) = reflector::store::<RepositorySlice>();
-    // By the UID of the Subscription that controls each.
-    let index = Index::new(|slice: &RepositorySlice| {
-        let owners = slice.metadata.owner_references.iter().flatten();
-        let controller = owners.filter(|o| o.controller == Some(true));
-        controller.map(|o| o.uid.clone()).take(1).collect()
-    });
-    let indexing = Arc::clone(&index);
+    let slices = Arc::new(SliceCache::default());
+    let cache = Arc::clone(&slices);
     let selector = match &config.label_selector {
         Some(shard) => format!("{SUBSCRIPTION_LABEL},{shard}"),
         None => SUBSCRIPTION_LABEL.to_owned(),
     };
     let selected = config.clone().labels(&selector);
-    let feed = reflector::reflector(
-        writer,
-        watcher(api::<RepositorySlice>(client, namespace), selected).modify(lean_slice),
-    )
-    .default_backoff()
-    .for_each(move |event| {
-        if let Ok(event) = &event {
-            indexing.apply(event);
-        }
-        futures::future::ready(())
-    });
-    ((slices, index), feed)
+    let feed = watcher(api::<RepositorySlice>(client, namespace), selected)
+        .default_backoff()
+        .for_each(move |event| {
+            if let Ok(event) = event {
+                cache.apply(event);
+            }
+            futures::future::ready(())
+        });
+    (slices, feed)
 }
 
 pub(super) fn api<K>(client: &kube::Client, namespace: &Option<String>) -> Api<K>
@@ -253,13 +241,13 @@ async fn run_scope(
                 .forget_subscription(&subscription.uid().unwrap_or_default());
         },
     );
-    let ((slices, slices_of), slice_feed) = slice_watch(client, &namespace, &config);
+    let (slices, slice_feed) = slice_watch(client, &namespace, &config);
     lock(&scopes).push((integrations.store.clone(), subscriptions.store.clone()));
     shared.catalog.watch(
         namespace.clone(),
         integrations.store.clone(),
         subscriptions.store.clone(),
-        slices.clone(),
+        Arc::clone(&slices),
     );
     let scope = namespace.as_deref().unwrap_or("(all)").to_owned();
     let terms = async {
@@ -271,7 +259,7 @@ async fn run_scope(
             let controllers = controllers(
                 &shared,
                 &namespace,
-                (&integrations, &subscriptions, (&slices, &slices_of)),
+                (&integrations, &subscriptions, &slices),
                 shutdown.clone(),
             )
             .await;
@@ -303,10 +291,10 @@ async fn run_scope(
 async fn controllers(
     shared: &Arc<Shared>,
     namespace: &Option<String>,
-    (integration_watch, subscription_watch, (slices, slices_of)): (
+    (integration_watch, subscription_watch, slices): (
         &SharedWatch<BitbucketIntegration>,
         &SharedWatch<Subscription>,
-        Slices<'_>,
+        &Arc<SliceCache>,
     ),
     shutdown: impl std::future::Future<Output = ()> + Clone + Send + Sync + 'static,
 ) -> impl std::future::Future<Output = ()> {
@@ -331,8 +319,7 @@ async fn controllers(
         integrations: integration_watch.store.clone(),
         subscriptions: subscription_watch.store.clone(),
         users: Arc::clone(&subscription_watch.index),
-        slices: slices.clone(),
-        slices_of: Arc::clone(slices_of),
+        slices: Arc::clone(slices),
         wake_integration,
         started: jiff::Timestamp::now(),
     });
@@ -491,25 +478,6 @@ fn lean<K: Resource>(object: &mut K) {
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
-}
-
-/// Drops from a cached RepositorySlice, beside what [`lean`] drops, what the operator sets
-/// again whenever it writes one: its labels (the watch selects by them; a map of them is 544
-/// bytes) and its controller reference but the UID (which the catalog and the index read). At
-/// 50,000 slices, about 40 MiB. An update of a slice writes both again
-/// (`subscription::publish`).
-fn lean_slice(slice: &mut RepositorySlice) {
-    lean(slice);
-    slice.metadata.labels = None;
-    let owners = slice.metadata.owner_references.take().unwrap_or_default();
-    let controller = owners.into_iter().find(|o| o.controller == Some(true));
-    slice.metadata.owner_references = controller.map(|owner| {
-        vec![OwnerReference {
-            uid: owner.uid,
-            controller: Some(true),
-            ..OwnerReference::default()
-        }]
-    });
 }
 
 /// Why the controllers cannot start yet, from the error of listing a kind: the CRDs are not

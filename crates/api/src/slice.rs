@@ -205,10 +205,49 @@ pub enum Incomplete {
     Changed(String),
 }
 
+/// What a slice holds, however it is kept: the object, or a compact record of it (the
+/// operator's cache keeps records of its own).
+pub trait Holding {
+    /// Its entries.
+    fn entries(&self) -> &Entries;
+    /// [`digest`] of its entries, as written with them.
+    fn digest(&self) -> &str;
+}
+
+impl Holding for RepositorySlice {
+    fn entries(&self) -> &Entries {
+        &self.repositories
+    }
+
+    fn digest(&self) -> &str {
+        &self.digest
+    }
+}
+
+impl<T: Holding + ?Sized> Holding for &T {
+    fn entries(&self) -> &Entries {
+        (**self).entries()
+    }
+
+    fn digest(&self) -> &str {
+        (**self).digest()
+    }
+}
+
+impl<T: Holding + ?Sized> Holding for std::sync::Arc<T> {
+    fn entries(&self) -> &Entries {
+        (**self).entries()
+    }
+
+    fn digest(&self) -> &str {
+        (**self).digest()
+    }
+}
+
 /// The slices that `named` (a Subscription's `status.slices`) names, in its order, when `find`
 /// gives each of them holding the entries it held when the list was complete (its `digest` as
 /// recorded); otherwise why not. Their entries together are the Subscription's whole list.
-pub fn complete<S: std::borrow::Borrow<RepositorySlice>>(
+pub fn complete<S: Holding>(
     named: Option<&[SliceRef]>,
     mut find: impl FnMut(&str) -> Option<S>,
 ) -> Result<Vec<S>, Incomplete> {
@@ -218,7 +257,7 @@ pub fn complete<S: std::borrow::Borrow<RepositorySlice>>(
         .map(|wanted| {
             let slice =
                 find(&wanted.name).ok_or_else(|| Incomplete::Missing(wanted.name.clone()))?;
-            if slice.borrow().digest == wanted.digest {
+            if slice.digest() == wanted.digest {
                 Ok(slice)
             } else {
                 Err(Incomplete::Changed(wanted.name.clone()))
@@ -228,11 +267,8 @@ pub fn complete<S: std::borrow::Borrow<RepositorySlice>>(
 }
 
 /// The entries of `slices`, sorted by full name.
-pub fn entries<S: std::borrow::Borrow<RepositorySlice>>(slices: &[S]) -> Vec<Repository> {
-    let mut list: Vec<Repository> = slices
-        .iter()
-        .flat_map(|s| s.borrow().repositories.to_vec())
-        .collect();
+pub fn entries<S: Holding>(slices: &[S]) -> Vec<Repository> {
+    let mut list: Vec<Repository> = slices.iter().flat_map(|s| s.entries().to_vec()).collect();
     list.sort_unstable_by(|a, b| a.full_name.cmp(&b.full_name));
     list
 }
@@ -240,10 +276,7 @@ pub fn entries<S: std::borrow::Borrow<RepositorySlice>>(slices: &[S]) -> Vec<Rep
 /// The first `n` entries of `slices` by full name, parsing only those `n` whole (the others'
 /// names are read where they lie): a Subscription's status shows the first 1,000 of a list
 /// that may hold 100,000.
-pub fn first_entries<S: std::borrow::Borrow<RepositorySlice>>(
-    slices: &[S],
-    n: usize,
-) -> Vec<Repository> {
+pub fn first_entries<S: Holding>(slices: &[S], n: usize) -> Vec<Repository> {
     #[derive(Deserialize)]
     struct Named<'a> {
         #[serde(borrow, rename = "fullName")]
@@ -252,10 +285,7 @@ pub fn first_entries<S: std::borrow::Borrow<RepositorySlice>>(
     fn raw(json: &str) -> Vec<&serde_json::value::RawValue> {
         serde_json::from_str(json).expect("entries hold the JSON they were made from")
     }
-    let texts: Vec<String> = slices
-        .iter()
-        .map(|s| s.borrow().repositories.json())
-        .collect();
+    let texts: Vec<String> = slices.iter().map(|s| s.entries().json()).collect();
     let mut named: Vec<(Cow<'_, str>, &serde_json::value::RawValue)> = texts
         .iter()
         .flat_map(|json| raw(json))

@@ -234,7 +234,7 @@ async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, 
     if subscription.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    if !is_ready(&context.slices) {
+    if !context.slices.is_ready() {
         // The slices are not listed yet: a plan now would write them all again.
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
@@ -627,7 +627,7 @@ async fn publish_entries(
     let first = (repositories.iter().take(MAX_LISTED_REPOSITORIES))
         .map(|r| (*r).clone())
         .collect();
-    let slices = (&context.slices, &*context.slices_of);
+    let slices = &context.slices;
     let published = publish::publish(&context.shared, slices, subscription, repositories).await;
     match published {
         Ok(slices) => SyncOutcome::Listed {

@@ -10,13 +10,18 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{
     Api, Resource, ResourceExt,
     api::{DeleteParams, PostParams, Preconditions},
-    runtime::reflector::{ObjectRef, Store},
 };
 
 use super::slices::{self, Current, Existing};
 use crate::{
-    api::{Repository, RepositorySlice, SHARD_LABEL, SUBSCRIPTION_LABEL, SliceRef, Subscription},
-    controller::{Shared, finish, index::Index},
+    api::{
+        Repository, RepositorySlice, SHARD_LABEL, SUBSCRIPTION_LABEL, SliceRef, Subscription,
+        slice::Holding,
+    },
+    controller::{
+        Shared, finish,
+        slice_cache::{CachedSlice, SliceCache},
+    },
 };
 
 /// The field manager of slice writes.
@@ -26,28 +31,11 @@ pub const MANAGER: &str = "bitbucket-operator/slices";
 /// plans from what the cache shows (someone else changed them meanwhile).
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// The slices of `subscription` in the cache: those it controls (by ownerReference, found
-/// through `index`), by name.
-pub fn owned(
-    (store, index): (&Store<RepositorySlice>, &Index<RepositorySlice>),
-    subscription: &Subscription,
-) -> Vec<std::sync::Arc<RepositorySlice>> {
-    let (namespace, uid) = (
-        subscription.namespace(),
-        subscription.uid().unwrap_or_default(),
-    );
-    let mut owned: Vec<_> = (index.find(store, &uid).into_iter())
-        .filter(|s| s.namespace() == namespace && s.controlled_by(&uid))
-        .collect();
-    owned.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-    owned
-}
-
 /// How long to wait before planning, when the cache does not show this process's last slice
 /// writes of `subscription` yet; `None` when it does (or patience ran out).
 pub fn unsettled(
     shared: &Shared,
-    store: &Store<RepositorySlice>,
+    store: &SliceCache,
     subscription: &Subscription,
 ) -> Option<Duration> {
     let uid = finish::uid(subscription);
@@ -55,9 +43,9 @@ pub fn unsettled(
     shared.memory.subscription(&uid, |m| {
         let written = &mut m.slices;
         let shows = written.slices.iter().all(|(name, digest)| {
-            let cached = store.get(&ObjectRef::new(name).within(&namespace));
+            let cached = store.get(&namespace, name);
             match digest {
-                Some(digest) => cached.is_some_and(|s| s.digest == *digest),
+                Some(digest) => cached.is_some_and(|s| s.digest() == digest),
                 None => cached.is_none(),
             }
         });
@@ -76,18 +64,19 @@ pub fn unsettled(
 /// ends it: the slices written so far stay, and the status keeps naming the last complete set.
 pub async fn publish(
     shared: &Shared,
-    (store, index): (&Store<RepositorySlice>, &Index<RepositorySlice>),
+    store: &SliceCache,
     subscription: &Subscription,
     list: Vec<&Repository>,
 ) -> Result<Vec<SliceRef>, kube::Error> {
-    let existing = owned((store, index), subscription);
+    let namespace = subscription.namespace().unwrap_or_default();
+    let existing = store.controlled_by(&namespace, &finish::uid(subscription));
     // The cache keeps entries compact; the plan reads them parsed.
-    let parsed: Vec<Vec<Repository>> = existing.iter().map(|s| s.repositories.to_vec()).collect();
+    let parsed: Vec<Vec<Repository>> = existing.iter().map(|s| s.entries().to_vec()).collect();
     let current: Vec<Current<'_>> = existing
         .iter()
         .zip(&parsed)
         .map(|(s, repositories)| Current {
-            name: s.metadata.name.as_deref().unwrap_or_default(),
+            name: s.name(),
             repositories,
         })
         .collect();
@@ -112,7 +101,7 @@ pub async fn publish(
     let kept = current
         .iter()
         .filter(|s| !rewritten.contains(&s.name) && !plan.delete.iter().any(|d| d == s.name))
-        .filter_map(|s| writer.cached(s.name).map(|s| reference(&s)));
+        .filter_map(|s| writer.cached(s.name).map(|s| reference(s.name(), &*s)));
     let mut slices: Vec<SliceRef> = held.iter().cloned().chain(kept).collect();
     slices.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(slices)
@@ -135,23 +124,19 @@ fn labels(subscription: &Subscription) -> std::collections::BTreeMap<String, Str
 /// counting it in the metrics.
 struct Writer<'a> {
     shared: &'a Shared,
-    store: &'a Store<RepositorySlice>,
+    store: &'a SliceCache,
     api: Api<RepositorySlice>,
     namespace: String,
     uid: String,
     params: PostParams,
     /// What every slice of the Subscription carries, written again with each update: the
-    /// cache keeps neither (`run::lean_slice`).
+    /// cache keeps neither (`slice_cache::CachedSlice`).
     labels: std::collections::BTreeMap<String, String>,
     owner: Option<OwnerReference>,
 }
 
 impl<'a> Writer<'a> {
-    fn new(
-        shared: &'a Shared,
-        store: &'a Store<RepositorySlice>,
-        subscription: &Subscription,
-    ) -> Self {
+    fn new(shared: &'a Shared, store: &'a SliceCache, subscription: &Subscription) -> Self {
         let namespace = subscription.namespace().unwrap_or_default();
         Self {
             shared,
@@ -169,9 +154,8 @@ impl<'a> Writer<'a> {
     }
 
     /// The slice `name` as cached.
-    fn cached(&self, name: &str) -> Option<std::sync::Arc<RepositorySlice>> {
-        self.store
-            .get(&ObjectRef::new(name).within(&self.namespace))
+    fn cached(&self, name: &str) -> Option<std::sync::Arc<CachedSlice>> {
+        self.store.get(&self.namespace, name)
     }
 
     fn written(&self, operation: &'static str, name: &str, digest: Option<String>) {
@@ -204,7 +188,7 @@ impl<'a> Writer<'a> {
         };
         let created = self.api.create(&self.params, &slice).await?;
         self.written("create", &created.name_any(), Some(created.digest.clone()));
-        Ok(reference(&created))
+        Ok(reference(&created.name_any(), &created))
     }
 
     /// Rewrites slice `name` with `repositories`, on the version cached (a 409 if it changed).
@@ -216,18 +200,18 @@ impl<'a> Writer<'a> {
         slice.metadata = kube::api::ObjectMeta {
             labels: Some(self.labels.clone()),
             owner_references: self.owner.clone().map(|o| vec![o]),
-            ..cached.metadata.clone()
+            ..cached.metadata()
         };
         let updated = self.api.replace(&name, &self.params, &slice).await?;
         self.written("update", &name, Some(updated.digest.clone()));
-        Ok(reference(&updated))
+        Ok(reference(&name, &updated))
     }
 
     /// Deletes slice `name`, the version cached (gone already is fine).
     async fn delete(&self, name: &str) -> Result<(), kube::Error> {
         let preconditions = self.cached(name).map(|s| Preconditions {
-            resource_version: s.resource_version(),
-            uid: s.uid(),
+            resource_version: Some(s.resource_version().to_owned()),
+            uid: Some(s.uid().to_owned()),
         });
         let params = DeleteParams {
             preconditions,
@@ -258,10 +242,11 @@ async fn at_once<T>(
         .await
 }
 
-fn reference(slice: &RepositorySlice) -> SliceRef {
+/// Slice `name` as a Subscription's status names it.
+fn reference(name: &str, slice: &impl Holding) -> SliceRef {
     SliceRef {
-        name: slice.name_any(),
-        digest: slice.digest.clone(),
+        name: name.to_owned(),
+        digest: slice.digest().to_owned(),
     }
 }
 
