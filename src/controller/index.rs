@@ -1,10 +1,10 @@
 //! Indexes beside the watches' stores: which objects of a kind have a key (the Subscriptions of
-//! an integration, the RepositorySlices of a Subscription, the integrations that use a
-//! Secret), so that a reconcile or a watch event finds them
-//! without going through every object the store holds. At 10,000 integrations and 50,000
-//! Subscriptions, each integration's reconcile and each of its status events went through all
-//! 50,000 (and each Subscription's publishing through every slice): the operator's two cores
-//! did little else. Fed with the store's own watch events, in their order. No I/O.
+//! an integration, the integrations that use a Secret), so that a reconcile or a watch event
+//! finds them without going through every object the store holds. At 10,000 integrations and
+//! 50,000 Subscriptions, each integration's reconcile and each of its status events went
+//! through all 50,000: the operator's two cores did little else. (The slices' cache finds a
+//! Subscription's slices itself: `slice_cache`.) Fed with the store's own watch events, in
+//! their order. No I/O.
 
 use std::{
     collections::{HashMap, HashSet},
