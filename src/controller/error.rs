@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
+use super::schedule::Next;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::runtime::controller::Action;
 
 use crate::{
     api::conditions::{READY, RECONCILING, STALLED, reasons},
@@ -43,11 +43,11 @@ pub trait Reason: std::error::Error {
 }
 
 /// What to do after a failure of `class`: `backoff` gives the wait for a transient one.
-pub fn action(class: Class, recheck: Duration, backoff: impl FnOnce() -> Duration) -> Action {
+pub fn action(class: Class, recheck: Duration, backoff: impl FnOnce() -> Duration) -> Next {
     match class {
-        Class::Stalled => Action::await_change(),
-        Class::Waiting => Action::requeue(recheck),
-        Class::Transient => Action::requeue(backoff()),
+        Class::Stalled => Next::OnChange,
+        Class::Waiting => Next::After(recheck),
+        Class::Transient => Next::After(backoff()),
     }
 }
 
@@ -164,17 +164,14 @@ mod tests {
     fn each_class_has_one_action() {
         let second = Duration::from_secs(1);
         let minute = Duration::from_secs(60);
-        assert_eq!(
-            action(Class::Stalled, minute, || second),
-            Action::await_change()
-        );
+        assert_eq!(action(Class::Stalled, minute, || second), Next::OnChange);
         assert_eq!(
             action(Class::Waiting, minute, || second),
-            Action::requeue(minute)
+            Next::After(minute)
         );
         assert_eq!(
             action(Class::Transient, minute, || second),
-            Action::requeue(second)
+            Next::After(second)
         );
     }
 

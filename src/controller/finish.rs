@@ -7,17 +7,14 @@
 use std::time::Instant;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::{
-    Resource, ResourceExt,
-    core::NamespaceResourceScope,
-    runtime::{controller::Action, events::EventType},
-};
+use kube::{Resource, ResourceExt, core::NamespaceResourceScope, runtime::events::EventType};
 use serde::{Serialize, de::DeserializeOwned};
 
 use super::{
     Shared,
     error::{self, Reason},
     memory::{Failures, Memory},
+    schedule::Next,
 };
 use crate::{
     api::conditions::{RECONCILING, reasons},
@@ -232,7 +229,7 @@ async fn progress<K: Kind>(
 /// What to do after `error`: its class decides (see [`error::action`]); a transient one counts
 /// towards the object's backoff, which then holds its Bitbucket calls back until the retry (see
 /// [`Failures`]).
-pub fn next<K: Kind>(shared: &Shared, uid: &str, error: &impl Reason) -> Action {
+pub fn next<K: Kind>(shared: &Shared, uid: &str, error: &impl Reason) -> Next {
     error::action(error.class(), shared.settings.recheck, || {
         K::failures(&shared.memory, uid, |failures| {
             let wait = shared.backoff.wait(failures.in_a_row, error.retry_after());

@@ -23,6 +23,7 @@ pub mod memory;
 pub mod recovery;
 pub mod refresh;
 mod run;
+pub mod schedule;
 pub mod slice_cache;
 pub mod subscription;
 pub mod wakes;

@@ -13,6 +13,7 @@ use kube::{
     Api, Resource, ResourceExt,
     runtime::{
         Controller, WatchStreamExt,
+        controller::Action,
         reflector::{self, Store},
         watcher,
     },
@@ -26,6 +27,7 @@ use super::{
     integration, is_ready,
     leader::Election,
     lock,
+    schedule::{Next, Schedule},
     slice_cache::SliceCache,
     subscription,
 };
@@ -331,31 +333,71 @@ async fn controllers(
         subscription_events,
         woken,
     )
-    .graceful_shutdown_on(shutdown.clone())
-    .run(
-        integration::reconcile,
-        integration::error_policy,
+    .graceful_shutdown_on(shutdown.clone());
+    let integrations = scheduled(
+        integrations,
+        (integration::reconcile, integration::error_policy),
         Arc::clone(&context),
-    )
-    .for_each(|result| async move {
-        if let Err(e) = result {
-            tracing::debug!(error = %e, "integration reconcile failed");
-        }
-    });
+    );
     let users = Arc::clone(&subscription_watch.index);
-    let subscriptions = subscription::wire(subscriptions, users, integration_events)
-        .graceful_shutdown_on(shutdown)
-        .run(
-            subscription::reconcile,
-            subscription::error_policy,
-            Arc::clone(&context),
-        )
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "subscription reconcile failed");
-            }
-        });
+    let subscriptions =
+        subscription::wire(subscriptions, users, integration_events).graceful_shutdown_on(shutdown);
+    let subscriptions = scheduled(
+        subscriptions,
+        (subscription::reconcile, subscription::error_policy),
+        context,
+    );
     futures::future::join(integrations, subscriptions).map(drop)
+}
+
+/// Runs `controller` with `reconcile` and `error_policy`, keeping when each object is due
+/// next in a [`Schedule`] of this term (kube is told to wait for a change, and the schedule
+/// wakes the controller when the time comes).
+fn scheduled<K, E, Reconciled>(
+    controller: Controller<K>,
+    (reconcile, error_policy): (
+        impl Fn(Arc<K>, Arc<Context>) -> Reconciled + Send + 'static,
+        impl Fn(Arc<K>, &E, Arc<Context>) -> Next + Send + Sync + 'static,
+    ),
+    context: Arc<Context>,
+) -> impl std::future::Future<Output = ()>
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    E: std::error::Error + Send + Sync + 'static,
+    Reconciled: std::future::Future<Output = Result<Next, E>> + Send + 'static,
+{
+    let schedule = Arc::new(Schedule::<K>::default());
+    let (after_reconcile, after_error) = (Arc::clone(&schedule), Arc::clone(&schedule));
+    let kind = K::kind(&()).into_owned();
+    controller
+        .reconcile_on(schedule.due())
+        .run(
+            move |object, context| {
+                let schedule = Arc::clone(&after_reconcile);
+                let reconciled = reconcile(Arc::clone(&object), context);
+                async move {
+                    schedule.set(&*object, reconciled.await?);
+                    Ok(Action::await_change())
+                }
+            },
+            move |object, error, context| {
+                after_error.set(&*object, error_policy(Arc::clone(&object), error, context));
+                Action::await_change()
+            },
+            context,
+        )
+        .for_each(move |result| {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, kind, "reconcile failed");
+            }
+            futures::future::ready(())
+        })
 }
 
 /// One watch of a kind: it feeds `store` (objects kept without their managedFields and

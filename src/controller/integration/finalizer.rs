@@ -5,7 +5,6 @@
 use kube::{
     Api, ResourceExt,
     api::{Patch, PatchParams},
-    runtime::controller::Action,
 };
 
 use super::{
@@ -15,6 +14,7 @@ use super::{
 use crate::{
     api::{BitbucketIntegration, IN_USE_FINALIZER},
     controller::Context,
+    controller::schedule::Next,
 };
 
 /// Adds the finalizer (then validates), validates, or — when the integration is being deleted —
@@ -22,7 +22,7 @@ use crate::{
 pub(super) async fn with_finalizer(
     integration: &BitbucketIntegration,
     context: &Context,
-) -> Result<Action, Error> {
+) -> Result<Next, Error> {
     let namespace = integration.namespace().unwrap_or_default();
     let api: Api<BitbucketIntegration> = Api::namespaced(context.shared.kube.clone(), &namespace);
     let name = integration.name_any();
@@ -69,7 +69,7 @@ pub(super) async fn with_finalizer(
         }
         (Some(index), true) => {
             if let Cleanup::LookAgain(after) = cleanup::cleanup(integration, context).await? {
-                return Ok(Action::requeue(after));
+                return Ok(Next::After(after));
             }
             let remove = super::hooks::remove_with(context, integration);
             crate::bitbucket::Priority::Asked.run(remove).await;
@@ -82,9 +82,9 @@ pub(super) async fn with_finalizer(
             ]);
             api.patch(&name, &PatchParams::default(), &json_patch(patch))
                 .await?;
-            Ok(Action::await_change())
+            Ok(Next::OnChange)
         }
-        (None, true) => Ok(Action::await_change()),
+        (None, true) => Ok(Next::OnChange),
     }
 }
 

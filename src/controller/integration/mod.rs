@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{
     ResourceExt,
     core::PartialObjectMeta,
-    runtime::{Controller, WatchStreamExt, controller::Action, reflector::ObjectRef, watcher},
+    runtime::{Controller, WatchStreamExt, reflector::ObjectRef, watcher},
 };
 
 use super::{
@@ -33,6 +33,7 @@ use super::{
     memory::Validation,
     recovery::{self, Waiter},
     run::api,
+    schedule::Next,
 };
 use crate::{
     api::{
@@ -164,7 +165,7 @@ pub fn secrets_used(integration: &BitbucketIntegration) -> Vec<String> {
 pub async fn reconcile(
     integration: Arc<BitbucketIntegration>,
     context: Arc<Context>,
-) -> Result<Action, Error> {
+) -> Result<Next, Error> {
     let reconcile = finalizer::with_finalizer(&integration, &context);
     context.shared.measured(CONTROLLER, reconcile).await
 }
@@ -174,7 +175,7 @@ pub fn error_policy(
     integration: Arc<BitbucketIntegration>,
     error: &Error,
     context: Arc<Context>,
-) -> Action {
+) -> Next {
     let shared = &context.shared;
     shared.count_error(CONTROLLER, error.reason());
     if error.class() != Class::Waiting {
@@ -184,7 +185,7 @@ pub fn error_policy(
 }
 
 /// Validates an integration that holds the finalizer, when due, and writes what it found.
-async fn apply(integration: &BitbucketIntegration, context: &Context) -> Result<Action, Error> {
+async fn apply(integration: &BitbucketIntegration, context: &Context) -> Result<Next, Error> {
     let shared = &context.shared;
     let mut draft = Draft::begin(&shared.memory, integration);
     let transport = shared.settings.transport.clone();
@@ -334,7 +335,7 @@ fn after(
     ask: &ValidationAsk,
     outcome: ValidationOutcome,
     look: Option<std::time::Duration>,
-) -> Action {
+) -> Next {
     let shared = &context.shared;
     let uid = finish::uid(integration);
     let sooner = |wait: std::time::Duration| look.map_or(wait, |look| look.min(wait));
@@ -342,14 +343,14 @@ fn after(
         ValidationOutcome::Validated(_) => {
             let server = recovery::server_of(integration);
             finish::recovered::<BitbucketIntegration>(shared, &uid, Some(&server));
-            Action::requeue(sooner(ask.interval))
+            Next::After(sooner(ask.interval))
         }
         ValidationOutcome::Unchanged { wait } => match wait.or(look) {
-            Some(wait) => Action::requeue(sooner(wait)),
-            None => Action::await_change(),
+            Some(wait) => Next::After(sooner(wait)),
+            None => Next::OnChange,
         },
         ValidationOutcome::BackingOff { wait } | ValidationOutcome::WaitingForBudget { wait } => {
-            Action::requeue(sooner(wait))
+            Next::After(sooner(wait))
         }
         ValidationOutcome::Failed(error) => {
             shared.count_error(CONTROLLER, error.reason());

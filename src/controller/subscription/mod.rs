@@ -22,7 +22,7 @@ use std::{
 
 use kube::{
     Api, ResourceExt,
-    runtime::{Controller, controller::Action, reflector::ObjectRef, watcher},
+    runtime::{Controller, reflector::ObjectRef, watcher},
 };
 
 use super::{
@@ -36,6 +36,7 @@ use super::{
     listing::{Fetched, Want},
     memory::{LastSync, Validation},
     recovery::{self, Waiter},
+    schedule::Next,
 };
 use crate::{
     api::{
@@ -156,7 +157,7 @@ pub fn wire(
 pub async fn reconcile(
     subscription: Arc<Subscription>,
     context: Arc<Context>,
-) -> Result<Action, Error> {
+) -> Result<Next, Error> {
     let reconcile = async {
         let subscription = with_status_list(&subscription, &context).await?;
         sync(&subscription, &context).await
@@ -202,11 +203,7 @@ async fn with_status_list<'a>(
 }
 
 /// After an error the reconcile could not describe in status.
-pub fn error_policy(
-    subscription: Arc<Subscription>,
-    error: &Error,
-    context: Arc<Context>,
-) -> Action {
+pub fn error_policy(subscription: Arc<Subscription>, error: &Error, context: Arc<Context>) -> Next {
     context.shared.count_error(CONTROLLER, error.reason());
     tracing::warn!(subscription = %subscription.name_any(), %error, "reconcile failed");
     finish::next::<Subscription>(&context.shared, &finish::uid(&*subscription), error)
@@ -229,17 +226,17 @@ fn wake_the_integration_left(subscription: &Subscription, context: &Context) {
     }
 }
 
-async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, Error> {
+async fn sync(subscription: &Subscription, context: &Context) -> Result<Next, Error> {
     wake_the_integration_left(subscription, context);
     if subscription.metadata.deletion_timestamp.is_some() {
-        return Ok(Action::await_change());
+        return Ok(Next::OnChange);
     }
     if !context.slices.is_ready() {
         // The slices are not listed yet: a plan now would write them all again.
-        return Ok(Action::requeue(Duration::from_millis(500)));
+        return Ok(Next::After(Duration::from_millis(500)));
     }
     if let Some(wait) = publish::unsettled(&context.shared, &context.slices, subscription) {
-        return Ok(Action::requeue(wait));
+        return Ok(Next::After(wait));
     }
     let shared = &context.shared;
     let mut draft = Draft::begin(&shared.memory, subscription);
@@ -254,7 +251,7 @@ async fn sync(subscription: &Subscription, context: &Context) -> Result<Action, 
         SyncOutcome::Suspended
     } else {
         match dereference(subscription, context).await {
-            Dereferenced::Later(wait) => return Ok(Action::requeue(wait)),
+            Dereferenced::Later(wait) => return Ok(Next::After(wait)),
             Dereferenced::Failed(Error::Kube(e)) => return Err(Error::Kube(e)),
             Dereferenced::Failed(error) => SyncOutcome::Failed {
                 error,
@@ -659,21 +656,21 @@ fn after(
     subscription: &Subscription,
     ask: &SyncAsk,
     outcome: SyncOutcome,
-) -> Action {
+) -> Next {
     let shared = &context.shared;
     let uid = finish::uid(subscription);
     match outcome {
         SyncOutcome::Listed { .. } => {
             let server = server(context, subscription);
             finish::recovered::<Subscription>(shared, &uid, server.as_deref());
-            Action::requeue(ask.interval)
+            Next::After(ask.interval)
         }
         SyncOutcome::Unchanged { wait }
         | SyncOutcome::BackingOff { wait }
-        | SyncOutcome::WaitingForBudget { wait, .. } => Action::requeue(wait),
+        | SyncOutcome::WaitingForBudget { wait, .. } => Next::After(wait),
         SyncOutcome::Suspended => {
             shared.memory.subscription(&uid, |m| m.sync = None);
-            Action::await_change()
+            Next::OnChange
         }
         SyncOutcome::Failed { error, integration } => {
             if integration.is_none() {
