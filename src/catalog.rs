@@ -54,8 +54,7 @@ pub struct Catalog {
 /// A complete repository list: the slices that held it (their entries compact, as the cache
 /// keeps them), and those entries parsed while they are asked for.
 pub struct List {
-    /// The slices as `status.slices` named them.
-    named: Vec<SliceRef>,
+    /// In the order `status.slices` named them.
     slices: Vec<Arc<CachedSlice>>,
     len: usize,
     /// The entries, parsed and sorted by full name, kept while they are asked for (see
@@ -82,10 +81,9 @@ struct Rendered {
 }
 
 impl List {
-    fn new(named: Vec<SliceRef>, slices: Vec<Arc<CachedSlice>>) -> Self {
+    fn new(slices: Vec<Arc<CachedSlice>>) -> Self {
         let len = slices.iter().map(|s| s.entries().len()).sum();
         Self {
-            named,
             slices,
             len,
             parsed: Mutex::default(),
@@ -126,9 +124,11 @@ impl List {
         });
     }
 
-    /// The slices that hold this list, as the Subscription's status named them.
-    pub fn named(&self) -> &[SliceRef] {
-        &self.named
+    /// Whether `named` (a Subscription's `status.slices`) names the slices that hold this list.
+    pub fn is_named_by(&self, named: &[SliceRef]) -> bool {
+        named.len() == self.slices.len()
+            && (named.iter().zip(&self.slices))
+                .all(|(named, slice)| named.name == slice.name() && named.digest == slice.digest())
     }
 
     /// The repositories, sorted by full name, for the operator's own use once (a webhook's
@@ -282,7 +282,7 @@ impl Catalog {
         // The list assembled last is still the one the status names (the slices may be
         // being rewritten meanwhile: what it holds is what the status names).
         if let Some(list) = &previous
-            && named == Some(list.named.as_slice())
+            && named.is_some_and(|named| list.is_named_by(named))
         {
             return Ok(Served::Complete(Arc::clone(list)));
         }
@@ -291,7 +291,7 @@ impl Catalog {
         });
         match found {
             Ok(found) => {
-                let list = Arc::new(List::new(named.unwrap_or_default().to_vec(), found));
+                let list = Arc::new(List::new(found));
                 lock(&self.complete).insert(uid, Arc::clone(&list));
                 Ok(Served::Complete(list))
             }

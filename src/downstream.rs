@@ -324,7 +324,7 @@ async fn served(catalog: &Catalog, namespace: &str, name: &str, slices: &[SliceR
     let start = Instant::now();
     while start.elapsed() < SERVED_PATIENCE {
         if let Ok(Served::Complete(list)) = catalog.list(namespace, name)
-            && list.named() == slices
+            && list.is_named_by(slices)
         {
             return;
         }

@@ -190,7 +190,10 @@ async fn with_status_list<'a>(
     );
     if let Ok(crate::catalog::Served::Complete(list)) =
         context.shared.catalog.list(&namespace, &name)
-        && Some(list.named()) == status.slices.as_deref()
+        && status
+            .slices
+            .as_deref()
+            .is_some_and(|named| list.is_named_by(named))
         && list.len() == count
     {
         let mut restored = subscription.clone();
