@@ -22,7 +22,8 @@ static ALLOCATOR: dhat::Alloc = dhat::Alloc;
 
 /// With `--features heap-profile`: counts every allocation from the start, and writes what the
 /// heap holds when the operator is told to stop (before it drops anything) to the file named by
-/// `BBO_HEAP_PROFILE` (`dhat-heap.json` by default); `hack/heap-top.py` reads it.
+/// `BBO_HEAP_PROFILE` (`dhat-heap.json` by default); the benchmarks read it
+/// (`benches/operator/heap.rs`).
 #[cfg(feature = "heap-profile")]
 static HEAP_PROFILE: std::sync::Mutex<Option<dhat::Profiler>> = std::sync::Mutex::new(None);
 
