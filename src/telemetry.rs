@@ -14,13 +14,18 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. The filter comes from `RUST_LOG` (default `info`).
+/// Installs the global subscriber. The filter comes from `RUST_LOG` (default `info`). Text is
+/// coloured only on a terminal (and without `NO_COLOR`): a container's log is a file, which
+/// `kubectl logs` shows as written.
 ///
 /// Fails when a subscriber is already installed (e.g. called twice in one process).
 pub fn init(format: LogFormat) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.try_init(),

@@ -24,6 +24,7 @@ mod gitops;
 mod hostile_bitbucket;
 mod http_servers;
 mod leader;
+mod logs;
 mod monitoring;
 mod operator;
 mod plugin;
