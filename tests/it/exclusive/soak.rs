@@ -997,8 +997,12 @@ async fn spent_budgets(soak: &Soak) -> BTreeSet<String> {
 }
 
 /// What `object`'s status says, for a report of why it has not converged: the sync request
-/// it handled last and its conditions.
+/// it was asked for (as the API server has it, with the object's resourceVersion), the one it
+/// handled last and its conditions.
 fn what_it_says(object: &kube::api::DynamicObject) -> String {
+    let asked = (object.metadata.annotations.as_ref())
+        .and_then(|a| a.get(bitbucket_operator::api::SYNC_REQUESTED_AT_ANNOTATION));
+    let version = object.metadata.resource_version.as_deref().unwrap_or_default();
     let status = &object.data["status"];
     let conditions: Vec<String> = (status["conditions"].as_array().into_iter().flatten())
         .map(|c| {
@@ -1012,7 +1016,7 @@ fn what_it_says(object: &kube::api::DynamicObject) -> String {
         })
         .collect();
     format!(
-        "it handled sync request {}; {}",
+        "asked for sync request {asked:?} (resourceVersion {version}), it handled {}; {}",
         status["lastHandledSyncRequest"],
         conditions.join("; ")
     )
