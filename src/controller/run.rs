@@ -350,6 +350,29 @@ async fn controllers(
     futures::future::join(integrations, subscriptions).map(drop)
 }
 
+/// A kind the operator watches and reconciles.
+trait Watched:
+    Resource<DynamicType = ()>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Watched for K where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// Runs `controller` with `reconcile` and `error_policy`, keeping when each object is due
 /// next in a [`Schedule`] of this term (kube is told to wait for a change, and the schedule
 /// wakes the controller when the time comes).
@@ -362,13 +385,7 @@ fn scheduled<K, E, Reconciled>(
     context: Arc<Context>,
 ) -> impl std::future::Future<Output = ()>
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
     E: std::error::Error + Send + Sync + 'static,
     Reconciled: std::future::Future<Output = Result<Next, E>> + Send + 'static,
 {
@@ -427,13 +444,7 @@ type Consumers<K> = Arc<tokio::sync::Mutex<Option<(Sender<K>, Sender<K>)>>>;
 
 impl<K> SharedWatch<K>
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
+    K: Watched,
 {
     /// `trim` drops more of each object before it is cached (see [`lean`]); `keys` index
     /// the objects (see [`Index`]).

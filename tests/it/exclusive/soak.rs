@@ -1002,7 +1002,11 @@ async fn spent_budgets(soak: &Soak) -> BTreeSet<String> {
 fn what_it_says(object: &kube::api::DynamicObject) -> String {
     let asked = (object.metadata.annotations.as_ref())
         .and_then(|a| a.get(bitbucket_operator::api::SYNC_REQUESTED_AT_ANNOTATION));
-    let version = object.metadata.resource_version.as_deref().unwrap_or_default();
+    let version = object
+        .metadata
+        .resource_version
+        .as_deref()
+        .unwrap_or_default();
     let status = &object.data["status"];
     let conditions: Vec<String> = (status["conditions"].as_array().into_iter().flatten())
         .map(|c| {
