@@ -307,6 +307,15 @@ pub fn integration_of(subscription: &Subscription) -> ObjectRef<BitbucketIntegra
         .within(&subscription.namespace().unwrap_or_default())
 }
 
+/// `name` as `map` already holds it as a key, shared, or else a new one: the compact caches
+/// keep a namespace or a Subscription's UID once however many of their entries name it.
+pub(crate) fn shared_name<V>(map: &std::collections::HashMap<Arc<str>, V>, name: &str) -> Arc<str> {
+    match map.get_key_value(name) {
+        Some((shared, _)) => Arc::clone(shared),
+        None => Arc::from(name),
+    }
+}
+
 /// Whether a store has seen its first complete listing.
 pub(crate) fn is_ready<K>(store: &Store<K>) -> bool
 where

@@ -17,7 +17,7 @@ use std::{
 use kube::runtime::reflector::ObjectRef;
 use tokio::time::Instant;
 
-use super::lock;
+use super::{lock, shared_name};
 
 /// When to reconcile an object again, unless a change wakes it first.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,11 +124,7 @@ impl State {
 
     /// Names for an object not scheduled: its namespace's shared with the objects kept.
     fn names(&self, namespace: &str, name: &str) -> (Arc<str>, Arc<str>) {
-        let namespace = match self.by_object.get_key_value(namespace) {
-            Some((shared, _)) => Arc::clone(shared),
-            None => Arc::from(namespace),
-        };
-        (namespace, Arc::from(name))
+        (shared_name(&self.by_object, namespace), Arc::from(name))
     }
 
     /// The first object due by `now`, forgotten; else when the first falls due (if any).

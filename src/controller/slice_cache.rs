@@ -15,6 +15,7 @@ use std::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::runtime::watcher::Event;
 
+use super::shared_name;
 use crate::api::{Entries, RepositorySlice, slice::Holding};
 
 /// A RepositorySlice as the cache keeps it.
@@ -188,16 +189,10 @@ impl Kept {
             ..
         } = slice;
         let namespace = metadata.namespace.as_deref().unwrap_or_default();
-        let namespace = match self.by_name.get_key_value(namespace) {
-            Some((shared, _)) => Arc::clone(shared),
-            None => Arc::from(namespace),
-        };
+        let namespace = shared_name(&self.by_name, namespace);
         let mut owners = metadata.owner_references.iter().flatten();
         let controller = owners.find(|o| o.controller == Some(true));
-        let controller = controller.map(|o| match self.by_controller.get_key_value(&*o.uid) {
-            Some((shared, _)) => Arc::clone(shared),
-            None => Arc::from(o.uid.as_str()),
-        });
+        let controller = controller.map(|o| shared_name(&self.by_controller, &o.uid));
         let mut annotations = metadata.annotations.filter(|a| !a.is_empty());
         if let Some(kept) = annotations.as_mut() {
             kept.remove("kubectl.kubernetes.io/last-applied-configuration");
