@@ -1564,6 +1564,19 @@ async fn fetch_dc_pages(http: &reqwest::Client, sim: &Simulator, project: &str) 
     pages
 }
 
+/// A request for `url` as the readers make it, with the plugin token: `body` POSTed as JSON,
+/// or a GET.
+fn asked(http: &reqwest::Client, url: &str, body: Option<&str>) -> reqwest::RequestBuilder {
+    let request = match body {
+        Some(body) => http
+            .post(url)
+            .header("content-type", "application/json")
+            .body(body.to_owned()),
+        None => http.get(url),
+    };
+    request.bearer_auth("FAKE-bench-token")
+}
+
 /// `requests` sequential GETs or POSTs (with `body`) of `url`, after one warm-up; the sorted
 /// latencies (each until the whole body is read) and the size of the last answer.
 async fn latencies(
@@ -1574,18 +1587,7 @@ async fn latencies(
 ) -> (Vec<Duration>, usize) {
     let ask = || async {
         let started = Instant::now();
-        let request = match body {
-            Some(body) => http
-                .post(url)
-                .header("content-type", "application/json")
-                .body(body.to_owned()),
-            None => http.get(url),
-        };
-        let response = request
-            .bearer_auth("FAKE-bench-token")
-            .send()
-            .await
-            .unwrap();
+        let response = asked(http, url, body).send().await.unwrap();
         assert!(
             response.status().is_success(),
             "{url}: {}",
@@ -1596,11 +1598,7 @@ async fn latencies(
     };
     // The warm-up waits out the moment the slice cache lags the Subscription's (503).
     support::eventually("the list to be served", support::PATIENCE, || async {
-        let request = match body {
-            Some(body) => http.post(url).body(body.to_owned()),
-            None => http.get(url),
-        };
-        let response = request.bearer_auth("FAKE-bench-token").send().await.ok()?;
+        let response = asked(http, url, body).send().await.ok()?;
         response.status().is_success().then_some(())
     })
     .await;
@@ -1644,11 +1642,7 @@ async fn latencies_beside_bare(
     requests: usize,
 ) -> [(Vec<Duration>, usize); 2] {
     let measured = latencies(http, url, body, requests).await;
-    let request = match body {
-        Some(body) => http.post(url).body(body.to_owned()),
-        None => http.get(url),
-    };
-    let response = request.bearer_auth("FAKE-bench-token").send().await;
+    let response = asked(http, url, body).send().await;
     let answered = response.unwrap().bytes().await.unwrap();
     let bare = bare_server(answered).await;
     [measured, latencies(http, &bare, body, requests).await]
