@@ -14,6 +14,7 @@ use super::{
     Shared,
     error::{self, Reason},
     memory::{Failures, Memory},
+    recovery::{self, Waiter},
     schedule::Next,
 };
 use crate::{
@@ -50,6 +51,8 @@ pub trait Kind:
     ) -> R;
     /// Runs `f` on the object's transient failures in a row (for backoff).
     fn failures<R>(memory: &Memory, uid: &str, f: impl FnOnce(&mut Failures) -> R) -> R;
+    /// The object as one that waits for a server to answer again (see [`super::recovery`]).
+    fn waiter(&self) -> Waiter;
     /// The Events a user should see when the status goes from `before` to `after`. Pure.
     fn announcements(before: &Self::Status, after: &Self::Status) -> Vec<Announcement>;
 }
@@ -62,6 +65,7 @@ macro_rules! reconciled_kind {
         controller: $controller:expr,
         manager: $manager:expr,
         memory: $memory:ident,
+        waiter: $waiter:ident,
         announcements: $announcements:path $(,)?
     }) => {
         impl $crate::controller::finish::Kind for $kind {
@@ -93,6 +97,13 @@ macro_rules! reconciled_kind {
                 f: impl FnOnce(&mut $crate::controller::memory::Failures) -> R,
             ) -> R {
                 memory.$memory(uid, |m| f(&mut m.failures))
+            }
+
+            fn waiter(&self) -> $crate::controller::recovery::Waiter {
+                $crate::controller::recovery::Waiter::$waiter(
+                    $crate::controller::finish::uid(self),
+                    kube::runtime::reflector::ObjectRef::from_obj(self),
+                )
             }
 
             fn announcements(
@@ -157,7 +168,9 @@ pub async fn finish<K: Kind>(
     K::remembered(&shared.memory, &uid(object), |r| {
         r.record(status, written.clone())
     });
+    K::failures(&shared.memory, &uid(object), |f| f.api_in_a_row = 0);
     if written.is_some() {
+        api_answered(shared);
         for announcement in K::announcements(&draft.shown, status) {
             shared.announce(object, announcement).await;
         }
@@ -228,16 +241,51 @@ async fn progress<K: Kind>(
 
 /// What to do after `error`: its class decides (see [`error::action`]); a transient one counts
 /// towards the object's backoff, which then holds its Bitbucket calls back until the retry (see
-/// [`Failures`]).
-pub fn next<K: Kind>(shared: &Shared, uid: &str, error: &impl Reason) -> Next {
-    error::action(error.class(), shared.settings.recheck, || {
-        K::failures(&shared.memory, uid, |failures| {
-            let wait = shared.backoff.wait(failures.in_a_row, error.retry_after());
-            failures.in_a_row = failures.in_a_row.saturating_add(1);
-            failures.retry_at = Instant::now().checked_add(wait);
-            wait
+/// [`Failures`]). A failure of the Kubernetes API counts towards a backoff of its own, which
+/// holds nothing back, and the object waits for the API server to answer others (see
+/// [`api_answered`]).
+pub fn next<K: Kind>(shared: &Shared, object: &K, error: &impl Reason) -> Next {
+    let next = error::action(error.class(), shared.settings.recheck, || {
+        K::failures(&shared.memory, &uid(object), |failures| {
+            counted(failures, &shared.backoff, error, Instant::now())
         })
-    })
+    });
+    if error.reason() == reasons::KUBERNETES_ERROR {
+        shared.recovery.waits(recovery::KUBERNETES, object.waiter());
+    }
+    next
+}
+
+/// Counts the transient failure `error` in `failures` at `now`, and gives the wait before the
+/// object's next reconcile. Pure.
+fn counted(
+    failures: &mut Failures,
+    backoff: &super::backoff::Backoff,
+    error: &impl Reason,
+    now: Instant,
+) -> std::time::Duration {
+    if error.reason() == reasons::KUBERNETES_ERROR {
+        let wait = backoff.wait(failures.api_in_a_row, None);
+        failures.api_in_a_row = failures.api_in_a_row.saturating_add(1);
+        return wait;
+    }
+    let wait = backoff.wait(failures.in_a_row, error.retry_after());
+    failures.in_a_row = failures.in_a_row.saturating_add(1);
+    failures.retry_at = now.checked_add(wait);
+    wait
+}
+
+/// A write reached the API server: the objects whose reconcile failed on the Kubernetes API
+/// meanwhile are reconciled again now, instead of each waiting out its backoff (at most once a
+/// minute each: see [`recovery::Recovery::api_answered`]).
+fn api_answered(shared: &Shared) {
+    let woken = (shared.recovery).api_answered(&shared.memory, &shared.wakes);
+    if woken > 0 {
+        tracing::info!(
+            woken,
+            "the API server answers again: woke the objects waiting for it"
+        );
+    }
 }
 
 /// Continues the backoff of an object that `shown` says is failing transiently (`Reconciling`
@@ -298,4 +346,42 @@ pub fn waits_for_server(error: &impl Reason) -> bool {
 /// The object's UID (empty for an object not yet stored, which never reaches a reconcile).
 pub fn uid<K: Resource>(object: &K) -> String {
     object.meta().uid.clone().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use kube::core::Status;
+
+    use super::*;
+    use crate::{bitbucket, controller::backoff::Backoff};
+
+    #[test]
+    fn a_failure_of_the_kubernetes_api_holds_no_bitbucket_call_back_and_backs_off_apart() {
+        let backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(300));
+        let now = Instant::now();
+        let api = kube::Error::Api(Status::failure("etcdserver: request timed out", "").boxed());
+        let mut failures = Failures::default();
+        let waits: Vec<Duration> = (0..4)
+            .map(|_| counted(&mut failures, &backoff, &api, now))
+            .collect();
+        assert!(
+            waits[3] >= Duration::from_secs(8),
+            "it backs off: {waits:?}"
+        );
+        assert_eq!(failures.holding(now), None, "Bitbucket may be called");
+        assert_eq!((failures.in_a_row, failures.api_in_a_row), (0, 4));
+        let unavailable = bitbucket::Error::Unavailable {
+            status: 503,
+            excerpt: String::new(),
+        };
+        let wait = counted(&mut failures, &backoff, &unavailable, now);
+        assert!(wait <= Duration::from_secs(2), "its own count: {wait:?}");
+        assert_eq!(
+            failures.holding(now),
+            Some(wait),
+            "held back until the retry"
+        );
+    }
 }

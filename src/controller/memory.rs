@@ -63,12 +63,21 @@ pub struct HooksRun {
 /// touched) must not call Bitbucket before then either, or the two controllers, each writing a
 /// new failure message, wake each other at the API server's pace (the chaos soak saw 450 token
 /// grants in 6 s for one credential).
+///
+/// Failures of the Kubernetes API (a read or write the API server refused or did not answer)
+/// are counted apart (`api_in_a_row`): their backoff is the object's next reconcile only. It
+/// never holds Bitbucket calls back (what was fetched is remembered before it is written), and
+/// it starts again once a reconcile of the object finishes.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Failures {
     pub in_a_row: u32,
+    /// Kubernetes API failures in a row.
+    pub api_in_a_row: u32,
     pub retry_at: Option<Instant>,
-    /// When a server's recovery last cut this backoff short (see [`super::recovery`]).
+    /// When a Bitbucket server's recovery last cut this backoff short (see [`super::recovery`]).
     pub released_at: Option<Instant>,
+    /// When the API server's recovery last woke the object.
+    pub api_released_at: Option<Instant>,
 }
 
 impl Failures {

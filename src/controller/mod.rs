@@ -55,6 +55,10 @@ pub use run::{Waiting, run, wait_for_crds};
 pub const INTEGRATION_MANAGER: &str = "bitbucket-operator/integration";
 pub const SUBSCRIPTION_MANAGER: &str = "bitbucket-operator/subscription";
 
+/// How long a reconcile runs before it is logged as slow: longer than a listing of 100,000
+/// repositories takes, with retries, and than the API server's own request timeout.
+pub const SLOW_RECONCILE: std::time::Duration = std::time::Duration::from_secs(90);
+
 /// Operator-wide settings.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -253,7 +257,8 @@ impl Shared {
         }
     }
 
-    /// Runs one reconcile of `controller`, counted and timed in the metrics.
+    /// Runs one reconcile of `controller`, counted and timed in the metrics; one that runs
+    /// longer than [`SLOW_RECONCILE`] is logged.
     pub async fn measured<T>(
         &self,
         controller: &'static str,
@@ -262,7 +267,19 @@ impl Shared {
         let labels = crate::metrics::ControllerLabels { controller };
         self.metrics.reconciles.get_or_create(&labels).inc();
         let started = std::time::Instant::now();
-        let result = reconcile.await;
+        let mut reconcile = std::pin::pin!(reconcile);
+        let result = match tokio::time::timeout(SLOW_RECONCILE, &mut reconcile).await {
+            Ok(result) => result,
+            Err(_) => {
+                // Said once, in the reconcile's span (which names the object): a reconcile that
+                // never ends would hold every later change of its object back, unseen.
+                tracing::warn!(
+                    controller,
+                    "a reconcile has run for over {SLOW_RECONCILE:?}"
+                );
+                reconcile.await
+            }
+        };
         self.metrics
             .reconcile_duration
             .get_or_create(&labels)

@@ -9,7 +9,10 @@
 //! once every [`RELEASE_AT_MOST_EVERY`]: one whose own calls fail while the server answers
 //! others (a credential the server keeps answering with 503, as the chaos soak's `soak-5xx`)
 //! would otherwise be released by every other object's success and call as fast as they do.
-//! Woken through [`Wakes`](super::wakes::Wakes). No I/O.
+//! The API server is one more server here ([`KUBERNETES`]): an object whose reconcile failed on
+//! the Kubernetes API is woken once a write of another object reaches it, at most once a
+//! minute as well ([`Recovery::api_answered`]); its backoff holds no call back, so it is only
+//! woken. Woken through [`Wakes`](super::wakes::Wakes). No I/O.
 
 use std::{
     collections::HashMap,
@@ -30,7 +33,10 @@ pub const SPACING: Duration = Duration::from_millis(5);
 /// out its own backoff (a minute at most) until the next.
 pub const RELEASE_AT_MOST_EVERY: Duration = Duration::from_secs(60);
 
-/// The objects waiting on each Bitbucket server.
+/// The key under which objects wait for the Kubernetes API server.
+pub const KUBERNETES: &str = "the Kubernetes API server";
+
+/// The objects waiting on each Bitbucket server, and on the API server.
 #[derive(Default)]
 pub struct Recovery {
     waiting: Mutex<HashMap<String, Waiting>>,
@@ -64,22 +70,44 @@ impl Recovery {
     /// and are woken; but not those released less than [`RELEASE_AT_MOST_EVERY`] ago, which
     /// wait out their backoff. Returns how many were released.
     pub fn recovered(&self, server: &str, memory: &Memory, wakes: &Wakes) -> usize {
-        let Some(waiting) = lock(&self.waiting).remove(server) else {
-            return 0;
-        };
         let now = Instant::now();
         let mut at = (0u32..).map(|i| now + SPACING * i);
-        let mut release = |failures: &mut super::memory::Failures| {
-            if failures
-                .released_at
-                .is_some_and(|last| now.saturating_duration_since(last) < RELEASE_AT_MOST_EVERY)
-            {
+        self.release(server, memory, wakes, |failures| {
+            if recently(failures.released_at, now) {
                 return false;
             }
             let at = at.next().expect("an endless sequence");
             failures.retry_at = failures.retry_at.map(|retry| retry.min(at));
             failures.released_at = Some(now);
             true
+        })
+    }
+
+    /// A write reached the API server: the objects waiting on it ([`KUBERNETES`]) are woken,
+    /// but not those woken less than [`RELEASE_AT_MOST_EVERY`] ago (whose own writes fail while
+    /// the API server takes others'). Returns how many were woken.
+    pub fn api_answered(&self, memory: &Memory, wakes: &Wakes) -> usize {
+        let now = Instant::now();
+        self.release(KUBERNETES, memory, wakes, |failures| {
+            if recently(failures.api_released_at, now) {
+                return false;
+            }
+            failures.api_released_at = Some(now);
+            true
+        })
+    }
+
+    /// Wakes the objects waiting on `server` that `release` lets go (it is given each one's
+    /// failures); the others stop waiting too. Returns how many were woken.
+    fn release(
+        &self,
+        server: &str,
+        memory: &Memory,
+        wakes: &Wakes,
+        mut release: impl FnMut(&mut super::memory::Failures) -> bool,
+    ) -> usize {
+        let Some(waiting) = lock(&self.waiting).remove(server) else {
+            return 0;
         };
         let integrations: Vec<_> = (waiting.integrations.into_iter())
             .filter(|(uid, _)| memory.integration(uid, |m| release(&mut m.failures)))
@@ -94,6 +122,11 @@ impl Recovery {
         (wakes.subscriptions).wake(subscriptions);
         count
     }
+}
+
+/// Whether `last` is less than [`RELEASE_AT_MOST_EVERY`] before `now`.
+fn recently(last: Option<Instant>, now: Instant) -> bool {
+    last.is_some_and(|last| now.saturating_duration_since(last) < RELEASE_AT_MOST_EVERY)
 }
 
 /// The key of an integration's server: its type and URL as the spec says them.
@@ -141,6 +174,46 @@ mod tests {
             recovery.recovered("cloud", &memory, &wakes),
             0,
             "released once"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_api_server_answering_wakes_the_objects_it_failed_once_a_minute_holding_no_call_back()
+     {
+        let (recovery, memory, wakes) = (Recovery::default(), Memory::default(), Wakes::default());
+        let mut woken = wakes.subscriptions.wakes();
+        let later = Instant::now() + Duration::from_secs(300);
+        let fail = |uid: &str| {
+            let object = ObjectRef::new(uid).within("ns");
+            recovery.waits(KUBERNETES, Waiter::Subscription(uid.into(), object));
+        };
+        // Bitbucket's backoff of one of them is not the API server's to cut.
+        memory.subscription("a", |m| m.failures.retry_at = Some(later));
+        fail("a");
+        fail("b");
+        recovery.waits(
+            "cloud",
+            Waiter::Subscription("c".into(), ObjectRef::new("c")),
+        );
+        assert_eq!(recovery.api_answered(&memory, &wakes), 2);
+        let mut names: Vec<String> = woken.by_ref().take(2).map(|o| o.name).collect().await;
+        names.sort();
+        assert_eq!(names, ["a", "b"]);
+        let held = memory.subscription("a", |m| m.failures.holding(Instant::now()));
+        assert!(held.unwrap() > Duration::from_secs(290), "{held:?}");
+        assert_eq!(recovery.api_answered(&memory, &wakes), 0, "woken once");
+        // Its own writes fail again while the API server takes others': woken a minute on.
+        fail("b");
+        assert_eq!(recovery.api_answered(&memory, &wakes), 0);
+        memory.subscription("b", |m| {
+            m.failures.api_released_at = Some(Instant::now() - RELEASE_AT_MOST_EVERY)
+        });
+        fail("b");
+        assert_eq!(recovery.api_answered(&memory, &wakes), 1);
+        assert_eq!(
+            recovery.recovered("cloud", &memory, &wakes),
+            1,
+            "Bitbucket's waiter stays"
         );
     }
 

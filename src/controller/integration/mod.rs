@@ -97,6 +97,7 @@ finish::reconciled_kind!(BitbucketIntegration {
     controller: CONTROLLER,
     manager: INTEGRATION_MANAGER,
     memory: integration,
+    waiter: Integration,
     announcements: validate::announcements,
 });
 
@@ -181,7 +182,7 @@ pub fn error_policy(
     if error.class() != Class::Waiting {
         tracing::warn!(integration = %integration.name_any(), %error, "reconcile failed");
     }
-    finish::next::<BitbucketIntegration>(&context.shared, &finish::uid(&*integration), error)
+    finish::next(&context.shared, &*integration, error)
 }
 
 /// Validates an integration that holds the finalizer, when due, and writes what it found.
@@ -234,6 +235,7 @@ async fn apply(integration: &BitbucketIntegration, context: &Context) -> Result<
             (ValidationOutcome::Failed(error.into()), None)
         }
     };
+    outcome.trace(integration, &ask);
     let users = users(context, integration);
     let workspace = integration.spec.workspace.as_deref();
     let now = conditions::now();
@@ -360,7 +362,7 @@ fn after(
                     .recovery
                     .waits(&recovery::server_of(integration), waiter);
             }
-            finish::next::<BitbucketIntegration>(shared, &uid, &error)
+            finish::next(shared, integration, &error)
         }
     }
 }

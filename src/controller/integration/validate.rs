@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::runtime::events::EventType;
+use kube::{ResourceExt, runtime::events::EventType};
 
 use super::{Error, Users};
 use crate::{
@@ -120,6 +120,37 @@ pub enum ValidationOutcome {
         wait: Duration,
     },
     Failed(Error),
+}
+
+impl ValidationOutcome {
+    /// One debug line saying what a reconcile of `integration` decided, with the generation
+    /// and the sync request it had to answer (as a subscription's sync says it,
+    /// `SyncOutcome::trace`). Fields are only evaluated when debug is on.
+    pub fn trace(&self, integration: &BitbucketIntegration, ask: &ValidationAsk) {
+        let name = || integration.name_any();
+        let (generation, requested) = (ask.generation, ask.requested.as_deref());
+        match self {
+            Self::Validated(_) => {
+                tracing::debug!(integration = %name(), generation, ?requested, "validated")
+            }
+            Self::Unchanged { wait } => {
+                tracing::debug!(integration = %name(), generation, ?requested, ?wait, "not due")
+            }
+            Self::BackingOff { wait } => {
+                tracing::debug!(integration = %name(), generation, ?requested, ?wait, "backing off")
+            }
+            Self::WaitingForBudget { wait } => tracing::debug!(
+                integration = %name(),
+                generation,
+                ?requested,
+                ?wait,
+                "waiting for the request budget"
+            ),
+            Self::Failed(error) => {
+                tracing::debug!(integration = %name(), generation, ?requested, %error, "validation failed")
+            }
+        }
+    }
 }
 
 /// The status an outcome leads to, from the status last shown. `users` are the Subscriptions

@@ -134,6 +134,7 @@ finish::reconciled_kind!(Subscription {
     controller: CONTROLLER,
     manager: SUBSCRIPTION_MANAGER,
     memory: subscription,
+    waiter: Subscription,
     announcements: report::announcements,
 });
 
@@ -209,7 +210,7 @@ async fn with_status_list<'a>(
 pub fn error_policy(subscription: Arc<Subscription>, error: &Error, context: Arc<Context>) -> Next {
     context.shared.count_error(CONTROLLER, error.reason());
     tracing::warn!(subscription = %subscription.name_any(), %error, "reconcile failed");
-    finish::next::<Subscription>(&context.shared, &finish::uid(&*subscription), error)
+    finish::next(&context.shared, &*subscription, error)
 }
 
 /// Wakes the integration this Subscription pointed at when last reconciled, if it now points
@@ -356,7 +357,7 @@ async fn dereference(subscription: &Subscription, context: &Context) -> Derefere
     // An integration this process has not tried to validate yet is queued behind others (at a
     // start with thousands of them, for longer than `recheck`): its first status will come.
     let tried = (shared.memory).integration(&finish::uid(&*integration), |m| {
-        m.validation.is_some() || m.failures.in_a_row > 0
+        m.validation.is_some() || m.failures.in_a_row > 0 || m.failures.api_in_a_row > 0
     });
     let patience = match tried {
         true => shared.settings.recheck,
@@ -686,7 +687,7 @@ fn after(
                 let waiter = Waiter::Subscription(uid.clone(), ObjectRef::from_obj(subscription));
                 shared.recovery.waits(&server, waiter);
             }
-            finish::next::<Subscription>(shared, &uid, &error)
+            finish::next(shared, subscription, &error)
         }
     }
 }

@@ -22,7 +22,7 @@ mod observer;
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
     fmt::Write as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -714,20 +714,14 @@ async fn the_operator_keeps_its_promises_under_overlapping_faults() {
     // object is asked to sync once.
     soak.sim.control().clear_faults();
     restore_deleted(&soak).await;
+    // Every object the API server holds: a write the soak thinks failed (the API server killed
+    // mid-request) may have created one it does not know of.
     let stamp = format!("soak-end-{}", epoch_seconds());
-    let names: Vec<String> = soak
-        .world
-        .lock()
-        .unwrap()
-        .subscriptions
-        .keys()
-        .cloned()
-        .collect();
-    for name in names {
+    for name in existing(&soak.api::<Subscription>()).await {
         written_sync_request(&soak.api::<Subscription>(), &name, &stamp).await;
     }
-    for member in &members {
-        written_sync_request(&soak.api::<BitbucketIntegration>(), &member.name, &stamp).await;
+    for name in existing(&soak.api::<BitbucketIntegration>()).await {
+        written_sync_request(&soak.api::<BitbucketIntegration>(), &name, &stamp).await;
     }
     let convergence = converged(&soak, CONVERGENCE_BOUND).await;
     let convergence_time = last_fault.elapsed();
@@ -856,6 +850,9 @@ async fn the_operator_keeps_its_promises_under_overlapping_faults() {
     for violation in &violations {
         let _ = writeln!(report, "- VIOLATION {violation}");
     }
+    if let Err(why) = &convergence {
+        let _ = writeln!(report, "\n{}", logged_about(&log, why));
+    }
     println!("{report}");
     std::fs::write(dir.join("report.md"), &report).unwrap();
     assert!(
@@ -864,6 +861,33 @@ async fn the_operator_keeps_its_promises_under_overlapping_faults() {
         violations.len(),
         violations.join("\n")
     );
+}
+
+/// The operator's last log lines that name the object `why` reports unconverged
+/// (`integration/<name> ...` or `subscription/<name> ...`), so that a failed run says what the
+/// operator did with it.
+fn logged_about(log: &Path, why: &str) -> String {
+    const LINES: usize = 40;
+    let object = why.split_whitespace().next().unwrap_or_default();
+    let Some((_, name)) = object.split_once('/') else {
+        return String::new();
+    };
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let names = |line: &str| {
+        line.match_indices(name).any(|(at, _)| {
+            let after = line[at + name.len()..].chars().next();
+            !after.is_some_and(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+    };
+    let about: Vec<&str> = text.lines().filter(|line| names(line)).collect();
+    let last = &about[about.len().saturating_sub(LINES)..];
+    let lines: Vec<&str> = last.iter().map(|line| cut(line, 600)).collect();
+    format!(
+        "the operator's last {} of {} log lines naming {object}:\n{}",
+        last.len(),
+        about.len(),
+        lines.join("\n")
+    )
 }
 
 /// Seconds since the epoch: a sync request value no earlier one had.
@@ -928,6 +952,7 @@ async fn sample(soak: Arc<Soak>) {
 /// Asks `name` to sync with `stamp`, writing the request however long the API server (perhaps
 /// just restarted by the last fault) takes to answer again: one lost here left a Subscription
 /// to its interval.
+/// Writes the sync request `stamp` on object `name`, unless it is gone.
 async fn written_sync_request<K>(api: &Api<K>, name: &str, stamp: &str)
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
@@ -936,12 +961,32 @@ where
         "a sync request to be written",
         crate::support::PATIENCE,
         || async {
-            api.patch(name, &PatchParams::default(), &sync_request(stamp))
+            match api
+                .patch(name, &PatchParams::default(), &sync_request(stamp))
                 .await
-                .ok()
+            {
+                Err(kube::Error::Api(status)) if status.code == 404 => Some(()),
+                written => written.ok().map(drop),
+            }
         },
     )
     .await;
+}
+
+/// The names of the objects `api` lists, in name order.
+async fn existing<K>(api: &Api<K>) -> Vec<String>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug + kube::Resource,
+{
+    let listed = crate::support::eventually(
+        "the objects to be listed",
+        crate::support::PATIENCE,
+        || async { api.list(&ListParams::default()).await.ok() },
+    )
+    .await;
+    let mut names: Vec<String> = listed.items.iter().map(|o| o.name_any()).collect();
+    names.sort();
+    names
 }
 
 /// Waits until every object agrees with Bitbucket, within `bound`. Converged: the last object
@@ -996,9 +1041,9 @@ async fn spent_budgets(soak: &Soak) -> BTreeSet<String> {
         .collect()
 }
 
-/// What `object`'s status says, for a report of why it has not converged: the sync request
-/// it was asked for (as the API server has it, with the object's resourceVersion), the one it
-/// handled last and its conditions.
+/// What `object`'s status says, for a report of why it has not converged: its generation and
+/// the one its status observed, the sync request it was asked for (as the API server has it,
+/// with the object's resourceVersion), the one it handled last and its conditions.
 fn what_it_says(object: &kube::api::DynamicObject) -> String {
     let asked = (object.metadata.annotations.as_ref())
         .and_then(|a| a.get(bitbucket_operator::api::SYNC_REQUESTED_AT_ANNOTATION));
@@ -1008,6 +1053,7 @@ fn what_it_says(object: &kube::api::DynamicObject) -> String {
         .as_deref()
         .unwrap_or_default();
     let status = &object.data["status"];
+    let generation = object.metadata.generation.unwrap_or_default();
     let conditions: Vec<String> = (status["conditions"].as_array().into_iter().flatten())
         .map(|c| {
             format!(
@@ -1020,7 +1066,9 @@ fn what_it_says(object: &kube::api::DynamicObject) -> String {
         })
         .collect();
     format!(
-        "asked for sync request {asked:?} (resourceVersion {version}), it handled {}; {}",
+        "generation {generation}, observed {}; asked for sync request {asked:?} (resourceVersion \
+         {version}), it handled {}; {}",
+        status["observedGeneration"],
         status["lastHandledSyncRequest"],
         conditions.join("; ")
     )
@@ -1069,9 +1117,8 @@ async fn unconverged_why(soak: &Soak, spent: &BTreeSet<String>) -> Result<Vec<St
         }
         if !ready(integration) {
             return Err(format!(
-                "integration/{} is not Ready: {}",
-                integration.name_any(),
-                integration.data["status"]["conditions"]
+                "integration/{name} is not Ready: {}",
+                what_it_says(integration)
             ));
         }
     }
@@ -1092,7 +1139,7 @@ async fn unconverged_why(soak: &Soak, spent: &BTreeSet<String>) -> Result<Vec<St
         if !ready(subscription) {
             return Err(format!(
                 "subscription/{name} is not Ready: {}",
-                subscription.data["status"]["conditions"]
+                what_it_says(subscription)
             ));
         }
         let integration = subscription.data["spec"]["integrationRef"]["name"]
