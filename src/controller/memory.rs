@@ -395,8 +395,9 @@ mod tests {
         // One is kept for every Subscription, in a hash table with room to spare: at 50,000
         // Subscriptions each byte held inline costs 64 KiB of table. A status remembered inline
         // made it 536 bytes (8.8 MiB at 10,000 Subscriptions); it is boxed, as it is kept only
-        // until the cache shows it.
+        // until the cache shows it. (When the API server's recovery last woke it took 16 more:
+        // 1 MiB at 50,000, against a loop of failed writes while the API server throttles.)
         let size = std::mem::size_of::<SubscriptionMemory>();
-        assert!(size <= 320, "SubscriptionMemory is {size} bytes");
+        assert!(size <= 336, "SubscriptionMemory is {size} bytes");
     }
 }

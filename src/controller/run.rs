@@ -14,7 +14,7 @@ use kube::{
     runtime::{
         Controller, WatchStreamExt,
         controller::Action,
-        reflector::{self, Store},
+        reflector::{self, ObjectRef, Store},
         watcher,
     },
 };
@@ -421,8 +421,10 @@ where
 /// last-applied-configuration, which the operator never reads), then hands each event to the
 /// two consumers [`subscribe`](Self::subscribe) installed, if any: `primary`, the kind's own
 /// controller (objects that exist), and `trigger`, the other controller's watch (deleted
-/// objects too). Deleted objects are first passed to `forget`. The feed (returned beside it)
-/// drives it and must be polled; it runs whether or not anyone consumes.
+/// objects too). Deleted objects are first passed to `forget`. A re-list's objects are handed
+/// on once the store holds them all, with those it no longer lists as deleted (see
+/// [`Relist`]). The feed (returned beside it) drives it and must be polled; it runs whether or
+/// not anyone consumes.
 ///
 /// Why not kube's shared reflector (`reflector::store_shared` + `Controller::for_shared_stream`,
 /// behind `unstable-runtime`): its dispatcher forwards only applied objects and the initial
@@ -463,31 +465,23 @@ where
             trim(object);
         });
         let events = reflector::reflector(writer, watch).default_backoff();
-        let feeding = Arc::clone(&consumers);
+        let (feeding, reader) = (Arc::clone(&consumers), store.clone());
         let feed = async move {
             let mut events = std::pin::pin!(events);
+            let mut relist = Relist::default();
             while let Some(event) = events.next().await {
-                if let Ok(event) = &event {
-                    indexing.apply(event);
-                }
-                if let Ok(watcher::Event::Delete(object)) = &event {
-                    forget(object);
-                }
+                let changes = event.map(|event| {
+                    indexing.apply(&event);
+                    let (exist, gone) = relist.changes(event, &reader);
+                    gone.iter().for_each(|object| forget(object));
+                    (exist, gone)
+                });
                 let mut consumers = feeding.lock().await;
-                let Some((to_primary, to_trigger)) = consumers.as_mut() else {
+                let Some(to) = consumers.as_mut() else {
                     continue;
                 };
-                let sent = match event {
-                    Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
-                        to_primary.send(Ok(object.clone())).await.is_ok()
-                            && to_trigger.send(Ok(object)).await.is_ok()
-                    }
-                    Ok(watcher::Event::Delete(object)) => to_trigger.send(Ok(object)).await.is_ok(),
-                    Ok(watcher::Event::Init | watcher::Event::InitDone) => true,
-                    Err(error) => to_primary.send(Err(error)).await.is_ok(),
-                };
                 // A closed receiver means its controllers have stopped (a lost lease).
-                if !sent {
+                if !deliver(to, changes).await {
                     *consumers = None;
                 }
             }
@@ -511,6 +505,78 @@ where
         *self.consumers.lock().await = Some((to_primary, to_trigger));
         (primary, trigger)
     }
+}
+
+/// Turns a watch's events into the objects that exist and those gone, as the store shows
+/// them. kube's reflector keeps a re-list's objects aside and puts them in the store all at
+/// once, at `InitDone`: a reconcile woken by an `InitApply` read the object as it was before
+/// the watch broke (or found none), and nothing woke it again once the store held the new
+/// version (a spec edited meanwhile was never reconciled). So a re-list's objects are
+/// delivered at `InitDone`, from the store, with those it no longer lists as gone (deleted
+/// while the watch was down: no `Delete` ever comes for them).
+struct Relist<K: Resource> {
+    /// What the store held when the re-list began.
+    before: Option<Vec<Arc<K>>>,
+}
+
+impl<K: Resource> Default for Relist<K> {
+    fn default() -> Self {
+        Self { before: None }
+    }
+}
+
+/// Objects that exist, and objects gone.
+type Changes<K> = (Vec<Arc<K>>, Vec<Arc<K>>);
+
+impl<K: Watched> Relist<K> {
+    /// What `event` changed, once `store` shows it.
+    fn changes(&mut self, event: watcher::Event<K>, store: &Store<K>) -> Changes<K> {
+        match event {
+            watcher::Event::Apply(object) => (vec![Arc::new(object)], Vec::new()),
+            watcher::Event::Delete(object) => (Vec::new(), vec![Arc::new(object)]),
+            watcher::Event::Init => {
+                self.before = Some(store.state());
+                Changes::default()
+            }
+            watcher::Event::InitApply(_) => Changes::default(),
+            watcher::Event::InitDone => {
+                let listed = store.state();
+                let named: HashSet<ObjectRef<K>> =
+                    listed.iter().map(|o| ObjectRef::from_obj(&**o)).collect();
+                let gone = (self.before.take().into_iter().flatten())
+                    .filter(|o| !named.contains(&ObjectRef::from_obj(&**o)))
+                    .collect();
+                (listed, gone)
+            }
+        }
+    }
+}
+
+/// Sends the objects that exist to both consumers, those gone to `trigger` (the other
+/// controller's watch: an integration waits for its Subscriptions to go) and a watch error to
+/// `primary`. Whether both still listen.
+async fn deliver<K: Clone>(
+    (primary, trigger): &mut (Sender<K>, Sender<K>),
+    changes: Result<Changes<K>, watcher::Error>,
+) -> bool {
+    let (exist, gone) = match changes {
+        Ok(changes) => changes,
+        Err(error) => return primary.send(Err(error)).await.is_ok(),
+    };
+    let owned = |object: Arc<K>| Arc::try_unwrap(object).unwrap_or_else(|o| (*o).clone());
+    for object in exist {
+        let sent = primary.send(Ok((*object).clone())).await.is_ok()
+            && trigger.send(Ok(owned(object))).await.is_ok();
+        if !sent {
+            return false;
+        }
+    }
+    for object in gone {
+        if trigger.send(Ok(owned(object))).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// Drops a Subscription's `status.repositories` from its cached copy: the first 1,000 entries
@@ -615,6 +681,52 @@ mod tests {
 
     fn refused(code: u16, message: &str) -> kube::Error {
         kube::Error::Api(Status::failure(message, "").with_code(code).boxed())
+    }
+
+    fn subscription(name: &str, generation: i64) -> Subscription {
+        let spec = serde_json::json!({"integrationRef": {"name": "acme"}});
+        let mut s = Subscription::new(name, serde_json::from_value(spec).unwrap());
+        s.metadata.namespace = Some("ci".into());
+        s.metadata.generation = Some(generation);
+        s
+    }
+
+    /// The names and generations of `objects`, sorted.
+    fn seen(objects: &[Arc<Subscription>]) -> Vec<(String, i64)> {
+        let mut seen: Vec<_> = (objects.iter())
+            .map(|o| (o.name_any(), o.metadata.generation.unwrap_or_default()))
+            .collect();
+        seen.sort();
+        seen
+    }
+
+    #[test]
+    fn a_relist_is_handed_on_once_the_store_holds_it_with_what_it_no_longer_lists_as_gone() {
+        let (store, mut writer) = reflector::store::<Subscription>();
+        let mut relist = Relist::default();
+        let mut watched = |event: watcher::Event<Subscription>| {
+            writer.apply_watcher_event(&event);
+            relist.changes(event, &store)
+        };
+        watched(watcher::Event::Init);
+        watched(watcher::Event::InitApply(subscription("edited", 1)));
+        watched(watcher::Event::InitApply(subscription("deleted", 1)));
+        let (exist, gone) = watched(watcher::Event::InitDone);
+        assert_eq!(seen(&exist), [("deleted".into(), 1), ("edited".into(), 1)]);
+        assert!(gone.is_empty());
+        // The watch broke: "edited" was edited, "deleted" deleted and "created" created
+        // meanwhile. Nothing is handed on before the store holds the new versions.
+        let (exist, _) = watched(watcher::Event::Init);
+        assert!(exist.is_empty());
+        for object in [subscription("edited", 2), subscription("created", 1)] {
+            let (exist, gone) = watched(watcher::Event::InitApply(object));
+            assert!(exist.is_empty() && gone.is_empty());
+        }
+        let (exist, gone) = watched(watcher::Event::InitDone);
+        assert_eq!(seen(&exist), [("created".into(), 1), ("edited".into(), 2)]);
+        assert_eq!(seen(&gone), [("deleted".into(), 1)]);
+        let (exist, _) = watched(watcher::Event::Apply(subscription("edited", 3)));
+        assert_eq!(seen(&exist), [("edited".into(), 3)]);
     }
 
     #[test]
