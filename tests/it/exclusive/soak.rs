@@ -1083,6 +1083,15 @@ fn says_budget_spent(object: &kube::api::DynamicObject) -> bool {
     .any(|c| c["type"] == "Reconciling" && c["reason"] == "RequestBudgetSpent")
 }
 
+/// Whether `object` says it is not Ready because its integration is not.
+fn says_integration_not_ready(object: &kube::api::DynamicObject) -> bool {
+    (object.data["status"]["conditions"]
+        .as_array()
+        .into_iter()
+        .flatten())
+    .any(|c| c["type"] == "Ready" && c["status"] == "False" && c["reason"] == "IntegrationNotReady")
+}
+
 /// `Err` names an object that has not converged; `Ok` lists those waiting for a budget in
 /// `spent`.
 async fn unconverged_why(soak: &Soak, spent: &BTreeSet<String>) -> Result<Vec<String>, String> {
@@ -1109,10 +1118,12 @@ async fn unconverged_why(soak: &Soak, spent: &BTreeSet<String>) -> Result<Vec<St
             .any(|c| c["type"] == "Ready" && c["status"] == "True")
             && object.data["status"]["observedGeneration"] == json!(object.metadata.generation)
     };
+    let mut waiting_integrations = BTreeSet::new();
     for integration in &integrations {
         let name = integration.name_any();
         if says_budget_spent(integration) && spent.contains(&name) {
             waiting.push(format!("integration/{name}"));
+            waiting_integrations.insert(name);
             continue;
         }
         if !ready(integration) {
@@ -1132,7 +1143,12 @@ async fn unconverged_why(soak: &Soak, spent: &BTreeSet<String>) -> Result<Vec<St
         let integration = subscription.data["spec"]["integrationRef"]["name"]
             .as_str()
             .unwrap_or_default();
-        if says_budget_spent(subscription) && spent.contains(integration) {
+        // Its own sync waits for room, or its integration does (still showing a failure from
+        // the chaos, which only a validation can put right): the Subscription can only say so.
+        if (says_budget_spent(subscription) && spent.contains(integration))
+            || (waiting_integrations.contains(integration)
+                && says_integration_not_ready(subscription))
+        {
             waiting.push(format!("subscription/{name}"));
             continue;
         }
