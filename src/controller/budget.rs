@@ -122,7 +122,7 @@ impl Budgets {
                 let account = Arc::new(Account {
                     namespace: integration.namespace().unwrap_or_default(),
                     name: integration.name_any(),
-                    uid: uid.clone(),
+                    uid: Arc::from(uid.as_str()),
                     slot: Arc::new(BudgetSlot::new(Arc::clone(&pool.budget))),
                     pool: Mutex::new(pool),
                 });
@@ -260,7 +260,8 @@ struct Pool {
 pub struct Account {
     namespace: String,
     name: String,
-    uid: String,
+    /// Shared with each of its Subscriptions' demands.
+    uid: Arc<str>,
     /// What its clients are admitted by: the pool's budget.
     slot: Arc<BudgetSlot>,
     pool: Mutex<Arc<Pool>>,
@@ -280,8 +281,8 @@ struct Plan {
 }
 
 struct Demand {
-    /// The integration whose work it is.
-    owner: String,
+    /// The integration whose work it is (its UID, shared).
+    owner: Arc<str>,
     calls_per_sync: f64,
     interval: Duration,
 }
@@ -295,7 +296,7 @@ impl Plan {
     /// Drops the work of the integration `owner` (gone, or moved to another pool).
     fn forget_owner(&mut self, owner: &str) {
         let gone: HashSet<String> = (self.demands.iter())
-            .filter(|(_, d)| d.owner == owner)
+            .filter(|(_, d)| &*d.owner == owner)
             .map(|(uid, _)| uid.clone())
             .collect();
         self.retain(|uid| !gone.contains(uid));
@@ -367,7 +368,7 @@ impl Account {
             }
             None => {
                 let demand = Demand {
-                    owner: self.uid.clone(),
+                    owner: Arc::clone(&self.uid),
                     calls_per_sync: 1.0,
                     interval,
                 };

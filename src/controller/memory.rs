@@ -167,8 +167,11 @@ pub struct LastSync {
 /// The operator's memory of every object it reconciles.
 #[derive(Default)]
 pub struct Memory {
-    integrations: Mutex<HashMap<String, IntegrationMemory>>,
-    subscriptions: Mutex<HashMap<String, SubscriptionMemory>>,
+    /// Entries are boxed: a hash table keeps room to spare (up to half again its entries), and
+    /// a bucket holding the entry inline costs its size empty or full (5.9 MiB of table for
+    /// 10,000 Subscriptions, against 32 bytes a bucket boxed).
+    integrations: Mutex<HashMap<String, Box<IntegrationMemory>>>,
+    subscriptions: Mutex<HashMap<String, Box<SubscriptionMemory>>>,
     /// Listings shared between the Subscriptions of one integration and scope.
     pub listings: ListingCache,
     /// Each integration's request budget and the plan of its Subscriptions' syncs.
@@ -220,7 +223,7 @@ impl Memory {
         was
     }
 
-    fn count_blocked(&self, memory: &HashMap<String, IntegrationMemory>) {
+    fn count_blocked(&self, memory: &HashMap<String, Box<IntegrationMemory>>) {
         let blocked = memory.values().filter(|m| m.deletion_blocked).count();
         self.blocked_deletions
             .set(i64::try_from(blocked).unwrap_or(i64::MAX));
