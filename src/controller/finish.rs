@@ -250,10 +250,16 @@ pub fn next<K: Kind>(shared: &Shared, object: &K, error: &impl Reason) -> Next {
             counted(failures, &shared.backoff, error, Instant::now())
         })
     });
-    if error.reason() == reasons::KUBERNETES_ERROR {
+    if of_the_kubernetes_api(error) {
         shared.recovery.waits(recovery::KUBERNETES, object.waiter());
     }
     next
+}
+
+/// Whether `error` is the API server's (a read or write it refused or did not answer), which
+/// backs off apart from Bitbucket's failures.
+fn of_the_kubernetes_api(error: &impl Reason) -> bool {
+    error.reason() == reasons::KUBERNETES_ERROR
 }
 
 /// Counts the transient failure `error` in `failures` at `now`, and gives the wait before the
@@ -264,7 +270,7 @@ fn counted(
     error: &impl Reason,
     now: Instant,
 ) -> std::time::Duration {
-    if error.reason() == reasons::KUBERNETES_ERROR {
+    if of_the_kubernetes_api(error) {
         let wait = backoff.wait(failures.api_in_a_row, None);
         failures.api_in_a_row = failures.api_in_a_row.saturating_add(1);
         return wait;

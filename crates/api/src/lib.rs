@@ -15,6 +15,7 @@ pub mod credential;
 pub mod duration;
 pub mod glob;
 pub mod integration;
+mod kept;
 pub mod slice;
 pub mod subscription;
 pub mod text;

@@ -8,7 +8,7 @@
 //! Like an EndpointSlice, a slice is data, not a desired state: its entries are top-level
 //! fields, with no `spec` or `status` (so the type is written by hand, not derived).
 
-use std::borrow::Cow;
+use std::{borrow::Cow, sync::Arc};
 
 use k8s_openapi::{
     apiextensions_apiserver::pkg::apis::apiextensions::v1::{
@@ -82,11 +82,18 @@ fn hex_digest(json: &[u8]) -> String {
 /// every slice, and at ten thousand Subscriptions the entries as structs were half the
 /// operator's heap (about 650 bytes and 10 allocations an entry); their JSON alone still took
 /// 85% of that, as the entries repeat their keys and their names in every URL. Reads and
-/// writes as the array of entries the CRD's schema describes.
+/// writes as the array of entries the CRD's schema describes. Equal entries are kept once in
+/// the process (`kept`): Subscriptions that see the same repositories share them.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Entries {
-    deflated: Box<[u8]>,
+    deflated: Arc<[u8]>,
     len: u32,
+}
+
+impl Drop for Entries {
+    fn drop(&mut self) {
+        crate::kept::release(std::mem::replace(&mut self.deflated, crate::kept::none()));
+    }
 }
 
 /// miniz's fastest level: a slice's entries deflate to about a fifth either way.
@@ -130,7 +137,7 @@ impl From<&[Repository]> for Entries {
         let json = serde_json::to_vec(repositories).expect("repositories serialise to JSON");
         let deflated = miniz_oxide::deflate::compress_to_vec(&json, DEFLATE_LEVEL);
         Self {
-            deflated: deflated.into_boxed_slice(),
+            deflated: crate::kept::share(&deflated),
             len: u32::try_from(repositories.len()).unwrap_or(u32::MAX),
         }
     }
@@ -538,6 +545,20 @@ mod tests {
         let expected: String = hash[..16].iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(entries.digest(), expected);
         assert_eq!(digest(&repositories), expected);
+    }
+
+    #[test]
+    fn slices_that_hold_the_same_list_share_one_copy_of_it() {
+        // As the watch gives them: two Subscriptions' slices read from the API server.
+        let json = serde_json::to_value(entries_named(&["shared-web", "shared-api"])).unwrap();
+        let one: Entries = serde_json::from_value(json.clone()).unwrap();
+        let other: Entries = serde_json::from_value(json).unwrap();
+        assert!(Arc::ptr_eq(&one.deflated, &other.deflated));
+        let different = Entries::from(entries_named(&["shared-web"]));
+        assert!(!Arc::ptr_eq(&one.deflated, &different.deflated));
+        assert_eq!(other.to_vec(), one.to_vec(), "each reads the whole list");
+        drop(one);
+        assert_eq!(other.len(), 2);
     }
 
     #[test]
