@@ -74,7 +74,7 @@ mod tests {
     fn equal_bytes_are_held_once_and_forgotten_with_their_last_holder() {
         let content = b"kept::tests: one list of repositories".as_slice();
         let first = share(content);
-        let second = share(&content.to_vec());
+        let second = share(content);
         assert!(Arc::ptr_eq(&first, &second), "equal bytes share one copy");
         let other = share(b"kept::tests: another list");
         assert!(!Arc::ptr_eq(&first, &other));
