@@ -20,6 +20,7 @@ pub mod integration;
 pub mod leader;
 pub mod listing;
 pub mod memory;
+pub mod pace;
 pub mod recovery;
 pub mod refresh;
 mod run;
@@ -299,6 +300,14 @@ impl Shared {
 /// Locks a mutex whose data stays consistent even if a holder panicked.
 pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The object of a watch event; an error (the watch retries with backoff) is logged and
+/// skipped, as kube's controller does with those of the watches it is given.
+pub(crate) fn watched<K>(event: Result<K, kube::runtime::watcher::Error>) -> Option<K> {
+    event
+        .map_err(|error| tracing::debug!(%error, "a watch failed"))
+        .ok()
 }
 
 /// One watched scope (a namespace, or the cluster): the stores both controllers read.

@@ -3,7 +3,7 @@
 //! Does API-server I/O.
 
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -27,6 +27,7 @@ use super::{
     integration, is_ready,
     leader::Election,
     lock,
+    pace::Pace,
     schedule::{Next, Schedule},
     slice_cache::SliceCache,
     subscription,
@@ -258,6 +259,20 @@ async fn run_scope(
                 led = leading.wait_for(|leads| *leads) => if led.is_err() { return },
                 () = shutdown.clone() => return,
             }
+            // The watches' first lists are in the stores before the controllers start: every
+            // object is then handed on at the controllers' pace (`scheduled`), not all at once
+            // as a list ends.
+            tokio::select! {
+                ready = integrations.store.wait_until_ready() => if ready.is_err() { return },
+                () = shutdown.clone() => return,
+            }
+            tokio::select! {
+                ready = subscriptions.store.wait_until_ready() => if ready.is_err() { return },
+                () = shutdown.clone() => return,
+            }
+            if !*leading.borrow() {
+                continue;
+            }
             let controllers = controllers(
                 &shared,
                 &namespace,
@@ -304,17 +319,6 @@ async fn controllers(
         kube::runtime::controller::Config::default().concurrency(shared.settings.concurrency);
     let (integration_primary, integration_events) = integration_watch.subscribe().await;
     let (subscription_primary, subscription_events) = subscription_watch.subscribe().await;
-    let everything = || futures::stream::once(futures::future::ready(()));
-    let integrations = Controller::for_stream(integration_primary, integration_watch.store.clone())
-        .with_config(controller_config.clone())
-        .reconcile_all_on(everything())
-        .reconcile_on(shared.wakes.integrations.wakes());
-    let subscriptions =
-        Controller::for_stream(subscription_primary, subscription_watch.store.clone())
-            .with_config(controller_config)
-            .reconcile_all_on(everything())
-            .reconcile_on(shared.refreshes.wakes())
-            .reconcile_on(shared.wakes.subscriptions.wakes());
     let (wake_integration, woken) = futures::channel::mpsc::unbounded();
     let context = Arc::new(Context {
         shared: Arc::clone(shared),
@@ -325,27 +329,33 @@ async fn controllers(
         wake_integration,
         started: jiff::Timestamp::now(),
     });
+    let ahead = 2 * usize::from(shared.settings.concurrency);
     let by_secret = Arc::clone(&integration_watch.index);
-    let integrations = integration::wire(
-        integrations,
-        (&context, by_secret),
-        namespace,
-        subscription_events,
-        woken,
-    )
-    .graceful_shutdown_on(shutdown.clone());
+    let integrations_woken = futures::stream::select(
+        integration::woken(&context, by_secret, namespace, subscription_events, woken),
+        shared.wakes.integrations.wakes(),
+    );
     let integrations = scheduled(
-        integrations,
+        Controller::for_stream(integration_primary, integration_watch.store.clone())
+            .with_config(controller_config.clone())
+            .graceful_shutdown_on(shutdown.clone()),
         (integration::reconcile, integration::error_policy),
-        Arc::clone(&context),
+        (Arc::clone(&context), ahead),
+        integrations_woken,
     );
     let users = Arc::clone(&subscription_watch.index);
-    let subscriptions =
-        subscription::wire(subscriptions, users, integration_events).graceful_shutdown_on(shutdown);
+    let subscriptions_woken = futures::stream::select_all([
+        subscription::woken(users, integration_events).boxed(),
+        shared.refreshes.wakes().boxed(),
+        shared.wakes.subscriptions.wakes().boxed(),
+    ]);
     let subscriptions = scheduled(
-        subscriptions,
+        Controller::for_stream(subscription_primary, subscription_watch.store.clone())
+            .with_config(controller_config)
+            .graceful_shutdown_on(shutdown),
         (subscription::reconcile, subscription::error_policy),
-        context,
+        (context, ahead),
+        subscriptions_woken,
     );
     futures::future::join(integrations, subscriptions).map(drop)
 }
@@ -373,16 +383,18 @@ impl<K> Watched for K where
 {
 }
 
-/// Runs `controller` with `reconcile` and `error_policy`, keeping when each object is due
-/// next in a [`Schedule`] of this term (kube is told to wait for a change, and the schedule
-/// wakes the controller when the time comes).
+/// Runs `controller` with `reconcile` and `error_policy`: every object in its (warm) store
+/// once and the objects `woken` names, handed on at the pace it begins them with at most
+/// `ahead` waiting (a [`Pace`]); keeping when each object is due next in a [`Schedule`] of this term (kube is told to wait
+/// for a change, and the schedule wakes the controller when the time comes).
 fn scheduled<K, E, Reconciled>(
     controller: Controller<K>,
     (reconcile, error_policy): (
         impl Fn(Arc<K>, Arc<Context>) -> Reconciled + Send + 'static,
         impl Fn(Arc<K>, &E, Arc<Context>) -> Next + Send + Sync + 'static,
     ),
-    context: Arc<Context>,
+    (context, ahead): (Arc<Context>, usize),
+    woken: impl futures::Stream<Item = ObjectRef<K>> + Send + 'static,
 ) -> impl std::future::Future<Output = ()>
 where
     K: Watched,
@@ -391,11 +403,14 @@ where
 {
     let schedule = Arc::new(Schedule::<K>::default());
     let (after_reconcile, after_error) = (Arc::clone(&schedule), Arc::clone(&schedule));
+    let pace = Pace::new(controller.store().state().iter().map(|o| &**o), ahead);
     let kind = K::kind(&()).into_owned();
     controller
+        .reconcile_on(pace.objects(woken))
         .reconcile_on(schedule.due())
         .run(
             move |object, context| {
+                pace.begins(&object);
                 let schedule = Arc::clone(&after_reconcile);
                 let reconciled = reconcile(Arc::clone(&object), context);
                 async move {
@@ -513,7 +528,8 @@ where
 /// the watch broke (or found none), and nothing woke it again once the store held the new
 /// version (a spec edited meanwhile was never reconciled). So a re-list's objects are
 /// delivered at `InitDone`, from the store, with those it no longer lists as gone (deleted
-/// while the watch was down: no `Delete` ever comes for them).
+/// while the watch was down: no `Delete` ever comes for them). Those it lists at the version
+/// the store held are not delivered again.
 struct Relist<K: Resource> {
     /// What the store held when the re-list began.
     before: Option<Vec<Arc<K>>>,
@@ -540,13 +556,27 @@ impl<K: Watched> Relist<K> {
             }
             watcher::Event::InitApply(_) => Changes::default(),
             watcher::Event::InitDone => {
+                let before: HashMap<ObjectRef<K>, Arc<K>> = (self.before.take().into_iter())
+                    .flatten()
+                    .map(|o| (ObjectRef::from_obj(&*o), o))
+                    .collect();
                 let listed = store.state();
                 let named: HashSet<ObjectRef<K>> =
                     listed.iter().map(|o| ObjectRef::from_obj(&**o)).collect();
-                let gone = (self.before.take().into_iter().flatten())
-                    .filter(|o| !named.contains(&ObjectRef::from_obj(&**o)))
+                let gone = (before.iter())
+                    .filter(|(key, _)| !named.contains(key))
+                    .map(|(_, o)| Arc::clone(o))
                     .collect();
-                (listed, gone)
+                // What the list shows as it was handed on before needs no reconcile again (at
+                // 50,000 objects, handing all on queued them all in kube's scheduler at once).
+                let changed = (listed.into_iter())
+                    .filter(|o| {
+                        before
+                            .get(&ObjectRef::from_obj(&**o))
+                            .is_none_or(|was| was.resource_version() != o.resource_version())
+                    })
+                    .collect();
+                (changed, gone)
             }
         }
     }
@@ -688,6 +718,7 @@ mod tests {
         let mut s = Subscription::new(name, serde_json::from_value(spec).unwrap());
         s.metadata.namespace = Some("ci".into());
         s.metadata.generation = Some(generation);
+        s.metadata.resource_version = Some(format!("{generation}"));
         s
     }
 
@@ -714,11 +745,17 @@ mod tests {
         let (exist, gone) = watched(watcher::Event::InitDone);
         assert_eq!(seen(&exist), [("deleted".into(), 1), ("edited".into(), 1)]);
         assert!(gone.is_empty());
+        watched(watcher::Event::Apply(subscription("unchanged", 1)));
         // The watch broke: "edited" was edited, "deleted" deleted and "created" created
-        // meanwhile. Nothing is handed on before the store holds the new versions.
+        // meanwhile. Nothing is handed on before the store holds the new versions, and what
+        // did not change is not handed on again.
         let (exist, _) = watched(watcher::Event::Init);
         assert!(exist.is_empty());
-        for object in [subscription("edited", 2), subscription("created", 1)] {
+        for object in [
+            subscription("edited", 2),
+            subscription("created", 1),
+            subscription("unchanged", 1),
+        ] {
             let (exist, gone) = watched(watcher::Event::InitApply(object));
             assert!(exist.is_empty() && gone.is_empty());
         }

@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{
     ResourceExt,
     core::PartialObjectMeta,
-    runtime::{Controller, WatchStreamExt, reflector::ObjectRef, watcher},
+    runtime::{WatchStreamExt, reflector::ObjectRef, watcher},
 };
 
 use super::{
@@ -34,6 +34,7 @@ use super::{
     recovery::{self, Waiter},
     run::api,
     schedule::Next,
+    watched,
 };
 use crate::{
     api::{
@@ -101,20 +102,21 @@ finish::reconciled_kind!(BitbucketIntegration {
     announcements: validate::announcements,
 });
 
-/// Adds the watches that trigger an integration: its Secrets (metadata only: Secret data never
-/// enters the operator's memory), the Subscriptions that use it (`subscription_events`, the
-/// stream feeding `context.subscriptions`), and the integrations Subscriptions left (`woken`).
-/// The mappers only map: what to wake is decided by reconciles. `by_secret`: the integrations
-/// that use each Secret (keyed by [`secrets_used`]), fed before this controller sees them.
-pub fn wire(
-    controller: Controller<BitbucketIntegration>,
-    (context, by_secret): (&Arc<Context>, Arc<Index<BitbucketIntegration>>),
+/// The integrations woken by others: by their Secrets (watched as metadata only: Secret data
+/// never enters the operator's memory), by the Subscriptions that use them
+/// (`subscription_events`, the stream feeding `context.subscriptions`), and those Subscriptions
+/// left (`woken`). The mappers only map: what to wake is decided by reconciles. `by_secret`:
+/// the integrations that use each Secret (keyed by [`secrets_used`]), fed before this
+/// controller sees them.
+pub fn woken(
+    context: &Arc<Context>,
+    by_secret: Arc<Index<BitbucketIntegration>>,
     namespace: &Option<String>,
     subscription_events: impl futures::Stream<Item = Result<Subscription, watcher::Error>>
     + Send
     + 'static,
     woken: impl futures::Stream<Item = ObjectRef<BitbucketIntegration>> + Send + 'static,
-) -> Controller<BitbucketIntegration> {
+) -> futures::stream::BoxStream<'static, ObjectRef<BitbucketIntegration>> {
     let client = &context.shared.kube;
     let (seen, relisted) = (Arc::clone(context), Arc::clone(context));
     let secrets = watcher(
@@ -130,19 +132,19 @@ pub fn wire(
             _ => {}
         }
     })
-    .touched_objects();
-    controller
-        .watches_stream(secrets, move |secret| {
-            seen.shared.memory.secret_versions.seen(&secret);
-            let namespace = secret.namespace().unwrap_or_default();
-            by_secret.get(&integration_key(&namespace, &secret.name_any()))
-        })
-        // The integration a Subscription left when re-pointed is woken by the Subscription's
-        // reconcile (`subscription::wake_the_integration_left`), through `woken`.
-        .watches_stream(subscription_events, |subscription| {
-            std::iter::once(integration_of(&subscription))
-        })
-        .reconcile_on(woken)
+    .touched_objects()
+    .filter_map(|secret| futures::future::ready(watched(secret)))
+    .flat_map(move |secret| {
+        seen.shared.memory.secret_versions.seen(&secret);
+        let namespace = secret.namespace().unwrap_or_default();
+        futures::stream::iter(by_secret.get(&integration_key(&namespace, &secret.name_any())))
+    });
+    // The integration a Subscription left when re-pointed is woken by the Subscription's
+    // reconcile (`subscription::wake_the_integration_left`), through `woken`.
+    let used = subscription_events
+        .filter_map(|subscription| futures::future::ready(watched(subscription)))
+        .map(|subscription| integration_of(&subscription));
+    futures::stream::select_all([secrets.boxed(), used.boxed(), woken.boxed()]).boxed()
 }
 
 /// The Secrets `integration` uses, as keys of the index of integrations by Secret

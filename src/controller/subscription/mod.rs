@@ -22,7 +22,7 @@ use std::{
 
 use kube::{
     Api, ResourceExt,
-    runtime::{Controller, reflector::ObjectRef, watcher},
+    runtime::{reflector::ObjectRef, watcher},
 };
 
 use super::{
@@ -37,6 +37,7 @@ use super::{
     memory::{LastSync, Validation},
     recovery::{self, Waiter},
     schedule::Next,
+    watched,
 };
 use crate::{
     api::{
@@ -138,20 +139,22 @@ finish::reconciled_kind!(Subscription {
     announcements: report::announcements,
 });
 
-/// Adds the watch that re-syncs Subscriptions when their integration changes (e.g. becomes
-/// Ready, or its credential rotates). `integration_events` is the stream feeding
-/// `context.integrations`; `subscriptions` is this controller's own store.
-pub fn wire(
-    controller: Controller<Subscription>,
+/// The Subscriptions woken when their integration changes (e.g. becomes Ready, or its
+/// credential rotates). `integration_events` is the stream feeding `context.integrations`;
+/// `users` the Subscriptions by the integration they use.
+pub fn woken(
     users: Arc<Index<Subscription>>,
     integration_events: impl futures::Stream<Item = Result<BitbucketIntegration, watcher::Error>>
     + Send
     + 'static,
-) -> Controller<Subscription> {
-    controller.watches_stream(integration_events, move |integration| {
-        let namespace = integration.namespace().unwrap_or_default();
-        users.get(&integration_key(&namespace, &integration.name_any()))
-    })
+) -> impl futures::Stream<Item = ObjectRef<Subscription>> + Send + 'static {
+    use futures::StreamExt;
+    integration_events
+        .filter_map(|integration| futures::future::ready(watched(integration)))
+        .flat_map(move |integration| {
+            let namespace = integration.namespace().unwrap_or_default();
+            futures::stream::iter(users.get(&integration_key(&namespace, &integration.name_any())))
+        })
 }
 
 /// Reconciles one Subscription.
