@@ -385,8 +385,9 @@ impl<K> Watched for K where
 
 /// Runs `controller` with `reconcile` and `error_policy`: every object in its (warm) store
 /// once and the objects `woken` names, handed on at the pace it begins them with at most
-/// `ahead` waiting (a [`Pace`]); keeping when each object is due next in a [`Schedule`] of this term (kube is told to wait
-/// for a change, and the schedule wakes the controller when the time comes).
+/// `ahead` waiting (a [`Pace`]); keeping when each object is due next in a [`Schedule`] of
+/// this term (kube is told to wait for a change, and the schedule wakes the controller when
+/// the time comes).
 fn scheduled<K, E, Reconciled>(
     controller: Controller<K>,
     (reconcile, error_policy): (
