@@ -255,23 +255,11 @@ async fn run_scope(
     let scope = namespace.as_deref().unwrap_or("(all)").to_owned();
     let terms = async {
         loop {
-            tokio::select! {
-                led = leading.wait_for(|leads| *leads) => if led.is_err() { return },
-                () = shutdown.clone() => return,
-            }
-            // The watches' first lists are in the stores before the controllers start: every
-            // object is then handed on at the controllers' pace (`scheduled`), not all at once
-            // as a list ends.
-            tokio::select! {
-                ready = integrations.store.wait_until_ready() => if ready.is_err() { return },
-                () = shutdown.clone() => return,
-            }
-            tokio::select! {
-                ready = subscriptions.store.wait_until_ready() => if ready.is_err() { return },
-                () = shutdown.clone() => return,
-            }
-            if !*leading.borrow() {
-                continue;
+            let stores = (&integrations.store, &subscriptions.store);
+            match leads_with_warm_stores(&mut leading, stores, shutdown.clone()).await {
+                Some(true) => {}
+                Some(false) => continue,
+                None => return,
             }
             let controllers = controllers(
                 &shared,
@@ -301,6 +289,27 @@ async fn run_scope(
         () = terms => {}
         () = futures::future::join3(integration_feed, subscription_feed, slice_feed).map(drop) => {}
     }
+}
+
+/// Waits until this replica leads and the watches' first lists are in the stores, so that
+/// the controllers start with every object and hand each on at their pace (`scheduled`),
+/// not all at once as a list ends. `Some(false)`: it no longer leads by then; `None`: shut
+/// down, or a watch ended.
+async fn leads_with_warm_stores(
+    leading: &mut watch::Receiver<bool>,
+    (integrations, subscriptions): (&Store<BitbucketIntegration>, &Store<Subscription>),
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Option<bool> {
+    let ready = async {
+        leading.wait_for(|leads| *leads).await.ok()?;
+        integrations.wait_until_ready().await.ok()?;
+        subscriptions.wait_until_ready().await.ok()
+    };
+    tokio::select! {
+        ready = ready => ready?,
+        () = shutdown => return None,
+    }
+    Some(*leading.borrow())
 }
 
 /// Both controllers of one scope, fed from the shared watches from now on; they reconcile
