@@ -566,27 +566,22 @@ impl<K: Watched> Relist<K> {
             }
             watcher::Event::InitApply(_) => Changes::default(),
             watcher::Event::InitDone => {
-                let before: HashMap<ObjectRef<K>, Arc<K>> = (self.before.take().into_iter())
+                let mut before: HashMap<ObjectRef<K>, Arc<K>> = (self.before.take())
+                    .into_iter()
                     .flatten()
                     .map(|o| (ObjectRef::from_obj(&*o), o))
                     .collect();
-                let listed = store.state();
-                let named: HashSet<ObjectRef<K>> =
-                    listed.iter().map(|o| ObjectRef::from_obj(&**o)).collect();
-                let gone = (before.iter())
-                    .filter(|(key, _)| !named.contains(key))
-                    .map(|(_, o)| Arc::clone(o))
-                    .collect();
                 // What the list shows as it was handed on before needs no reconcile again (at
-                // 50,000 objects, handing all on queued them all in kube's scheduler at once).
-                let changed = (listed.into_iter())
-                    .filter(|o| {
-                        before
-                            .get(&ObjectRef::from_obj(&**o))
-                            .is_none_or(|was| was.resource_version() != o.resource_version())
-                    })
-                    .collect();
-                (changed, gone)
+                // 50,000 objects, handing all on queued them all in kube's scheduler at once);
+                // what it no longer shows is gone.
+                let mut changed = Vec::new();
+                for object in store.state() {
+                    let was = before.remove(&ObjectRef::from_obj(&*object));
+                    if was.is_none_or(|was| was.resource_version() != object.resource_version()) {
+                        changed.push(object);
+                    }
+                }
+                (changed, before.into_values().collect())
             }
         }
     }
