@@ -59,6 +59,14 @@ fn key(namespace: Option<&str>, name: &str) -> Key {
     Arc::from(format!("{}/{name}", namespace.unwrap_or_default()))
 }
 
+fn key_of(object: &impl kube::Resource) -> Key {
+    let meta = object.meta();
+    key(
+        meta.namespace.as_deref(),
+        meta.name.as_deref().unwrap_or(""),
+    )
+}
+
 impl<K: kube::Resource<DynamicType = ()>> Pace<K> {
     /// A pace for a controller starting with `everything` (the objects in its store), with at
     /// most `ahead` handed on and not begun.
@@ -66,14 +74,7 @@ impl<K: kube::Resource<DynamicType = ()>> Pace<K> {
     where
         K: 'a,
     {
-        let everything = (everything.into_iter())
-            .map(|o| {
-                key(
-                    o.meta().namespace.as_deref(),
-                    o.meta().name.as_deref().unwrap_or(""),
-                )
-            })
-            .collect();
+        let everything = everything.into_iter().map(key_of).collect();
         Arc::new(Self {
             state: Mutex::new(State {
                 everything,
@@ -85,14 +86,12 @@ impl<K: kube::Resource<DynamicType = ()>> Pace<K> {
         })
     }
 
-    /// A reconcile of `object` begins (handed on by this pace or not).
+    /// A reconcile of `object` begins (handed on by this pace or not). Called for every
+    /// reconcile: with nothing handed on (the steady state) it only looks.
     pub fn begins(&self, object: &K) {
-        let meta = object.meta();
-        let key = key(
-            meta.namespace.as_deref(),
-            meta.name.as_deref().unwrap_or(""),
-        );
-        if lock(&self.state).handed.remove(&key).is_some() {
+        let mut state = lock(&self.state);
+        if !state.handed.is_empty() && state.handed.remove(&key_of(object)).is_some() {
+            drop(state);
             self.begun.notify_one();
         }
     }
