@@ -1071,7 +1071,7 @@ fn what_it_says(object: &kube::api::DynamicObject) -> String {
         .unwrap_or_default();
     let status = &object.data["status"];
     let generation = object.metadata.generation.unwrap_or_default();
-    let conditions: Vec<String> = (status["conditions"].as_array().into_iter().flatten())
+    let conditions: Vec<String> = conditions(object)
         .map(|c| {
             format!(
                 "{}={} {}: {}",
@@ -1091,22 +1091,21 @@ fn what_it_says(object: &kube::api::DynamicObject) -> String {
     )
 }
 
+/// The conditions `object`'s status shows, as JSON.
+fn conditions(object: &kube::api::DynamicObject) -> impl Iterator<Item = &serde_json::Value> {
+    (object.data["status"]["conditions"].as_array().into_iter()).flatten()
+}
+
 /// Whether `object` says it waits for room in a spent request budget.
 fn says_budget_spent(object: &kube::api::DynamicObject) -> bool {
-    (object.data["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten())
-    .any(|c| c["type"] == "Reconciling" && c["reason"] == "RequestBudgetSpent")
+    conditions(object).any(|c| c["type"] == "Reconciling" && c["reason"] == "RequestBudgetSpent")
 }
 
 /// Whether `object` says it is not Ready because its integration is not.
 fn says_integration_not_ready(object: &kube::api::DynamicObject) -> bool {
-    (object.data["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten())
-    .any(|c| c["type"] == "Ready" && c["status"] == "False" && c["reason"] == "IntegrationNotReady")
+    conditions(object).any(|c| {
+        c["type"] == "Ready" && c["status"] == "False" && c["reason"] == "IntegrationNotReady"
+    })
 }
 
 /// `Err` names an object that has not converged; `Ok` lists those waiting for a budget in
@@ -1128,11 +1127,7 @@ async fn unconverged_why(soak: &Soak, spent: &BTreeSet<String>) -> Result<Vec<St
         Err(e) => return Err(format!("listing subscriptions: {e}")),
     };
     let ready = |object: &kube::api::DynamicObject| {
-        object.data["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        conditions(object).any(|c| c["type"] == "Ready" && c["status"] == "True")
             && object.data["status"]["observedGeneration"] == json!(object.metadata.generation)
     };
     let mut waiting_integrations = BTreeSet::new();
