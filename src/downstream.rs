@@ -55,8 +55,13 @@ pub const MANAGER: &str = "bitbucket-operator/downstream";
 const SERVED_PATIENCE: Duration = Duration::from_secs(5);
 
 /// How long a change waits for the watch of ApplicationSets or input providers to be listed
-/// (after that, the objects it would tell are not known, and it tells none).
+/// (after that, the objects it would tell are not known, and it tells none: one created later
+/// asks for the list when it is created).
 const WATCH_PATIENCE: Duration = Duration::from_secs(60);
+
+/// How long a change the API server refused to write waits before it is told again: the first
+/// wait, doubled for each refusal in a row up to the last.
+const RETRY_WAITS: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(60));
 
 /// Which tools to tell.
 #[derive(Clone, Debug)]
@@ -119,6 +124,15 @@ impl Changes {
 
     fn take(&self) -> HashMap<(String, String), Vec<SliceRef>> {
         std::mem::take(&mut *lock(&self.pending))
+    }
+
+    /// Puts back changes that could not be told, unless a newer change of the same list came
+    /// meanwhile (that one is told instead).
+    fn put_back(&self, untold: impl IntoIterator<Item = ((String, String), Vec<SliceRef>)>) {
+        let mut pending = lock(&self.pending);
+        for (key, slices) in untold {
+            pending.entry(key).or_insert(slices);
+        }
     }
 }
 
@@ -267,7 +281,8 @@ fn watched(
                         tool.kind());
                 }
                 Err(_) => {}
-                Ok(_) if failing => {
+                // Said once the list is in: each try to list starts with an `Init` event.
+                Ok(watcher::Event::InitDone) if failing => {
                     failing = false;
                     tracing::info!(kind = tool.kind(), "watching {}s again", tool.kind());
                 }
@@ -279,43 +294,71 @@ fn watched(
 }
 
 /// Tells the objects using each changed list, while this replica leads (a standby forgets the
-/// changes: the leader saw them too). Never returns.
+/// changes: the leader saw them too). A change the API server refused to write for some object
+/// is told again, after [`RETRY_WAITS`]. Never returns.
 async fn tell(
     shared: &Shared,
     stores: &[(Tool, Store<DynamicObject>)],
     leading: watch::Receiver<bool>,
 ) {
     let changes = &shared.downstream;
+    let mut retry: Option<Duration> = None;
     loop {
-        changes.wake.notified().await;
+        match retry {
+            None => changes.wake.notified().await,
+            Some(wait) => {
+                let _ = tokio::time::timeout(wait, changes.wake.notified()).await;
+            }
+        }
         let changed = changes.take();
         if !*leading.borrow() {
+            retry = None;
             continue;
         }
-        let tells = changed
-            .into_iter()
-            .map(|((namespace, name), slices)| async move {
-                served(&shared.catalog, &namespace, &name, &slices).await;
-                let digest = list_digest(&slices);
-                let now = jiff::Timestamp::now().to_string();
-                for (tool, store) in stores {
-                    // A watch not listed yet (its CRD just installed, the API server slow)
-                    // would tell no one: wait for it, a while.
-                    let listed = tokio::time::timeout(WATCH_PATIENCE, store.wait_until_ready());
-                    if listed.await.is_err() {
-                        continue;
-                    }
-                    let config_map = &shared.settings.downstream.plugin_config_map;
-                    for object in store.state() {
-                        if tool.uses(&object, config_map, &namespace, &name) {
-                            let patch = tool.request(&object, &digest, &now);
-                            ask(shared, *tool, &object, patch).await;
-                        }
-                    }
-                }
-            });
-        join_all(tells).await;
+        let tells = changed.into_iter().map(|(key, slices)| async move {
+            let told = tell_one(shared, stores, &key, &slices).await;
+            (!told).then_some((key, slices))
+        });
+        let untold: Vec<_> = join_all(tells).await.into_iter().flatten().collect();
+        retry = if untold.is_empty() {
+            None
+        } else {
+            changes.put_back(untold);
+            Some(retry.map_or(RETRY_WAITS.0, |wait| (wait * 2).min(RETRY_WAITS.1)))
+        };
     }
+}
+
+/// Tells the objects using Subscription `namespace/name` that its list is now `slices`: whether
+/// every write went through.
+async fn tell_one(
+    shared: &Shared,
+    stores: &[(Tool, Store<DynamicObject>)],
+    (namespace, name): &(String, String),
+    slices: &[SliceRef],
+) -> bool {
+    served(&shared.catalog, namespace, name, slices).await;
+    let digest = list_digest(slices);
+    let now = jiff::Timestamp::now().to_string();
+    let mut told = true;
+    for (tool, store) in stores {
+        // A watch not listed yet (its CRD just installed, the API server slow) would tell no
+        // one: wait for it, a while.
+        let listed = tokio::time::timeout(WATCH_PATIENCE, store.wait_until_ready());
+        if listed.await.is_err() {
+            tracing::warn!(kind = tool.kind(), %namespace, subscription = %name,
+                "{}s not listed yet: none is told that this list changed", tool.kind());
+            continue;
+        }
+        let config_map = &shared.settings.downstream.plugin_config_map;
+        for object in store.state() {
+            if tool.uses(&object, config_map, namespace, name) {
+                let patch = tool.request(&object, &digest, &now);
+                told &= ask(shared, *tool, &object, patch).await;
+            }
+        }
+    }
+    told
 }
 
 /// Waits (at most [`SERVED_PATIENCE`]) until this replica's catalog serves the list `slices`
@@ -332,8 +375,9 @@ async fn served(catalog: &Catalog, namespace: &str, name: &str, slices: &[SliceR
     }
 }
 
-/// Writes `patch` (when there is one) to `object`, counting what became of it.
-async fn ask(shared: &Shared, tool: Tool, object: &DynamicObject, patch: Option<Value>) {
+/// Writes `patch` (when there is one) to `object`, counting what became of it: whether it
+/// went through (or nothing was to be written).
+async fn ask(shared: &Shared, tool: Tool, object: &DynamicObject, patch: Option<Value>) -> bool {
     let outcome = match patch {
         None => "pending",
         Some(patch) => {
@@ -354,7 +398,7 @@ async fn ask(shared: &Shared, tool: Tool, object: &DynamicObject, patch: Option<
                 Ok(_) => "requested",
                 Err(error) => {
                     tracing::warn!(kind = tool.kind(), %namespace, name = %object.name_any(), %error,
-                        "could not ask for a refresh");
+                        "could not ask for a refresh; asking again shortly");
                     "failed"
                 }
             }
@@ -369,6 +413,7 @@ async fn ask(shared: &Shared, tool: Tool, object: &DynamicObject, patch: Option<
         .downstream_refreshes
         .get_or_create(&labels)
         .inc();
+    outcome != "failed"
 }
 
 #[cfg(test)]
@@ -480,7 +525,7 @@ mod tests {
     }
 
     #[test]
-    fn changes_wait_only_when_a_tool_is_told_and_a_burst_tells_once() {
+    fn changes_wait_only_when_a_tool_is_told_a_burst_tells_once_and_a_refusal_again() {
         let off = Changes::new(&DownstreamSettings::default());
         off.changed("team", "api-ci", &[]);
         assert!(off.take().is_empty());
@@ -501,6 +546,22 @@ mod tests {
         assert_eq!(
             taken[&("team".to_owned(), "api-ci".to_owned())],
             slices("b")
+        );
+        // A change put back after a refused write is told again, unless a newer one came.
+        on.changed("team", "web-ci", &slices("c"));
+        on.put_back(
+            taken
+                .into_iter()
+                .chain([(("team".to_owned(), "web-ci".to_owned()), slices("old"))]),
+        );
+        let again = on.take();
+        assert_eq!(
+            again[&("team".to_owned(), "api-ci".to_owned())],
+            slices("b")
+        );
+        assert_eq!(
+            again[&("team".to_owned(), "web-ci".to_owned())],
+            slices("c")
         );
     }
 }

@@ -7,17 +7,18 @@
 //! alone, and nothing is written when the list did not change.
 
 use crate::support::{
-    PATIENCE,
+    PATIENCE, allow,
     env::*,
     eventually, gitops_check, gitops_tool, kubectl_ok,
     operator::{await_object, subscription, sync_request},
-    with_input, within,
+    refuse, with_input, within,
 };
 use bitbucket_operator::{
     api::{Subscription, slice::list_digest},
     downstream::{
         APPLICATIONSET_REFRESH_ANNOTATION, FLUX_REQUESTED_AT_ANNOTATION, LIST_DIGEST_ANNOTATION,
     },
+    metrics::DownstreamLabels,
 };
 use kube::{
     Api, ResourceExt,
@@ -296,4 +297,71 @@ async fn argo_cd_and_flux_are_told_when_a_list_changes_and_only_those_reading_it
         let untouched = api.get(name).await.unwrap();
         assert!(untouched.annotations().is_empty(), "{name}: {untouched:?}");
     }
+}
+
+/// A cluster's own policy refuses the operator's refresh of an ApplicationSet for a while: the
+/// refusal is counted and the operator asks again, so that once the policy is lifted the
+/// ApplicationSet is told of the list without the list changing again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_the_api_server_refused_is_asked_for_again() {
+    let env = Env::start_with("downstream", bitbucket_sim::Fixture::demo(), |settings| {
+        settings.downstream.applicationsets = true;
+    })
+    .await;
+    install_their_crds(&env.client).await;
+    let ns = env.ns.name.clone();
+    let appsets = Api::<DynamicObject>::namespaced_with(
+        env.client.clone(),
+        &ns,
+        &resource(
+            "argoproj.io",
+            "v1alpha1",
+            "ApplicationSet",
+            "applicationsets",
+        ),
+    );
+    create(&appsets, application_set("ci-repos", &ns, "ci")).await;
+    let policy = format!("{ns}-holds-applicationsets");
+    let rule = json!({"apiGroups": ["argoproj.io"], "apiVersions": ["*"],
+        "resources": ["applicationsets"], "operations": ["UPDATE"]});
+    let dry_run = PatchParams {
+        dry_run: true,
+        ..PatchParams::default()
+    };
+    let probe = Patch::Merge(json!({"metadata": {"annotations": {"probe": "x"}}}));
+    let refused = || async { appsets.patch("ci-repos", &dry_run, &probe).await.is_err() };
+    let held = ("false", "ApplicationSets are held by the test");
+    refuse(&env.client, &policy, &ns, rule, held, refused).await;
+
+    env.ready_cloud_integration().await;
+    env.create(&subscription("ci", "acme", Some("acme"), &[]))
+        .await;
+    let listed = await_object(&env.api(), "ci", "ci to sync", is_synced).await;
+    let failed = DownstreamLabels {
+        kind: "ApplicationSet",
+        outcome: "failed",
+    };
+    let refusals = || {
+        let metrics = &env.operator().metrics;
+        metrics.downstream_refreshes.get_or_create(&failed).get()
+    };
+    eventually("the refused refresh", PATIENCE, || async {
+        (refusals() > 0).then_some(())
+    })
+    .await;
+    assert!(
+        appsets
+            .get("ci-repos")
+            .await
+            .unwrap()
+            .annotations()
+            .is_empty()
+    );
+
+    allow(&env.client, &policy).await;
+    let digest = digest_of(&listed);
+    annotated(&appsets, "ci-repos", LIST_DIGEST_ANNOTATION, |d| {
+        d == Some(digest.as_str())
+    })
+    .await;
 }

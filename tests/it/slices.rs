@@ -9,10 +9,11 @@ use crate::{
     generator::{TOKEN, ask, naming, offered, serve_from},
     leader::{env_without_operator_with, handled, replica, request_sync, two_replicas},
     support::{
-        PATIENCE,
+        PATIENCE, allow,
         env::*,
         eventually,
         operator::{Operator, await_object, condition, subscription, test_settings},
+        refuse,
     },
 };
 use bitbucket_operator::{
@@ -23,10 +24,7 @@ use bitbucket_operator::{
     controller::leader::LeaseSettings,
 };
 use bitbucket_sim::{CloudRepositoryChange, Fixture};
-use k8s_openapi::api::{
-    admissionregistration::v1::{ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding},
-    coordination::v1::Lease,
-};
+use k8s_openapi::api::coordination::v1::Lease;
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, PostParams},
@@ -251,58 +249,20 @@ async fn the_slices_hold_the_whole_list_and_writes_follow_what_changed() {
     .await;
 }
 
-/// A ValidatingAdmissionPolicy (and binding) named `name` that refuses deleting
-/// RepositorySlices in `namespace`: the operator's writes stop between an update and a delete,
-/// as if it had died there. Returns once the API server enforces it.
+/// A policy named `name` that refuses deleting RepositorySlices in `namespace`: the operator's
+/// writes stop between an update and a delete, as if it had died there. Returns once the API
+/// server refuses deleting slice `probe`.
 async fn refuse_slice_deletes(client: &Client, name: &str, namespace: &str, probe: &str) {
-    let policy: ValidatingAdmissionPolicy = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "spec": {
-            "failurePolicy": "Fail",
-            "matchConstraints": {
-                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
-                "resourceRules": [{"apiGroups": ["scm.shippable.io"], "apiVersions": ["*"],
-                    "resources": ["repositoryslices"], "operations": ["DELETE"]}]
-            },
-            "validations": [{"expression": "false", "message": "slice deletes are held by the test"}]
-        }
-    }))
-    .unwrap();
-    let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(json!({
-        "metadata": {"name": name},
-        "spec": {"policyName": name, "validationActions": ["Deny"]}
-    }))
-    .unwrap();
-    Api::<ValidatingAdmissionPolicy>::all(client.clone())
-        .create(&PostParams::default(), &policy)
-        .await
-        .unwrap();
-    Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
-        .create(&PostParams::default(), &binding)
-        .await
-        .unwrap();
+    let rule = json!({"apiGroups": ["scm.shippable.io"], "apiVersions": ["*"],
+        "resources": ["repositoryslices"], "operations": ["DELETE"]});
     let slices: Api<RepositorySlice> = Api::namespaced(client.clone(), namespace);
     let dry_run = DeleteParams {
         dry_run: true,
         ..DeleteParams::default()
     };
-    eventually(
-        "the API server to refuse slice deletes",
-        PATIENCE,
-        || async { slices.delete(probe, &dry_run).await.is_err().then_some(()) },
-    )
-    .await;
-}
-
-async fn allow_slice_deletes(client: &Client, name: &str) {
-    Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
-        .delete(name, &DeleteParams::default())
-        .await
-        .unwrap();
-    Api::<ValidatingAdmissionPolicy>::all(client.clone())
-        .delete(name, &DeleteParams::default())
-        .await
-        .unwrap();
+    let refused = || async { slices.delete(probe, &dry_run).await.is_err() };
+    let held = "slice deletes are held by the test";
+    refuse(client, name, namespace, rule, ("false", held), refused).await;
 }
 
 /// A replica that never leads: the Lease it would take is held by someone else for an hour.
@@ -425,7 +385,7 @@ async fn an_update_cut_short_between_slice_writes_is_never_served_in_part() {
     );
 
     // The writes can finish: every replica serves the whole new list.
-    allow_slice_deletes(&env.client, &policy).await;
+    allow(&env.client, &policy).await;
     await_object(&env.api(), "big", "the retried writes", is_synced).await;
     for url in [&url, &fresh_url] {
         let (code, after, answer) = eventually("the new list to be served", PATIENCE, || async {

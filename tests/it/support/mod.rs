@@ -66,6 +66,72 @@ where
     }
 }
 
+/// A ValidatingAdmissionPolicy and its binding, both named `name`, that refuse the requests
+/// `rule` (a `resourceRules` entry) matches in `namespace` unless CEL `expression` holds, saying
+/// `message`: the real API server refusing the operator's writes. Returns once `refused()` sees
+/// the API server enforce it; [`allow`] takes it away.
+pub async fn refuse<F, Fut>(
+    client: &Client,
+    name: &str,
+    namespace: &str,
+    rule: serde_json::Value,
+    (expression, message): (&str, &str),
+    refused: F,
+) where
+    F: Fn() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    let policy: ValidatingAdmissionPolicy = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+                "resourceRules": [rule]
+            },
+            "validations": [{"expression": expression, "message": message}]
+        }
+    }))
+    .unwrap();
+    let binding: ValidatingAdmissionPolicyBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "spec": {"policyName": name, "validationActions": ["Deny"]}
+    }))
+    .unwrap();
+    Api::<ValidatingAdmissionPolicy>::all(client.clone())
+        .create(&PostParams::default(), &policy)
+        .await
+        .unwrap();
+    Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
+        .create(&PostParams::default(), &binding)
+        .await
+        .unwrap();
+    eventually(
+        &format!("the API server to enforce {name}"),
+        PATIENCE,
+        || async { refused().await.then_some(()) },
+    )
+    .await;
+}
+
+/// Takes away what [`refuse`] set up as `name`.
+pub async fn allow(client: &Client, name: &str) {
+    use k8s_openapi::api::admissionregistration::v1::{
+        ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+    };
+    Api::<ValidatingAdmissionPolicyBinding>::all(client.clone())
+        .delete(name, &DeleteParams::default())
+        .await
+        .unwrap();
+    Api::<ValidatingAdmissionPolicy>::all(client.clone())
+        .delete(name, &DeleteParams::default())
+        .await
+        .unwrap();
+}
+
 /// How many namespaces tests of this process hold now: the tests using the plane.
 static SHARING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 /// The test (its thread's name: libtest names each test's thread after it) that changes the
