@@ -1073,7 +1073,11 @@ impl Process {
                 &format!("cloud,{servers}"),
             ])
             .args(more)
-            .env("RUST_LOG", "info")
+            // BBO_BENCH_OPERATOR_LOG: more of its log (e.g. `info,bitbucket_operator::controller=debug`).
+            .env(
+                "RUST_LOG",
+                std::env::var("BBO_BENCH_OPERATOR_LOG").unwrap_or_else(|_| "info".into()),
+            )
             // Read only by a `--features heap-profile` build (`make heap-profile`).
             .env("BBO_HEAP_PROFILE", &heap_profile)
             .stdout(log.try_clone().unwrap())

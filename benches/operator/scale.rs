@@ -154,8 +154,8 @@ pub async fn figure_14(client: &Client, scale: Scale, binary: Option<&Path>) -> 
             number: 14,
             figure: "ten times the scale: CPU (cores) of the leader, the API server and etcd",
             measured: format!(
-                "converging: {}; steady state: {}",
-                m.converging_cpu, steady.cpu
+                "converging: {}; steady state: {} (while answering {} Bitbucket calls: the syncs and validations due)",
+                m.converging_cpu, steady.cpu, steady.bitbucket_calls
             ),
             target: "report (2 cores)".into(),
             met: None,
@@ -286,7 +286,7 @@ async fn measure(client: &Client, scale: Scale, binary: Option<&Path>, steady: b
     tokio::time::sleep(Duration::from_secs(3)).await;
     let written = writes(client).await - writes_before;
     let steady = if steady {
-        Some(Steady::watch(client, operator.pid()).await)
+        Some(Steady::watch(client, operator.pid(), &sim).await)
     } else {
         None
     };
@@ -452,14 +452,19 @@ struct Steady {
     /// The requests by verb and resource, as the report says them.
     by_verb: String,
     cpu: Cpu,
+    /// Bitbucket calls answered meanwhile: the syncs and validations falling due (a
+    /// Subscription synced in the first minutes of converging is due again 10 minutes later).
+    bitbucket_calls: u64,
 }
 
 impl Steady {
-    async fn watch(client: &Client, operator: u32) -> Self {
+    async fn watch(client: &Client, operator: u32, sim: &Simulator) -> Self {
         let before = requests(client).await;
+        let calls_before = sim.control().counters().total;
         let cpu = CpuClock::start(operator);
         tokio::time::sleep(STEADY).await;
         let cpu = cpu.read();
+        let bitbucket_calls = sim.control().counters().total - calls_before;
         let mut after = requests(client).await;
         for (key, n) in before {
             *after.entry(key).or_default() -= n;
@@ -488,6 +493,7 @@ impl Steady {
                 by_verb.join(", ")
             },
             cpu,
+            bitbucket_calls,
         }
     }
 }
