@@ -257,6 +257,15 @@ async fn planned_work_held_by_a_rate_limit_sends_nothing_and_keeps_its_state() {
         await_object(&env.api(), name, "synced", is_synced).await;
     }
     let control = env.sim.control();
+    // acme's status names both users (its own write, which must not fall in the window below).
+    let integrations = env.api::<BitbucketIntegration>();
+    await_object(
+        &integrations,
+        "acme",
+        "acme to name a and b",
+        |i: &BitbucketIntegration| i.status.as_ref().is_some_and(|s| s.used_by == ["a", "b"]),
+    )
+    .await;
     control.add_fault(
         FaultRule::status(429)
             .with_retry_after("600")
@@ -276,7 +285,6 @@ async fn planned_work_held_by_a_rate_limit_sends_nothing_and_keeps_its_state() {
     .await;
     let validations = || control.counters().endpoint("GET /2.0/user");
     let before = validations();
-    let integrations = env.api::<BitbucketIntegration>();
     let version = |object: &kube::api::ObjectMeta| object.resource_version.clone().unwrap();
     let a = api.get("a").await.unwrap();
     let acme = integrations.get("acme").await.unwrap();
@@ -305,7 +313,9 @@ async fn planned_work_held_by_a_rate_limit_sends_nothing_and_keeps_its_state() {
     assert_eq!(
         version(&acme_after.metadata),
         version(&acme.metadata),
-        "acme was written"
+        "acme was written: {:#?}\nbecame {:#?}",
+        acme.status,
+        acme_after.status
     );
     // A Subscription made now (of a scope no listing is cached for) says its first listing
     // waits (planned, held).
