@@ -54,8 +54,26 @@ async fn install_their_crds(client: &kube::Client) {
     }
 }
 
-fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
+/// Argo CD's ApplicationSets and the Flux Operator's input providers: group, version, kind,
+/// plural.
+const APPLICATION_SETS: [&str; 4] = [
+    "argoproj.io",
+    "v1alpha1",
+    "ApplicationSet",
+    "applicationsets",
+];
+const INPUT_PROVIDERS: [&str; 4] = [
+    "fluxcd.controlplane.io",
+    "v1",
+    "ResourceSetInputProvider",
+    "resourcesetinputproviders",
+];
+
+/// The objects of another tool's kind in the test's namespace.
+fn their_objects(env: &Env, [group, version, kind, plural]: [&str; 4]) -> Api<DynamicObject> {
+    let gvk = GroupVersionKind::gvk(group, version, kind);
+    let resource = ApiResource::from_gvk_with_plural(&gvk, plural);
+    Api::namespaced_with(env.client.clone(), &env.ns.name, &resource)
 }
 
 /// An ApplicationSet whose plugin generator (nested in a matrix) reads Subscription `reads`.
@@ -185,26 +203,8 @@ async fn argo_cd_and_flux_are_told_when_a_list_changes_and_only_those_reading_it
     .await;
     install_their_crds(&env.client).await;
     let ns = env.ns.name.clone();
-    let appsets = Api::<DynamicObject>::namespaced_with(
-        env.client.clone(),
-        &ns,
-        &resource(
-            "argoproj.io",
-            "v1alpha1",
-            "ApplicationSet",
-            "applicationsets",
-        ),
-    );
-    let providers = Api::<DynamicObject>::namespaced_with(
-        env.client.clone(),
-        &ns,
-        &resource(
-            "fluxcd.controlplane.io",
-            "v1",
-            "ResourceSetInputProvider",
-            "resourcesetinputproviders",
-        ),
-    );
+    let appsets = their_objects(&env, APPLICATION_SETS);
+    let providers = their_objects(&env, INPUT_PROVIDERS);
     create(&appsets, application_set("ci-repos", &ns, "ci")).await;
     create(&appsets, application_set("web-repos", &ns, "web")).await;
     create(&providers, input_provider("ci-inputs", &ns, "ci")).await;
@@ -310,16 +310,7 @@ async fn a_refresh_the_api_server_refused_is_asked_for_again() {
     .await;
     install_their_crds(&env.client).await;
     let ns = env.ns.name.clone();
-    let appsets = Api::<DynamicObject>::namespaced_with(
-        env.client.clone(),
-        &ns,
-        &resource(
-            "argoproj.io",
-            "v1alpha1",
-            "ApplicationSet",
-            "applicationsets",
-        ),
-    );
+    let appsets = their_objects(&env, APPLICATION_SETS);
     create(&appsets, application_set("ci-repos", &ns, "ci")).await;
     let policy = format!("{ns}-holds-applicationsets");
     let rule = json!({"apiGroups": ["argoproj.io"], "apiVersions": ["*"],
