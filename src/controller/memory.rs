@@ -183,6 +183,8 @@ pub struct Memory {
     pub blocked_deletions: Gauge,
     /// The versions of the Secrets in use, as their watch shows them.
     pub secret_versions: super::credentials::SecretVersions,
+    /// The integrations whose first validation by this process is under way.
+    pub first_validations: super::underway::FirstValidations,
 }
 
 /// How many entries a [`Memory::sweep`] dropped.

@@ -27,6 +27,7 @@ mod run;
 pub mod schedule;
 pub mod slice_cache;
 pub mod subscription;
+pub mod underway;
 pub mod wakes;
 
 use std::{

@@ -169,6 +169,12 @@ pub async fn reconcile(
     integration: Arc<BitbucketIntegration>,
     context: Arc<Context>,
 ) -> Result<Next, Error> {
+    let memory = &context.shared.memory;
+    // Subscriptions of an integration this process has not validated wait for this reconcile's
+    // validation rather than to be woken after it (see `underway`).
+    let first =
+        integration.metadata.deletion_timestamp.is_none() && !validated_here(memory, &integration);
+    let _underway = first.then(|| (memory.first_validations).begin(&finish::uid(&*integration)));
     let reconcile = finalizer::with_finalizer(&integration, &context);
     context.shared.measured(CONTROLLER, reconcile).await
 }
@@ -219,6 +225,7 @@ async fn apply(integration: &BitbucketIntegration, context: &Context) -> Result<
             let valid = (shared.memory).integration(&uid, |m| {
                 m.validation.as_ref().is_some_and(|v| v.failure.is_none())
             });
+            (shared.memory.first_validations).end(&uid);
             if valid && !was_valid {
                 wake_users(context, integration);
             }

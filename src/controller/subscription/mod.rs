@@ -377,7 +377,18 @@ async fn dereference(subscription: &Subscription, context: &Context) -> Derefere
     // after `patience`, while the API server is slow to store that status.
     let status_says = (integration.status.as_ref())
         .is_some_and(|s| conditions::get(&s.conditions, READY).is_some());
-    let here = super::integration::validation_here(&shared.memory, &integration);
+    let mut here = super::integration::validation_here(&shared.memory, &integration);
+    // This process is validating the integration for the first time right now: its answer
+    // comes in a moment (see `underway`).
+    if pending.is_some()
+        && !status_says
+        && here.is_none()
+        && (shared.memory.first_validations)
+            .wait_for(&finish::uid(&*integration))
+            .await
+    {
+        here = super::integration::validation_here(&shared.memory, &integration);
+    }
     let validated = !status_says && here.is_some();
     if let Some(wait) = pending.filter(|_| !validated) {
         return Dereferenced::Later(wait);
