@@ -38,7 +38,7 @@ use tokio::sync::{Notify, watch};
 use crate::{
     api::{SliceRef, slice::list_digest},
     catalog::{Catalog, Served},
-    controller::{Shared, lock},
+    controller::{Shared, backoff::Backoff, lock},
 };
 
 /// The annotation Argo CD's ApplicationSet controller refreshes on (and removes afterwards).
@@ -59,9 +59,12 @@ const SERVED_PATIENCE: Duration = Duration::from_secs(5);
 /// asks for the list when it is created).
 const WATCH_PATIENCE: Duration = Duration::from_secs(60);
 
-/// How long a change the API server refused to write waits before it is told again: the first
-/// wait, doubled for each refusal in a row up to the last.
-const RETRY_WAITS: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(60));
+/// How long a change the API server refused to write waits before it is told again: the
+/// operator's backoff (jittered), from about a second, doubling with each refusal in a row, up
+/// to about a minute.
+fn retry_backoff() -> Backoff {
+    Backoff::new(Duration::from_secs(1), Duration::from_secs(60))
+}
 
 /// Which tools to tell.
 #[derive(Clone, Debug)]
@@ -295,24 +298,26 @@ fn watched(
 
 /// Tells the objects using each changed list, while this replica leads (a standby forgets the
 /// changes: the leader saw them too). A change the API server refused to write for some object
-/// is told again, after [`RETRY_WAITS`]. Never returns.
+/// is told again, after [`retry_backoff`]. Never returns.
 async fn tell(
     shared: &Shared,
     stores: &[(Tool, Store<DynamicObject>)],
     leading: watch::Receiver<bool>,
 ) {
     let changes = &shared.downstream;
-    let mut retry: Option<Duration> = None;
+    // Rounds in a row that left a change untold.
+    let mut refused = 0;
     loop {
-        match retry {
-            None => changes.wake.notified().await,
-            Some(wait) => {
+        match refused {
+            0 => changes.wake.notified().await,
+            _ => {
+                let wait = retry_backoff().wait(refused - 1, None);
                 let _ = tokio::time::timeout(wait, changes.wake.notified()).await;
             }
         }
         let changed = changes.take();
         if !*leading.borrow() {
-            retry = None;
+            refused = 0;
             continue;
         }
         let tells = changed.into_iter().map(|(key, slices)| async move {
@@ -320,11 +325,11 @@ async fn tell(
             (!told).then_some((key, slices))
         });
         let untold: Vec<_> = join_all(tells).await.into_iter().flatten().collect();
-        retry = if untold.is_empty() {
-            None
+        refused = if untold.is_empty() {
+            0
         } else {
             changes.put_back(untold);
-            Some(retry.map_or(RETRY_WAITS.0, |wait| (wait * 2).min(RETRY_WAITS.1)))
+            refused + 1
         };
     }
 }

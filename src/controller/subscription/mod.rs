@@ -359,7 +359,8 @@ async fn dereference(subscription: &Subscription, context: &Context) -> Derefere
     };
     // An integration this process has not tried to validate yet is queued behind others (at a
     // start with thousands of them, for longer than `recheck`): its first status will come.
-    let tried = (shared.memory).integration(&finish::uid(&*integration), |m| {
+    let uid = finish::uid(&*integration);
+    let tried = (shared.memory).integration(&uid, |m| {
         m.validation.is_some() || m.failures.in_a_row > 0 || m.failures.api_in_a_row > 0
     });
     let patience = match tried {
@@ -383,9 +384,7 @@ async fn dereference(subscription: &Subscription, context: &Context) -> Derefere
     if pending.is_some()
         && !status_says
         && here.is_none()
-        && (shared.memory.first_validations)
-            .wait_for(&finish::uid(&*integration))
-            .await
+        && shared.memory.first_validations.wait_for(&uid).await
     {
         here = super::integration::validation_here(&shared.memory, &integration);
     }
