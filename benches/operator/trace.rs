@@ -48,12 +48,21 @@ static RECORDING: AtomicBool = AtomicBool::new(false);
 
 /// Records [`RECORDED`] spans from now on (until [`stop`]), forgetting earlier ones. The
 /// recorder is installed the first time, as the process's subscriber (the benchmark installs
-/// no other).
+/// no other). `BBO_BENCH_LOG` (a `RUST_LOG` filter, e.g.
+/// `bitbucket_operator::status=debug`) also prints the in-process operator's log to stderr.
 pub fn start() {
     let recorder = Recorder.with_filter(filter_fn(|meta| {
         meta.is_span() && RECORDING.load(Ordering::Relaxed) && RECORDED.contains(&meta.name())
     }));
-    let _ = tracing_subscriber::registry().with(recorder).try_init();
+    let log = std::env::var("BBO_BENCH_LOG").ok().map(|filter| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(tracing_subscriber::EnvFilter::new(filter))
+    });
+    let _ = tracing_subscriber::registry()
+        .with(recorder)
+        .with(log)
+        .try_init();
     RECORDING.store(true, Ordering::Relaxed);
     clear();
 }

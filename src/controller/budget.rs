@@ -102,11 +102,23 @@ impl Budgets {
     /// The account of `integration`, made on first use, in the pool its credential draws on
     /// now (see [`pool_key`]), with its spec's settings applied.
     pub fn account(&self, integration: &BitbucketIntegration) -> Arc<Account> {
+        let named = integration.status.as_ref().and_then(|s| s.account.as_ref());
+        self.account_named(integration, named)
+    }
+
+    /// [`Self::account`], with `named` the Bitbucket account the integration authenticates as
+    /// rather than the one its status names: a validation's, in the status about to be written,
+    /// which then shows the pool it draws on at once instead of in a second write.
+    pub fn account_named(
+        &self,
+        integration: &BitbucketIntegration,
+        named: Option<&crate::api::Account>,
+    ) -> Arc<Account> {
         let uid = integration.uid().unwrap_or_default();
         let found = lock(&self.accounts).get(&uid).cloned();
         // An object that does not say which account (a copy from before the validation that
         // named it) leaves the account where it is.
-        let key = match (pool_key(integration), &found) {
+        let key = match (pool_key(integration, named), &found) {
             (Some(key), _) => key,
             (None, Some(account)) => account.pool().key.clone(),
             (None, None) => own_pool_key(integration),
@@ -219,14 +231,18 @@ impl Budgets {
 /// an OAuth consumer's requests per user (or consumer, API-FACTS §C.2): integrations that
 /// authenticate as one account on one server share a pool once validated, unless they set
 /// their own budget. Anything else (an access token, which has its own allowance; Data Center;
-/// one not validated yet) has a pool of its own. `None`: the object does not say (a Cloud
+/// one not validated yet) has a pool of its own. `account`: the one it authenticates as, by its
+/// status (or by the validation whose status is being written). `None`: not known (a Cloud
 /// integration whose status names no account), so the pool it drew on so far stands.
-fn pool_key(integration: &BitbucketIntegration) -> Option<String> {
+fn pool_key(
+    integration: &BitbucketIntegration,
+    account: Option<&crate::api::Account>,
+) -> Option<String> {
     let spec = &integration.spec;
     if spec.server.server_type != ServerType::Cloud || spec.request_budget.is_some() {
         return Some(own_pool_key(integration));
     }
-    let account = integration.status.as_ref()?.account.as_ref()?;
+    let account = account?;
     match (&account.kind, &account.uuid) {
         (AccountKind::User | AccountKind::OAuthConsumer, Some(uuid)) => {
             let server = spec.server.url.as_deref().unwrap_or("cloud");

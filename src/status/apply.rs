@@ -28,6 +28,15 @@ where
         return Ok(None);
     }
     let name = object.meta().name.as_deref().unwrap_or_default();
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let changed = changed_fields(current, desired);
+        tracing::debug!(
+            kind = K::kind(&()).as_ref(),
+            name,
+            ?changed,
+            "writing status"
+        );
+    }
     // Apply bodies need apiVersion and kind (kube-rs/kube#1086).
     let body = serde_json::json!({
         "apiVersion": K::api_version(&()),
@@ -44,4 +53,38 @@ where
     Ok(Some(
         written.meta().resource_version.clone().unwrap_or_default(),
     ))
+}
+
+/// The top-level fields of status that differ between `current` and `desired` (all of
+/// `desired`'s when there is no `current`): what a write is for, in the debug log.
+fn changed_fields<S: Serialize>(current: Option<&S>, desired: &S) -> Vec<String> {
+    let fields = |status: Option<&S>| match status.map(serde_json::to_value) {
+        Some(Ok(serde_json::Value::Object(fields))) => fields,
+        _ => serde_json::Map::new(),
+    };
+    let (before, after) = (fields(current), fields(Some(desired)));
+    let mut names: Vec<&String> = before.keys().chain(after.keys()).collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+        .into_iter()
+        .filter(|name| before.get(*name) != after.get(*name))
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::changed_fields;
+
+    #[test]
+    fn the_fields_a_write_changes_are_named_and_only_those() {
+        let before = serde_json::json!({"ready": true, "count": 1, "gone": "x"});
+        let after = serde_json::json!({"ready": true, "count": 2, "new": []});
+        assert_eq!(
+            changed_fields(Some(&before), &after),
+            ["count", "gone", "new"]
+        );
+        assert_eq!(changed_fields(None, &after), ["count", "new", "ready"]);
+    }
 }

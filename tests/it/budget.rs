@@ -182,6 +182,7 @@ fn series(text: &str, name: &str, integration: &str) -> Option<u32> {
 async fn integrations_of_one_cloud_user_draw_on_one_budget() {
     let env = Env::start("budget-shared").await;
     env.jdoe_token_secret("acme-token").await;
+    let a_first_ready = first_ready(env.api(), "a").await;
     for name in ["a", "b"] {
         env.create(&env.cloud(name, CredentialType::ApiToken, "acme-token", None))
             .await;
@@ -196,11 +197,15 @@ async fn integrations_of_one_cloud_user_draw_on_one_budget() {
     for name in ["a-all", "b-all"] {
         await_object(&env.api(), name, "synced", is_synced).await;
     }
-    // Its own until its first validation named the account; shared from the next look.
+    // Shared from the first status that says Ready: the validation that names the account
+    // moves the integration into the account's pool before that status is written, not in a
+    // second write.
     let shared = |i: &bitbucket_operator::api::BitbucketIntegration| {
         (i.status.as_ref().and_then(|s| s.request_budget.as_ref()))
             .is_some_and(|b| b.source.contains("shared"))
     };
+    let a = a_first_ready.await.unwrap();
+    assert!(shared(&a), "a's first Ready status: {:#?}", a.status);
     let b = await_object(&env.api(), "b", "b's budget shared", shared).await;
     let budget = b.status.unwrap().request_budget.unwrap();
     assert_eq!(
@@ -233,6 +238,38 @@ async fn integrations_of_one_cloud_user_draw_on_one_budget() {
         ),
         (2500, 2000, "reported by Bitbucket")
     );
+}
+
+/// The first version of integration `name` that says Ready, seen by a watch listed before this
+/// returns (so no version of an integration created after it is missed).
+async fn first_ready(
+    api: kube::Api<BitbucketIntegration>,
+    name: &str,
+) -> tokio::task::JoinHandle<BitbucketIntegration> {
+    use futures::TryStreamExt as _;
+    use kube::runtime::watcher::{self, Event};
+    let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let (listed, is_listed) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(async move {
+        let mut events = std::pin::pin!(watcher::watcher(api, config));
+        let mut listed = Some(listed);
+        while let Some(event) = events.try_next().await.expect("watching integrations") {
+            match event {
+                Event::InitDone => drop(listed.take().map(|l| l.send(()))),
+                Event::Apply(object) | Event::InitApply(object)
+                    if is_ready_integration(&object) =>
+                {
+                    return object;
+                }
+                _ => {}
+            }
+        }
+        panic!("the watch ended")
+    });
+    crate::support::within("the watch to list", is_listed)
+        .await
+        .expect("the watch lists");
+    task
 }
 
 /// A 429 holds planned work for its `Retry-After`. Interval syncs and validations that fall

@@ -193,57 +193,46 @@ pub fn error_policy(
     finish::next(&context.shared, &*integration, error)
 }
 
-/// Validates an integration that holds the finalizer, when due, and writes what it found.
-async fn apply(integration: &BitbucketIntegration, context: &Context) -> Result<Next, Error> {
+/// What a reconcile found out before it writes anything of its own: the credential's client
+/// (none when it could not be read), what was asked, and how the validation went.
+struct Found {
+    resolved: Option<credentials::Resolved>,
+    ask: ValidationAsk,
+    outcome: ValidationOutcome,
+}
+
+/// Validates an integration, when due, and writes what it found. `holding`: the finalizer's
+/// patch when the integration does not hold it yet. It runs beside the Secret read and the
+/// validation, which do not need it (a credential is only read and shown to Bitbucket); what
+/// does need it waits for it: the webhooks registered on Bitbucket, which only a held
+/// finalizer removes again, and the status.
+async fn apply(
+    integration: &BitbucketIntegration,
+    context: &Context,
+    holding: impl Future<Output = Result<(), Error>>,
+) -> Result<Next, Error> {
     let shared = &context.shared;
     let mut draft = Draft::begin(&shared.memory, integration);
-    let transport = shared.settings.transport.clone();
-    let resolved =
-        match credentials::resolve(&shared.kube, &shared.memory, integration, transport).await {
-            // A missing Secret or key stalls, and no Bitbucket call is made until the user fixes it.
-            Err(error) if error.class() != Class::Stalled => return Err(error.into()),
-            resolved => resolved,
-        };
-    let mut ask = ValidationAsk::of(integration, &shared.settings, resolved.as_ref().ok());
+    let (held, found) = futures::join!(holding, examine(context, integration, &mut draft));
+    held?;
+    let Found {
+        resolved,
+        ask,
+        outcome,
+    } = found?;
     let uid = finish::uid(integration);
-    // Validations are planned with the Subscriptions' syncs, and stretched with them.
-    let account = shared.memory.budgets.account(integration);
-    ask.interval = account.interval(&uid, ask.interval);
-    // Shown as the Secret declares it; kept as shown while the Secret cannot be read.
-    let expiry = resolved.as_ref().ok().map(|r| r.expiry.clone());
-    let (outcome, hooks) = match resolved {
-        Ok(resolved) => {
-            let was_valid = validated_here(&shared.memory, integration);
-            let outcome = validate_when_due(
-                context,
-                integration,
-                &mut draft,
-                (&resolved, &account),
-                &ask,
-            )
-            .await;
-            let valid = (shared.memory).integration(&uid, |m| {
-                m.validation.as_ref().is_some_and(|v| v.failure.is_none())
-            });
-            (shared.memory.first_validations).end(&uid);
-            if valid && !was_valid {
-                wake_users(context, integration);
-            }
-            let hooks = match valid {
-                true => {
-                    let keep =
-                        hooks::keep(context, integration, &resolved, &draft.shown, ask.interval);
-                    Priority::Asked.run(keep).await
-                }
-                false => None,
-            };
-            (outcome, hooks)
+    let valid = (shared.memory).integration(&uid, |m| {
+        m.validation.as_ref().is_some_and(|v| v.failure.is_none())
+    });
+    let hooks = match resolved.as_ref().filter(|_| valid) {
+        Some(resolved) => {
+            let keep = hooks::keep(context, integration, resolved, &draft.shown, ask.interval);
+            Priority::Asked.run(keep).await
         }
-        Err(error) => {
-            shared.memory.integration(&uid, |m| m.validation = None);
-            (ValidationOutcome::Failed(error.into()), None)
-        }
+        None => None,
     };
+    // Shown as the Secret declares it; kept as shown while the Secret cannot be read.
+    let expiry = resolved.map(|r| r.expiry);
     outcome.trace(integration, &ask);
     let users = users(context, integration);
     let workspace = integration.spec.workspace.as_deref();
@@ -259,6 +248,9 @@ async fn apply(integration: &BitbucketIntegration, context: &Context) -> Result<
     if let Some(hooks) = hooks {
         hooks.show(&mut status, ask.generation);
     }
+    // The pool its account draws on as of this validation (a Cloud user's is shared), shown
+    // in this write rather than the next.
+    let account = (shared.memory.budgets).account_named(integration, status.account.as_ref());
     status.request_budget = account.status();
     shared
         .metrics
@@ -273,6 +265,52 @@ async fn apply(integration: &BitbucketIntegration, context: &Context) -> Result<
     finish(shared, integration, &draft, &status).await?;
     let look = expiry.as_ref().and_then(|e| expiry::next_look(e, today));
     Ok(after(context, integration, &ask, outcome, look))
+}
+
+/// Reads the credential and validates it when due; the integration's first validation by this
+/// process ends here, and its Subscriptions are woken when it newly succeeded.
+async fn examine(
+    context: &Context,
+    integration: &BitbucketIntegration,
+    draft: &mut Draft<BitbucketIntegrationStatus>,
+) -> Result<Found, Error> {
+    let shared = &context.shared;
+    let transport = shared.settings.transport.clone();
+    let resolved =
+        match credentials::resolve(&shared.kube, &shared.memory, integration, transport).await {
+            // A missing Secret or key stalls, and no Bitbucket call is made until the user fixes it.
+            Err(error) if error.class() != Class::Stalled => return Err(error.into()),
+            resolved => resolved,
+        };
+    let mut ask = ValidationAsk::of(integration, &shared.settings, resolved.as_ref().ok());
+    let uid = finish::uid(integration);
+    // Validations are planned with the Subscriptions' syncs, and stretched with them.
+    let account = shared.memory.budgets.account(integration);
+    ask.interval = account.interval(&uid, ask.interval);
+    let (resolved, outcome) = match resolved {
+        Ok(resolved) => {
+            let was_valid = validated_here(&shared.memory, integration);
+            let validating = (&resolved, &*account);
+            let outcome = validate_when_due(context, integration, draft, validating, &ask).await;
+            let valid = (shared.memory).integration(&uid, |m| {
+                m.validation.as_ref().is_some_and(|v| v.failure.is_none())
+            });
+            (shared.memory.first_validations).end(&uid);
+            if valid && !was_valid {
+                wake_users(context, integration);
+            }
+            (Some(resolved), outcome)
+        }
+        Err(error) => {
+            shared.memory.integration(&uid, |m| m.validation = None);
+            (None, ValidationOutcome::Failed(error.into()))
+        }
+    };
+    Ok(Found {
+        resolved,
+        ask,
+        outcome,
+    })
 }
 
 /// Calls Bitbucket when a validation is due (saying `Reconciling` meanwhile when the user

@@ -713,11 +713,9 @@ async fn the_operator_keeps_its_promises_under_overlapping_faults() {
     // Put right: every fault is undone by now; objects the load deleted come back; then each
     // object is asked to sync once.
     soak.sim.control().clear_faults();
-    restore_deleted(&soak).await;
+    let restored = restore_deleted(&soak).await;
     // Every object the API server holds: a write the soak thinks failed (the API server killed
     // mid-request) may have created one it does not know of.
-    // Written 16 at a time: one after another, 400 writes took 10 s of the hour-long run's
-    // convergence (the operator answered each as it was written).
     let stamp = format!("soak-end-{}", epoch_seconds());
     let (subscriptions, integrations) = (
         soak.api::<Subscription>(),
@@ -728,13 +726,9 @@ async fn the_operator_keeps_its_promises_under_overlapping_faults() {
         existing(&integrations).await,
     );
     let asked = subscription_names.len() + integration_names.len();
-    use futures::StreamExt as _;
-    futures::future::join(
-        futures::stream::iter(&subscription_names).for_each_concurrent(16, |name| {
-            written_sync_request(&subscriptions, name, &stamp)
-        }),
-        futures::stream::iter(&integration_names)
-            .for_each_concurrent(16, |name| written_sync_request(&integrations, name, &stamp)),
+    let (subscription_writes, integration_writes) = futures::future::join(
+        written_sync_requests(&subscriptions, &subscription_names, &stamp, last_fault),
+        written_sync_requests(&integrations, &integration_names, &stamp, last_fault),
     )
     .await;
     let put_right = last_fault.elapsed();
@@ -821,6 +815,11 @@ async fn the_operator_keeps_its_promises_under_overlapping_faults() {
     }
     let _ = writeln!(report);
     let _ = writeln!(report, "- violations: {}", violations.len());
+    let _ = writeln!(
+        report,
+        "- put right: {restored}; Subscriptions' sync requests {subscription_writes}; \
+         integrations' {integration_writes}"
+    );
     let _ = writeln!(
         report,
         "- convergence after the last fault: {:.1} s (bound {} s; put right and {asked} sync \
@@ -965,29 +964,77 @@ async fn sample(soak: Arc<Soak>) {
     }
 }
 
-/// Whether every Subscription lists what the simulator holds and every integration is Ready.
-/// Asks `name` to sync with `stamp`, writing the request however long the API server (perhaps
-/// just restarted by the last fault) takes to answer again: one lost here left a Subscription
-/// to its interval.
-/// Writes the sync request `stamp` on object `name`, unless it is gone.
-async fn written_sync_request<K>(api: &Api<K>, name: &str, stamp: &str)
+/// How the soak's sync requests of one kind were written: when the last was (from the last
+/// fault), and each refusal the API server (perhaps just restarted by the last fault) gave
+/// before the write went through.
+struct Writes {
+    done: Duration,
+    refusals: Vec<String>,
+}
+
+impl std::fmt::Display for Writes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "done at {:.1} s", self.done.as_secs_f64())?;
+        if self.refusals.is_empty() {
+            return write!(f, ", none refused");
+        }
+        let mut counted = BTreeMap::<&str, usize>::new();
+        for refusal in &self.refusals {
+            *counted.entry(refusal).or_default() += 1;
+        }
+        let counted: Vec<String> = counted
+            .iter()
+            .map(|(why, n)| format!("{n}× {why}"))
+            .collect();
+        write!(
+            f,
+            ", {} refused before written: {}",
+            self.refusals.len(),
+            cut(&counted.join("; "), 400)
+        )
+    }
+}
+
+/// Writes the sync request `stamp` on each object of `names` still there, 16 at a time (one
+/// after another, 400 writes took 10 s of the hour-long run's convergence), each however long the
+/// API server takes to answer again: one lost here left a Subscription to its interval.
+async fn written_sync_requests<K>(
+    api: &Api<K>,
+    names: &[String],
+    stamp: &str,
+    since: Instant,
+) -> Writes
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    crate::support::eventually(
-        "a sync request to be written",
-        crate::support::PATIENCE,
-        || async {
-            match api
-                .patch(name, &PatchParams::default(), &sync_request(stamp))
-                .await
-            {
-                Err(kube::Error::Api(status)) if status.code == 404 => Some(()),
-                written => written.ok().map(drop),
+    use futures::StreamExt as _;
+    let refusals = &Mutex::new(Vec::new());
+    futures::stream::iter(names)
+        .for_each_concurrent(16, |name| async move {
+            let deadline = Instant::now() + crate::support::PATIENCE;
+            loop {
+                let why = match api
+                    .patch(name, &PatchParams::default(), &sync_request(stamp))
+                    .await
+                {
+                    Ok(_) => return,
+                    Err(kube::Error::Api(status)) if status.code == 404 => return,
+                    Err(kube::Error::Api(status)) => format!("{} {}", status.code, status.reason),
+                    Err(other) => cut(&other.to_string(), 80).to_owned(),
+                };
+                refusals.lock().unwrap().push(why);
+                assert!(
+                    Instant::now() < deadline,
+                    "timed out writing a sync request on {name}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-        },
-    )
-    .await;
+        })
+        .await;
+    Writes {
+        done: since.elapsed(),
+        refusals: std::mem::take(&mut *refusals.lock().unwrap()),
+    }
 }
 
 /// The names of the objects `api` lists, in name order.
@@ -1203,8 +1250,10 @@ async fn unconverged_why(soak: &Soak, spent: &BTreeSet<String>) -> Result<Vec<St
 }
 
 /// Creates again the integrations the load left deleted (a Secret deleted by a fault is always
-/// put back by the fault itself, with the refresh token it held).
-async fn restore_deleted(soak: &Soak) {
+/// put back by the fault itself, with the refresh token it held). Says how many, and how long
+/// they took to go.
+async fn restore_deleted(soak: &Soak) -> String {
+    let started = Instant::now();
     let deleting: Vec<String> = soak
         .world
         .lock()
@@ -1213,12 +1262,12 @@ async fn restore_deleted(soak: &Soak) {
         .iter()
         .cloned()
         .collect();
-    for name in deleting {
-        let member = soak.world.lock().unwrap().member(&name).clone();
+    for name in &deleting {
+        let member = soak.world.lock().unwrap().member(name).clone();
         crate::support::within("a deleted integration to go", async {
             while soak
                 .api::<BitbucketIntegration>()
-                .get_opt(&name)
+                .get_opt(name)
                 .await
                 .ok()
                 .flatten()
@@ -1232,8 +1281,13 @@ async fn restore_deleted(soak: &Soak) {
             .create(&PostParams::default(), &soak.integration(&member))
             .await
             .unwrap();
-        soak.world.lock().unwrap().deleting.remove(&name);
+        soak.world.lock().unwrap().deleting.remove(name);
     }
+    format!(
+        "{} deleted integrations created again in {:.1} s",
+        deleting.len(),
+        started.elapsed().as_secs_f64()
+    )
 }
 
 /// The steady load: the simulator's data changes, Secrets rotate, specs change, syncs are
