@@ -17,8 +17,8 @@ use crate::{
     controller::schedule::Next,
 };
 
-/// Adds the finalizer (beside the validation), validates, or — when the integration is being deleted —
-/// runs cleanup and releases the finalizer once cleanup allows it.
+/// Validates, adding the finalizer beside the validation when it is not held; or, when the
+/// integration is being deleted, runs cleanup and releases the finalizer once cleanup allows it.
 pub(super) async fn with_finalizer(
     integration: &BitbucketIntegration,
     context: &Context,

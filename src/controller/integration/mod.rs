@@ -194,11 +194,13 @@ pub fn error_policy(
 }
 
 /// What a reconcile found out before it writes anything of its own: the credential's client
-/// (none when it could not be read), what was asked, and how the validation went.
+/// (none when it could not be read), what was asked, and how the validation went (`valid`:
+/// this process's last validation of it succeeded, now or before).
 struct Found {
     resolved: Option<credentials::Resolved>,
     ask: ValidationAsk,
     outcome: ValidationOutcome,
+    valid: bool,
 }
 
 /// Validates an integration, when due, and writes what it found. `holding`: the finalizer's
@@ -219,11 +221,8 @@ async fn apply(
         resolved,
         ask,
         outcome,
+        valid,
     } = found?;
-    let uid = finish::uid(integration);
-    let valid = (shared.memory).integration(&uid, |m| {
-        m.validation.as_ref().is_some_and(|v| v.failure.is_none())
-    });
     let hooks = match resolved.as_ref().filter(|_| valid) {
         Some(resolved) => {
             let keep = hooks::keep(context, integration, resolved, &draft.shown, ask.interval);
@@ -287,7 +286,7 @@ async fn examine(
     // Validations are planned with the Subscriptions' syncs, and stretched with them.
     let account = shared.memory.budgets.account(integration);
     ask.interval = account.interval(&uid, ask.interval);
-    let (resolved, outcome) = match resolved {
+    let (resolved, outcome, valid) = match resolved {
         Ok(resolved) => {
             let was_valid = validated_here(&shared.memory, integration);
             let validating = (&resolved, &*account);
@@ -299,17 +298,18 @@ async fn examine(
             if valid && !was_valid {
                 wake_users(context, integration);
             }
-            (Some(resolved), outcome)
+            (Some(resolved), outcome, valid)
         }
         Err(error) => {
             shared.memory.integration(&uid, |m| m.validation = None);
-            (None, ValidationOutcome::Failed(error.into()))
+            (None, ValidationOutcome::Failed(error.into()), false)
         }
     };
     Ok(Found {
         resolved,
         ask,
         outcome,
+        valid,
     })
 }
 
