@@ -647,6 +647,39 @@ where
     receiver
 }
 
+/// One trial of figure 4: integration and Subscription `name` applied in `namespace`, until
+/// `ready` (the names the watches of integrations and Subscriptions see Ready) says both are;
+/// how long that took, and the operator's spans meanwhile.
+async fn operator_apply(
+    client: &Client,
+    namespace: &str,
+    sim: &Simulator,
+    name: &str,
+    ready: &mut [tokio::sync::mpsc::UnboundedReceiver<String>; 2],
+) -> (Duration, trace::Trace) {
+    trace::clear();
+    let started = Instant::now();
+    create(client, namespace, &cloud_integration(name, sim)).await;
+    create(
+        client,
+        namespace,
+        &subscription(name, name, Some("acme"), &[]),
+    )
+    .await;
+    for (names, kind) in ready
+        .iter_mut()
+        .zip(["the integration", "the subscription"])
+    {
+        support::within(&format!("{kind} to be Ready"), async {
+            while names.recv().await.expect("watching them") != name {}
+        })
+        .await;
+    }
+    let took = started.elapsed();
+    let objects = [format!("/{name}.{namespace}")];
+    (took, trace::Trace::of(&objects, started, Instant::now()))
+}
+
 /// A bare client's namespace with the demo's Cloud Secret, and its clients: figure 4's
 /// yardstick.
 struct BareClient {
@@ -818,44 +851,19 @@ async fn apply_to_ready(client: &Client, trials: usize) -> Vec<Row> {
     let mut traces = Vec::new();
     trace::start();
     // Watches started once, before the trials, so each trial waits only for the event.
-    let mut integrations_ready = ready_names(integrations.clone(), |i: &BitbucketIntegration| {
-        i.status.as_ref().is_some_and(|s| is_ready(&s.conditions))
-    });
-    let mut subscriptions_ready = ready_names(subscriptions.clone(), |s: &Subscription| {
-        s.status.as_ref().is_some_and(|s| is_ready(&s.conditions))
-    });
+    let mut ready = [
+        ready_names(integrations.clone(), |i: &BitbucketIntegration| {
+            i.status.as_ref().is_some_and(|s| is_ready(&s.conditions))
+        }),
+        ready_names(subscriptions.clone(), |s: &Subscription| {
+            s.status.as_ref().is_some_and(|s| is_ready(&s.conditions))
+        }),
+    ];
     for i in 0..trials {
         let name = format!("t{i}");
-        trace::clear();
-        let started = Instant::now();
-        create(client, &ns.name, &cloud_integration(&name, &sim)).await;
-        create(
-            client,
-            &ns.name,
-            &subscription(&name, &name, Some("acme"), &[]),
-        )
-        .await;
-        support::within("the integration to be Ready", async {
-            while integrations_ready
-                .recv()
-                .await
-                .expect("watching integrations")
-                != name
-            {}
-        })
-        .await;
-        support::within("the subscription to sync", async {
-            while subscriptions_ready
-                .recv()
-                .await
-                .expect("watching subscriptions")
-                != name
-            {}
-        })
-        .await;
-        operator.push(started.elapsed());
-        let objects = [format!("/{name}.{}", ns.name)];
-        traces.push(trace::Trace::of(&objects, started, Instant::now()));
+        let (took, trace) = operator_apply(client, &ns.name, &sim, &name, &mut ready).await;
+        operator.push(took);
+        traces.push(trace);
 
         // The yardstick: the Bitbucket round trips and one status write.
         let started = Instant::now();
@@ -880,6 +888,17 @@ async fn apply_to_ready(client: &Client, trials: usize) -> Vec<Row> {
         one_field.push(bare_apply(&bare_clients[1], &name, &Statuses::OneField).await);
     }
     trace::stop();
+    let durations = [operator, baseline, same_requests, one_field];
+    apply_to_ready_rows(trials, durations, traces)
+}
+
+/// Figure 4's rows from its trials: the operator's times, the yardstick's, the bare client's
+/// with the operator's statuses and with one-field ones, and the operator's traces.
+fn apply_to_ready_rows(
+    trials: usize,
+    [mut operator, mut baseline, mut same_requests, mut one_field]: [Vec<Duration>; 4],
+    mut traces: Vec<trace::Trace>,
+) -> Vec<Row> {
     operator.sort();
     baseline.sort();
     same_requests.sort();
