@@ -733,20 +733,6 @@ async fn bare_apply(bare: &BareClient, name: &str, statuses: &Statuses) -> Durat
         bare.api::<BitbucketIntegration>(),
         bare.api::<Subscription>(),
     );
-    use bitbucket_operator::controller::{INTEGRATION_MANAGER, SUBSCRIPTION_MANAGER};
-    let [integration_status, subscription_status] = match statuses {
-        Statuses::Written(integration, subscription) => [
-            (
-                apply(INTEGRATION_MANAGER),
-                status_of::<BitbucketIntegration>(integration),
-            ),
-            (
-                apply(SUBSCRIPTION_MANAGER),
-                status_of::<Subscription>(subscription),
-            ),
-        ],
-        Statuses::OneField => [one_field_status(), one_field_status()],
-    };
     let started = Instant::now();
     let namespace = &bare.namespace.name;
     let integration = integration(
@@ -756,13 +742,9 @@ async fn bare_apply(bare: &BareClient, name: &str, statuses: &Statuses) -> Durat
         CredentialType::ApiToken,
         "cloud",
     );
+    let subscription = subscription(name, name, Some("acme"), &[]);
     create(&bare.client, namespace, &integration).await;
-    create(
-        &bare.client,
-        namespace,
-        &subscription(name, name, Some("acme"), &[]),
-    )
-    .await;
+    create(&bare.client, namespace, &subscription).await;
     let finalizer = serde_json::json!([
         {"op": "add", "path": "/metadata/finalizers", "value": [IN_USE_FINALIZER]}
     ]);
@@ -773,11 +755,8 @@ async fn bare_apply(bare: &BareClient, name: &str, statuses: &Statuses) -> Durat
         .unwrap();
     bare.api::<Secret>().get("cloud").await.unwrap();
     bare.bitbucket.whoami(None).await.unwrap();
-    let (params, patch) = integration_status;
-    integrations
-        .patch_status(name, &params, &patch)
-        .await
-        .unwrap();
+    let manager = bitbucket_operator::controller::INTEGRATION_MANAGER;
+    write_status(&integrations, &integration, statuses.integration(), manager).await;
     let listed = bare
         .bitbucket
         .list_repositories(&acme_scope())
@@ -790,34 +769,60 @@ async fn bare_apply(bare: &BareClient, name: &str, statuses: &Statuses) -> Durat
         .create(&PostParams::default(), &slice)
         .await
         .unwrap();
-    let (params, patch) = subscription_status;
-    subscriptions
-        .patch_status(name, &params, &patch)
-        .await
-        .unwrap();
+    let manager = bitbucket_operator::controller::SUBSCRIPTION_MANAGER;
+    write_status(
+        &subscriptions,
+        &subscription,
+        statuses.subscription(),
+        manager,
+    )
+    .await;
     started.elapsed()
+}
+
+impl Statuses {
+    fn integration(&self) -> Option<&serde_json::Value> {
+        match self {
+            Self::Written(integration, _) => Some(integration),
+            Self::OneField => None,
+        }
+    }
+
+    fn subscription(&self) -> Option<&serde_json::Value> {
+        match self {
+            Self::Written(_, subscription) => Some(subscription),
+            Self::OneField => None,
+        }
+    }
+}
+
+/// Writes `written` as the status of `object` as the operator writes it (its own
+/// `apply_status`, as `manager`), or, without one, a one-field patch.
+async fn write_status<K>(
+    api: &Api<K>,
+    object: &K,
+    written: Option<&serde_json::Value>,
+    manager: &str,
+) where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match written {
+        Some(status) => {
+            let apply = bitbucket_operator::status::apply::apply_status;
+            apply(api, object, None, status, manager).await.unwrap();
+        }
+        None => {
+            let (params, patch) = one_field_status();
+            let name = object.meta().name.as_deref().unwrap_or_default();
+            api.patch_status(name, &params, &patch).await.unwrap();
+        }
+    }
 }
 
 /// A status patch of one field: the yardstick's write.
 fn one_field_status() -> (PatchParams, Patch<serde_json::Value>) {
     let patch = serde_json::json!({"status": {"observedGeneration": 1}});
     (PatchParams::default(), Patch::Merge(patch))
-}
-
-/// Server-side apply as `manager`, forced: how the operator writes status.
-fn apply(manager: &str) -> PatchParams {
-    PatchParams::apply(manager).force()
-}
-
-/// `status` as a whole-status apply of a `K`.
-fn status_of<K: kube::Resource<DynamicType = ()>>(
-    status: &impl serde::Serialize,
-) -> Patch<serde_json::Value> {
-    Patch::Apply(serde_json::json!({
-        "apiVersion": K::api_version(&()),
-        "kind": K::kind(&()),
-        "status": status,
-    }))
 }
 
 /// A duration in milliseconds, for the report.

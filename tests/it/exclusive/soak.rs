@@ -1011,24 +1011,21 @@ where
     let refusals = &Mutex::new(Vec::new());
     futures::stream::iter(names)
         .for_each_concurrent(16, |name| async move {
-            let deadline = Instant::now() + crate::support::PATIENCE;
-            loop {
+            let what = format!("a sync request to be written on {name}");
+            crate::support::eventually(&what, crate::support::PATIENCE, || async {
                 let why = match api
                     .patch(name, &PatchParams::default(), &sync_request(stamp))
                     .await
                 {
-                    Ok(_) => return,
-                    Err(kube::Error::Api(status)) if status.code == 404 => return,
+                    Ok(_) => return Some(()),
+                    Err(kube::Error::Api(status)) if status.code == 404 => return Some(()),
                     Err(kube::Error::Api(status)) => format!("{} {}", status.code, status.reason),
                     Err(other) => cut(&other.to_string(), 80).to_owned(),
                 };
                 refusals.lock().unwrap().push(why);
-                assert!(
-                    Instant::now() < deadline,
-                    "timed out writing a sync request on {name}"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+                None
+            })
+            .await;
         })
         .await;
     Writes {
